@@ -1,0 +1,1 @@
+//! Switchboard channel core: hub, channels, fan-out, limits. Pure logic, no sockets.

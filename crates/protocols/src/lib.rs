@@ -1,0 +1,1 @@
+//! Wire formats spoken by Switchboard: encode and decode only, no I/O.

@@ -1,0 +1,1 @@
+//! Switchboard network layer: tokio, hyper, WebSocket upgrade, TLS.
