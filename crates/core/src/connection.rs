@@ -1,0 +1,147 @@
+//! Registered connections: the per-connection record the hub keeps, and the
+//! [`ConnHandle`] the server holds for as long as the socket lives.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::error::{CloseReason, HubError, OutboxClosed};
+use crate::hub::Hub;
+use crate::outbox::{OutboxShared, PushOutcome};
+use crate::publication::{ConnId, Delivery, Payload};
+
+/// What the hub knows about a connection, supplied at registration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// Peer address as text (e.g. `"127.0.0.1:53211"`), for logs and admin APIs.
+    pub remote_addr: String,
+    /// Authenticated user id, if any.
+    pub user: Option<String>,
+    /// Name of the wire protocol the connection speaks (e.g. `"raw"`, `"centrifugo-json"`).
+    pub protocol: String,
+}
+
+impl ConnInfo {
+    /// Info for an anonymous connection.
+    pub fn new(remote_addr: impl Into<String>, protocol: impl Into<String>) -> ConnInfo {
+        ConnInfo {
+            remote_addr: remote_addr.into(),
+            user: None,
+            protocol: protocol.into(),
+        }
+    }
+
+    /// Sets the authenticated user id.
+    pub fn with_user(mut self, user: impl Into<String>) -> ConnInfo {
+        self.user = Some(user.into());
+        self
+    }
+}
+
+/// The channels a connection joined, guarded together with its "removed"
+/// flag so that a subscribe racing with a removal can never leave the
+/// connection behind in a channel.
+#[derive(Default)]
+pub(crate) struct Subscriptions {
+    pub(crate) removed: bool,
+    pub(crate) channels: HashSet<Arc<str>>,
+}
+
+/// The hub's record of one connection; shared by the registry, every channel
+/// it is a member of, its [`ConnHandle`] and its [`Outbox`](crate::Outbox).
+pub(crate) struct ConnEntry {
+    pub(crate) id: ConnId,
+    pub(crate) info: ConnInfo,
+    pub(crate) outbox: OutboxShared,
+    pub(crate) subs: Mutex<Subscriptions>,
+}
+
+/// The application's handle on a registered connection.
+///
+/// Dropping it disconnects: the connection leaves every channel and the hub,
+/// and its outbox is closed with [`CloseReason::Normal`] (the writer still
+/// receives what was already queued).
+pub struct ConnHandle {
+    pub(crate) entry: Arc<ConnEntry>,
+    pub(crate) hub: Hub,
+}
+
+impl ConnHandle {
+    /// The connection's id.
+    pub fn id(&self) -> ConnId {
+        self.entry.id
+    }
+
+    /// What was supplied at registration.
+    pub fn info(&self) -> &ConnInfo {
+        &self.entry.info
+    }
+
+    /// Queues a message for this connection only, under the same bounds and
+    /// slow-consumer policy as channel publications.
+    ///
+    /// Errors if the outbox is closed, including when this very push
+    /// overflowed it under [`SlowConsumerPolicy::Close`](crate::SlowConsumerPolicy::Close)
+    /// (the connection is then removed from the hub).
+    pub fn send_direct(&self, payload: Payload) -> Result<(), OutboxClosed> {
+        let outcome = self.entry.outbox.push(Delivery::Direct(payload));
+        self.hub.account_push(&self.entry, outcome);
+        match outcome {
+            PushOutcome::Queued { .. } => Ok(()),
+            PushOutcome::ClosedSlow => Err(OutboxClosed {
+                reason: CloseReason::SlowConsumer,
+            }),
+            PushOutcome::Closed(reason) => Err(OutboxClosed { reason }),
+        }
+    }
+
+    /// Closes the connection: its outbox is closed with `reason` (the writer
+    /// sees `Err` once it has drained what was queued, or at once for
+    /// [`CloseReason::SlowConsumer`]), and it leaves every channel and the hub.
+    /// Later calls on this handle fail or do nothing.
+    pub fn close(&self, reason: CloseReason) {
+        self.hub.remove_conn(&self.entry, reason);
+    }
+
+    /// Why the connection was closed, if it was.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.entry.outbox.close_reason()
+    }
+
+    /// Whether the connection was closed (by [`close`](Self::close), by the
+    /// hub as a slow consumer, or because its writer went away).
+    pub fn is_closed(&self) -> bool {
+        self.close_reason().is_some()
+    }
+
+    /// The channels this connection is currently a member of.
+    pub fn channels(&self) -> Vec<Arc<str>> {
+        self.entry.subs.lock().channels.iter().cloned().collect()
+    }
+
+    /// Joins `channel`; same as [`Hub::subscribe`].
+    pub fn subscribe(&self, channel: &str) -> Result<(), HubError> {
+        self.hub.subscribe(self, channel)
+    }
+
+    /// Leaves `channel`; same as [`Hub::unsubscribe`].
+    pub fn unsubscribe(&self, channel: &str) -> bool {
+        self.hub.unsubscribe(self, channel)
+    }
+}
+
+impl Drop for ConnHandle {
+    fn drop(&mut self) {
+        self.hub.remove_conn(&self.entry, CloseReason::Normal);
+    }
+}
+
+impl std::fmt::Debug for ConnHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnHandle")
+            .field("id", &self.entry.id)
+            .field("info", &self.entry.info)
+            .finish_non_exhaustive()
+    }
+}

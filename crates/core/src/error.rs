@@ -1,0 +1,97 @@
+//! Error and close-reason types shared by the hub, connections and outboxes.
+
+use thiserror::Error;
+
+/// Why a connection's outbox was closed.
+///
+/// The core only records the reason; the server decides how to tell the peer
+/// (for WebSocket, [`CloseReason::close_code`] is the recommended mapping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// Ordinary end of the connection: the handle was dropped or closed by the
+    /// application, or the writer went away.
+    Normal,
+    /// The connection could not keep up: its outbox overflowed under
+    /// [`SlowConsumerPolicy::Close`](crate::SlowConsumerPolicy::Close).
+    SlowConsumer,
+    /// The server is shutting down.
+    Shutdown,
+    /// The application disconnected this connection on purpose (an admin kick,
+    /// an expired credential, a policy violation).
+    Kicked,
+}
+
+impl CloseReason {
+    /// Recommended WebSocket close code (RFC 6455 §7.4.1) for this reason.
+    ///
+    /// A slow consumer gets 1008 (policy violation) so that clients can tell a
+    /// deliberate server-side disconnect from a network failure.
+    pub const fn close_code(self) -> u16 {
+        match self {
+            CloseReason::Normal => 1000,
+            CloseReason::SlowConsumer => 1008,
+            CloseReason::Shutdown => 1001,
+            CloseReason::Kicked => 1008,
+        }
+    }
+
+    /// Recommended close reason text to send with [`close_code`](Self::close_code).
+    pub const fn close_text(self) -> &'static str {
+        match self {
+            CloseReason::Normal => "",
+            CloseReason::SlowConsumer => "slow consumer",
+            CloseReason::Shutdown => "server shutting down",
+            CloseReason::Kicked => "disconnected",
+        }
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            CloseReason::Normal => "normal",
+            CloseReason::SlowConsumer => "slow consumer",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Kicked => "kicked",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Errors returned by [`Hub`](crate::Hub) operations.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum HubError {
+    /// `register` was refused because [`HubLimits::max_connections`](crate::HubLimits::max_connections)
+    /// connections are already registered.
+    #[error("too many connections (limit {limit})")]
+    TooManyConnections {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// `subscribe` was refused because the channel already has
+    /// [`HubLimits::max_room_members`](crate::HubLimits::max_room_members) members.
+    #[error("room is full (limit {limit})")]
+    RoomFull {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The connection has already been closed or removed from the hub.
+    #[error("connection closed ({0})")]
+    ConnectionClosed(CloseReason),
+    /// The channel name is not acceptable (currently: empty).
+    #[error("invalid channel name")]
+    InvalidChannel,
+}
+
+/// The outbox was closed; no more deliveries will arrive.
+///
+/// Returned by [`Outbox::recv_batch`](crate::Outbox::recv_batch) once the
+/// queue is empty and closed, and by [`ConnHandle::send_direct`](crate::ConnHandle::send_direct).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("outbox closed: {reason}")]
+pub struct OutboxClosed {
+    /// Why the outbox was closed.
+    pub reason: CloseReason,
+}

@@ -1,0 +1,264 @@
+//! The bounded per-connection queue between the hub and the connection's
+//! writer task.
+//!
+//! Producers (any task that publishes, or the connection itself via
+//! `send_direct`) push under a short uncontended mutex and never wait; the
+//! single consumer (the writer task owning the [`Outbox`]) drains everything
+//! pending in one [`Outbox::recv_batch`] call so it can write the whole batch
+//! with one vectored write.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::connection::ConnEntry;
+use crate::error::{CloseReason, OutboxClosed};
+use crate::limits::{HubLimits, SlowConsumerPolicy};
+use crate::publication::{ConnId, Delivery};
+
+/// Queues whose capacity grew past this are shrunk when they drain, so a
+/// burst does not pin its peak memory for the rest of the connection's life.
+const SHRINK_ABOVE: usize = 1024;
+/// Capacity kept after such a shrink.
+const SHRINK_TO: usize = 64;
+
+/// Result of pushing one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PushOutcome {
+    /// Queued; `evicted` older items were dropped to make room (DropOldest).
+    Queued { evicted: usize },
+    /// This push overflowed the queue under the Close policy: the outbox is
+    /// now closed with `CloseReason::SlowConsumer` and its queue discarded.
+    ClosedSlow,
+    /// The outbox was already closed; the item was not queued.
+    Closed(CloseReason),
+}
+
+struct OutboxState {
+    queue: VecDeque<Delivery>,
+    /// Sum of `payload_len` over `queue`.
+    bytes: usize,
+    closed: Option<CloseReason>,
+}
+
+/// State shared between the producers (hub) and the consumer ([`Outbox`]).
+pub(crate) struct OutboxShared {
+    state: Mutex<OutboxState>,
+    /// Wakes the writer. Only signalled on the empty → non-empty transition
+    /// (and on close): while the queue is non-empty the writer is either busy
+    /// or about to drain, so further wake-ups would be wasted atomics.
+    notify: Notify,
+    max_messages: usize,
+    max_bytes: usize,
+    policy: SlowConsumerPolicy,
+}
+
+impl OutboxShared {
+    pub(crate) fn new(limits: &HubLimits) -> OutboxShared {
+        OutboxShared {
+            state: Mutex::new(OutboxState {
+                queue: VecDeque::new(),
+                bytes: 0,
+                closed: None,
+            }),
+            notify: Notify::new(),
+            max_messages: limits.outbox_max_messages.max(1),
+            max_bytes: limits.outbox_max_bytes,
+            policy: limits.slow_consumer,
+        }
+    }
+
+    /// Queues `item` without blocking, applying the slow-consumer policy when full.
+    pub(crate) fn push(&self, item: Delivery) -> PushOutcome {
+        let size = item.payload_len();
+        let mut st = self.state.lock();
+        if let Some(reason) = st.closed {
+            return PushOutcome::Closed(reason);
+        }
+        let full = |st: &OutboxState| {
+            // An empty queue always accepts one item, so an oversized message
+            // cannot wedge a healthy connection.
+            !st.queue.is_empty()
+                && (st.queue.len() >= self.max_messages || st.bytes + size > self.max_bytes)
+        };
+        let mut evicted = 0;
+        if full(&st) {
+            match self.policy {
+                SlowConsumerPolicy::Close => {
+                    st.closed = Some(CloseReason::SlowConsumer);
+                    st.bytes = 0;
+                    let discarded = std::mem::take(&mut st.queue);
+                    drop(st);
+                    // Free the discarded items outside the lock.
+                    drop(discarded);
+                    self.notify.notify_one();
+                    return PushOutcome::ClosedSlow;
+                }
+                SlowConsumerPolicy::DropOldest => {
+                    while full(&st) {
+                        if let Some(old) = st.queue.pop_front() {
+                            st.bytes -= old.payload_len();
+                            evicted += 1;
+                        }
+                    }
+                }
+            }
+        }
+        let was_empty = st.queue.is_empty();
+        st.queue.push_back(item);
+        st.bytes += size;
+        drop(st);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        PushOutcome::Queued { evicted }
+    }
+
+    /// Closes the outbox. Returns false if it was already closed.
+    ///
+    /// For [`CloseReason::SlowConsumer`] the pending items are discarded (the
+    /// point is to stop spending memory on this peer); for every other reason
+    /// the writer still receives what was queued before it sees the error, so
+    /// a graceful close does not lose the last messages.
+    pub(crate) fn close(&self, reason: CloseReason) -> bool {
+        let mut st = self.state.lock();
+        if st.closed.is_some() {
+            return false;
+        }
+        st.closed = Some(reason);
+        let discarded = if reason == CloseReason::SlowConsumer {
+            st.bytes = 0;
+            std::mem::take(&mut st.queue)
+        } else {
+            VecDeque::new()
+        };
+        drop(st);
+        drop(discarded);
+        self.notify.notify_one();
+        true
+    }
+
+    pub(crate) fn close_reason(&self) -> Option<CloseReason> {
+        self.state.lock().closed
+    }
+}
+
+/// The receiving end of a connection's queue, owned by its writer task.
+///
+/// Dropping the `Outbox` (the writer went away) closes it, so the hub stops
+/// queueing for this connection.
+pub struct Outbox {
+    entry: Arc<ConnEntry>,
+}
+
+impl Outbox {
+    pub(crate) fn new(entry: Arc<ConnEntry>) -> Outbox {
+        Outbox { entry }
+    }
+
+    fn shared(&self) -> &OutboxShared {
+        &self.entry.outbox
+    }
+
+    /// The connection this outbox belongs to.
+    pub fn id(&self) -> ConnId {
+        self.entry.id
+    }
+
+    /// Waits until at least one item is pending, then moves up to `max` items
+    /// (at least 1) into `out` without waiting further, returning how many.
+    ///
+    /// Returns `Err` once the outbox is closed and nothing is left to deliver.
+    /// After [`CloseReason::SlowConsumer`] that happens immediately (the queue
+    /// was discarded); the server should then send close 1008 "slow consumer".
+    ///
+    /// Cancel safe: items are only removed in the poll that returns them.
+    pub async fn recv_batch(
+        &mut self,
+        out: &mut Vec<Delivery>,
+        max: usize,
+    ) -> Result<usize, OutboxClosed> {
+        loop {
+            match self.try_recv_batch(out, max) {
+                Ok(0) => {}
+                other => return other,
+            }
+            // A push between the check above and this await stores a permit
+            // in `Notify`, so the wake-up cannot be lost.
+            self.shared().notify.notified().await;
+        }
+    }
+
+    /// Like [`recv_batch`](Self::recv_batch) but never waits: `Ok(0)` when
+    /// nothing is pending.
+    pub fn try_recv_batch(
+        &mut self,
+        out: &mut Vec<Delivery>,
+        max: usize,
+    ) -> Result<usize, OutboxClosed> {
+        let max = max.max(1);
+        let mut st = self.shared().state.lock();
+        if st.queue.is_empty() {
+            return match st.closed {
+                Some(reason) => Err(OutboxClosed { reason }),
+                None => Ok(0),
+            };
+        }
+        let n = st.queue.len().min(max);
+        out.reserve(n);
+        let mut taken = 0;
+        for item in st.queue.drain(..n) {
+            taken += item.payload_len();
+            out.push(item);
+        }
+        st.bytes -= taken;
+        if st.queue.is_empty() && st.queue.capacity() > SHRINK_ABOVE {
+            st.queue.shrink_to(SHRINK_TO);
+        }
+        Ok(n)
+    }
+
+    /// Items currently queued.
+    pub fn len(&self) -> usize {
+        self.shared().state.lock().queue.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Payload bytes currently queued.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared().state.lock().bytes
+    }
+
+    /// Why the outbox was closed, if it was.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.shared().close_reason()
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        // Nobody will read the queue any more: close it and free it now rather
+        // than when the connection handle goes away.
+        let discarded = {
+            let mut st = self.shared().state.lock();
+            st.closed.get_or_insert(CloseReason::Normal);
+            st.bytes = 0;
+            std::mem::take(&mut st.queue)
+        };
+        drop(discarded);
+    }
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("id", &self.entry.id)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,210 @@
+//! Payloads, publications and the per-publication encoding cache.
+//!
+//! A [`Publication`] is built once per `publish` and shared by every
+//! subscriber as an `Arc<Publication>`. The server turns it into bytes on the
+//! wire with [`Publication::encoded`], which runs the encoder at most once per
+//! [`WireFormat`] and hands every later caller the cached result.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+
+/// Identifier of a registered connection, unique within one [`Hub`](crate::Hub).
+pub type ConnId = u64;
+
+/// Whether a payload is UTF-8 text or arbitrary binary data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PayloadKind {
+    /// UTF-8 text (a WebSocket text message).
+    Text,
+    /// Arbitrary bytes (a WebSocket binary message).
+    Binary,
+}
+
+/// An application message. Cloning is cheap: the data is a reference-counted [`Bytes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payload {
+    /// Text or binary.
+    pub kind: PayloadKind,
+    /// The message body. For [`PayloadKind::Text`] it must be valid UTF-8.
+    pub data: Bytes,
+}
+
+impl Payload {
+    /// A text payload.
+    pub fn text(s: impl Into<String>) -> Payload {
+        Payload {
+            kind: PayloadKind::Text,
+            data: Bytes::from(s.into()),
+        }
+    }
+
+    /// A text payload from a static string, without allocating.
+    pub fn from_static_str(s: &'static str) -> Payload {
+        Payload {
+            kind: PayloadKind::Text,
+            data: Bytes::from_static(s.as_bytes()),
+        }
+    }
+
+    /// A binary payload.
+    pub fn binary(data: impl Into<Bytes>) -> Payload {
+        Payload {
+            kind: PayloadKind::Binary,
+            data: data.into(),
+        }
+    }
+
+    /// Length of the body in bytes.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Whether the body is empty.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+}
+
+/// Identifies one wire encoding of publications (a slot in the encoding cache).
+///
+/// Values must be below [`WireFormat::MAX_FORMATS`]. Each slot must always be
+/// filled with the same Rust type by every caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WireFormat(pub u8);
+
+impl WireFormat {
+    /// Number of cache slots per publication.
+    pub const MAX_FORMATS: usize = 8;
+    /// The payload as a plain WebSocket frame (raw rooms protocol).
+    pub const RAW_WEBSOCKET: WireFormat = WireFormat(0);
+    /// Centrifugo-compatible JSON push.
+    pub const CENTRIFUGO_JSON: WireFormat = WireFormat(1);
+    /// Centrifugo-compatible Protobuf push.
+    pub const CENTRIFUGO_PROTOBUF: WireFormat = WireFormat(2);
+    /// Socket.IO / Engine.IO event packet.
+    pub const SOCKET_IO: WireFormat = WireFormat(3);
+}
+
+/// One cached encoding per wire format, filled on first use.
+///
+/// `OnceLock` guarantees the encoder runs exactly once per slot even when many
+/// writer tasks ask for the same format at the same moment; the losers wait
+/// for the winner instead of encoding a second time.
+#[derive(Default)]
+struct EncodedCache {
+    slots: [OnceLock<Box<dyn Any + Send + Sync>>; WireFormat::MAX_FORMATS],
+}
+
+/// One message published in one channel.
+///
+/// Shared by every subscriber as `Arc<Publication>`; the payload is never
+/// copied per subscriber.
+pub struct Publication {
+    /// The channel it was published in.
+    pub channel: Arc<str>,
+    /// The message.
+    pub payload: Payload,
+    /// Position in the channel: the first publication of a channel has offset 1,
+    /// each next one +1, without gaps.
+    pub offset: u64,
+    /// Identifies the channel's lifetime: chosen when the channel is created.
+    /// Offsets are only comparable within one epoch.
+    pub epoch: u32,
+    /// The connection that published it, if it came from a client.
+    pub publisher: Option<ConnId>,
+    cache: EncodedCache,
+}
+
+impl Publication {
+    /// Builds a publication. The hub does this in `publish`; it is public for
+    /// protocol encoders' tests and for future history replay.
+    pub fn new(
+        channel: Arc<str>,
+        payload: Payload,
+        offset: u64,
+        epoch: u32,
+        publisher: Option<ConnId>,
+    ) -> Publication {
+        Publication {
+            channel,
+            payload,
+            offset,
+            epoch,
+            publisher,
+            cache: EncodedCache::default(),
+        }
+    }
+
+    /// Encodes once per wire format: slot `format` is filled by `encode` on
+    /// first use, and every later call (from any thread) returns the same value
+    /// without calling its closure.
+    ///
+    /// # Panics
+    ///
+    /// If `format.0 >= WireFormat::MAX_FORMATS`, or if the slot was already
+    /// filled with a different type `T` (a programming error: one format, one type).
+    pub fn encoded<T: Any + Send + Sync>(
+        &self,
+        format: WireFormat,
+        encode: impl FnOnce(&Publication) -> T,
+    ) -> &T {
+        let slot = self
+            .cache
+            .slots
+            .get(format.0 as usize)
+            .unwrap_or_else(|| panic!("wire format {} out of range", format.0));
+        slot.get_or_init(|| Box::new(encode(self)))
+            .downcast_ref::<T>()
+            .unwrap_or_else(|| panic!("wire format {} was cached with a different type", format.0))
+    }
+
+    /// Whether format `format` has already been encoded.
+    pub fn is_encoded(&self, format: WireFormat) -> bool {
+        self.cache
+            .slots
+            .get(format.0 as usize)
+            .is_some_and(|s| s.get().is_some())
+    }
+}
+
+impl fmt::Debug for Publication {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publication")
+            .field("channel", &self.channel)
+            .field("payload", &self.payload)
+            .field("offset", &self.offset)
+            .field("epoch", &self.epoch)
+            .field("publisher", &self.publisher)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One item in a connection's outbox.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    /// A channel publication, shared with every other subscriber.
+    Publication(Arc<Publication>),
+    /// A message for this connection only (a reply, a server push).
+    Direct(Payload),
+}
+
+impl Delivery {
+    /// Payload bytes this item accounts for in the outbox's byte budget.
+    pub fn payload_len(&self) -> usize {
+        match self {
+            Delivery::Publication(p) => p.payload.len(),
+            Delivery::Direct(p) => p.len(),
+        }
+    }
+
+    /// The payload carried by this item.
+    pub fn payload(&self) -> &Payload {
+        match self {
+            Delivery::Publication(p) => &p.payload,
+            Delivery::Direct(p) => p,
+        }
+    }
+}
