@@ -1,8 +1,26 @@
 //! The permessage-deflate engine (RFC 7692 §7): raw DEFLATE with the `00 00 ff ff` tail
 //! removed on send and re-added on receive, context takeover or not, and a hard output limit
 //! on inflate so a "zip bomb" fails with 1009 instead of eating memory.
+//!
+//! * Sending (RFC 7692 §7.2.1): the message is compressed as raw DEFLATE (no zlib header),
+//!   ended with a *sync flush*, and the 4 trailing bytes `00 00 ff ff` of the empty stored
+//!   block the flush produces are removed.
+//! * Receiving (§7.2.2): the 4 bytes are appended back to the last frame's payload before
+//!   inflating. Each frame is inflated as it arrives (frames of one message form a single
+//!   DEFLATE stream, §6.1), so a message is never held twice (compressed and inflated).
+//! * Context takeover (§7.1.1): when `*_no_context_takeover` applies to a compressor, it is
+//!   reset after every message; the matching inflater is reset too, which is allowed because
+//!   the peer promised not to refer to earlier messages.
+//! * Window bits (§7.1.2): 8 is accepted in negotiation but zlib-compatible engines cannot
+//!   produce an 8-bit raw window, so 8 is used as 9 for both directions (the same choice zlib
+//!   itself makes for `windowBits = 8`). Inflating with a window at least as large as the
+//!   peer's is always safe.
+//! * Limits: inflation stops with [`Error::MessageTooBig`] (1009) as soon as the output would
+//!   exceed the caller's limit. Output grows in bounded chunks, never beyond the limit; whether
+//!   more output is pending once the limit is reached is probed with a 1-byte stack buffer.
 
 use bytes::BytesMut;
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
 use crate::error::Error;
 
@@ -42,37 +60,123 @@ pub fn zlib_window_bits(bits: u8) -> u8 {
     bits.clamp(9, 15)
 }
 
+
+/// The empty stored block a sync flush ends with (RFC 7692 §7.2.1, §7.2.2).
+pub const DEFLATE_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+
+/// Compression level used for outgoing messages. Level 6 is zlib's default trade-off and
+/// what browsers and Node `ws` use.
+pub const COMPRESSION_LEVEL: u32 = 6;
+
+/// How much output space inflation adds at a time: large messages inflate in chunks.
+const INFLATE_CHUNK: usize = 32 * 1024;
+
+/// Make room for `additional` more bytes in `out` without letting its capacity exceed
+/// `max_total` (unless it already does). Unlike `BytesMut::reserve`, this never doubles past
+/// the cap, so a hostile stream cannot make us allocate more than the limit.
+fn reserve_capped(out: &mut BytesMut, additional: usize, max_total: usize) {
+    let needed = out.len() + additional;
+    if out.capacity() >= needed {
+        return;
+    }
+    let target = needed.max(out.capacity().saturating_mul(2)).min(max_total.max(needed));
+    if out.is_empty() {
+        *out = BytesMut::with_capacity(target);
+    } else {
+        let mut grown = BytesMut::with_capacity(target);
+        grown.extend_from_slice(out);
+        *out = grown;
+    }
+}
+
 /// Outgoing side of permessage-deflate: one LZ77 compressor per connection (or per broadcast).
 pub struct Deflater {
-    _p: (),
+    compress: Compress,
+    no_context_takeover: bool,
+}
+
+impl std::fmt::Debug for Deflater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deflater")
+            .field("no_context_takeover", &self.no_context_takeover)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Deflater {
     /// A compressor with the given window bits (8..=15) that resets after each message when
     /// `no_context_takeover` is set.
     pub fn new(window_bits: u8, no_context_takeover: bool) -> Deflater {
-        let _ = (window_bits, no_context_takeover);
-        todo!()
+        Deflater {
+            compress: Compress::new_with_window_bits(
+                Compression::new(COMPRESSION_LEVEL),
+                false,
+                zlib_window_bits(window_bits),
+            ),
+            no_context_takeover,
+        }
     }
 
     /// Compress one whole message, appending the payload (without the `00 00 ff ff` tail)
     /// to `out`.
     pub fn compress(&mut self, input: &[u8], out: &mut BytesMut) -> Result<(), Error> {
-        let _ = (input, out);
-        todo!()
+        let start = out.len();
+        let mut written = start;
+        let mut consumed = 0usize;
+        // A first guess that fits most messages in one call: incompressible data grows by a
+        // few bytes per 16 KiB block plus the flush marker.
+        let mut chunk = input.len() / 2 + 64;
+        loop {
+            out.resize(written + chunk, 0);
+            let (in0, out0) = (self.compress.total_in(), self.compress.total_out());
+            self.compress
+                .compress(&input[consumed..], &mut out[written..], FlushCompress::Sync)
+                .map_err(|e| Error::Compression(e.to_string()))?;
+            consumed += (self.compress.total_in() - in0) as usize;
+            written += (self.compress.total_out() - out0) as usize;
+            // After a sync flush, unused output space means the flush completed.
+            if consumed == input.len() && written < out.len() {
+                break;
+            }
+            chunk = chunk.max(4096);
+        }
+        out.truncate(written);
+        if out[start..].ends_with(&DEFLATE_TAIL) {
+            out.truncate(written - DEFLATE_TAIL.len());
+        }
+        if self.no_context_takeover {
+            self.compress.reset();
+        }
+        Ok(())
+    }
+
+    /// Forget all history (start a fresh DEFLATE stream).
+    pub fn reset(&mut self) {
+        self.compress.reset();
     }
 }
 
 /// Incoming side of permessage-deflate with a hard output limit.
 pub struct Inflater {
-    _p: (),
+    decompress: Decompress,
+    no_context_takeover: bool,
+}
+
+impl std::fmt::Debug for Inflater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inflater")
+            .field("no_context_takeover", &self.no_context_takeover)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Inflater {
     /// A decompressor for a peer compressing with `window_bits` (8..=15).
     pub fn new(window_bits: u8, no_context_takeover: bool) -> Inflater {
-        let _ = (window_bits, no_context_takeover);
-        todo!()
+        Inflater {
+            decompress: Decompress::new_with_window_bits(false, zlib_window_bits(window_bits)),
+            no_context_takeover,
+        }
     }
 
     /// Inflate one frame's compressed payload, appending to `out` and never letting `out`
@@ -87,7 +191,84 @@ impl Inflater {
         limit: usize,
         on_output: &mut dyn FnMut(&[u8]) -> Result<(), Error>,
     ) -> Result<(), Error> {
-        let _ = (input, fin, out, limit, on_output);
-        todo!()
+        self.run(input, out, limit, on_output)?;
+        if fin {
+            self.run(&DEFLATE_TAIL, out, limit, on_output)?;
+            if self.no_context_takeover {
+                self.decompress.reset(false);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forget all history (the next message starts a fresh DEFLATE stream).
+    pub fn reset(&mut self) {
+        self.decompress.reset(false);
+    }
+
+    fn run(
+        &mut self,
+        input: &[u8],
+        out: &mut BytesMut,
+        limit: usize,
+        on_output: &mut dyn FnMut(&[u8]) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let mut pos = 0usize;
+        loop {
+            let room = limit.saturating_sub(out.len());
+            let (in0, out0) = (self.decompress.total_in(), self.decompress.total_out());
+            let (status, filled) = if room == 0 {
+                // At the limit: any further output byte means the message is too big.
+                let mut probe = [0u8; 1];
+                let status = self
+                    .decompress
+                    .decompress(&input[pos..], &mut probe, FlushDecompress::Sync)
+                    .map_err(|e| Error::Compression(e.to_string()))?;
+                if self.decompress.total_out() != out0 {
+                    return Err(Error::MessageTooBig { limit });
+                }
+                (status, false)
+            } else {
+                let want = (input.len() - pos)
+                    .saturating_mul(4)
+                    .clamp(1024, INFLATE_CHUNK)
+                    .min(room);
+                reserve_capped(out, want, limit);
+                let old = out.len();
+                out.resize(old + want, 0);
+                let status = self
+                    .decompress
+                    .decompress(&input[pos..], &mut out[old..], FlushDecompress::Sync)
+                    .map_err(|e| Error::Compression(e.to_string()));
+                let produced = (self.decompress.total_out() - out0) as usize;
+                out.truncate(old + produced);
+                let status = status?;
+                if produced > 0 {
+                    on_output(&out[old..])?;
+                }
+                (status, produced == want)
+            };
+            let consumed = (self.decompress.total_in() - in0) as usize;
+            let produced = self.decompress.total_out() - out0;
+            pos += consumed;
+            if status == Status::StreamEnd {
+                // The peer ended the DEFLATE stream (BFINAL). Whatever follows starts a new
+                // stream, as a fresh compressor on the peer would produce.
+                self.decompress.reset(false);
+                if pos == input.len() {
+                    return Ok(());
+                }
+                continue;
+            }
+            if pos == input.len() && !filled {
+                return Ok(());
+            }
+            if consumed == 0 && produced == 0 {
+                if pos == input.len() {
+                    return Ok(());
+                }
+                return Err(Error::Compression("inflate made no progress".into()));
+            }
+        }
     }
 }
