@@ -262,3 +262,244 @@ impl std::fmt::Debug for Outbox {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connection::Subscriptions;
+    use crate::publication::Payload;
+
+    fn outbox(max_messages: usize, max_bytes: usize, policy: SlowConsumerPolicy) -> Outbox {
+        let limits = HubLimits {
+            outbox_max_messages: max_messages,
+            outbox_max_bytes: max_bytes,
+            slow_consumer: policy,
+            ..HubLimits::default()
+        };
+        Outbox::new(Arc::new(ConnEntry {
+            id: 7,
+            info: Default::default(),
+            outbox: OutboxShared::new(&limits),
+            subs: Mutex::new(Subscriptions::default()),
+        }))
+    }
+
+    fn direct(n: usize, len: usize) -> Delivery {
+        let mut body = vec![b'x'; len];
+        body[..8.min(len)].copy_from_slice(&(n as u64).to_le_bytes()[..8.min(len)]);
+        Delivery::Direct(Payload::binary(body))
+    }
+
+    fn tag(d: &Delivery) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&d.payload().data[..8]);
+        u64::from_le_bytes(b)
+    }
+
+    #[test]
+    fn try_recv_drains_everything_pending_in_one_call() {
+        let mut ob = outbox(1000, 1 << 20, SlowConsumerPolicy::Close);
+        for i in 0..300 {
+            assert_eq!(
+                ob.shared().push(direct(i, 16)),
+                PushOutcome::Queued { evicted: 0 }
+            );
+        }
+        let mut out = Vec::new();
+        assert_eq!(ob.try_recv_batch(&mut out, 10_000), Ok(300));
+        assert_eq!(out.len(), 300);
+        assert!(out.iter().enumerate().all(|(i, d)| tag(d) == i as u64));
+        assert_eq!(ob.queued_bytes(), 0);
+        assert_eq!(ob.try_recv_batch(&mut out, 10_000), Ok(0));
+    }
+
+    #[test]
+    fn try_recv_respects_max_and_keeps_order() {
+        let mut ob = outbox(1000, 1 << 20, SlowConsumerPolicy::Close);
+        for i in 0..10 {
+            ob.shared().push(direct(i, 8));
+        }
+        let mut out = Vec::new();
+        assert_eq!(ob.try_recv_batch(&mut out, 4), Ok(4));
+        assert_eq!(ob.len(), 6);
+        assert_eq!(ob.queued_bytes(), 48);
+        assert_eq!(
+            ob.try_recv_batch(&mut out, 0),
+            Ok(1),
+            "max 0 is treated as 1"
+        );
+        assert_eq!(ob.try_recv_batch(&mut out, 100), Ok(5));
+        let tags: Vec<u64> = out.iter().map(tag).collect();
+        assert_eq!(tags, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn close_policy_overflow_by_count_discards_queue() {
+        let mut ob = outbox(3, 1 << 20, SlowConsumerPolicy::Close);
+        for i in 0..3 {
+            assert_eq!(
+                ob.shared().push(direct(i, 8)),
+                PushOutcome::Queued { evicted: 0 }
+            );
+        }
+        assert_eq!(ob.shared().push(direct(3, 8)), PushOutcome::ClosedSlow);
+        assert_eq!(
+            ob.shared().push(direct(4, 8)),
+            PushOutcome::Closed(CloseReason::SlowConsumer)
+        );
+        let mut out = Vec::new();
+        assert_eq!(
+            ob.try_recv_batch(&mut out, 10),
+            Err(OutboxClosed {
+                reason: CloseReason::SlowConsumer
+            })
+        );
+        assert!(
+            out.is_empty(),
+            "queued items are discarded on slow-consumer close"
+        );
+        assert_eq!(ob.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn byte_bound_is_respected_under_drop_oldest() {
+        let mut ob = outbox(1000, 100, SlowConsumerPolicy::DropOldest);
+        let mut evicted_total = 0;
+        for i in 0..50 {
+            match ob.shared().push(direct(i, 30)) {
+                PushOutcome::Queued { evicted } => evicted_total += evicted,
+                other => panic!("unexpected {other:?}"),
+            }
+            assert!(
+                ob.queued_bytes() <= 100,
+                "bytes {} > 100",
+                ob.queued_bytes()
+            );
+        }
+        // 100 bytes hold three 30-byte items: the newest three survive.
+        assert_eq!(ob.len(), 3);
+        assert_eq!(evicted_total, 47);
+        let mut out = Vec::new();
+        ob.try_recv_batch(&mut out, 10).unwrap();
+        assert_eq!(out.iter().map(tag).collect::<Vec<_>>(), vec![47, 48, 49]);
+    }
+
+    #[test]
+    fn byte_bound_closes_under_close_policy() {
+        let ob = outbox(1000, 100, SlowConsumerPolicy::Close);
+        for i in 0..3 {
+            assert_eq!(
+                ob.shared().push(direct(i, 30)),
+                PushOutcome::Queued { evicted: 0 }
+            );
+        }
+        assert_eq!(ob.queued_bytes(), 90);
+        assert_eq!(ob.shared().push(direct(3, 30)), PushOutcome::ClosedSlow);
+        assert_eq!(ob.close_reason(), Some(CloseReason::SlowConsumer));
+    }
+
+    #[test]
+    fn oversized_item_is_accepted_only_into_an_empty_queue() {
+        let mut ob = outbox(1000, 100, SlowConsumerPolicy::DropOldest);
+        ob.shared().push(direct(0, 10));
+        // Evicts the small one, then fits alone.
+        assert_eq!(
+            ob.shared().push(direct(1, 500)),
+            PushOutcome::Queued { evicted: 1 }
+        );
+        assert_eq!(ob.len(), 1);
+        assert_eq!(ob.queued_bytes(), 500);
+        let mut out = Vec::new();
+        assert_eq!(ob.try_recv_batch(&mut out, 10), Ok(1));
+        assert_eq!(tag(&out[0]), 1);
+
+        let close = outbox(1000, 100, SlowConsumerPolicy::Close);
+        assert_eq!(
+            close.shared().push(direct(0, 500)),
+            PushOutcome::Queued { evicted: 0 }
+        );
+        assert_eq!(close.shared().push(direct(1, 1)), PushOutcome::ClosedSlow);
+    }
+
+    #[test]
+    fn graceful_close_delivers_pending_then_errors() {
+        let mut ob = outbox(10, 1 << 20, SlowConsumerPolicy::Close);
+        ob.shared().push(direct(0, 8));
+        ob.shared().push(direct(1, 8));
+        assert!(ob.shared().close(CloseReason::Shutdown));
+        assert!(!ob.shared().close(CloseReason::Kicked), "first reason wins");
+        assert_eq!(
+            ob.shared().push(direct(2, 8)),
+            PushOutcome::Closed(CloseReason::Shutdown)
+        );
+        let mut out = Vec::new();
+        assert_eq!(ob.try_recv_batch(&mut out, 10), Ok(2));
+        assert_eq!(
+            ob.try_recv_batch(&mut out, 10),
+            Err(OutboxClosed {
+                reason: CloseReason::Shutdown
+            })
+        );
+    }
+
+    #[test]
+    fn dropping_the_outbox_closes_it() {
+        let ob = outbox(10, 1 << 20, SlowConsumerPolicy::Close);
+        let entry = Arc::clone(&ob.entry);
+        entry.outbox.push(direct(0, 8));
+        drop(ob);
+        assert_eq!(
+            entry.outbox.push(direct(1, 8)),
+            PushOutcome::Closed(CloseReason::Normal)
+        );
+        assert!(entry.outbox.state.lock().queue.is_empty());
+    }
+
+    #[test]
+    fn drained_queue_gives_back_burst_capacity() {
+        let mut ob = outbox(100_000, usize::MAX, SlowConsumerPolicy::Close);
+        for i in 0..10_000 {
+            ob.shared().push(direct(i, 8));
+        }
+        let mut out = Vec::new();
+        assert_eq!(ob.try_recv_batch(&mut out, usize::MAX), Ok(10_000));
+        assert!(ob.shared().state.lock().queue.capacity() <= SHRINK_ABOVE);
+    }
+
+    #[tokio::test]
+    async fn recv_batch_waits_for_a_push_and_wakes() {
+        let mut ob = outbox(100, 1 << 20, SlowConsumerPolicy::Close);
+        let entry = Arc::clone(&ob.entry);
+        let reader = tokio::spawn(async move {
+            let mut out = Vec::new();
+            let n = ob.recv_batch(&mut out, 100).await.unwrap();
+            (n, out.iter().map(tag).collect::<Vec<_>>(), ob)
+        });
+        tokio::task::yield_now().await;
+        entry.outbox.push(direct(42, 8));
+        let (n, tags, mut ob) = tokio::time::timeout(std::time::Duration::from_secs(10), reader)
+            .await
+            .expect("reader woke")
+            .unwrap();
+        assert_eq!((n, tags), (1, vec![42]));
+
+        // Closing wakes a waiting reader with the error.
+        let entry2 = Arc::clone(&ob.entry);
+        let waiter = tokio::spawn(async move {
+            let mut out = Vec::new();
+            ob.recv_batch(&mut out, 100).await
+        });
+        tokio::task::yield_now().await;
+        entry2.outbox.close(CloseReason::Kicked);
+        let res = tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+            .await
+            .expect("reader woke")
+            .unwrap();
+        assert_eq!(
+            res,
+            Err(OutboxClosed {
+                reason: CloseReason::Kicked
+            })
+        );
+    }
+}

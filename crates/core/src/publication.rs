@@ -208,3 +208,59 @@ impl Delivery {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn publication() -> Publication {
+        Publication::new(Arc::from("room"), Payload::text("hello"), 1, 9, None)
+    }
+
+    #[test]
+    fn encoded_runs_the_encoder_once_per_format() {
+        let p = publication();
+        let calls = AtomicUsize::new(0);
+        for _ in 0..5 {
+            let v: &Bytes = p.encoded(WireFormat::RAW_WEBSOCKET, |p| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                p.payload.data.clone()
+            });
+            assert_eq!(&v[..], b"hello");
+            let s: &String = p.encoded(WireFormat::CENTRIFUGO_JSON, |p| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                format!("{{\"offset\":{}}}", p.offset)
+            });
+            assert_eq!(s, "{\"offset\":1}");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert!(p.is_encoded(WireFormat::RAW_WEBSOCKET));
+        assert!(!p.is_encoded(WireFormat::SOCKET_IO));
+    }
+
+    #[test]
+    #[should_panic(expected = "different type")]
+    fn one_format_one_type() {
+        let p = publication();
+        p.encoded(WireFormat(4), |_| 1u32);
+        p.encoded(WireFormat(4), |_| 1u64);
+    }
+
+    #[test]
+    #[should_panic(expected = "out of range")]
+    fn format_out_of_range_panics() {
+        publication().encoded(WireFormat(WireFormat::MAX_FORMATS as u8), |_| ());
+    }
+
+    #[test]
+    fn payload_constructors() {
+        assert_eq!(Payload::text("ab").kind, PayloadKind::Text);
+        assert_eq!(Payload::from_static_str("abc").len(), 3);
+        let b = Payload::binary(vec![1, 2]);
+        assert_eq!(
+            (b.kind, b.len(), b.is_empty()),
+            (PayloadKind::Binary, 2, false)
+        );
+    }
+}
