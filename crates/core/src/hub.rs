@@ -405,3 +405,40 @@ impl std::fmt::Debug for Hub {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The window between looking a channel up and joining it is too narrow
+    /// to hit reliably from threads, so stage it by hand: the last member has
+    /// left (the channel is dead) but the leaver has not unlinked it yet.
+    #[test]
+    fn subscribe_replaces_a_dead_channel_still_in_the_map() {
+        let hub = Hub::new(HubLimits::default());
+        let (a, _a_out) = hub.register(ConnInfo::default()).unwrap();
+        let (b, mut b_out) = hub.register(ConnInfo::default()).unwrap();
+        hub.subscribe(&a, "x").unwrap();
+        let old = hub.channel("x").unwrap();
+        assert_eq!(old.leave(a.id()), (true, true));
+        assert!(matches!(old.join(&b.entry, None), Err(JoinError::Dead)));
+
+        hub.subscribe(&b, "x").unwrap();
+        let new = hub.channel("x").unwrap();
+        assert!(!Arc::ptr_eq(&old, &new));
+        assert_eq!(new.member_ids(), vec![b.id()]);
+        assert_eq!(hub.stats().channels, 1);
+        assert_eq!(
+            hub.publish("x", Payload::text("."), PublishOptions::default())
+                .delivered,
+            1
+        );
+        assert_eq!(b_out.try_recv_batch(&mut Vec::new(), 10), Ok(1));
+
+        // The stale leaver's later cleanup must not touch the new channel.
+        drop(a);
+        assert_eq!(hub.member_count("x"), 1);
+        drop(b);
+        assert_eq!((hub.channel_count(), hub.stats().channels), (0, 0));
+    }
+}
