@@ -1,1 +1,874 @@
-//! TODO
+//! The tokio connection: [`WebSocket`] over any `AsyncRead + AsyncWrite`, splittable into a
+//! [`WsReader`] and a [`WsWriter`] that can live in different tasks.
+//!
+//! Protocol duties handled here (the framing rules themselves live in [`crate::codec`]):
+//!
+//! * **Pings** (RFC 6455 §5.5.2, §5.5.3): every ping is answered with a pong carrying the same
+//!   payload. If several pings arrive before a pong could be written, only the most recent one
+//!   is answered, which §5.5.3 allows; this bounds what a peer that pings without reading can
+//!   make us buffer. Received pongs update a [`PingTracker`] so a server can reap dead peers.
+//! * **Closing** (§5.5.1, §7.1.2–§7.1.4): when the peer closes first we reply with a close frame
+//!   echoing its status code, flush, and shut the write side of the transport. When we close
+//!   first, no data frame may follow our close frame; the reader keeps reading until the
+//!   peer's close arrives or [`WriteConfig::close_timeout`] passes, then shuts the write side.
+//! * **Failing the connection** (§7.1.7): on a decoding error we send a close frame with the
+//!   error's code ([`Error::close_code`]) and stop.
+//!
+//! Writing is batched: `feed*` only queues frames, [`WsWriter::flush`] writes everything
+//! pending with vectored writes. Small frames are copied into one contiguous buffer (one
+//! `iovec` for many messages); payloads of at least [`WriteConfig::coalesce_threshold`] bytes —
+//! including pre-encoded broadcast frames from [`PreparedMessage`] — are queued as the
+//! caller's `Bytes`, by reference. The queue is bounded: past
+//! [`WriteConfig::max_buffered_bytes`] `feed` returns [`Error::WouldOverflow`] instead of
+//! growing.
+//!
+//! Both halves share one small mutex around the transport and the outgoing queue. It is only
+//! ever held for the duration of a non-blocking `poll_*` call or an encode, never across an
+//! `.await`, so a writer stuck on a slow peer cannot stop the reader from queueing pongs.
+//! Write readiness is signalled to both halves (a fan-out waker), because either may be the
+//! one flushing.
+//!
+//! The read buffer starts small (4 KiB, so idle connections stay cheap), grows only as far as
+//! the frame being read needs, and is given back after a large message.
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::close::{CloseCode, CloseFrame, MAX_REASON_LEN};
+use crate::codec::{Config, Decoder, Encoder, Role};
+use crate::deflate::DeflateParams;
+use crate::error::Error;
+use crate::message::Message;
+use crate::prepared::PreparedMessage;
+
+/// Initial (and resting) capacity of the read buffer.
+const READ_BUF_MIN: usize = 4 * 1024;
+/// A read buffer larger than this is replaced by a small one once it is empty again.
+const READ_BUF_KEEP: usize = 64 * 1024;
+/// A write buffer larger than this is dropped once everything has been written.
+const WRITE_BUF_KEEP: usize = 64 * 1024;
+/// Chunks handed to one vectored write (Linux IOV_MAX is 1024; 64 covers any realistic batch).
+const MAX_IOVECS: usize = 64;
+
+/// Options of the outgoing side of a connection.
+#[derive(Debug, Clone)]
+pub struct WriteConfig {
+    /// Bytes that may wait in the outgoing queue. A `feed` that would go past it fails with
+    /// [`Error::WouldOverflow`], except when the queue is empty (so a single message larger
+    /// than the limit can still be sent). Judged by the uncompressed payload size.
+    pub max_buffered_bytes: usize,
+    /// Payloads (and pre-encoded frames) at least this long are queued by reference instead of
+    /// being copied into the coalescing buffer.
+    pub coalesce_threshold: usize,
+    /// How long to wait for the peer's close frame after sending ours (and for our close
+    /// reply to drain) before giving up on a clean close.
+    pub close_timeout: Duration,
+}
+
+impl Default for WriteConfig {
+    fn default() -> Self {
+        WriteConfig {
+            max_buffered_bytes: 4 << 20,
+            coalesce_threshold: 2048,
+            close_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Liveness information shared by both halves: when pongs and other frames arrived, and
+/// whether a ping we sent is still unanswered. Cheap to clone; readable from any thread.
+#[derive(Debug, Clone)]
+pub struct PingTracker(Arc<TrackerInner>);
+
+#[derive(Debug)]
+struct TrackerInner {
+    base: Instant,
+    /// Nanoseconds since `base` + 1 (0 = never).
+    last_pong: AtomicU64,
+    last_ping_sent: AtomicU64,
+    last_received: AtomicU64,
+    awaiting_pong: AtomicBool,
+}
+
+impl PingTracker {
+    fn new() -> Self {
+        PingTracker(Arc::new(TrackerInner {
+            base: Instant::now(),
+            last_pong: AtomicU64::new(0),
+            last_ping_sent: AtomicU64::new(0),
+            last_received: AtomicU64::new(0),
+            awaiting_pong: AtomicBool::new(false),
+        }))
+    }
+
+    fn stamp(&self, slot: &AtomicU64) {
+        let ns = self.0.base.elapsed().as_nanos() as u64 + 1;
+        slot.store(ns, Ordering::Relaxed);
+    }
+
+    fn load(&self, slot: &AtomicU64) -> Option<Instant> {
+        match slot.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(self.0.base + Duration::from_nanos(ns - 1)),
+        }
+    }
+
+    fn ping_sent(&self) {
+        self.stamp(&self.0.last_ping_sent);
+        self.0.awaiting_pong.store(true, Ordering::Relaxed);
+    }
+
+    fn pong_received(&self) {
+        self.stamp(&self.0.last_pong);
+        self.0.awaiting_pong.store(false, Ordering::Relaxed);
+    }
+
+    /// When the last pong arrived.
+    pub fn last_pong(&self) -> Option<Instant> {
+        self.load(&self.0.last_pong)
+    }
+
+    /// When we last sent a ping.
+    pub fn last_ping_sent(&self) -> Option<Instant> {
+        self.load(&self.0.last_ping_sent)
+    }
+
+    /// When any frame last arrived from the peer (proof of life even without pongs).
+    pub fn last_received(&self) -> Option<Instant> {
+        self.load(&self.0.last_received)
+    }
+
+    /// Whether a ping we sent has not been answered by a pong yet.
+    pub fn awaiting_pong(&self) -> bool {
+        self.0.awaiting_pong.load(Ordering::Relaxed)
+    }
+}
+
+/// Wakes whichever halves are waiting for the transport to become writable.
+#[derive(Default)]
+struct WriteWakers {
+    slots: Mutex<[Option<Waker>; 2]>,
+}
+
+const READER: usize = 0;
+const WRITER: usize = 1;
+
+impl WriteWakers {
+    fn register(&self, who: usize, waker: &Waker) {
+        let mut s = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut s[who] {
+            Some(w) if w.will_wake(waker) => {}
+            slot => *slot = Some(waker.clone()),
+        }
+    }
+}
+
+impl Wake for WriteWakers {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let taken = {
+            let mut s = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            [s[0].take(), s[1].take()]
+        };
+        taken.into_iter().flatten().for_each(Waker::wake);
+    }
+}
+
+/// The outgoing queue: sealed chunks followed by the open coalescing buffer.
+struct WriteQueue {
+    encoder: Encoder,
+    role: Role,
+    deflate: Option<DeflateParams>,
+    compression_threshold: usize,
+    config: WriteConfig,
+    /// Chunks ready to be written, in order.
+    chunks: VecDeque<Bytes>,
+    /// Small frames accumulate here; sealed into `chunks` before a by-reference chunk.
+    buf: BytesMut,
+    /// Bytes in `chunks` + `buf`.
+    queued: usize,
+    /// Total bytes ever appended / written (to know whether a queued pong went out).
+    appended: u64,
+    written: u64,
+    pong_end: u64,
+    /// Payload of the latest ping not answered yet.
+    pending_pong: Option<Bytes>,
+}
+
+impl WriteQueue {
+    fn append_buf(&mut self, f: impl FnOnce(&mut Encoder, &mut BytesMut) -> Result<(), Error>) -> Result<(), Error> {
+        let before = self.buf.len();
+        f(&mut self.encoder, &mut self.buf)?;
+        let n = self.buf.len() - before;
+        self.queued += n;
+        self.appended += n as u64;
+        Ok(())
+    }
+
+    fn append_chunk(&mut self, chunk: Bytes) {
+        if chunk.is_empty() {
+            return;
+        }
+        self.seal();
+        self.queued += chunk.len();
+        self.appended += chunk.len() as u64;
+        self.chunks.push_back(chunk);
+    }
+
+    fn seal(&mut self) {
+        if !self.buf.is_empty() {
+            self.chunks.push_back(self.buf.split().freeze());
+        }
+    }
+
+    fn check_room(&self, estimate: usize) -> Result<(), Error> {
+        if self.queued > 0 && self.queued + estimate > self.config.max_buffered_bytes {
+            return Err(Error::WouldOverflow);
+        }
+        Ok(())
+    }
+
+    fn push_message(&mut self, msg: &Message) -> Result<(), Error> {
+        if let Message::Text(p) | Message::Binary(p) = msg {
+            self.check_room(p.len() + 14)?;
+            if p.len() >= self.config.coalesce_threshold {
+                if let Some(h) = self.encoder.encode_header_only(msg) {
+                    self.buf.extend_from_slice(h.as_ref());
+                    self.queued += h.len();
+                    self.appended += h.len() as u64;
+                    self.append_chunk(p.clone());
+                    return Ok(());
+                }
+            }
+        }
+        self.append_buf(|enc, out| enc.encode(msg, out))
+    }
+
+    fn push_prepared(&mut self, msg: &PreparedMessage) -> Result<(), Error> {
+        self.check_room(msg.payload().len() + 14)?;
+        if self.role == Role::Client {
+            // Client frames must be masked, so the shared server frame cannot be used.
+            return self.append_buf(|enc, out| enc.encode(msg.message(), out));
+        }
+        // Broadcast frames come from a fresh compressor; they may only be interleaved with our
+        // own compressed frames when our compressor does not keep context either.
+        let frame = match &self.deflate {
+            Some(p) if !p.server_no_context_takeover => {
+                return self.append_buf(|enc, out| enc.encode(msg.message(), out));
+            }
+            d => msg.frame_for(d.as_ref(), self.compression_threshold),
+        };
+        self.push_frame(frame);
+        Ok(())
+    }
+
+    fn push_frame(&mut self, frame: Bytes) {
+        if frame.len() >= self.config.coalesce_threshold {
+            self.append_chunk(frame);
+        } else {
+            self.buf.extend_from_slice(&frame);
+            self.queued += frame.len();
+            self.appended += frame.len() as u64;
+        }
+    }
+
+    /// Move the pending pong into the queue unless an earlier pong is still unwritten.
+    fn schedule_pong(&mut self) {
+        if self.written < self.pong_end {
+            return;
+        }
+        if let Some(p) = self.pending_pong.take() {
+            if self.append_buf(|enc, out| enc.encode(&Message::Pong(p), out)).is_ok() {
+                self.pong_end = self.appended;
+            }
+        }
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        self.queued -= n;
+        self.written += n as u64;
+        while n > 0 {
+            let front = self.chunks.front_mut().expect("written more than queued");
+            if n >= front.len() {
+                n -= front.len();
+                self.chunks.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+    }
+}
+
+/// Close-handshake progress.
+#[derive(Debug, Default)]
+struct CloseState {
+    /// We queued our close frame; no data may follow.
+    sent_at: Option<Instant>,
+    /// The peer's close frame arrived.
+    received: bool,
+    /// The write side of the transport has been shut down.
+    shut_down: bool,
+    /// A write failed; the transport is unusable.
+    broken: bool,
+}
+
+struct Inner<S> {
+    io: S,
+    queue: WriteQueue,
+    close: CloseState,
+    /// The reader's task, woken when the writer sends a close so it can start the timeout.
+    reader_waker: Option<Waker>,
+}
+
+struct Shared<S> {
+    inner: Mutex<Inner<S>>,
+    wakers: Arc<WriteWakers>,
+    tracker: PingTracker,
+}
+
+impl<S> Shared<S> {
+    fn lock(&self) -> MutexGuard<'_, Inner<S>> {
+        // A panic while holding the lock leaves the queue consistent enough to keep going:
+        // every mutation is completed before anything that can panic.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Shared<S> {
+    /// Write everything queued (and a pending pong), then flush the transport. `who` says
+    /// which half's waker to register for write readiness.
+    fn poll_flush(&self, who: usize, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.wakers.register(who, cx.waker());
+        let fan_waker = Waker::from(self.wakers.clone());
+        let mut fcx = Context::from_waker(&fan_waker);
+        let mut g = self.lock();
+        let inner = &mut *g;
+        if inner.close.broken {
+            return Poll::Ready(Err(Error::ConnectionClosed));
+        }
+        if inner.close.sent_at.is_none() {
+            inner.queue.schedule_pong();
+        }
+        inner.queue.seal();
+        let q = &mut inner.queue;
+        while !q.chunks.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut n = 0;
+            for c in q.chunks.iter().take(MAX_IOVECS) {
+                slices[n] = IoSlice::new(c);
+                n += 1;
+            }
+            match Pin::new(&mut inner.io).poll_write_vectored(&mut fcx, &slices[..n]) {
+                Poll::Ready(Ok(0)) => {
+                    inner.close.broken = true;
+                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+                }
+                Poll::Ready(Ok(w)) => q.advance(w),
+                Poll::Ready(Err(e)) => {
+                    inner.close.broken = true;
+                    return Poll::Ready(Err(e.into()));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if q.buf.capacity() > WRITE_BUF_KEEP {
+            q.buf = BytesMut::new();
+        }
+        match Pin::new(&mut inner.io).poll_flush(&mut fcx) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => {
+                inner.close.broken = true;
+                Poll::Ready(Err(e.into()))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Flush, then shut down the write side (once).
+    fn poll_flush_shutdown(&self, who: usize, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        std::task::ready!(self.poll_flush(who, cx))?;
+        let fan_waker = Waker::from(self.wakers.clone());
+        let mut fcx = Context::from_waker(&fan_waker);
+        let mut g = self.lock();
+        if g.close.shut_down {
+            return Poll::Ready(Ok(()));
+        }
+        match Pin::new(&mut g.io).poll_shutdown(&mut fcx) {
+            Poll::Ready(r) => {
+                g.close.shut_down = true;
+                Poll::Ready(r.map_err(Error::from))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Queue a close frame unless one was queued already.
+    fn queue_close(&self, frame: Option<CloseFrame>) -> Result<bool, Error> {
+        let mut g = self.lock();
+        if g.close.sent_at.is_some() {
+            return Ok(false);
+        }
+        let msg = Message::Close(frame);
+        g.queue.append_buf(|enc, out| enc.encode(&msg, out))?;
+        g.close.sent_at = Some(Instant::now());
+        // A pong after our close frame would break §5.5.1; drop it.
+        g.queue.pending_pong = None;
+        if let Some(w) = g.reader_waker.take() {
+            w.wake();
+        }
+        Ok(true)
+    }
+}
+
+/// A WebSocket connection over `S`. Use [`WebSocket::split`] to read and write from
+/// different tasks.
+pub struct WebSocket<S> {
+    reader: WsReader<S>,
+    writer: WsWriter<S>,
+}
+
+/// The read half: yields messages, answers pings, completes the close handshake.
+pub struct WsReader<S> {
+    shared: Arc<Shared<S>>,
+    decoder: Decoder,
+    buf: BytesMut,
+    /// A pong or close reply of ours is queued and must be pushed out by us.
+    must_flush: bool,
+    close_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    close_timeout: Duration,
+    done: bool,
+}
+
+/// The write half: queues and sends messages, pings, closes.
+pub struct WsWriter<S> {
+    shared: Arc<Shared<S>>,
+}
+
+/// Truncate a close reason to what fits in a close frame, on a character boundary.
+fn short_reason(s: &str) -> String {
+    let mut end = s.len().min(MAX_REASON_LEN);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WebSocket<S> {
+    /// Wrap an already-upgraded transport.
+    pub fn new(io: S, role: Role, config: Config, write_config: WriteConfig) -> Self {
+        Self::from_partially_read(io, role, config, write_config, BytesMut::new())
+    }
+
+    /// Like [`WebSocket::new`], with bytes that were read past the end of the handshake and
+    /// belong to the WebSocket stream.
+    pub fn from_partially_read(
+        io: S,
+        role: Role,
+        config: Config,
+        write_config: WriteConfig,
+        read_buf: BytesMut,
+    ) -> Self {
+        let close_timeout = write_config.close_timeout;
+        let queue = WriteQueue {
+            encoder: Encoder::new(role, config.clone()),
+            role,
+            deflate: config.deflate,
+            compression_threshold: config.compression_threshold,
+            config: write_config,
+            chunks: VecDeque::new(),
+            buf: BytesMut::new(),
+            queued: 0,
+            appended: 0,
+            written: 0,
+            pong_end: 0,
+            pending_pong: None,
+        };
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                io,
+                queue,
+                close: CloseState::default(),
+                reader_waker: None,
+            }),
+            wakers: Arc::new(WriteWakers::default()),
+            tracker: PingTracker::new(),
+        });
+        let mut buf = read_buf;
+        if buf.capacity() < READ_BUF_MIN {
+            buf.reserve(READ_BUF_MIN - buf.len());
+        }
+        WebSocket {
+            reader: WsReader {
+                shared: shared.clone(),
+                decoder: Decoder::new(role, config),
+                buf,
+                must_flush: false,
+                close_deadline: None,
+                close_timeout,
+                done: false,
+            },
+            writer: WsWriter { shared },
+        }
+    }
+
+    /// Separate the read and write halves.
+    pub fn split(self) -> (WsReader<S>, WsWriter<S>) {
+        (self.reader, self.writer)
+    }
+
+    /// See [`WsReader::next`].
+    pub async fn next(&mut self) -> Option<Result<Message, Error>> {
+        self.reader.next().await
+    }
+
+    /// See [`WsWriter::send`].
+    pub async fn send(&mut self, msg: Message) -> Result<(), Error> {
+        self.writer.send(msg).await
+    }
+
+    /// See [`WsWriter::feed`].
+    pub fn feed(&mut self, msg: Message) -> Result<(), Error> {
+        self.writer.feed(msg)
+    }
+
+    /// See [`WsWriter::flush`].
+    pub async fn flush(&mut self) -> Result<(), Error> {
+        self.writer.flush().await
+    }
+
+    /// See [`WsWriter::ping`].
+    pub async fn ping(&mut self, payload: impl Into<Bytes>) -> Result<(), Error> {
+        self.writer.ping(payload).await
+    }
+
+    /// The shared liveness tracker.
+    pub fn tracker(&self) -> PingTracker {
+        self.writer.tracker()
+    }
+
+    /// Close the connection: send a close frame, then read (discarding data messages) until
+    /// the peer's close arrives or the close timeout passes, and shut the transport down.
+    /// Returns the peer's close frame, if one arrived.
+    pub async fn close(
+        &mut self,
+        code: CloseCode,
+        reason: &str,
+    ) -> Result<Option<CloseFrame>, Error> {
+        self.writer.close(code, reason).await?;
+        while let Some(m) = self.reader.next().await {
+            if let Message::Close(f) = m? {
+                return Ok(f);
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsReader<S> {
+    /// The next message from the peer.
+    ///
+    /// Pings are answered automatically and still returned (as are pongs). A close frame from
+    /// the peer is answered, returned once as [`Message::Close`], and then `None` follows.
+    /// On a protocol violation the matching close code is sent and the error returned; after
+    /// that, and after the transport ends, `None` is returned.
+    pub async fn next(&mut self) -> Option<Result<Message, Error>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(msg)) => return Some(self.on_message(msg).await),
+                Ok(None) => {}
+                Err(e) => {
+                    let reason = short_reason(&e.to_string());
+                    let frame = e.close_code().map(|c| CloseFrame::new(c, reason));
+                    self.finish(frame.or(Some(CloseFrame::new(
+                        CloseCode::PROTOCOL_ERROR,
+                        "",
+                    ))))
+                    .await;
+                    return Some(Err(e));
+                }
+            }
+            self.maybe_shrink();
+            match poll_fn(|cx| self.poll_fill(cx)).await {
+                Fill::Data => {}
+                Fill::Eof => {
+                    self.done = true;
+                    let clean = {
+                        let g = self.shared.lock();
+                        g.close.sent_at.is_some() || g.close.received
+                    };
+                    if clean {
+                        return None;
+                    }
+                    return Some(Err(Error::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection ended without a close frame",
+                    ))));
+                }
+                Fill::TimedOut => {
+                    // The peer never answered our close: give up on a clean close.
+                    self.done = true;
+                    let _ = self.flush_shutdown_bounded().await;
+                    return None;
+                }
+                Fill::Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+
+    /// The shared liveness tracker.
+    pub fn tracker(&self) -> PingTracker {
+        self.shared.tracker.clone()
+    }
+
+    async fn on_message(&mut self, msg: Message) -> Result<Message, Error> {
+        let tracker = &self.shared.tracker;
+        tracker.stamp(&tracker.0.last_received);
+        match &msg {
+            Message::Ping(p) => {
+                {
+                    let mut g = self.shared.lock();
+                    if g.close.sent_at.is_none() {
+                        g.queue.pending_pong = Some(p.clone());
+                        self.must_flush = true;
+                    }
+                }
+                // Push the pong out now if the socket takes it; otherwise the next read poll
+                // (or the writer's next flush) will.
+                poll_fn(|cx| {
+                    if let Poll::Ready(r) = self.shared.poll_flush(READER, cx) {
+                        self.must_flush = false;
+                        if let Err(e) = r {
+                            return Poll::Ready(Err(e));
+                        }
+                    }
+                    Poll::Ready(Ok(()))
+                })
+                .await?;
+            }
+            Message::Pong(_) => tracker.pong_received(),
+            Message::Close(frame) => {
+                self.shared.lock().close.received = true;
+                // Echo the status code (§5.5.1); an empty close is answered with an empty one.
+                let reply = frame
+                    .as_ref()
+                    .map(|f| CloseFrame::new(f.code, String::new()));
+                self.finish(reply).await;
+            }
+            _ => {}
+        }
+        Ok(msg)
+    }
+
+    /// Send `frame` (unless a close was sent already), flush and shut down, bounded in time.
+    async fn finish(&mut self, frame: Option<CloseFrame>) {
+        self.done = true;
+        let _ = self.shared.queue_close(frame);
+        let _ = self.flush_shutdown_bounded().await;
+    }
+
+    async fn flush_shutdown_bounded(&mut self) -> Result<(), Error> {
+        let shared = self.shared.clone();
+        match tokio::time::timeout(
+            self.close_timeout,
+            poll_fn(|cx| shared.poll_flush_shutdown(READER, cx)),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(Error::ConnectionClosed),
+        }
+    }
+
+    fn maybe_shrink(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > READ_BUF_KEEP {
+            self.buf = BytesMut::with_capacity(READ_BUF_MIN);
+        }
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Fill> {
+        if self.must_flush {
+            if let Poll::Ready(r) = self.shared.poll_flush(READER, cx) {
+                self.must_flush = false;
+                if let Err(e) = r {
+                    return Poll::Ready(Fill::Err(e));
+                }
+            }
+        }
+        let mut g = self.shared.lock();
+        match &mut g.reader_waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        if let Some(at) = g.close.sent_at {
+            if !g.close.received {
+                let deadline = tokio::time::Instant::from_std(at + self.close_timeout);
+                let sleep = self
+                    .close_deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Fill::TimedOut);
+                }
+            }
+        }
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            // Grow geometrically while a large frame streams in; the decoder has already
+            // reserved room for the payload of a frame whose header it parsed.
+            let extra = self.buf.len().clamp(READ_BUF_MIN, 1 << 20);
+            self.buf.reserve(extra);
+        }
+        let spare = self.buf.spare_capacity_mut();
+        let mut rb = ReadBuf::uninit(spare);
+        match Pin::new(&mut g.io).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                if n == 0 {
+                    return Poll::Ready(Fill::Eof);
+                }
+                // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity.
+                unsafe { self.buf.set_len(self.buf.len() + n) };
+                Poll::Ready(Fill::Data)
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Fill::Err(e.into())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+use std::future::Future as _;
+
+enum Fill {
+    Data,
+    Eof,
+    TimedOut,
+    Err(Error),
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsWriter<S> {
+    /// Queue `msg` and write everything pending.
+    pub async fn send(&mut self, msg: Message) -> Result<(), Error> {
+        self.feed(msg)?;
+        self.flush().await
+    }
+
+    /// Queue `msg` without writing. A [`Message::Close`] starts the close handshake (see
+    /// [`WsWriter::close`]). Fails with [`Error::WouldOverflow`] when the queue is full and
+    /// [`Error::ConnectionClosed`] once a close frame has been sent.
+    pub fn feed(&mut self, msg: Message) -> Result<(), Error> {
+        if let Message::Close(frame) = msg {
+            return self.queue_close(frame);
+        }
+        let mut g = self.open()?;
+        g.queue.push_message(&msg)?;
+        if let Message::Ping(_) = msg {
+            self.shared.tracker.ping_sent();
+        }
+        Ok(())
+    }
+
+    /// Queue a broadcast message framed once for many connections. On a server connection
+    /// the shared frame (compressed once, if deflate was agreed) is queued without copying
+    /// when large; a client connection masks its own copy.
+    pub fn feed_prepared(&mut self, msg: &PreparedMessage) -> Result<(), Error> {
+        self.open()?.queue.push_prepared(msg)
+    }
+
+    /// Queue a complete, already-encoded frame as-is. The caller guarantees it is a valid
+    /// frame for this connection (role, negotiated extensions).
+    pub fn feed_frame(&mut self, frame: Bytes) -> Result<(), Error> {
+        let mut g = self.open()?;
+        g.queue.check_room(frame.len())?;
+        g.queue.push_frame(frame);
+        Ok(())
+    }
+
+    /// Write everything queued, with as few vectored writes as the transport allows.
+    pub async fn flush(&mut self) -> Result<(), Error> {
+        poll_fn(|cx| self.shared.poll_flush(WRITER, cx)).await
+    }
+
+    /// Send a ping; its pong will show up in the [`PingTracker`].
+    pub async fn ping(&mut self, payload: impl Into<Bytes>) -> Result<(), Error> {
+        self.send(Message::Ping(payload.into())).await
+    }
+
+    /// Start the close handshake: send a close frame with `code` and `reason` (truncated to
+    /// 123 bytes) and flush. The reader half then sees the peer's close (or ends after the
+    /// close timeout) and shuts the transport down.
+    pub async fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), Error> {
+        self.queue_close(Some(CloseFrame::new(code, short_reason(reason))))?;
+        self.flush().await
+    }
+
+    /// Bytes waiting in the outgoing queue.
+    pub fn buffered_bytes(&self) -> usize {
+        self.shared.lock().queue.queued
+    }
+
+    /// Whether a close frame was sent or received (no more data messages can be sent).
+    pub fn is_closing(&self) -> bool {
+        let g = self.shared.lock();
+        g.close.sent_at.is_some() || g.close.received || g.close.broken
+    }
+
+    /// The shared liveness tracker.
+    pub fn tracker(&self) -> PingTracker {
+        self.shared.tracker.clone()
+    }
+
+    fn open(&self) -> Result<MutexGuard<'_, Inner<S>>, Error> {
+        let g = self.shared.lock();
+        if g.close.sent_at.is_some() || g.close.received || g.close.broken {
+            return Err(Error::ConnectionClosed);
+        }
+        Ok(g)
+    }
+
+    fn queue_close(&mut self, frame: Option<CloseFrame>) -> Result<(), Error> {
+        if self.shared.lock().close.broken {
+            return Err(Error::ConnectionClosed);
+        }
+        match self.shared.queue_close(frame)? {
+            true => Ok(()),
+            false => Err(Error::ConnectionClosed),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for WebSocket<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSocket").finish_non_exhaustive()
+    }
+}
+
+impl<S> std::fmt::Debug for WsReader<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsReader")
+            .field("buffered", &self.buf.len())
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> std::fmt::Debug for WsWriter<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsWriter").finish_non_exhaustive()
+    }
+}
