@@ -143,6 +143,12 @@ impl Deflater {
         out.truncate(written);
         if out[start..].ends_with(&DEFLATE_TAIL) {
             out.truncate(written - DEFLATE_TAIL.len());
+        } else {
+            // Nothing was flushed (zlib emits no empty block for empty input right after a
+            // previous flush). §7.2.1 step 2: append an empty stored block ourselves; with its
+            // `00 00 ff ff` removed that is the single byte 0x00 (BFINAL=0, BTYPE=00, padding).
+            // Without it the receiver's re-appended tail would not form a valid block.
+            out.extend_from_slice(&[0x00]);
         }
         if self.no_context_takeover {
             self.compress.reset();
@@ -160,6 +166,8 @@ impl Deflater {
 pub struct Inflater {
     decompress: Decompress,
     no_context_takeover: bool,
+    /// Whether the current message has supplied any compressed bytes yet.
+    message_started: bool,
 }
 
 impl std::fmt::Debug for Inflater {
@@ -176,6 +184,7 @@ impl Inflater {
         Inflater {
             decompress: Decompress::new_with_window_bits(false, zlib_window_bits(window_bits)),
             no_context_takeover,
+            message_started: false,
         }
     }
 
@@ -192,8 +201,14 @@ impl Inflater {
         on_output: &mut dyn FnMut(&[u8]) -> Result<(), Error>,
     ) -> Result<(), Error> {
         self.run(input, out, limit, on_output)?;
+        self.message_started |= !input.is_empty();
         if fin {
-            self.run(&DEFLATE_TAIL, out, limit, on_output)?;
+            // A message with no compressed bytes at all is an empty message. The tail alone
+            // is not a valid block (its header bits belong in the last payload byte), so it
+            // is only appended after real data.
+            if std::mem::take(&mut self.message_started) {
+                self.run(&DEFLATE_TAIL, out, limit, on_output)?;
+            }
             if self.no_context_takeover {
                 self.decompress.reset(false);
             }
@@ -204,6 +219,7 @@ impl Inflater {
     /// Forget all history (the next message starts a fresh DEFLATE stream).
     pub fn reset(&mut self) {
         self.decompress.reset(false);
+        self.message_started = false;
     }
 
     fn run(
