@@ -35,12 +35,13 @@ function childEnv() {
 }
 
 /**
- * Start `switchboard serve --listen 127.0.0.1:0 ...extraArgs` and resolve once it
+ * Start `switchboard serve --listen 127.0.0.1:0 ...extraArgs` (or another
+ * `listen` address, e.g. to restart on the same port) and resolve once it
  * printed its "listening" line. Returns { port, httpUrl, wsUrl(path), stop(), stderr(), proc }.
  */
-export function startServer(extraArgs = []) {
+export function startServer(extraArgs = [], { listen = '127.0.0.1:0' } = {}) {
   const bin = binaryPath();
-  const args = ['serve', '--listen', '127.0.0.1:0', ...extraArgs];
+  const args = ['serve', '--listen', listen, ...extraArgs];
   const proc = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: childEnv() });
   let stderr = '';
   let stdout = '';
