@@ -96,6 +96,8 @@
 //! assert_eq!(hub.channel_count(), 0);
 //! ```
 
+#![warn(missing_docs)]
+
 mod channel;
 mod connection;
 mod error;
