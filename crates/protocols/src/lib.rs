@@ -1,1 +1,7 @@
 //! Wire formats spoken by Switchboard: encode and decode only, no I/O.
+//!
+//! Each protocol module translates between its frames and the core's neutral types
+//! ([`switchboard_core::Payload`] in, [`switchboard_core::Publication`] out), and caches its
+//! encoding of a publication in the publication itself so fan-out encodes once per format.
+
+pub mod raw;

@@ -1,1 +1,49 @@
 //! Switchboard network layer: tokio, hyper, WebSocket upgrade, TLS.
+//!
+//! One port serves everything: the chat page at `/`, `/health`, and WebSocket upgrades on
+//! any other (non-reserved) path, which join the raw room named by the path.
+//!
+//! ```no_run
+//! use switchboard_server::{Server, ServerConfig};
+//! use switchboard_core::Payload;
+//!
+//! # async fn example() -> Result<(), switchboard_server::ServerError> {
+//! let config = ServerConfig { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
+//! let server = Server::builder()
+//!     .config(config)
+//!     .on_message(|room, msg| tracing::trace!(room, ?msg, "received"))
+//!     .build()?
+//!     .bind()
+//!     .await?;
+//! println!("listening on {}", server.url());
+//! let hub = server.hub().clone();
+//! tokio::spawn(async move {
+//!     // Publish from application code to everyone in room "news".
+//!     hub.publish("news", Payload::text("hello"), Default::default());
+//! });
+//! server.run_until(switchboard_server::shutdown::os_signal()).await
+//! # }
+//! ```
+//!
+//! Modules, one concept each: [`config`] (settings), [`listener`] (accept loop, TLS, hyper),
+//! [`http`] (routing), `ws` (the upgrade and its checks), `connection` (reader and writer
+//! tasks), [`heartbeat`], [`origin`], [`shutdown`], [`tls`], [`stats`], [`crash`] (panic
+//! containment).
+
+pub mod config;
+mod connection;
+pub mod crash;
+pub mod heartbeat;
+pub mod http;
+pub mod listener;
+pub mod origin;
+mod server;
+pub mod shutdown;
+pub mod stats;
+pub mod tls;
+mod ws;
+
+pub use config::ServerConfig;
+pub use server::{hub_limits, BoundServer, MessageHook, Server, ServerBuilder, ServerError};
+pub use stats::ServerStats;
+pub use switchboard_core::Hub;

@@ -1,0 +1,282 @@
+//! Server configuration: every knob of the network layer in one struct.
+//!
+//! [`ServerConfig`] is what the library consumes. It deserializes from TOML (or any serde
+//! format) with every field optional — missing keys take the documented default — so a config
+//! file only needs the settings it changes. Durations are written as seconds (integer or
+//! fractional). Keys are `snake_case`; the `kebab-case` spelling of the command-line flag is
+//! accepted as an alias so a file can be written the way the flags read.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// What to do with a connection whose outgoing queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlowConsumer {
+    /// Close the connection with 1008 "slow consumer" (the default: the client reconnects and
+    /// knows it missed messages, instead of silently missing them).
+    #[default]
+    Close,
+    /// Drop the oldest queued messages and keep the connection.
+    DropOldest,
+}
+
+impl std::str::FromStr for SlowConsumer {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "close" => Ok(SlowConsumer::Close),
+            "drop-oldest" | "drop_oldest" => Ok(SlowConsumer::DropOldest),
+            other => Err(format!(
+                "unknown slow-consumer policy {other:?} (expected close or drop-oldest)"
+            )),
+        }
+    }
+}
+
+/// Output format of the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "unknown log format {other:?} (expected text or json)"
+            )),
+        }
+    }
+}
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// Default interval between server pings.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(25);
+/// Default time a peer has to answer a ping.
+pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// Default largest accepted message (1 MiB).
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
+/// Default time allowed for the TLS and HTTP upgrade handshakes.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time allowed for close handshakes on shutdown.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default per-connection outgoing queue bound in bytes (4 MiB).
+pub const DEFAULT_OUTBOX_MAX_BYTES: usize = 4 << 20;
+/// Default per-connection outgoing queue bound in messages.
+pub const DEFAULT_OUTBOX_MAX_MESSAGES: usize = 4096;
+
+/// Every setting of the server. `Default` gives the documented defaults.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Text message sent to every new connection before anything else.
+    pub welcome: Option<String>,
+    /// Interval between pings sent to each connection.
+    #[serde(alias = "ping-interval", deserialize_with = "secs")]
+    pub ping_interval: Duration,
+    /// Time a connection has to answer a ping before it is closed as dead.
+    #[serde(alias = "ping-timeout", deserialize_with = "secs")]
+    pub ping_timeout: Duration,
+    /// Most concurrent WebSocket connections; further upgrades get HTTP 503.
+    #[serde(alias = "max-connections")]
+    pub max_connections: Option<usize>,
+    /// Largest accepted message in bytes; larger ones close the connection with 1009.
+    #[serde(alias = "max-message-size")]
+    pub max_message_size: usize,
+    /// Time allowed for a new TCP connection to complete TLS and its HTTP request headers.
+    #[serde(alias = "handshake-timeout", deserialize_with = "secs")]
+    pub handshake_timeout: Duration,
+    /// Most members of one room; a further join is closed with 1008 "room full".
+    #[serde(alias = "max-room-members")]
+    pub max_room_members: Option<usize>,
+    /// Origin patterns allowed to open WebSockets (`*`, exact, or `https://*.example.com`).
+    #[serde(alias = "allowed-origins", deserialize_with = "origin_list")]
+    pub allowed_origins: Vec<String>,
+    /// PEM certificate chain; with `tls_key`, serves https and wss.
+    #[serde(alias = "tls-cert")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key matching `tls_cert`.
+    #[serde(alias = "tls-key")]
+    pub tls_key: Option<PathBuf>,
+    /// Offer permessage-deflate to clients.
+    pub deflate: bool,
+    /// Policy for connections that cannot keep up.
+    #[serde(alias = "slow-consumer")]
+    pub slow_consumer: SlowConsumer,
+    /// Bound of each connection's outgoing queue, in bytes.
+    #[serde(alias = "outbox-max-bytes")]
+    pub outbox_max_bytes: usize,
+    /// Bound of each connection's outgoing queue, in messages.
+    #[serde(alias = "outbox-max-messages")]
+    pub outbox_max_messages: usize,
+    /// Time allowed for close handshakes when the server shuts down.
+    #[serde(alias = "shutdown-timeout", deserialize_with = "secs")]
+    pub shutdown_timeout: Duration,
+    /// Log output format (used by the binary).
+    #[serde(alias = "log-format")]
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `info` or `switchboard=debug` (used by the binary).
+    #[serde(alias = "log-level")]
+    pub log_level: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            welcome: None,
+            ping_interval: DEFAULT_PING_INTERVAL,
+            ping_timeout: DEFAULT_PING_TIMEOUT,
+            max_connections: None,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_room_members: None,
+            allowed_origins: vec!["*".to_string()],
+            tls_cert: None,
+            tls_key: None,
+            deflate: true,
+            slow_consumer: SlowConsumer::Close,
+            outbox_max_bytes: DEFAULT_OUTBOX_MAX_BYTES,
+            outbox_max_messages: DEFAULT_OUTBOX_MAX_MESSAGES,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            log_format: LogFormat::Text,
+            log_level: "info".to_string(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Whether TLS is configured (both certificate and key given).
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert.is_some() && self.tls_key.is_some()
+    }
+
+    /// Check the settings that cannot be expressed in the types.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("--tls-cert and --tls-key must be given together".into());
+        }
+        if self.ping_interval.is_zero() || self.ping_timeout.is_zero() {
+            return Err("ping interval and ping timeout must be positive".into());
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err("handshake timeout must be positive".into());
+        }
+        if self.max_message_size == 0 {
+            return Err("max message size must be positive".into());
+        }
+        if self.outbox_max_bytes == 0 || self.outbox_max_messages == 0 {
+            return Err("outbox bounds must be positive".into());
+        }
+        if self.allowed_origins.is_empty() {
+            return Err("allowed origins must not be empty (use * to allow any)".into());
+        }
+        Ok(())
+    }
+}
+
+/// Parse a duration given in seconds (`"2.5"`, `"10"`); used by the command line too.
+pub fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a number of seconds: {s:?}"))?;
+    Duration::try_from_secs_f64(v).map_err(|_| format!("not a valid number of seconds: {s:?}"))
+}
+
+/// Split a comma-separated origin list, dropping empty entries.
+pub fn parse_origin_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn secs<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Secs {
+        Int(u64),
+        Float(f64),
+        Text(String),
+    }
+    match Secs::deserialize(d)? {
+        Secs::Int(n) => Ok(Duration::from_secs(n)),
+        Secs::Float(f) => Duration::try_from_secs_f64(f).map_err(serde::de::Error::custom),
+        Secs::Text(s) => parse_secs(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+fn origin_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Origins {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Origins::deserialize(d)? {
+        Origins::List(v) => v,
+        Origins::Text(s) => parse_origin_list(&s),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_documentation() {
+        let c = ServerConfig::default();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.ping_interval, Duration::from_secs(25));
+        assert_eq!(c.ping_timeout, Duration::from_secs(20));
+        assert_eq!(c.max_message_size, 1_048_576);
+        assert_eq!(c.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(c.allowed_origins, vec!["*"]);
+        assert!(c.deflate);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn parses_seconds_and_lists() {
+        assert_eq!(parse_secs("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_secs("-1").is_err());
+        assert!(parse_secs("abc").is_err());
+        assert_eq!(
+            parse_origin_list(" https://a.com, ,*"),
+            vec!["https://a.com", "*"]
+        );
+        assert_eq!(
+            "drop-oldest".parse::<SlowConsumer>().unwrap(),
+            SlowConsumer::DropOldest
+        );
+        assert!("sometimes".parse::<SlowConsumer>().is_err());
+    }
+
+    #[test]
+    fn validation_rejects_half_tls() {
+        let c = ServerConfig {
+            tls_cert: Some("c.pem".into()),
+            ..Default::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}

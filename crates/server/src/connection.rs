@@ -1,0 +1,440 @@
+//! One WebSocket connection in a raw room: a reader task and a writer task.
+//!
+//! * The **reader task** decodes messages, stamps liveness for the heartbeat, runs the
+//!   embedder's hook (panics caught), and publishes data messages to the room through the hub.
+//!   It never writes to the socket itself; protocol replies (pong, close echo) are queued by
+//!   the WebSocket layer onto the writer.
+//! * The **writer task** (the connection's own task) sends the welcome message first, then
+//!   loops: take a batch of deliveries from the outbox, queue each one's shared frame (framed
+//!   and compressed once per publication for all subscribers, see
+//!   [`switchboard_protocols::raw::encode`] and `WsWriter::feed_prepared`), and flush the
+//!   batch in one vectored write. Its
+//!   `select!` also drives the heartbeat, watches the reader, and listens for shutdown. No lock
+//!   is held while writing and no payload is copied per subscriber.
+//!
+//! Endings and what the peer sees: shutdown → 1001 "going away"; outbox closed as a slow
+//! consumer → 1008 "slow consumer" (or the socket is dropped when it does not drain at all);
+//! room full → 1008 "room full"; message too big → 1009 (sent by the codec); a panic while
+//! handling a message → 1011 "internal error"; no answer to pings → the socket is dropped.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use switchboard_core::{CloseReason, ConnHandle, ConnId, Delivery, Hub, Outbox, PublishOptions};
+use switchboard_protocols::raw;
+use switchboard_websocket::codec::Config as CodecConfig;
+use switchboard_websocket::stream::{WriteConfig, WsReader, WsWriter};
+use switchboard_websocket::{
+    CloseCode, CloseFrame, DeflateParams, Error as WsError, Message, Role,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::task::JoinHandle;
+
+use crate::crash::{self, CatchPanic};
+use crate::heartbeat::{Beat, Heartbeat};
+use crate::server::{MessageHook, Shared};
+use crate::shutdown::ShutdownToken;
+use crate::stats::{ConnectionSlot, Counter};
+
+/// Most deliveries written per flush.
+const BATCH: usize = 64;
+/// How long to wait for the peer's close reply after sending ours (outside shutdown).
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// How often a stalled flush checks whether the hub gave up on the connection.
+const STALL_CHECK: Duration = Duration::from_millis(200);
+
+/// What the upgrade decided about this connection.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnParams {
+    /// The raw room joined.
+    pub room: Arc<str>,
+    /// Whether the sender receives its own messages.
+    pub echo: bool,
+    /// Agreed permessage-deflate parameters.
+    pub deflate: Option<DeflateParams>,
+    /// Remote address, for logs.
+    pub peer: SocketAddr,
+}
+
+/// Run the connection on its own task. A panic in the writer is caught and logged; the
+/// socket is then dropped (the writer that could send 1011 is the thing that failed).
+pub(crate) fn spawn<S>(
+    io: S,
+    handle: ConnHandle,
+    outbox: Outbox,
+    params: ConnParams,
+    shared: Arc<Shared>,
+    token: ShutdownToken,
+    slot: ConnectionSlot,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = params.peer;
+    let id = handle.id();
+    tokio::spawn(async move {
+        let counters = Arc::clone(&shared.counters);
+        if let Err(p) = CatchPanic::new(run(io, handle, outbox, params, shared, token)).await {
+            counters.bump(Counter::ClosedPanic);
+            tracing::error!(%peer, id, "panic in connection writer: {p}");
+        }
+        drop(slot);
+    });
+}
+
+/// How the reader task ended.
+enum ReadEnd {
+    /// The peer sent a close frame.
+    Closed(Option<CloseFrame>),
+    /// The socket ended without a close frame.
+    Eof,
+    /// The peer broke the protocol or a limit; the codec already sent the close code.
+    Error(WsError),
+    /// The message hook panicked.
+    HookPanic(String),
+}
+
+/// The reader task's result: how it ended, and the read half for lingering.
+struct ReadOutcome<S> {
+    end: ReadEnd,
+    reader: WsReader<S>,
+}
+
+/// Why the writer loop stopped.
+enum WriteEnd<S> {
+    Shutdown,
+    Reader(Box<ReadOutcome<S>>),
+    ReaderPanicked(String),
+    Hub(CloseReason),
+    Dead,
+    Stalled,
+    WriteError(WsError),
+}
+
+/// Everything the reader task needs.
+struct ReadCtx {
+    hub: Hub,
+    room: Arc<str>,
+    id: ConnId,
+    echo: bool,
+    hook: Option<MessageHook>,
+}
+
+async fn run<S>(
+    io: S,
+    handle: ConnHandle,
+    mut outbox: Outbox,
+    params: ConnParams,
+    shared: Arc<Shared>,
+    token: ShutdownToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let config = &shared.config;
+    let codec = CodecConfig {
+        max_message_size: config.max_message_size,
+        max_frame_size: config.max_message_size,
+        deflate: params.deflate,
+        ..CodecConfig::default()
+    };
+    let write_config = WriteConfig {
+        // Our close frame waits this long for the peer's reply before the socket is shut.
+        close_timeout: config.shutdown_timeout,
+        ..WriteConfig::default()
+    };
+    let ws = switchboard_websocket::stream::WebSocket::new(io, Role::Server, codec, write_config);
+    let (mut reader, mut writer) = ws.split();
+    let (peer, id, room) = (params.peer, handle.id(), Arc::clone(&params.room));
+    tracing::debug!(%peer, id, %room, deflate = params.deflate.is_some(), "connected");
+
+    if let Err(e) = shared.hub.subscribe(&handle, &room) {
+        shared.counters.bump(Counter::RejectedRoomFull);
+        tracing::info!(%peer, id, %room, "join refused: {e}");
+        close_with(&mut writer, CloseCode::POLICY, "room full").await;
+        linger(&mut reader, CLOSE_LINGER).await;
+        return;
+    }
+
+    // The welcome goes out before anything from the outbox: nothing was written yet, and
+    // the writer loop only starts after this flush.
+    if let Some(welcome) = &shared.welcome {
+        let sent = match writer.feed(welcome.clone()) {
+            Ok(()) => writer.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            tracing::debug!(%peer, id, "disconnected before the welcome: {e}");
+            return;
+        }
+    }
+
+    let ctx = ReadCtx {
+        hub: shared.hub.clone(),
+        room: Arc::clone(&room),
+        id,
+        echo: params.echo,
+        hook: shared.on_message.clone(),
+    };
+    // The WebSocket layer stamps every received frame; the heartbeat reads that stamp.
+    let tracker = Arc::new(reader.tracker());
+    let mut reader_task = tokio::spawn(read_loop(reader, ctx));
+    let mut heartbeat = Heartbeat::new(config.ping_interval, config.ping_timeout, tracker);
+    // A peer that accepts no bytes at all for this long is treated like one that stopped
+    // answering pings.
+    let stall = config.ping_timeout;
+
+    let end = write_loop(
+        &mut writer,
+        &mut outbox,
+        &mut reader_task,
+        &mut heartbeat,
+        &token,
+        stall,
+    )
+    .await;
+
+    let c = &shared.counters;
+    let reason: &str = match end {
+        WriteEnd::Shutdown => {
+            close_with(&mut writer, CloseCode::GOING_AWAY, "going away").await;
+            await_reader(&mut reader_task, config.shutdown_timeout).await;
+            "server shutdown"
+        }
+        WriteEnd::Reader(outcome) => {
+            let ReadOutcome { end, mut reader } = *outcome;
+            match end {
+                ReadEnd::Closed(frame) => {
+                    // The WebSocket layer queued the close echo; make sure it is on the wire.
+                    let _ = writer.flush().await;
+                    tracing::debug!(%peer, id, code = frame.as_ref().map(|f| f.code.0), "peer closed");
+                    "closed by peer"
+                }
+                ReadEnd::Eof => "connection lost",
+                ReadEnd::Error(e) => {
+                    match e.close_code() {
+                        Some(CloseCode::TOO_BIG) => c.bump(Counter::ClosedTooBig),
+                        Some(_) => c.bump(Counter::ClosedProtocolError),
+                        None => {}
+                    }
+                    let _ = writer.flush().await;
+                    tracing::debug!(%peer, id, "read error: {e}");
+                    linger(&mut reader, CLOSE_LINGER).await;
+                    "read error"
+                }
+                ReadEnd::HookPanic(msg) => {
+                    c.bump(Counter::ClosedPanic);
+                    tracing::error!(%peer, id, %room, "panic while handling a message: {msg}");
+                    close_with(&mut writer, CloseCode::INTERNAL_ERROR, "internal error").await;
+                    linger(&mut reader, CLOSE_LINGER).await;
+                    "internal error"
+                }
+            }
+        }
+        WriteEnd::ReaderPanicked(msg) => {
+            c.bump(Counter::ClosedPanic);
+            tracing::error!(%peer, id, %room, "panic in connection reader: {msg}");
+            close_with(&mut writer, CloseCode::INTERNAL_ERROR, "internal error").await;
+            "internal error"
+        }
+        WriteEnd::Hub(CloseReason::SlowConsumer) => {
+            c.bump(Counter::ClosedSlowConsumer);
+            tracing::info!(%peer, id, %room, "closing slow consumer");
+            close_with(&mut writer, CloseCode::POLICY, "slow consumer").await;
+            await_reader(&mut reader_task, CLOSE_LINGER).await;
+            "slow consumer"
+        }
+        WriteEnd::Hub(reason) => {
+            let code = CloseCode(reason.close_code());
+            close_with(&mut writer, code, reason.close_text()).await;
+            await_reader(&mut reader_task, CLOSE_LINGER).await;
+            "closed by the application"
+        }
+        WriteEnd::Dead => {
+            c.bump(Counter::ClosedHeartbeat);
+            tracing::debug!(%peer, id, "no answer to ping; dropping connection");
+            "ping timeout"
+        }
+        WriteEnd::Stalled => {
+            c.bump(Counter::ClosedSlowConsumer);
+            tracing::info!(%peer, id, %room, "peer stopped reading; dropping connection");
+            "write stalled"
+        }
+        WriteEnd::WriteError(e) => {
+            tracing::debug!(%peer, id, "write failed: {e}");
+            "write error"
+        }
+    };
+    reader_task.abort();
+    // Leaving the room and the hub happens when the handle drops, before the socket closes.
+    drop(handle);
+    tracing::debug!(%peer, id, %room, reason, "disconnected");
+}
+
+async fn write_loop<S>(
+    writer: &mut WsWriter<S>,
+    outbox: &mut Outbox,
+    reader_task: &mut JoinHandle<ReadOutcome<S>>,
+    heartbeat: &mut Heartbeat,
+    token: &ShutdownToken,
+    stall: Duration,
+) -> WriteEnd<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut batch: Vec<Delivery> = Vec::with_capacity(BATCH);
+    let stop = token.triggered();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut stop => return WriteEnd::Shutdown,
+            joined = &mut *reader_task => {
+                return match joined {
+                    Ok(outcome) => WriteEnd::Reader(Box::new(outcome)),
+                    Err(e) if e.is_panic() => WriteEnd::ReaderPanicked(crash::panic_message(e.into_panic().as_ref())),
+                    Err(e) => WriteEnd::ReaderPanicked(e.to_string()),
+                };
+            }
+            beat = heartbeat.next() => match beat {
+                Beat::Ping => {
+                    if let Err(e) = writer.feed(Message::Ping(Bytes::new())) {
+                        return WriteEnd::WriteError(e);
+                    }
+                    if let Err(end) = flush_bounded(writer, outbox, &mut stop, stall).await {
+                        return end;
+                    }
+                }
+                Beat::Dead => return WriteEnd::Dead,
+            },
+            received = outbox.recv_batch(&mut batch, BATCH) => {
+                if let Err(closed) = received {
+                    return WriteEnd::Hub(closed.reason);
+                }
+                for delivery in batch.drain(..) {
+                    let fed = match &delivery {
+                        Delivery::Publication(p) => writer.feed_prepared(raw::encode(p)),
+                        Delivery::Direct(payload) => writer.feed(raw::to_message(payload)),
+                    };
+                    match fed {
+                        Ok(()) => {}
+                        Err(WsError::WouldOverflow) => {
+                            // The write buffer is full mid-batch: push it out, then retry once.
+                            if let Err(end) = flush_bounded(writer, outbox, &mut stop, stall).await {
+                                return end;
+                            }
+                            let again = match &delivery {
+                                Delivery::Publication(p) => writer.feed_prepared(raw::encode(p)),
+                                Delivery::Direct(payload) => writer.feed(raw::to_message(payload)),
+                            };
+                            if let Err(e) = again {
+                                return WriteEnd::WriteError(e);
+                            }
+                        }
+                        Err(e) => return WriteEnd::WriteError(e),
+                    }
+                }
+                if let Err(end) = flush_bounded(writer, outbox, &mut stop, stall).await {
+                    return end;
+                }
+            }
+        }
+    }
+}
+
+/// Flush, but give up when the peer accepts nothing for `stall`, when the hub closes the
+/// outbox as a slow consumer, or on shutdown. The fast path (socket writable) costs no timer.
+async fn flush_bounded<S, F>(
+    writer: &mut WsWriter<S>,
+    outbox: &Outbox,
+    stop: &mut std::pin::Pin<&mut F>,
+    stall: Duration,
+) -> Result<(), WriteEnd<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: std::future::Future<Output = ()>,
+{
+    let flush = writer.flush();
+    tokio::pin!(flush);
+    tokio::select! {
+        biased;
+        r = &mut flush => return r.map_err(WriteEnd::WriteError),
+        _ = std::future::ready(()) => {}
+    }
+    let deadline = tokio::time::sleep(stall);
+    tokio::pin!(deadline);
+    let mut check = tokio::time::interval(STALL_CHECK);
+    loop {
+        tokio::select! {
+            r = &mut flush => return r.map_err(WriteEnd::WriteError),
+            _ = &mut deadline => return Err(WriteEnd::Stalled),
+            _ = stop.as_mut() => return Err(WriteEnd::Shutdown),
+            _ = check.tick() => {
+                if let Some(reason @ (CloseReason::SlowConsumer | CloseReason::Shutdown)) = outbox.close_reason() {
+                    return Err(WriteEnd::Hub(reason));
+                }
+            }
+        }
+    }
+}
+
+async fn read_loop<S>(mut reader: WsReader<S>, ctx: ReadCtx) -> ReadOutcome<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let opts = if ctx.echo {
+        PublishOptions::from_conn(ctx.id)
+    } else {
+        PublishOptions::except_sender(ctx.id)
+    };
+    let end = loop {
+        let msg = match reader.next().await {
+            None => break ReadEnd::Eof,
+            Some(Err(e)) => break ReadEnd::Error(e),
+            Some(Ok(msg)) => msg,
+        };
+        match &msg {
+            Message::Close(frame) => break ReadEnd::Closed(frame.clone()),
+            Message::Ping(_) | Message::Pong(_) => {}
+            Message::Text(_) | Message::Binary(_) => {
+                if let Some(hook) = &ctx.hook {
+                    if let Err(p) = crash::call(|| hook(&ctx.room, &msg)) {
+                        break ReadEnd::HookPanic(p.0);
+                    }
+                }
+                if let Some(payload) = raw::decode(&msg) {
+                    ctx.hub.publish(&ctx.room, payload, opts);
+                }
+            }
+        }
+    };
+    ReadOutcome { end, reader }
+}
+
+/// Send a close frame, bounded in time (the peer may not be reading at all).
+async fn close_with<S>(writer: &mut WsWriter<S>, code: CloseCode, reason: &str)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let _ = tokio::time::timeout(CLOSE_LINGER, writer.close(code, reason)).await;
+}
+
+/// Read (and discard) until the peer's close reply or the end of the stream, so the socket
+/// is not reset while our close frame is still unread on the other side.
+async fn linger<S>(reader: &mut WsReader<S>, limit: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let _ = tokio::time::timeout(limit, async {
+        while let Some(Ok(msg)) = reader.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Wait for the reader task to end (it ends when the peer's close reply arrives).
+async fn await_reader<S>(reader_task: &mut JoinHandle<ReadOutcome<S>>, limit: Duration) {
+    let _ = tokio::time::timeout(limit, reader_task).await;
+}

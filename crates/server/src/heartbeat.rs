@@ -1,0 +1,183 @@
+//! Heartbeat: ping each connection periodically and reap the ones that stop answering.
+//!
+//! A half-open TCP connection (peer vanished without a FIN) looks idle forever; writes keep
+//! succeeding into the kernel buffer. The only cure is to demand an answer: every
+//! `ping_interval` the writer task sends a ping, and if nothing at all (a pong or any other
+//! frame) arrives from the peer within `ping_timeout`, the connection is closed.
+//!
+//! Cost: no extra task and no per-ping allocation. The WebSocket layer already stamps the
+//! time of every received frame in its [`PingTracker`]; the writer task's `select!` owns one
+//! `Interval` and one `Sleep` ([`Heartbeat`]) and compares that stamp with the time of its
+//! last ping.
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard_websocket::stream::PingTracker;
+use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
+
+/// Something that knows when the peer was last heard from.
+pub trait PeerActivity: Send + Sync + 'static {
+    /// When the last frame (of any kind) arrived from the peer, if any did.
+    fn last_heard(&self) -> Option<std::time::Instant>;
+}
+
+impl PeerActivity for PingTracker {
+    fn last_heard(&self) -> Option<std::time::Instant> {
+        self.last_received()
+    }
+}
+
+/// A stand-alone activity clock, for transports without a [`PingTracker`] (and tests).
+#[derive(Debug, Clone)]
+pub struct Liveness {
+    base: std::time::Instant,
+    /// Nanoseconds since `base` + 1; 0 = never.
+    last: Arc<AtomicU64>,
+}
+
+impl Liveness {
+    /// A clock that has heard nothing yet.
+    pub fn new() -> Liveness {
+        Liveness {
+            base: std::time::Instant::now(),
+            last: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Record that the peer sent something.
+    pub fn touch(&self) {
+        self.last
+            .store(self.base.elapsed().as_nanos() as u64 + 1, Ordering::Relaxed);
+    }
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PeerActivity for Liveness {
+    fn last_heard(&self) -> Option<std::time::Instant> {
+        match self.last.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(self.base + Duration::from_nanos(ns - 1)),
+        }
+    }
+}
+
+/// What the writer task must do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    /// Send a ping now.
+    Ping,
+    /// The peer did not answer in time: close the connection.
+    Dead,
+}
+
+/// The writer task's heartbeat timers.
+pub struct Heartbeat {
+    interval: Interval,
+    timeout: Duration,
+    activity: Arc<dyn PeerActivity>,
+    /// When the unanswered ping was sent, if any.
+    pending: Option<std::time::Instant>,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl Heartbeat {
+    /// Timers for one connection: the first ping goes out one `interval` from now.
+    pub fn new(
+        interval: Duration,
+        timeout: Duration,
+        activity: Arc<dyn PeerActivity>,
+    ) -> Heartbeat {
+        let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Heartbeat {
+            interval: ticker,
+            timeout,
+            activity,
+            pending: None,
+            deadline: Box::pin(tokio::time::sleep(Duration::from_secs(86_400))),
+        }
+    }
+
+    /// Wait for the next heartbeat action. Cancel-safe: meant for a `select!` branch.
+    pub async fn next(&mut self) -> Beat {
+        loop {
+            tokio::select! {
+                _ = self.interval.tick() => {
+                    self.settle();
+                    if self.pending.is_none() {
+                        self.pending = Some(std::time::Instant::now());
+                        self.deadline.as_mut().reset(Instant::now() + self.timeout);
+                        return Beat::Ping;
+                    }
+                }
+                _ = self.deadline.as_mut(), if self.pending.is_some() => {
+                    self.settle();
+                    if self.pending.is_some() {
+                        return Beat::Dead;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Clear the pending ping if the peer has been heard from since it was sent.
+    fn settle(&mut self) {
+        if let Some(sent) = self.pending {
+            if self.activity.last_heard().is_some_and(|at| at >= sent) {
+                self.pending = None;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_peer_is_dead_after_timeout() {
+        let live = Liveness::new();
+        let mut hb = Heartbeat::new(
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            Arc::new(live),
+        );
+        assert_eq!(hb.next().await, Beat::Ping);
+        assert_eq!(hb.next().await, Beat::Dead);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answering_peer_keeps_getting_pings() {
+        let live = Liveness::new();
+        let mut hb = Heartbeat::new(
+            Duration::from_secs(2),
+            Duration::from_secs(1),
+            Arc::new(live.clone()),
+        );
+        for _ in 0..5 {
+            assert_eq!(hb.next().await, Beat::Ping);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            live.touch();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn activity_before_the_ping_does_not_count() {
+        let live = Liveness::new();
+        live.touch();
+        let mut hb = Heartbeat::new(
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            Arc::new(live),
+        );
+        assert_eq!(hb.next().await, Beat::Ping);
+        assert_eq!(hb.next().await, Beat::Dead);
+    }
+}

@@ -1,0 +1,186 @@
+//! HTTP routing on the shared port: the chat page, `/health`, reserved prefixes, and
+//! WebSocket upgrades into raw rooms.
+//!
+//! | request                               | answer                                   |
+//! |---------------------------------------|------------------------------------------|
+//! | upgrade on a reserved prefix          | 404 (those paths belong to other protocols) |
+//! | upgrade on any other path             | WebSocket; room = path (`/` = `lobby`)   |
+//! | `GET /`                               | the chat page                            |
+//! | `GET /health`                         | JSON: status, uptime, connections, stats |
+//! | anything else                         | 404                                      |
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use switchboard_websocket::handshake::is_upgrade_request;
+
+use crate::server::Shared;
+use crate::shutdown::ShutdownToken;
+use crate::ws;
+
+/// The chat page served at `/`.
+pub const INDEX_HTML: &str = include_str!("../assets/index.html");
+
+/// Path prefixes that are never raw rooms: they are kept for the HTTP API and the other wire
+/// protocols, so a room can never shadow them.
+pub const RESERVED_PREFIXES: &[&str] = &[
+    "/api/",
+    "/connection/",
+    "/socket.io/",
+    "/app/",
+    "/health",
+    "/metrics",
+];
+
+/// The room used for `/`.
+pub const DEFAULT_ROOM: &str = "lobby";
+
+/// The body type of every response.
+pub type Body = Full<Bytes>;
+
+/// Whether `path` falls under a reserved prefix (`/health` and `/health/x` do, `/healthy` does not).
+pub fn is_reserved(path: &str) -> bool {
+    RESERVED_PREFIXES.iter().any(|prefix| {
+        if prefix.ends_with('/') {
+            path.starts_with(prefix) || path == prefix.trim_end_matches('/')
+        } else {
+            path == *prefix
+                || path
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        }
+    })
+}
+
+/// The raw room a WebSocket path joins: the path without its leading `/`, `lobby` for `/`.
+pub fn room_for_path(path: &str) -> String {
+    let name = path.trim_start_matches('/');
+    if name.is_empty() {
+        DEFAULT_ROOM.to_string()
+    } else {
+        name.to_string()
+    }
+}
+
+/// Route one request.
+pub(crate) async fn handle(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    token: ShutdownToken,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path();
+    if is_upgrade_request(req.headers()) {
+        if is_reserved(path) {
+            return Ok(text(StatusCode::NOT_FOUND, "not found"));
+        }
+        let room = room_for_path(path);
+        return Ok(ws::upgrade(req, room, shared, peer, token));
+    }
+    let response = match (req.method(), path) {
+        (&Method::GET | &Method::HEAD, "/") => {
+            let mut r = Response::new(Full::new(Bytes::from_static(INDEX_HTML.as_bytes())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            r
+        }
+        (&Method::GET | &Method::HEAD, "/health") => health(&shared),
+        (_, "/" | "/health") => {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            r
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found"),
+    };
+    Ok(response)
+}
+
+/// `/health`: liveness plus the numbers an operator looks at first.
+fn health(shared: &Shared) -> Response<Body> {
+    let hub = shared.hub.stats();
+    let server = shared.counters.snapshot();
+    let body = serde_json::json!({
+        "status": "ok",
+        "uptime_secs": shared.started.elapsed().as_secs(),
+        "connections": server.active_connections,
+        "hub": {
+            "connections": hub.connections,
+            "channels": hub.channels,
+            "published": hub.published,
+            "delivered": hub.delivered,
+            "dropped": hub.dropped,
+            "slow_consumer_closes": hub.slow_consumer_closes,
+            "rejections": {
+                "connections": hub.rejections.connections,
+                "room_full": hub.rejections.room_full,
+            },
+        },
+        "server": server,
+    });
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// A short plain-text response.
+pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_prefixes() {
+        for p in [
+            "/api/x",
+            "/api",
+            "/connection/websocket",
+            "/socket.io/",
+            "/app/key",
+            "/health",
+            "/health/x",
+            "/metrics",
+        ] {
+            assert!(is_reserved(p), "{p} should be reserved");
+        }
+        for p in [
+            "/",
+            "/room1",
+            "/healthy",
+            "/apix",
+            "/application",
+            "/metrics2",
+        ] {
+            assert!(!is_reserved(p), "{p} should not be reserved");
+        }
+    }
+
+    #[test]
+    fn rooms_from_paths() {
+        assert_eq!(room_for_path("/"), "lobby");
+        assert_eq!(room_for_path("/room1"), "room1");
+        assert_eq!(room_for_path("/a/b"), "a/b");
+    }
+}

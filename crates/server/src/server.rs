@@ -1,0 +1,272 @@
+//! The embeddable server: build it from a [`ServerConfig`], bind it, run it until a
+//! shutdown future resolves, and publish through its [`Hub`] from your own code.
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use switchboard_core::{Hub, HubLimits, SlowConsumerPolicy};
+use switchboard_websocket::extensions::DeflatePolicy;
+use switchboard_websocket::Message;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{ServerConfig, SlowConsumer};
+use crate::origin::OriginPolicy;
+use crate::shutdown::Shutdown;
+use crate::stats::{ServerCounters, ServerStats};
+use crate::{listener, tls};
+
+/// A callback run for every text or binary message a client sends to a raw room, before it
+/// is published: `(room, message)`. It runs on the connection's reader task; a panic inside
+/// it closes that connection with 1011 and leaves every other connection alone.
+pub type MessageHook = Arc<dyn Fn(&str, &Message) + Send + Sync>;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration is inconsistent.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// TLS files could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// Binding the listener failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Another I/O error.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Everything the tasks of one server share, read-only apart from atomics.
+pub(crate) struct Shared {
+    pub(crate) config: ServerConfig,
+    pub(crate) hub: Hub,
+    pub(crate) origins: OriginPolicy,
+    pub(crate) deflate: DeflatePolicy,
+    pub(crate) tls: Option<TlsAcceptor>,
+    pub(crate) on_message: Option<MessageHook>,
+    pub(crate) counters: Arc<ServerCounters>,
+    pub(crate) started: Instant,
+    pub(crate) welcome: Option<Message>,
+}
+
+/// Configures a [`Server`].
+#[derive(Default)]
+pub struct ServerBuilder {
+    config: ServerConfig,
+    hub: Option<Hub>,
+    on_message: Option<MessageHook>,
+    tls: Option<TlsAcceptor>,
+}
+
+impl ServerBuilder {
+    /// Use this configuration (default: [`ServerConfig::default`]).
+    pub fn config(mut self, config: ServerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Serve this hub instead of creating one from the configuration's limits; lets an
+    /// application share one hub between several servers or publish before binding.
+    pub fn hub(mut self, hub: Hub) -> Self {
+        self.hub = Some(hub);
+        self
+    }
+
+    /// Run `hook(room, message)` for every data message received in a raw room.
+    pub fn on_message(mut self, hook: impl Fn(&str, &Message) + Send + Sync + 'static) -> Self {
+        self.on_message = Some(Arc::new(hook));
+        self
+    }
+
+    /// Use a ready TLS acceptor instead of `tls_cert`/`tls_key` files.
+    pub fn tls_acceptor(mut self, acceptor: TlsAcceptor) -> Self {
+        self.tls = Some(acceptor);
+        self
+    }
+
+    /// Check the configuration and load TLS material.
+    pub fn build(self) -> Result<Server, ServerError> {
+        let ServerBuilder {
+            config,
+            hub,
+            on_message,
+            tls,
+        } = self;
+        config.validate().map_err(ServerError::Config)?;
+        let tls = match (tls, &config.tls_cert, &config.tls_key) {
+            (Some(acceptor), _, _) => Some(acceptor),
+            (None, Some(cert), Some(key)) => Some(tls::load_acceptor(cert, key)?),
+            _ => None,
+        };
+        let hub = hub.unwrap_or_else(|| Hub::new(hub_limits(&config)));
+        let origins = OriginPolicy::new(&config.allowed_origins);
+        let deflate = if config.deflate {
+            // server_no_context_takeover is what makes one compressed frame valid for every
+            // subscriber; the policy's default already insists on it, this keeps it explicit.
+            DeflatePolicy {
+                server_no_context_takeover: true,
+                ..DeflatePolicy::default()
+            }
+        } else {
+            DeflatePolicy::disabled()
+        };
+        let welcome = config.welcome.clone().map(Message::text);
+        Ok(Server {
+            shared: Arc::new(Shared {
+                config,
+                hub,
+                origins,
+                deflate,
+                tls,
+                on_message,
+                counters: Arc::new(ServerCounters::default()),
+                started: Instant::now(),
+                welcome,
+            }),
+        })
+    }
+}
+
+/// The hub limits implied by a configuration. `max_connections` is enforced by the server
+/// before the upgrade (so it can answer 503), not by the hub.
+pub fn hub_limits(config: &ServerConfig) -> HubLimits {
+    HubLimits {
+        max_connections: None,
+        max_room_members: config.max_room_members,
+        outbox_max_messages: config.outbox_max_messages,
+        outbox_max_bytes: config.outbox_max_bytes,
+        slow_consumer: match config.slow_consumer {
+            SlowConsumer::Close => SlowConsumerPolicy::Close,
+            SlowConsumer::DropOldest => SlowConsumerPolicy::DropOldest,
+        },
+    }
+}
+
+/// A configured server, not yet listening.
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Start configuring a server.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// The hub: publish to rooms, inspect members and stats.
+    pub fn hub(&self) -> &Hub {
+        &self.shared.hub
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &ServerConfig {
+        &self.shared.config
+    }
+
+    /// Bind the listening socket. The port is known after this (useful with port 0).
+    pub async fn bind(self) -> Result<BoundServer, ServerError> {
+        let addr = self.shared.config.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        let local_addr = listener.local_addr()?;
+        Ok(BoundServer {
+            shared: self.shared,
+            listener,
+            local_addr,
+        })
+    }
+
+    /// Bind, then serve until `shutdown` resolves; see [`BoundServer::run_until`].
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        self.bind().await?.run_until(shutdown).await
+    }
+}
+
+/// A server with its socket bound, ready to run.
+pub struct BoundServer {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+}
+
+impl BoundServer {
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `http://ADDR` or `https://ADDR`.
+    pub fn url(&self) -> String {
+        let scheme = if self.shared.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.local_addr)
+    }
+
+    /// The hub: publish to rooms, inspect members and stats.
+    pub fn hub(&self) -> &Hub {
+        &self.shared.hub
+    }
+
+    /// The server's own counters.
+    pub fn stats(&self) -> ServerStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// Serve until `shutdown` resolves, then shut down gracefully: stop accepting, send close
+    /// 1001 "going away" to every WebSocket, and wait up to `shutdown_timeout` for the close
+    /// handshakes. Returns once that is done.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let BoundServer {
+            shared,
+            listener,
+            local_addr,
+        } = self;
+        let config = &shared.config;
+        tracing::info!(
+            url = %format!("{}://{}", if shared.tls.is_some() { "https" } else { "http" }, local_addr),
+            deflate = config.deflate,
+            "Switchboard listening"
+        );
+        if shared.tls.is_some() && shared.origins.allows_any() {
+            tracing::warn!(
+                "TLS is on but any Origin may open WebSockets; set --allowed-origins to the sites \
+                 that embed this server to prevent cross-site WebSocket hijacking"
+            );
+        }
+        let switch = Shutdown::new();
+        let accept = listener::accept_loop(listener, Arc::clone(&shared), switch.token());
+        tokio::pin!(accept);
+        tokio::select! {
+            _ = &mut accept => {}
+            _ = shutdown => {}
+        }
+        tracing::info!(connections = shared.counters.active(), "shutting down");
+        switch.trigger();
+        // The accept loop sees the trigger and returns, dropping the listener: no new
+        // connections from here on.
+        accept.await;
+        if tokio::time::timeout(config.shutdown_timeout, switch.drain())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = shared.counters.active(),
+                "shutdown timeout reached; dropping remaining connections"
+            );
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,140 @@
+//! Graceful shutdown: one signal observed by every task, and a way to wait until every
+//! connection has finished its close handshake.
+//!
+//! The signal is a `watch` channel (cheap to clone, every receiver sees the change even if it
+//! subscribes late). Connection liveness is tracked with an `mpsc` sender clone held by each
+//! connection: when the last clone is dropped the receiver wakes up, so waiting for "all
+//! connections gone" needs no counting loop.
+use std::future::Future;
+
+use tokio::sync::{mpsc, watch};
+
+/// The shutdown switch, owned by the server.
+#[derive(Debug)]
+pub struct Shutdown {
+    trigger: watch::Sender<bool>,
+    tracker_tx: mpsc::Sender<()>,
+    tracker_rx: mpsc::Receiver<()>,
+}
+
+/// A cheap handle each task keeps: observe the signal, and (for connections) keep the server
+/// waiting until it is dropped.
+#[derive(Debug, Clone)]
+pub struct ShutdownToken {
+    signal: watch::Receiver<bool>,
+    _alive: mpsc::Sender<()>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shutdown {
+    /// A new, not yet triggered, shutdown switch.
+    pub fn new() -> Shutdown {
+        let (trigger, _) = watch::channel(false);
+        let (tracker_tx, tracker_rx) = mpsc::channel(1);
+        Shutdown {
+            trigger,
+            tracker_tx,
+            tracker_rx,
+        }
+    }
+
+    /// A token for a task; the server's [`Shutdown::drain`] waits for every token to drop.
+    pub fn token(&self) -> ShutdownToken {
+        ShutdownToken {
+            signal: self.trigger.subscribe(),
+            _alive: self.tracker_tx.clone(),
+        }
+    }
+
+    /// Tell every token holder to wind down.
+    pub fn trigger(&self) {
+        self.trigger.send_replace(true);
+    }
+
+    /// Wait until every token has been dropped (after [`Shutdown::trigger`]).
+    pub async fn drain(self) {
+        let Shutdown {
+            trigger,
+            tracker_tx,
+            mut tracker_rx,
+        } = self;
+        drop(tracker_tx);
+        // Returns None once every sender (token) is gone; nothing is ever sent.
+        let _ = tracker_rx.recv().await;
+        drop(trigger);
+    }
+}
+
+impl ShutdownToken {
+    /// Whether shutdown has been requested.
+    pub fn is_triggered(&self) -> bool {
+        *self.signal.borrow()
+    }
+
+    /// Resolves once shutdown is requested (at once if it already was).
+    pub fn triggered(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.signal.clone();
+        async move {
+            // An Err means the switch was dropped, which only happens at the very end: treat
+            // it as a shutdown too.
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+pub async fn os_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => ctrl_c.await,
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn drain_waits_for_tokens() {
+        let shutdown = Shutdown::new();
+        let token = shutdown.token();
+        assert!(!token.is_triggered());
+        let waiter = tokio::spawn({
+            let token = token.clone();
+            async move {
+                token.triggered().await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                drop(token);
+                "done"
+            }
+        });
+        shutdown.trigger();
+        assert!(token.is_triggered());
+        drop(token);
+        shutdown.drain().await;
+        // drain returned, so the task must have dropped its token: it is finished or finishing.
+        assert_eq!(waiter.await.unwrap(), "done");
+    }
+}

@@ -1,0 +1,303 @@
+//! Command-line flags of `switchboard serve` and how they combine with the environment and a
+//! TOML file into one [`ServerConfig`].
+//!
+//! Precedence, highest first: command-line flag, `SWITCHBOARD_<FLAG>` environment variable,
+//! key in the `--config` TOML file, built-in default. clap resolves the first two (every flag
+//! is an `Option`, so "not given" is visible); the file is parsed into a full
+//! [`ServerConfig`] whose missing keys are the defaults; then every given flag overrides it.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::builder::BoolishValueParser;
+use clap::Args;
+use switchboard_server::config::{
+    parse_origin_list, parse_secs, LogFormat, ServerConfig, SlowConsumer,
+};
+
+/// Flags of the `serve` command. Each is also read from `SWITCHBOARD_<NAME>` and from the
+/// `--config` file (key `name` or `name-with-dashes`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (keys like `ping_interval`).
+    #[arg(long, env = "SWITCHBOARD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on; port 0 picks a free port [default: 0.0.0.0:8080].
+    #[arg(long, env = "SWITCHBOARD_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Text message sent to every new WebSocket connection before anything else.
+    #[arg(long, env = "SWITCHBOARD_WELCOME", value_name = "TEXT")]
+    pub welcome: Option<String>,
+
+    /// Seconds between pings sent to each connection [default: 25].
+    #[arg(long, env = "SWITCHBOARD_PING_INTERVAL", value_name = "SECS", value_parser = parse_secs)]
+    pub ping_interval: Option<Duration>,
+
+    /// Seconds a connection has to answer a ping before it is dropped as dead [default: 20].
+    #[arg(long, env = "SWITCHBOARD_PING_TIMEOUT", value_name = "SECS", value_parser = parse_secs)]
+    pub ping_timeout: Option<Duration>,
+
+    /// Most concurrent WebSocket connections; further upgrades get HTTP 503 [default: unlimited].
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Largest accepted message in bytes; a larger one closes the connection with 1009
+    /// [default: 1048576].
+    #[arg(long, env = "SWITCHBOARD_MAX_MESSAGE_SIZE", value_name = "BYTES")]
+    pub max_message_size: Option<usize>,
+
+    /// Seconds a new connection has to finish TLS and send its HTTP request headers
+    /// [default: 10].
+    #[arg(long, env = "SWITCHBOARD_HANDSHAKE_TIMEOUT", value_name = "SECS", value_parser = parse_secs)]
+    pub handshake_timeout: Option<Duration>,
+
+    /// Most members of one room; a further join is closed with 1008 "room full"
+    /// [default: unlimited].
+    #[arg(long, env = "SWITCHBOARD_MAX_ROOM_MEMBERS", value_name = "N")]
+    pub max_room_members: Option<usize>,
+
+    /// Comma-separated origins allowed to open WebSockets: `*`, exact
+    /// (`https://chat.example.com`) or wildcard (`https://*.example.com`). Requests without an
+    /// Origin header (non-browser clients) are always allowed [default: *].
+    #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_name = "LIST")]
+    pub allowed_origins: Option<String>,
+
+    /// PEM certificate chain; with --tls-key serves https:// and wss:// on the same port.
+    #[arg(long, env = "SWITCHBOARD_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "SWITCHBOARD_TLS_KEY", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Offer permessage-deflate compression to clients (true|false) [default: true].
+    #[arg(long, env = "SWITCHBOARD_DEFLATE", value_name = "BOOL", value_parser = BoolishValueParser::new())]
+    pub deflate: Option<bool>,
+
+    /// What to do with a client whose outgoing queue is full: `close` (1008 "slow consumer")
+    /// or `drop-oldest` [default: close].
+    #[arg(long, env = "SWITCHBOARD_SLOW_CONSUMER", value_name = "POLICY")]
+    pub slow_consumer: Option<SlowConsumer>,
+
+    /// Bound of each connection's outgoing queue in bytes [default: 4194304].
+    #[arg(long, env = "SWITCHBOARD_OUTBOX_MAX_BYTES", value_name = "BYTES")]
+    pub outbox_max_bytes: Option<usize>,
+
+    /// Seconds allowed for close handshakes on SIGINT/SIGTERM before exiting [default: 5].
+    #[arg(long, env = "SWITCHBOARD_SHUTDOWN_TIMEOUT", value_name = "SECS", value_parser = parse_secs)]
+    pub shutdown_timeout: Option<Duration>,
+
+    /// Log output: `text` or `json` (one object per line) [default: text].
+    #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// Log filter: a level (`error`..`trace`) or `target=level` directives [default: info].
+    #[arg(long, env = "SWITCHBOARD_LOG_LEVEL", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+impl ServeArgs {
+    /// Combine flags/environment (already merged by clap), the config file and the defaults.
+    pub fn resolve(&self) -> anyhow::Result<ServerConfig> {
+        let base = match &self.config {
+            Some(path) => load_file(path)?,
+            None => ServerConfig::default(),
+        };
+        let config = self.apply(base);
+        config.validate().map_err(anyhow::Error::msg)?;
+        Ok(config)
+    }
+
+    /// Override `base` with every setting given on the command line or in the environment.
+    pub fn apply(&self, base: ServerConfig) -> ServerConfig {
+        let mut c = base;
+        if let Some(v) = self.listen {
+            c.listen = v;
+        }
+        if let Some(v) = &self.welcome {
+            c.welcome = Some(v.clone());
+        }
+        if let Some(v) = self.ping_interval {
+            c.ping_interval = v;
+        }
+        if let Some(v) = self.ping_timeout {
+            c.ping_timeout = v;
+        }
+        if let Some(v) = self.max_connections {
+            c.max_connections = Some(v);
+        }
+        if let Some(v) = self.max_message_size {
+            c.max_message_size = v;
+        }
+        if let Some(v) = self.handshake_timeout {
+            c.handshake_timeout = v;
+        }
+        if let Some(v) = self.max_room_members {
+            c.max_room_members = Some(v);
+        }
+        if let Some(v) = &self.allowed_origins {
+            c.allowed_origins = parse_origin_list(v);
+        }
+        if let Some(v) = &self.tls_cert {
+            c.tls_cert = Some(v.clone());
+        }
+        if let Some(v) = &self.tls_key {
+            c.tls_key = Some(v.clone());
+        }
+        if let Some(v) = self.deflate {
+            c.deflate = v;
+        }
+        if let Some(v) = self.slow_consumer {
+            c.slow_consumer = v;
+        }
+        if let Some(v) = self.outbox_max_bytes {
+            c.outbox_max_bytes = v;
+        }
+        if let Some(v) = self.shutdown_timeout {
+            c.shutdown_timeout = v;
+        }
+        if let Some(v) = self.log_format {
+            c.log_format = v;
+        }
+        if let Some(v) = &self.log_level {
+            c.log_level = v.clone();
+        }
+        c
+    }
+}
+
+/// Read a TOML config file; unknown keys are an error so typos do not pass silently.
+pub fn load_file(path: &Path) -> anyhow::Result<ServerConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::sync::Mutex;
+
+    /// Environment variables are process-wide; tests touching them take turns.
+    static ENV_LOCK: Mutex<()> = Mutex::new(());
+
+    #[derive(Parser)]
+    struct TestCli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn resolve(args: &[&str]) -> anyhow::Result<ServerConfig> {
+        let mut argv = vec!["switchboard"];
+        argv.extend_from_slice(args);
+        TestCli::try_parse_from(argv)?.serve.resolve()
+    }
+
+    fn with_env<T>(vars: &[(&str, &str)], f: impl FnOnce() -> T) -> T {
+        let _guard = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, v) in vars {
+            std::env::set_var(k, v);
+        }
+        let out = f();
+        for (k, _) in vars {
+            std::env::remove_var(k);
+        }
+        out
+    }
+
+    fn write_file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults_without_anything() {
+        let c = with_env(&[], || resolve(&[])).unwrap();
+        assert_eq!(c, ServerConfig::default());
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file_beats_default() {
+        let file = write_file(
+            "ping_interval = 7\nping-timeout = 6\nwelcome = \"from file\"\nmax_connections = 3\n\
+             allowed_origins = [\"https://file.test\"]\n",
+        );
+        let path = file.path().to_str().unwrap().to_string();
+        let c = with_env(
+            &[
+                ("SWITCHBOARD_PING_INTERVAL", "8"),
+                ("SWITCHBOARD_WELCOME", "from env"),
+            ],
+            || resolve(&["--config", &path, "--welcome", "from flag"]),
+        )
+        .unwrap();
+        // flag > env
+        assert_eq!(c.welcome.as_deref(), Some("from flag"));
+        // env > file
+        assert_eq!(c.ping_interval, Duration::from_secs(8));
+        // file > default (kebab-case key accepted too)
+        assert_eq!(c.ping_timeout, Duration::from_secs(6));
+        assert_eq!(c.max_connections, Some(3));
+        assert_eq!(c.allowed_origins, vec!["https://file.test"]);
+        // default where nobody said anything
+        assert_eq!(c.max_message_size, 1_048_576);
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn config_file_from_env_and_typed_values() {
+        let file = write_file(
+            "deflate = false\nslow_consumer = \"drop-oldest\"\nhandshake_timeout = 0.5\n",
+        );
+        let path = file.path().to_str().unwrap().to_string();
+        let c = with_env(
+            &[
+                ("SWITCHBOARD_CONFIG", &path),
+                (
+                    "SWITCHBOARD_ALLOWED_ORIGINS",
+                    "https://a.test, https://*.b.test",
+                ),
+            ],
+            || resolve(&["--max-message-size", "1000", "--log-format", "json"]),
+        )
+        .unwrap();
+        assert!(!c.deflate);
+        assert_eq!(c.slow_consumer, SlowConsumer::DropOldest);
+        assert_eq!(c.handshake_timeout, Duration::from_millis(500));
+        assert_eq!(
+            c.allowed_origins,
+            vec!["https://a.test", "https://*.b.test"]
+        );
+        assert_eq!(c.max_message_size, 1000);
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn deflate_flag_overrides_file() {
+        let file = write_file("deflate = false\n");
+        let path = file.path().to_str().unwrap().to_string();
+        let c = with_env(&[], || resolve(&["--config", &path, "--deflate", "true"])).unwrap();
+        assert!(c.deflate);
+        let c = with_env(&[], || resolve(&["--deflate", "false"])).unwrap();
+        assert!(!c.deflate);
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let file = write_file("no_such_key = 1\n");
+        let path = file.path().to_str().unwrap().to_string();
+        assert!(with_env(&[], || resolve(&["--config", &path])).is_err());
+        assert!(with_env(&[], || resolve(&["--ping-interval", "soon"])).is_err());
+        assert!(with_env(&[], || resolve(&["--tls-cert", "only-cert.pem"])).is_err());
+        assert!(with_env(&[], || resolve(&[
+            "--config",
+            "/nonexistent/switchboard.toml"
+        ]))
+        .is_err());
+    }
+}
