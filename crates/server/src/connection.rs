@@ -47,8 +47,10 @@ const STALL_CHECK: Duration = Duration::from_millis(200);
 /// What the upgrade decided about this connection.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnParams {
-    /// The raw room joined.
+    /// The raw room.
     pub room: Arc<str>,
+    /// Whether joining the room succeeded (it was full otherwise).
+    pub joined: bool,
     /// Whether the sender receives its own messages.
     pub echo: bool,
     /// Agreed permessage-deflate parameters.
@@ -147,9 +149,7 @@ async fn run<S>(
     let (peer, id, room) = (params.peer, handle.id(), Arc::clone(&params.room));
     tracing::debug!(%peer, id, %room, deflate = params.deflate.is_some(), "connected");
 
-    if let Err(e) = shared.hub.subscribe(&handle, &room) {
-        shared.counters.bump(Counter::RejectedRoomFull);
-        tracing::info!(%peer, id, %room, "join refused: {e}");
+    if !params.joined {
         close_with(&mut writer, CloseCode::POLICY, "room full").await;
         linger(&mut reader, CLOSE_LINGER).await;
         return;

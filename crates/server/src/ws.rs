@@ -2,7 +2,8 @@
 //! `101 Switching Protocols`, so refusals are plain HTTP answers a client can read.
 //!
 //! Order: origin (403) → handshake validity (400/405/426) → connection limit (503) → hub
-//! registration → 101. The connection itself is then run by [`crate::connection`] on its own
+//! registration → room join → 101. A full room is reported after the upgrade as close 1008
+//! "room full". The connection itself is then run by [`crate::connection`] on its own
 //! task once hyper hands over the socket.
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -86,9 +87,23 @@ pub(crate) fn upgrade(
         }
     };
 
+    // Join before answering 101: once the client sees its connection open it is a member,
+    // so a message sent right after `open` by anyone in the room reaches it.
+    let joined = match shared.hub.subscribe(&handle, &room) {
+        Ok(()) => true,
+        Err(e) => {
+            // Refused after the upgrade with close 1008 "room full" rather than with an HTTP
+            // status, because browsers hide handshake statuses from scripts but show close
+            // codes and reasons.
+            shared.counters.bump(Counter::RejectedRoomFull);
+            tracing::info!(%peer, %room, "join refused: {e}");
+            false
+        }
+    };
     let echo = !query_flag_is_false(req.uri().query(), "echo");
     let params = ConnParams {
         room: room.into(),
+        joined,
         echo,
         deflate: handshake.deflate.as_ref().map(|(params, _)| *params),
         peer,
