@@ -288,6 +288,19 @@ mod tests {
     }
 
     #[test]
+    fn documented_example_file_parses() {
+        let file = write_file(
+            "listen = \"0.0.0.0:8080\"\nwelcome = \"Welcome to Switchboard\"\n\
+             max_message_size = 65536\nallowed_origins = \"https://*.example.com\"\n",
+        );
+        let c = load_file(file.path()).unwrap();
+        assert_eq!(c.welcome.as_deref(), Some("Welcome to Switchboard"));
+        assert_eq!(c.max_message_size, 65536);
+        assert_eq!(c.allowed_origins, vec!["https://*.example.com"]);
+        assert_eq!(c.ping_interval, Duration::from_secs(25), "unset keys keep their defaults");
+    }
+
+    #[test]
     fn bad_inputs_are_errors() {
         let file = write_file("no_such_key = 1\n");
         let path = file.path().to_str().unwrap().to_string();

@@ -61,6 +61,18 @@ mod tests {
     }
 
     #[test]
+    fn a_publication_is_framed_once_for_everyone() {
+        use std::sync::Arc;
+        let publication = Publication::new(Arc::from("room"), Payload::text("hello"), 1, 7, None);
+        let first = encode(&publication);
+        let second = encode(&publication);
+        assert!(std::ptr::eq(first, second), "the cached encoding is shared");
+        // Unmasked server text frame: FIN + opcode 1, length 5, then the payload.
+        assert_eq!(&first.frame()[..], b"\x81\x05hello");
+        assert!(first.is_text());
+    }
+
+    #[test]
     fn payloads_round_trip_without_copying() {
         let data = Bytes::from_static(b"shared");
         let msg = to_message(&Payload {
