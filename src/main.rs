@@ -69,7 +69,17 @@ fn serve(args: ServeArgs) -> ExitCode {
         writeln!(out, "Switchboard listening on {}", server.url())?;
         out.flush()?;
         drop(out);
-        server.run_until(shutdown::os_signal()).await
+        server
+            .run_until(async {
+                shutdown::os_signal().await;
+                // A second signal during the graceful drain means "now": exit at once.
+                tokio::spawn(async {
+                    shutdown::os_signal().await;
+                    eprintln!("second signal: exiting without waiting for connections");
+                    std::process::exit(130);
+                });
+            })
+            .await
     });
     // Connections still lingering past the shutdown timeout are abandoned, not awaited.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
