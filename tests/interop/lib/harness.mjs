@@ -25,24 +25,25 @@ export function binaryPath() {
 }
 
 /** Environment for the child: ours minus any SWITCHBOARD_* setting, so the flags a test passes are the whole config. */
-function childEnv() {
+function childEnv(extra = {}) {
   const env = {};
   for (const [k, v] of Object.entries(process.env)) {
     if (!k.startsWith('SWITCHBOARD_')) env[k] = v;
   }
-  env.SWITCHBOARD_LOG_LEVEL = env.SWITCHBOARD_LOG_LEVEL_FOR_TESTS || 'warn';
-  return env;
+  env.SWITCHBOARD_LOG_LEVEL = process.env.SWITCHBOARD_TEST_LOG_LEVEL || 'warn';
+  return { ...env, ...extra };
 }
 
 /**
  * Start `switchboard serve --listen 127.0.0.1:0 ...extraArgs` (or another
- * `listen` address, e.g. to restart on the same port) and resolve once it
+ * `listen` address, e.g. to restart on the same port; `env` adds environment
+ * variables such as SWITCHBOARD_WELCOME) and resolve once it
  * printed its "listening" line. Returns { port, httpUrl, wsUrl(path), stop(), stderr(), proc }.
  */
-export function startServer(extraArgs = [], { listen = '127.0.0.1:0' } = {}) {
+export function startServer(extraArgs = [], { listen = '127.0.0.1:0', env = {} } = {}) {
   const bin = binaryPath();
   const args = ['serve', '--listen', listen, ...extraArgs];
-  const proc = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: childEnv() });
+  const proc = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: childEnv(env) });
   let stderr = '';
   let stdout = '';
   proc.stderr.setEncoding('utf8');
