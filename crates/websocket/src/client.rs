@@ -201,7 +201,11 @@ pub async fn handshake<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let offer = options.deflate.as_ref().filter(|p| p.enabled).map(client_offer);
+    let offer = options
+        .deflate
+        .as_ref()
+        .filter(|p| p.enabled)
+        .map(client_offer);
     let req = ClientRequest::new(
         host,
         path,
@@ -394,7 +398,12 @@ mod tests {
         );
         let t = Target::parse("wss://[::1]:9443").unwrap();
         assert_eq!(
-            (t.tls, t.port, t.host_header.as_str(), t.connect_host.as_str()),
+            (
+                t.tls,
+                t.port,
+                t.host_header.as_str(),
+                t.connect_host.as_str()
+            ),
             (true, 9443, "[::1]:9443", "::1")
         );
         assert_eq!(t.path, "/");

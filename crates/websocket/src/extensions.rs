@@ -85,11 +85,13 @@ impl DeflatePolicy {
     }
 
     fn server_bits(&self) -> u8 {
-        self.server_max_window_bits.clamp(MIN_COMPRESS_WINDOW_BITS, 15)
+        self.server_max_window_bits
+            .clamp(MIN_COMPRESS_WINDOW_BITS, 15)
     }
 
     fn client_bits(&self) -> u8 {
-        self.client_max_window_bits.clamp(MIN_COMPRESS_WINDOW_BITS, 15)
+        self.client_max_window_bits
+            .clamp(MIN_COMPRESS_WINDOW_BITS, 15)
     }
 }
 
@@ -585,7 +587,10 @@ mod tests {
             resp,
             "permessage-deflate; server_max_window_bits=11; client_max_window_bits=10"
         );
-        assert_eq!((p.server_max_window_bits, p.client_max_window_bits), (11, 10));
+        assert_eq!(
+            (p.server_max_window_bits, p.client_max_window_bits),
+            (11, 10)
+        );
         assert_eq!(
             negotiate_server(&["permessage-deflate"], &DeflatePolicy::disabled()).unwrap(),
             None
@@ -608,7 +613,10 @@ mod tests {
             &policy,
         )
         .unwrap();
-        assert_eq!((p.server_max_window_bits, p.client_max_window_bits), (9, 10));
+        assert_eq!(
+            (p.server_max_window_bits, p.client_max_window_bits),
+            (9, 10)
+        );
 
         let small = DeflatePolicy {
             server_max_window_bits: 10,

@@ -347,10 +347,7 @@ pub fn verify_client_response(
         let policy = deflate.ok_or_else(|| {
             Error::Handshake("server agreed to an extension we did not offer".into())
         })?;
-        Some(
-            extensions::accept_client(&ext, policy)
-                .map_err(|e| Error::Handshake(e.to_string()))?,
-        )
+        Some(extensions::accept_client(&ext, policy).map_err(|e| Error::Handshake(e.to_string()))?)
     };
 
     let mut chosen = headers.get_all(header::SEC_WEBSOCKET_PROTOCOL).iter();
@@ -584,7 +581,10 @@ mod tests {
         .is_err());
         assert!(check(
             StatusCode::SWITCHING_PROTOCOLS,
-            response(&req.key, &[("sec-websocket-extensions", "permessage-deflate")]),
+            response(
+                &req.key,
+                &[("sec-websocket-extensions", "permessage-deflate")]
+            ),
             None
         )
         .is_err());

@@ -207,7 +207,10 @@ struct WriteQueue {
 }
 
 impl WriteQueue {
-    fn append_buf(&mut self, f: impl FnOnce(&mut Encoder, &mut BytesMut) -> Result<(), Error>) -> Result<(), Error> {
+    fn append_buf(
+        &mut self,
+        f: impl FnOnce(&mut Encoder, &mut BytesMut) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         let before = self.buf.len();
         f(&mut self.encoder, &mut self.buf)?;
         let n = self.buf.len() - before;
@@ -289,7 +292,10 @@ impl WriteQueue {
             return;
         }
         if let Some(p) = self.pending_pong.take() {
-            if self.append_buf(|enc, out| enc.encode(&Message::Pong(p), out)).is_ok() {
+            if self
+                .append_buf(|enc, out| enc.encode(&Message::Pong(p), out))
+                .is_ok()
+            {
                 self.pong_end = self.appended;
             }
         }
@@ -594,11 +600,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsReader<S> {
                 Err(e) => {
                     let reason = short_reason(&e.to_string());
                     let frame = e.close_code().map(|c| CloseFrame::new(c, reason));
-                    self.finish(frame.or(Some(CloseFrame::new(
-                        CloseCode::PROTOCOL_ERROR,
-                        "",
-                    ))))
-                    .await;
+                    self.finish(frame.or(Some(CloseFrame::new(CloseCode::PROTOCOL_ERROR, ""))))
+                        .await;
                     return Some(Err(e));
                 }
             }

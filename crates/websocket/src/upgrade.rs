@@ -89,7 +89,9 @@ pub fn upgrade<B>(
     options: &UpgradeOptions,
 ) -> Result<Accepted, Response<String>> {
     let supported: Vec<&str> = options.protocols.iter().map(String::as_str).collect();
-    upgrade_with(req, options, &|offered| first_supported(&supported, offered))
+    upgrade_with(req, options, &|offered| {
+        first_supported(&supported, offered)
+    })
 }
 
 /// Like [`upgrade`], with a custom subprotocol choice (it receives the client's offers).
