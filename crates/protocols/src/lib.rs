@@ -4,4 +4,6 @@
 //! ([`switchboard_core::Payload`] in, [`switchboard_core::Publication`] out), and caches its
 //! encoding of a publication in the publication itself so fan-out encodes once per format.
 
+#![warn(missing_docs)]
+
 pub mod raw;

@@ -30,6 +30,8 @@
 //! tasks), [`heartbeat`], [`origin`], [`shutdown`], [`tls`], [`stats`], [`crash`] (panic
 //! containment).
 
+#![warn(missing_docs)]
+
 pub mod config;
 mod connection;
 pub mod crash;
