@@ -549,9 +549,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WebSocket<S> {
         self.writer.feed(msg)
     }
 
+    /// See [`WsWriter::feed_prepared`].
+    pub fn feed_prepared(&mut self, msg: &PreparedMessage) -> Result<(), Error> {
+        self.writer.feed_prepared(msg)
+    }
+
+    /// See [`WsWriter::feed_frame`].
+    pub fn feed_frame(&mut self, frame: Bytes) -> Result<(), Error> {
+        self.writer.feed_frame(frame)
+    }
+
     /// See [`WsWriter::flush`].
     pub async fn flush(&mut self) -> Result<(), Error> {
         self.writer.flush().await
+    }
+
+    /// See [`WsWriter::buffered_bytes`].
+    pub fn buffered_bytes(&self) -> usize {
+        self.writer.buffered_bytes()
+    }
+
+    /// See [`WsReader::read_buffer_capacity`].
+    pub fn read_buffer_capacity(&self) -> usize {
+        self.reader.read_buffer_capacity()
     }
 
     /// See [`WsWriter::ping`].
@@ -595,7 +615,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsReader<S> {
         }
         loop {
             match self.decoder.decode(&mut self.buf) {
-                Ok(Some(msg)) => return Some(self.on_message(msg).await),
+                Ok(Some(msg)) => {
+                    self.maybe_shrink();
+                    return Some(self.on_message(msg).await);
+                }
                 Ok(None) => {}
                 Err(e) => {
                     let reason = short_reason(&e.to_string());
@@ -639,6 +662,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsReader<S> {
     /// The shared liveness tracker.
     pub fn tracker(&self) -> PingTracker {
         self.shared.tracker.clone()
+    }
+
+    /// Current capacity of the read buffer, for memory diagnostics.
+    pub fn read_buffer_capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     async fn on_message(&mut self, msg: Message) -> Result<Message, Error> {
@@ -700,9 +728,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsReader<S> {
         }
     }
 
+    /// Give back a buffer that grew for a large message once little is left in it.
     fn maybe_shrink(&mut self) {
-        if self.buf.is_empty() && self.buf.capacity() > READ_BUF_KEEP {
-            self.buf = BytesMut::with_capacity(READ_BUF_MIN);
+        if self.buf.capacity() > READ_BUF_KEEP && self.buf.len() <= READ_BUF_MIN / 2 {
+            let mut small = BytesMut::with_capacity(READ_BUF_MIN);
+            small.extend_from_slice(&self.buf);
+            self.buf = small;
         }
     }
 

@@ -9,13 +9,17 @@
 //!
 //! The hyper connection must be served with upgrades enabled
 //! (`http1::Builder::serve_connection(..).with_upgrades()`).
+//!
+//! Without hyper, [`accept`] performs the same handshake directly on a fresh stream.
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::{header, Request, Response, StatusCode};
+use bytes::BytesMut;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::codec::{Config, Role};
 use crate::deflate::DeflateParams;
@@ -138,4 +142,99 @@ pub fn upgrade_with<B>(
         protocol: hs.protocol,
         deflate,
     })
+}
+
+/// Largest request head [`accept`] reads.
+const MAX_REQUEST_HEAD: usize = 16 * 1024;
+
+/// Perform the server handshake directly on `io` (no hyper): read the request head, validate
+/// it, and answer either `101` (returning the connection and the chosen subprotocol) or the
+/// rejection (returning [`Error::Handshake`]). Bytes the client sent after its request head
+/// are kept for the WebSocket reader.
+pub async fn accept<S>(
+    mut io: S,
+    options: &UpgradeOptions,
+) -> Result<(WebSocket<S>, Option<String>), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut buf = BytesMut::with_capacity(1024);
+    let (method, version, headers, head_len) = loop {
+        if io.read_buf(&mut buf).await? == 0 {
+            return Err(Error::Handshake(
+                "connection closed during the handshake".into(),
+            ));
+        }
+        let mut raw = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut raw);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(n)) => {
+                let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
+                    .map_err(|_| Error::Handshake("invalid method".into()))?;
+                let version = if req.version == Some(1) {
+                    http::Version::HTTP_11
+                } else {
+                    http::Version::HTTP_10
+                };
+                let mut headers = HeaderMap::with_capacity(req.headers.len());
+                for h in req.headers.iter() {
+                    let name = HeaderName::from_bytes(h.name.as_bytes())
+                        .map_err(|_| Error::Handshake("invalid header name".into()))?;
+                    let value = HeaderValue::from_bytes(h.value)
+                        .map_err(|_| Error::Handshake("invalid header value".into()))?;
+                    headers.append(name, value);
+                }
+                break (method, version, headers, n);
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST_HEAD => {}
+            Ok(httparse::Status::Partial) => {
+                io.write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await?;
+                return Err(Error::Handshake("request head too large".into()));
+            }
+            Err(e) => {
+                io.write_all(
+                    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await?;
+                return Err(Error::Handshake(format!("invalid HTTP request: {e}")));
+            }
+        }
+    };
+    let supported: Vec<&str> = options.protocols.iter().map(String::as_str).collect();
+    let chosen = validate_server_request(&method, version, &headers, &options.deflate, &|o| {
+        first_supported(&supported, o)
+    });
+    let hs = match chosen {
+        Ok(hs) => hs,
+        Err(rej) => {
+            let body = format!("{}\n", rej.reason);
+            let mut head = format!(
+                "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n",
+                rej.status.as_u16(),
+                rej.status.canonical_reason().unwrap_or(""),
+                body.len()
+            );
+            for (k, v) in &rej.extra_headers {
+                head.push_str(&format!("{}: {}\r\n", k, v.to_str().unwrap_or("")));
+            }
+            head.push_str("\r\n");
+            head.push_str(&body);
+            io.write_all(head.as_bytes()).await?;
+            io.flush().await?;
+            return Err(Error::Handshake(rej.reason.to_string()));
+        }
+    };
+    let mut resp = String::from("HTTP/1.1 101 Switching Protocols\r\n");
+    for (k, v) in &hs.response_headers() {
+        resp.push_str(&format!("{}: {}\r\n", k, v.to_str().unwrap_or("")));
+    }
+    resp.push_str("\r\n");
+    io.write_all(resp.as_bytes()).await?;
+    io.flush().await?;
+    let _ = buf.split_to(head_len);
+    let mut config = options.config.clone();
+    config.deflate = hs.deflate.map(|(p, _)| p);
+    let ws =
+        WebSocket::from_partially_read(io, Role::Server, config, options.write_config.clone(), buf);
+    Ok((ws, hs.protocol))
 }
