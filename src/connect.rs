@@ -240,6 +240,28 @@ fn finish(end: ReadEnd, we_closed: bool) -> ExitCode {
     }
 }
 
+/// Every Ctrl-C (SIGINT) as one `()`. On Unix the handler is installed before this returns.
+fn interrupts() -> mpsc::UnboundedReceiver<()> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::interrupt()) {
+            Ok(mut sig) => {
+                tokio::spawn(
+                    async move { while sig.recv().await.is_some() && tx.send(()).is_ok() {} },
+                );
+            }
+            Err(e) => eprintln!("warning: cannot handle Ctrl-C: {e}"),
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::spawn(
+        async move { while tokio::signal::ctrl_c().await.is_ok() && tx.send(()).is_ok() {} },
+    );
+    rx
+}
+
 fn connected_line(url: &str, resp: &ClientResponse) -> String {
     let mut line = format!("connected to {url}");
     if let Some(p) = &resp.protocol {
@@ -286,11 +308,21 @@ async fn session(args: ConnectArgs, scripted: Option<Vec<Message>>) -> ExitCode 
     options.insecure = args.insecure;
     options.connect_timeout = args.timeout;
 
-    let (ws, resp) = match connect(&args.url, options).await {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: cannot connect to {}: {e}", args.url);
-            return ExitCode::FAILURE;
+    // Listen for Ctrl-C before anything is printed, so a script that waits for the
+    // "connected" line and then interrupts us always reaches our handler.
+    let mut interrupts = interrupts();
+    let connecting = connect(&args.url, options);
+    let (ws, resp) = tokio::select! {
+        c = connecting => match c {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: cannot connect to {}: {e}", args.url);
+                return ExitCode::FAILURE;
+            }
+        },
+        Some(()) = interrupts.recv() => {
+            eprintln!("interrupted");
+            return ExitCode::from(130);
         }
     };
     eprintln!("{}", connected_line(&args.url, &resp));
@@ -312,15 +344,6 @@ async fn session(args: ConnectArgs, scripted: Option<Vec<Message>>) -> ExitCode 
         }
         None => spawn_stdin_reader(args.binary, tx),
     }
-
-    let (interrupts_tx, mut interrupts) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while tokio::signal::ctrl_c().await.is_ok() {
-            if interrupts_tx.send(()).is_err() {
-                break;
-            }
-        }
-    });
 
     let (reader, mut writer) = ws.split();
     let mut reader_task = tokio::spawn(read_loop(reader));

@@ -70,6 +70,11 @@ pub struct Running {
 }
 
 impl Running {
+    /// Process id (to send it signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `ws://127.0.0.1:PORT{path}`.
     pub fn ws_url(&self, path: &str) -> String {
         format!("ws://127.0.0.1:{}{path}", self.port)
@@ -147,8 +152,9 @@ pub fn collect(mut r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
 
 /// Wait for `child` to exit (killing it after [`LIMIT`]) and gather its output.
 pub fn finish(mut child: Child) -> Output {
-    let out = collect(child.stdout.take().expect("stdout piped"));
-    let err = collect(child.stderr.take().expect("stderr piped"));
+    // A pipe the caller already took (to read it while the process runs) counts as empty.
+    let out = child.stdout.take().map(collect);
+    let err = child.stderr.take().map(collect);
     let deadline = Instant::now() + LIMIT;
     let status = loop {
         if let Some(s) = child.try_wait().expect("try_wait") {
@@ -163,8 +169,12 @@ pub fn finish(mut child: Child) -> Output {
     };
     Output {
         status,
-        stdout: out.recv_timeout(LIMIT).unwrap_or_default(),
-        stderr: err.recv_timeout(LIMIT).unwrap_or_default(),
+        stdout: out
+            .and_then(|r| r.recv_timeout(LIMIT).ok())
+            .unwrap_or_default(),
+        stderr: err
+            .and_then(|r| r.recv_timeout(LIMIT).ok())
+            .unwrap_or_default(),
     }
 }
 
