@@ -235,7 +235,9 @@ impl Decoder {
     /// Rules that the first two header bytes decide, given the connection state.
     fn check_prefix(&self, b0: u8, b1: u8) -> Result<(), Error> {
         if b0 & 0x30 != 0 {
-            return Err(Error::Protocol("RSV2/RSV3 set without a negotiated extension"));
+            return Err(Error::Protocol(
+                "RSV2/RSV3 set without a negotiated extension",
+            ));
         }
         let opcode = OpCode::from_u8(b0 & 0x0F)?;
         if b0 & 0x40 != 0 {
@@ -431,7 +433,9 @@ impl Encoder {
         match msg {
             Message::Ping(p) | Message::Pong(p) => {
                 if p.len() > MAX_CONTROL_PAYLOAD {
-                    return Err(Error::Protocol("control frame payload longer than 125 bytes"));
+                    return Err(Error::Protocol(
+                        "control frame payload longer than 125 bytes",
+                    ));
                 }
                 let op = if matches!(msg, Message::Ping(_)) {
                     OpCode::Ping

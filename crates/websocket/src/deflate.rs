@@ -60,7 +60,6 @@ pub fn zlib_window_bits(bits: u8) -> u8 {
     bits.clamp(9, 15)
 }
 
-
 /// The empty stored block a sync flush ends with (RFC 7692 §7.2.1, §7.2.2).
 pub const DEFLATE_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
@@ -79,7 +78,9 @@ fn reserve_capped(out: &mut BytesMut, additional: usize, max_total: usize) {
     if out.capacity() >= needed {
         return;
     }
-    let target = needed.max(out.capacity().saturating_mul(2)).min(max_total.max(needed));
+    let target = needed
+        .max(out.capacity().saturating_mul(2))
+        .min(max_total.max(needed));
     if out.is_empty() {
         *out = BytesMut::with_capacity(target);
     } else {

@@ -122,7 +122,9 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<(FrameHeader, usize)>, Error> {
             return Err(Error::Protocol("fragmented control frame"));
         }
         if len7 as usize > MAX_CONTROL_PAYLOAD {
-            return Err(Error::Protocol("control frame payload longer than 125 bytes"));
+            return Err(Error::Protocol(
+                "control frame payload longer than 125 bytes",
+            ));
         }
     }
     let hlen = header_len(b1);
@@ -142,7 +144,9 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<(FrameHeader, usize)>, Error> {
             a.copy_from_slice(&buf[2..10]);
             let l = u64::from_be_bytes(a);
             if l >> 63 != 0 {
-                return Err(Error::Protocol("64-bit payload length with the top bit set"));
+                return Err(Error::Protocol(
+                    "64-bit payload length with the top bit set",
+                ));
             }
             if l <= 0xFFFF {
                 return Err(Error::Protocol("non-minimal 64-bit payload length"));

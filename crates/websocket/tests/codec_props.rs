@@ -50,7 +50,11 @@ fn peer(role: Role) -> Role {
 }
 
 /// Feed `bytes` to `dec` in pieces whose sizes cycle through `chunks`.
-fn feed(dec: &mut Decoder, bytes: &[u8], chunks: &[usize]) -> Result<Vec<Message>, switchboard_websocket::Error> {
+fn feed(
+    dec: &mut Decoder,
+    bytes: &[u8],
+    chunks: &[usize],
+) -> Result<Vec<Message>, switchboard_websocket::Error> {
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
     let mut pos = 0;

@@ -82,7 +82,11 @@ fn code_of(r: Result<Vec<Message>, Error>) -> u16 {
 
 fn expect_code(role: Role, config: Config, bytes: &[u8], code: u16) {
     let mut dec = Decoder::new(role, config);
-    assert_eq!(code_of(decode_all(&mut dec, bytes)), code, "{role:?} {bytes:x?}");
+    assert_eq!(
+        code_of(decode_all(&mut dec, bytes)),
+        code,
+        "{role:?} {bytes:x?}"
+    );
 }
 
 #[test]
@@ -123,8 +127,18 @@ fn all_valid_opcodes_decode() {
 #[test]
 fn rsv1_without_deflate_fails_with_1002() {
     for role in ROLES {
-        expect_code(role, Config::default(), &peer(role, FIN | RSV1 | TEXT, b"x"), 1002);
-        expect_code(role, Config::default(), &peer(role, FIN | RSV1 | BIN, b"x"), 1002);
+        expect_code(
+            role,
+            Config::default(),
+            &peer(role, FIN | RSV1 | TEXT, b"x"),
+            1002,
+        );
+        expect_code(
+            role,
+            Config::default(),
+            &peer(role, FIN | RSV1 | BIN, b"x"),
+            1002,
+        );
     }
 }
 
@@ -133,8 +147,18 @@ fn rsv2_and_rsv3_always_fail_with_1002() {
     for role in ROLES {
         for config in [Config::default(), deflate_config(DeflateParams::default())] {
             for bit in [RSV2, RSV3, RSV2 | RSV3] {
-                expect_code(role, config.clone(), &peer(role, FIN | bit | BIN, b"x"), 1002);
-                expect_code(role, config.clone(), &peer(role, FIN | bit | PING, b"x"), 1002);
+                expect_code(
+                    role,
+                    config.clone(),
+                    &peer(role, FIN | bit | BIN, b"x"),
+                    1002,
+                );
+                expect_code(
+                    role,
+                    config.clone(),
+                    &peer(role, FIN | bit | PING, b"x"),
+                    1002,
+                );
             }
         }
     }
@@ -157,7 +181,8 @@ fn rsv1_on_continuation_fails_with_1002() {
         let mut enc = Encoder::new(peer_role(role), cfg.clone());
         // A legal compressed first fragment, then a continuation with RSV1 set.
         let mut out = BytesMut::new();
-        enc.encode(&Message::text("hello hello hello"), &mut out).unwrap();
+        enc.encode(&Message::text("hello hello hello"), &mut out)
+            .unwrap();
         let mut first = out.to_vec();
         first[0] &= !FIN; // not final
         let mut bytes = first;
@@ -187,10 +212,20 @@ fn control_frames_longer_than_125_fail_with_1002() {
             if op == CLOSE {
                 payload[..2].copy_from_slice(&1000u16.to_be_bytes());
             }
-            expect_code(role, Config::default(), &peer(role, FIN | op, &payload), 1002);
+            expect_code(
+                role,
+                Config::default(),
+                &peer(role, FIN | op, &payload),
+                1002,
+            );
             // Exactly 125 is fine.
             let mut dec = Decoder::new(role, Config::default());
-            assert_eq!(decode_all(&mut dec, &peer(role, FIN | op, &payload[..125])).unwrap().len(), 1);
+            assert_eq!(
+                decode_all(&mut dec, &peer(role, FIN | op, &payload[..125]))
+                    .unwrap()
+                    .len(),
+                1
+            );
         }
     }
 }
@@ -201,7 +236,10 @@ fn control_frame_length_error_is_reported_from_the_first_two_bytes() {
         let bytes = peer(role, FIN | PING, &[0u8; 200]);
         let mut dec = Decoder::new(role, Config::default());
         let mut buf = BytesMut::from(&bytes[..2]);
-        assert_eq!(dec.decode(&mut buf).unwrap_err().close_code(), Some(CloseCode(1002)));
+        assert_eq!(
+            dec.decode(&mut buf).unwrap_err().close_code(),
+            Some(CloseCode(1002))
+        );
     }
 }
 
@@ -217,14 +255,24 @@ fn fragmented_control_frames_fail_with_1002() {
 #[test]
 fn server_rejects_unmasked_frames_with_1002() {
     for op in [TEXT, BIN, PING, PONG, CLOSE] {
-        expect_code(Role::Server, Config::default(), &raw(FIN | op, false, b""), 1002);
+        expect_code(
+            Role::Server,
+            Config::default(),
+            &raw(FIN | op, false, b""),
+            1002,
+        );
     }
 }
 
 #[test]
 fn client_rejects_masked_frames_with_1002() {
     for op in [TEXT, BIN, PING, PONG, CLOSE] {
-        expect_code(Role::Client, Config::default(), &raw(FIN | op, true, b""), 1002);
+        expect_code(
+            Role::Client,
+            Config::default(),
+            &raw(FIN | op, true, b""),
+            1002,
+        );
     }
 }
 
@@ -316,7 +364,10 @@ fn control_frames_interleave_with_fragments() {
         bytes.extend(peer(role, FIN | CLOSE, &1000u16.to_be_bytes()));
         let mut dec = Decoder::new(role, Config::default());
         let got = decode_all(&mut dec, &bytes).unwrap();
-        assert_eq!(got, vec![Message::Close(Some(CloseFrame::new(CloseCode::NORMAL, "")))]);
+        assert_eq!(
+            got,
+            vec![Message::Close(Some(CloseFrame::new(CloseCode::NORMAL, "")))]
+        );
         assert!(dec.in_message());
     }
 }
@@ -342,11 +393,11 @@ fn utf8_split_across_fragments_is_valid() {
 fn invalid_utf8_fails_with_1007() {
     let cases: [&[u8]; 6] = [
         b"\xff",
-        b"abc\xc0\xafdef",      // overlong
-        b"\xed\xa0\x80",        // surrogate
-        b"\xf4\x90\x80\x80",    // above U+10FFFF
-        b"\xe2\x82",            // truncated at end of message
-        b"ok\xce\xbaok\x80",    // stray continuation
+        b"abc\xc0\xafdef",   // overlong
+        b"\xed\xa0\x80",     // surrogate
+        b"\xf4\x90\x80\x80", // above U+10FFFF
+        b"\xe2\x82",         // truncated at end of message
+        b"ok\xce\xbaok\x80", // stray continuation
     ];
     for role in ROLES {
         for case in cases {
@@ -378,7 +429,10 @@ fn invalid_utf8_fails_fast_on_the_first_fragment() {
         buf.extend_from_slice(&peer(role, CONT, b"\xf4"));
         assert_eq!(dec.decode(&mut buf).unwrap(), None);
         buf.extend_from_slice(&peer(role, CONT, b"\x90"));
-        assert_eq!(dec.decode(&mut buf).unwrap_err().close_code(), Some(CloseCode(1007)));
+        assert_eq!(
+            dec.decode(&mut buf).unwrap_err().close_code(),
+            Some(CloseCode(1007))
+        );
     }
 }
 
@@ -387,9 +441,17 @@ fn close_frames() {
     for role in ROLES {
         // Empty close.
         let mut dec = Decoder::new(role, Config::default());
-        assert_eq!(decode_all(&mut dec, &peer(role, FIN | CLOSE, b"")).unwrap(), vec![Message::Close(None)]);
+        assert_eq!(
+            decode_all(&mut dec, &peer(role, FIN | CLOSE, b"")).unwrap(),
+            vec![Message::Close(None)]
+        );
         // One-byte payload.
-        expect_code(role, Config::default(), &peer(role, FIN | CLOSE, b"\x03"), 1002);
+        expect_code(
+            role,
+            Config::default(),
+            &peer(role, FIN | CLOSE, b"\x03"),
+            1002,
+        );
         // Code validity table.
         for code in 0u16..=5000 {
             let valid = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
@@ -399,21 +461,35 @@ fn close_frames() {
             if valid {
                 assert_eq!(
                     r.unwrap(),
-                    vec![Message::Close(Some(CloseFrame { code: CloseCode(code), reason: Bytes::new() }))]
+                    vec![Message::Close(Some(CloseFrame {
+                        code: CloseCode(code),
+                        reason: Bytes::new()
+                    }))]
                 );
             } else {
                 assert_eq!(code_of(r), 1002, "code {code}");
             }
         }
         for code in [u16::MAX, 5000, 65535, 2999, 1015, 1016, 1004, 1005, 1006] {
-            expect_code(role, Config::default(), &peer(role, FIN | CLOSE, &code.to_be_bytes()), 1002);
+            expect_code(
+                role,
+                Config::default(),
+                &peer(role, FIN | CLOSE, &code.to_be_bytes()),
+                1002,
+            );
         }
         // Reason must be UTF-8.
         let mut p = 1000u16.to_be_bytes().to_vec();
         p.extend_from_slice("bye ☺".as_bytes());
         let mut dec = Decoder::new(role, Config::default());
         let got = decode_all(&mut dec, &peer(role, FIN | CLOSE, &p)).unwrap();
-        assert_eq!(got, vec![Message::Close(Some(CloseFrame::new(CloseCode(1000), "bye ☺")))]);
+        assert_eq!(
+            got,
+            vec![Message::Close(Some(CloseFrame::new(
+                CloseCode(1000),
+                "bye ☺"
+            )))]
+        );
         let mut p = 1001u16.to_be_bytes().to_vec();
         p.extend_from_slice(b"bad \xe2\x28\xa1");
         expect_code(role, Config::default(), &peer(role, FIN | CLOSE, &p), 1007);
@@ -424,7 +500,9 @@ fn close_frames() {
 fn encoder_refuses_unsendable_control_frames() {
     let mut enc = Encoder::new(Role::Server, Config::default());
     let mut out = BytesMut::new();
-    let err = enc.encode(&Message::Ping(Bytes::from(vec![0u8; 126])), &mut out).unwrap_err();
+    let err = enc
+        .encode(&Message::Ping(Bytes::from(vec![0u8; 126])), &mut out)
+        .unwrap_err();
     assert_eq!(err.close_code(), Some(CloseCode(1002)));
     let bad = Message::Close(Some(CloseFrame::new(CloseCode(1005), "")));
     assert!(enc.encode(&bad, &mut out).is_err());
@@ -471,7 +549,10 @@ fn message_limit_applies_across_fragments() {
         let second = peer(role, FIN | CONT, &[2u8; 401]);
         let hlen = second.len() - 401;
         buf.extend_from_slice(&second[..hlen]);
-        assert_eq!(dec.decode(&mut buf).unwrap_err().close_code(), Some(CloseCode::TOO_BIG));
+        assert_eq!(
+            dec.decode(&mut buf).unwrap_err().close_code(),
+            Some(CloseCode::TOO_BIG)
+        );
         // 400 is fine.
         let mut dec = Decoder::new(role, config);
         let mut bytes = peer(role, BIN, &[1u8; 600]);
@@ -491,7 +572,8 @@ fn deflate_raw(data: &[u8], level: Compression) -> Vec<u8> {
             out.reserve(out.capacity());
         }
         let before = c.total_in();
-        c.compress_vec(&data[pos..], &mut out, FlushCompress::Sync).unwrap();
+        c.compress_vec(&data[pos..], &mut out, FlushCompress::Sync)
+            .unwrap();
         pos += (c.total_in() - before) as usize;
         if pos == data.len() && out.capacity() > out.len() {
             break;
@@ -543,7 +625,12 @@ fn corrupt_deflate_data_fails_with_1007() {
     for role in ROLES {
         let cfg = deflate_config(DeflateParams::default());
         // 0xff: BFINAL=1, BTYPE=11 (reserved block type).
-        expect_code(role, cfg, &peer(role, FIN | RSV1 | BIN, b"\xff\xff\xff"), 1007);
+        expect_code(
+            role,
+            cfg,
+            &peer(role, FIN | RSV1 | BIN, b"\xff\xff\xff"),
+            1007,
+        );
     }
 }
 
@@ -566,7 +653,9 @@ fn sample_messages() -> Vec<Message> {
     let json: String = (0..2000)
         .map(|i| format!("{{\"id\":{i},\"name\":\"user{}\",\"ok\":true}},", i % 37))
         .collect();
-    let noise: Vec<u8> = (0..20_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let noise: Vec<u8> = (0..20_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     vec![
         Message::text(json.clone()),
         Message::text(json),
@@ -609,11 +698,13 @@ fn below_threshold_messages_are_not_compressed() {
     };
     let mut enc = Encoder::new(Role::Server, cfg.clone());
     let mut out = BytesMut::new();
-    enc.encode(&Message::text("x".repeat(99)), &mut out).unwrap();
+    enc.encode(&Message::text("x".repeat(99)), &mut out)
+        .unwrap();
     assert_eq!(out[0] & RSV1, 0);
     assert_eq!(out.len(), 2 + 99);
     out.clear();
-    enc.encode(&Message::text("x".repeat(100)), &mut out).unwrap();
+    enc.encode(&Message::text("x".repeat(100)), &mut out)
+        .unwrap();
     assert_ne!(out[0] & RSV1, 0);
     assert!(out.len() < 20);
 }
@@ -621,7 +712,12 @@ fn below_threshold_messages_are_not_compressed() {
 #[test]
 fn context_takeover_carries_across_messages() {
     let msg = Message::text("the quick brown fox jumps over the lazy dog; ".repeat(40));
-    for (nct, sender) in [(false, Role::Server), (true, Role::Server), (false, Role::Client), (true, Role::Client)] {
+    for (nct, sender) in [
+        (false, Role::Server),
+        (true, Role::Server),
+        (false, Role::Client),
+        (true, Role::Client),
+    ] {
         let params = DeflateParams {
             server_no_context_takeover: nct,
             client_no_context_takeover: nct,
@@ -670,7 +766,8 @@ fn compressed_fragments_with_interleaved_control_frames() {
         let mut enc = Encoder::new(sender, cfg.clone());
         let text = "fragmented and compressed ".repeat(300);
         let mut out = BytesMut::new();
-        enc.encode_fragmented(&Message::text(text.clone()), 20, &mut out).unwrap();
+        enc.encode_fragmented(&Message::text(text.clone()), 20, &mut out)
+            .unwrap();
         let frames = split_frames(&out);
         assert!(frames.len() > 2);
         let mut bytes = Vec::new();
@@ -680,9 +777,15 @@ fn compressed_fragments_with_interleaved_control_frames() {
         }
         let mut dec = Decoder::new(role, cfg);
         let got = decode_all(&mut dec, &bytes).unwrap();
-        let texts: Vec<_> = got.iter().filter(|m| matches!(m, Message::Text(_))).collect();
+        let texts: Vec<_> = got
+            .iter()
+            .filter(|m| matches!(m, Message::Text(_)))
+            .collect();
         assert_eq!(texts, vec![&Message::text(text)]);
-        assert_eq!(got.iter().filter(|m| matches!(m, Message::Ping(_))).count(), got.len() - 1);
+        assert_eq!(
+            got.iter().filter(|m| matches!(m, Message::Ping(_))).count(),
+            got.len() - 1
+        );
     }
 }
 
@@ -690,7 +793,9 @@ fn compressed_fragments_with_interleaved_control_frames() {
 fn split_frames(mut b: &[u8]) -> Vec<Vec<u8>> {
     let mut v = Vec::new();
     while !b.is_empty() {
-        let (h, n) = switchboard_websocket::frame::parse_header(b).unwrap().unwrap();
+        let (h, n) = switchboard_websocket::frame::parse_header(b)
+            .unwrap()
+            .unwrap();
         let total = n + h.payload_len as usize;
         v.push(b[..total].to_vec());
         b = &b[total..];
@@ -712,7 +817,10 @@ fn compressed_text_is_validated_as_it_inflates() {
         let mut dec = Decoder::new(role, cfg.clone());
         let half = comp.len() / 2;
         let mut buf = BytesMut::from(&peer(role, RSV1 | TEXT, &comp[..half])[..]);
-        assert_eq!(dec.decode(&mut buf).unwrap_err().close_code(), Some(CloseCode(1007)));
+        assert_eq!(
+            dec.decode(&mut buf).unwrap_err().close_code(),
+            Some(CloseCode(1007))
+        );
         // Valid text split mid code point by compression boundaries decodes fine.
         let text = "€".repeat(10_000);
         let comp = deflate_raw(text.as_bytes(), Compression::default());
@@ -720,7 +828,10 @@ fn compressed_text_is_validated_as_it_inflates() {
         bytes.extend(peer(role, CONT, &comp[comp.len() / 3..comp.len() / 2]));
         bytes.extend(peer(role, FIN | CONT, &comp[comp.len() / 2..]));
         let mut dec = Decoder::new(role, cfg);
-        assert_eq!(decode_all(&mut dec, &bytes).unwrap(), vec![Message::text(text)]);
+        assert_eq!(
+            decode_all(&mut dec, &bytes).unwrap(),
+            vec![Message::text(text)]
+        );
     }
 }
 
@@ -734,7 +845,9 @@ fn single_frame_messages_are_zero_copy() {
         let mut dec = Decoder::new(role, Config::default());
         for _ in 0..2 {
             let m = dec.decode(&mut buf).unwrap().unwrap();
-            let (Message::Binary(p) | Message::Text(p)) = m else { panic!() };
+            let (Message::Binary(p) | Message::Text(p)) = m else {
+                panic!()
+            };
             assert!(range.contains(&(p.as_ptr() as usize)), "payload was copied");
         }
         assert!(buf.is_empty());
@@ -758,7 +871,10 @@ fn byte_by_byte_feeding_gives_the_same_events() {
                 got.push(m);
             }
         }
-        assert_eq!(got, decode_all(&mut Decoder::new(role, Config::default()), &bytes).unwrap());
+        assert_eq!(
+            got,
+            decode_all(&mut Decoder::new(role, Config::default()), &bytes).unwrap()
+        );
         assert_eq!(got.len(), 4);
     }
 }
@@ -776,7 +892,9 @@ fn decoder_stays_failed_after_an_error() {
 fn encoder_masks_only_as_client() {
     let msg = Message::binary(vec![0u8; 64]);
     let mut out = BytesMut::new();
-    Encoder::new(Role::Server, Config::default()).encode(&msg, &mut out).unwrap();
+    Encoder::new(Role::Server, Config::default())
+        .encode(&msg, &mut out)
+        .unwrap();
     assert_eq!(&out[..2], &[FIN | BIN, 64]);
     assert_eq!(&out[2..], &[0u8; 64][..]);
     let mut out = BytesMut::new();
@@ -810,7 +928,9 @@ fn header_only_plus_payload_equals_full_encoding() {
     ] {
         let h = enc.encode_header_only(&msg).unwrap();
         let payload = match &msg {
-            Message::Text(p) | Message::Binary(p) | Message::Ping(p) | Message::Pong(p) => p.clone(),
+            Message::Text(p) | Message::Binary(p) | Message::Ping(p) | Message::Pong(p) => {
+                p.clone()
+            }
             _ => Bytes::new(),
         };
         let mut full = BytesMut::new();
@@ -819,21 +939,32 @@ fn header_only_plus_payload_equals_full_encoding() {
     }
     let close = Message::Close(Some(CloseFrame::new(CloseCode::NORMAL, "")));
     assert!(enc.encode_header_only(&close).is_none());
-    assert!(Encoder::new(Role::Client, Config::default()).encode_header_only(&Message::text("x")).is_none());
+    assert!(Encoder::new(Role::Client, Config::default())
+        .encode_header_only(&Message::text("x"))
+        .is_none());
     let mut denc = Encoder::new(Role::Server, deflate_config(DeflateParams::default()));
     assert!(denc.encode_header_only(&Message::text("x")).is_none());
-    assert!(denc.encode_header_only(&Message::Ping(Bytes::new())).is_some());
+    assert!(denc
+        .encode_header_only(&Message::Ping(Bytes::new()))
+        .is_some());
 }
 
 #[test]
 fn prepared_message_frames_decode_back() {
     let text = "{\"event\":\"tick\",\"price\":123.45,\"symbol\":\"ABC\"} ".repeat(100);
-    for msg in [Message::text(text.clone()), Message::binary(text.clone().into_bytes()), Message::text("tiny")] {
+    for msg in [
+        Message::text(text.clone()),
+        Message::binary(text.clone().into_bytes()),
+        Message::text("tiny"),
+    ] {
         let prepared = PreparedMessage::new(msg.clone());
         let clone = prepared.clone();
         // Uncompressed frame.
         let mut dec = Decoder::new(Role::Client, Config::default());
-        assert_eq!(decode_all(&mut dec, prepared.frame()).unwrap(), vec![msg.clone()]);
+        assert_eq!(
+            decode_all(&mut dec, prepared.frame()).unwrap(),
+            vec![msg.clone()]
+        );
         assert_eq!(prepared.frame_for(None, 0), *prepared.frame());
         assert_eq!(prepared.is_text(), matches!(msg, Message::Text(_)));
         for bits in 8..=15u8 {
@@ -893,12 +1024,20 @@ fn empty_compressed_messages() {
         let cfg = deflate_config(DeflateParams::default());
         // A peer that sends an empty RSV1 payload means an empty message.
         let mut dec = Decoder::new(role, cfg.clone());
-        assert_eq!(decode_all(&mut dec, &peer(role, FIN | RSV1 | TEXT, b"")).unwrap(), vec![Message::text("")]);
+        assert_eq!(
+            decode_all(&mut dec, &peer(role, FIN | RSV1 | TEXT, b"")).unwrap(),
+            vec![Message::text("")]
+        );
         // Our encoder, mid-stream with context takeover: the empty message carries an empty
         // stored block so the following messages still decode.
         let mut enc = Encoder::new(peer_role(role), cfg.clone());
         let mut dec = Decoder::new(role, cfg);
-        for msg in [Message::text("abc abc abc"), Message::text(""), Message::binary(vec![]), Message::text("abc abc abc")] {
+        for msg in [
+            Message::text("abc abc abc"),
+            Message::text(""),
+            Message::binary(vec![]),
+            Message::text("abc abc abc"),
+        ] {
             let mut out = BytesMut::new();
             enc.encode(&msg, &mut out).unwrap();
             assert_ne!(out[0] & RSV1, 0);
