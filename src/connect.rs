@@ -40,8 +40,21 @@ use switchboard_websocket::stream::WsReader;
 use switchboard_websocket::{CloseCode, CloseFrame, Error, Message};
 use tokio::sync::mpsc;
 
+/// Shown after the flags in `switchboard connect --help`.
+const AFTER_HELP: &str = "\
+Output: received messages on stdout as `< TEXT` or `< [binary N bytes] HEX`; sent ones as
+`> ...` (not when typing at a terminal, which already shows the line). Status lines, such as
+`closed: CODE REASON`, go to stderr.
+
+Without --execute or --binary-file, each stdin line is sent; end of input closes with 1000.
+Ctrl-C closes with 1000.
+
+Exit status: 0 after our own close or the server's 1000, 1001 or empty close; 1 for any other
+close code, a lost connection (1006) or a failed handshake; 2 for invalid arguments.";
+
 /// Flags of the `connect` command.
 #[derive(Debug, Clone, Args)]
+#[command(after_help = AFTER_HELP)]
 pub struct ConnectArgs {
     /// `ws://` or `wss://` URL to connect to.
     pub url: String,
