@@ -21,6 +21,7 @@ pub use switchboard_protocols as protocols;
 pub use switchboard_server as server;
 pub use switchboard_websocket as websocket;
 
+pub mod bench;
 pub mod config;
 pub mod connect;
 pub mod logging;

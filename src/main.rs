@@ -29,12 +29,15 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Connect to a WebSocket URL, send stdin lines, print what arrives.
     Connect(ConnectArgs),
+    /// Load-test a server on this machine (echo, fanout, conns, slow).
+    Bench(switchboard::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Connect(args)) => switchboard::connect::run(args),
+        Some(Command::Bench(args)) => switchboard::bench::run(args),
         Some(Command::Serve(args)) => serve(*args),
         None => serve(cli.serve),
     }

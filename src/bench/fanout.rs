@@ -1,0 +1,775 @@
+//! `bench fanout` and `bench slow`: publishers and subscribers in one room.
+//!
+//! Every payload starts with the publisher id (u32), a per-publisher sequence number (u64) and
+//! the send time (u64 ns since a time origin shared by all threads of this process, so one
+//! clock), all little-endian; the rest is filler. Each subscriber tracks, per publisher, the
+//! next expected sequence number and the gaps it has seen, which tells lost, duplicated and
+//! reordered deliveries apart.
+//!
+//! Publishers join with `?echo=false`. They are paced by `--rate`, and in any case kept at most
+//! `--window` messages each ahead of the slowest healthy subscriber: a pacer task publishes the
+//! minimum delivery count over the healthy subscribers, so publishers at `--rate max` cannot
+//! outrun the server (or the generator) without bound.
+//!
+//! `bench slow` makes a fraction of the subscribers slow readers (a small `SO_RCVBUF`, a few KiB
+//! per read and a sleep between reads) and reports the healthy ones separately, plus how the
+//! slow ones were closed.
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail};
+use hdrhistogram::Histogram;
+use tokio::sync::Notify;
+use tokio::time::{sleep_until, timeout_at};
+
+use super::conn::{encode_frame, mask_for, patch_payload, ConnectOpts, Incoming, RawConn};
+use super::echo::{add_server_figures, payload};
+use super::proc::CpuWindow;
+use super::report::{new_histogram, record, round3, BenchError, Progress, Summary};
+use super::runner::{self, ConnSpec, Ctl, Errors, Plan};
+use super::target::Target;
+use super::{FanoutArgs, Rate, SlowArgs};
+use crate::websocket::frame::OpCode;
+
+/// Bytes at the start of every payload: publisher id, sequence number, send time.
+const HEADER: usize = 20;
+/// Progress counters.
+const C_SENT: usize = 0;
+const C_DELIVERED: usize = 1;
+/// Connection indices of publishers start here (for distinct masking keys).
+const PUB_INDEX_BASE: usize = 1 << 24;
+/// A publisher stops queueing while this much is still unwritten.
+const MAX_PENDING_OUT: usize = 256 * 1024;
+/// Time for the server to register the last members in the room before the load starts.
+const SETTLE: Duration = Duration::from_millis(200);
+
+/// The parameters both scenarios share.
+#[derive(Debug, Clone)]
+struct Cfg {
+    scenario: &'static str,
+    url: String,
+    server_pid: Option<u32>,
+    threads: usize,
+    connect_timeout: f64,
+    subs: usize,
+    slow: usize,
+    pubs: usize,
+    rate: Rate,
+    size: usize,
+    secs: f64,
+    warmup: f64,
+    window_total: u64,
+    drain: f64,
+    slow_read_bytes: usize,
+    slow_delay: Duration,
+}
+
+impl Cfg {
+    /// Subscriber `i` is slow when it is among the last `slow` ones.
+    fn is_slow(&self, i: usize) -> bool {
+        i >= self.subs - self.slow
+    }
+}
+
+/// State shared by all workers.
+struct Shared {
+    /// Origin of the send times carried in payloads.
+    base: Instant,
+    /// Messages each publisher sent (final once it is done).
+    sent: Vec<AtomicU64>,
+    pubs_done: AtomicUsize,
+    total_sent: AtomicU64,
+    /// Unique deliveries per subscriber; `u64::MAX` for those that do not hold back publishers.
+    sub_recv: Vec<AtomicU64>,
+    /// Minimum of `sub_recv`, refreshed by the pacer.
+    min_recv: AtomicU64,
+    /// Signalled when `min_recv` grows.
+    notify: Notify,
+}
+
+/// What one subscriber saw.
+#[derive(Debug)]
+struct SubResult {
+    slow: bool,
+    /// Next expected sequence number per publisher.
+    expected: Vec<u64>,
+    /// Sequence numbers skipped and not seen later.
+    missing: u64,
+    unique: u64,
+    duplicates: u64,
+    reordered: u64,
+    /// `Some(code)` when the server closed the connection (code from the close frame, if any).
+    closed: Option<Option<u16>>,
+}
+
+/// What one worker thread measured.
+struct ThreadOut {
+    subs: Vec<SubResult>,
+    healthy_hist: Histogram<u64>,
+    /// Deliveries of messages sent inside the measured window (all / healthy subscribers).
+    measured_deliveries: u64,
+    healthy_measured_deliveries: u64,
+    errors: Errors,
+}
+
+pub(crate) fn run_fanout(a: FanoutArgs) -> Result<Summary, BenchError> {
+    run(Cfg {
+        scenario: "fanout",
+        url: a.common.url,
+        server_pid: a.common.server_pid,
+        threads: a.common.threads as usize,
+        connect_timeout: a.common.connect_timeout,
+        subs: a.subs,
+        slow: 0,
+        pubs: a.pubs,
+        rate: a.rate,
+        size: a.size,
+        secs: a.secs,
+        warmup: a.warmup,
+        window_total: a.window.saturating_mul(a.pubs as u64),
+        drain: a.drain,
+        slow_read_bytes: usize::MAX,
+        slow_delay: Duration::ZERO,
+    })
+}
+
+pub(crate) fn run_slow(a: SlowArgs) -> Result<Summary, BenchError> {
+    if !(0.0..=1.0).contains(&a.slow_fraction) {
+        return Err(BenchError::Usage(
+            "--slow-fraction must be in [0, 1]".into(),
+        ));
+    }
+    if a.slow_read_bytes == 0 {
+        return Err(BenchError::Usage(
+            "--slow-read-bytes must be positive".into(),
+        ));
+    }
+    let slow = ((a.subs as f64) * a.slow_fraction).round() as usize;
+    run(Cfg {
+        scenario: "slow",
+        url: a.common.url,
+        server_pid: a.common.server_pid,
+        threads: a.common.threads as usize,
+        connect_timeout: a.common.connect_timeout,
+        subs: a.subs,
+        slow: slow.min(a.subs),
+        pubs: a.pubs,
+        rate: a.rate,
+        size: a.size,
+        secs: a.secs,
+        warmup: a.warmup,
+        window_total: a.window.saturating_mul(a.pubs as u64),
+        drain: a.drain,
+        slow_read_bytes: a.slow_read_bytes,
+        slow_delay: Duration::from_millis(a.slow_delay_ms),
+    })
+}
+
+fn run(cfg: Cfg) -> Result<Summary, BenchError> {
+    let target = Target::parse(&cfg.url)?;
+    if cfg.subs == 0 || cfg.pubs == 0 {
+        return Err(BenchError::Usage(
+            "--subs and --pubs must be at least 1".into(),
+        ));
+    }
+    if cfg.size < HEADER {
+        return Err(BenchError::Usage(format!(
+            "--size must be at least {HEADER} bytes"
+        )));
+    }
+    if cfg.window_total == 0 {
+        return Err(BenchError::Usage("--window must be at least 1".into()));
+    }
+    let secs_ok = cfg.secs > 0.0 && cfg.secs <= 3600.0;
+    let others_ok = (0.0..=600.0).contains(&cfg.warmup) && (0.0..=600.0).contains(&cfg.drain);
+    if !(secs_ok && others_ok) {
+        return Err(BenchError::Usage(
+            "--secs must be in (0, 3600], --warmup and --drain in [0, 600]".into(),
+        ));
+    }
+    super::proc::raise_nofile_limit();
+    let shared = Arc::new(Shared {
+        base: Instant::now(),
+        sent: (0..cfg.pubs).map(|_| AtomicU64::new(0)).collect(),
+        pubs_done: AtomicUsize::new(0),
+        total_sent: AtomicU64::new(0),
+        sub_recv: (0..cfg.subs)
+            .map(|i| AtomicU64::new(if cfg.is_slow(i) { u64::MAX } else { 0 }))
+            .collect(),
+        min_recv: AtomicU64::new(0),
+        notify: Notify::new(),
+    });
+    let ctl = Ctl::new();
+    let handles = {
+        let (ctl, target, cfg, shared) = (ctl.clone(), target.clone(), cfg.clone(), shared.clone());
+        runner::spawn_workers(cfg.threads, move |t| worker(t, cfg, target, ctl, shared))
+    };
+    if let Err(e) = runner::wait_ready(&ctl, cfg.subs + cfg.pubs, cfg.connect_timeout) {
+        let _ = runner::join_workers(handles);
+        return Err(e);
+    }
+    std::thread::sleep(SETTLE);
+
+    let plan = Plan::starting_now(cfg.warmup, cfg.secs);
+    ctl.go(plan);
+    let progress = Progress::new();
+    let mut last = (0u64, 0u64, plan.start);
+    let mut tick = |elapsed| {
+        let (sent, got, now) = (
+            ctl.counter(C_SENT),
+            ctl.counter(C_DELIVERED),
+            Instant::now(),
+        );
+        let dt = (now - last.2).as_secs_f64();
+        let line = format!(
+            "{}: {:.0} sent/s, {:.0} delivered/s",
+            if now < plan.warm_end {
+                "warm-up"
+            } else {
+                "measuring"
+            },
+            (sent - last.0) as f64 / dt,
+            (got - last.1) as f64 / dt
+        );
+        last = (sent, got, now);
+        progress.show(elapsed, &line);
+    };
+    runner::sleep_with_progress(plan.start, plan.warm_end, &mut tick);
+    let cpu = CpuWindow::start(cfg.server_pid);
+    runner::sleep_with_progress(plan.start, plan.end, &mut tick);
+    let (server_cpu, gen_cpu) = cpu.stop();
+    progress.show(plan.start.elapsed(), "draining");
+    let results = runner::join_workers(handles);
+    progress.finish();
+    let results = results?;
+    Ok(summarize(
+        &cfg, &plan, &shared, results, server_cpu, gen_cpu,
+    )?)
+}
+
+fn summarize(
+    cfg: &Cfg,
+    plan: &Plan,
+    shared: &Shared,
+    results: Vec<ThreadOut>,
+    server_cpu: Option<f64>,
+    gen_cpu: Option<f64>,
+) -> anyhow::Result<Summary> {
+    let sent: Vec<u64> = shared
+        .sent
+        .iter()
+        .map(|s| s.load(Ordering::Relaxed))
+        .collect();
+    let total_sent: u64 = sent.iter().sum();
+    let mut hist = new_histogram();
+    let mut errors = Errors::default();
+    let (mut measured, mut healthy_measured) = (0u64, 0u64);
+    #[derive(Default)]
+    struct Tally {
+        subs: u64,
+        unique: u64,
+        lost: u64,
+        duplicates: u64,
+        reordered: u64,
+        closed: u64,
+    }
+    let (mut healthy, mut slow) = (Tally::default(), Tally::default());
+    let mut slow_codes: BTreeMap<String, u64> = BTreeMap::new();
+    for r in results {
+        hist.add(&r.healthy_hist)
+            .map_err(|e| anyhow!("histogram: {e}"))?;
+        errors.merge(r.errors);
+        measured += r.measured_deliveries;
+        healthy_measured += r.healthy_measured_deliveries;
+        for s in r.subs {
+            let lost: u64 = sent
+                .iter()
+                .zip(&s.expected)
+                .map(|(sent, got)| sent.saturating_sub(*got))
+                .sum::<u64>()
+                + s.missing;
+            let t = if s.slow { &mut slow } else { &mut healthy };
+            t.subs += 1;
+            t.unique += s.unique;
+            t.lost += lost;
+            t.duplicates += s.duplicates;
+            t.reordered += s.reordered;
+            if let Some(code) = s.closed {
+                t.closed += 1;
+                if s.slow {
+                    let k = code.map_or("none".to_string(), |c| c.to_string());
+                    *slow_codes.entry(k).or_default() += 1;
+                }
+            }
+        }
+    }
+    let secs = plan.measured_secs();
+    let mut s = Summary::new(cfg.scenario);
+    s.add("url", cfg.url.as_str(), "");
+    s.add("subs", cfg.subs as u64, "");
+    s.add("pubs", cfg.pubs as u64, "");
+    s.add("rate", cfg.rate.to_string(), "msg/s per publisher");
+    s.add("size", cfg.size as u64, "B");
+    s.add("secs", round3(secs), "s");
+    s.add("sent", total_sent, "");
+    s.add(
+        "sent_per_sec",
+        round3(total_sent as f64 / (plan.end - plan.start).as_secs_f64()),
+        "/s",
+    );
+    if cfg.scenario == "fanout" {
+        s.add("delivered", healthy.unique, "");
+        s.add("delivered_per_sec", round3(measured as f64 / secs), "/s");
+        s.add("lost", healthy.lost, "");
+        s.add("duplicates", healthy.duplicates, "");
+        s.add("reordered", healthy.reordered, "");
+        s.add("closed", healthy.closed, "subscribers");
+        s.add_latency("latency", &hist, true);
+        add_server_figures(&mut s, cfg.server_pid, server_cpu, measured, "delivery");
+    } else {
+        s.add("healthy_subs", healthy.subs, "");
+        s.add("slow_subs", slow.subs, "");
+        s.add("healthy_delivered", healthy.unique, "");
+        s.add(
+            "healthy_delivered_per_sec",
+            round3(healthy_measured as f64 / secs),
+            "/s",
+        );
+        s.add("healthy_lost", healthy.lost, "");
+        s.add("healthy_duplicates", healthy.duplicates, "");
+        s.add("healthy_reordered", healthy.reordered, "");
+        s.add("healthy_closed", healthy.closed, "subscribers");
+        s.add_latency("healthy_latency", &hist, true);
+        s.add("slow_closed", slow.closed, "subscribers");
+        s.add(
+            "slow_close_codes",
+            slow_codes
+                .iter()
+                .map(|(k, v)| format!("{k}x{v}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            "",
+        );
+        s.add("slow_open", slow.subs - slow.closed, "subscribers");
+        s.add("slow_delivered", slow.unique, "");
+        s.add("slow_lost", slow.lost, "");
+        add_server_figures(&mut s, cfg.server_pid, server_cpu, measured, "delivery");
+    }
+    s.add("generator_cpu_s", gen_cpu.map(round3), "s");
+    s.add("errors", errors.count, "");
+    if let Some(e) = errors.first {
+        s.add("first_error", e, "");
+    }
+    if errors.count > 0 {
+        s.set_failed();
+    }
+    Ok(s)
+}
+
+async fn worker(
+    t: usize,
+    cfg: Cfg,
+    target: Target,
+    ctl: Arc<Ctl>,
+    shared: Arc<Shared>,
+) -> anyhow::Result<ThreadOut> {
+    let mut specs: Vec<ConnSpec> = (0..cfg.subs)
+        .filter(|i| i % cfg.threads == t)
+        .map(|i| ConnSpec {
+            index: i,
+            path: target.path_and_query(""),
+            opts: ConnectOpts {
+                bind: None,
+                recv_buffer: cfg.is_slow(i).then_some(4096),
+            },
+        })
+        .collect();
+    specs.extend(
+        (0..cfg.pubs)
+            .filter(|p| p % cfg.threads == t)
+            .map(|p| ConnSpec {
+                index: PUB_INDEX_BASE + p,
+                path: target.path_and_query("echo=false"),
+                opts: ConnectOpts::default(),
+            }),
+    );
+    let conns = runner::connect_all(&target, specs, 64, &ctl).await?;
+    let Some(plan) = ctl.wait_go().await else {
+        bail!("run aborted");
+    };
+    let out = Rc::new(RefCell::new(ThreadOut {
+        subs: Vec::new(),
+        healthy_hist: new_histogram(),
+        measured_deliveries: 0,
+        healthy_measured_deliveries: 0,
+        errors: Errors::default(),
+    }));
+    let cfg = Rc::new(cfg);
+    if t == 0 {
+        tokio::task::spawn_local(pacer(cfg.clone(), shared.clone(), plan));
+    }
+    let mut tasks = Vec::new();
+    for (index, conn) in conns {
+        let (cfg, shared, ctl, out) = (cfg.clone(), shared.clone(), ctl.clone(), out.clone());
+        tasks.push(tokio::task::spawn_local(async move {
+            if index >= PUB_INDEX_BASE {
+                let id = index - PUB_INDEX_BASE;
+                if let Err(e) = publisher(id, conn, &cfg, plan, &shared, &ctl).await {
+                    out.borrow_mut()
+                        .errors
+                        .add(format!("publisher {id}: {e:#}"));
+                }
+            } else {
+                subscriber(index, conn, &cfg, plan, &shared, &ctl, &out).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.map_err(|e| anyhow!("fan-out task: {e}"))?;
+    }
+    Rc::try_unwrap(out)
+        .map(RefCell::into_inner)
+        .map_err(|_| anyhow!("statistics still shared"))
+}
+
+/// Refresh `min_recv` every millisecond until the publishers are done.
+async fn pacer(cfg: Rc<Cfg>, shared: Arc<Shared>, plan: Plan) {
+    let hard_end = plan.end + Duration::from_secs_f64(cfg.drain) + Duration::from_secs(1);
+    let mut last = 0;
+    while shared.pubs_done.load(Ordering::Relaxed) < cfg.pubs && Instant::now() < hard_end {
+        let min = shared
+            .sub_recv
+            .iter()
+            .map(|r| r.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(u64::MAX);
+        if min != last {
+            last = min;
+            shared.min_recv.store(min, Ordering::Relaxed);
+            shared.notify.notify_waiters();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn publisher(
+    id: usize,
+    mut conn: RawConn,
+    cfg: &Cfg,
+    plan: Plan,
+    shared: &Shared,
+    ctl: &Ctl,
+) -> anyhow::Result<()> {
+    let mask = mask_for(PUB_INDEX_BASE + id);
+    let mut frame = encode_frame(OpCode::Binary, &payload(cfg.size), mask);
+    let mut seq = 0u64;
+    let end = tokio::time::Instant::from_std(plan.end);
+    let result = async {
+        loop {
+            let now = Instant::now();
+            if now >= plan.end {
+                return Ok(());
+            }
+            let due = match cfg.rate {
+                Rate::PerSec(r) => {
+                    (((now - plan.start).as_secs_f64() * r) as u64 + 1).saturating_sub(seq)
+                }
+                Rate::Max => 64,
+            };
+            let in_flight = shared
+                .total_sent
+                .load(Ordering::Relaxed)
+                .saturating_sub(shared.min_recv.load(Ordering::Relaxed));
+            let room = cfg.window_total.saturating_sub(in_flight);
+            let write_blocked = conn.pending_out() >= MAX_PENDING_OUT;
+            let n = if !write_blocked {
+                due.min(room).min(256)
+            } else {
+                0
+            };
+            for _ in 0..n {
+                let mut fields = [0u8; HEADER];
+                fields[..4].copy_from_slice(&(id as u32).to_le_bytes());
+                fields[4..12].copy_from_slice(&seq.to_le_bytes());
+                let ns = shared.base.elapsed().as_nanos() as u64;
+                fields[12..20].copy_from_slice(&ns.to_le_bytes());
+                patch_payload(&mut frame, mask, 0, &fields);
+                conn.queue(&frame);
+                seq += 1;
+            }
+            if n > 0 {
+                shared.total_sent.fetch_add(n, Ordering::Relaxed);
+                ctl.bump(C_SENT, n);
+            }
+            let blocked = n < due && n == room;
+            let notified = shared.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // Wake for the next due message, or shortly, in case the pacer's signal came
+            // between reading `min_recv` and registering for it.
+            let wake = match (blocked, cfg.rate) {
+                (true, _) => Instant::now() + Duration::from_millis(2),
+                (false, Rate::PerSec(r)) => plan.start + Duration::from_secs_f64(seq as f64 / r),
+                (false, Rate::Max) => plan.end,
+            };
+            let wake = tokio::time::Instant::from_std(wake.min(plan.end));
+            // Only the socket can make progress: wait for it rather than spin on the timer.
+            let idle = write_blocked
+                || (matches!(cfg.rate, Rate::Max) && !blocked && conn.pending_out() > 0);
+            tokio::select! {
+                r = conn.pump(64 * 1024) => {
+                    r?;
+                    while let Some(m) = conn.next()? {
+                        if let Incoming::Close(code) = m {
+                            bail!("server closed the publisher (code {code:?})");
+                        }
+                    }
+                }
+                _ = &mut notified, if blocked => {}
+                _ = sleep_until(wake), if !idle => {}
+                _ = sleep_until(end) => {}
+            }
+        }
+    }
+    .await;
+    shared.sent[id].store(seq, Ordering::Relaxed);
+    shared.pubs_done.fetch_add(1, Ordering::Relaxed);
+    result?;
+    // Everything counted as sent must reach the server: flush, then close politely and wait
+    // for the server's answer, so no unread data makes our socket close with a reset.
+    let deadline =
+        tokio::time::Instant::from_std(plan.end + Duration::from_secs_f64(cfg.drain.max(1.0)));
+    while conn.pending_out() > 0 {
+        match timeout_at(deadline, conn.pump(64 * 1024)).await {
+            Err(_) => bail!("could not flush the last messages in time"),
+            Ok(r) => r?,
+        }
+    }
+    conn.queue_close(1000);
+    let _ = timeout_at(deadline, async {
+        loop {
+            conn.pump(64 * 1024).await?;
+            while let Some(m) = conn.next()? {
+                if let Incoming::Close(_) = m {
+                    return anyhow::Ok(());
+                }
+            }
+        }
+    })
+    .await;
+    Ok(())
+}
+
+/// Per-subscriber sequence bookkeeping.
+struct Tracker {
+    expected: Vec<u64>,
+    missing: Vec<HashSet<u64>>,
+    unique: u64,
+    duplicates: u64,
+    reordered: u64,
+}
+
+impl Tracker {
+    fn new(pubs: usize) -> Tracker {
+        Tracker {
+            expected: vec![0; pubs],
+            missing: (0..pubs).map(|_| HashSet::new()).collect(),
+            unique: 0,
+            duplicates: 0,
+            reordered: 0,
+        }
+    }
+
+    fn see(&mut self, publisher: usize, seq: u64) -> anyhow::Result<()> {
+        let exp = &mut self.expected[publisher];
+        if seq == *exp {
+            *exp += 1;
+            self.unique += 1;
+        } else if seq > *exp {
+            if seq - *exp > 10_000_000 {
+                bail!("sequence number {seq} from publisher {publisher} is implausible");
+            }
+            self.missing[publisher].extend(*exp..seq);
+            *exp = seq + 1;
+            self.unique += 1;
+        } else if self.missing[publisher].remove(&seq) {
+            self.reordered += 1;
+            self.unique += 1;
+        } else {
+            self.duplicates += 1;
+        }
+        Ok(())
+    }
+
+    fn complete(&self, shared: &Shared) -> bool {
+        self.missing.iter().all(HashSet::is_empty)
+            && self
+                .expected
+                .iter()
+                .zip(&shared.sent)
+                .all(|(e, s)| *e >= s.load(Ordering::Relaxed))
+    }
+}
+
+async fn subscriber(
+    index: usize,
+    mut conn: RawConn,
+    cfg: &Cfg,
+    plan: Plan,
+    shared: &Shared,
+    ctl: &Ctl,
+    out: &RefCell<ThreadOut>,
+) {
+    let slow = cfg.is_slow(index);
+    let drain_end = plan.end + Duration::from_secs_f64(cfg.drain);
+    let ns_of = |t: Instant| (t - shared.base).as_nanos() as u64;
+    let (warm_ns, end_ns) = (ns_of(plan.warm_end), ns_of(plan.end));
+    let mut tr = Tracker::new(cfg.pubs);
+    let mut closed = None;
+    let mut error = None;
+    loop {
+        let now = Instant::now();
+        if now >= drain_end {
+            break;
+        }
+        if now >= plan.end
+            && shared.pubs_done.load(Ordering::Relaxed) == cfg.pubs
+            && tr.complete(shared)
+        {
+            break;
+        }
+        let in_run = now < plan.end;
+        let wake = if in_run {
+            plan.end
+        } else {
+            (now + Duration::from_millis(20)).min(drain_end)
+        };
+        let max_read = if slow && in_run {
+            cfg.slow_read_bytes
+        } else {
+            usize::MAX
+        };
+        match timeout_at(tokio::time::Instant::from_std(wake), conn.pump(max_read)).await {
+            Err(_) => continue,
+            Ok(Err(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                closed = Some(None);
+                break;
+            }
+            Ok(Err(e)) => {
+                error = Some(format!("subscriber {index}: {e}"));
+                break;
+            }
+            Ok(Ok(())) => {}
+        }
+        let now_ns = shared.base.elapsed().as_nanos() as u64;
+        let before = tr.unique;
+        let stop = {
+            let mut o = out.borrow_mut();
+            loop {
+                let msg = match conn.next() {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break false,
+                    Err(e) => {
+                        error = Some(format!("subscriber {index}: {e:#}"));
+                        break true;
+                    }
+                };
+                match msg {
+                    Incoming::Close(code) => {
+                        closed = Some(code);
+                        break true;
+                    }
+                    Incoming::Data { payload, .. } => {
+                        if payload.len() < HEADER {
+                            error = Some(format!(
+                                "subscriber {index}: a {}-byte message without the bench header",
+                                payload.len()
+                            ));
+                            break true;
+                        }
+                        let publisher =
+                            u32::from_le_bytes(payload[..4].try_into().unwrap()) as usize;
+                        let seq = u64::from_le_bytes(payload[4..12].try_into().unwrap());
+                        let sent_ns = u64::from_le_bytes(payload[12..20].try_into().unwrap());
+                        if publisher >= cfg.pubs {
+                            error =
+                                Some(format!("subscriber {index}: unknown publisher {publisher}"));
+                            break true;
+                        }
+                        if let Err(e) = tr.see(publisher, seq) {
+                            error = Some(format!("subscriber {index}: {e:#}"));
+                            break true;
+                        }
+                        if sent_ns >= warm_ns && sent_ns < end_ns {
+                            o.measured_deliveries += 1;
+                            if !slow {
+                                o.healthy_measured_deliveries += 1;
+                                record(&mut o.healthy_hist, now_ns.saturating_sub(sent_ns));
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        if stop {
+            break;
+        }
+        ctl.bump(C_DELIVERED, tr.unique - before);
+        if !slow {
+            shared.sub_recv[index].store(tr.unique, Ordering::Relaxed);
+        }
+        if slow && in_run {
+            let until = (Instant::now() + cfg.slow_delay).min(plan.end);
+            sleep_until(tokio::time::Instant::from_std(until)).await;
+        }
+    }
+    // Whatever happened, this subscriber must no longer hold the publishers back.
+    shared.sub_recv[index].store(u64::MAX, Ordering::Relaxed);
+    if closed.is_none() {
+        conn.queue_close(1000);
+        conn.try_flush();
+    }
+    let mut o = out.borrow_mut();
+    if let Some(e) = error {
+        o.errors.add(e);
+    }
+    o.subs.push(SubResult {
+        slow,
+        missing: tr.missing.iter().map(|m| m.len() as u64).sum(),
+        expected: tr.expected,
+        unique: tr.unique,
+        duplicates: tr.duplicates,
+        reordered: tr.reordered,
+        closed,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracker_tells_loss_duplicates_and_reordering_apart() {
+        let mut t = Tracker::new(2);
+        for seq in [0, 1, 3, 2, 2, 5] {
+            t.see(0, seq).unwrap();
+        }
+        t.see(1, 0).unwrap();
+        assert_eq!(t.expected, vec![6, 1]);
+        assert_eq!(t.unique, 6);
+        assert_eq!(t.duplicates, 1);
+        assert_eq!(t.reordered, 1);
+        // 4 was skipped and never arrived.
+        assert_eq!(t.missing[0].len(), 1);
+        assert!(t.see(0, u64::MAX / 2).is_err());
+    }
+}
