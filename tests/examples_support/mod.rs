@@ -27,18 +27,19 @@ fn profile_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// Path of a compiled example. `cargo test --all-targets` (and plain `cargo test`) builds
-/// the examples before running tests; when a single test target was built on its own they
-/// are missing, and are built here once.
+/// A command running a compiled example.
+///
+/// The examples are (re)built once per test process with `cargo build --examples` into the
+/// target directory this test binary lives in. Relying on cargo having built them is not
+/// enough: `cargo test --all-targets` compiles examples only as test harnesses, so the plain
+/// binaries may be missing or stale. When everything is up to date the build is a no-op.
 pub fn example(name: &str) -> Command {
     static BUILT: OnceLock<()> = OnceLock::new();
     let dir = profile_dir();
+    BUILT.get_or_init(|| build_examples(&dir));
     let path = dir
         .join("examples")
         .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    if !path.exists() {
-        BUILT.get_or_init(|| build_examples(&dir));
-    }
     assert!(path.exists(), "example binary {} not found", path.display());
     Command::new(path)
 }
@@ -58,8 +59,12 @@ fn build_examples(profile_dir: &Path) {
             cmd.args(["--profile", other]);
         }
     }
-    let status = cmd.status().expect("run cargo build --examples");
-    assert!(status.success(), "cargo build --examples failed");
+    let out = cmd.output().expect("run cargo build --examples");
+    assert!(
+        out.status.success(),
+        "cargo build --examples failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A child process killed when the test ends (also on panic).
