@@ -349,7 +349,7 @@ fn summarize(
             "slow_close_codes",
             slow_codes
                 .iter()
-                .map(|(k, v)| format!("{k}x{v}"))
+                .map(|(k, v)| format!("{k}:{v}"))
                 .collect::<Vec<_>>()
                 .join(","),
             "",

@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Turn the JSON lines written by bench/compare.sh into a Markdown table.
+
+The table goes into the output file between `<!-- compare:begin -->` and
+`<!-- compare:end -->`; the rest of the file is left as it is (the file is created with a short
+introduction if it does not exist).
+"""
+import argparse
+import json
+import os
+import statistics
+
+BEGIN = "<!-- compare:begin -->"
+END = "<!-- compare:end -->"
+
+INTRO = """# Benchmarks
+
+How Switchboard compares with a plain Node.js [`ws`](https://github.com/websockets/ws) server on
+the same machine, measured with the built-in load generator `switchboard bench`. Run
+`bench/compare.sh` to reproduce (`--quick` for a short smoke run); it rewrites the section
+between the markers below.
+
+"""
+
+# (scenario id, title, [(result key, label, higher is better)])
+SCENARIOS = [
+    ("echo64", "Echo, 64 B text, 100 connections, 1 in flight", [
+        ("round_trips_per_sec", "round trips/s", True),
+        ("server_cpu_us_per_round_trip", "server CPU µs per round trip", False),
+        ("latency_p50_us", "latency p50 (µs)", False),
+        ("latency_p99_us", "latency p99 (µs)", False),
+        ("server_peak_rss_mb", "server peak RSS (MiB)", False),
+    ]),
+    ("echo16k", "Echo, 16 KiB text, 50 connections, 1 in flight", [
+        ("round_trips_per_sec", "round trips/s", True),
+        ("server_cpu_us_per_round_trip", "server CPU µs per round trip", False),
+        ("latency_p99_us", "latency p99 (µs)", False),
+        ("server_peak_rss_mb", "server peak RSS (MiB)", False),
+    ]),
+    ("fanout_max", "Fan-out, 10 publishers → N subscribers, 64 B, max rate", [
+        ("delivered_per_sec", "deliveries/s", True),
+        ("server_cpu_us_per_delivery", "server CPU µs per delivery", False),
+        ("latency_p50_us", "latency p50 (µs)", False),
+        ("latency_p99_us", "latency p99 (µs)", False),
+        ("lost", "lost messages", False),
+        ("server_peak_rss_mb", "server peak RSS (MiB)", False),
+    ]),
+    ("fanout_200", "Fan-out, 1 publisher → 1,000 subscribers, 64 B, 200 msg/s", [
+        ("latency_p50_us", "latency p50 (µs)", False),
+        ("latency_p99_us", "latency p99 (µs)", False),
+        ("latency_p999_us", "latency p99.9 (µs)", False),
+        ("server_cpu_us_per_delivery", "server CPU µs per delivery", False),
+        ("lost", "lost messages", False),
+    ]),
+    ("conns", "Idle connections (opened as fast as possible, 64 handshakes in flight)", [
+        ("established", "connections established", True),
+        ("server_rss_per_conn_kb", "server RSS per connection (KiB)", False),
+        ("server_peak_rss_mb", "server peak RSS (MiB)", False),
+        ("handshakes_per_sec", "handshakes/s during the ramp", True),
+        ("server_cpu_us_per_handshake", "server CPU µs per handshake", False),
+    ]),
+]
+
+
+def fmt(v):
+    if v is None:
+        return "n/a"
+    a = abs(v)
+    if a >= 100000:
+        return f"{v/1000:,.0f}k"
+    if a >= 1000:
+        return f"{v:,.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def cell(values):
+    if not values:
+        return "n/a"
+    med = statistics.median(values)
+    if len(values) == 1:
+        return fmt(med)
+    return f"{fmt(med)} ({fmt(min(values))}..{fmt(max(values))})"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    for k in ("results", "out", "date", "kernel", "cpu", "node", "command", "rounds",
+              "elapsed", "pinned"):
+        ap.add_argument(f"--{k}", required=True)
+    a = ap.parse_args()
+
+    recs = [json.loads(l) for l in open(a.results) if l.strip()]
+    by = {}
+    errors = []
+    loads = []
+    subs = {}
+    for r in recs:
+        loads.append(r["load1"])
+        res = r.get("result")
+        if r.get("error"):
+            errors.append(f"{r['scenario']} / {r['server']} / round {r['round']}: {r['error']}")
+        if not res:
+            continue
+        if "subs" in res:
+            subs[r["scenario"]] = res["subs"]
+        if "n" in res and r["scenario"] == "conns":
+            subs[r["scenario"]] = res["n"]
+        for key, v in res.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                by.setdefault((r["scenario"], r["server"], key), []).append(float(v))
+
+    lines = [BEGIN, ""]
+    lines.append(f"Measured {a.date} on Linux {a.kernel}, {a.cpu}, Node.js {a.node}, "
+                 f"`ws` 8.23.0 with `perMessageDeflate: false`, Switchboard with `--deflate false`.")
+    lines.append("")
+    lines.append(f"Command: `{a.command}` ({a.rounds} round(s), runs alternating ws / switchboard, "
+                 f"{'server pinned to CPU 0, load generator to CPU 1' if a.pinned == 'yes' else 'unpinned'}; "
+                 f"{a.elapsed} s in total).")
+    if loads:
+        lines.append(f"Load average (1 min) before the runs: median {statistics.median(loads):.2f}, "
+                     f"range {min(loads):.2f}..{max(loads):.2f}. The machine is shared: raw rates vary "
+                     f"with the CPU time the server actually got, so the server CPU per operation is the "
+                     f"steadier figure.")
+    lines.append("")
+    lines.append("Each cell: median (min..max) over the rounds. Ratio = switchboard / ws of the medians; "
+                 "↑ = higher is better, ↓ = lower is better.")
+    lines.append("")
+    for sid, title, metrics in SCENARIOS:
+        if not any(k[0] == sid for k in by):
+            continue
+        t = title.replace("N subscribers", f"{subs.get(sid, 'N'):,} subscribers"
+                          if isinstance(subs.get(sid), int) else "N subscribers")
+        if sid == "conns" and isinstance(subs.get(sid), int):
+            t = f"{subs[sid]:,} " + t[0].lower() + t[1:]
+        lines.append(f"**{t}**")
+        lines.append("")
+        lines.append("| metric | ws | switchboard | ratio |")
+        lines.append("|---|---|---|---|")
+        for key, label, higher in metrics:
+            w = by.get((sid, "ws", key), [])
+            s = by.get((sid, "switchboard", key), [])
+            if not w and not s:
+                continue
+            ratio = "n/a"
+            if w and s and statistics.median(w) != 0:
+                ratio = f"{statistics.median(s) / statistics.median(w):.2f}"
+            elif w and s:
+                ratio = "—"
+            arrow = "↑" if higher else "↓"
+            lines.append(f"| {label} {arrow} | {cell(w)} | {cell(s)} | {ratio} |")
+        lines.append("")
+    if errors:
+        lines.append("Failed runs:")
+        lines.append("")
+        for e in errors:
+            lines.append(f"* {e}")
+        lines.append("")
+    lines.append(END)
+    section = "\n".join(lines)
+
+    if os.path.exists(a.out):
+        text = open(a.out).read()
+    else:
+        os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
+        text = INTRO
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    with open(a.out, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
