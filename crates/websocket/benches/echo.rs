@@ -93,17 +93,16 @@ async fn echo_theirs(tcp: TcpStream) {
         .await
         .expect("handshake");
     while let Some(Ok(m)) = poll_fn(|cx| Pin::new(&mut ws).poll_next(cx)).await {
-        if m.is_text() || m.is_binary() {
-            if poll_fn(|cx| Pin::new(&mut ws).poll_ready(cx))
-                .await
-                .is_err()
-                || Pin::new(&mut ws).start_send(m).is_err()
-                || poll_fn(|cx| Pin::new(&mut ws).poll_flush(cx))
-                    .await
-                    .is_err()
-            {
-                break;
-            }
+        if !(m.is_text() || m.is_binary()) {
+            continue;
+        }
+        let sent = async {
+            poll_fn(|cx| Pin::new(&mut ws).poll_ready(cx)).await?;
+            Pin::new(&mut ws).start_send(m)?;
+            poll_fn(|cx| Pin::new(&mut ws).poll_flush(cx)).await
+        };
+        if sent.await.is_err() {
+            break;
         }
     }
 }

@@ -87,15 +87,14 @@ async fn handle(
             });
             Ok(accepted.response)
         }
-        Err(rejection) => Ok(rejection),
+        Err(rejection) => Ok(*rejection),
     }
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = parse_args().map_err(|e| {
+    let args = parse_args().inspect_err(|_| {
         eprintln!("usage: echo_server [--port N] [--no-deflate] [--max-message-size BYTES]");
-        e
     })?;
     let mut options = UpgradeOptions::default();
     if !args.deflate {

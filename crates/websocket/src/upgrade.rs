@@ -87,11 +87,12 @@ impl Future for PendingUpgrade {
     }
 }
 
-/// Validate `req` as a WebSocket upgrade. `Err` is the complete rejection response to send.
+/// Validate `req` as a WebSocket upgrade. `Err` is the complete rejection response to send
+/// (boxed: it is much larger than the success value).
 pub fn upgrade<B>(
     req: &mut Request<B>,
     options: &UpgradeOptions,
-) -> Result<Accepted, Response<String>> {
+) -> Result<Accepted, Box<Response<String>>> {
     let supported: Vec<&str> = options.protocols.iter().map(String::as_str).collect();
     upgrade_with(req, options, &|offered| {
         first_supported(&supported, offered)
@@ -103,7 +104,7 @@ pub fn upgrade_with<B>(
     req: &mut Request<B>,
     options: &UpgradeOptions,
     choose_protocol: &dyn Fn(&[&str]) -> Option<String>,
-) -> Result<Accepted, Response<String>> {
+) -> Result<Accepted, Box<Response<String>>> {
     let hs = match validate_server_request(
         req.method(),
         req.version(),
@@ -123,7 +124,7 @@ pub fn upgrade_with<B>(
             for (k, v) in rej.extra_headers {
                 h.insert(k, v);
             }
-            return Err(resp);
+            return Err(Box::new(resp));
         }
     };
     let on_upgrade = hyper::upgrade::on(&mut *req);

@@ -57,8 +57,7 @@ fn big_payload() -> Bytes {
 }
 
 fn client_options(mode: &str) -> ClientOptions {
-    let mut o = ClientOptions::default();
-    o.deflate = match mode {
+    let deflate = match mode {
         "off" => None,
         "default" => Some(DeflatePolicy {
             server_no_context_takeover: false,
@@ -72,7 +71,10 @@ fn client_options(mode: &str) -> ClientOptions {
             enabled: true,
         }),
     };
-    o
+    ClientOptions {
+        deflate,
+        ..ClientOptions::default()
+    }
 }
 
 /// Our client against a peer echo server that also understands `cmd:fragmented` and

@@ -360,8 +360,10 @@ async fn frames_sent_with_the_101_are_not_lost() {
             tcp
         });
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let mut opts = ClientOptions::default();
-        opts.deflate = None;
+        let opts = ClientOptions {
+            deflate: None,
+            ..ClientOptions::default()
+        };
         let (mut ws, resp) = handshake(tcp, &addr.to_string(), "/", opts).await.unwrap();
         assert_eq!(resp.status, 101);
         assert_eq!(ws.next().await.unwrap().unwrap().as_text(), Some("early"));

@@ -61,7 +61,7 @@ pub async fn start_echo_server(options: UpgradeOptions) -> SocketAddr {
                                 });
                                 acc.response
                             }
-                            Err(rej) => rej,
+                            Err(rej) => *rej,
                         })
                     }
                 });
