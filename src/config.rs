@@ -297,7 +297,11 @@ mod tests {
         assert_eq!(c.welcome.as_deref(), Some("Welcome to Switchboard"));
         assert_eq!(c.max_message_size, 65536);
         assert_eq!(c.allowed_origins, vec!["https://*.example.com"]);
-        assert_eq!(c.ping_interval, Duration::from_secs(25), "unset keys keep their defaults");
+        assert_eq!(
+            c.ping_interval,
+            Duration::from_secs(25),
+            "unset keys keep their defaults"
+        );
     }
 
     #[test]
