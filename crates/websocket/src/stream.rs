@@ -187,10 +187,10 @@ impl Wake for WriteWakers {
 
 /// The outgoing queue: sealed chunks followed by the open coalescing buffer.
 struct WriteQueue {
-    encoder: Encoder,
-    role: Role,
-    deflate: Option<DeflateParams>,
-    compression_threshold: usize,
+    /// Encoder for the control frames the reader queues (pongs, close replies). Data frames
+    /// are encoded by the writer outside the lock, so a large compression never stalls the
+    /// reader.
+    control: Encoder,
     config: WriteConfig,
     /// Chunks ready to be written, in order.
     chunks: VecDeque<Bytes>,
@@ -212,7 +212,7 @@ impl WriteQueue {
         f: impl FnOnce(&mut Encoder, &mut BytesMut) -> Result<(), Error>,
     ) -> Result<(), Error> {
         let before = self.buf.len();
-        f(&mut self.encoder, &mut self.buf)?;
+        f(&mut self.control, &mut self.buf)?;
         let n = self.buf.len() - before;
         self.queued += n;
         self.appended += n as u64;
@@ -242,40 +242,8 @@ impl WriteQueue {
         Ok(())
     }
 
-    fn push_message(&mut self, msg: &Message) -> Result<(), Error> {
-        if let Message::Text(p) | Message::Binary(p) = msg {
-            self.check_room(p.len() + 14)?;
-            if p.len() >= self.config.coalesce_threshold {
-                if let Some(h) = self.encoder.encode_header_only(msg) {
-                    self.buf.extend_from_slice(h.as_ref());
-                    self.queued += h.len();
-                    self.appended += h.len() as u64;
-                    self.append_chunk(p.clone());
-                    return Ok(());
-                }
-            }
-        }
-        self.append_buf(|enc, out| enc.encode(msg, out))
-    }
-
-    fn push_prepared(&mut self, msg: &PreparedMessage) -> Result<(), Error> {
-        self.check_room(msg.payload().len() + 14)?;
-        if self.role == Role::Client {
-            // Client frames must be masked, so the shared server frame cannot be used.
-            return self.append_buf(|enc, out| enc.encode(msg.message(), out));
-        }
-        // Broadcast frames come from a fresh compressor; they may only be interleaved with our
-        // own compressed frames when our compressor does not keep context either.
-        let frame = match &self.deflate {
-            Some(p) if !p.server_no_context_takeover => {
-                return self.append_buf(|enc, out| enc.encode(msg.message(), out));
-            }
-            d => msg.frame_for(d.as_ref(), self.compression_threshold),
-        };
-        self.push_frame(frame);
-        Ok(())
-    }
-
+    /// Queue complete frame bytes: by reference when large, copied into the coalescing
+    /// buffer when small.
     fn push_frame(&mut self, frame: Bytes) {
         if frame.len() >= self.config.coalesce_threshold {
             self.append_chunk(frame);
@@ -460,6 +428,68 @@ pub struct WsReader<S> {
 /// The write half: queues and sends messages, pings, closes.
 pub struct WsWriter<S> {
     shared: Arc<Shared<S>>,
+    state: WriterState,
+}
+
+/// What only the writer touches: the data encoder (with its compressor) and a staging buffer.
+struct WriterState {
+    encoder: Encoder,
+    staging: BytesMut,
+    role: Role,
+    deflate: Option<DeflateParams>,
+    compression_threshold: usize,
+    coalesce_threshold: usize,
+}
+
+/// Frame bytes produced outside the lock, ready to be appended to the queue.
+enum Staged {
+    /// A complete frame.
+    Frame(Bytes),
+    /// A header followed by a payload shared by reference.
+    Split(crate::codec::HeaderBytes, Bytes),
+}
+
+impl WriterState {
+    fn stage(&mut self, msg: &Message) -> Result<Staged, Error> {
+        if let Message::Text(p) | Message::Binary(p) = msg {
+            if p.len() >= self.coalesce_threshold {
+                if let Some(h) = self.encoder.encode_header_only(msg) {
+                    return Ok(Staged::Split(h, p.clone()));
+                }
+            }
+        }
+        self.encoder.encode(msg, &mut self.staging)?;
+        Ok(Staged::Frame(self.staging.split().freeze()))
+    }
+
+    fn stage_prepared(&mut self, msg: &PreparedMessage) -> Result<Staged, Error> {
+        if self.role == Role::Client {
+            // Client frames must be masked, so the shared server frame cannot be used.
+            return self.stage(msg.message());
+        }
+        match &self.deflate {
+            // Broadcast frames come from a fresh compressor; they may only be interleaved with
+            // our own compressed frames when our compressor does not keep context either.
+            Some(p) if !p.server_no_context_takeover => self.stage(msg.message()),
+            d => Ok(Staged::Frame(
+                msg.frame_for(d.as_ref(), self.compression_threshold),
+            )),
+        }
+    }
+}
+
+impl WriteQueue {
+    fn push_staged(&mut self, staged: Staged) {
+        match staged {
+            Staged::Frame(f) => self.push_frame(f),
+            Staged::Split(h, payload) => {
+                self.buf.extend_from_slice(h.as_ref());
+                self.queued += h.len();
+                self.appended += h.len() as u64;
+                self.append_chunk(payload);
+            }
+        }
+    }
 }
 
 /// Truncate a close reason to what fits in a close frame, on a character boundary.
@@ -487,11 +517,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WebSocket<S> {
         read_buf: BytesMut,
     ) -> Self {
         let close_timeout = write_config.close_timeout;
-        let queue = WriteQueue {
+        let control_config = Config {
+            deflate: None,
+            ..config.clone()
+        };
+        let writer_state = WriterState {
             encoder: Encoder::new(role, config.clone()),
+            staging: BytesMut::new(),
             role,
             deflate: config.deflate,
             compression_threshold: config.compression_threshold,
+            coalesce_threshold: write_config.coalesce_threshold,
+        };
+        let queue = WriteQueue {
+            control: Encoder::new(role, control_config),
             config: write_config,
             chunks: VecDeque::new(),
             buf: BytesMut::new(),
@@ -525,7 +564,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WebSocket<S> {
                 close_timeout,
                 done: false,
             },
-            writer: WsWriter { shared },
+            writer: WsWriter {
+                shared,
+                state: writer_state,
+            },
         }
     }
 
@@ -809,8 +851,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsWriter<S> {
         if let Message::Close(frame) = msg {
             return self.queue_close(frame);
         }
-        let mut g = self.open()?;
-        g.queue.push_message(&msg)?;
+        let estimate = match &msg {
+            Message::Text(p) | Message::Binary(p) | Message::Ping(p) | Message::Pong(p) => {
+                p.len() + 14
+            }
+            Message::Close(_) => 0,
+        };
+        self.open()?.queue.check_room(estimate)?;
+        // Encode (and compress) without holding the lock the reader needs.
+        let staged = self.state.stage(&msg)?;
+        self.open()?.queue.push_staged(staged);
         if let Message::Ping(_) = msg {
             self.shared.tracker.ping_sent();
         }
@@ -821,7 +871,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsWriter<S> {
     /// the shared frame (compressed once, if deflate was agreed) is queued without copying
     /// when large; a client connection masks its own copy.
     pub fn feed_prepared(&mut self, msg: &PreparedMessage) -> Result<(), Error> {
-        self.open()?.queue.push_prepared(msg)
+        self.open()?.queue.check_room(msg.payload().len() + 14)?;
+        let staged = self.state.stage_prepared(msg)?;
+        self.open()?.queue.push_staged(staged);
+        Ok(())
     }
 
     /// Queue a complete, already-encoded frame as-is. The caller guarantees it is a valid
