@@ -177,6 +177,16 @@ describe('tutorial Node client against switchboard (defaults)', () => {
       assert.equal(code, 1009, `expected close code 1009 (message too big), got ${code}`);
     });
   }
+  it('closes with 1009 (not a reset) when a much larger message is still arriving', async () => {
+    // The server must keep reading (and discarding) after it sent its close
+    // frame: closing a socket with unread input makes the kernel send a TCP
+    // reset, which can destroy the close frame before the client reads it.
+    const a = await join(server.wsUrl('/limit-big'), { perMessageDeflate: false });
+    open.push(a.ws);
+    a.ws.send(Buffer.alloc(8 * MiB));
+    const { code } = await a.close('close after an 8 MiB message');
+    assert.equal(code, 1009, `expected close code 1009, got ${code} (1006: connection reset before the close frame was read)`);
+  });
 });
 
 describe('switchboard --welcome', () => {
