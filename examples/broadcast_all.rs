@@ -61,7 +61,7 @@ async fn handle(
 ) -> Result<Response<String>, Infallible> {
     let accepted = match upgrade(&mut req, &UpgradeOptions::default()) {
         Ok(a) => a,
-        Err(rejection) => return Ok(rejection),
+        Err(rejection) => return Ok(*rejection),
     };
     // Join the room before answering, so a client is a member as soon as its handshake
     // completes and cannot miss a message sent right after.

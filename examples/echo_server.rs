@@ -51,7 +51,7 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<String>, Infallib
             });
             Ok(accepted.response)
         }
-        Err(rejection) => Ok(rejection),
+        Err(rejection) => Ok(*rejection),
     }
 }
 

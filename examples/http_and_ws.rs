@@ -79,7 +79,7 @@ async fn route(mut req: Request<Incoming>) -> Result<Response<String>, Infallibl
                 });
                 accepted.response
             }
-            Err(rejection) => rejection,
+            Err(rejection) => *rejection,
         },
         _ => Response::builder()
             .status(StatusCode::NOT_FOUND)

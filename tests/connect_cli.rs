@@ -318,7 +318,7 @@ impl TestServer {
         };
         let accepted = match upgrade(&mut req, &options) {
             Ok(a) => a,
-            Err(rejection) => return Ok(rejection),
+            Err(rejection) => return Ok(*rejection),
         };
         let protocol = accepted.protocol.clone().unwrap_or_else(|| "(none)".into());
         tokio::spawn(async move {

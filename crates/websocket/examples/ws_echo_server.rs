@@ -2,7 +2,7 @@
 //! message is sent back with its type.
 //!
 //! ```text
-//! cargo run -p switchboard-websocket --example echo_server -- --port 9001 [--no-deflate] [--max-message-size BYTES]
+//! cargo run -p switchboard-websocket --example ws_echo_server -- --port 9001 [--no-deflate] [--max-message-size BYTES]
 //! ```
 //!
 //! It prints `listening on <addr>` once bound (use `--port 0` for an ephemeral port).
@@ -94,7 +94,7 @@ async fn handle(
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args().inspect_err(|_| {
-        eprintln!("usage: echo_server [--port N] [--no-deflate] [--max-message-size BYTES]");
+        eprintln!("usage: ws_echo_server [--port N] [--no-deflate] [--max-message-size BYTES]");
     })?;
     let mut options = UpgradeOptions::default();
     if !args.deflate {

@@ -2,7 +2,7 @@
 //! comes back.
 //!
 //! ```text
-//! cargo run -p switchboard-websocket --example echo_client -- ws://127.0.0.1:9001/ [--no-deflate] [--insecure]
+//! cargo run -p switchboard-websocket --example ws_echo_client -- ws://127.0.0.1:9001/ [--no-deflate] [--insecure]
 //! ```
 use switchboard_websocket::client::{connect, ClientOptions};
 use switchboard_websocket::{CloseCode, Message};
@@ -20,7 +20,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             other => return Err(format!("unexpected argument {other}").into()),
         }
     }
-    let url = url.ok_or("usage: echo_client URL [--no-deflate] [--insecure]")?;
+    let url = url.ok_or("usage: ws_echo_client URL [--no-deflate] [--insecure]")?;
     let (ws, resp) = connect(&url, options).await?;
     eprintln!("connected; permessage-deflate: {:?}", resp.deflate);
     let (mut reader, mut writer) = ws.split();
