@@ -113,7 +113,7 @@ if [ "$QUICK" = 1 ]; then
   SCENARIOS=(
     "echo64|echo|/bench|echo --conns 100 --size 64 $T"
     "echo16k|echo|/bench|echo --conns 50 --size 16384 $T"
-    "fanout_max|rooms|/fanout|fanout --subs 500 --pubs 10 --rate max --size 64 $T --drain 2"
+    "fanout_max|rooms|/fanout|fanout --subs 500 --pubs 10 --rate max --window 8 --size 64 $T --drain 2"
     "fanout_200|rooms|/fanout|fanout --subs 1000 --pubs 1 --rate 200 --size 64 $T --drain 2"
     "conns|rooms|/idle|conns --n 2000 --ramp max --hold 2 --src-ips 127.0.0.1-127.0.0.20"
   )
@@ -122,7 +122,7 @@ else
   SCENARIOS=(
     "echo64|echo|/bench|echo --conns 100 --size 64 $T"
     "echo16k|echo|/bench|echo --conns 50 --size 16384 $T"
-    "fanout_max|rooms|/fanout|fanout --subs 2000 --pubs 10 --rate max --size 64 $T --drain 3"
+    "fanout_max|rooms|/fanout|fanout --subs 2000 --pubs 10 --rate max --window 8 --size 64 $T --drain 3"
     "fanout_200|rooms|/fanout|fanout --subs 1000 --pubs 1 --rate 200 --size 64 $T --drain 3"
     "conns|rooms|/idle|conns --n 10000 --ramp max --hold 4 --src-ips 127.0.0.1-127.0.0.20"
   )

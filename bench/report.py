@@ -37,12 +37,13 @@ SCENARIOS = [
         ("latency_p99_us", "latency p99 (µs)", False),
         ("server_peak_rss_mb", "server peak RSS (MiB)", False),
     ]),
-    ("fanout_max", "Fan-out, 10 publishers → N subscribers, 64 B, max rate", [
+    ("fanout_max", "Fan-out, 10 publishers → N subscribers, 64 B, max rate (each publisher at most 8 messages ahead of the slowest subscriber)", [
         ("delivered_per_sec", "deliveries/s", True),
         ("server_cpu_us_per_delivery", "server CPU µs per delivery", False),
         ("latency_p50_us", "latency p50 (µs)", False),
         ("latency_p99_us", "latency p99 (µs)", False),
-        ("lost", "lost messages", False),
+        ("sent_per_sec", "messages published/s (all publishers)", True),
+        ("lost", "deliveries missing after the drain", False),
         ("server_peak_rss_mb", "server peak RSS (MiB)", False),
     ]),
     ("fanout_200", "Fan-out, 1 publisher → 1,000 subscribers, 64 B, 200 msg/s", [
@@ -50,7 +51,9 @@ SCENARIOS = [
         ("latency_p99_us", "latency p99 (µs)", False),
         ("latency_p999_us", "latency p99.9 (µs)", False),
         ("server_cpu_us_per_delivery", "server CPU µs per delivery", False),
-        ("lost", "lost messages", False),
+        ("delivered_per_sec", "deliveries/s", True),
+        ("sent_per_sec", "messages published/s", True),
+        ("lost", "deliveries missing after the drain", False),
     ]),
     ("conns", "Idle connections (opened as fast as possible, 64 handshakes in flight)", [
         ("established", "connections established", True),

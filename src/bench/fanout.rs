@@ -110,7 +110,7 @@ struct SubResult {
 struct ThreadOut {
     subs: Vec<SubResult>,
     healthy_hist: Histogram<u64>,
-    /// Deliveries of messages sent inside the measured window (all / healthy subscribers).
+    /// Deliveries that arrived inside the measured window (all / healthy subscribers).
     measured_deliveries: u64,
     healthy_measured_deliveries: u64,
     errors: Errors,
@@ -315,6 +315,12 @@ fn summarize(
     s.add("rate", cfg.rate.to_string(), "msg/s per publisher");
     s.add("size", cfg.size as u64, "B");
     s.add("secs", round3(secs), "s");
+    s.add(
+        "window",
+        cfg.window_total / cfg.pubs as u64,
+        "messages per publisher",
+    );
+    s.add("drain_secs", cfg.drain, "s");
     s.add("sent", total_sent, "");
     s.add(
         "sent_per_sec",
@@ -709,12 +715,20 @@ async fn subscriber(
                             error = Some(format!("subscriber {index}: {e:#}"));
                             break true;
                         }
-                        if sent_ns >= warm_ns && sent_ns < end_ns {
+                        // Throughput counts what arrived inside the measured window.
+                        let arrived_in_window = now_ns >= warm_ns && now_ns < end_ns;
+                        if arrived_in_window {
                             o.measured_deliveries += 1;
                             if !slow {
                                 o.healthy_measured_deliveries += 1;
-                                record(&mut o.healthy_hist, now_ns.saturating_sub(sent_ns));
                             }
+                        }
+                        // Latency covers every message that arrived after the warm-up and was
+                        // sent before the end: a backlog built during the warm-up shows up as
+                        // latency rather than disappearing, and messages sent at the end of the
+                        // window and delivered while draining are still timed.
+                        if !slow && now_ns >= warm_ns && sent_ns < end_ns {
+                            record(&mut o.healthy_hist, now_ns.saturating_sub(sent_ns));
                         }
                     }
                 }
