@@ -321,3 +321,45 @@ fn refuses_non_loopback_targets() {
         describe(&out)
     );
 }
+
+#[test]
+fn a_server_that_never_answers_the_handshake_fails_the_run_in_bounded_time() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accept and hold the sockets without ever answering.
+    let holder = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        listener.set_nonblocking(true).unwrap();
+        let until = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < until {
+            if let Ok((s, _)) = listener.accept() {
+                held.push(s);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    let url = format!("ws://127.0.0.1:{port}/");
+    let (out, json) = bench(
+        &[
+            "echo",
+            "--url",
+            &url,
+            "--conns",
+            "2",
+            "--secs",
+            "1",
+            "--connect-timeout",
+            "1",
+            "--json",
+        ],
+        Duration::from_secs(12),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(json.is_none());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("handshake") || err.contains("established"),
+        "{err}"
+    );
+    drop(holder);
+}

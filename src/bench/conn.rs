@@ -109,6 +109,24 @@ pub(crate) fn mask_for(index: usize) -> [u8; 4] {
 }
 
 impl RawConn {
+    /// [`RawConn::connect`] bounded by `limit` (connect and handshake together).
+    pub async fn connect_within(
+        limit: std::time::Duration,
+        target: &Target,
+        path_and_query: &str,
+        opts: ConnectOpts,
+        mask: [u8; 4],
+    ) -> anyhow::Result<RawConn> {
+        match tokio::time::timeout(limit, Self::connect(target, path_and_query, opts, mask)).await {
+            Ok(r) => r,
+            Err(_) => bail!(
+                "no handshake with {} within {:.1} s",
+                target.addr,
+                limit.as_secs_f64()
+            ),
+        }
+    }
+
     /// Open a TCP connection to `target.addr` and perform the opening handshake for
     /// `path_and_query`.
     pub async fn connect(

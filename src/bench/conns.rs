@@ -193,6 +193,7 @@ async fn worker(
     }));
     let sem = Rc::new(Semaphore::new((args.concurrency / threads).max(1)));
     let path = target.path_and_query("");
+    let limit = Duration::from_secs_f64(args.common.connect_timeout);
     let mut tasks = Vec::new();
     for i in (0..args.n).filter(|i| i % threads == t) {
         let slot = match args.ramp {
@@ -213,7 +214,8 @@ async fn worker(
             tokio::time::sleep_until(tokio::time::Instant::from_std(slot)).await;
             let permit = sem.acquire().await.expect("semaphore open");
             let t0 = Instant::now();
-            let r = RawConn::connect(
+            let r = RawConn::connect_within(
+                limit,
                 &target,
                 &path,
                 ConnectOpts {

@@ -403,7 +403,7 @@ async fn worker(
                 opts: ConnectOpts::default(),
             }),
     );
-    let conns = runner::connect_all(&target, specs, 64, &ctl).await?;
+    let conns = runner::connect_all(&target, specs, 64, cfg.connect_timeout, &ctl).await?;
     let Some(plan) = ctl.wait_go().await else {
         bail!("run aborted");
     };

@@ -229,6 +229,16 @@ impl std::fmt::Display for Rate {
 /// Run a scenario, print its summary on stdout and return the process exit code:
 /// 0 on success, 1 when the run failed, 2 for invalid arguments (such as a non-loopback URL).
 pub fn run(args: BenchArgs) -> ExitCode {
+    let common = match &args.scenario {
+        Scenario::Echo(a) => &a.common,
+        Scenario::Fanout(a) => &a.common,
+        Scenario::Slow(a) => &a.common,
+        Scenario::Conns(a) => &a.common,
+    };
+    if !(common.connect_timeout > 0.0 && common.connect_timeout <= 3600.0) {
+        eprintln!("error: --connect-timeout must be in (0, 3600] seconds");
+        return ExitCode::from(2);
+    }
     let (common, result) = match args.scenario {
         Scenario::Echo(a) => (a.common.clone(), echo::run(a)),
         Scenario::Fanout(a) => (a.common.clone(), fanout::run_fanout(a)),

@@ -212,13 +212,16 @@ pub(crate) struct ConnSpec {
 }
 
 /// Open all `specs` from this worker, at most `concurrency` handshakes at a time, bumping
-/// `ctl.ready` for each. Fails (and aborts the run) on the first failed connection.
+/// `ctl.ready` for each, each bounded by `timeout` seconds. Fails (and aborts the run) on the
+/// first failed connection.
 pub(crate) async fn connect_all(
     target: &Target,
     specs: Vec<ConnSpec>,
     concurrency: usize,
+    timeout: f64,
     ctl: &Arc<Ctl>,
 ) -> anyhow::Result<Vec<(usize, RawConn)>> {
+    let limit = Duration::from_secs_f64(timeout);
     let sem = Rc::new(Semaphore::new(concurrency.max(1)));
     let mut handles = Vec::with_capacity(specs.len());
     for spec in specs {
@@ -227,7 +230,8 @@ pub(crate) async fn connect_all(
         let ctl = ctl.clone();
         handles.push(tokio::task::spawn_local(async move {
             let _permit = sem.acquire().await.expect("semaphore open");
-            let r = RawConn::connect(
+            let r = RawConn::connect_within(
+                limit,
                 &target,
                 &spec.path,
                 spec.opts,
