@@ -243,7 +243,7 @@ async fn worker(
             // Hold: answer pings, notice a close, until told to stop.
             loop {
                 tokio::select! {
-                    r = conn.pump(4096) => {
+                    r = conn.pump(1024) => {
                         let closed = match r {
                             Err(_) => true,
                             Ok(()) => loop {
