@@ -9,6 +9,7 @@
 
 import { describe, it, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -164,6 +165,28 @@ describe('chat page in Chromium', { skip: HAVE_CHROMIUM ? false : `${CHROMIUM} n
     assert.deepEqual(leaked, ['only in room-b']);
     await ctxA.close();
     await ctxB.close();
+  });
+
+  it('served over https, the page connects with wss', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'switchboard-tls-'));
+    execFileSync('openssl', [
+      'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=localhost',
+      '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1',
+      '-keyout', path.join(dir, 'key.pem'), '-out', path.join(dir, 'cert.pem'),
+    ], { stdio: 'ignore' });
+    const tls = await startServer(['--tls-cert', path.join(dir, 'cert.pem'), '--tls-key', path.join(dir, 'key.pem')]);
+    const ctx = await browser.newContext({ ignoreHTTPSErrors: true });
+    try {
+      assert.match(tls.httpUrl, /^https:/);
+      const page = await enterRoom(ctx, tls.httpUrl, 'Dana', 'secure-room');
+      await page.fill('#message', 'sent over wss');
+      await page.press('#message', 'Enter');
+      await waitForMessage(page, 'sent over wss');
+    } finally {
+      await ctx.close();
+      await tls.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('goes offline when the server stops and reconnects when it is back', async () => {
