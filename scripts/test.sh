@@ -132,7 +132,7 @@ install_apt_packages() {
   quietly apt-update "${SUDO[@]}" apt-get update -q ||
     { warn "apt-get update failed; continuing without ${missing[*]}"; return 0; }
   quietly apt-install "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -q --no-install-recommends "${missing[@]}" fonts-dejavu-core fonts-liberation ||
+    apt-get install -y -q "${missing[@]}" fonts-dejavu-core fonts-liberation ||
     warn "could not install ${missing[*]}; the tests that need them will be skipped"
 }
 
