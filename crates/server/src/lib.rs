@@ -32,6 +32,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod config;
 mod connection;
 pub mod crash;
