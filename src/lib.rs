@@ -25,3 +25,4 @@ pub mod bench;
 pub mod config;
 pub mod connect;
 pub mod logging;
+pub mod token;

@@ -31,6 +31,8 @@ enum Command {
     Connect(ConnectArgs),
     /// Load-test a server on this machine (echo, fanout, conns, slow).
     Bench(switchboard::bench::BenchArgs),
+    /// Mint a development JWT: a connection token, or a subscription token with --channel.
+    Token(switchboard::token::TokenArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Connect(args)) => switchboard::connect::run(args),
         Some(Command::Bench(args)) => switchboard::bench::run(args),
+        Some(Command::Token(args)) => switchboard::token::run(args),
         Some(Command::Serve(args)) => serve(*args),
         None => serve(cli.serve),
     }
