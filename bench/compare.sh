@@ -173,6 +173,7 @@ ELAPSED=$(( $(date +%s) - START_TS ))
 log "all runs done in ${ELAPSED}s"
 
 CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+COMMIT=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
 python3 "$ROOT/bench/report.py" \
   --results "$RESULTS" \
   --out "$OUT" \
@@ -183,5 +184,6 @@ python3 "$ROOT/bench/report.py" \
   --command "bench/compare.sh${ORIG_ARGS:+ $ORIG_ARGS}" \
   --rounds "$ROUNDS" \
   --elapsed "$ELAPSED" \
-  --pinned "$([ ${#PIN_SRV[@]} -gt 0 ] && echo yes || echo no)"
+  --pinned "$([ ${#PIN_SRV[@]} -gt 0 ] && echo yes || echo no)" \
+  --commit "$COMMIT"
 log "wrote $OUT"

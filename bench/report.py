@@ -90,7 +90,7 @@ def cell(values):
 def main():
     ap = argparse.ArgumentParser()
     for k in ("results", "out", "date", "kernel", "cpu", "node", "command", "rounds",
-              "elapsed", "pinned"):
+              "elapsed", "pinned", "commit"):
         ap.add_argument(f"--{k}", required=True)
     a = ap.parse_args()
 
@@ -116,7 +116,8 @@ def main():
 
     lines = [BEGIN, ""]
     lines.append(f"Measured {a.date} on Linux {a.kernel}, {a.cpu}, Node.js {a.node}, "
-                 f"`ws` 8.23.0 with `perMessageDeflate: false`, Switchboard with `--deflate false`.")
+                 f"`ws` 8.23.0 with `perMessageDeflate: false`, Switchboard with `--deflate false` "
+                 f"(commit {a.commit}).")
     lines.append("")
     lines.append(f"Command: `{a.command}` ({a.rounds} round(s), runs alternating ws / switchboard, "
                  f"{'server pinned to CPU 0, load generator to CPU 1' if a.pinned == 'yes' else 'unpinned'}; "
