@@ -218,7 +218,7 @@ async fn run<S>(
                     }
                     let _ = writer.flush().await;
                     tracing::debug!(%peer, id, "read error: {e}");
-                    linger(&mut reader, CLOSE_LINGER).await;
+                    reader.drain(CLOSE_LINGER).await;
                     "read error"
                 }
                 ReadEnd::HookPanic(msg) => {
@@ -314,6 +314,8 @@ where
                     let fed = match &delivery {
                         Delivery::Publication(p) => writer.feed_prepared(raw::encode(p)),
                         Delivery::Direct(payload) => writer.feed(raw::to_message(payload)),
+                        // Raw rooms have no join/leave events.
+                        _ => continue,
                     };
                     match fed {
                         Ok(()) => {}
@@ -325,6 +327,7 @@ where
                             let again = match &delivery {
                                 Delivery::Publication(p) => writer.feed_prepared(raw::encode(p)),
                                 Delivery::Direct(payload) => writer.feed(raw::to_message(payload)),
+                                _ => continue,
                             };
                             if let Err(e) = again {
                                 return WriteEnd::WriteError(e);

@@ -701,6 +701,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsReader<S> {
         }
     }
 
+    /// Read and throw away whatever the peer still sends, until it ends the connection or
+    /// `limit` passes. Call this after [`WsReader::next`] returned an error: the close frame
+    /// is on its way, but closing a socket that still has unread input makes the kernel send
+    /// a TCP reset, which can destroy that close frame before the peer reads it (a client
+    /// still streaming an oversized message would see 1006 instead of 1009).
+    pub async fn drain(&mut self, limit: Duration) {
+        self.buf = BytesMut::with_capacity(READ_BUF_MIN);
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                self.buf.clear();
+                match poll_fn(|cx| self.poll_fill(cx)).await {
+                    Fill::Data => {}
+                    Fill::Eof | Fill::TimedOut | Fill::Err(_) => break,
+                }
+            }
+        })
+        .await;
+    }
+
     /// The shared liveness tracker.
     pub fn tracker(&self) -> PingTracker {
         self.shared.tracker.clone()
