@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::error::{CloseReason, HubError, OutboxClosed};
@@ -20,6 +21,9 @@ pub struct ConnInfo {
     pub user: Option<String>,
     /// Name of the wire protocol the connection speaks (e.g. `"raw"`, `"centrifugo-json"`).
     pub protocol: String,
+    /// Application data about the connection (e.g. the `info` claim of its
+    /// token, usually JSON), shown in presence and join/leave events.
+    pub conn_info: Option<Bytes>,
 }
 
 impl ConnInfo {
@@ -29,7 +33,14 @@ impl ConnInfo {
             remote_addr: remote_addr.into(),
             user: None,
             protocol: protocol.into(),
+            conn_info: None,
         }
+    }
+
+    /// Sets the connection info shown in presence.
+    pub fn with_conn_info(mut self, info: impl Into<Bytes>) -> ConnInfo {
+        self.conn_info = Some(info.into());
+        self
     }
 
     /// Sets the authenticated user id.

@@ -80,9 +80,61 @@ pub enum HubError {
     /// The connection has already been closed or removed from the hub.
     #[error("connection closed ({0})")]
     ConnectionClosed(CloseReason),
-    /// The channel name is not acceptable (currently: empty).
+    /// The channel name is not acceptable: empty, too long, or with control
+    /// characters or whitespace (see [`Namespaces::resolve`](crate::Namespaces::resolve)).
     #[error("invalid channel name")]
     InvalidChannel,
+    /// The channel's namespace is not configured.
+    #[error("unknown namespace {0:?}")]
+    UnknownNamespace(String),
+}
+
+impl From<ChannelError> for HubError {
+    fn from(e: ChannelError) -> HubError {
+        match e {
+            ChannelError::UnknownNamespace(ns) => HubError::UnknownNamespace(ns),
+            _ => HubError::InvalidChannel,
+        }
+    }
+}
+
+/// Errors of the channel features: history, recovery, presence, names.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ChannelError {
+    /// The channel name is empty, too long, or contains control characters
+    /// or whitespace.
+    #[error("invalid channel name")]
+    InvalidName,
+    /// The channel's namespace is not configured.
+    #[error("unknown namespace {0:?}")]
+    UnknownNamespace(String),
+    /// The feature (history or presence) is disabled for this channel's namespace.
+    #[error("not available")]
+    NotAvailable,
+    /// A history query's `since` position is from another epoch or beyond
+    /// the stream's top: the publications after it cannot be listed.
+    #[error("unrecoverable position")]
+    UnrecoverablePosition,
+}
+
+/// Why a client may not do something in a channel (see the `check_*`
+/// methods of [`Hub`](crate::Hub)).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum PermissionError {
+    /// The channel name is invalid or its namespace is not configured.
+    #[error("unknown channel")]
+    UnknownChannel,
+    /// The channel is private and no valid subscription token was given.
+    #[error("subscription token required")]
+    TokenRequired,
+    /// The namespace's options do not allow this client to do this.
+    #[error("permission denied")]
+    Denied,
+    /// The feature (history or presence) is disabled for this namespace.
+    #[error("not available")]
+    NotAvailable,
 }
 
 /// The outbox was closed; no more deliveries will arrive.

@@ -1,27 +1,37 @@
 //! The hub: the registry of connections and channels, and the entry point
-//! for subscribe, unsubscribe and publish.
+//! for subscribe, unsubscribe, publish, history, recovery, presence and
+//! permission checks.
 //!
 //! Both registries are split into shards, each a `parking_lot` lock around a
 //! `HashMap`, chosen by hashing the key. Unrelated channels therefore rarely
 //! share a lock, and the shard lock is only held for a map lookup or
-//! insert: the fan-out itself runs under the channel's own lock.
+//! insert: the fan-out itself runs under the channel's own locks.
 //!
 //! Lock order (never taken the other way round, so no deadlock):
-//! connection subscriptions → channel shard → channel members. A channel
-//! shard lock is always released before a channel's members lock is taken.
+//! connection subscriptions → channel shard → channel stream → channel
+//! members → outbox. A channel shard lock is always released before a
+//! channel's own locks are taken. Connections found to be slow consumers
+//! during a fan-out are removed only after every lock is released, because
+//! removing one takes *its* subscriptions lock.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
+use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 
-use crate::channel::{Channel, JoinError};
+use crate::channel::{Channel, FanOut, JoinError};
+use crate::clock::{Clock, SystemClock};
 use crate::connection::{ConnEntry, ConnHandle, ConnInfo, Subscriptions};
-use crate::error::{CloseReason, HubError};
+use crate::error::{ChannelError, CloseReason, HubError, PermissionError};
+use crate::history::{Epoch, HistoryQuery, HistoryResult, Recovery, StreamPosition};
 use crate::limits::HubLimits;
+use crate::namespace::{ChannelOptions, Namespaces};
 use crate::outbox::{Outbox, OutboxShared, PushOutcome};
+use crate::presence::{ClientInfo, PresenceStats};
 use crate::publication::{ConnId, Payload, Publication};
 use crate::stats::{HubStats, StatsCounters};
 
@@ -65,7 +75,8 @@ impl PublishOptions {
 /// What one [`Hub::publish`] did.
 #[derive(Debug, Clone, Default)]
 pub struct PublishReport {
-    /// The publication, or `None` if the channel does not exist (no members).
+    /// The publication, or `None` if it went nowhere: the channel does not
+    /// exist (no members) and keeps no history, or its name is invalid.
     pub publication: Option<Arc<Publication>>,
     /// Outboxes the publication was queued into.
     pub delivered: usize,
@@ -82,13 +93,84 @@ impl PublishReport {
     }
 
     /// Epoch of the channel, if it existed.
-    pub fn epoch(&self) -> Option<u32> {
+    pub fn epoch(&self) -> Option<Epoch> {
         self.publication.as_ref().map(|p| p.epoch)
+    }
+
+    /// Stream position of the publication, if the channel existed.
+    pub fn position(&self) -> Option<StreamPosition> {
+        self.publication.as_ref().map(|p| p.position())
+    }
+}
+
+/// Options for [`Hub::subscribe_with`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// Per-channel info about this subscriber (e.g. from a subscription
+    /// token), shown in presence and join/leave events.
+    pub chan_info: Option<Bytes>,
+    /// Recover what the client missed after this position, atomically with
+    /// the join (see [`Hub::subscribe_with_recovery`]).
+    pub recover_since: Option<StreamPosition>,
+}
+
+/// What [`Hub::subscribe_with`] did.
+#[derive(Debug, Clone, Default)]
+pub struct SubscribeResult {
+    /// False if the connection was already subscribed (nothing changed).
+    pub added: bool,
+    /// The channel's top at the moment of the join: every publication after
+    /// it is queued to the connection.
+    pub position: StreamPosition,
+    /// Present when `recover_since` was given.
+    pub recovery: Option<Recovery>,
+    /// The namespace options of the channel (for protocols: `force_recovery`,
+    /// whether to report positions, and so on).
+    pub options: Arc<ChannelOptions>,
+}
+
+/// Who is asking, for the `check_*` permission methods.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientCtx {
+    /// Authenticated user id; empty for an anonymous connection.
+    pub user: String,
+    /// The client's connection in this hub, if any; used to tell whether it
+    /// is subscribed to the channel.
+    pub conn: Option<ConnId>,
+    /// The caller has verified a subscription token for this very channel
+    /// (needed for private channels; also admits anonymous clients).
+    pub subscription_token: bool,
+}
+
+impl ClientCtx {
+    /// The context of a registered connection (its user and id, no token).
+    pub fn for_conn(conn: &ConnHandle) -> ClientCtx {
+        ClientCtx {
+            user: conn.info().user.clone().unwrap_or_default(),
+            conn: Some(conn.id()),
+            subscription_token: false,
+        }
+    }
+
+    /// Sets [`subscription_token`](Self::subscription_token).
+    pub fn with_subscription_token(mut self, verified: bool) -> ClientCtx {
+        self.subscription_token = verified;
+        self
+    }
+
+    /// Whether the client has no user id.
+    pub fn is_anonymous(&self) -> bool {
+        self.user.is_empty()
     }
 }
 
 pub(crate) struct HubInner {
     limits: HubLimits,
+    namespaces: Namespaces,
+    clock: Arc<dyn Clock>,
+    /// When the hub was made; a placeholder instant for channels that never
+    /// read the clock.
+    pub(crate) created: Instant,
     channels: Box<[RwLock<ChannelMap>]>,
     conns: Box<[Mutex<ConnMap>]>,
     next_id: AtomicU64,
@@ -97,6 +179,27 @@ pub(crate) struct HubInner {
     epoch_counter: AtomicU64,
     hasher: std::collections::hash_map::RandomState,
     stats: StatsCounters,
+    /// Bytes held by all channel histories.
+    pub(crate) history_bytes: AtomicUsize,
+    /// Held by the one publisher enforcing the history memory cap.
+    evicting: Mutex<()>,
+}
+
+impl HubInner {
+    pub(crate) fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    pub(crate) fn new_epoch(&self) -> Epoch {
+        let n = self.epoch_counter.fetch_add(1, Ordering::Relaxed);
+        Epoch::from_seed(self.hasher.hash_one(n))
+    }
+
+    pub(crate) fn history_freed(&self, bytes: usize) {
+        if bytes > 0 {
+            self.history_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The channel hub. Cheap to clone (a reference-counted pointer); every
@@ -107,17 +210,35 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Creates an empty hub with the given limits.
+    /// Creates an empty hub with the given limits and the default namespace
+    /// only, with default options (no history, no presence).
     pub fn new(limits: HubLimits) -> Hub {
+        Hub::with_namespaces(limits, Namespaces::default())
+    }
+
+    /// Creates an empty hub with the given limits and namespaces.
+    pub fn with_namespaces(limits: HubLimits, namespaces: Namespaces) -> Hub {
+        Hub::with_clock(limits, namespaces, Arc::new(SystemClock))
+    }
+
+    /// Like [`with_namespaces`](Self::with_namespaces), reading time (for
+    /// history expiry) from `clock`.
+    pub fn with_clock(limits: HubLimits, namespaces: Namespaces, clock: Arc<dyn Clock>) -> Hub {
+        let created = clock.now();
         Hub {
             inner: Arc::new(HubInner {
                 limits,
+                namespaces,
+                clock,
+                created,
                 channels: (0..CHANNEL_SHARDS).map(|_| RwLock::default()).collect(),
                 conns: (0..CONN_SHARDS).map(|_| Mutex::default()).collect(),
                 next_id: AtomicU64::new(1),
                 epoch_counter: AtomicU64::new(0),
                 hasher: Default::default(),
                 stats: StatsCounters::default(),
+                history_bytes: AtomicUsize::new(0),
+                evicting: Mutex::new(()),
             }),
         }
     }
@@ -125,6 +246,11 @@ impl Hub {
     /// The limits this hub was created with.
     pub fn limits(&self) -> &HubLimits {
         &self.inner.limits
+    }
+
+    /// The namespaces this hub was created with.
+    pub fn namespaces(&self) -> &Namespaces {
+        &self.inner.namespaces
     }
 
     /// Registers a new connection. Returns its handle (dropping it
@@ -158,13 +284,49 @@ impl Hub {
     /// Makes `conn` a member of `channel`, creating the channel if needed.
     /// Subscribing twice is not an error.
     ///
-    /// Fails with [`HubError::RoomFull`] at the member limit, or
-    /// [`HubError::ConnectionClosed`] if the connection was closed.
+    /// Fails with [`HubError::InvalidChannel`] or
+    /// [`HubError::UnknownNamespace`] for a bad name, [`HubError::RoomFull`]
+    /// at the member limit, or [`HubError::ConnectionClosed`] if the
+    /// connection was closed. Permissions are not checked here; see
+    /// [`check_subscribe`](Self::check_subscribe).
     pub fn subscribe(&self, conn: &ConnHandle, channel: &str) -> Result<(), HubError> {
-        if channel.is_empty() {
-            return Err(HubError::InvalidChannel);
-        }
+        self.subscribe_with(conn, channel, SubscribeOptions::default())
+            .map(|_| ())
+    }
+
+    /// Subscribes `conn` to `channel` and, atomically with the join, lists
+    /// the publications after `since` that it missed: every publication in
+    /// the channel is then either in [`Recovery::publications`] or queued
+    /// to the connection's outbox after the join, exactly once, even while
+    /// other tasks publish concurrently.
+    pub fn subscribe_with_recovery(
+        &self,
+        conn: &ConnHandle,
+        channel: &str,
+        since: StreamPosition,
+    ) -> Result<(Recovery, StreamPosition), HubError> {
+        let r = self.subscribe_with(
+            conn,
+            channel,
+            SubscribeOptions {
+                chan_info: None,
+                recover_since: Some(since),
+            },
+        )?;
+        Ok((r.recovery.unwrap_or_default(), r.position))
+    }
+
+    /// [`subscribe`](Self::subscribe) with channel info and optional
+    /// recovery. For a connection that is already a member nothing changes,
+    /// but the position (and recovery, if asked) is still reported.
+    pub fn subscribe_with(
+        &self,
+        conn: &ConnHandle,
+        channel: &str,
+        opts: SubscribeOptions,
+    ) -> Result<SubscribeResult, HubError> {
         let inner = &*self.inner;
+        let (_, options) = inner.namespaces.resolve(channel)?;
         let entry = &conn.entry;
         // Held for the whole operation so that a concurrent removal of this
         // connection either happens before (we see `removed`) or after (it
@@ -174,52 +336,120 @@ impl Hub {
             let reason = entry.outbox.close_reason().unwrap_or(CloseReason::Normal);
             return Err(HubError::ConnectionClosed(reason));
         }
-        if subs.channels.contains(channel) {
-            return Ok(());
-        }
         let limit = inner.limits.max_room_members;
-        if limit == Some(0) {
+        if limit == Some(0) && !subs.channels.contains(channel) {
             return Err(self.room_full(channel, 0));
         }
-        loop {
-            let ch = self.get_or_create_channel(channel);
-            match ch.join(entry, limit) {
-                Ok(_) => {
-                    subs.channels.insert(Arc::clone(ch.name()));
-                    return Ok(());
-                }
+        let (joined, ch) = loop {
+            let ch = self.get_or_create_channel(channel, options);
+            match ch.join(
+                entry,
+                limit,
+                opts.chan_info.clone(),
+                opts.recover_since,
+                inner,
+            ) {
+                Ok(joined) => break (joined, ch),
                 Err(JoinError::Full(limit)) => return Err(self.room_full(channel, limit)),
                 // Its last member left between our lookup and our join:
                 // unlink it (if its leaver has not yet) and start over.
-                Err(JoinError::Dead) => self.unlink_channel(&ch),
+                Err(JoinError::Dead) => {
+                    self.unlink_channel(&ch);
+                }
             }
+        };
+        if joined.added {
+            subs.channels.insert(Arc::clone(ch.name()));
         }
+        drop(subs);
+        self.finish_fan_out(&joined.fan, channel);
+        Ok(SubscribeResult {
+            added: joined.added,
+            position: joined.position,
+            recovery: joined.recovery,
+            options: Arc::clone(ch.options()),
+        })
     }
 
     /// Removes `conn` from `channel`; the channel disappears when its last
-    /// member leaves. Returns whether `conn` was a member.
+    /// member leaves (unless it keeps history). Returns whether `conn` was a
+    /// member.
     pub fn unsubscribe(&self, conn: &ConnHandle, channel: &str) -> bool {
         let mut subs = conn.entry.subs.lock();
-        match subs.channels.take(channel) {
-            Some(name) => {
-                self.leave_channel(conn.entry.id, &name);
-                true
-            }
-            None => false,
-        }
+        let Some(name) = subs.channels.take(channel) else {
+            return false;
+        };
+        // Leave under the subscriptions lock (a concurrent subscribe of the
+        // same connection must see a consistent state), deliver after.
+        let fan = self.leave_channel(conn.entry.id, &name);
+        drop(subs);
+        self.finish_fan_out(&fan, channel);
+        true
     }
 
     /// Publishes `payload` in `channel`: one shared [`Publication`] with the
-    /// channel's next offset is queued into every member's outbox, except
-    /// `opts.exclude`. Never waits on a slow member: full outboxes are handled
-    /// by the slow-consumer policy.
+    /// channel's next offset is stored in history (if the namespace keeps
+    /// history) and queued into every member's outbox, except
+    /// `opts.exclude`. Never waits on a slow member: full outboxes are
+    /// handled by the slow-consumer policy.
+    ///
+    /// A channel without members is only published into (and created) when
+    /// its namespace keeps history; otherwise the publication goes nowhere
+    /// and the report is empty. An invalid name also gives an empty report;
+    /// [`try_publish`](Self::try_publish) reports it as an error.
     pub fn publish(&self, channel: &str, payload: Payload, opts: PublishOptions) -> PublishReport {
+        self.publish_with_info(channel, payload, opts, None)
+    }
+
+    /// Like [`publish`](Self::publish), but fails on an invalid channel name
+    /// or unknown namespace instead of returning an empty report.
+    pub fn try_publish(
+        &self,
+        channel: &str,
+        payload: Payload,
+        opts: PublishOptions,
+    ) -> Result<PublishReport, HubError> {
+        if self.channel(channel).is_none() {
+            self.inner.namespaces.resolve(channel)?;
+        }
+        Ok(self.publish(channel, payload, opts))
+    }
+
+    /// Like [`publish`](Self::publish), attaching the publisher's client
+    /// info to the publication ([`Publication::info`]).
+    pub fn publish_with_info(
+        &self,
+        channel: &str,
+        payload: Payload,
+        opts: PublishOptions,
+        info: Option<Arc<ClientInfo>>,
+    ) -> PublishReport {
         let inner = &*self.inner;
         inner.stats.published();
-        let Some(ch) = self.channel(channel) else {
-            return PublishReport::default();
+        let published = loop {
+            let ch = match self.channel(channel) {
+                Some(ch) => ch,
+                None => match inner.namespaces.resolve(channel) {
+                    Ok((_, options)) if options.history_enabled() => {
+                        self.get_or_create_channel(channel, options)
+                    }
+                    _ => return PublishReport::default(),
+                },
+            };
+            match ch.publish(
+                payload.clone(),
+                opts.publisher,
+                opts.exclude,
+                info.clone(),
+                inner,
+            ) {
+                Ok(p) => break p,
+                Err(_dead) => {
+                    self.unlink_channel(&ch);
+                }
+            }
         };
-        let (publication, fan) = ch.publish(payload, opts.publisher, opts.exclude);
+        let fan = &published.fan;
         inner.stats.delivered(fan.delivered as u64);
         inner.stats.dropped(fan.evicted as u64);
         let slow_closed = fan.slow.len();
@@ -228,17 +458,190 @@ impl Hub {
             tracing::debug!(conn = entry.id, channel, "closing slow consumer");
             self.remove_conn(entry, CloseReason::SlowConsumer);
         }
+        if published.stored {
+            self.enforce_history_cap();
+        }
         PublishReport {
-            publication: Some(publication),
+            publication: Some(published.publication),
             delivered: fan.delivered,
             dropped: fan.evicted,
             slow_closed,
         }
     }
 
+    /// Queries the history of `channel`.
+    ///
+    /// Fails with [`ChannelError::NotAvailable`] if its namespace keeps no
+    /// history, and with [`ChannelError::UnrecoverablePosition`] if
+    /// `query.since` is from another epoch or beyond the top. A channel that
+    /// does not exist yet is created (without members) so that the position
+    /// returned stays valid for a later recovery.
+    pub fn history(
+        &self,
+        channel: &str,
+        query: HistoryQuery,
+    ) -> Result<HistoryResult, ChannelError> {
+        let ch = self.history_channel(channel)?;
+        ch.history(query, &self.inner)
+    }
+
+    /// Drops the history of `channel`; its epoch changes, so clients cannot
+    /// claim to have recovered across the removal. Offsets continue.
+    pub fn history_remove(&self, channel: &str) -> Result<(), ChannelError> {
+        let options = self.inner.namespaces.options(channel)?;
+        if !options.history_enabled() {
+            return Err(ChannelError::NotAvailable);
+        }
+        if let Some(ch) = self.channel(channel) {
+            ch.reset_history(&self.inner);
+        }
+        Ok(())
+    }
+
+    /// What a client at position `since` missed in `channel`, without
+    /// subscribing (see [`Recovery`]). A subscriber should use
+    /// [`subscribe_with_recovery`](Self::subscribe_with_recovery) instead,
+    /// which cannot miss a concurrent publication.
+    ///
+    /// Channels without history can only report "recovered, nothing
+    /// missed" (when `since` is the top) or "not recovered".
+    pub fn recover(&self, channel: &str, since: StreamPosition) -> Result<Recovery, ChannelError> {
+        let options = self.inner.namespaces.options(channel)?;
+        let ch = if options.history_enabled() {
+            Some(self.get_or_create_channel(channel, options))
+        } else {
+            self.channel(channel)
+        };
+        Ok(match ch {
+            Some(ch) => ch.recover(since, &self.inner),
+            None => Recovery {
+                publications: Vec::new(),
+                recovered: false,
+                position: StreamPosition::default(),
+            },
+        })
+    }
+
+    /// Who is subscribed to `channel`: client id → info. Fails with
+    /// [`ChannelError::NotAvailable`] if its namespace has no presence.
+    pub fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, ChannelError> {
+        Ok(self
+            .presence_channel(channel)?
+            .map(|ch| ch.presence())
+            .unwrap_or_default())
+    }
+
+    /// Number of subscribed connections and distinct users in `channel`.
+    /// Fails with [`ChannelError::NotAvailable`] if its namespace has no
+    /// presence.
+    pub fn presence_stats(&self, channel: &str) -> Result<PresenceStats, ChannelError> {
+        Ok(self
+            .presence_channel(channel)?
+            .map(|ch| ch.presence_stats())
+            .unwrap_or_default())
+    }
+
+    /// May this client subscribe to `channel`?
+    ///
+    /// * The name must be valid and its namespace known, else
+    ///   [`PermissionError::UnknownChannel`].
+    /// * A verified subscription token admits anyone (it is the app's
+    ///   explicit grant).
+    /// * Without one, `private` channels refuse with
+    ///   [`PermissionError::TokenRequired`].
+    /// * Otherwise authenticated users may subscribe; anonymous ones only
+    ///   with `allow_subscribe_for_anonymous`, else [`PermissionError::Denied`].
+    ///
+    /// Server-side subscriptions (from the connection token, or the server
+    /// API) are not checked.
+    pub fn check_subscribe(&self, ctx: &ClientCtx, channel: &str) -> Result<(), PermissionError> {
+        let options = self.options_for_check(channel)?;
+        if ctx.subscription_token {
+            return Ok(());
+        }
+        if options.private {
+            return Err(PermissionError::TokenRequired);
+        }
+        if ctx.is_anonymous() && !options.allow_subscribe_for_anonymous {
+            return Err(PermissionError::Denied);
+        }
+        Ok(())
+    }
+
+    /// May this client publish into `channel`? Yes with
+    /// `allow_publish_for_client`, or with `allow_publish_for_subscriber`
+    /// when it is subscribed to the channel; otherwise
+    /// [`PermissionError::Denied`] (clients publishing is off by default:
+    /// the app's backend publishes through the server API).
+    pub fn check_publish(&self, ctx: &ClientCtx, channel: &str) -> Result<(), PermissionError> {
+        let options = self.options_for_check(channel)?;
+        if options.allow_publish_for_client
+            || (options.allow_publish_for_subscriber && self.is_subscribed(ctx, channel))
+        {
+            return Ok(());
+        }
+        Err(PermissionError::Denied)
+    }
+
+    /// May this client ask for the presence of `channel`? The namespace
+    /// must enable `presence` (else [`PermissionError::NotAvailable`]), and
+    /// the client must be subscribed with `allow_presence_for_subscriber`.
+    pub fn check_presence(&self, ctx: &ClientCtx, channel: &str) -> Result<(), PermissionError> {
+        let options = self.options_for_check(channel)?;
+        if !options.presence {
+            return Err(PermissionError::NotAvailable);
+        }
+        if options.allow_presence_for_subscriber && self.is_subscribed(ctx, channel) {
+            return Ok(());
+        }
+        Err(PermissionError::Denied)
+    }
+
+    /// May this client ask for the history of `channel`? The namespace must
+    /// keep history (`history_size` and `history_ttl`, else
+    /// [`PermissionError::NotAvailable`]), and the client must be subscribed
+    /// with `allow_history_for_subscriber`.
+    pub fn check_history(&self, ctx: &ClientCtx, channel: &str) -> Result<(), PermissionError> {
+        let options = self.options_for_check(channel)?;
+        if !options.history_enabled() {
+            return Err(PermissionError::NotAvailable);
+        }
+        if options.allow_history_for_subscriber && self.is_subscribed(ctx, channel) {
+            return Ok(());
+        }
+        Err(PermissionError::Denied)
+    }
+
+    /// Drops expired history everywhere and removes channels that have
+    /// neither members nor history to keep. Expiry is otherwise lazy (on
+    /// publish, history and recovery), so a server should call this
+    /// periodically (e.g. every few seconds) to free memory of idle
+    /// channels. Returns the number of channels removed.
+    pub fn sweep(&self) -> usize {
+        let mut removed = 0;
+        for shard in self.inner.channels.iter() {
+            // Collect first: expiring takes channel locks, and unlinking
+            // takes the shard lock again.
+            let candidates: Vec<Arc<Channel>> = shard
+                .read()
+                .values()
+                .filter(|ch| ch.options().history_enabled())
+                .cloned()
+                .collect();
+            for ch in candidates {
+                if ch.expire(&self.inner) && self.unlink_channel(&ch) {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
     /// A snapshot of the hub's counters.
     pub fn stats(&self) -> HubStats {
-        self.inner.stats.snapshot()
+        let mut s = self.inner.stats.snapshot();
+        s.history_bytes = self.inner.history_bytes.load(Ordering::Relaxed);
+        s
     }
 
     /// Connections currently registered.
@@ -246,12 +649,13 @@ impl Hub {
         self.inner.conns.iter().map(|s| s.lock().len()).sum()
     }
 
-    /// Channels currently alive.
+    /// Channels currently alive (with members, or kept for their history).
     pub fn channel_count(&self) -> usize {
         self.inner.channels.iter().map(|s| s.read().len()).sum()
     }
 
-    /// The live channel named `name`, if it has members.
+    /// The live channel named `name`, if it has members or is kept for its
+    /// history.
     pub fn channel(&self, name: &str) -> Option<Arc<Channel>> {
         self.channel_shard(name).read().get(name).cloned()
     }
@@ -298,17 +702,7 @@ impl Hub {
         &self.inner.conns[(id as usize) % CONN_SHARDS]
     }
 
-    fn new_epoch(&self) -> u32 {
-        let n = self.inner.epoch_counter.fetch_add(1, Ordering::Relaxed);
-        let h = self.inner.hasher.hash_one(n);
-        // Fold to 32 bits; 0 is kept free to mean "no epoch" for clients.
-        match (h ^ (h >> 32)) as u32 {
-            0 => 1,
-            e => e,
-        }
-    }
-
-    fn get_or_create_channel(&self, name: &str) -> Arc<Channel> {
+    fn get_or_create_channel(&self, name: &str, options: &Arc<ChannelOptions>) -> Arc<Channel> {
         let shard = self.channel_shard(name);
         if let Some(ch) = shard.read().get(name) {
             return Arc::clone(ch);
@@ -318,15 +712,53 @@ impl Hub {
             return Arc::clone(ch);
         }
         let name: Arc<str> = Arc::from(name);
-        let ch = Arc::new(Channel::new(Arc::clone(&name), self.new_epoch()));
+        let ch = Arc::new(Channel::new(
+            Arc::clone(&name),
+            Arc::clone(options),
+            &self.inner,
+        ));
         map.insert(name, Arc::clone(&ch));
         self.inner.stats.add_channel();
         ch
     }
 
+    /// The channel for a history query, created if its namespace keeps
+    /// history.
+    fn history_channel(&self, channel: &str) -> Result<Arc<Channel>, ChannelError> {
+        let options = self.inner.namespaces.options(channel)?;
+        if !options.history_enabled() {
+            return Err(ChannelError::NotAvailable);
+        }
+        Ok(self.get_or_create_channel(channel, options))
+    }
+
+    fn presence_channel(&self, channel: &str) -> Result<Option<Arc<Channel>>, ChannelError> {
+        let options = self.inner.namespaces.options(channel)?;
+        if !options.presence {
+            return Err(ChannelError::NotAvailable);
+        }
+        Ok(self.channel(channel))
+    }
+
+    fn options_for_check(&self, channel: &str) -> Result<&Arc<ChannelOptions>, PermissionError> {
+        self.inner
+            .namespaces
+            .options(channel)
+            .map_err(|_| PermissionError::UnknownChannel)
+    }
+
+    fn is_subscribed(&self, ctx: &ClientCtx, channel: &str) -> bool {
+        let Some(id) = ctx.conn else {
+            return false;
+        };
+        let entry = self.conn_shard(id).lock().get(&id).cloned();
+        entry.is_some_and(|e| e.subs.lock().channels.contains(channel))
+    }
+
     /// Removes `ch` from the map if the map still points at this very
-    /// channel (it may already have been replaced by a fresh one).
-    fn unlink_channel(&self, ch: &Arc<Channel>) {
+    /// channel (it may already have been replaced by a fresh one). Returns
+    /// whether it did.
+    fn unlink_channel(&self, ch: &Arc<Channel>) -> bool {
         let mut map = self.channel_shard(ch.name()).write();
         if map
             .get(&**ch.name())
@@ -334,18 +766,78 @@ impl Hub {
         {
             map.remove(&**ch.name());
             self.inner.stats.remove_channel();
+            return true;
         }
+        false
     }
 
-    fn leave_channel(&self, id: ConnId, name: &str) {
+    /// Removes member `id` from channel `name`. Returns the leave event's
+    /// fan-out, for [`finish_fan_out`](Self::finish_fan_out) once no lock
+    /// is held.
+    fn leave_channel(&self, id: ConnId, name: &str) -> FanOut {
         // While `id` is a member, the map entry for `name` is this channel:
         // a channel is only unlinked once it is empty.
         let Some(ch) = self.channel(name) else {
+            return FanOut::default();
+        };
+        let left = ch.leave(id, &self.inner);
+        if left.now_dead {
+            self.unlink_channel(&ch);
+        }
+        left.fan
+    }
+
+    /// Counts a join/leave event fan-out and removes the members it found
+    /// to be slow consumers. Must be called without any lock held.
+    fn finish_fan_out(&self, fan: &FanOut, channel: &str) {
+        let stats = &self.inner.stats;
+        stats.delivered(fan.delivered as u64);
+        stats.dropped(fan.evicted as u64);
+        for entry in &fan.slow {
+            stats.slow_consumer_close();
+            tracing::debug!(conn = entry.id, channel, "closing slow consumer");
+            self.remove_conn(entry, CloseReason::SlowConsumer);
+        }
+    }
+
+    /// Keeps the bytes held by histories under the configured cap: when
+    /// over it, drops whole histories of the channels that published least
+    /// recently until usage is under 90% of the cap. The margin makes the
+    /// scan (over all channels) rare. Only one publisher scans at a time;
+    /// the others carry on, so the cap is soft by what they add meanwhile.
+    fn enforce_history_cap(&self) {
+        let inner = &*self.inner;
+        let cap = inner.namespaces.history_max_bytes;
+        if inner.history_bytes.load(Ordering::Relaxed) <= cap {
+            return;
+        }
+        let Some(_scanning) = inner.evicting.try_lock() else {
             return;
         };
-        let (_, now_dead) = ch.leave(id);
-        if now_dead {
-            self.unlink_channel(&ch);
+        let target = cap / 10 * 9;
+        let mut candidates: Vec<(Instant, Arc<Channel>)> = Vec::new();
+        for shard in inner.channels.iter() {
+            let chans: Vec<Arc<Channel>> = shard
+                .read()
+                .values()
+                .filter(|ch| ch.options().history_enabled())
+                .cloned()
+                .collect();
+            for ch in chans {
+                let (bytes, last_active) = ch.history_usage();
+                if bytes > 0 {
+                    candidates.push((last_active, ch));
+                }
+            }
+        }
+        candidates.sort_by_key(|(t, _)| *t);
+        for (_, ch) in candidates {
+            if inner.history_bytes.load(Ordering::Relaxed) <= target {
+                break;
+            }
+            let freed = ch.reset_history(inner);
+            inner.stats.history_eviction();
+            tracing::debug!(channel = %ch.name(), freed, "history dropped: memory cap");
         }
     }
 
@@ -388,7 +880,8 @@ impl Hub {
             std::mem::take(&mut subs.channels)
         };
         for name in &channels {
-            self.leave_channel(entry.id, name);
+            let fan = self.leave_channel(entry.id, name);
+            self.finish_fan_out(&fan, name);
         }
         if self.conn_shard(entry.id).lock().remove(&entry.id).is_some() {
             self.inner.stats.remove_connection();
@@ -420,8 +913,12 @@ mod tests {
         let (b, mut b_out) = hub.register(ConnInfo::default()).unwrap();
         hub.subscribe(&a, "x").unwrap();
         let old = hub.channel("x").unwrap();
-        assert_eq!(old.leave(a.id()), (true, true));
-        assert!(matches!(old.join(&b.entry, None), Err(JoinError::Dead)));
+        let left = old.leave(a.id(), &hub.inner);
+        assert!(left.was_member && left.now_dead && old.is_dead());
+        assert!(matches!(
+            old.join(&b.entry, None, None, None, &hub.inner),
+            Err(JoinError::Dead)
+        ));
 
         hub.subscribe(&b, "x").unwrap();
         let new = hub.channel("x").unwrap();

@@ -1,5 +1,6 @@
-//! Switchboard channel core: the hub, channels (rooms), fan-out through
-//! bounded per-connection outboxes, and limits. Pure logic, no sockets: the
+//! Switchboard channel core: the hub, channels (rooms) in namespaces,
+//! fan-out through bounded per-connection outboxes, history with stream
+//! positions, recovery, presence, permissions and limits. Pure logic, no sockets: the
 //! server crate owns the I/O and drives this crate.
 //!
 //! # Model
@@ -9,22 +10,87 @@
 //!   the connection; dropping it disconnects) and an [`Outbox`] (the queue
 //!   the connection's writer task reads from).
 //! * A [`Channel`] (room) is created by the first [`Hub::subscribe`] to its
-//!   name and removed when its last member leaves. When it is created it gets
-//!   an *epoch*, a 32-bit value that identifies this lifetime of the channel.
+//!   name and removed when its last member leaves (channels with history
+//!   stay longer, see below). Its *epoch*, a short random string, identifies
+//!   one continuous history of the channel.
 //! * [`Hub::publish`] builds **one** [`Publication`] and queues an
 //!   `Arc<Publication>` (a pointer and a reference-count increment) into every
 //!   member's outbox, optionally excluding the publisher. The payload bytes
 //!   are never copied per subscriber. Each publication gets the channel's next
 //!   *offset* (1, 2, 3, … without gaps) together with the channel's epoch;
 //!   publications in one channel are serialised, so every member sees them in
-//!   offset order even with many concurrent publishers. Offset + epoch is what
-//!   a client needs to detect gaps and, with a history buffer, to recover
-//!   missed messages after a reconnect.
+//!   offset order even with many concurrent publishers. Offset + epoch (a
+//!   [`StreamPosition`]) is what a client needs to detect gaps and to
+//!   recover missed messages after a reconnect.
 //! * Registries are sharded (`parking_lot` locks around hash maps, chosen
 //!   by hashing the key), so unrelated channels do not contend, and no lock is
 //!   held while doing anything slow: a publish looks the channel up, then
 //!   walks its member vector under the channel's read lock and pushes into
 //!   each outbox, which never blocks.
+//!
+//! # Namespaces and permissions
+//!
+//! A channel `chat:room1` is in namespace `chat`; `room1` is in the default
+//! namespace. [`Hub::with_namespaces`] configures [`ChannelOptions`] per
+//! namespace ([`Namespaces`], deserializable from TOML); [`Hub::new`] has
+//! only the default namespace with default options (a plain room). Names
+//! are validated on subscribe (length, no control characters or
+//! whitespace, known namespace).
+//!
+//! The hub does not enforce client permissions by itself (the server API
+//! may do anything); protocols call [`Hub::check_subscribe`],
+//! [`Hub::check_publish`], [`Hub::check_presence`] and
+//! [`Hub::check_history`] with a [`ClientCtx`] before acting for a client.
+//! Each method documents its rule.
+//!
+//! # History
+//!
+//! In a namespace with `history_size` and `history_ttl`, each channel keeps
+//! its latest publications (the same `Arc<Publication>`s that went to the
+//! outboxes), at most `history_size` of them and none older than
+//! `history_ttl`. A publish into such a channel stores the publication even
+//! when nobody is subscribed, and the channel outlives its last member
+//! until `history_ttl` after its last publication, so a client that
+//! reconnects within that time finds the same stream. [`Hub::history`]
+//! queries it (since a position, limit, reverse); [`Hub::history_remove`]
+//! drops it.
+//!
+//! Memory is bounded per channel by `history_size` (times the largest
+//! message the server accepts) and overall by
+//! [`Namespaces::history_max_bytes`]: past that, the histories of the
+//! channels that published least recently are dropped. Expiry is lazy (on
+//! publish, query, recovery) plus [`Hub::sweep`], which the server calls
+//! periodically; time comes from a [`Clock`] ([`ManualClock`] in tests).
+//!
+//! The epoch changes whenever history is lost: the channel disappeared and
+//! is created again, its history was removed, or dropped for the memory
+//! cap. Offsets never go back within a channel's lifetime.
+//!
+//! # Recovery
+//!
+//! [`Hub::recover`] tells a client at a position what it missed:
+//! `recovered` is true when the epoch matches and every later publication is
+//! still in history. [`Hub::subscribe_with_recovery`] does this *and* the
+//! join under the channel's publish sequence lock, so every publication is
+//! either in the recovered list or queued to the new member, exactly once:
+//! a publication racing with the (re)subscribe is neither lost nor
+//! duplicated.
+//!
+//! # Presence
+//!
+//! With `presence`, [`Hub::presence`] lists the members' [`ClientInfo`]
+//! (client id, user id, connection info from [`ConnInfo::conn_info`],
+//! channel info from [`SubscribeOptions::chan_info`]), and
+//! [`Hub::presence_stats`] counts clients and distinct users. With
+//! `join_leave`, joining and leaving (unsubscribe or disconnect) queue a
+//! [`Delivery::Join`] / [`Delivery::Leave`] event into the other members'
+//! outboxes, under the same bounds as publications. Protocols without such
+//! events skip them.
+//!
+//! History (a small buffer type in `history.rs`) and presence (derived from
+//! the member list, `presence.rs`) sit behind the channel's join, leave and
+//! publish points, so a shared store for several nodes can replace them
+//! without touching the fan-out.
 //!
 //! # Outboxes and slow consumers
 //!
@@ -99,19 +165,27 @@
 #![warn(missing_docs)]
 
 mod channel;
+mod clock;
 mod connection;
 mod error;
+mod history;
 mod hub;
 mod limits;
+mod namespace;
 mod outbox;
+mod presence;
 mod publication;
 mod stats;
 
 pub use channel::Channel;
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use connection::{ConnHandle, ConnInfo};
-pub use error::{CloseReason, HubError, OutboxClosed};
-pub use hub::{Hub, PublishOptions, PublishReport};
+pub use error::{ChannelError, CloseReason, HubError, OutboxClosed, PermissionError};
+pub use history::{Epoch, HistoryQuery, HistoryResult, Recovery, StreamPosition};
+pub use hub::{ClientCtx, Hub, PublishOptions, PublishReport, SubscribeOptions, SubscribeResult};
 pub use limits::{HubLimits, SlowConsumerPolicy};
+pub use namespace::{ChannelOptions, Namespaces, NAMESPACE_SEPARATOR};
 pub use outbox::Outbox;
+pub use presence::{ClientInfo, MemberEvent, PresenceStats};
 pub use publication::{ConnId, Delivery, Payload, PayloadKind, Publication, WireFormat};
 pub use stats::{HubStats, Rejections};

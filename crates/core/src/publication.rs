@@ -11,6 +11,9 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
+use crate::history::{Epoch, StreamPosition};
+use crate::presence::{ClientInfo, MemberEvent};
+
 /// Identifier of a registered connection, unique within one [`Hub`](crate::Hub).
 pub type ConnId = u64;
 
@@ -110,32 +113,48 @@ pub struct Publication {
     /// Position in the channel: the first publication of a channel has offset 1,
     /// each next one +1, without gaps.
     pub offset: u64,
-    /// Identifies the channel's lifetime: chosen when the channel is created.
-    /// Offsets are only comparable within one epoch.
-    pub epoch: u32,
+    /// Identifies the channel's history: chosen when the channel is created
+    /// and changed whenever its history is lost. Offsets are only comparable
+    /// within one epoch.
+    pub epoch: Epoch,
     /// The connection that published it, if it came from a client.
     pub publisher: Option<ConnId>,
+    /// The publishing client, when the publisher asked for it to be shown
+    /// (see [`Hub::publish_with_info`](crate::Hub::publish_with_info)).
+    pub info: Option<Arc<ClientInfo>>,
     cache: EncodedCache,
 }
 
 impl Publication {
     /// Builds a publication. The hub does this in `publish`; it is public for
-    /// protocol encoders' tests and for future history replay.
+    /// protocol encoders' tests.
     pub fn new(
         channel: Arc<str>,
         payload: Payload,
         offset: u64,
-        epoch: u32,
+        epoch: impl Into<Epoch>,
         publisher: Option<ConnId>,
     ) -> Publication {
         Publication {
             channel,
             payload,
             offset,
-            epoch,
+            epoch: epoch.into(),
             publisher,
+            info: None,
             cache: EncodedCache::default(),
         }
+    }
+
+    /// Sets [`info`](Self::info).
+    pub fn with_info(mut self, info: Option<Arc<ClientInfo>>) -> Publication {
+        self.info = info;
+        self
+    }
+
+    /// The publication's place in its channel's stream.
+    pub fn position(&self) -> StreamPosition {
+        StreamPosition::new(self.offset, self.epoch)
     }
 
     /// Encodes once per wire format: slot `format` is filled by `encode` on
@@ -178,6 +197,7 @@ impl fmt::Debug for Publication {
             .field("offset", &self.offset)
             .field("epoch", &self.epoch)
             .field("publisher", &self.publisher)
+            .field("info", &self.info)
             .finish_non_exhaustive()
     }
 }
@@ -189,22 +209,39 @@ pub enum Delivery {
     Publication(Arc<Publication>),
     /// A message for this connection only (a reply, a server push).
     Direct(Payload),
+    /// Someone subscribed to a channel this connection is a member of (only
+    /// in namespaces with `join_leave`). Protocols without such events
+    /// ignore it.
+    Join(Arc<MemberEvent>),
+    /// Someone left a channel this connection is a member of (only in
+    /// namespaces with `join_leave`). Protocols without such events ignore it.
+    Leave(Arc<MemberEvent>),
 }
 
+/// What [`Delivery::payload`] returns for items without a payload.
+static NO_PAYLOAD: Payload = Payload {
+    kind: PayloadKind::Text,
+    data: Bytes::new(),
+};
+
 impl Delivery {
-    /// Payload bytes this item accounts for in the outbox's byte budget.
+    /// Bytes this item accounts for in the outbox's byte budget: the payload,
+    /// or for join/leave events the size of the client info.
     pub fn payload_len(&self) -> usize {
         match self {
             Delivery::Publication(p) => p.payload.len(),
             Delivery::Direct(p) => p.len(),
+            Delivery::Join(e) | Delivery::Leave(e) => e.info.size(),
         }
     }
 
-    /// The payload carried by this item.
+    /// The payload carried by this item (an empty text payload for join and
+    /// leave events).
     pub fn payload(&self) -> &Payload {
         match self {
             Delivery::Publication(p) => &p.payload,
             Delivery::Direct(p) => p,
+            Delivery::Join(_) | Delivery::Leave(_) => &NO_PAYLOAD,
         }
     }
 }

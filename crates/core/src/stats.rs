@@ -27,7 +27,7 @@ impl Rejections {
 pub struct HubStats {
     /// Connections currently registered.
     pub connections: usize,
-    /// Channels currently alive (with at least one member).
+    /// Channels currently alive (with members, or kept for their history).
     pub channels: usize,
     /// `publish` calls so far.
     pub published: u64,
@@ -40,6 +40,11 @@ pub struct HubStats {
     pub slow_consumer_closes: u64,
     /// Refused registrations and subscriptions.
     pub rejections: Rejections,
+    /// Bytes currently held by channel histories (see
+    /// [`Namespaces::history_max_bytes`](crate::Namespaces::history_max_bytes)).
+    pub history_bytes: usize,
+    /// Channel histories dropped to stay under the history memory cap.
+    pub history_evictions: u64,
 }
 
 /// Keeps a hot counter on its own cache line so that cores bumping
@@ -59,6 +64,7 @@ pub(crate) struct StatsCounters {
     slow_consumer_closes: AtomicU64,
     rejected_connections: AtomicU64,
     rejected_room_full: AtomicU64,
+    history_evictions: AtomicU64,
 }
 
 impl StatsCounters {
@@ -101,6 +107,9 @@ impl StatsCounters {
     pub(crate) fn rejected_connection(&self) {
         self.rejected_connections.fetch_add(1, Relaxed);
     }
+    pub(crate) fn history_eviction(&self) {
+        self.history_evictions.fetch_add(1, Relaxed);
+    }
     pub(crate) fn rejected_room_full(&self) {
         self.rejected_room_full.fetch_add(1, Relaxed);
     }
@@ -117,6 +126,9 @@ impl StatsCounters {
                 connections: self.rejected_connections.load(Relaxed),
                 room_full: self.rejected_room_full.load(Relaxed),
             },
+            // Filled in by the hub, which owns the byte counter.
+            history_bytes: 0,
+            history_evictions: self.history_evictions.load(Relaxed),
         }
     }
 }

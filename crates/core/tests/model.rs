@@ -46,7 +46,7 @@ struct Slot {
 #[derive(Default)]
 struct ModelChannel {
     last_offset: u64,
-    epoch: Option<u32>,
+    epoch: Option<switchboard_core::Epoch>,
 }
 
 fn name(c: usize) -> String {

@@ -14,7 +14,7 @@ fn offsets(outbox: &mut Outbox) -> Vec<u64> {
     out.iter()
         .map(|d| match d {
             Delivery::Publication(p) => p.offset,
-            Delivery::Direct(_) => 0,
+            _ => 0,
         })
         .collect()
 }
