@@ -121,6 +121,11 @@ async fn http_routes() {
     headers.push("Origin: http://example.test");
     let (status, _, _) = http_raw(&addr, "GET", "/api/rooms", &headers).await;
     assert_eq!(status, 404);
+
+    // A path that is no valid room name (unknown namespace) is refused before the upgrade.
+    let (status, _, body) = http_raw(&addr, "GET", "/nope:room", &upgrade_headers()).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("invalid room name"), "{body}");
 }
 
 #[tokio::test]

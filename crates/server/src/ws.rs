@@ -12,7 +12,7 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use switchboard_core::ConnInfo;
+use switchboard_core::{ConnInfo, HubError};
 use switchboard_protocols::raw;
 use switchboard_websocket::handshake::validate_server_request;
 
@@ -91,6 +91,12 @@ pub(crate) fn upgrade(
     // so a message sent right after `open` by anyone in the room reaches it.
     let joined = match shared.hub.subscribe(&handle, &room) {
         Ok(()) => true,
+        Err(e @ (HubError::InvalidChannel | HubError::UnknownNamespace(_))) => {
+            // The path itself is not a usable room name: nothing to upgrade to.
+            shared.counters.bump(Counter::RejectedBadHandshake);
+            tracing::info!(%peer, %room, "upgrade refused: {e}");
+            return text(StatusCode::BAD_REQUEST, "invalid room name");
+        }
         Err(e) => {
             // Refused after the upgrade with close 1008 "room full" rather than with an HTTP
             // status, because browsers hide handshake statuses from scripts but show close
