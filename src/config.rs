@@ -97,6 +97,35 @@ pub struct ServeArgs {
     /// Log filter: a level (`error`..`trace`) or `target=level` directives [default: info].
     #[arg(long, env = "SWITCHBOARD_LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,
+
+    /// Shared secret verifying HS256/HS384/HS512 connection and subscription tokens.
+    #[arg(long, env = "SWITCHBOARD_TOKEN_HMAC_SECRET", value_name = "SECRET")]
+    pub token_hmac_secret: Option<String>,
+
+    /// RSA public key (PEM text or file) verifying RS*/PS* tokens.
+    #[arg(long, env = "SWITCHBOARD_TOKEN_RSA_PUBLIC_KEY", value_name = "PEM")]
+    pub token_rsa_public_key: Option<String>,
+
+    /// ECDSA public key (PEM text or file) verifying ES256/ES384 tokens.
+    #[arg(long, env = "SWITCHBOARD_TOKEN_ECDSA_PUBLIC_KEY", value_name = "PEM")]
+    pub token_ecdsa_public_key: Option<String>,
+
+    /// Required `aud` claim of every token.
+    #[arg(long, env = "SWITCHBOARD_TOKEN_AUDIENCE", value_name = "AUD")]
+    pub token_audience: Option<String>,
+
+    /// Required `iss` claim of every token.
+    #[arg(long, env = "SWITCHBOARD_TOKEN_ISSUER", value_name = "ISS")]
+    pub token_issuer: Option<String>,
+
+    /// Let Centrifugo-protocol clients connect without a token (true|false) [default: false].
+    #[arg(long, env = "SWITCHBOARD_ALLOW_ANONYMOUS", value_name = "BOOL", num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub allow_anonymous: Option<bool>,
+
+    /// Key the HTTP API (`POST /api/<method>`) requires in the `X-API-Key` header.
+    #[arg(long, env = "SWITCHBOARD_API_KEY", value_name = "KEY")]
+    pub api_key: Option<String>,
 }
 
 impl ServeArgs {
@@ -164,6 +193,27 @@ impl ServeArgs {
         }
         if let Some(v) = &self.log_level {
             c.log_level = v.clone();
+        }
+        if let Some(v) = &self.token_hmac_secret {
+            c.token_hmac_secret = Some(v.clone());
+        }
+        if let Some(v) = &self.token_rsa_public_key {
+            c.token_rsa_public_key = Some(v.clone());
+        }
+        if let Some(v) = &self.token_ecdsa_public_key {
+            c.token_ecdsa_public_key = Some(v.clone());
+        }
+        if let Some(v) = &self.token_audience {
+            c.token_audience = Some(v.clone());
+        }
+        if let Some(v) = &self.token_issuer {
+            c.token_issuer = Some(v.clone());
+        }
+        if let Some(v) = self.allow_anonymous {
+            c.allow_anonymous = v;
+        }
+        if let Some(v) = &self.api_key {
+            c.api_key = Some(v.clone());
         }
         c
     }
@@ -302,6 +352,28 @@ mod tests {
             Duration::from_secs(25),
             "unset keys keep their defaults"
         );
+    }
+
+    #[test]
+    fn token_flags_and_channel_namespaces() {
+        let file = write_file(
+            "token_hmac_secret = \"file\"\n[channel.namespaces.chat]\npresence = true\n",
+        );
+        let path = file.path().to_str().unwrap().to_string();
+        let c = with_env(&[("SWITCHBOARD_API_KEY", "env-key")], || {
+            resolve(&[
+                "--config",
+                &path,
+                "--allow-anonymous",
+                "--token-hmac-secret",
+                "flag",
+            ])
+        })
+        .unwrap();
+        assert!(c.allow_anonymous);
+        assert_eq!(c.token_hmac_secret.as_deref(), Some("flag"));
+        assert_eq!(c.api_key.as_deref(), Some("env-key"));
+        assert!(c.channel.namespaces["chat"].presence);
     }
 
     #[test]

@@ -10,6 +10,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+use switchboard_core::Namespaces;
+
+use crate::auth::TokenConfig;
 
 /// What to do with a connection whose outgoing queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -134,6 +137,33 @@ pub struct ServerConfig {
     /// Log filter, e.g. `info` or `switchboard=debug` (used by the binary).
     #[serde(alias = "log-level")]
     pub log_level: String,
+    /// Shared secret for `HS256`/`HS384`/`HS512` connection and subscription tokens.
+    #[serde(alias = "token-hmac-secret")]
+    pub token_hmac_secret: Option<String>,
+    /// RSA public key (PEM text or file path) for `RS*`/`PS*` tokens.
+    #[serde(alias = "token-rsa-public-key")]
+    pub token_rsa_public_key: Option<String>,
+    /// ECDSA public key (PEM text or file path) for `ES256`/`ES384` tokens.
+    #[serde(alias = "token-ecdsa-public-key")]
+    pub token_ecdsa_public_key: Option<String>,
+    /// When set, every token must carry this value in `aud`.
+    #[serde(alias = "token-audience")]
+    pub token_audience: Option<String>,
+    /// When set, every token must carry this value in `iss`.
+    #[serde(alias = "token-issuer")]
+    pub token_issuer: Option<String>,
+    /// Seconds of clock skew tolerated on token `exp` and `nbf`.
+    #[serde(alias = "token-leeway")]
+    pub token_leeway: u64,
+    /// Whether Centrifugo-protocol clients may connect without a token, as anonymous users.
+    #[serde(alias = "allow-anonymous")]
+    pub allow_anonymous: bool,
+    /// Key the server HTTP API (`/api/<method>`) requires in `X-API-Key`; the API is off
+    /// without one.
+    #[serde(alias = "api-key")]
+    pub api_key: Option<String>,
+    /// Channel options: `[channel.default]` and `[channel.namespaces.<name>]`.
+    pub channel: Namespaces,
 }
 
 impl Default for ServerConfig {
@@ -157,6 +187,15 @@ impl Default for ServerConfig {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             log_format: LogFormat::Text,
             log_level: "info".to_string(),
+            token_hmac_secret: None,
+            token_rsa_public_key: None,
+            token_ecdsa_public_key: None,
+            token_audience: None,
+            token_issuer: None,
+            token_leeway: 0,
+            allow_anonymous: false,
+            api_key: None,
+            channel: Namespaces::default(),
         }
     }
 }
@@ -165,6 +204,19 @@ impl ServerConfig {
     /// Whether TLS is configured (both certificate and key given).
     pub fn tls_enabled(&self) -> bool {
         self.tls_cert.is_some() && self.tls_key.is_some()
+    }
+
+    /// The token settings as the verifier's configuration.
+    pub fn token_config(&self) -> TokenConfig {
+        TokenConfig {
+            token_hmac_secret: self.token_hmac_secret.clone(),
+            token_rsa_public_key: self.token_rsa_public_key.clone(),
+            token_ecdsa_public_key: self.token_ecdsa_public_key.clone(),
+            token_audience: self.token_audience.clone(),
+            token_issuer: self.token_issuer.clone(),
+            token_leeway: self.token_leeway,
+            allow_anonymous: self.allow_anonymous,
+        }
     }
 
     /// Check the settings that cannot be expressed in the types.
@@ -183,6 +235,9 @@ impl ServerConfig {
         }
         if self.outbox_max_bytes == 0 || self.outbox_max_messages == 0 {
             return Err("outbox bounds must be positive".into());
+        }
+        if self.api_key.as_deref() == Some("") {
+            return Err("the API key must not be empty".into());
         }
         if self.allowed_origins.is_empty() {
             return Err("allowed origins must not be empty (use * to allow any)".into());
@@ -269,6 +324,29 @@ mod tests {
             SlowConsumer::DropOldest
         );
         assert!("sometimes".parse::<SlowConsumer>().is_err());
+    }
+
+    #[test]
+    fn channel_options_and_tokens_from_toml() {
+        let c: ServerConfig = toml::from_str(
+            r#"
+            token_hmac_secret = "s3cret"
+            allow-anonymous = true
+            api_key = "k"
+            [channel.default]
+            presence = true
+            [channel.namespaces.chat]
+            history_size = 10
+            history_ttl = 60
+            "#,
+        )
+        .unwrap();
+        assert!(c.allow_anonymous);
+        assert!(c.token_config().has_keys());
+        assert_eq!(c.api_key.as_deref(), Some("k"));
+        assert!(c.channel.default.presence);
+        assert_eq!(c.channel.namespaces["chat"].history_size, 10);
+        assert!(c.validate().is_ok());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //!
 //! | request                               | answer                                   |
 //! |---------------------------------------|------------------------------------------|
+//! | upgrade on `/connection/websocket`    | Centrifugo client protocol (JSON)        |
 //! | upgrade on a reserved prefix          | 404 (those paths belong to other protocols) |
 //! | upgrade on any other path             | WebSocket; room = path (`/` = `lobby`)   |
 //! | `GET /`                               | the chat page                            |
@@ -75,6 +76,9 @@ pub(crate) async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path();
     if is_upgrade_request(req.headers()) {
+        if path == crate::centrifugo::PATH {
+            return Ok(crate::centrifugo::upgrade(req, shared, peer, token));
+        }
         if is_reserved(path) {
             return Ok(text(StatusCode::NOT_FOUND, "not found"));
         }

@@ -33,6 +33,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod centrifugo;
 pub mod config;
 mod connection;
 pub mod crash;

@@ -11,11 +11,15 @@ use switchboard_websocket::Message;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::auth::TokenVerifier;
 use crate::config::{ServerConfig, SlowConsumer};
 use crate::origin::OriginPolicy;
 use crate::shutdown::Shutdown;
 use crate::stats::{ServerCounters, ServerStats};
 use crate::{listener, tls};
+
+/// How often expired history and idle channels are swept from the hub.
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A callback run for every text or binary message a client sends to a raw room, before it
 /// is published: `(room, message)`. It runs on the connection's reader task; a panic inside
@@ -55,6 +59,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Arc<ServerCounters>,
     pub(crate) started: Instant,
     pub(crate) welcome: Option<Message>,
+    /// Verifies connection and subscription tokens of Centrifugo-protocol clients.
+    pub(crate) verifier: TokenVerifier,
 }
 
 /// Configures a [`Server`].
@@ -106,7 +112,12 @@ impl ServerBuilder {
             (None, Some(cert), Some(key)) => Some(tls::load_acceptor(cert, key)?),
             _ => None,
         };
-        let hub = hub.unwrap_or_else(|| Hub::new(hub_limits(&config)));
+        let hub = hub
+            .unwrap_or_else(|| Hub::with_namespaces(hub_limits(&config), config.channel.clone()));
+        let verifier = config
+            .token_config()
+            .verifier()
+            .map_err(|e| ServerError::Config(e.to_string()))?;
         let origins = OriginPolicy::new(&config.allowed_origins);
         let deflate = if config.deflate {
             // server_no_context_takeover is what makes one compressed frame valid for every
@@ -130,6 +141,7 @@ impl ServerBuilder {
                 counters: Arc::new(ServerCounters::default()),
                 started: Instant::now(),
                 welcome,
+                verifier,
             }),
         })
     }
@@ -246,6 +258,18 @@ impl BoundServer {
             );
         }
         let switch = Shutdown::new();
+        // Expire history and drop idle channels even when nothing publishes or queries them.
+        let sweeper = {
+            let hub = shared.hub.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    hub.sweep();
+                }
+            })
+        };
         let accept = listener::accept_loop(listener, Arc::clone(&shared), switch.token());
         tokio::pin!(accept);
         tokio::select! {
@@ -266,6 +290,7 @@ impl BoundServer {
                 "shutdown timeout reached; dropping remaining connections"
             );
         }
+        sweeper.abort();
         tracing::info!("stopped");
         Ok(())
     }

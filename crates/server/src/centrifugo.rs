@@ -1,0 +1,789 @@
+//! The Centrifugo client protocol (v2, JSON) at `/connection/websocket`, so the real
+//! `centrifuge` SDKs can connect.
+//!
+//! After the WebSocket upgrade (same checks as raw rooms: origin, handshake, connection
+//! limit), one task runs the connection. A small reader task only decodes WebSocket frames
+//! and hands their bytes over; the connection task owns all state (subscriptions, user,
+//! token expiry), answers commands in order and writes the outbox's deliveries, so a reply
+//! and the publications queued after it can never be reordered.
+//!
+//! * The first command must be `connect`. Its token is verified with the configured keys
+//!   ([`crate::auth`]); an empty token is accepted only with `allow_anonymous`. An expired
+//!   token is answered with error 109 so the SDK fetches a fresh one and reconnects; an
+//!   invalid one closes with 3500 "invalid token". The token's `channels` become
+//!   server-side subscriptions, reported in the connect result (with recovery when the
+//!   client asks for it in `subs`).
+//! * `subscribe` checks permissions through the hub ([`switchboard_core::Hub::check_subscribe`]),
+//!   verifies a subscription token when one is given, and joins with recovery when asked:
+//!   the reply carries the missed publications, `recovered`, `epoch` and `offset`.
+//!   Everything published after the join arrives after the reply, exactly once.
+//! * `publish`, `presence`, `presence_stats`, `history` check permissions the same way;
+//!   `rpc` answers 108 "not available"; `send` is ignored; `refresh` and `sub_refresh`
+//!   verify the new token and move the expiry.
+//! * The server sends `{}` every ping interval; a client that sent nothing (no pong, no
+//!   command) for the ping interval plus the ping timeout is closed with 3012 "no pong".
+//! * A connection whose token expires without a `refresh` is closed with 3005; an
+//!   undecodable frame with 3501 "bad request"; a slow consumer with 3008 "slow"; server
+//!   shutdown with 3001 "shutdown".
+//!
+//! Replies and pushes that are ready together go out in one WebSocket frame, one JSON
+//! message per line, as the protocol allows.
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use switchboard_core::{
+    ClientCtx, CloseReason, ConnHandle, ConnInfo, Delivery, Epoch, HistoryQuery, HubError, Outbox,
+    PermissionError, PublishOptions, StreamPosition as CorePosition, SubscribeOptions,
+};
+use switchboard_protocols::centrifugo::{
+    self as cf, commands, encode_batch, encode_publication_push, wire_epoch, Command,
+    ConnectResult, Data, Disconnect, Error as CfError, HistoryResult, Join, Leave, Method,
+    PingResult, PresenceResult, PresenceStatsResult, PublishResult, Push, PushBody, RefreshResult,
+    Reply, ReplyResult, RpcRequest, SubRefreshResult, SubscribeRequest, SubscribeResult,
+    UnsubscribeResult,
+};
+use switchboard_websocket::codec::Config as CodecConfig;
+use switchboard_websocket::handshake::validate_server_request;
+use switchboard_websocket::stream::{WebSocket, WriteConfig, WsWriter};
+use switchboard_websocket::{CloseCode, DeflateParams, Message, Role};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+
+use crate::auth::{unix_now, TokenError};
+use crate::http::{text, Body};
+use crate::server::Shared;
+use crate::shutdown::ShutdownToken;
+use crate::stats::{ConnectionSlot, Counter};
+
+/// The path SDKs connect to.
+pub const PATH: &str = "/connection/websocket";
+
+/// Most outbox deliveries written per frame.
+const BATCH: usize = 64;
+/// Frames read ahead of the connection task (back-pressure on a client that floods us).
+const READ_AHEAD: usize = 16;
+/// How long to wait for the peer's close reply once ours is sent.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Answer an upgrade request on [`PATH`].
+pub(crate) fn upgrade(
+    mut req: Request<Incoming>,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    token: ShutdownToken,
+) -> Response<Body> {
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    if !shared.origins.allows(origin) {
+        shared.counters.bump(Counter::RejectedOrigin);
+        return text(StatusCode::FORBIDDEN, "origin not allowed");
+    }
+    let handshake = match validate_server_request(
+        req.method(),
+        req.version(),
+        req.headers(),
+        &shared.deflate,
+        &|_offered| None,
+    ) {
+        Ok(h) => h,
+        Err(rejection) => {
+            shared.counters.bump(Counter::RejectedBadHandshake);
+            let mut r = Response::new(Full::new(Bytes::from_static(rejection.reason.as_bytes())));
+            *r.status_mut() = rejection.status;
+            for (name, value) in rejection.extra_headers {
+                r.headers_mut().insert(name, value);
+            }
+            return r;
+        }
+    };
+    let Some(slot) = shared
+        .counters
+        .try_acquire_slot(shared.config.max_connections)
+    else {
+        shared.counters.bump(Counter::RejectedMaxConnections);
+        let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return r;
+    };
+    let deflate = handshake.deflate.as_ref().map(|(params, _)| *params);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let timeout = shared.config.handshake_timeout;
+    tokio::spawn(async move {
+        let upgraded = match tokio::time::timeout(timeout, on_upgrade).await {
+            Ok(Ok(upgraded)) => upgraded,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, "upgrade failed: {e}");
+                return;
+            }
+            Err(_) => {
+                shared.counters.bump(Counter::HandshakeTimeout);
+                return;
+            }
+        };
+        shared.counters.bump(Counter::Upgraded);
+        run(TokioIo::new(upgraded), shared, peer, deflate, token, slot).await;
+    });
+    let mut response = Response::new(Full::default());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *response.headers_mut() = handshake.response_headers();
+    response
+}
+
+/// Run one connection to its end.
+async fn run<S>(
+    io: S,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    deflate: Option<DeflateParams>,
+    token: ShutdownToken,
+    slot: ConnectionSlot,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let config = &shared.config;
+    let codec = CodecConfig {
+        max_message_size: config.max_message_size,
+        max_frame_size: config.max_message_size,
+        deflate,
+        ..CodecConfig::default()
+    };
+    let write_config = WriteConfig {
+        close_timeout: config.shutdown_timeout,
+        ..WriteConfig::default()
+    };
+    let ws = WebSocket::new(io, Role::Server, codec, write_config);
+    let (mut reader, mut writer) = ws.split();
+    let (tx, rx) = mpsc::channel::<Bytes>(READ_AHEAD);
+    // The reader only forwards data frames; the WebSocket layer answers control frames
+    // itself. It ends on close, EOF or error (the codec has sent the close code then).
+    let mut reader_task = tokio::spawn(async move {
+        while let Some(Ok(msg)) = reader.next().await {
+            match msg {
+                Message::Text(b) | Message::Binary(b) => {
+                    if tx.send(b).await.is_err() {
+                        break;
+                    }
+                }
+                Message::Close(_) => break,
+                Message::Ping(_) | Message::Pong(_) => {}
+            }
+        }
+    });
+    let mut conn = Conn {
+        shared: Arc::clone(&shared),
+        peer,
+        rx,
+        handle: None,
+        subs: HashSet::new(),
+        expires_at: None,
+        last_seen: Instant::now(),
+    };
+    let end = conn.serve(&mut writer, &token).await;
+    match end {
+        End::Disconnect(d) => {
+            tracing::debug!(%peer, code = d.code, reason = %d.reason, "centrifugo disconnect");
+            let _ = writer.close(CloseCode(d.code), &d.reason).await;
+            let _ = tokio::time::timeout(CLOSE_LINGER, &mut reader_task).await;
+        }
+        End::Gone => {}
+    }
+    reader_task.abort();
+    drop(conn);
+    drop(slot);
+    drop(token);
+}
+
+/// How a connection ends.
+enum End {
+    /// Close the WebSocket with this code and reason.
+    Disconnect(Disconnect),
+    /// The peer is gone (closed, EOF, write error); nothing more to send.
+    Gone,
+}
+
+/// The state of one connection.
+struct Conn {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    rx: mpsc::Receiver<Bytes>,
+    /// Set once `connect` succeeded.
+    handle: Option<ConnHandle>,
+    /// Channels this client subscribed to (client- and server-side).
+    subs: HashSet<String>,
+    /// Unix time at which the connection token expires.
+    expires_at: Option<u64>,
+    /// When the client last sent anything (its pongs included).
+    last_seen: Instant,
+}
+
+/// What handling one frame produced.
+enum Step {
+    /// Keep going; these messages are to be written.
+    Continue,
+    /// Stop with this ending.
+    Stop(End),
+}
+
+impl Conn {
+    async fn serve<S>(&mut self, writer: &mut WsWriter<S>, token: &ShutdownToken) -> End
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let config = self.shared.config.clone();
+        // The connect command must arrive within the handshake timeout.
+        let mut out: Vec<Bytes> = Vec::new();
+        let first = tokio::select! {
+            f = self.rx.recv() => f,
+            _ = tokio::time::sleep(config.handshake_timeout) => {
+                return End::Disconnect(Disconnect::STALE);
+            }
+        };
+        let Some(first) = first else {
+            return End::Gone;
+        };
+        self.last_seen = Instant::now();
+        let mut outbox = match self.handle_first(&first, &mut out) {
+            Ok(Some(outbox)) => outbox,
+            Ok(None) => {
+                // Connect refused with an error reply (e.g. expired token): send it and
+                // let the client close and retry.
+                if write_all(writer, &out).await.is_err() {
+                    return End::Gone;
+                }
+                return self.wait_close(token).await;
+            }
+            Err(d) => return End::Disconnect(d),
+        };
+        if write_all(writer, &out).await.is_err() {
+            return End::Gone;
+        }
+        out.clear();
+
+        let mut ping = tokio::time::interval(config.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        let dead_after = config.ping_interval + config.ping_timeout;
+        let stop = token.triggered();
+        tokio::pin!(stop);
+        let mut batch: Vec<Delivery> = Vec::with_capacity(BATCH);
+        loop {
+            let expiry = self.expiry_sleep();
+            tokio::select! {
+                frame = self.rx.recv() => {
+                    let Some(frame) = frame else { return End::Gone };
+                    self.last_seen = Instant::now();
+                    match self.handle_frame(&frame, &mut out) {
+                        Step::Continue => {}
+                        Step::Stop(end) => {
+                            let _ = write_all(writer, &out).await;
+                            return end;
+                        }
+                    }
+                }
+                got = outbox.recv_batch(&mut batch, BATCH) => {
+                    match got {
+                        Ok(_) => {
+                            for delivery in batch.drain(..) {
+                                if let Some(bytes) = encode_delivery(&delivery) {
+                                    out.push(bytes);
+                                }
+                            }
+                        }
+                        Err(closed) => {
+                            return End::Disconnect(match closed.reason {
+                                CloseReason::SlowConsumer => Disconnect::SLOW,
+                                CloseReason::Shutdown => Disconnect::SHUTDOWN,
+                                _ => Disconnect::FORCE_RECONNECT,
+                            });
+                        }
+                    }
+                }
+                _ = ping.tick() => {
+                    if self.last_seen.elapsed() > dead_after {
+                        return End::Disconnect(Disconnect::NO_PONG);
+                    }
+                    out.push(cf::ping_frame());
+                }
+                _ = expiry => {
+                    return End::Disconnect(Disconnect::EXPIRED);
+                }
+                _ = &mut stop => {
+                    return End::Disconnect(Disconnect::SHUTDOWN);
+                }
+            }
+            if !out.is_empty() {
+                if write_all(writer, &out).await.is_err() {
+                    return End::Gone;
+                }
+                out.clear();
+            }
+        }
+    }
+
+    /// After a refused connect: wait for the client to go away (bounded).
+    async fn wait_close(&mut self, token: &ShutdownToken) -> End {
+        let stop = token.triggered();
+        tokio::select! {
+            _ = async { while self.rx.recv().await.is_some() {} } => End::Gone,
+            _ = tokio::time::sleep(self.shared.config.handshake_timeout) => End::Disconnect(Disconnect::STALE),
+            _ = stop => End::Disconnect(Disconnect::SHUTDOWN),
+        }
+    }
+
+    /// Sleeps until the connection token expires (forever without expiry).
+    fn expiry_sleep(&self) -> tokio::time::Sleep {
+        let secs = match self.expires_at {
+            Some(at) => at.saturating_sub(unix_now()),
+            None => 365 * 24 * 3600,
+        };
+        // One extra second: a client refreshing right at the expiry is not cut off.
+        tokio::time::sleep(Duration::from_secs(secs + 1))
+    }
+
+    /// The first frame: must start with `connect`. Returns the outbox on success, `None`
+    /// when an error reply was queued instead.
+    fn handle_first(
+        &mut self,
+        frame: &[u8],
+        out: &mut Vec<Bytes>,
+    ) -> Result<Option<Outbox>, Disconnect> {
+        let mut cmds = commands(frame);
+        let connect = match cmds.next() {
+            Some(Ok(Command {
+                id,
+                method: Method::Connect(req),
+            })) => (id, req),
+            _ => return Err(Disconnect::BAD_REQUEST),
+        };
+        let (id, req) = connect;
+        let verifier = &self.shared.verifier;
+        let (user, info, exp, channels) = if req.token.is_empty() {
+            if !self.shared.config.allow_anonymous {
+                return Err(Disconnect::INVALID_TOKEN);
+            }
+            (String::new(), None, None, Vec::new())
+        } else {
+            match verifier.verify_connection_token(&req.token) {
+                Ok(claims) => {
+                    if claims.sub.is_empty() && !self.shared.config.allow_anonymous {
+                        return Err(Disconnect::INVALID_TOKEN);
+                    }
+                    let exp = claims.expire_at.or(claims.exp);
+                    (claims.sub, claims.info, exp, claims.channels)
+                }
+                Err(e) if e.is_expired() => {
+                    out.push(Reply::error(id, CfError::TOKEN_EXPIRED).encode());
+                    return Ok(None);
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %self.peer, "connect token rejected: {e}");
+                    return Err(Disconnect::INVALID_TOKEN);
+                }
+            }
+        };
+        let mut conn_info = ConnInfo::new(self.peer.to_string(), cf::PROTOCOL).with_user(user);
+        if let Some(info) = &info {
+            conn_info = conn_info.with_conn_info(Bytes::from(info.get().to_owned()));
+        }
+        let (handle, outbox) = match self.shared.hub.register(conn_info) {
+            Ok(pair) => pair,
+            Err(_) => return Err(Disconnect::CONNECTION_LIMIT),
+        };
+        self.expires_at = exp;
+        let mut result = ConnectResult {
+            client: handle.id().to_string(),
+            version: concat!("switchboard ", env!("CARGO_PKG_VERSION")).to_string(),
+            ping: u32::try_from(self.shared.config.ping_interval.as_secs().max(1))
+                .unwrap_or(u32::MAX),
+            pong: true,
+            ..Default::default()
+        };
+        if let Some(at) = exp {
+            result.expires = true;
+            result.ttl = u32::try_from(at.saturating_sub(unix_now())).unwrap_or(u32::MAX);
+        }
+        self.handle = Some(handle);
+        // Server-side subscriptions: granted by the token, no permission check.
+        for channel in channels {
+            let asked = req.subs.get(&channel).cloned().unwrap_or_default();
+            let sub_req = SubscribeRequest {
+                channel: channel.clone(),
+                ..asked
+            };
+            match self.join(&sub_req, None) {
+                Ok(r) => {
+                    result.subs.insert(channel, r);
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %self.peer, %channel, "server-side subscription failed: {e}");
+                }
+            }
+        }
+        out.push(Reply::ok(id, ReplyResult::Connect(result)).encode());
+        // Commands batched after connect in the same frame.
+        for cmd in cmds {
+            match cmd {
+                Ok(cmd) => {
+                    if let Step::Stop(End::Disconnect(d)) = self.handle_command(cmd, out) {
+                        return Err(d);
+                    }
+                }
+                Err(_) => return Err(Disconnect::BAD_REQUEST),
+            }
+        }
+        Ok(Some(outbox))
+    }
+
+    fn handle_frame(&mut self, frame: &[u8], out: &mut Vec<Bytes>) -> Step {
+        for cmd in commands(frame) {
+            match cmd {
+                Ok(cmd) => {
+                    if let Step::Stop(end) = self.handle_command(cmd, out) {
+                        return Step::Stop(end);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %self.peer, "bad command: {e}");
+                    return Step::Stop(End::Disconnect(Disconnect::BAD_REQUEST));
+                }
+            }
+        }
+        Step::Continue
+    }
+
+    fn handle(&self) -> &ConnHandle {
+        self.handle.as_ref().expect("connected")
+    }
+
+    fn user(&self) -> String {
+        self.handle().info().user.clone().unwrap_or_default()
+    }
+
+    fn handle_command(&mut self, cmd: Command, out: &mut Vec<Bytes>) -> Step {
+        let id = cmd.id;
+        let result: Result<ReplyResult, CfError> = match cmd.method {
+            Method::Connect(_) => return Step::Stop(End::Disconnect(Disconnect::BAD_REQUEST)),
+            Method::Pong | Method::Send(_) => return Step::Continue,
+            Method::Ping(_) => Ok(ReplyResult::Ping(PingResult {})),
+            Method::Rpc(RpcRequest { .. }) => Err(CfError::NOT_AVAILABLE),
+            Method::Subscribe(req) => self.subscribe(&req).map(ReplyResult::Subscribe),
+            Method::Unsubscribe(req) => {
+                if self.subs.remove(&req.channel) {
+                    self.shared.hub.unsubscribe(self.handle(), &req.channel);
+                }
+                Ok(ReplyResult::Unsubscribe(UnsubscribeResult {}))
+            }
+            Method::Publish(req) => self.publish(req).map(ReplyResult::Publish),
+            Method::Presence(req) => self.presence(&req.channel).map(ReplyResult::Presence),
+            Method::PresenceStats(req) => self
+                .presence_stats(&req.channel)
+                .map(ReplyResult::PresenceStats),
+            Method::History(req) => self.history(req).map(ReplyResult::History),
+            Method::Refresh(req) => {
+                match self.shared.verifier.verify_connection_token(&req.token) {
+                    Ok(claims) if claims.sub == self.user() => {
+                        let exp = claims.expire_at.or(claims.exp);
+                        self.expires_at = exp;
+                        Ok(ReplyResult::Refresh(RefreshResult {
+                            client: self.handle().id().to_string(),
+                            version: concat!("switchboard ", env!("CARGO_PKG_VERSION")).to_string(),
+                            expires: exp.is_some(),
+                            ttl: exp
+                                .map(|at| {
+                                    u32::try_from(at.saturating_sub(unix_now())).unwrap_or(u32::MAX)
+                                })
+                                .unwrap_or(0),
+                        }))
+                    }
+                    Err(e) if e.is_expired() => Err(CfError::TOKEN_EXPIRED),
+                    _ => return Step::Stop(End::Disconnect(Disconnect::INVALID_TOKEN)),
+                }
+            }
+            Method::SubRefresh(req) => {
+                match self.shared.verifier.verify_subscription_token(
+                    &req.token,
+                    &self.user(),
+                    &req.channel,
+                ) {
+                    Ok(claims) => {
+                        let exp = claims.expire_at.or(claims.exp);
+                        Ok(ReplyResult::SubRefresh(SubRefreshResult {
+                            expires: exp.is_some(),
+                            ttl: exp
+                                .map(|at| {
+                                    u32::try_from(at.saturating_sub(unix_now())).unwrap_or(u32::MAX)
+                                })
+                                .unwrap_or(0),
+                        }))
+                    }
+                    Err(e) if e.is_expired() => Err(CfError::TOKEN_EXPIRED),
+                    Err(_) => Err(CfError::PERMISSION_DENIED),
+                }
+            }
+        };
+        out.push(match result {
+            Ok(r) => Reply::ok(id, r).encode(),
+            Err(e) => Reply::error(id, e).encode(),
+        });
+        Step::Continue
+    }
+
+    fn subscribe(&mut self, req: &SubscribeRequest) -> Result<SubscribeResult, CfError> {
+        if self.subs.contains(&req.channel) {
+            return Err(CfError::ALREADY_SUBSCRIBED);
+        }
+        let mut ctx = ClientCtx::for_conn(self.handle());
+        let mut chan_info = None;
+        if !req.token.is_empty() {
+            match self.shared.verifier.verify_subscription_token(
+                &req.token,
+                &ctx.user,
+                &req.channel,
+            ) {
+                Ok(claims) => {
+                    ctx = ctx.with_subscription_token(true);
+                    chan_info = claims.info.map(|i| Bytes::from(i.get().to_owned()));
+                }
+                Err(TokenError::Expired) => return Err(CfError::TOKEN_EXPIRED),
+                Err(e) => {
+                    tracing::debug!(peer = %self.peer, channel = %req.channel, "subscription token rejected: {e}");
+                    return Err(CfError::PERMISSION_DENIED);
+                }
+            }
+        }
+        self.shared
+            .hub
+            .check_subscribe(&ctx, &req.channel)
+            .map_err(permission_error)?;
+        self.join(req, chan_info)
+    }
+
+    /// Join `req.channel` (permissions already checked), with recovery when asked.
+    fn join(
+        &mut self,
+        req: &SubscribeRequest,
+        chan_info: Option<Bytes>,
+    ) -> Result<SubscribeResult, CfError> {
+        let opts = SubscribeOptions {
+            chan_info,
+            recover_since: req
+                .recover
+                .then(|| CorePosition::new(req.offset, Epoch::from_client(&req.epoch))),
+        };
+        let r = self
+            .shared
+            .hub
+            .subscribe_with(self.handle(), &req.channel, opts)
+            .map_err(|e| match e {
+                HubError::RoomFull { .. } | HubError::TooManyConnections { .. } => {
+                    CfError::LIMIT_EXCEEDED
+                }
+                HubError::InvalidChannel | HubError::UnknownNamespace(_) => {
+                    CfError::UNKNOWN_CHANNEL
+                }
+                _ => CfError::INTERNAL,
+            })?;
+        self.subs.insert(req.channel.clone());
+        let history = r.options.history_enabled();
+        let recoverable = history && (req.recoverable || req.recover || r.options.force_recovery);
+        let mut result = SubscribeResult {
+            recoverable,
+            positioned: history && (req.positioned || recoverable),
+            epoch: wire_epoch(r.position.epoch),
+            offset: r.position.offset,
+            ..Default::default()
+        };
+        if let Some(recovery) = r.recovery {
+            result.was_recovering = true;
+            result.recovered = recovery.recovered;
+            result.publications = recovery
+                .publications
+                .iter()
+                .map(|p| publication(p))
+                .collect();
+        }
+        Ok(result)
+    }
+
+    fn publish(&self, req: cf::PublishRequest) -> Result<PublishResult, CfError> {
+        let ctx = ClientCtx::for_conn(self.handle());
+        self.shared
+            .hub
+            .check_publish(&ctx, &req.channel)
+            .map_err(permission_error)?;
+        let channel = req.channel.clone();
+        let payload = cf::publish_payload(req).ok_or(CfError::BAD_REQUEST)?;
+        let handle = self.handle();
+        let info = switchboard_core::ClientInfo {
+            client: handle.id().to_string(),
+            user: ctx.user,
+            conn_info: handle.info().conn_info.clone(),
+            chan_info: None,
+        };
+        self.shared.hub.publish_with_info(
+            &channel,
+            payload,
+            PublishOptions::from_conn(handle.id()),
+            Some(Arc::new(info)),
+        );
+        Ok(PublishResult {})
+    }
+
+    fn presence(&self, channel: &str) -> Result<PresenceResult, CfError> {
+        let ctx = ClientCtx::for_conn(self.handle());
+        self.shared
+            .hub
+            .check_presence(&ctx, channel)
+            .map_err(permission_error)?;
+        let map = self
+            .shared
+            .hub
+            .presence(channel)
+            .map_err(|_| CfError::NOT_AVAILABLE)?;
+        Ok(PresenceResult {
+            presence: map
+                .into_iter()
+                .map(|(k, v)| (k, client_info(&v)))
+                .collect::<BTreeMap<_, _>>(),
+        })
+    }
+
+    fn presence_stats(&self, channel: &str) -> Result<PresenceStatsResult, CfError> {
+        let ctx = ClientCtx::for_conn(self.handle());
+        self.shared
+            .hub
+            .check_presence(&ctx, channel)
+            .map_err(permission_error)?;
+        let stats = self
+            .shared
+            .hub
+            .presence_stats(channel)
+            .map_err(|_| CfError::NOT_AVAILABLE)?;
+        Ok(PresenceStatsResult {
+            num_clients: u32::try_from(stats.num_clients).unwrap_or(u32::MAX),
+            num_users: u32::try_from(stats.num_users).unwrap_or(u32::MAX),
+        })
+    }
+
+    fn history(&self, req: cf::HistoryRequest) -> Result<HistoryResult, CfError> {
+        let ctx = ClientCtx::for_conn(self.handle());
+        self.shared
+            .hub
+            .check_history(&ctx, &req.channel)
+            .map_err(permission_error)?;
+        let query = HistoryQuery {
+            since: req
+                .since
+                .as_ref()
+                .map(|p| CorePosition::new(p.offset, Epoch::from_client(&p.epoch))),
+            // Protocol: 0 asks for the position only, a negative limit for everything.
+            limit: usize::try_from(req.limit).ok(),
+            reverse: req.reverse,
+        };
+        let r = self
+            .shared
+            .hub
+            .history(&req.channel, query)
+            .map_err(|e| match e {
+                switchboard_core::ChannelError::UnrecoverablePosition => {
+                    CfError::UNRECOVERABLE_POSITION
+                }
+                switchboard_core::ChannelError::NotAvailable => CfError::NOT_AVAILABLE,
+                _ => CfError::UNKNOWN_CHANNEL,
+            })?;
+        Ok(HistoryResult::new(
+            r.publications.iter().map(|p| publication(p)).collect(),
+            cf::StreamPosition {
+                offset: r.position.offset,
+                epoch: wire_epoch(r.position.epoch),
+            },
+        ))
+    }
+}
+
+/// A publication as sent inside replies (history, recovery), with the publisher's info.
+fn publication(p: &switchboard_core::Publication) -> cf::Publication {
+    let mut out = cf::Publication::from_core(p);
+    out.info = p.info.as_deref().map(client_info);
+    out
+}
+
+/// The protocol's view of a member.
+fn client_info(info: &switchboard_core::ClientInfo) -> cf::ClientInfo {
+    cf::ClientInfo {
+        user: info.user.clone(),
+        client: info.client.clone(),
+        conn_info: info.conn_info.as_deref().and_then(json_data),
+        chan_info: info.chan_info.as_deref().and_then(json_data),
+    }
+}
+
+fn json_data(bytes: &[u8]) -> Option<Data> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| Data::from_json(s.to_owned()).ok())
+}
+
+/// The frame line for one outbox item; `None` for items this protocol does not show.
+fn encode_delivery(delivery: &Delivery) -> Option<Bytes> {
+    match delivery {
+        Delivery::Publication(p) => Some(encode_publication_push(p)),
+        Delivery::Join(ev) => Some(
+            Push::new(
+                &*ev.channel,
+                PushBody::Join(Join {
+                    info: client_info(&ev.info),
+                }),
+            )
+            .encode(),
+        ),
+        Delivery::Leave(ev) => Some(
+            Push::new(
+                &*ev.channel,
+                PushBody::Leave(Leave {
+                    info: client_info(&ev.info),
+                }),
+            )
+            .encode(),
+        ),
+        Delivery::Direct(_) => None,
+    }
+}
+
+fn permission_error(e: PermissionError) -> CfError {
+    match e {
+        PermissionError::UnknownChannel => CfError::UNKNOWN_CHANNEL,
+        PermissionError::NotAvailable => CfError::NOT_AVAILABLE,
+        _ => CfError::PERMISSION_DENIED,
+    }
+}
+
+/// Write `messages` as one frame, newline-separated.
+async fn write_all<S>(
+    writer: &mut WsWriter<S>,
+    messages: &[Bytes],
+) -> Result<(), switchboard_websocket::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let frame = if messages.len() == 1 {
+        messages[0].clone()
+    } else {
+        encode_batch(messages)
+    };
+    writer.feed(Message::Text(frame))?;
+    writer.flush().await
+}
