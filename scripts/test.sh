@@ -273,6 +273,7 @@ if wanted interop; then
       node_suite config.test.mjs
       node_suite cli_connect.test.mjs
       node_suite centrifugo.test.mjs
+      node_suite http_api.test.mjs
       if skip_requested SKIP_PYTHON; then
         skip_suite "interop: python_client.py" "SKIP_PYTHON=1"
       elif [[ ! -x "$INTEROP/.venv/bin/python" ]]; then

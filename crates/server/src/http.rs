@@ -7,6 +7,7 @@
 //! | upgrade on a reserved prefix          | 404 (those paths belong to other protocols) |
 //! | upgrade on any other path             | WebSocket; room = path (`/` = `lobby`)   |
 //! | `GET /`                               | the chat page                            |
+//! | `POST /api/<method>`                  | the server HTTP API ([`crate::api`])      |
 //! | `GET /health`                         | JSON: status, uptime, connections, stats |
 //! | anything else                         | 404                                      |
 use std::convert::Infallible;
@@ -84,6 +85,9 @@ pub(crate) async fn handle(
         }
         let room = room_for_path(path);
         return Ok(ws::upgrade(req, room, shared, peer, token));
+    }
+    if path.starts_with(crate::api::PREFIX) {
+        return Ok(crate::api::handle(req, &shared).await);
     }
     let response = match (req.method(), path) {
         (&Method::GET | &Method::HEAD, "/") => {

@@ -1,0 +1,308 @@
+//! The server HTTP API, shaped like Centrifugo's: `POST /api/<method>` with a JSON body and
+//! the key in `X-API-Key` (or `Authorization: apikey <key>`), so an application backend can
+//! publish and inspect channels.
+//!
+//! Answers: `{"result": {...}}` on success, `{"error": {"code": N, "message": "..."}}` for a
+//! request the method refuses (both HTTP 200, as Centrifugo does). HTTP errors: 401 for a
+//! missing or wrong key (and whenever no key is configured: the API is then off), 404 for an
+//! unknown method, 405 for anything but `POST`, 400 for a body that is not the method's JSON,
+//! 413 for a body larger than the largest message.
+//!
+//! Methods: `publish`, `broadcast`, `presence`, `presence_stats`, `history`,
+//! `history_remove`, `info`, `disconnect` (by `client` id; the client is told to reconnect).
+//! `channels`, `subscribe`, `unsubscribe` and `disconnect` by `user` are answered with error
+//! 108 "not available": the hub has no index of channels by pattern or of connections by
+//! user yet.
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use switchboard_core::{
+    ChannelError, CloseReason, Epoch, HistoryQuery, PublishOptions, StreamPosition,
+};
+use switchboard_protocols::centrifugo::{self as cf, Data};
+
+use crate::http::Body;
+use crate::server::Shared;
+
+/// Path prefix of the API.
+pub const PREFIX: &str = "/api/";
+
+#[derive(Deserialize)]
+struct PublishBody {
+    channel: String,
+    data: Box<RawValue>,
+}
+
+#[derive(Deserialize)]
+struct BroadcastBody {
+    channels: Vec<String>,
+    data: Box<RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ChannelBody {
+    channel: String,
+}
+
+#[derive(Deserialize)]
+struct HistoryBody {
+    channel: String,
+    #[serde(default)]
+    limit: Option<i64>,
+    #[serde(default)]
+    since: Option<cf::StreamPosition>,
+    #[serde(default)]
+    reverse: bool,
+}
+
+#[derive(Deserialize)]
+struct DisconnectBody {
+    #[serde(default)]
+    client: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    user: Option<String>,
+}
+
+/// Answer one request under [`PREFIX`].
+pub(crate) async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
+    let method = req.uri().path()[PREFIX.len()..].to_string();
+    if req.method() != Method::POST {
+        let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return r;
+    }
+    if !authorized(req.headers(), shared.config.api_key.as_deref()) {
+        return plain(StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    const KNOWN: &[&str] = &[
+        "publish",
+        "broadcast",
+        "presence",
+        "presence_stats",
+        "history",
+        "history_remove",
+        "channels",
+        "info",
+        "disconnect",
+        "subscribe",
+        "unsubscribe",
+    ];
+    if !KNOWN.contains(&method.as_str()) {
+        return plain(StatusCode::NOT_FOUND, "unknown method");
+    }
+    let limit = shared.config.max_message_size + 64 * 1024;
+    let body = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
+    };
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &body
+    };
+    match call(&method, body, shared) {
+        Ok(answer) => json_response(answer),
+        Err(BadJson(e)) => plain_owned(StatusCode::BAD_REQUEST, format!("bad request: {e}")),
+    }
+}
+
+/// A body that does not parse as the method's request.
+struct BadJson(serde_json::Error);
+
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, BadJson> {
+    serde_json::from_slice(body).map_err(BadJson)
+}
+
+fn call(method: &str, body: &[u8], shared: &Shared) -> Result<Value, BadJson> {
+    let hub = &shared.hub;
+    Ok(match method {
+        "publish" => {
+            let b: PublishBody = parse(body)?;
+            outcome(publish(shared, &b.channel, &b.data))
+        }
+        "broadcast" => {
+            let b: BroadcastBody = parse(body)?;
+            let responses: Vec<Value> = b
+                .channels
+                .iter()
+                .map(|ch| match publish(shared, ch, &b.data) {
+                    Ok(r) => json!({ "result": r }),
+                    Err(e) => json!({ "error": e }),
+                })
+                .collect();
+            json!({ "result": { "responses": responses } })
+        }
+        "presence" => {
+            let b: ChannelBody = parse(body)?;
+            outcome(hub.presence(&b.channel).map_err(channel_error).map(|m| {
+                let map: serde_json::Map<String, Value> = m
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let info = cf::ClientInfo {
+                            user: v.user,
+                            client: v.client,
+                            conn_info: v.conn_info.as_deref().and_then(json_data),
+                            chan_info: v.chan_info.as_deref().and_then(json_data),
+                        };
+                        (k, serde_json::to_value(info).unwrap_or(Value::Null))
+                    })
+                    .collect();
+                json!({ "presence": map })
+            }))
+        }
+        "presence_stats" => {
+            let b: ChannelBody = parse(body)?;
+            outcome(
+                hub.presence_stats(&b.channel)
+                    .map_err(channel_error)
+                    .map(|s| json!({ "num_clients": s.num_clients, "num_users": s.num_users })),
+            )
+        }
+        "history" => {
+            let b: HistoryBody = parse(body)?;
+            let query = HistoryQuery {
+                since: b
+                    .since
+                    .as_ref()
+                    .map(|p| StreamPosition::new(p.offset, Epoch::from_client(&p.epoch))),
+                // As in Centrifugo: no limit or 0 gives only the position, -1 everything.
+                limit: match b.limit {
+                    None => Some(0),
+                    Some(n) => usize::try_from(n).ok(),
+                },
+                reverse: b.reverse,
+            };
+            outcome(
+                hub.history(&b.channel, query)
+                    .map_err(channel_error)
+                    .map(|r| {
+                        let pubs: Vec<cf::Publication> = r
+                            .publications
+                            .iter()
+                            .map(|p| cf::Publication::from_core(p))
+                            .collect();
+                        json!({
+                            "publications": pubs,
+                            "offset": r.position.offset,
+                            "epoch": cf::wire_epoch(r.position.epoch),
+                        })
+                    }),
+            )
+        }
+        "history_remove" => {
+            let b: ChannelBody = parse(body)?;
+            outcome(
+                hub.history_remove(&b.channel)
+                    .map_err(channel_error)
+                    .map(|()| json!({})),
+            )
+        }
+        "info" => {
+            let stats = hub.stats();
+            json!({ "result": { "nodes": [{
+                "uid": "local",
+                "name": "switchboard",
+                "version": env!("CARGO_PKG_VERSION"),
+                "num_clients": stats.connections,
+                "num_channels": stats.channels,
+                "uptime": shared.started.elapsed().as_secs(),
+            }]}})
+        }
+        "disconnect" => {
+            let b: DisconnectBody = parse(body)?;
+            match b.client.as_deref().map(str::parse::<u64>) {
+                Some(Ok(id)) => {
+                    hub.disconnect(id, CloseReason::Kicked);
+                    json!({ "result": {} })
+                }
+                Some(Err(_)) => json!({ "result": {} }),
+                None => json!({ "error": cf_error(&cf::Error::NOT_AVAILABLE) }),
+            }
+        }
+        // "channels", "subscribe", "unsubscribe"
+        _ => json!({ "error": cf_error(&cf::Error::NOT_AVAILABLE) }),
+    })
+}
+
+fn publish(shared: &Shared, channel: &str, data: &RawValue) -> Result<Value, Value> {
+    let hub = &shared.hub;
+    hub.namespaces().options(channel).map_err(channel_error)?;
+    let payload = Data::from_json(data.get().to_owned())
+        .map_err(|_| cf_error(&cf::Error::BAD_REQUEST))?
+        .into_payload();
+    let report = hub.publish(channel, payload, PublishOptions::default());
+    Ok(match report.position() {
+        Some(p) if p.offset > 0 => json!({ "offset": p.offset, "epoch": cf::wire_epoch(p.epoch) }),
+        _ => json!({}),
+    })
+}
+
+fn outcome(r: Result<Value, Value>) -> Value {
+    match r {
+        Ok(v) => json!({ "result": v }),
+        Err(e) => json!({ "error": e }),
+    }
+}
+
+fn cf_error(e: &cf::Error) -> Value {
+    json!({ "code": e.code, "message": e.message })
+}
+
+fn channel_error(e: ChannelError) -> Value {
+    cf_error(&match e {
+        ChannelError::NotAvailable => cf::Error::NOT_AVAILABLE,
+        ChannelError::UnrecoverablePosition => cf::Error::UNRECOVERABLE_POSITION,
+        _ => cf::Error::UNKNOWN_CHANNEL,
+    })
+}
+
+fn json_data(bytes: &[u8]) -> Option<Data> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| Data::from_json(s.to_owned()).ok())
+}
+
+/// Constant-time comparison of the presented key with the configured one.
+fn authorized(headers: &http::HeaderMap, key: Option<&str>) -> bool {
+    let Some(key) = key else { return false };
+    let presented = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("apikey "))
+        });
+    let Some(presented) = presented else {
+        return false;
+    };
+    let (a, b) = (presented.as_bytes(), key.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn json_response(v: Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response<Body> {
+    plain_owned(status, body.to_string())
+}
+
+fn plain_owned(status: StatusCode, body: String) -> Response<Body> {
+    let v = json!({ "error": { "code": status.as_u16(), "message": body } });
+    let mut r = json_response(v);
+    *r.status_mut() = status;
+    r
+}

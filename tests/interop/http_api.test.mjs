@@ -1,0 +1,172 @@
+// The server HTTP API (`POST /api/<method>`, Centrifugo-compatible) against the
+// real binary: every method we serve, every error path, and publications from the
+// API reaching raw-room clients and `centrifuge` SDK clients alike.
+//
+// Run: SWITCHBOARD_BIN=/abs/path/to/switchboard node --test http_api.test.mjs
+
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Centrifuge } from 'centrifuge';
+import { WebSocket, startServer, join, withTimeout } from './lib/harness.mjs';
+
+const KEY = 'api-test-key';
+
+const CONFIG = `
+allow_anonymous = true
+[channel.default]
+presence = true
+history_size = 50
+history_ttl = 300
+force_recovery = true
+allow_subscribe_for_anonymous = true
+allow_publish_for_subscriber = true
+`;
+
+function once(emitter, event, pred = () => true, what = event) {
+  return withTimeout(
+    new Promise((resolve) => {
+      const f = (ctx) => {
+        if (!pred(ctx)) return;
+        emitter.removeListener(event, f);
+        resolve(ctx);
+      };
+      emitter.on(event, f);
+    }),
+    what,
+  );
+}
+
+describe('HTTP API', () => {
+  let server;
+  let dir;
+  const clients = [];
+
+  async function api(method, body, { key = KEY, raw, httpMethod = 'POST' } = {}) {
+    const headers = { 'content-type': 'application/json' };
+    if (key !== null) headers['x-api-key'] = key;
+    const res = await fetch(`${server.httpUrl}/api/${method}`, {
+      method: httpMethod,
+      headers,
+      body: httpMethod === 'POST' ? (raw ?? JSON.stringify(body ?? {})) : undefined,
+    });
+    const text = await res.text();
+    let json = null;
+    try {
+      json = JSON.parse(text);
+    } catch {}
+    return { status: res.status, json, text };
+  }
+
+  async function sdkClient() {
+    const c = new Centrifuge(server.wsUrl('/connection/websocket'), {
+      websocket: WebSocket,
+      minReconnectDelay: 50,
+      maxReconnectDelay: 200,
+    });
+    clients.push(c);
+    const p = once(c, 'connected');
+    c.connect();
+    return { c, ctx: await p };
+  }
+
+  before(async () => {
+    dir = mkdtempSync(path.join(tmpdir(), 'sb-api-'));
+    const file = path.join(dir, 'switchboard.toml');
+    writeFileSync(file, CONFIG);
+    server = await startServer(['--config', file, '--api-key', KEY]);
+  });
+
+  after(async () => {
+    for (const c of clients) c.disconnect();
+    await server.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('refuses a missing or wrong key with 401', async () => {
+    assert.equal((await api('info', {}, { key: null })).status, 401);
+    assert.equal((await api('info', {}, { key: 'wrong' })).status, 401);
+    assert.equal((await api('info', {})).status, 200);
+  });
+
+  it('answers an unknown method with 404, bad JSON with 400, GET with 405', async () => {
+    assert.equal((await api('no_such_method', {})).status, 404);
+    assert.equal((await api('publish', null, { raw: '{"channel":' })).status, 400);
+    assert.equal((await api('publish', { data: {} })).status, 400, 'channel missing');
+    assert.equal((await api('info', null, { httpMethod: 'GET' })).status, 405);
+  });
+
+  it('publishes to raw-room and SDK subscribers alike, with a stream position', async () => {
+    const raw = await join(server.wsUrl('/mixed'));
+    const { c } = await sdkClient();
+    const sub = c.newSubscription('mixed');
+    const subscribed = once(sub, 'subscribed');
+    sub.subscribe();
+    await subscribed;
+    const got = once(sub, 'publication', (ctx) => ctx.data?.from === 'api', 'API publication');
+    const r = await api('publish', { channel: 'mixed', data: { from: 'api' } });
+    assert.equal(r.status, 200);
+    assert.ok(r.json.result.offset >= 1);
+    assert.ok(r.json.result.epoch);
+    assert.deepEqual((await got).data, { from: 'api' });
+    assert.equal((await raw.next('the API publication')).text, '{"from":"api"}');
+    raw.ws.close();
+  });
+
+  it('broadcast, presence, presence_stats, history and history_remove', async () => {
+    const { c, ctx } = await sdkClient();
+    const sub = c.newSubscription('b1');
+    const subscribed = once(sub, 'subscribed');
+    sub.subscribe();
+    await subscribed;
+    const b = await api('broadcast', { channels: ['b1', 'b2'], data: 'x' });
+    assert.equal(b.json.result.responses.length, 2);
+    assert.ok(b.json.result.responses.every((r) => r.result.offset === 1));
+
+    const p = await api('presence', { channel: 'b1' });
+    assert.deepEqual(Object.keys(p.json.result.presence), [ctx.client]);
+    const s = await api('presence_stats', { channel: 'b1' });
+    assert.deepEqual(s.json.result, { num_clients: 1, num_users: 1 });
+
+    const h = await api('history', { channel: 'b2', limit: -1 });
+    assert.equal(h.json.result.publications.length, 1);
+    assert.equal(h.json.result.publications[0].data, 'x');
+    const epoch = h.json.result.epoch;
+    assert.deepEqual((await api('history_remove', { channel: 'b2' })).json, { result: {} });
+    const h2 = await api('history', { channel: 'b2', limit: -1 });
+    assert.equal(h2.json.result.publications.length, 0);
+    assert.notEqual(h2.json.result.epoch, epoch, 'removing history changes the epoch');
+
+    const bad = await api('presence', { channel: 'nope:x' });
+    assert.equal(bad.json.error.code, 102, 'unknown namespace');
+    const info = await api('info', {});
+    assert.ok(info.json.result.nodes[0].num_clients >= 1);
+    assert.equal((await api('channels', {})).json.error.code, 108);
+  });
+
+  it('disconnect makes the client reconnect and recover what it missed', async () => {
+    const { c, ctx } = await sdkClient();
+    const sub = c.newSubscription('rec-api');
+    const got = [];
+    sub.on('publication', (p) => got.push(p.data.n));
+    const first = once(sub, 'subscribed');
+    sub.subscribe();
+    await first;
+    await api('publish', { channel: 'rec-api', data: { n: 0 } });
+    const gone = once(c, 'connecting', () => true, 'reconnecting after disconnect');
+    assert.deepEqual((await api('disconnect', { client: ctx.client })).json, { result: {} });
+    await gone;
+    for (let i = 1; i <= 5; i++) await api('publish', { channel: 'rec-api', data: { n: i } });
+    const again = await once(sub, 'subscribed', () => true, 'resubscribed');
+    assert.equal(again.recovered, true);
+    await withTimeout(
+      new Promise((resolve) => {
+        const t = setInterval(() => got.length >= 6 && (clearInterval(t), resolve()), 10);
+      }),
+      'all publications',
+    );
+    assert.deepEqual(got, [0, 1, 2, 3, 4, 5]);
+  });
+});
