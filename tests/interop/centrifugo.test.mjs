@@ -283,6 +283,45 @@ describe('centrifuge SDK against /connection/websocket', () => {
     raw.ws.close();
   });
 
+  it('an expired connection token makes the SDK fetch a new one and connect', async () => {
+    const stale = mint(['--user', 'erin', '--ttl', '1s']);
+    await new Promise((r) => setTimeout(r, 2100));
+    let asked = 0;
+    const c = client({
+      token: stale,
+      getToken: async () => {
+        asked += 1;
+        return mint(['--user', 'erin']);
+      },
+    });
+    const up = once(c, 'connected', () => true, 'connected with a fresh token');
+    c.connect();
+    await up;
+    assert.equal(asked, 1, 'getToken called once after error 109');
+  });
+
+  it('a connection token about to expire is refreshed without a disconnect', async () => {
+    let asked = 0;
+    const c = client({
+      token: mint(['--user', 'fay', '--ttl', '2s']),
+      getToken: async () => {
+        asked += 1;
+        return mint(['--user', 'fay', '--ttl', '1h']);
+      },
+    });
+    let disconnects = 0;
+    c.on('disconnected', () => (disconnects += 1));
+    const up = once(c, 'connected');
+    c.connect();
+    const ctx = await up;
+    assert.equal(ctx.client.length > 0, true);
+    // Past the first token's expiry: the SDK must have refreshed it in place.
+    await new Promise((r) => setTimeout(r, 4000));
+    assert.ok(asked >= 1, 'getToken was called to refresh');
+    assert.equal(disconnects, 0);
+    assert.equal(c.state, 'connected');
+  });
+
   it('a wrong token closes with 3500 and malformed JSON with 3501', async () => {
     const ws1 = new WebSocket(server.wsUrl('/connection/websocket'));
     const in1 = new Inbox(ws1);
