@@ -10,12 +10,20 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Centrifuge } from 'centrifuge';
-import { WebSocket, startServer, join, withTimeout } from './lib/harness.mjs';
+import { execFileSync } from 'node:child_process';
+import { WebSocket, startServer, join, withTimeout, binaryPath } from './lib/harness.mjs';
+
+function mint(user) {
+  return execFileSync(binaryPath(), ['token', '--secret', 'api-test-secret', '--user', user], {
+    encoding: 'utf8',
+  }).trim();
+}
 
 const KEY = 'api-test-key';
 
 const CONFIG = `
 allow_anonymous = true
+token_hmac_secret = "api-test-secret"
 [channel.default]
 presence = true
 history_size = 50
@@ -60,8 +68,9 @@ describe('HTTP API', () => {
     return { status: res.status, json, text };
   }
 
-  async function sdkClient() {
+  async function sdkClient(opts = {}) {
     const c = new Centrifuge(server.wsUrl('/connection/websocket'), {
+      ...opts,
       websocket: WebSocket,
       minReconnectDelay: 50,
       maxReconnectDelay: 200,
@@ -168,5 +177,33 @@ describe('HTTP API', () => {
       'all publications',
     );
     assert.deepEqual(got, [0, 1, 2, 3, 4, 5]);
+  });
+
+  it('subscribe, unsubscribe and disconnect by user act on that user only', async () => {
+    const { c: gina } = await sdkClient({ token: mint('gina') });
+    const { c: other } = await sdkClient({ token: mint('hal') });
+    let otherSubscribed = 0;
+    other.on('subscribed', () => (otherSubscribed += 1));
+    const subbed = once(gina, 'subscribed', (ctx) => ctx.channel === 'srv', 'server-side subscribe push');
+    const got = once(gina, 'publication', (ctx) => ctx.channel === 'srv', 'publication on srv');
+    assert.deepEqual((await api('subscribe', { user: 'gina', channel: 'srv' })).json, { result: {} });
+    await subbed;
+    await api('publish', { channel: 'srv', data: { ok: 1 } });
+    assert.deepEqual((await got).data, { ok: 1 });
+    assert.equal(otherSubscribed, 0, 'another user is not subscribed');
+
+    const unsubbed = once(gina, 'unsubscribed', (ctx) => ctx.channel === 'srv', 'server-side unsubscribe push');
+    await api('unsubscribe', { user: 'gina', channel: 'srv' });
+    await unsubbed;
+    const s = await api('presence_stats', { channel: 'srv' });
+    assert.equal(s.json.result.num_clients, 0);
+
+    let otherDown = 0;
+    other.on('disconnected', () => (otherDown += 1));
+    const down = once(gina, 'connecting', () => true, 'gina reconnecting');
+    await api('disconnect', { user: 'gina' });
+    const ctx = await down;
+    assert.equal(ctx.code, 3011);
+    assert.equal(otherDown, 0);
   });
 });

@@ -9,10 +9,10 @@
 //! 413 for a body larger than the largest message.
 //!
 //! Methods: `publish`, `broadcast`, `presence`, `presence_stats`, `history`,
-//! `history_remove`, `info`, `disconnect` (by `client` id; the client is told to reconnect).
-//! `channels`, `subscribe`, `unsubscribe` and `disconnect` by `user` are answered with error
-//! 108 "not available": the hub has no index of channels by pattern or of connections by
-//! user yet.
+//! `history_remove`, `info`, `disconnect` (by `user` and/or `client` id; the client is told to
+//! reconnect), `subscribe` and `unsubscribe` (server-side, for every Centrifugo-protocol
+//! connection of `user`, told with a push). `channels` is answered with error 108 "not
+//! available": the hub has no listing of channels by pattern yet.
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -64,8 +64,15 @@ struct DisconnectBody {
     #[serde(default)]
     client: Option<String>,
     #[serde(default)]
-    #[allow(dead_code)]
     user: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct UserChannelBody {
+    user: String,
+    channel: String,
+    #[serde(default)]
+    client: Option<String>,
 }
 
 /// Answer one request under [`PREFIX`].
@@ -216,16 +223,32 @@ fn call(method: &str, body: &[u8], shared: &Shared) -> Result<Value, BadJson> {
         }
         "disconnect" => {
             let b: DisconnectBody = parse(body)?;
-            match b.client.as_deref().map(str::parse::<u64>) {
-                Some(Ok(id)) => {
-                    hub.disconnect(id, CloseReason::Kicked);
-                    json!({ "result": {} })
+            let client = b.client.as_deref().and_then(|c| c.parse::<u64>().ok());
+            match (&b.user, client) {
+                (Some(user), client) => {
+                    shared
+                        .clients
+                        .send(user, client, &crate::centrifugo::Control::Disconnect);
                 }
-                Some(Err(_)) => json!({ "result": {} }),
-                None => json!({ "error": cf_error(&cf::Error::NOT_AVAILABLE) }),
+                (None, Some(id)) => {
+                    hub.disconnect(id, CloseReason::Kicked);
+                }
+                (None, None) => {}
             }
+            json!({ "result": {} })
         }
-        // "channels", "subscribe", "unsubscribe"
+        "subscribe" | "unsubscribe" => {
+            let b: UserChannelBody = parse(body)?;
+            let control = if method == "subscribe" {
+                crate::centrifugo::Control::Subscribe(b.channel)
+            } else {
+                crate::centrifugo::Control::Unsubscribe(b.channel)
+            };
+            let client = b.client.as_deref().and_then(|c| c.parse::<u64>().ok());
+            shared.clients.send(&b.user, client, &control);
+            json!({ "result": {} })
+        }
+        // "channels"
         _ => json!({ "error": cf_error(&cf::Error::NOT_AVAILABLE) }),
     })
 }

@@ -46,8 +46,8 @@ use switchboard_protocols::centrifugo::{
     self as cf, commands, encode_batch, encode_publication_push, wire_epoch, Command,
     ConnectResult, Data, Disconnect, Error as CfError, HistoryResult, Join, Leave, Method,
     PingResult, PresenceResult, PresenceStatsResult, PublishResult, Push, PushBody, RefreshResult,
-    Reply, ReplyResult, RpcRequest, SubRefreshResult, SubscribeRequest, SubscribeResult,
-    UnsubscribeResult,
+    Reply, ReplyResult, RpcRequest, SubRefreshResult, SubscribePush, SubscribeRequest,
+    SubscribeResult, UnsubscribePush, UnsubscribeResult,
 };
 use switchboard_websocket::codec::Config as CodecConfig;
 use switchboard_websocket::handshake::validate_server_request;
@@ -71,6 +71,48 @@ const BATCH: usize = 64;
 const READ_AHEAD: usize = 16;
 /// How long to wait for the peer's close reply once ours is sent.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// What the HTTP API can ask of a connected client.
+#[derive(Debug, Clone)]
+pub(crate) enum Control {
+    /// Subscribe the client to this channel (server-side) and tell it with a push.
+    Subscribe(String),
+    /// Unsubscribe the client from this channel and tell it with a push.
+    Unsubscribe(String),
+    /// Close the connection with 3011 "force reconnect".
+    Disconnect,
+}
+
+/// The connected Centrifugo-protocol clients by id, with their user, so the HTTP API can reach
+/// them by user.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    conns:
+        std::sync::Mutex<std::collections::HashMap<u64, (String, mpsc::UnboundedSender<Control>)>>,
+}
+
+impl Registry {
+    /// Sends `control` to every connection of `user` (or only to `client`, when given);
+    /// returns how many were reached.
+    pub(crate) fn send(&self, user: &str, client: Option<u64>, control: &Control) -> usize {
+        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns
+            .iter()
+            .filter(|(id, (u, _))| u == user && client.is_none_or(|c| c == **id))
+            .filter(|(_, (_, tx))| tx.send(control.clone()).is_ok())
+            .count()
+    }
+
+    fn insert(&self, id: u64, user: String, tx: mpsc::UnboundedSender<Control>) {
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns.insert(id, (user, tx));
+    }
+
+    fn remove(&self, id: u64) {
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns.remove(&id);
+    }
+}
 
 /// Answer an upgrade request on [`PATH`].
 pub(crate) fn upgrade(
@@ -179,10 +221,13 @@ async fn run<S>(
             }
         }
     });
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
     let mut conn = Conn {
         shared: Arc::clone(&shared),
         peer,
         rx,
+        control_tx,
+        control_rx,
         handle: None,
         subs: HashSet::new(),
         expires_at: None,
@@ -216,6 +261,10 @@ struct Conn {
     shared: Arc<Shared>,
     peer: SocketAddr,
     rx: mpsc::Receiver<Bytes>,
+    /// Registered with [`Registry`] once connected.
+    control_tx: mpsc::UnboundedSender<Control>,
+    /// Requests from the HTTP API.
+    control_rx: mpsc::UnboundedReceiver<Control>,
     /// Set once `connect` succeeded.
     handle: Option<ConnHandle>,
     /// Channels this client subscribed to (client- and server-side).
@@ -313,6 +362,21 @@ impl Conn {
                         return End::Disconnect(Disconnect::NO_PONG);
                     }
                     out.push(cf::ping_frame());
+                }
+                Some(control) = self.control_rx.recv() => {
+                    match control {
+                        Control::Subscribe(channel) => self.server_subscribe(channel, &mut out),
+                        Control::Unsubscribe(channel) => {
+                            if self.subs.remove(&channel) {
+                                self.shared.hub.unsubscribe(self.handle(), &channel);
+                                out.push(Push::new(channel, PushBody::Unsubscribe(UnsubscribePush {
+                                    code: cf::unsubscribe_code::SERVER,
+                                    reason: "server unsubscribe".to_string(),
+                                })).encode());
+                            }
+                        }
+                        Control::Disconnect => return End::Disconnect(Disconnect::FORCE_RECONNECT),
+                    }
                 }
                 _ = expiry => {
                     return End::Disconnect(Disconnect::EXPIRED);
@@ -412,6 +476,9 @@ impl Conn {
             result.expires = true;
             result.ttl = u32::try_from(at.saturating_sub(unix_now())).unwrap_or(u32::MAX);
         }
+        self.shared
+            .clients
+            .insert(handle.id(), user_of(&handle), self.control_tx.clone());
         self.handle = Some(handle);
         // Server-side subscriptions: granted by the token, no permission check.
         for channel in channels {
@@ -442,6 +509,33 @@ impl Conn {
             }
         }
         Ok(Some(outbox))
+    }
+
+    /// A server-side subscription requested through the HTTP API.
+    fn server_subscribe(&mut self, channel: String, out: &mut Vec<Bytes>) {
+        if self.subs.contains(&channel) {
+            return;
+        }
+        let req = SubscribeRequest {
+            channel: channel.clone(),
+            ..Default::default()
+        };
+        match self.join(&req, None) {
+            Ok(r) => out.push(
+                Push::new(
+                    channel,
+                    PushBody::Subscribe(SubscribePush {
+                        recoverable: r.recoverable,
+                        epoch: r.epoch,
+                        offset: r.offset,
+                        positioned: r.positioned,
+                        data: None,
+                    }),
+                )
+                .encode(),
+            ),
+            Err(e) => tracing::debug!(peer = %self.peer, %channel, "server subscribe failed: {e}"),
+        }
     }
 
     fn handle_frame(&mut self, frame: &[u8], out: &mut Vec<Bytes>) -> Step {
@@ -709,6 +803,18 @@ impl Conn {
             },
         ))
     }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(handle) = &self.handle {
+            self.shared.clients.remove(handle.id());
+        }
+    }
+}
+
+fn user_of(handle: &ConnHandle) -> String {
+    handle.info().user.clone().unwrap_or_default()
 }
 
 /// A publication as sent inside replies (history, recovery), with the publisher's info.

@@ -61,6 +61,8 @@ pub(crate) struct Shared {
     pub(crate) welcome: Option<Message>,
     /// Verifies connection and subscription tokens of Centrifugo-protocol clients.
     pub(crate) verifier: TokenVerifier,
+    /// Connected Centrifugo-protocol clients, for the HTTP API.
+    pub(crate) clients: crate::centrifugo::Registry,
 }
 
 /// Configures a [`Server`].
@@ -142,6 +144,7 @@ impl ServerBuilder {
                 started: Instant::now(),
                 welcome,
                 verifier,
+                clients: Default::default(),
             }),
         })
     }
