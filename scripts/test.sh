@@ -281,6 +281,7 @@ if wanted interop; then
         FAILED+=("interop: python_client.py (no venv)")
       else
         run_suite "interop: python_client.py" 300 "$INTEROP/.venv/bin/python" "$INTEROP/python_client.py"
+        run_suite "interop: cent_api.py" 120 "$INTEROP/.venv/bin/python" "$INTEROP/cent_api.py"
       fi
       if skip_requested SKIP_BROWSER; then
         skip_suite "interop: browser.test.mjs" "SKIP_BROWSER=1"
