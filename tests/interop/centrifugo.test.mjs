@@ -341,3 +341,36 @@ describe('centrifuge SDK against /connection/websocket', () => {
     assert.equal((await in2.close()).code, 3501);
   });
 });
+
+describe('centrifugo heartbeat', () => {
+  let server;
+  before(async () => {
+    server = await startServer(['--allow-anonymous', '--ping-interval', '1', '--ping-timeout', '1']);
+  });
+  after(() => server.stop());
+
+  it('the SDK answers the server pings and stays connected', async () => {
+    const c = new Centrifuge(server.wsUrl('/connection/websocket'), { websocket: WebSocket });
+    let disconnects = 0;
+    c.on('disconnected', () => (disconnects += 1));
+    const up = once(c, 'connected');
+    c.connect();
+    const ctx = await up;
+    assert.equal(ctx.client.length > 0, true);
+    await new Promise((r) => setTimeout(r, 3500));
+    assert.equal(disconnects, 0);
+    assert.equal(c.state, 'connected');
+    c.disconnect();
+  });
+
+  it('a client that never answers the pings is closed with 3012', async () => {
+    const ws = new WebSocket(server.wsUrl('/connection/websocket'));
+    const inbox = new Inbox(ws);
+    await opened(ws);
+    ws.send(JSON.stringify({ id: 1, connect: {} }));
+    const reply = JSON.parse((await inbox.next('connect reply')).text);
+    assert.equal(reply.connect.ping, 1);
+    assert.equal((await inbox.next('a server ping')).text, '{}');
+    assert.equal((await inbox.close()).code, 3012);
+  });
+});
