@@ -222,6 +222,7 @@ describe('centrifuge SDK against /connection/websocket', () => {
     await sub.publish({ secret: true });
     const [pub] = await inbox.until(1);
     assert.deepEqual(pub.data, { secret: true });
+    assert.equal(pub.info?.user, 'dave', 'a live publication names its publisher');
   });
 
   it('recovers every publication missed during a disconnect exactly once, in order', async () => {

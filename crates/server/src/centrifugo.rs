@@ -44,10 +44,10 @@ use switchboard_core::{
 };
 use switchboard_protocols::centrifugo::{
     self as cf, commands, encode_batch, encode_publication_push, wire_epoch, Command,
-    ConnectResult, Data, Disconnect, Error as CfError, HistoryResult, Join, Leave, Method,
-    PingResult, PresenceResult, PresenceStatsResult, PublishResult, Push, PushBody, RefreshResult,
-    Reply, ReplyResult, RpcRequest, SubRefreshResult, SubscribePush, SubscribeRequest,
-    SubscribeResult, UnsubscribePush, UnsubscribeResult,
+    ConnectResult, Disconnect, Error as CfError, HistoryResult, Join, Leave, Method, PingResult,
+    PresenceResult, PresenceStatsResult, PublishResult, Push, PushBody, RefreshResult, Reply,
+    ReplyResult, RpcRequest, SubRefreshResult, SubscribePush, SubscribeRequest, SubscribeResult,
+    UnsubscribePush, UnsubscribeResult,
 };
 use switchboard_websocket::codec::Config as CodecConfig;
 use switchboard_websocket::handshake::validate_server_request;
@@ -819,25 +819,12 @@ fn user_of(handle: &ConnHandle) -> String {
 
 /// A publication as sent inside replies (history, recovery), with the publisher's info.
 fn publication(p: &switchboard_core::Publication) -> cf::Publication {
-    let mut out = cf::Publication::from_core(p);
-    out.info = p.info.as_deref().map(client_info);
-    out
+    cf::Publication::from_core(p)
 }
 
 /// The protocol's view of a member.
 fn client_info(info: &switchboard_core::ClientInfo) -> cf::ClientInfo {
-    cf::ClientInfo {
-        user: info.user.clone(),
-        client: info.client.clone(),
-        conn_info: info.conn_info.as_deref().and_then(json_data),
-        chan_info: info.chan_info.as_deref().and_then(json_data),
-    }
-}
-
-fn json_data(bytes: &[u8]) -> Option<Data> {
-    std::str::from_utf8(bytes)
-        .ok()
-        .and_then(|s| Data::from_json(s.to_owned()).ok())
+    cf::ClientInfo::from_core(info)
 }
 
 /// The frame line for one outbox item; `None` for items this protocol does not show.

@@ -53,6 +53,24 @@ pub struct ClientInfo {
     pub chan_info: Option<Data>,
 }
 
+impl ClientInfo {
+    /// The protocol's view of a core member or publisher. Info that is not valid JSON (it
+    /// always is when it came from a token) is left out rather than sent broken.
+    pub fn from_core(info: &switchboard_core::ClientInfo) -> ClientInfo {
+        let json = |b: &Option<bytes::Bytes>| {
+            b.as_deref()
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .and_then(|s| Data::from_json(s.to_owned()).ok())
+        };
+        ClientInfo {
+            user: info.user.clone(),
+            client: info.client.clone(),
+            conn_info: json(&info.conn_info),
+            chan_info: json(&info.chan_info),
+        }
+    }
+}
+
 /// A publication as a client sees it: `{"data":{...},"offset":7}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Publication {
@@ -71,14 +89,12 @@ pub struct Publication {
 }
 
 impl Publication {
-    /// The client view of a core publication: its payload as `data` and its offset.
-    ///
-    /// The core knows the publisher only as a connection id, so `info` stays empty; the
-    /// server may fill it in.
+    /// The client view of a core publication: its payload as `data`, its offset, and the
+    /// publisher's client info when a client published it.
     pub fn from_core(publication: &CorePublication) -> Publication {
         Publication {
             data: Some(Data::from_payload(&publication.payload)),
-            info: None,
+            info: publication.info.as_deref().map(ClientInfo::from_core),
             offset: publication.offset,
             tags: BTreeMap::new(),
         }
