@@ -329,3 +329,32 @@ fn plain_owned(status: StatusCode, body: String) -> Response<Body> {
     *r.status_mut() = status;
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn key_checks() {
+        assert!(authorized(&headers(&[("x-api-key", "k1")]), Some("k1")));
+        assert!(authorized(
+            &headers(&[("authorization", "apikey k1")]),
+            Some("k1")
+        ));
+        assert!(!authorized(&headers(&[("x-api-key", "k2")]), Some("k1")));
+        assert!(!authorized(&headers(&[("x-api-key", "k1x")]), Some("k1")));
+        assert!(!authorized(&headers(&[]), Some("k1")));
+        assert!(
+            !authorized(&headers(&[("x-api-key", "")]), None),
+            "no configured key: the API is off"
+        );
+    }
+}
