@@ -16,8 +16,10 @@
 //! consumer → 1008 "slow consumer" (or the socket is dropped when it does not drain at all);
 //! room full → 1008 "room full"; message too big → 1009 (sent by the codec); a panic while
 //! handling a message → 1011 "internal error"; no answer to pings → the socket is dropped.
+use std::future::Future as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,11 +33,11 @@ use switchboard_websocket::{
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinHandle;
 
-use crate::crash::{self, CatchPanic};
+use crate::crash;
 use crate::heartbeat::{Beat, Heartbeat};
 use crate::server::{MessageHook, Shared};
 use crate::shutdown::ShutdownToken;
-use crate::stats::{ConnectionSlot, Counter};
+use crate::stats::{ConnectionSlot, Counter, ServerCounters};
 
 /// Most deliveries written per flush.
 const BATCH: usize = 64;
@@ -74,9 +76,23 @@ pub(crate) fn spawn<S>(
 {
     let peer = params.peer;
     let id = handle.id();
+    let counters = Arc::clone(&shared.counters);
+    // The connection future is the largest thing an idle connection owns: keep it inline in
+    // the task (one allocation) rather than boxed inside it, and catch a panic per poll.
+    let conn = run(io, handle, outbox, params, shared, token);
     tokio::spawn(async move {
-        let counters = Arc::clone(&shared.counters);
-        if let Err(p) = CatchPanic::new(run(io, handle, outbox, params, shared, token)).await {
+        let mut conn = std::pin::pin!(conn);
+        let caught = std::future::poll_fn(|cx| {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conn.as_mut().poll(cx)))
+            {
+                Ok(Poll::Pending) => Poll::Pending,
+                Ok(Poll::Ready(())) => Poll::Ready(None),
+                // Never polled again after this, so no broken invariant can be observed.
+                Err(p) => Poll::Ready(Some(crash::panic_message(p.as_ref()))),
+            }
+        })
+        .await;
+        if let Some(p) = caught {
             counters.bump(Counter::ClosedPanic);
             tracing::error!(%peer, id, "panic in connection writer: {p}");
         }
@@ -120,6 +136,7 @@ struct ReadCtx {
     id: ConnId,
     echo: bool,
     hook: Option<MessageHook>,
+    counters: Arc<ServerCounters>,
 }
 
 async fn run<S>(
@@ -150,8 +167,12 @@ async fn run<S>(
     tracing::debug!(%peer, id, %room, deflate = params.deflate.is_some(), "connected");
 
     if !params.joined {
-        close_with(&mut writer, CloseCode::POLICY, "room full").await;
-        linger(&mut reader, CLOSE_LINGER).await;
+        // Cold paths are boxed so their futures do not enlarge every connection's state.
+        Box::pin(async {
+            close_with(&mut writer, CloseCode::POLICY, "room full").await;
+            linger(&mut reader, CLOSE_LINGER).await;
+        })
+        .await;
         return;
     }
 
@@ -174,6 +195,7 @@ async fn run<S>(
         id,
         echo: params.echo,
         hook: shared.on_message.clone(),
+        counters: Arc::clone(&shared.counters),
     };
     // The WebSocket layer stamps every received frame; the heartbeat reads that stamp.
     let tracker = Arc::new(reader.tracker());
@@ -194,7 +216,7 @@ async fn run<S>(
     .await;
 
     let c = &shared.counters;
-    let reason: &str = match end {
+    let reason: &str = Box::pin(async { match end {
         WriteEnd::Shutdown => {
             close_with(&mut writer, CloseCode::GOING_AWAY, "going away").await;
             await_reader(&mut reader_task, config.shutdown_timeout).await;
@@ -211,11 +233,6 @@ async fn run<S>(
                 }
                 ReadEnd::Eof => "connection lost",
                 ReadEnd::Error(e) => {
-                    match e.close_code() {
-                        Some(CloseCode::TOO_BIG) => c.bump(Counter::ClosedTooBig),
-                        Some(_) => c.bump(Counter::ClosedProtocolError),
-                        None => {}
-                    }
                     let _ = writer.flush().await;
                     tracing::debug!(%peer, id, "read error: {e}");
                     reader.drain(CLOSE_LINGER).await;
@@ -263,7 +280,8 @@ async fn run<S>(
             tracing::debug!(%peer, id, "write failed: {e}");
             "write error"
         }
-    };
+    }})
+    .await;
     reader_task.abort();
     // Leaving the room and the hub happens when the handle drops, before the socket closes.
     drop(handle);
@@ -281,7 +299,8 @@ async fn write_loop<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut batch: Vec<Delivery> = Vec::with_capacity(BATCH);
+    // Grows with the first batch; an idle connection that never received holds none.
+    let mut batch: Vec<Delivery> = Vec::new();
     let stop = token.triggered();
     tokio::pin!(stop);
     loop {
@@ -336,6 +355,10 @@ where
                         Err(e) => return WriteEnd::WriteError(e),
                     }
                 }
+                if batch.capacity() > 8 {
+                    // Do not keep a burst's batch capacity on a connection that goes idle.
+                    batch = Vec::new();
+                }
                 if let Err(end) = flush_bounded(writer, outbox, &mut stop, stall).await {
                     return end;
                 }
@@ -356,13 +379,24 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: std::future::Future<Output = ()>,
 {
-    let flush = writer.flush();
-    tokio::pin!(flush);
-    tokio::select! {
-        biased;
-        r = &mut flush => return r.map_err(WriteEnd::WriteError),
-        _ = std::future::ready(()) => {}
+    let mut flush = std::pin::pin!(writer.flush());
+    if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(flush.as_mut().poll(cx))).await {
+        return r.map_err(WriteEnd::WriteError);
     }
+    Box::pin(flush_stalled(flush, outbox, stop, stall)).await
+}
+
+/// The slow half of [`flush_bounded`]: the socket did not take everything at once.
+async fn flush_stalled<S, F, W>(
+    mut flush: std::pin::Pin<&mut W>,
+    outbox: &Outbox,
+    stop: &mut std::pin::Pin<&mut F>,
+    stall: Duration,
+) -> Result<(), WriteEnd<S>>
+where
+    F: std::future::Future<Output = ()>,
+    W: std::future::Future<Output = Result<(), WsError>>,
+{
     let deadline = tokio::time::sleep(stall);
     tokio::pin!(deadline);
     let mut check = tokio::time::interval(STALL_CHECK);
@@ -392,7 +426,16 @@ where
     let end = loop {
         let msg = match reader.next().await {
             None => break ReadEnd::Eof,
-            Some(Err(e)) => break ReadEnd::Error(e),
+            Some(Err(e)) => {
+                // Counted here, as soon as the codec has sent its close code, so the count is
+                // visible to anyone who saw that close frame.
+                match e.close_code() {
+                    Some(CloseCode::TOO_BIG) => ctx.counters.bump(Counter::ClosedTooBig),
+                    Some(_) => ctx.counters.bump(Counter::ClosedProtocolError),
+                    None => {}
+                }
+                break ReadEnd::Error(e);
+            }
             Some(Ok(msg)) => msg,
         };
         match &msg {

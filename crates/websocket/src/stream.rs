@@ -28,8 +28,11 @@
 //! Write readiness is signalled to both halves (a fan-out waker), because either may be the
 //! one flushing.
 //!
-//! The read buffer starts small (4 KiB, so idle connections stay cheap), grows only as far as
-//! the frame being read needs, and is given back after a large message.
+//! An idle connection holds no read buffer at all: while nothing is buffered, a read lands in
+//! a buffer on the stack and only the bytes that arrived are copied into a heap buffer of
+//! exactly that size (the decoded message then shares that allocation). Only a partial frame
+//! keeps a heap buffer between reads; it grows as far as the frame being read needs and is
+//! given back once the frame is complete.
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
@@ -49,8 +52,11 @@ use crate::error::Error;
 use crate::message::Message;
 use crate::prepared::PreparedMessage;
 
-/// Initial (and resting) capacity of the read buffer.
+/// Smallest step by which a read buffer holding a partial frame grows.
 const READ_BUF_MIN: usize = 4 * 1024;
+/// Size of the on-stack buffer a read lands in when nothing is buffered. Large enough for a
+/// typical message (and a 16 KiB one with its header) to arrive in one read.
+const STACK_READ: usize = 32 * 1024;
 /// A read buffer larger than this is replaced by a small one once it is empty again.
 const READ_BUF_KEEP: usize = 64 * 1024;
 /// A write buffer larger than this is dropped once everything has been written.
@@ -550,10 +556,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WebSocket<S> {
             wakers: Arc::new(WriteWakers::default()),
             tracker: PingTracker::new(),
         });
-        let mut buf = read_buf;
-        if buf.capacity() < READ_BUF_MIN {
-            buf.reserve(READ_BUF_MIN - buf.len());
-        }
+        let buf = read_buf;
         WebSocket {
             reader: WsReader {
                 shared: shared.clone(),
@@ -707,7 +710,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsReader<S> {
     /// a TCP reset, which can destroy that close frame before the peer reads it (a client
     /// still streaming an oversized message would see 1006 instead of 1009).
     pub async fn drain(&mut self, limit: Duration) {
-        self.buf = BytesMut::with_capacity(READ_BUF_MIN);
+        self.buf = BytesMut::new();
         let _ = tokio::time::timeout(limit, async {
             loop {
                 self.buf.clear();
@@ -822,6 +825,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsReader<S> {
                     return Poll::Ready(Fill::TimedOut);
                 }
             }
+        }
+        if self.buf.is_empty() {
+            // Nothing partial is buffered: give the buffer back (an idle connection then holds
+            // none) and read onto the stack.
+            self.buf = BytesMut::new();
+            let mut stack = [const { std::mem::MaybeUninit::<u8>::uninit() }; STACK_READ];
+            let mut rb = ReadBuf::uninit(&mut stack);
+            return match Pin::new(&mut g.io).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => Poll::Ready(Fill::Eof),
+                Poll::Ready(Ok(())) => {
+                    self.buf.extend_from_slice(rb.filled());
+                    Poll::Ready(Fill::Data)
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Fill::Err(e.into())),
+                Poll::Pending => Poll::Pending,
+            };
         }
         if self.buf.capacity() - self.buf.len() < 1024 {
             // Grow geometrically while a large frame streams in; the decoder has already
