@@ -7,15 +7,16 @@
 //!
 //! Cost: no extra task and no per-ping allocation. The WebSocket layer already stamps the
 //! time of every received frame in its [`PingTracker`]; the writer task's `select!` owns one
-//! `Interval` and one `Sleep` ([`Heartbeat`]) and compares that stamp with the time of its
-//! last ping.
+//! timer ([`Heartbeat`]), armed for the next ping or, while a ping is unanswered, for whichever
+//! comes first of the next ping and the answer's deadline, and compares that stamp with the
+//! time of its last ping. One timer rather than two keeps an idle connection small.
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_websocket::stream::PingTracker;
-use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
+use tokio::time::{Instant, Sleep};
 
 /// Something that knows when the peer was last heard from.
 pub trait PeerActivity: Send + Sync + 'static {
@@ -77,14 +78,20 @@ pub enum Beat {
     Dead,
 }
 
-/// The writer task's heartbeat timers.
+/// The writer task's heartbeat timer.
 pub struct Heartbeat {
-    interval: Interval,
+    interval: Duration,
     timeout: Duration,
     activity: Arc<dyn PeerActivity>,
     /// When the unanswered ping was sent, if any.
     pending: Option<std::time::Instant>,
-    deadline: Pin<Box<Sleep>>,
+    /// When the next ping is due.
+    next_ping: Instant,
+    /// When the pending ping must have been answered.
+    dead_at: Instant,
+    /// The one timer, armed for `armed`.
+    timer: Pin<Box<Sleep>>,
+    armed: Instant,
 }
 
 impl Heartbeat {
@@ -94,34 +101,49 @@ impl Heartbeat {
         timeout: Duration,
         activity: Arc<dyn PeerActivity>,
     ) -> Heartbeat {
-        let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let first = Instant::now() + interval;
         Heartbeat {
-            interval: ticker,
+            interval,
             timeout,
             activity,
             pending: None,
-            deadline: Box::pin(tokio::time::sleep(Duration::from_secs(86_400))),
+            next_ping: first,
+            dead_at: first,
+            timer: Box::pin(tokio::time::sleep_until(first)),
+            armed: first,
         }
     }
 
-    /// Wait for the next heartbeat action. Cancel-safe: meant for a `select!` branch.
+    /// Wait for the next heartbeat action. Cancel-safe: meant for a `select!` branch (state
+    /// only changes after the timer fired, right before returning).
     pub async fn next(&mut self) -> Beat {
         loop {
-            tokio::select! {
-                _ = self.interval.tick() => {
-                    self.settle();
-                    if self.pending.is_none() {
-                        self.pending = Some(std::time::Instant::now());
-                        self.deadline.as_mut().reset(Instant::now() + self.timeout);
-                        return Beat::Ping;
-                    }
+            let target = match self.pending {
+                Some(_) => self.next_ping.min(self.dead_at),
+                None => self.next_ping,
+            };
+            // Re-arming touches the timer wheel; only do it when the target moved (this
+            // future is created on every pass of the connection's `select!`).
+            if target != self.armed {
+                self.timer.as_mut().reset(target);
+                self.armed = target;
+            }
+            self.timer.as_mut().await;
+            let now = Instant::now();
+            if self.pending.is_some() && now >= self.dead_at {
+                self.settle();
+                if self.pending.is_some() {
+                    return Beat::Dead;
                 }
-                _ = self.deadline.as_mut(), if self.pending.is_some() => {
-                    self.settle();
-                    if self.pending.is_some() {
-                        return Beat::Dead;
-                    }
+            }
+            if now >= self.next_ping {
+                // A late tick delays the following ones rather than bunching them up.
+                self.next_ping = now + self.interval;
+                self.settle();
+                if self.pending.is_none() {
+                    self.pending = Some(std::time::Instant::now());
+                    self.dead_at = now + self.timeout;
+                    return Beat::Ping;
                 }
             }
         }

@@ -668,8 +668,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsReader<S> {
                 Err(e) => {
                     let reason = short_reason(&e.to_string());
                     let frame = e.close_code().map(|c| CloseFrame::new(c, reason));
-                    self.finish(frame.or(Some(CloseFrame::new(CloseCode::PROTOCOL_ERROR, ""))))
-                        .await;
+                    // Cold paths are boxed so they do not enlarge every connection's state.
+                    Box::pin(
+                        self.finish(frame.or(Some(CloseFrame::new(CloseCode::PROTOCOL_ERROR, "")))),
+                    )
+                    .await;
                     return Some(Err(e));
                 }
             }
@@ -693,7 +696,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsReader<S> {
                 Fill::TimedOut => {
                     // The peer never answered our close: give up on a clean close.
                     self.done = true;
-                    let _ = self.flush_shutdown_bounded().await;
+                    let _ = Box::pin(self.flush_shutdown_bounded()).await;
                     return None;
                 }
                 Fill::Err(e) => {
@@ -765,7 +768,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsReader<S> {
                 let reply = frame
                     .as_ref()
                     .map(|f| CloseFrame::new(f.code, String::new()));
-                self.finish(reply).await;
+                Box::pin(self.finish(reply)).await;
             }
             _ => {}
         }
