@@ -78,15 +78,7 @@ struct UserChannelBody {
 /// Answer one request under [`PREFIX`].
 pub(crate) async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
     let method = req.uri().path()[PREFIX.len()..].to_string();
-    if req.method() != Method::POST {
-        let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return r;
-    }
-    if !authorized(req.headers(), shared.config.api_key.as_deref()) {
-        return plain(StatusCode::UNAUTHORIZED, "unauthorized");
-    }
+    // An unknown path under /api/ is a 404 whatever the HTTP method, like any other path.
     const KNOWN: &[&str] = &[
         "publish",
         "broadcast",
@@ -102,6 +94,15 @@ pub(crate) async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<
     ];
     if !KNOWN.contains(&method.as_str()) {
         return plain(StatusCode::NOT_FOUND, "unknown method");
+    }
+    if req.method() != Method::POST {
+        let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return r;
+    }
+    if !authorized(req.headers(), shared.config.api_key.as_deref()) {
+        return plain(StatusCode::UNAUTHORIZED, "unauthorized");
     }
     let limit = shared.config.max_message_size + 64 * 1024;
     let body = match Limited::new(req.into_body(), limit).collect().await {
