@@ -289,6 +289,7 @@ if wanted interop; then
         skip_suite "interop: browser.test.mjs" "chromium is not installed (apt-get install chromium)"
       else
         node_suite browser.test.mjs
+        node_suite browser_channels.test.mjs
       fi
     fi
   fi
