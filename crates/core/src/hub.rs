@@ -654,6 +654,42 @@ impl Hub {
         self.inner.channels.iter().map(|s| s.read().len()).sum()
     }
 
+    /// The channels that currently have at least one member, with their
+    /// member counts, in no particular order; only those whose name passes
+    /// `keep`. Channels kept only for their history (no members) are left
+    /// out.
+    ///
+    /// Each shard's lock is held only while its map is scanned (`keep` runs
+    /// under it, so it should be cheap, like a name match); the counts are
+    /// read afterwards, one channel at a time. The listing is therefore a
+    /// snapshot per shard, not of the whole hub: a channel joined or left
+    /// meanwhile may or may not appear.
+    pub fn channels_with_members(
+        &self,
+        mut keep: impl FnMut(&str) -> bool,
+    ) -> Vec<(Arc<str>, usize)> {
+        let mut out = Vec::new();
+        let mut picked: Vec<Arc<Channel>> = Vec::new();
+        for shard in self.inner.channels.iter() {
+            picked.extend(
+                shard
+                    .read()
+                    .iter()
+                    .filter(|(name, _)| keep(name))
+                    .map(|(_, ch)| Arc::clone(ch)),
+            );
+            // Counted outside the shard lock: a count takes the channel's
+            // members lock, which publishers hold during fan-out.
+            for ch in picked.drain(..) {
+                let n = ch.member_count();
+                if n > 0 {
+                    out.push((Arc::clone(ch.name()), n));
+                }
+            }
+        }
+        out
+    }
+
     /// The live channel named `name`, if it has members or is kept for its
     /// history.
     pub fn channel(&self, name: &str) -> Option<Arc<Channel>> {
@@ -902,6 +938,53 @@ impl std::fmt::Debug for Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn channels_with_members_lists_counts_and_skips_history_only_channels() {
+        let ns = Namespaces::default().with(
+            "h",
+            ChannelOptions {
+                history_size: 10,
+                history_ttl: std::time::Duration::from_secs(60),
+                ..ChannelOptions::default()
+            },
+        );
+        let hub = Hub::with_namespaces(HubLimits::default(), ns);
+        let (a, _a_out) = hub.register(ConnInfo::default()).unwrap();
+        let (b, _b_out) = hub.register(ConnInfo::default()).unwrap();
+        hub.subscribe(&a, "x").unwrap();
+        hub.subscribe(&b, "x").unwrap();
+        hub.subscribe(&a, "h:y").unwrap();
+        // Kept alive by its history alone: no members, so not listed.
+        hub.publish("h:kept", Payload::text("."), PublishOptions::default());
+        assert_eq!(hub.channel_count(), 3);
+
+        let sorted = |mut v: Vec<(Arc<str>, usize)>| {
+            v.sort();
+            v.into_iter()
+                .map(|(n, c)| (n.to_string(), c))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            sorted(hub.channels_with_members(|_| true)),
+            vec![("h:y".to_string(), 1), ("x".to_string(), 2)]
+        );
+        assert_eq!(
+            sorted(hub.channels_with_members(|n| n.starts_with("h:"))),
+            vec![("h:y".to_string(), 1)]
+        );
+
+        hub.unsubscribe(&b, "x");
+        assert_eq!(
+            sorted(hub.channels_with_members(|_| true)),
+            vec![("h:y".to_string(), 1), ("x".to_string(), 1)]
+        );
+        drop(a);
+        // "h:y" keeps its (empty) history but has no members any more.
+        assert!(hub.channels_with_members(|_| true).is_empty());
+        assert!(hub.channel_count() >= 1);
+        drop(b);
+    }
 
     /// The window between looking a channel up and joining it is too narrow
     /// to hit reliably from threads, so stage it by hand: the last member has
