@@ -152,7 +152,54 @@ describe('HTTP API', () => {
     assert.equal(bad.json.error.code, 102, 'unknown namespace');
     const info = await api('info', {});
     assert.ok(info.json.result.nodes[0].num_clients >= 1);
-    assert.equal((await api('channels', {})).json.error.code, 108);
+  });
+
+  it('channels lists channels with subscribers and their counts, filtered by pattern', async () => {
+    const subscribe = async (c, channel) => {
+      const sub = c.newSubscription(channel);
+      const done = once(sub, 'subscribed', () => true, `subscribed to ${channel}`);
+      sub.subscribe();
+      await done;
+      return sub;
+    };
+    const { c: one } = await sdkClient();
+    const { c: two } = await sdkClient();
+    const oneA = await subscribe(one, 'lst-a');
+    const oneB = await subscribe(one, 'lst-b');
+    await subscribe(two, 'lst-a');
+    // Kept by its history (the namespace keeps some) but without subscribers: not listed.
+    await api('publish', { channel: 'lst-history-only', data: {} });
+
+    const all = await api('channels', {});
+    assert.equal(all.status, 200);
+    assert.deepEqual(all.json.result.channels['lst-a'], { num_clients: 2 });
+    assert.deepEqual(all.json.result.channels['lst-b'], { num_clients: 1 });
+    assert.equal(all.json.result.channels['lst-history-only'], undefined);
+
+    const ours = await api('channels', { pattern: 'lst-*' });
+    assert.deepEqual(ours.json.result, {
+      channels: { 'lst-a': { num_clients: 2 }, 'lst-b': { num_clients: 1 } },
+    });
+    const onlyB = await api('channels', { pattern: '*-b' });
+    assert.deepEqual(onlyB.json.result, { channels: { 'lst-b': { num_clients: 1 } } });
+    assert.deepEqual((await api('channels', { pattern: 'lst-' })).json.result, { channels: {} });
+
+    // Leaving: one unsubscribes from both, two disconnects.
+    oneA.unsubscribe();
+    oneB.unsubscribe();
+    two.disconnect();
+    let polling = true;
+    await withTimeout(
+      (async () => {
+        while (polling) {
+          const r = await api('channels', { pattern: 'lst-*' });
+          if (Object.keys(r.json.result.channels).length === 0) return;
+          await new Promise((resolve) => setTimeout(resolve, 20));
+        }
+      })(),
+      'the lst-* channels to empty',
+    ).finally(() => (polling = false));
+    assert.deepEqual((await api('channels', { pattern: 'lst-*' })).json, { result: { channels: {} } });
   });
 
   it('disconnect makes the client reconnect and recover what it missed', async () => {

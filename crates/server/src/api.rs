@@ -11,8 +11,15 @@
 //! Methods: `publish`, `broadcast`, `presence`, `presence_stats`, `history`,
 //! `history_remove`, `info`, `disconnect` (by `user` and/or `client` id; the client is told to
 //! reconnect), `subscribe` and `unsubscribe` (server-side, for every Centrifugo-protocol
-//! connection of `user`, told with a push). `channels` is answered with error 108 "not
-//! available": the hub has no listing of channels by pattern yet.
+//! connection of `user`, told with a push), and `channels`: the channels with at least one
+//! subscriber and their `num_clients`, optionally only those whose name matches `pattern`.
+//!
+//! A `channels` pattern is a glob with one wildcard: `*` matches any run of characters
+//! (including none, and including `:`), every other character matches itself, and the whole
+//! name must match (`chat:*` lists every channel of the `chat` namespace, `*room*` any name
+//! containing `room`). An empty or missing pattern lists every channel. Centrifugo's fuller
+//! glob syntax (`?`, `[...]`, `{a,b}`, `\` escapes) is not supported: those characters match
+//! themselves.
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -57,6 +64,12 @@ struct HistoryBody {
     since: Option<cf::StreamPosition>,
     #[serde(default)]
     reverse: bool,
+}
+
+#[derive(Deserialize)]
+struct ChannelsBody {
+    #[serde(default)]
+    pattern: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -249,9 +262,51 @@ fn call(method: &str, body: &[u8], shared: &Shared) -> Result<Value, BadJson> {
             shared.clients.send(&b.user, client, &control);
             json!({ "result": {} })
         }
-        // "channels"
+        "channels" => {
+            let b: ChannelsBody = parse(body)?;
+            let pattern = b.pattern.unwrap_or_default();
+            let listed = hub.channels_with_members(|name| glob_match(&pattern, name));
+            let channels: serde_json::Map<String, Value> = listed
+                .into_iter()
+                .map(|(name, n)| (name.to_string(), json!({ "num_clients": n })))
+                .collect();
+            json!({ "result": { "channels": channels } })
+        }
+        // `handle` only lets the methods matched above through.
         _ => json!({ "error": cf_error(&cf::Error::NOT_AVAILABLE) }),
     })
+}
+
+/// Whether `name` matches `pattern`, where `*` matches any run of bytes and every other
+/// byte matches itself; an empty pattern matches everything.
+///
+/// Greedy with one backtrack point (the latest `*`): on a mismatch the latest star takes
+/// one more byte and matching resumes after it. Earlier stars never need to be revisited,
+/// so this is O(pattern × name) at worst, with no recursion.
+fn glob_match(pattern: &str, name: &str) -> bool {
+    if pattern.is_empty() {
+        return true;
+    }
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    let (mut pi, mut ni) = (0, 0);
+    // (position after the latest `*` in the pattern, name position it resumes from)
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            pi += 1;
+            star = Some((pi, ni));
+        } else if pi < p.len() && p[pi] == n[ni] {
+            pi += 1;
+            ni += 1;
+        } else if let Some((sp, sn)) = star {
+            pi = sp;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
 }
 
 fn publish(shared: &Shared, channel: &str, data: &RawValue) -> Result<Value, Value> {
@@ -341,6 +396,40 @@ mod tests {
             h.insert(*k, HeaderValue::from_static(v));
         }
         h
+    }
+
+    #[test]
+    fn glob_patterns() {
+        // Empty pattern: everything.
+        assert!(glob_match("", "a"));
+        assert!(glob_match("", ""));
+        // Literal: the whole name, nothing more or less.
+        assert!(glob_match("chat", "chat"));
+        assert!(!glob_match("chat", "chats"));
+        assert!(!glob_match("chat", "cha"));
+        // Prefix, suffix, infix.
+        assert!(glob_match("chat:*", "chat:room1"));
+        assert!(glob_match("chat:*", "chat:"));
+        assert!(!glob_match("chat:*", "chat"));
+        assert!(!glob_match("chat:*", "news:chat:x"));
+        assert!(glob_match("*:1", "news:1"));
+        assert!(!glob_match("*:1", "news:12"));
+        assert!(glob_match("*room*", "my-room-7"));
+        assert!(!glob_match("*room*", "roo"));
+        // `*` spans namespace separators; several stars need backtracking.
+        assert!(glob_match("a*b*c", "a:x:b:y:c"));
+        assert!(glob_match("a*b*c", "abbbc"));
+        assert!(!glob_match("a*b*c", "a:x:c:b"));
+        assert!(glob_match("*a*a", "aaa"));
+        assert!(!glob_match("*a*ab", "aaa"));
+        assert!(glob_match("***", "x"));
+        // Other glob syntax is literal.
+        assert!(glob_match("a?c", "a?c"));
+        assert!(!glob_match("a?c", "abc"));
+        assert!(!glob_match("[ab]", "a"));
+        // Multi-byte names match byte-wise, which is exact for UTF-8.
+        assert!(glob_match("çà*", "çà:é"));
+        assert!(!glob_match("*é", "e"));
     }
 
     #[test]
