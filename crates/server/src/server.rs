@@ -219,14 +219,25 @@ impl BoundServer {
         self.local_addr
     }
 
-    /// `http://ADDR` or `https://ADDR`.
+    /// `http://ADDR` or `https://ADDR`; a wildcard bind (`0.0.0.0`, `::`) shows the loopback
+    /// address, which a browser on this machine can open.
     pub fn url(&self) -> String {
         let scheme = if self.shared.tls.is_some() {
             "https"
         } else {
             "http"
         };
-        format!("{scheme}://{}", self.local_addr)
+        // A wildcard bind is reachable on every interface; print one a browser can open.
+        let addr = match self.local_addr.ip() {
+            ip if ip.is_unspecified() && ip.is_ipv4() => {
+                SocketAddr::from(([127, 0, 0, 1], self.local_addr.port()))
+            }
+            ip if ip.is_unspecified() => {
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, self.local_addr.port()))
+            }
+            _ => self.local_addr,
+        };
+        format!("{scheme}://{addr}")
     }
 
     /// The hub: publish to rooms, inspect members and stats.
