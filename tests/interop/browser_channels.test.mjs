@@ -5,8 +5,9 @@
 // Two users with tokens see each other online, the second sees the messages
 // sent before it joined, a page whose connection is cut gets every message
 // missed meanwhile exactly once, a lost stream shows the "could not be
-// recovered" notice, and a page without a token falls back to the raw room
-// and still chats with the others. Saves docs/screenshots/chat-channels.png.
+// recovered" notice, and a page the server refuses (no token, or a channel
+// closed to anonymous users) falls back to the raw room and still chats.
+// Saves docs/screenshots/chat-channels.png.
 //
 // Run: SWITCHBOARD_BIN=/abs/path/to/switchboard node --test browser_channels.test.mjs
 // Skipped (not failed) when no Chromium is installed.
@@ -307,7 +308,29 @@ describe('chat page over the Centrifugo protocol in Chromium', { skip: HAVE_CHRO
     await say(carol, 'from the channel');
     assert.deepEqual(await waitForMessage(guest, 'from the channel'), { nick: 'Carol', own: false });
 
+    const lines = await guest.evaluate(() => [...document.querySelectorAll('#messages .system')].map((e) => e.textContent));
+    assert.ok(lines.some((l) => l.includes('wants a token')), `no fallback reason in ${JSON.stringify(lines)}`);
+
     await carolCtx.close();
     await guestCtx.close();
+  });
+
+  it('falls back to the raw room when anonymous users may connect but not subscribe', async () => {
+    const file = path.join(dir, 'anonymous.toml');
+    // The default namespace keeps allow_subscribe_for_anonymous = false.
+    writeFileSync(file, 'allow_anonymous = true\n');
+    const anon = await startServer(['--config', file]);
+    const ctx = await browser.newContext();
+    try {
+      const page = await openPage(ctx, 'anonymous');
+      await page.goto(`${anon.httpUrl}/#lobby`);
+      await waitJoined(page, 'lobby', 'raw');
+      const lines = await page.evaluate(() => [...document.querySelectorAll('#messages .system')].map((e) => e.textContent));
+      assert.ok(lines.some((l) => l.startsWith('Channels unavailable (the channel refused this user')), JSON.stringify(lines));
+      await say(page, 'still chatting');
+    } finally {
+      await ctx.close();
+      await anon.stop();
+    }
   });
 });
