@@ -100,11 +100,14 @@ describe('HTTP API', () => {
     assert.equal((await api('info', {})).status, 200);
   });
 
-  it('answers an unknown method with 404, bad JSON with 400, GET with 405', async () => {
+  it('answers an unknown method with 404, bad JSON with 400, GET with 405, a huge body with 413', async () => {
     assert.equal((await api('no_such_method', {})).status, 404);
     assert.equal((await api('publish', null, { raw: '{"channel":' })).status, 400);
     assert.equal((await api('publish', { data: {} })).status, 400, 'channel missing');
     assert.equal((await api('info', null, { httpMethod: 'GET' })).status, 405);
+    // A body larger than the largest message (1 MiB by default) plus room for the envelope.
+    const huge = JSON.stringify({ channel: 'big', data: 'a'.repeat(2 * 1024 * 1024) });
+    assert.equal((await api('publish', null, { raw: huge })).status, 413);
   });
 
   it('publishes to raw-room and SDK subscribers alike, with a stream position', async () => {
