@@ -323,6 +323,57 @@ describe('centrifuge SDK against /connection/websocket', () => {
     assert.equal(c.state, 'connected');
   });
 
+  it('a private subscription whose token is refreshed outlives the first token', async () => {
+    const { c } = await connected({ token: mint(['--user', 'gil']) });
+    let asked = 0;
+    const { sub, ctx } = await subscribed(c, 'private:gil', {
+      token: mint(['--user', 'gil', '--channel', 'private:gil', '--ttl', '2s']),
+      getToken: async () => {
+        asked += 1;
+        return mint(['--user', 'gil', '--channel', 'private:gil', '--ttl', '2s']);
+      },
+    });
+    assert.equal(ctx.channel, 'private:gil');
+    const changes = [];
+    sub.on('subscribing', (e) => changes.push(e));
+    sub.on('unsubscribed', (e) => changes.push(e));
+    const inbox = collect(sub);
+    // Past the first token's expiry and the server's grace second.
+    await new Promise((r) => setTimeout(r, 4500));
+    assert.ok(asked >= 1, 'getToken was called to refresh the subscription');
+    assert.deepEqual(changes, [], 'the subscription never left the subscribed state');
+    assert.equal(sub.state, 'subscribed');
+    await sub.publish({ still: 'here' });
+    const [pub] = await inbox.until(1);
+    assert.deepEqual(pub.data, { still: 'here' });
+  });
+
+  it('a private subscription whose token is not refreshed is unsubscribed with 2501', async () => {
+    const { c } = await connected({ token: mint(['--user', 'hal']) });
+    let disconnects = 0;
+    c.on('disconnected', () => (disconnects += 1));
+    let asked = 0;
+    const { sub } = await subscribed(c, 'private:hal', {
+      token: mint(['--user', 'hal', '--channel', 'private:hal', '--ttl', '2s']),
+      getToken: async () => {
+        asked += 1;
+        throw new Error('no token for you');
+      },
+    });
+    // The SDK's refresh fails (it reports an error and retries much later), so the
+    // server ends the subscription when the token expires; 2501 makes the SDK try to
+    // subscribe again, which fails the same way.
+    sub.on('error', () => {});
+    const expired = await once(sub, 'subscribing', (e) => e.code === 2501, 'the expiry unsubscribe');
+    assert.equal(expired.reason, 'subscription expired');
+    assert.ok(asked >= 1, 'getToken was asked for a new token');
+    assert.notEqual(sub.state, 'subscribed');
+    // The connection itself stays up.
+    assert.equal(c.state, 'connected');
+    assert.equal(disconnects, 0);
+    c.removeSubscription(sub);
+  });
+
   it('a wrong token closes with 3500 and malformed JSON with 3501', async () => {
     const ws1 = new WebSocket(server.wsUrl('/connection/websocket'));
     const in1 = new Inbox(ws1);

@@ -20,6 +20,9 @@
 //! * `publish`, `presence`, `presence_stats`, `history` check permissions the same way;
 //!   `rpc` answers 108 "not available"; `send` is ignored; `refresh` and `sub_refresh`
 //!   verify the new token and move the expiry.
+//! * A subscription made with an expiring token reports `expires`/`ttl`; if its expiry
+//!   passes without a `sub_refresh`, it is removed and the client gets an `unsubscribe`
+//!   push with code 2501 "subscription expired" (the connection stays open).
 //! * The server sends `{}` every ping interval; a client that sent nothing (no pong, no
 //!   command) for the ping interval plus the ping timeout is closed with 3012 "no pong".
 //! * A connection whose token expires without a `refresh` is closed with 3005; an
@@ -28,7 +31,7 @@
 //!
 //! Replies and pushes that are ready together go out in one WebSocket frame, one JSON
 //! message per line, as the protocol allows.
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -230,6 +233,7 @@ async fn run<S>(
         control_rx,
         handle: None,
         subs: HashSet::new(),
+        sub_expiry: HashMap::new(),
         expires_at: None,
         last_seen: Instant::now(),
     };
@@ -269,6 +273,10 @@ struct Conn {
     handle: Option<ConnHandle>,
     /// Channels this client subscribed to (client- and server-side).
     subs: HashSet<String>,
+    /// Unix time at which each subscription made with an expiring token ends unless
+    /// `sub_refresh` moves it. Checked against one deadline (the earliest) in the
+    /// connection's loop, so no timer per subscription.
+    sub_expiry: HashMap<String, u64>,
     /// Unix time at which the connection token expires.
     expires_at: Option<u64>,
     /// When the client last sent anything (its pongs included).
@@ -327,6 +335,7 @@ impl Conn {
         let mut batch: Vec<Delivery> = Vec::with_capacity(BATCH);
         loop {
             let expiry = self.expiry_sleep();
+            let sub_expiry = self.sub_expiry_sleep();
             tokio::select! {
                 frame = self.rx.recv() => {
                     let Some(frame) = frame else { return End::Gone };
@@ -368,6 +377,7 @@ impl Conn {
                         Control::Subscribe(channel) => self.server_subscribe(channel, &mut out),
                         Control::Unsubscribe(channel) => {
                             if self.subs.remove(&channel) {
+                                self.sub_expiry.remove(&channel);
                                 self.shared.hub.unsubscribe(self.handle(), &channel);
                                 out.push(Push::new(channel, PushBody::Unsubscribe(UnsubscribePush {
                                     code: cf::unsubscribe_code::SERVER,
@@ -381,6 +391,7 @@ impl Conn {
                 _ = expiry => {
                     return End::Disconnect(Disconnect::EXPIRED);
                 }
+                _ = sub_expiry => self.drop_expired_subs(&mut out),
                 _ = &mut stop => {
                     return End::Disconnect(Disconnect::SHUTDOWN);
                 }
@@ -412,6 +423,46 @@ impl Conn {
         };
         // One extra second: a client refreshing right at the expiry is not cut off.
         tokio::time::sleep(Duration::from_secs(secs + 1))
+    }
+
+    /// Sleeps until the earliest subscription expiry has passed (forever without one),
+    /// with the same extra second as the connection token.
+    fn sub_expiry_sleep(&self) -> tokio::time::Sleep {
+        let secs = match self.sub_expiry.values().min() {
+            Some(at) => at.saturating_sub(unix_now()) + 1,
+            None => 365 * 24 * 3600,
+        };
+        tokio::time::sleep(Duration::from_secs(secs))
+    }
+
+    /// Ends every subscription whose token expired without a `sub_refresh`, telling the
+    /// client with an `unsubscribe` push (code 2501, so the SDK resubscribes with a new
+    /// token). The connection stays open.
+    fn drop_expired_subs(&mut self, out: &mut Vec<Bytes>) {
+        let now = unix_now();
+        let expired: Vec<String> = self
+            .sub_expiry
+            .iter()
+            .filter(|(_, at)| **at < now)
+            .map(|(channel, _)| channel.clone())
+            .collect();
+        for channel in expired {
+            self.sub_expiry.remove(&channel);
+            if self.subs.remove(&channel) {
+                self.shared.hub.unsubscribe(self.handle(), &channel);
+                tracing::debug!(peer = %self.peer, %channel, "subscription expired");
+                out.push(
+                    Push::new(
+                        channel,
+                        PushBody::Unsubscribe(UnsubscribePush {
+                            code: cf::unsubscribe_code::EXPIRED,
+                            reason: "subscription expired".to_string(),
+                        }),
+                    )
+                    .encode(),
+                );
+            }
+        }
     }
 
     /// The first frame: must start with `connect`. Returns the outbox on success, `None`
@@ -573,6 +624,7 @@ impl Conn {
             Method::Subscribe(req) => self.subscribe(&req).map(ReplyResult::Subscribe),
             Method::Unsubscribe(req) => {
                 if self.subs.remove(&req.channel) {
+                    self.sub_expiry.remove(&req.channel);
                     self.shared.hub.unsubscribe(self.handle(), &req.channel);
                 }
                 Ok(ReplyResult::Unsubscribe(UnsubscribeResult {}))
@@ -609,8 +661,14 @@ impl Conn {
                     &self.user(),
                     &req.channel,
                 ) {
+                    Ok(_) if !self.subs.contains(&req.channel) => Err(CfError::PERMISSION_DENIED),
                     Ok(claims) => {
                         let exp = claims.expire_at.or(claims.exp);
+                        // The new token moves (or lifts) this subscription's expiry.
+                        match exp {
+                            Some(at) => self.sub_expiry.insert(req.channel.clone(), at),
+                            None => self.sub_expiry.remove(&req.channel),
+                        };
                         Ok(ReplyResult::SubRefresh(SubRefreshResult {
                             expires: exp.is_some(),
                             ttl: exp
@@ -638,6 +696,7 @@ impl Conn {
         }
         let mut ctx = ClientCtx::for_conn(self.handle());
         let mut chan_info = None;
+        let mut expires_at = None;
         if !req.token.is_empty() {
             match self.shared.verifier.verify_subscription_token(
                 &req.token,
@@ -646,6 +705,7 @@ impl Conn {
             ) {
                 Ok(claims) => {
                     ctx = ctx.with_subscription_token(true);
+                    expires_at = claims.expire_at.or(claims.exp);
                     chan_info = claims.info.map(|i| Bytes::from(i.get().to_owned()));
                 }
                 Err(TokenError::Expired) => return Err(CfError::TOKEN_EXPIRED),
@@ -659,7 +719,15 @@ impl Conn {
             .hub
             .check_subscribe(&ctx, &req.channel)
             .map_err(permission_error)?;
-        self.join(req, chan_info)
+        let mut result = self.join(req, chan_info)?;
+        if let Some(at) = expires_at {
+            // The SDK schedules `sub_refresh` `ttl` seconds on; without it the
+            // subscription ends when the token does.
+            self.sub_expiry.insert(req.channel.clone(), at);
+            result.expires = true;
+            result.ttl = u32::try_from(at.saturating_sub(unix_now())).unwrap_or(u32::MAX);
+        }
+        Ok(result)
     }
 
     /// Join `req.channel` (permissions already checked), with recovery when asked.
