@@ -265,10 +265,13 @@ impl BoundServer {
             deflate = config.deflate,
             "Switchboard listening"
         );
-        if shared.tls.is_some() && shared.origins.allows_any() {
+        let auth = config.token_hmac_secret.is_some()
+            || config.token_rsa_public_key.is_some()
+            || config.token_ecdsa_public_key.is_some();
+        if (shared.tls.is_some() || auth) && shared.origins.allows_any() {
             tracing::warn!(
-                "TLS is on but any Origin may open WebSockets; set --allowed-origins to the sites \
-                 that embed this server to prevent cross-site WebSocket hijacking"
+                "TLS or token auth is on but any Origin may open WebSockets; set --allowed-origins \
+                 to the sites that embed this server to prevent cross-site WebSocket hijacking"
             );
         }
         let switch = Shutdown::new();
