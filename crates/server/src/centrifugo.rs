@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -53,14 +53,13 @@ use switchboard_protocols::centrifugo::{
     UnsubscribePush, UnsubscribeResult,
 };
 use switchboard_websocket::codec::Config as CodecConfig;
-use switchboard_websocket::handshake::validate_server_request;
 use switchboard_websocket::stream::{WebSocket, WriteConfig, WsWriter};
 use switchboard_websocket::{CloseCode, DeflateParams, Message, Role};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 use crate::auth::{unix_now, TokenError};
-use crate::http::{text, Body};
+use crate::http::Body;
 use crate::server::Shared;
 use crate::shutdown::ShutdownToken;
 use crate::stats::{ConnectionSlot, Counter};
@@ -124,41 +123,9 @@ pub(crate) fn upgrade(
     peer: SocketAddr,
     token: ShutdownToken,
 ) -> Response<Body> {
-    let origin = req
-        .headers()
-        .get(header::ORIGIN)
-        .map(|v| v.to_str().unwrap_or("\u{fffd}"));
-    if !shared.origins.allows(origin) {
-        shared.counters.bump(Counter::RejectedOrigin);
-        return text(StatusCode::FORBIDDEN, "origin not allowed");
-    }
-    let handshake = match validate_server_request(
-        req.method(),
-        req.version(),
-        req.headers(),
-        &shared.deflate,
-        &|_offered| None,
-    ) {
-        Ok(h) => h,
-        Err(rejection) => {
-            shared.counters.bump(Counter::RejectedBadHandshake);
-            let mut r = Response::new(Full::new(Bytes::from_static(rejection.reason.as_bytes())));
-            *r.status_mut() = rejection.status;
-            for (name, value) in rejection.extra_headers {
-                r.headers_mut().insert(name, value);
-            }
-            return r;
-        }
-    };
-    let Some(slot) = shared
-        .counters
-        .try_acquire_slot(shared.config.max_connections)
-    else {
-        shared.counters.bump(Counter::RejectedMaxConnections);
-        let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-        return r;
+    let (handshake, slot) = match crate::ws::admit(&req, &shared, peer) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return *refusal,
     };
     let deflate = handshake.deflate.as_ref().map(|(params, _)| *params);
     let on_upgrade = hyper::upgrade::on(&mut req);

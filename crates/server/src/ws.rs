@@ -14,13 +14,13 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use switchboard_core::{ConnInfo, HubError};
 use switchboard_protocols::raw;
-use switchboard_websocket::handshake::validate_server_request;
+use switchboard_websocket::handshake::{validate_server_request, ServerHandshake};
 
 use crate::connection::{self, ConnParams};
 use crate::http::{text, Body};
 use crate::server::Shared;
 use crate::shutdown::ShutdownToken;
-use crate::stats::Counter;
+use crate::stats::{ConnectionSlot, Counter};
 
 /// Answer an upgrade request for raw room `room`.
 pub(crate) fn upgrade(
@@ -30,48 +30,9 @@ pub(crate) fn upgrade(
     peer: SocketAddr,
     token: ShutdownToken,
 ) -> Response<Body> {
-    let origin = req
-        .headers()
-        .get(header::ORIGIN)
-        .map(|v| v.to_str().unwrap_or("\u{fffd}"));
-    if !shared.origins.allows(origin) {
-        shared.counters.bump(Counter::RejectedOrigin);
-        tracing::info!(%peer, origin = origin.unwrap_or(""), "upgrade refused: origin not allowed");
-        return text(StatusCode::FORBIDDEN, "origin not allowed");
-    }
-
-    let handshake = match validate_server_request(
-        req.method(),
-        req.version(),
-        req.headers(),
-        &shared.deflate,
-        &|_offered| None,
-    ) {
-        Ok(h) => h,
-        Err(rejection) => {
-            shared.counters.bump(Counter::RejectedBadHandshake);
-            tracing::debug!(%peer, reason = rejection.reason, "upgrade refused: bad handshake");
-            let mut r = Response::new(Full::new(bytes::Bytes::from_static(
-                rejection.reason.as_bytes(),
-            )));
-            *r.status_mut() = rejection.status;
-            for (name, value) in rejection.extra_headers {
-                r.headers_mut().insert(name, value);
-            }
-            return r;
-        }
-    };
-
-    let Some(slot) = shared
-        .counters
-        .try_acquire_slot(shared.config.max_connections)
-    else {
-        shared.counters.bump(Counter::RejectedMaxConnections);
-        tracing::info!(%peer, limit = shared.config.max_connections, "upgrade refused: too many connections");
-        let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-        return r;
+    let (handshake, slot) = match admit(&req, &shared, peer) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return *refusal,
     };
 
     let (handle, outbox) = match shared
@@ -160,6 +121,60 @@ pub fn query_flag_is_false(query: Option<&str>, name: &str) -> bool {
                     "false" | "0" | "no" | "off"
                 )
         })
+}
+
+/// The checks every WebSocket endpoint makes before the `101`, in order: origin (403),
+/// handshake validity (400/405/426), connection limit (503, with `Retry-After`). Each
+/// refusal is counted and logged once. On success the caller holds a connection slot.
+pub(crate) fn admit(
+    req: &Request<Incoming>,
+    shared: &Shared,
+    peer: SocketAddr,
+) -> Result<(ServerHandshake, ConnectionSlot), Box<Response<Body>>> {
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    if !shared.origins.allows(origin) {
+        shared.counters.bump(Counter::RejectedOrigin);
+        tracing::info!(%peer, origin = origin.unwrap_or(""), "upgrade refused: origin not allowed");
+        return Err(Box::new(text(StatusCode::FORBIDDEN, "origin not allowed")));
+    }
+
+    let handshake = match validate_server_request(
+        req.method(),
+        req.version(),
+        req.headers(),
+        &shared.deflate,
+        &|_offered| None,
+    ) {
+        Ok(h) => h,
+        Err(rejection) => {
+            shared.counters.bump(Counter::RejectedBadHandshake);
+            tracing::debug!(%peer, reason = rejection.reason, "upgrade refused: bad handshake");
+            let mut r = Response::new(Full::new(bytes::Bytes::from_static(
+                rejection.reason.as_bytes(),
+            )));
+            *r.status_mut() = rejection.status;
+            for (name, value) in rejection.extra_headers {
+                r.headers_mut().insert(name, value);
+            }
+            return Err(Box::new(r));
+        }
+    };
+
+    let Some(slot) = shared
+        .counters
+        .try_acquire_slot(shared.config.max_connections)
+    else {
+        shared.counters.bump(Counter::RejectedMaxConnections);
+        tracing::info!(%peer, limit = shared.config.max_connections, "upgrade refused: too many connections");
+        let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return Err(Box::new(r));
+    };
+    Ok((handshake, slot))
 }
 
 #[cfg(test)]
