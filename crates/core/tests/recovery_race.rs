@@ -148,12 +148,17 @@ async fn resubscribing_with_recovery_under_concurrent_publishers_is_exactly_once
     let totals = tokio::time::timeout(DEADLINE, run)
         .await
         .expect("finished in time");
-    // The race was real: every subscriber left and came back, and got some
-    // publications through recovery rather than live.
-    for (cycles, recovered) in &totals {
-        assert!(*cycles > 1, "{totals:?}");
-        assert!(*recovered > 0, "{totals:?}");
-    }
+    // The race was real: subscribers left and came back, and got publications through
+    // recovery rather than live. Checked over all subscribers: the scheduler may let one
+    // of them see the whole run live in a single cycle, which proves nothing but is no bug.
+    assert!(
+        totals.iter().any(|(cycles, _)| *cycles > 1),
+        "no subscriber resubscribed: {totals:?}"
+    );
+    assert!(
+        totals.iter().map(|(_, recovered)| recovered).sum::<usize>() > 0,
+        "nothing was recovered: {totals:?}"
+    );
 
     // History holds every publication exactly once, in order, and each is
     // the same shared object subscribers received.
