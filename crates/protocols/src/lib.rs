@@ -8,3 +8,4 @@
 
 pub mod centrifugo;
 pub mod raw;
+pub mod socketio;
