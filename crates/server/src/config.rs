@@ -164,6 +164,8 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// Channel options: `[channel.default]` and `[channel.namespaces.<name>]`.
     pub channel: Namespaces,
+    /// Socket.IO options: the `[socketio]` table.
+    pub socketio: crate::socketio::SocketIoConfig,
 }
 
 impl Default for ServerConfig {
@@ -196,6 +198,7 @@ impl Default for ServerConfig {
             allow_anonymous: false,
             api_key: None,
             channel: Namespaces::default(),
+            socketio: Default::default(),
         }
     }
 }

@@ -1,0 +1,832 @@
+//! Engine.IO v4 sessions: the WebSocket and HTTP long-polling transports, the upgrade from
+//! one to the other, heartbeats, and the HTTP errors.
+//!
+//! One task per session (the *engine task*) owns all of its state: the Socket.IO layer,
+//! the current transport and the heartbeat. Everything the client sends reaches it through
+//! one bounded channel of [`Inbound`] items: decoded packets from the WebSocket reader task
+//! or from a polling `POST`, the upgraded WebSocket, transport errors. What it sends goes
+//! straight to the WebSocket writer, or into the session's polling queue, which the
+//! pending `GET` takes in one payload.
+//!
+//! * Handshake: `GET ?EIO=4&transport=polling` answers the open packet in the body;
+//!   a WebSocket upgrade with `transport=websocket` and no `sid` sends it as first message
+//!   (with `upgrades: []`).
+//! * Upgrade: a WebSocket upgrade with the `sid` of a polling session: the client sends
+//!   `2probe`, we answer `3probe`, a pending `GET` is ended with a noop so the client can
+//!   pause polling, the client sends `5` and the session moves to the WebSocket; packets
+//!   still queued for polling are written there first. Later polling requests for the
+//!   session are refused with "Bad request".
+//! * Heartbeat: the server sends `2` every ping interval; no `3` within the ping timeout
+//!   ends the session.
+//! * Polling: one `GET` at a time (a second concurrent one is a protocol error that closes
+//!   the session, as is a concurrent `POST`); bodies over `max_payload` get 413 and close
+//!   the session; the queue for a polling client is bounded by `polling_buffer`, after
+//!   which the session stops draining its outboxes (whose own bounds and slow-consumer
+//!   policy then apply, as for every other protocol).
+//!
+//! Session ids: 22 URL-safe characters of randomness. A node prefix for multi-node polling
+//! (`<node>.<random>`, so any node can tell which node owns a session and forward the
+//! request there) fits this format without breaking clients, which treat the sid as opaque.
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use switchboard_protocols::socketio::engine::{Handshake, HttpError, Packet as EnginePacket};
+use switchboard_websocket::codec::Config as CodecConfig;
+use switchboard_websocket::stream::{WebSocket, WriteConfig, WsReader, WsWriter};
+use switchboard_websocket::{CloseCode, Message, Role};
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::socket::{Sockets, Step};
+use super::{error, status_only, Query};
+use crate::http::Body;
+use crate::server::Shared;
+use crate::shutdown::ShutdownToken;
+use crate::stats::{ConnectionSlot, Counter};
+
+/// The upgraded connection type.
+pub(crate) type Io = TokioIo<hyper::upgrade::Upgraded>;
+
+/// Inbound items queued ahead of the engine task (back-pressure on a flooding client).
+const INBOUND: usize = 64;
+/// How long to wait for the peer's close reply once ours is sent.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// One outgoing Engine.IO packet as bytes: a text packet with its type character (the same
+/// bytes serve as a WebSocket text frame and as a polling packet), or binary data.
+#[derive(Debug, Clone)]
+pub(crate) enum Frame {
+    /// A text packet, type character included.
+    Text(Bytes),
+    /// A binary message.
+    Binary(Bytes),
+}
+
+impl Frame {
+    fn len(&self) -> usize {
+        match self {
+            Frame::Text(b) | Frame::Binary(b) => b.len(),
+        }
+    }
+
+    fn packet(p: &EnginePacket) -> Frame {
+        match p.to_ws_frame() {
+            (true, b) => Frame::Binary(b),
+            (false, b) => Frame::Text(b),
+        }
+    }
+}
+
+/// What the engine task receives.
+pub(crate) enum Inbound {
+    /// A packet from the client.
+    Packet(EnginePacket),
+    /// The upgrade completed: the session moves to this WebSocket.
+    Upgrade(Box<(WsReader<Io>, WsWriter<Io>)>),
+    /// The client broke the protocol; the session ends.
+    Error(&'static str),
+    /// The transport closed.
+    Closed,
+}
+
+/// Where a polling session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Polling,
+    /// A WebSocket probe succeeded; a `GET` with nothing to send gets a noop at once.
+    Probing,
+    Upgraded,
+    Closed,
+}
+
+struct PollState {
+    queue: VecDeque<Frame>,
+    bytes: usize,
+    get_active: bool,
+    post_active: bool,
+    mode: Mode,
+}
+
+/// A session reachable by its sid (polling sessions, until they end).
+pub(crate) struct Session {
+    sid: String,
+    /// Identifies the server the session belongs to (several servers may share a process).
+    server: usize,
+    poll: Mutex<PollState>,
+    /// Wakes the pending `GET`.
+    wake_get: Notify,
+    /// Wakes the engine task when a `GET` drained the queue.
+    drained: Notify,
+    inbound: mpsc::Sender<Inbound>,
+}
+
+impl Session {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PollState> {
+        self.poll.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_mode(&self, mode: Mode) {
+        self.lock().mode = mode;
+        self.wake_get.notify_one();
+    }
+}
+
+/// Live polling sessions by sid. Process-wide (sids are random, so sessions of several
+/// servers in one process never collide); each session records its server.
+static SESSIONS: LazyLock<Mutex<HashMap<String, Arc<Session>>>> = LazyLock::new(Default::default);
+
+fn sessions() -> std::sync::MutexGuard<'static, HashMap<String, Arc<Session>>> {
+    SESSIONS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn server_id(shared: &Arc<Shared>) -> usize {
+    Arc::as_ptr(shared) as usize
+}
+
+fn find(shared: &Arc<Shared>, sid: &str) -> Option<Arc<Session>> {
+    sessions()
+        .get(sid)
+        .filter(|s| s.server == server_id(shared))
+        .cloned()
+}
+
+/// A random URL-safe id (128 bits from the OS-seeded SipHash keys of `RandomState`, fed a
+/// process-wide counter: unpredictable without the keys, never repeated in a process).
+pub(crate) fn random_id() -> String {
+    use std::hash::BuildHasher;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let state = std::collections::hash_map::RandomState::new();
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&state.hash_one((n, 1u8)).to_le_bytes());
+    bytes[8..].copy_from_slice(&state.hash_one((n, 2u8)).to_le_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Routes a non-preflight request: validation, then handshake, poll, post or upgrade.
+pub(crate) async fn route(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    token: ShutdownToken,
+) -> Response<Body> {
+    let q = Query::parse(req.uri().query());
+    if q.eio.as_deref() != Some(switchboard_protocols::socketio::engine::VERSION) {
+        return error(HttpError::UnsupportedProtocolVersion);
+    }
+    let upgrade = switchboard_websocket::handshake::is_upgrade_request(req.headers());
+    match (q.transport.as_deref(), upgrade) {
+        (Some("websocket"), true) => match q.sid {
+            None => websocket_handshake(req, shared, peer, token),
+            Some(sid) => match find(&shared, &sid) {
+                None => error(HttpError::UnknownSid),
+                Some(session) => websocket_upgrade(req, shared, peer, session),
+            },
+        },
+        // A WebSocket request without the upgrade, or an upgrade on the polling transport.
+        (Some("websocket"), false) | (Some("polling"), true) => error(HttpError::BadRequest),
+        (Some("polling"), false) => match q.sid {
+            None if req.method() == Method::GET => polling_handshake(shared, peer, token),
+            None => error(HttpError::BadHandshakeMethod),
+            Some(sid) => match find(&shared, &sid) {
+                None => error(HttpError::UnknownSid),
+                Some(session) => match *req.method() {
+                    Method::GET => poll(&session).await,
+                    Method::POST => post(req, &shared, &session).await,
+                    _ => error(HttpError::BadRequest),
+                },
+            },
+        },
+        _ => error(HttpError::UnknownTransport),
+    }
+}
+
+fn handshake(shared: &Shared, sid: &str, upgrades: Vec<&'static str>) -> EnginePacket {
+    Handshake {
+        sid: sid.to_string(),
+        upgrades,
+        ping_interval: shared.config.ping_interval.as_millis() as u64,
+        ping_timeout: shared.config.ping_timeout.as_millis() as u64,
+        max_payload: shared.config.socketio.max_payload as u64,
+    }
+    .packet()
+}
+
+/// A new session on the polling transport: the open packet is the answer.
+fn polling_handshake(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    token: ShutdownToken,
+) -> Response<Body> {
+    let Some(slot) = shared
+        .counters
+        .try_acquire_slot(shared.config.max_connections)
+    else {
+        shared.counters.bump(Counter::RejectedMaxConnections);
+        return crate::http::text(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
+    };
+    let sid = random_id();
+    let (tx, rx) = mpsc::channel(INBOUND);
+    let session = Arc::new(Session {
+        sid: sid.clone(),
+        server: server_id(&shared),
+        poll: Mutex::new(PollState {
+            queue: VecDeque::new(),
+            bytes: 0,
+            get_active: false,
+            post_active: false,
+            mode: Mode::Polling,
+        }),
+        wake_get: Notify::new(),
+        drained: Notify::new(),
+        inbound: tx.clone(),
+    });
+    sessions().insert(sid.clone(), Arc::clone(&session));
+    let open = handshake(&shared, &sid, vec!["websocket"]);
+    let engine = Engine::new(Arc::clone(&shared), peer, sid, Some(session), None, tx);
+    tokio::spawn(engine.run(rx, token, slot));
+    polling_response(encode_frames(&[Frame::packet(&open)]))
+}
+
+/// A new session on a WebSocket (no polling first).
+fn websocket_handshake(
+    mut req: Request<Incoming>,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    token: ShutdownToken,
+) -> Response<Body> {
+    let (handshake_ok, slot) = match crate::ws::admit(&req, &shared, peer) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return *refusal,
+    };
+    let deflate = handshake_ok.deflate.as_ref().map(|(params, _)| *params);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let timeout = shared.config.handshake_timeout;
+    tokio::spawn(async move {
+        let upgraded = match tokio::time::timeout(timeout, on_upgrade).await {
+            Ok(Ok(u)) => u,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, "socket.io upgrade failed: {e}");
+                return;
+            }
+            Err(_) => {
+                shared.counters.bump(Counter::HandshakeTimeout);
+                return;
+            }
+        };
+        shared.counters.bump(Counter::Upgraded);
+        let ws = new_websocket(&shared, TokioIo::new(upgraded), deflate);
+        let (reader, writer) = ws.split();
+        let sid = random_id();
+        let (tx, rx) = mpsc::channel(INBOUND);
+        let open = handshake(&shared, &sid, Vec::new());
+        let mut engine = Engine::new(Arc::clone(&shared), peer, sid, None, None, tx.clone());
+        engine.out.push(Frame::packet(&open));
+        engine.attach(reader, writer);
+        engine.run(rx, token, slot).await;
+    });
+    let mut response = Response::new(Full::default());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *response.headers_mut() = handshake_ok.response_headers();
+    response
+}
+
+fn new_websocket(
+    shared: &Shared,
+    io: Io,
+    deflate: Option<switchboard_websocket::DeflateParams>,
+) -> WebSocket<Io> {
+    let codec = CodecConfig {
+        max_message_size: shared.config.socketio.max_payload,
+        max_frame_size: shared.config.socketio.max_payload,
+        deflate,
+        ..CodecConfig::default()
+    };
+    let write_config = WriteConfig {
+        close_timeout: shared.config.shutdown_timeout,
+        ..WriteConfig::default()
+    };
+    WebSocket::new(io, Role::Server, codec, write_config)
+}
+
+/// The WebSocket upgrade of polling session `session`: probe, then hand over.
+fn websocket_upgrade(
+    mut req: Request<Incoming>,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    session: Arc<Session>,
+) -> Response<Body> {
+    if session.lock().mode != Mode::Polling {
+        return error(HttpError::BadRequest);
+    }
+    // The slot taken here is only held during the probe: the session already has one.
+    let (handshake_ok, slot) = match crate::ws::admit(&req, &shared, peer) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return *refusal,
+    };
+    let deflate = handshake_ok.deflate.as_ref().map(|(params, _)| *params);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let timeout = shared.config.socketio.upgrade_timeout;
+    tokio::spawn(async move {
+        let upgraded = match tokio::time::timeout(timeout, on_upgrade).await {
+            Ok(Ok(u)) => u,
+            _ => return,
+        };
+        shared.counters.bump(Counter::Upgraded);
+        let ws = new_websocket(&shared, TokioIo::new(upgraded), deflate);
+        let (mut reader, mut writer) = ws.split();
+        let probed = tokio::time::timeout(timeout, async {
+            // `2probe` → `3probe`, then the client pauses polling and sends `5`.
+            match reader.next().await {
+                Some(Ok(Message::Text(t))) if &t[..] == b"2probe" => {}
+                _ => return false,
+            }
+            if writer.send(Message::text("3probe")).await.is_err() {
+                return false;
+            }
+            session.set_mode(Mode::Probing);
+            loop {
+                match reader.next().await {
+                    Some(Ok(Message::Text(t))) if &t[..] == b"5" => return true,
+                    // Heartbeat answers may arrive on the probe before the upgrade.
+                    Some(Ok(Message::Text(t))) if &t[..] == b"3" || &t[..] == b"6" => {}
+                    _ => return false,
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        drop(slot);
+        if !probed {
+            {
+                let mut st = session.lock();
+                if st.mode == Mode::Probing {
+                    st.mode = Mode::Polling;
+                }
+            }
+            tracing::debug!(%peer, sid = %session.sid, "socket.io upgrade abandoned");
+            let _ = writer.close(CloseCode(1000), "").await;
+            return;
+        }
+        let _ = session
+            .inbound
+            .send(Inbound::Upgrade(Box::new((reader, writer))))
+            .await;
+    });
+    let mut response = Response::new(Full::default());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *response.headers_mut() = handshake_ok.response_headers();
+    response
+}
+
+/// Clears the session's `get_active` flag however the `GET` ends (the client may go away
+/// while it waits).
+struct GetGuard<'a>(&'a Session);
+
+impl Drop for GetGuard<'_> {
+    fn drop(&mut self) {
+        self.0.lock().get_active = false;
+    }
+}
+
+/// A polling `GET`: everything queued, waiting for something if the queue is empty.
+async fn poll(session: &Arc<Session>) -> Response<Body> {
+    {
+        let mut st = session.lock();
+        match st.mode {
+            Mode::Upgraded | Mode::Closed if st.queue.is_empty() => {
+                return error(HttpError::BadRequest)
+            }
+            _ => {}
+        }
+        if st.get_active {
+            drop(st);
+            tracing::debug!(sid = %session.sid, "socket.io: overlapping GET, closing");
+            let _ = session.inbound.try_send(Inbound::Error("overlapping GET"));
+            return status_only(StatusCode::BAD_REQUEST);
+        }
+        st.get_active = true;
+    }
+    let _guard = GetGuard(session);
+    loop {
+        {
+            let mut st = session.lock();
+            if !st.queue.is_empty() {
+                let frames: Vec<Frame> = st.queue.drain(..).collect();
+                st.bytes = 0;
+                drop(st);
+                session.drained.notify_one();
+                return polling_response(encode_frames(&frames));
+            }
+            match st.mode {
+                Mode::Probing | Mode::Upgraded => {
+                    return polling_response(Bytes::from_static(b"6"));
+                }
+                Mode::Closed => return polling_response(Bytes::from_static(b"1")),
+                Mode::Polling => {}
+            }
+        }
+        session.wake_get.notified().await;
+    }
+}
+
+/// A polling `POST`: the client's packets, handed to the engine task in order.
+async fn post(req: Request<Incoming>, shared: &Shared, session: &Arc<Session>) -> Response<Body> {
+    let max = shared.config.socketio.max_payload;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        let _ = session
+            .inbound
+            .try_send(Inbound::Error("payload too large"));
+        return status_only(StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    {
+        let mut st = session.lock();
+        if st.mode != Mode::Polling && st.mode != Mode::Probing {
+            return error(HttpError::BadRequest);
+        }
+        if st.post_active {
+            drop(st);
+            let _ = session.inbound.try_send(Inbound::Error("overlapping POST"));
+            return status_only(StatusCode::BAD_REQUEST);
+        }
+        st.post_active = true;
+    }
+    let body = Limited::new(req.into_body(), max).collect().await;
+    session.lock().post_active = false;
+    let body = match body {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            let too_big = e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            let _ = session.inbound.try_send(Inbound::Error("bad body"));
+            return if too_big {
+                status_only(StatusCode::PAYLOAD_TOO_LARGE)
+            } else {
+                error(HttpError::BadRequest)
+            };
+        }
+    };
+    let packets = match switchboard_protocols::socketio::engine::decode_payload(&body) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!(sid = %session.sid, "socket.io: bad polling payload: {e}");
+            let _ = session.inbound.send(Inbound::Error("bad payload")).await;
+            return error(HttpError::BadRequest);
+        }
+    };
+    for p in packets {
+        if session.inbound.send(Inbound::Packet(p)).await.is_err() {
+            return error(HttpError::UnknownSid);
+        }
+    }
+    let mut r = Response::new(Full::new(Bytes::from_static(b"ok")));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r
+}
+
+fn polling_response(body: Bytes) -> Response<Body> {
+    let mut r = Response::new(Full::new(body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=UTF-8"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// Frames as one polling payload: `\x1e` between packets, binary as `b<base64>`.
+fn encode_frames(frames: &[Frame]) -> Bytes {
+    let size: usize = frames.iter().map(|f| f.len() * 4 / 3 + 4).sum();
+    let mut b = BytesMut::with_capacity(size);
+    for (i, f) in frames.iter().enumerate() {
+        if i > 0 {
+            b.put_u8(switchboard_protocols::socketio::engine::SEPARATOR);
+        }
+        match f {
+            Frame::Text(t) => b.extend_from_slice(t),
+            Frame::Binary(d) => {
+                b.put_u8(b'b');
+                b.extend_from_slice(
+                    base64::engine::general_purpose::STANDARD
+                        .encode(d)
+                        .as_bytes(),
+                );
+            }
+        }
+    }
+    b.freeze()
+}
+
+/// Why a session ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// The transport closed or failed (the client may recover its sockets).
+    TransportClose,
+    /// No pong in time (the client may recover its sockets).
+    PingTimeout,
+    /// The client broke the protocol.
+    ProtocolError,
+    /// The client closed the session (close packet) or left every namespace.
+    ClientClose,
+    /// An outbox overflowed under the close policy.
+    SlowConsumer,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl End {
+    fn recoverable(self) -> bool {
+        matches!(self, End::TransportClose | End::PingTimeout)
+    }
+}
+
+/// The state of one session, owned by its engine task.
+struct Engine {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    sid: String,
+    /// Set for sessions that started with polling.
+    session: Option<Arc<Session>>,
+    writer: Option<WsWriter<Io>>,
+    reader_task: Option<JoinHandle<()>>,
+    inbound_tx: mpsc::Sender<Inbound>,
+    sockets: Sockets,
+    out: Vec<Frame>,
+    pong_deadline: Option<Instant>,
+}
+
+impl Engine {
+    fn new(
+        shared: Arc<Shared>,
+        peer: SocketAddr,
+        sid: String,
+        session: Option<Arc<Session>>,
+        writer: Option<WsWriter<Io>>,
+        inbound_tx: mpsc::Sender<Inbound>,
+    ) -> Engine {
+        let sockets = Sockets::new(Arc::clone(&shared), peer);
+        Engine {
+            shared,
+            peer,
+            sid,
+            session,
+            writer,
+            reader_task: None,
+            inbound_tx,
+            sockets,
+            out: Vec::new(),
+            pong_deadline: None,
+        }
+    }
+
+    /// Moves the session onto a WebSocket.
+    fn attach(&mut self, reader: WsReader<Io>, writer: WsWriter<Io>) {
+        self.writer = Some(writer);
+        let tx = self.inbound_tx.clone();
+        self.reader_task = Some(tokio::spawn(read_ws(reader, tx)));
+    }
+
+    /// Whether more may be taken from the outboxes now.
+    fn can_send(&self) -> bool {
+        if self.writer.is_some() {
+            return true;
+        }
+        match &self.session {
+            Some(s) => s.lock().bytes < self.shared.config.socketio.polling_buffer,
+            None => true,
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Inbound>,
+        token: ShutdownToken,
+        slot: ConnectionSlot,
+    ) {
+        let interval = self.shared.config.ping_interval;
+        let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stop = token.triggered();
+        tokio::pin!(stop);
+        let end = loop {
+            if let Err(end) = self.flush().await {
+                break end;
+            }
+            let can_send = self.can_send();
+            let deadline = self.pong_deadline;
+            let drained = self.session.clone();
+            let step = tokio::select! {
+                m = rx.recv() => match m {
+                    Some(Inbound::Packet(p)) => self.on_packet(p).await,
+                    Some(Inbound::Upgrade(pair)) => {
+                        let (reader, writer) = *pair;
+                        self.upgrade(reader, writer);
+                        Ok(())
+                    }
+                    Some(Inbound::Error(why)) => {
+                        tracing::debug!(peer = %self.peer, sid = %self.sid, "socket.io: {why}");
+                        Err(End::ProtocolError)
+                    }
+                    Some(Inbound::Closed) | None => Err(End::TransportClose),
+                },
+                got = self.sockets.next_delivery(), if can_send => {
+                    let step = self.sockets.on_delivery(got, &mut self.out);
+                    self.step(step)
+                }
+                _ = ping.tick() => {
+                    self.out.push(Frame::Text(Bytes::from_static(b"2")));
+                    if self.pong_deadline.is_none() {
+                        self.pong_deadline = Some(Instant::now() + self.shared.config.ping_timeout);
+                    }
+                    Ok(())
+                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    Err(End::PingTimeout)
+                }
+                _ = async { drained.as_ref().expect("polling").drained.notified().await }, if !can_send => Ok(()),
+                _ = &mut stop => Err(End::Shutdown),
+            };
+            if let Err(end) = step {
+                break end;
+            }
+        };
+        tracing::debug!(peer = %self.peer, sid = %self.sid, ?end, "socket.io session ends");
+        self.finish(end).await;
+        drop(slot);
+        drop(token);
+    }
+
+    async fn on_packet(&mut self, p: EnginePacket) -> Result<(), End> {
+        match p {
+            EnginePacket::Pong(_) => {
+                self.pong_deadline = None;
+                Ok(())
+            }
+            EnginePacket::Text(t) => {
+                let step = self.sockets.on_text(&t, &mut self.out).await;
+                self.step(step)
+            }
+            EnginePacket::Binary(b) => {
+                let step = self.sockets.on_binary(b, &mut self.out).await;
+                self.step(step)
+            }
+            EnginePacket::Close => Err(End::ClientClose),
+            EnginePacket::Noop => Ok(()),
+            // Ping from a client, open, or an upgrade outside of a probe: not allowed.
+            EnginePacket::Ping(_) | EnginePacket::Open(_) | EnginePacket::Upgrade => {
+                Err(End::ProtocolError)
+            }
+        }
+    }
+
+    fn step(&self, step: Step) -> Result<(), End> {
+        match step {
+            Step::Continue => Ok(()),
+            Step::ProtocolError => Err(End::ProtocolError),
+            Step::SlowConsumer => Err(End::SlowConsumer),
+        }
+    }
+
+    /// The probed WebSocket takes over from polling.
+    fn upgrade(&mut self, reader: WsReader<Io>, writer: WsWriter<Io>) {
+        if let Some(session) = &self.session {
+            let mut st = session.lock();
+            let queued: Vec<Frame> = st.queue.drain(..).collect();
+            st.bytes = 0;
+            st.mode = Mode::Upgraded;
+            drop(st);
+            session.wake_get.notify_one();
+            // Queued for polling before the switch: they go first.
+            let later = std::mem::take(&mut self.out);
+            self.out = queued;
+            self.out.extend(later);
+        }
+        tracing::debug!(peer = %self.peer, sid = %self.sid, "socket.io upgraded to websocket");
+        self.attach(reader, writer);
+    }
+
+    /// Writes what is pending to the transport.
+    async fn flush(&mut self) -> Result<(), End> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        if let Some(w) = &mut self.writer {
+            for f in self.out.drain(..) {
+                let r = match f {
+                    Frame::Text(t) => w.feed(Message::Text(t)),
+                    Frame::Binary(b) => w.feed(Message::Binary(b)),
+                };
+                if r.is_err() {
+                    return Err(End::TransportClose);
+                }
+            }
+            return w.flush().await.map_err(|_| End::TransportClose);
+        }
+        if let Some(session) = &self.session {
+            let mut st = session.lock();
+            for f in self.out.drain(..) {
+                st.bytes += f.len();
+                st.queue.push_back(f);
+            }
+            drop(st);
+            session.wake_get.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self, end: End) {
+        self.sockets.close(end.recoverable());
+        if let Some(session) = &self.session {
+            sessions().remove(&session.sid);
+            let mut st = session.lock();
+            if end == End::Shutdown {
+                st.queue.push_back(Frame::Text(Bytes::from_static(b"1")));
+            }
+            st.mode = Mode::Closed;
+            drop(st);
+            session.wake_get.notify_one();
+        }
+        if let Some(mut w) = self.writer.take() {
+            let (code, reason) = match end {
+                End::Shutdown => (1001, "server shutting down"),
+                End::SlowConsumer => (1008, "slow consumer"),
+                End::ProtocolError => (1002, "protocol error"),
+                _ => (1000, ""),
+            };
+            if end != End::TransportClose {
+                let _ = w.close(CloseCode(code), reason).await;
+                if let Some(task) = &mut self.reader_task {
+                    let _ = tokio::time::timeout(CLOSE_LINGER, task).await;
+                }
+            }
+        }
+        if let Some(task) = self.reader_task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// The WebSocket reader task: decodes frames into packets for the engine task.
+async fn read_ws(mut reader: WsReader<Io>, tx: mpsc::Sender<Inbound>) {
+    while let Some(msg) = reader.next().await {
+        let item = match msg {
+            Ok(Message::Text(t)) => match EnginePacket::decode_text_bytes(&t) {
+                Ok(p) => Inbound::Packet(p),
+                Err(_) => Inbound::Error("bad packet"),
+            },
+            Ok(Message::Binary(b)) => Inbound::Packet(EnginePacket::Binary(b)),
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            Ok(Message::Close(_)) | Err(_) => break,
+        };
+        let fatal = matches!(item, Inbound::Error(_));
+        if tx.send(item).await.is_err() || fatal {
+            return;
+        }
+    }
+    let _ = tx.send(Inbound::Closed).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_ids_are_url_safe_and_distinct() {
+        let a = random_id();
+        let b = random_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 22);
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+    }
+
+    #[test]
+    fn polling_payloads() {
+        let body = encode_frames(&[
+            Frame::Text(Bytes::from_static(b"42[\"a\"]")),
+            Frame::Binary(Bytes::from_static(&[1, 2, 3, 4])),
+        ]);
+        assert_eq!(&body[..], b"42[\"a\"]\x1ebAQIDBA==");
+    }
+}

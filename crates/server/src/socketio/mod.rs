@@ -1,0 +1,254 @@
+//! Socket.IO v5 over Engine.IO v4 at `/socket.io/`, so the unmodified `socket.io-client`
+//! (and other v5 clients) can connect, over a WebSocket directly or over HTTP long-polling
+//! with the upgrade to a WebSocket.
+//!
+//! * [`engine`]: sessions, the two transports, the upgrade, heartbeats, HTTP errors.
+//! * `socket`: the Socket.IO layer of one session: namespaces, CONNECT with `auth`,
+//!   events and acks, binary attachments, the reserved events, recovery.
+//! * `channels`: every hub operation the driver makes, in one file.
+//! * `recovery`: sessions kept after their transport dropped, for connection state
+//!   recovery.
+//!
+//! The protocol semantics (reserved events, data mapping, recovery) are documented in
+//! `docs/protocols.md`, section "Socket.IO".
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde::{Deserialize, Deserializer};
+use switchboard_protocols::socketio::engine::HttpError;
+
+use crate::http::Body;
+use crate::server::Shared;
+use crate::shutdown::ShutdownToken;
+
+mod channels;
+pub mod engine;
+mod recovery;
+mod socket;
+
+/// The path clients connect to (`socket.io-client`'s default `path`).
+pub const PATH: &str = "/socket.io/";
+
+/// Whether a request path is the Socket.IO endpoint (with or without the trailing slash).
+pub fn is_path(path: &str) -> bool {
+    path == PATH || path == "/socket.io"
+}
+
+/// Socket.IO settings: the `[socketio]` table of the configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SocketIoConfig {
+    /// Namespaces clients may connect to (`/`, `/admin`, …); empty allows any.
+    pub namespaces: Vec<String>,
+    /// Namespaces whose broadcast events are not delivered back to their sender.
+    #[serde(alias = "exclude-sender")]
+    pub exclude_sender: Vec<String>,
+    /// Connection state recovery: the CONNECT answer carries a `pid`, every event from a
+    /// channel an offset (last argument), and a client that reconnects within
+    /// `max_disconnection_duration` gets its session back with what it missed.
+    pub recovery: bool,
+    /// How long a session whose transport dropped is kept for recovery (seconds).
+    #[serde(alias = "max-disconnection-duration", deserialize_with = "secs")]
+    pub max_disconnection_duration: Duration,
+    /// Most events a socket keeps after sending them, to replay to a recovering client that
+    /// had not received them.
+    #[serde(alias = "recovery-buffer")]
+    pub recovery_buffer: usize,
+    /// Largest HTTP long-polling body and WebSocket message accepted, in bytes (announced to
+    /// clients as `maxPayload`).
+    #[serde(alias = "max-payload")]
+    pub max_payload: usize,
+    /// Bytes queued for a long-polling client before the session stops taking more from its
+    /// outboxes (which then fill up and apply the slow-consumer policy).
+    #[serde(alias = "polling-buffer")]
+    pub polling_buffer: usize,
+    /// Time allowed for the WebSocket upgrade of a polling session (probe to upgrade packet).
+    #[serde(alias = "upgrade-timeout", deserialize_with = "secs")]
+    pub upgrade_timeout: Duration,
+}
+
+impl Default for SocketIoConfig {
+    fn default() -> Self {
+        SocketIoConfig {
+            namespaces: Vec::new(),
+            exclude_sender: Vec::new(),
+            recovery: false,
+            max_disconnection_duration: Duration::from_secs(120),
+            recovery_buffer: 1000,
+            max_payload: 1_000_000,
+            polling_buffer: 1 << 20,
+            upgrade_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+fn secs<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let v = f64::deserialize(d)?;
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(serde::de::Error::custom(
+            "expected a non-negative number of seconds",
+        ));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// The query parameters Engine.IO uses.
+#[derive(Debug, Default)]
+struct Query {
+    eio: Option<String>,
+    transport: Option<String>,
+    sid: Option<String>,
+}
+
+impl Query {
+    fn parse(q: Option<&str>) -> Query {
+        let mut out = Query::default();
+        for pair in q.unwrap_or("").split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = percent_decode(v);
+            match k {
+                "EIO" => out.eio = Some(v),
+                "transport" => out.transport = Some(v),
+                "sid" => out.sid = Some(v),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// Decodes `%XX` escapes (sids are URL-safe, but a client may escape anything).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Some(n) = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(n);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Answers one request on [`PATH`]: a WebSocket upgrade or a long-polling request.
+pub(crate) async fn handle(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    token: ShutdownToken,
+) -> Response<Body> {
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}").to_string());
+    if !shared.origins.allows(origin.as_deref()) {
+        shared.counters.bump(crate::stats::Counter::RejectedOrigin);
+        return error(HttpError::Forbidden);
+    }
+    let mut response = if req.method() == Method::OPTIONS {
+        preflight(&req)
+    } else {
+        engine::route(req, shared, peer, token).await
+    };
+    if let Some(origin) = origin {
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            cors(&mut response, &origin);
+        }
+    }
+    response
+}
+
+/// `OPTIONS`: the CORS preflight of a cross-origin polling request.
+fn preflight(req: &Request<Incoming>) -> Response<Body> {
+    let mut r = Response::new(Full::default());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    let h = r.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
+    if let Some(asked) = req.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
+    }
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    r
+}
+
+/// The CORS headers for an allowed origin (credentials allowed, so cookies and
+/// `withCredentials` work as with the reference server's `cors` option).
+fn cors(r: &mut Response<Body>, origin: &str) {
+    if let Ok(v) = HeaderValue::from_str(origin) {
+        let h = r.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+        h.append(header::VARY, HeaderValue::from_static("Origin"));
+    }
+}
+
+/// An Engine.IO error answer: the status and JSON body the reference server uses.
+pub(crate) fn error(e: HttpError) -> Response<Body> {
+    let mut r = Response::new(Full::new(e.body()));
+    *r.status_mut() = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// A bare status without body (what the reference server answers to an oversized or
+/// overlapping polling request).
+pub(crate) fn status_only(status: StatusCode) -> Response<Body> {
+    let mut r = Response::new(Full::default());
+    *r.status_mut() = status;
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parsing() {
+        let q = Query::parse(Some("EIO=4&transport=polling&t=abc&sid=a%2Db"));
+        assert_eq!(q.eio.as_deref(), Some("4"));
+        assert_eq!(q.transport.as_deref(), Some("polling"));
+        assert_eq!(q.sid.as_deref(), Some("a-b"));
+        let q = Query::parse(None);
+        assert!(q.eio.is_none() && q.sid.is_none());
+        assert_eq!(percent_decode("%"), "%");
+        assert_eq!(percent_decode("a%2"), "a%2");
+    }
+
+    #[test]
+    fn config_from_toml() {
+        let c: SocketIoConfig = toml::from_str(
+            "recovery = true\nmax_disconnection_duration = 5\nexclude_sender = [\"/chat\"]\n",
+        )
+        .unwrap();
+        assert!(c.recovery);
+        assert_eq!(c.max_disconnection_duration, Duration::from_secs(5));
+        assert_eq!(c.exclude_sender, vec!["/chat"]);
+        assert_eq!(c.max_payload, 1_000_000);
+        assert!(toml::from_str::<SocketIoConfig>("nope = 1").is_err());
+    }
+}

@@ -1,0 +1,382 @@
+//! The Socket.IO layer of one Engine.IO session: its sockets (one per namespace joined),
+//! CONNECT with `auth`, events and acks, binary attachments, the reserved events, and
+//! connection state recovery.
+//!
+//! Each socket is a connection of its own in the hub (its own subscriptions and outbox),
+//! so the same channel joined in two namespaces is delivered once to each. The engine task
+//! waits on all of their outboxes at once ([`Sockets::next_delivery`]).
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use switchboard_core::{CloseReason, ConnHandle, ConnInfo, Delivery, Outbox, OutboxClosed};
+use switchboard_protocols::socketio::mapping::{encode_broadcast, offset_of, publish_payload};
+use switchboard_protocols::socketio::{
+    encode_publication, is_namespace_channel, Decoder, EncodedEvent, Packet, PacketType, PROTOCOL,
+};
+
+use super::channels::{self, ChanError};
+use super::engine::{random_id, Frame};
+use super::recovery::{self, Ring};
+use crate::server::Shared;
+
+/// Most outbox deliveries taken at once.
+const BATCH: usize = 64;
+/// Longest namespace name accepted.
+const MAX_NSP_LEN: usize = 200;
+
+/// What handling a packet asks of the engine.
+pub(crate) enum Step {
+    /// Carry on.
+    Continue,
+    /// The client broke the protocol: end the session.
+    ProtocolError,
+    /// A socket's outbox overflowed: end the session.
+    SlowConsumer,
+}
+
+type RecvFuture =
+    Pin<Box<dyn Future<Output = (Vec<Delivery>, Result<usize, OutboxClosed>)> + Send>>;
+
+/// One socket: a namespace joined by the client.
+pub(crate) struct NsSocket {
+    /// The namespace, `/` by default.
+    pub(crate) nsp: String,
+    /// The socket id told to the client.
+    sid: String,
+    /// The private session id, with recovery on.
+    pub(crate) pid: Option<String>,
+    handle: ConnHandle,
+    /// Behind an async mutex so a wait on it can be dropped and taken up again (by another
+    /// session, after recovery) without losing the outbox.
+    outbox: Arc<tokio::sync::Mutex<Outbox>>,
+    /// The pending wait on the outbox. In a `Mutex` only to make the socket `Sync` (it is
+    /// only ever reached through `&mut`, so the lock is never taken).
+    recv: Option<std::sync::Mutex<RecvFuture>>,
+    ring: Ring,
+    exclude_sender: bool,
+}
+
+impl NsSocket {
+    fn recv_future(&self) -> RecvFuture {
+        let outbox = Arc::clone(&self.outbox);
+        Box::pin(async move {
+            let mut ob = outbox.lock_owned().await;
+            let mut batch = Vec::new();
+            let r = ob.recv_batch(&mut batch, BATCH).await;
+            (batch, r)
+        })
+    }
+}
+
+/// The sockets of one session.
+pub(crate) struct Sockets {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    decoder: Decoder,
+    list: Vec<NsSocket>,
+}
+
+fn push_event(out: &mut Vec<Frame>, ev: &EncodedEvent) {
+    out.push(Frame::Text(ev.text.clone()));
+    out.extend(ev.attachments.iter().cloned().map(Frame::Binary));
+}
+
+fn push_packet(out: &mut Vec<Frame>, p: &Packet) {
+    push_event(out, &EncodedEvent::from_packet(p));
+}
+
+impl Sockets {
+    pub(crate) fn new(shared: Arc<Shared>, peer: SocketAddr) -> Sockets {
+        Sockets {
+            shared,
+            peer,
+            decoder: Decoder::new(),
+            list: Vec::new(),
+        }
+    }
+
+    fn recovery(&self) -> bool {
+        self.shared.config.socketio.recovery
+    }
+
+    fn server(&self) -> usize {
+        Arc::as_ptr(&self.shared) as usize
+    }
+
+    /// Waits until one socket's outbox has deliveries (forever when there is no socket).
+    pub(crate) async fn next_delivery(
+        &mut self,
+    ) -> (usize, Vec<Delivery>, Result<usize, OutboxClosed>) {
+        std::future::poll_fn(|cx| {
+            for (i, s) in self.list.iter_mut().enumerate() {
+                if s.recv.is_none() {
+                    s.recv = Some(std::sync::Mutex::new(s.recv_future()));
+                }
+                let fut = s
+                    .recv
+                    .as_mut()
+                    .expect("just set")
+                    .get_mut()
+                    .unwrap_or_else(|e| e.into_inner());
+                if let Poll::Ready((batch, r)) = fut.as_mut().poll(cx) {
+                    s.recv = None;
+                    return Poll::Ready((i, batch, r));
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Turns deliveries of socket `i` into frames.
+    pub(crate) fn on_delivery(
+        &mut self,
+        got: (usize, Vec<Delivery>, Result<usize, OutboxClosed>),
+        out: &mut Vec<Frame>,
+    ) -> Step {
+        let (i, batch, r) = got;
+        let recovery = self.recovery();
+        let Some(s) = self.list.get_mut(i) else {
+            return Step::Continue;
+        };
+        if let Err(closed) = r {
+            if closed.reason == CloseReason::SlowConsumer {
+                return Step::SlowConsumer;
+            }
+            // Closed by the server (e.g. the HTTP API's disconnect): the socket leaves its
+            // namespace and the client is told so.
+            let s = self.list.remove(i);
+            push_packet(out, &Packet::new(PacketType::Disconnect, s.nsp.clone()));
+            return Step::Continue;
+        }
+        for d in batch {
+            if let Delivery::Publication(p) = d {
+                let ev = encode_publication(&p, &s.nsp, recovery);
+                push_event(out, &ev);
+                if recovery {
+                    s.ring.push(offset_of(&p), ev);
+                }
+            }
+        }
+        Step::Continue
+    }
+
+    /// A text message (a Socket.IO packet, or the start of a binary one).
+    pub(crate) async fn on_text(&mut self, t: &Bytes, out: &mut Vec<Frame>) -> Step {
+        let Ok(s) = std::str::from_utf8(t) else {
+            return Step::ProtocolError;
+        };
+        match self.decoder.text(s) {
+            Ok(Some(p)) => self.on_packet(p, out).await,
+            Ok(None) => Step::Continue,
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, "socket.io: bad packet: {e}");
+                Step::ProtocolError
+            }
+        }
+    }
+
+    /// A binary message: an attachment of the pending binary packet.
+    pub(crate) async fn on_binary(&mut self, b: Bytes, out: &mut Vec<Frame>) -> Step {
+        match self.decoder.binary(b) {
+            Ok(Some(p)) => self.on_packet(p, out).await,
+            Ok(None) => Step::Continue,
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, "socket.io: bad attachment: {e}");
+                Step::ProtocolError
+            }
+        }
+    }
+
+    async fn on_packet(&mut self, p: Packet, out: &mut Vec<Frame>) -> Step {
+        match p.kind {
+            PacketType::Connect => {
+                self.connect(p, out).await;
+                Step::Continue
+            }
+            PacketType::Disconnect => {
+                // The client left the namespace: no recovery for it.
+                self.list.retain(|s| s.nsp != p.nsp);
+                Step::Continue
+            }
+            PacketType::Event | PacketType::BinaryEvent => {
+                if let Some(i) = self.list.iter().position(|s| s.nsp == p.nsp) {
+                    self.event(i, p, out).await;
+                }
+                Step::Continue
+            }
+            // The server never asks clients for acks; a stray one is harmless.
+            PacketType::Ack | PacketType::BinaryAck => Step::Continue,
+            PacketType::ConnectError => Step::ProtocolError,
+        }
+    }
+
+    fn nsp_allowed(&self, nsp: &str) -> bool {
+        let allowed = &self.shared.config.socketio.namespaces;
+        nsp.starts_with('/')
+            && nsp.len() <= MAX_NSP_LEN
+            && !nsp.contains(':')
+            && !nsp.chars().any(|c| c.is_control() || c.is_whitespace())
+            && (allowed.is_empty() || allowed.iter().any(|a| a == nsp))
+    }
+
+    async fn connect(&mut self, p: Packet, out: &mut Vec<Frame>) {
+        let nsp = p.nsp.clone();
+        if self.list.iter().any(|s| s.nsp == nsp) {
+            // Already connected: answer as before (a client never does this on purpose).
+            return;
+        }
+        if !self.nsp_allowed(&nsp) {
+            push_packet(out, &Packet::connect_error(nsp, "Invalid namespace"));
+            return;
+        }
+        let auth = p.data.unwrap_or(Value::Null);
+        if self.recovery() {
+            if let Some(pid) = auth.get("pid").and_then(Value::as_str) {
+                if let Some(socket) = recovery::take(pid, self.server(), &nsp) {
+                    let offset = auth.get("offset").and_then(Value::as_str);
+                    if let Some(missed) = socket.ring.after(offset) {
+                        push_packet(
+                            out,
+                            &Packet::connect_ok(nsp, &socket.sid, socket.pid.as_deref()),
+                        );
+                        for ev in &missed {
+                            push_event(out, ev);
+                        }
+                        tracing::debug!(peer = %self.peer, replayed = missed.len(), "socket.io session recovered");
+                        self.list.push(socket);
+                        return;
+                    }
+                    // Not recoverable: the old socket leaves the hub, a new one is made.
+                    drop(socket);
+                }
+            }
+        }
+        let token = auth.get("token").and_then(Value::as_str).unwrap_or("");
+        let allow_anonymous = self.shared.config.allow_anonymous;
+        let (user, info, token_channels) = if token.is_empty() {
+            if !allow_anonymous {
+                push_packet(out, &Packet::connect_error(nsp, "invalid token"));
+                return;
+            }
+            (String::new(), None, Vec::new())
+        } else {
+            match self.shared.verifier.verify_connection_token(token) {
+                Ok(claims) if !claims.sub.is_empty() || allow_anonymous => {
+                    (claims.sub, claims.info, claims.channels)
+                }
+                Ok(_) => {
+                    push_packet(out, &Packet::connect_error(nsp, "invalid token"));
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %self.peer, "socket.io connect token rejected: {e}");
+                    let message = if e.is_expired() {
+                        "token expired"
+                    } else {
+                        "invalid token"
+                    };
+                    push_packet(out, &Packet::connect_error(nsp, message));
+                    return;
+                }
+            }
+        };
+        let mut conn_info = ConnInfo::new(self.peer.to_string(), PROTOCOL).with_user(user);
+        if let Some(info) = &info {
+            conn_info = conn_info.with_conn_info(Bytes::from(info.get().to_owned()));
+        }
+        let (handle, outbox) = match channels::register(&self.shared, conn_info).await {
+            Ok(pair) => pair,
+            Err(_) => {
+                push_packet(out, &Packet::connect_error(nsp, "connection limit reached"));
+                return;
+            }
+        };
+        if let Err(e) = channels::join_namespace(&self.shared, &handle, &nsp, &token_channels).await
+        {
+            push_packet(out, &Packet::connect_error(nsp, e.message()));
+            return;
+        }
+        let sid = random_id();
+        let pid = self.recovery().then(random_id);
+        push_packet(out, &Packet::connect_ok(nsp.clone(), &sid, pid.as_deref()));
+        let exclude_sender = self.shared.config.socketio.exclude_sender.contains(&nsp);
+        self.list.push(NsSocket {
+            nsp,
+            sid,
+            pid,
+            handle,
+            outbox: Arc::new(tokio::sync::Mutex::new(outbox)),
+            recv: None,
+            ring: Ring::new(self.shared.config.socketio.recovery_buffer),
+            exclude_sender,
+        });
+    }
+
+    async fn event(&mut self, i: usize, p: Packet, out: &mut Vec<Frame>) {
+        let s = &self.list[i];
+        let shared = &self.shared;
+        let name = p.event_name().unwrap_or_default();
+        let args = p.args();
+        let channel = args
+            .first()
+            .and_then(Value::as_str)
+            .filter(|c| !is_namespace_channel(c));
+        let result: Option<Result<(), ChanError>> = match name {
+            "subscribe" => Some(match channel {
+                Some(c) => channels::subscribe(shared, &s.handle, c).await,
+                None => Err(ChanError::UnknownChannel),
+            }),
+            "unsubscribe" => Some(match channel {
+                Some(c) => {
+                    channels::unsubscribe(shared, &s.handle, c).await;
+                    Ok(())
+                }
+                None => Err(ChanError::UnknownChannel),
+            }),
+            "publish" => Some(match (channel, args.get(1)) {
+                (Some(c), Some(data)) => {
+                    let payload = publish_payload(data, &p.attachments);
+                    channels::publish(shared, &s.handle, c, payload).await
+                }
+                _ => Err(ChanError::UnknownChannel),
+            }),
+            _ => {
+                let all = match &p.data {
+                    Some(Value::Array(a)) => a.as_slice(),
+                    _ => &[],
+                };
+                let payload = encode_broadcast(all, &p.attachments);
+                channels::broadcast(shared, &s.handle, &s.nsp, payload, s.exclude_sender).await;
+                None
+            }
+        };
+        if let Some(id) = p.id {
+            let args = match result {
+                None => Vec::new(),
+                Some(Ok(())) => vec![json!({"ok": true})],
+                Some(Err(e)) => vec![json!({"error": e.message()})],
+            };
+            push_packet(out, &Packet::ack(p.nsp.clone(), id, args, Vec::new()));
+        }
+    }
+
+    /// The session ended: with `recoverable`, sockets with a pid are kept for recovery;
+    /// the others leave the hub.
+    pub(crate) fn close(&mut self, recoverable: bool) {
+        let ttl = self.shared.config.socketio.max_disconnection_duration;
+        let server = self.server();
+        for mut s in self.list.drain(..) {
+            // Stop waiting on the outbox (the wait may be taken up again after recovery).
+            s.recv = None;
+            if recoverable && s.pid.is_some() && !s.handle.is_closed() {
+                recovery::keep(s, server, ttl);
+            }
+        }
+    }
+}
