@@ -126,6 +126,27 @@ pub struct ServeArgs {
     /// Key the HTTP API (`POST /api/<method>`) requires in the `X-API-Key` header.
     #[arg(long, env = "SWITCHBOARD_API_KEY", value_name = "KEY")]
     pub api_key: Option<String>,
+
+    /// What several nodes share: `memory` (one node) or `redis://host:port/db`, so that
+    /// publications, history, presence and recovery span every node on that Redis
+    /// [default: memory].
+    #[arg(long, env = "SWITCHBOARD_BROKER", value_name = "URL")]
+    pub broker: Option<String>,
+
+    /// Seconds a node's presence entries outlive it when it dies without leaving (renewed
+    /// every third of it) [default: 15].
+    #[arg(long, env = "SWITCHBOARD_BROKER_LEASE", value_name = "SECS", value_parser = parse_secs)]
+    pub broker_lease: Option<Duration>,
+
+    /// HTTP URL other nodes reach this node at, registered with the broker [default:
+    /// derived from the bound address].
+    #[arg(long, env = "SWITCHBOARD_ADVERTISE_URL", value_name = "URL")]
+    pub advertise_url: Option<String>,
+
+    /// This node's name in the broker's registry and the `info` API [default: the
+    /// advertised URL].
+    #[arg(long, env = "SWITCHBOARD_NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
 }
 
 impl ServeArgs {
@@ -215,6 +236,18 @@ impl ServeArgs {
         if let Some(v) = &self.api_key {
             c.api_key = Some(v.clone());
         }
+        if let Some(v) = &self.broker {
+            c.broker = Some(v.clone());
+        }
+        if let Some(v) = self.broker_lease {
+            c.broker_lease = v;
+        }
+        if let Some(v) = &self.advertise_url {
+            c.advertise_url = Some(v.clone());
+        }
+        if let Some(v) = &self.node_name {
+            c.node_name = Some(v.clone());
+        }
         c
     }
 }
@@ -263,6 +296,25 @@ mod tests {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
         f
+    }
+
+    #[test]
+    fn broker_settings_from_flag_env_and_file() {
+        let file = write_file(
+            "broker = \"redis://file:6379/0\"\nbroker-lease = 4\nnode_name = \"n-file\"\n",
+        );
+        let path = file.path().to_str().unwrap().to_string();
+        let c = with_env(&[("SWITCHBOARD_BROKER", "redis://env:6379/1")], || {
+            resolve(&["--config", &path, "--advertise-url", "http://10.0.0.5:8080"])
+        })
+        .unwrap();
+        assert_eq!(c.broker.as_deref(), Some("redis://env:6379/1"));
+        assert_eq!(c.broker_lease, Duration::from_secs(4));
+        assert_eq!(c.node_name.as_deref(), Some("n-file"));
+        assert_eq!(c.advertise_url.as_deref(), Some("http://10.0.0.5:8080"));
+        let c = with_env(&[], || resolve(&["--broker", "redis://flag:1/0"])).unwrap();
+        assert_eq!(c.broker.as_deref(), Some("redis://flag:1/0"));
+        assert!(with_env(&[], || resolve(&["--broker", "nats://x"])).is_err());
     }
 
     #[test]

@@ -106,6 +106,11 @@ pub(crate) struct Left {
     pub(crate) was_member: bool,
     /// This removal made the channel dead; the caller must unlink it.
     pub(crate) now_dead: bool,
+    /// This removal left the channel without members (dead or kept for its history).
+    pub(crate) emptied: bool,
+    /// Who left, when the channel's namespace has presence or join/leave events (a
+    /// shared store of several nodes must learn about it).
+    pub(crate) info: Option<ClientInfo>,
     /// The leave event's fan-out.
     pub(crate) fan: FanOut,
 }
@@ -304,6 +309,8 @@ impl Channel {
             m.index.insert(moved_id, pos);
         }
         let chan_info = m.chan_info.remove(&id);
+        let info = (self.options.presence || self.options.join_leave)
+            .then(|| ClientInfo::of(&entry, chan_info.clone()));
         if m.list.is_empty() {
             let retained = match st.as_deref_mut() {
                 Some(st) => {
@@ -327,6 +334,8 @@ impl Channel {
             return Left {
                 was_member: true,
                 now_dead: !retained,
+                emptied: true,
+                info,
                 fan: FanOut::default(),
             };
         }
@@ -344,6 +353,8 @@ impl Channel {
         Left {
             was_member: true,
             now_dead: false,
+            emptied: false,
+            info,
             fan,
         }
     }
@@ -404,6 +415,54 @@ impl Channel {
             fan,
             stored,
         })
+    }
+
+    /// Queues a publication numbered elsewhere (by a broker shared by several
+    /// nodes) into every member's outbox except `exclude`. No offset is
+    /// assigned and nothing is stored: the broker owns the stream. Callers
+    /// deliver one channel's publications from one task, in offset order.
+    pub(crate) fn fan_out(
+        &self,
+        publication: &Arc<Publication>,
+        exclude: Option<ConnId>,
+    ) -> FanOut {
+        let members = self.members.read();
+        let mut fan = FanOut::default();
+        for member in &members.list {
+            if Some(member.id) == exclude {
+                continue;
+            }
+            fan.push(member, Delivery::Publication(Arc::clone(publication)));
+        }
+        fan
+    }
+
+    /// Queues a join or leave event that happened on another node into every
+    /// member's outbox (only in namespaces with `join_leave`).
+    pub(crate) fn member_event(&self, join: bool, info: ClientInfo) -> FanOut {
+        let mut fan = FanOut::default();
+        if !self.options.join_leave {
+            return fan;
+        }
+        let members = self.members.read();
+        let event = Arc::new(MemberEvent {
+            channel: Arc::clone(&self.name),
+            info,
+        });
+        for member in &members.list {
+            let item = if join {
+                Delivery::Join(Arc::clone(&event))
+            } else {
+                Delivery::Leave(Arc::clone(&event))
+            };
+            fan.push(member, item);
+        }
+        fan
+    }
+
+    /// Whether connection `id` is a member.
+    pub fn has_member(&self, id: ConnId) -> bool {
+        self.members.read().index.contains_key(&id)
     }
 
     /// Answers a history query (the caller checked history is enabled).

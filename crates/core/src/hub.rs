@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -164,7 +164,28 @@ impl ClientCtx {
     }
 }
 
+/// Told by the hub when a member leaves a channel, so that a broker shared by
+/// several nodes can follow (remove presence entries, tell other nodes,
+/// stop listening to a channel this node no longer needs). Leaving happens
+/// on unsubscribe and on disconnect (dropping a [`ConnHandle`]), so the hub
+/// is the one place that sees every leave.
+pub trait HubListener: Send + Sync {
+    /// Connection `conn` left `channel`. `info` is set in namespaces with
+    /// presence or join/leave events; `emptied` when no member is left.
+    /// Called with no hub lock held; must not block.
+    fn member_left(&self, channel: &str, conn: ConnId, info: Option<&ClientInfo>, emptied: bool);
+}
+
+/// A leave to report to the [`HubListener`] once no lock is held.
+struct LeftNotice {
+    conn: ConnId,
+    info: Option<ClientInfo>,
+    emptied: bool,
+}
+
 pub(crate) struct HubInner {
+    /// Told about leaves (set once, by a node with a shared broker).
+    listener: OnceLock<Arc<dyn HubListener>>,
     limits: HubLimits,
     namespaces: Namespaces,
     clock: Arc<dyn Clock>,
@@ -227,6 +248,7 @@ impl Hub {
         let created = clock.now();
         Hub {
             inner: Arc::new(HubInner {
+                listener: OnceLock::new(),
                 limits,
                 namespaces,
                 clock,
@@ -381,9 +403,10 @@ impl Hub {
         };
         // Leave under the subscriptions lock (a concurrent subscribe of the
         // same connection must see a consistent state), deliver after.
-        let fan = self.leave_channel(conn.entry.id, &name);
+        let (fan, notice) = self.leave_channel(conn.entry.id, &name);
         drop(subs);
         self.finish_fan_out(&fan, channel);
+        self.notify_left(channel, notice);
         true
     }
 
@@ -467,6 +490,58 @@ impl Hub {
             dropped: fan.evicted,
             slow_closed,
         }
+    }
+
+    /// Queues `publication`, numbered by a broker shared by several nodes,
+    /// into the outboxes of this node's members of its channel (except
+    /// `exclude`), without assigning an offset or storing it: the broker
+    /// owns the channel's stream. Does nothing when the channel has no
+    /// member here. Publications of one channel must be delivered in offset
+    /// order, from one task.
+    pub fn deliver(&self, publication: Arc<Publication>, exclude: Option<ConnId>) -> PublishReport {
+        let Some(ch) = self.channel(&publication.channel) else {
+            return PublishReport::default();
+        };
+        let fan = ch.fan_out(&publication, exclude);
+        let report = PublishReport {
+            publication: Some(publication),
+            delivered: fan.delivered,
+            dropped: fan.evicted,
+            slow_closed: fan.slow.len(),
+        };
+        self.finish_fan_out(&fan, &ch.name().clone());
+        report
+    }
+
+    /// Queues a join (`join`) or leave event that happened on another node
+    /// into the outboxes of this node's members of `channel` (namespaces
+    /// with `join_leave` only). Returns how many were queued.
+    pub fn deliver_member_event(&self, channel: &str, join: bool, info: ClientInfo) -> usize {
+        let Some(ch) = self.channel(channel) else {
+            return 0;
+        };
+        let fan = ch.member_event(join, info);
+        self.finish_fan_out(&fan, channel);
+        fan.delivered
+    }
+
+    /// Sets the listener told about every leave (see [`HubListener`]).
+    /// Only the first call has an effect; returns whether it was that one.
+    pub fn set_listener(&self, listener: Arc<dyn HubListener>) -> bool {
+        self.inner.listener.set(listener).is_ok()
+    }
+
+    /// Makes the connection ids given from now on start at `base`, so that
+    /// ids (and the client ids derived from them) of several nodes sharing
+    /// a broker do not collide. Ids already given are unaffected; the next
+    /// id never goes backwards.
+    pub fn set_conn_id_base(&self, base: u64) {
+        self.inner.next_id.fetch_max(base, Ordering::Relaxed);
+    }
+
+    /// Whether connection `conn` is a member of `channel`.
+    pub fn is_member(&self, conn: ConnId, channel: &str) -> bool {
+        self.channel(channel).is_some_and(|ch| ch.has_member(conn))
     }
 
     /// Queries the history of `channel`.
@@ -810,17 +885,29 @@ impl Hub {
     /// Removes member `id` from channel `name`. Returns the leave event's
     /// fan-out, for [`finish_fan_out`](Self::finish_fan_out) once no lock
     /// is held.
-    fn leave_channel(&self, id: ConnId, name: &str) -> FanOut {
+    fn leave_channel(&self, id: ConnId, name: &str) -> (FanOut, Option<LeftNotice>) {
         // While `id` is a member, the map entry for `name` is this channel:
         // a channel is only unlinked once it is empty.
         let Some(ch) = self.channel(name) else {
-            return FanOut::default();
+            return (FanOut::default(), None);
         };
         let left = ch.leave(id, &self.inner);
         if left.now_dead {
             self.unlink_channel(&ch);
         }
-        left.fan
+        let notice = left.was_member.then_some(LeftNotice {
+            conn: id,
+            info: left.info,
+            emptied: left.emptied,
+        });
+        (left.fan, notice)
+    }
+
+    /// Reports a leave to the listener, if one is set. No lock may be held.
+    fn notify_left(&self, channel: &str, notice: Option<LeftNotice>) {
+        if let (Some(listener), Some(n)) = (self.inner.listener.get(), notice) {
+            listener.member_left(channel, n.conn, n.info.as_ref(), n.emptied);
+        }
     }
 
     /// Counts a join/leave event fan-out and removes the members it found
@@ -916,8 +1003,9 @@ impl Hub {
             std::mem::take(&mut subs.channels)
         };
         for name in &channels {
-            let fan = self.leave_channel(entry.id, name);
+            let (fan, notice) = self.leave_channel(entry.id, name);
             self.finish_fan_out(&fan, name);
+            self.notify_left(name, notice);
         }
         if self.conn_shard(entry.id).lock().remove(&entry.id).is_some() {
             self.inner.stats.remove_connection();

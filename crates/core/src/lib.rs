@@ -92,6 +92,15 @@
 //! publish points, so a shared store for several nodes can replace them
 //! without touching the fan-out.
 //!
+//! # Several nodes
+//!
+//! A [`Broker`] is what several nodes share (fan-out across nodes, offsets,
+//! history, presence, node liveness). [`Node`] is the facade protocol
+//! drivers call: with the default [`MemoryBroker`] it is the hub's own
+//! synchronous path; with a shared broker (Redis, in the server crate) it
+//! publishes through the broker and delivers what arrives with
+//! [`Hub::deliver`]. See the `node` and `broker` modules.
+//!
 //! # Outboxes and slow consumers
 //!
 //! Each connection has a bounded outbox, limited both by item count
@@ -164,6 +173,8 @@
 
 #![warn(missing_docs)]
 
+mod broker;
+mod broker_memory;
 mod channel;
 mod clock;
 mod connection;
@@ -172,19 +183,28 @@ mod history;
 mod hub;
 mod limits;
 mod namespace;
+mod node;
 mod outbox;
 mod presence;
 mod publication;
 mod stats;
 
+pub use broker::{
+    ready, BoxFuture, Broker, BrokerError, BrokerHandler, BrokerPublication, BrokerStatus,
+    NodeInfo, StreamSlice,
+};
+pub use broker_memory::MemoryBroker;
 pub use channel::Channel;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use connection::{ConnHandle, ConnInfo};
 pub use error::{ChannelError, CloseReason, HubError, OutboxClosed, PermissionError};
 pub use history::{Epoch, HistoryQuery, HistoryResult, Recovery, StreamPosition};
-pub use hub::{ClientCtx, Hub, PublishOptions, PublishReport, SubscribeOptions, SubscribeResult};
+pub use hub::{
+    ClientCtx, Hub, HubListener, PublishOptions, PublishReport, SubscribeOptions, SubscribeResult,
+};
 pub use limits::{HubLimits, SlowConsumerPolicy};
 pub use namespace::{ChannelOptions, Namespaces, NAMESPACE_SEPARATOR};
+pub use node::{GapHandler, Node, NodeError};
 pub use outbox::Outbox;
 pub use presence::{ClientInfo, MemberEvent, PresenceStats};
 pub use publication::{ConnId, Delivery, Payload, PayloadKind, Publication, WireFormat};

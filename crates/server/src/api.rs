@@ -28,7 +28,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use switchboard_core::{
-    ChannelError, CloseReason, Epoch, HistoryQuery, PublishOptions, StreamPosition,
+    ChannelError, CloseReason, Epoch, HistoryQuery, NodeError, PublishOptions, StreamPosition,
 };
 use switchboard_protocols::centrifugo::{self as cf, Data};
 
@@ -127,41 +127,81 @@ pub(crate) async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<
     } else {
         &body
     };
-    match call(&method, body, shared) {
+    match call(&method, body, shared).await {
         Ok(answer) => json_response(answer),
-        Err(BadJson(e)) => plain_owned(StatusCode::BAD_REQUEST, format!("bad request: {e}")),
+        Err(Fail::BadJson(e)) => plain_owned(StatusCode::BAD_REQUEST, format!("bad request: {e}")),
+        Err(Fail::Unavailable(e)) => {
+            let v = json!({ "error": e });
+            let mut r = json_response(v);
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
     }
 }
 
-/// A body that does not parse as the method's request.
-struct BadJson(serde_json::Error);
-
-fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, BadJson> {
-    serde_json::from_slice(body).map_err(BadJson)
+/// Why a call gets an HTTP error rather than a JSON answer.
+enum Fail {
+    /// A body that does not parse as the method's request (400).
+    BadJson(serde_json::Error),
+    /// The broker cannot be reached: nothing was done, retry later (503). Carries the
+    /// JSON error object (with `"temporary": true`).
+    Unavailable(Value),
 }
 
-fn call(method: &str, body: &[u8], shared: &Shared) -> Result<Value, BadJson> {
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Fail> {
+    serde_json::from_slice(body).map_err(Fail::BadJson)
+}
+
+/// A refused call: its JSON error, and whether it is temporary (an unreachable broker).
+struct ApiError {
+    body: Value,
+    temporary: bool,
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> ApiError {
+        ApiError {
+            body: node_error(&e),
+            temporary: e.is_temporary(),
+        }
+    }
+}
+
+/// The JSON answer for a node result: a temporary broker failure becomes a 503.
+fn node_outcome(r: Result<Value, impl Into<ApiError>>) -> Result<Value, Fail> {
+    match r.map_err(Into::into) {
+        Ok(v) => Ok(json!({ "result": v })),
+        Err(e) if e.temporary => Err(Fail::Unavailable(e.body)),
+        Err(e) => Ok(json!({ "error": e.body })),
+    }
+}
+
+async fn call(method: &str, body: &[u8], shared: &Shared) -> Result<Value, Fail> {
     let hub = &shared.hub;
+    let node = &shared.node;
     Ok(match method {
         "publish" => {
             let b: PublishBody = parse(body)?;
-            outcome(publish(shared, &b.channel, &b.data))
+            node_outcome(publish(shared, &b.channel, &b.data).await)?
         }
         "broadcast" => {
             let b: BroadcastBody = parse(body)?;
-            let responses: Vec<Value> = b
-                .channels
-                .iter()
-                .map(|ch| match publish(shared, ch, &b.data) {
+            let mut responses: Vec<Value> = Vec::with_capacity(b.channels.len());
+            for ch in &b.channels {
+                // Each channel is answered on its own; a temporary error is marked
+                // `"temporary": true` so the caller retries just those channels.
+                responses.push(match publish(shared, ch, &b.data).await {
                     Ok(r) => json!({ "result": r }),
-                    Err(e) => json!({ "error": e }),
-                })
-                .collect();
+                    Err(e) => json!({ "error": e.body }),
+                });
+            }
             json!({ "result": { "responses": responses } })
         }
         "presence" => {
             let b: ChannelBody = parse(body)?;
-            outcome(hub.presence(&b.channel).map_err(channel_error).map(|m| {
+            node_outcome(node.presence(&b.channel).await.map(|m| {
                 let map: serde_json::Map<String, Value> = m
                     .into_iter()
                     .map(|(k, v)| {
@@ -175,15 +215,15 @@ fn call(method: &str, body: &[u8], shared: &Shared) -> Result<Value, BadJson> {
                     })
                     .collect();
                 json!({ "presence": map })
-            }))
+            }))?
         }
         "presence_stats" => {
             let b: ChannelBody = parse(body)?;
-            outcome(
-                hub.presence_stats(&b.channel)
-                    .map_err(channel_error)
+            node_outcome(
+                node.presence_stats(&b.channel)
+                    .await
                     .map(|s| json!({ "num_clients": s.num_clients, "num_users": s.num_users })),
-            )
+            )?
         }
         "history" => {
             let b: HistoryBody = parse(body)?;
@@ -199,41 +239,55 @@ fn call(method: &str, body: &[u8], shared: &Shared) -> Result<Value, BadJson> {
                 },
                 reverse: b.reverse,
             };
-            outcome(
-                hub.history(&b.channel, query)
-                    .map_err(channel_error)
-                    .map(|r| {
-                        let pubs: Vec<cf::Publication> = r
-                            .publications
-                            .iter()
-                            .map(|p| cf::Publication::from_core(p))
-                            .collect();
-                        json!({
-                            "publications": pubs,
-                            "offset": r.position.offset,
-                            "epoch": cf::wire_epoch(r.position.epoch),
-                        })
-                    }),
-            )
+            node_outcome(node.history(&b.channel, query).await.map(|r| {
+                let pubs: Vec<cf::Publication> = r
+                    .publications
+                    .iter()
+                    .map(|p| cf::Publication::from_core(p))
+                    .collect();
+                json!({
+                    "publications": pubs,
+                    "offset": r.position.offset,
+                    "epoch": cf::wire_epoch(r.position.epoch),
+                })
+            }))?
         }
         "history_remove" => {
             let b: ChannelBody = parse(body)?;
-            outcome(
-                hub.history_remove(&b.channel)
-                    .map_err(channel_error)
-                    .map(|()| json!({})),
-            )
+            node_outcome(node.history_remove(&b.channel).await.map(|()| json!({})))?
         }
         "info" => {
-            let stats = hub.stats();
-            json!({ "result": { "nodes": [{
-                "uid": "local",
-                "name": "switchboard",
-                "version": env!("CARGO_PKG_VERSION"),
-                "num_clients": stats.connections,
-                "num_channels": stats.channels,
-                "uptime": shared.started.elapsed().as_secs(),
-            }]}})
+            let nodes = node.nodes().await.map(|list| {
+                let stats = hub.stats();
+                let me = node.broker().node_id().to_string();
+                let nodes: Vec<Value> = list
+                    .into_iter()
+                    .map(|n| {
+                        // This node's own counts are current; the others' are from their
+                        // latest heartbeat.
+                        let (clients, channels, uptime) = if n.id == me {
+                            (
+                                stats.connections,
+                                stats.channels,
+                                shared.started.elapsed().as_secs(),
+                            )
+                        } else {
+                            (n.num_clients, n.num_channels, n.uptime_secs)
+                        };
+                        json!({
+                            "uid": n.id,
+                            "name": n.name,
+                            "url": n.url,
+                            "version": env!("CARGO_PKG_VERSION"),
+                            "num_clients": clients,
+                            "num_channels": channels,
+                            "uptime": uptime,
+                        })
+                    })
+                    .collect();
+                json!({ "nodes": nodes })
+            });
+            node_outcome(nodes)?
         }
         "disconnect" => {
             let b: DisconnectBody = parse(body)?;
@@ -309,23 +363,42 @@ fn glob_match(pattern: &str, name: &str) -> bool {
     p[pi..].iter().all(|&c| c == b'*')
 }
 
-fn publish(shared: &Shared, channel: &str, data: &RawValue) -> Result<Value, Value> {
-    let hub = &shared.hub;
-    hub.namespaces().options(channel).map_err(channel_error)?;
+async fn publish(shared: &Shared, channel: &str, data: &RawValue) -> Result<Value, ApiError> {
+    shared
+        .hub
+        .namespaces()
+        .options(channel)
+        .map_err(NodeError::from)?;
     let payload = Data::from_json(data.get().to_owned())
-        .map_err(|_| cf_error(&cf::Error::BAD_REQUEST))?
+        .map_err(|_| ApiError {
+            body: cf_error(&cf::Error::BAD_REQUEST),
+            temporary: false,
+        })?
         .into_payload();
-    let report = hub.publish(channel, payload, PublishOptions::default());
-    Ok(match report.position() {
+    let position = shared
+        .node
+        .publish(channel, payload, PublishOptions::default(), None)
+        .await
+        .map_err(ApiError::from)?;
+    Ok(match position {
         Some(p) if p.offset > 0 => json!({ "offset": p.offset, "epoch": cf::wire_epoch(p.epoch) }),
         _ => json!({}),
     })
 }
 
-fn outcome(r: Result<Value, Value>) -> Value {
-    match r {
-        Ok(v) => json!({ "result": v }),
-        Err(e) => json!({ "error": e }),
+/// The JSON error of a failed node operation.
+fn node_error(e: &NodeError) -> Value {
+    match e {
+        NodeError::Channel(c) => channel_error(c.clone()),
+        NodeError::Hub(_) => cf_error(&cf::Error::UNKNOWN_CHANNEL),
+        NodeError::Broker(b) if b.is_temporary() => json!({
+            "code": cf::Error::INTERNAL.code,
+            "message": format!("broker unavailable, retry later ({b})"),
+            "temporary": true,
+        }),
+        NodeError::Broker(b) => {
+            json!({ "code": cf::Error::INTERNAL.code, "message": b.to_string() })
+        }
     }
 }
 

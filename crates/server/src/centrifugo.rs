@@ -42,8 +42,9 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use switchboard_core::{
-    ClientCtx, CloseReason, ConnHandle, ConnInfo, Delivery, Epoch, HistoryQuery, HubError, Outbox,
-    PermissionError, PublishOptions, StreamPosition as CorePosition, SubscribeOptions,
+    ClientCtx, CloseReason, ConnHandle, ConnInfo, Delivery, Epoch, HistoryQuery, HubError,
+    NodeError, Outbox, PermissionError, PublishOptions, StreamPosition as CorePosition,
+    SubscribeOptions,
 };
 use switchboard_protocols::centrifugo::{
     self as cf, commands, encode_batch, encode_publication_push, wire_epoch, Command,
@@ -83,6 +84,10 @@ pub(crate) enum Control {
     Unsubscribe(String),
     /// Close the connection with 3011 "force reconnect".
     Disconnect,
+    /// The channel's publications may have been missed (a gap in the broker's stream):
+    /// a positioned subscription is ended with an `unsubscribe` push, code 2500
+    /// "insufficient state", so the SDK resubscribes with recovery.
+    InsufficientState(String),
 }
 
 /// The connected Centrifugo-protocol clients by id, with their user, so the HTTP API can reach
@@ -105,6 +110,14 @@ impl Registry {
             .count()
     }
 
+    /// Sends `control` to connection `id`; returns whether it is connected here.
+    pub(crate) fn send_to(&self, id: u64, control: Control) -> bool {
+        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns
+            .get(&id)
+            .is_some_and(|(_, tx)| tx.send(control).is_ok())
+    }
+
     fn insert(&self, id: u64, user: String, tx: mpsc::UnboundedSender<Control>) {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         conns.insert(id, (user, tx));
@@ -113,6 +126,19 @@ impl Registry {
     fn remove(&self, id: u64) {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         conns.remove(&id);
+    }
+}
+
+/// Tells this node's Centrifugo subscribers of `channel` that they may have missed
+/// publications (see [`Control::InsufficientState`]).
+pub(crate) fn insufficient_state(shared: &Shared, channel: &str) {
+    let Some(ch) = shared.hub.channel(channel) else {
+        return;
+    };
+    for id in ch.member_ids() {
+        shared
+            .clients
+            .send_to(id, Control::InsufficientState(channel.to_string()));
     }
 }
 
@@ -200,6 +226,8 @@ async fn run<S>(
         control_rx,
         handle: None,
         subs: HashSet::new(),
+        positioned: HashSet::new(),
+        live_from: HashMap::new(),
         sub_expiry: HashMap::new(),
         expires_at: None,
         last_seen: Instant::now(),
@@ -240,6 +268,13 @@ struct Conn {
     handle: Option<ConnHandle>,
     /// Channels this client subscribed to (client- and server-side).
     subs: HashSet<String>,
+    /// Subscriptions whose client tracks stream positions (told about gaps).
+    positioned: HashSet<String>,
+    /// Per channel, the position a subscribe reply reported: queued publications at or
+    /// below it were already recovered (or predate the subscription) and are skipped.
+    /// Only happens with a shared broker (see `switchboard_core::Node`); removed once a
+    /// later publication passes.
+    live_from: HashMap<String, CorePosition>,
     /// Unix time at which each subscription made with an expiring token ends unless
     /// `sub_refresh` moves it. Checked against one deadline (the earliest) in the
     /// connection's loop, so no timer per subscription.
@@ -276,7 +311,7 @@ impl Conn {
             return End::Gone;
         };
         self.last_seen = Instant::now();
-        let mut outbox = match self.handle_first(&first, &mut out) {
+        let mut outbox = match self.handle_first(&first, &mut out).await {
             Ok(Some(outbox)) => outbox,
             Ok(None) => {
                 // Connect refused with an error reply (e.g. expired token): send it and
@@ -307,7 +342,7 @@ impl Conn {
                 frame = self.rx.recv() => {
                     let Some(frame) = frame else { return End::Gone };
                     self.last_seen = Instant::now();
-                    match self.handle_frame(&frame, &mut out) {
+                    match self.handle_frame(&frame, &mut out).await {
                         Step::Continue => {}
                         Step::Stop(end) => {
                             let _ = write_all(writer, &out).await;
@@ -319,6 +354,9 @@ impl Conn {
                     match got {
                         Ok(_) => {
                             for delivery in batch.drain(..) {
+                                if self.already_sent(&delivery) {
+                                    continue;
+                                }
                                 if let Some(bytes) = encode_delivery(&delivery) {
                                     out.push(bytes);
                                 }
@@ -341,11 +379,19 @@ impl Conn {
                 }
                 Some(control) = self.control_rx.recv() => {
                     match control {
-                        Control::Subscribe(channel) => self.server_subscribe(channel, &mut out),
+                        Control::Subscribe(channel) => self.server_subscribe(channel, &mut out).await,
+                        Control::InsufficientState(channel) => {
+                            if self.positioned.contains(&channel) && self.subs.contains(&channel) {
+                                self.forget(&channel).await;
+                                out.push(Push::new(channel, PushBody::Unsubscribe(UnsubscribePush {
+                                    code: cf::unsubscribe_code::INSUFFICIENT_STATE,
+                                    reason: "insufficient state".to_string(),
+                                })).encode());
+                            }
+                        }
                         Control::Unsubscribe(channel) => {
-                            if self.subs.remove(&channel) {
-                                self.sub_expiry.remove(&channel);
-                                self.shared.hub.unsubscribe(self.handle(), &channel);
+                            if self.subs.contains(&channel) {
+                                self.forget(&channel).await;
                                 out.push(Push::new(channel, PushBody::Unsubscribe(UnsubscribePush {
                                     code: cf::unsubscribe_code::SERVER,
                                     reason: "server unsubscribe".to_string(),
@@ -370,6 +416,30 @@ impl Conn {
                 out.clear();
             }
         }
+    }
+
+    /// Whether `delivery` is a publication the client already has (see `live_from`).
+    fn already_sent(&mut self, delivery: &Delivery) -> bool {
+        let Delivery::Publication(p) = delivery else {
+            return false;
+        };
+        let Some(from) = self.live_from.get(&*p.channel) else {
+            return false;
+        };
+        if p.epoch == from.epoch && p.offset <= from.offset {
+            return true;
+        }
+        self.live_from.remove(&*p.channel);
+        false
+    }
+
+    /// Ends this connection's subscription to `channel` (no message to the client).
+    async fn forget(&mut self, channel: &str) {
+        self.subs.remove(channel);
+        self.positioned.remove(channel);
+        self.live_from.remove(channel);
+        self.sub_expiry.remove(channel);
+        self.shared.node.unsubscribe(self.handle(), channel).await;
     }
 
     /// After a refused connect: wait for the client to go away (bounded).
@@ -416,6 +486,8 @@ impl Conn {
         for channel in expired {
             self.sub_expiry.remove(&channel);
             if self.subs.remove(&channel) {
+                self.positioned.remove(&channel);
+                self.live_from.remove(&channel);
                 self.shared.hub.unsubscribe(self.handle(), &channel);
                 tracing::debug!(peer = %self.peer, %channel, "subscription expired");
                 out.push(
@@ -434,7 +506,7 @@ impl Conn {
 
     /// The first frame: must start with `connect`. Returns the outbox on success, `None`
     /// when an error reply was queued instead.
-    fn handle_first(
+    async fn handle_first(
         &mut self,
         frame: &[u8],
         out: &mut Vec<Bytes>,
@@ -505,7 +577,7 @@ impl Conn {
                 channel: channel.clone(),
                 ..asked
             };
-            match self.join(&sub_req, None) {
+            match self.join(&sub_req, None).await {
                 Ok(r) => {
                     result.subs.insert(channel, r);
                 }
@@ -519,7 +591,7 @@ impl Conn {
         for cmd in cmds {
             match cmd {
                 Ok(cmd) => {
-                    if let Step::Stop(End::Disconnect(d)) = self.handle_command(cmd, out) {
+                    if let Step::Stop(End::Disconnect(d)) = self.handle_command(cmd, out).await {
                         return Err(d);
                     }
                 }
@@ -530,7 +602,7 @@ impl Conn {
     }
 
     /// A server-side subscription requested through the HTTP API.
-    fn server_subscribe(&mut self, channel: String, out: &mut Vec<Bytes>) {
+    async fn server_subscribe(&mut self, channel: String, out: &mut Vec<Bytes>) {
         if self.subs.contains(&channel) {
             return;
         }
@@ -538,7 +610,7 @@ impl Conn {
             channel: channel.clone(),
             ..Default::default()
         };
-        match self.join(&req, None) {
+        match self.join(&req, None).await {
             Ok(r) => out.push(
                 Push::new(
                     channel,
@@ -556,11 +628,12 @@ impl Conn {
         }
     }
 
-    fn handle_frame(&mut self, frame: &[u8], out: &mut Vec<Bytes>) -> Step {
-        for cmd in commands(frame) {
+    async fn handle_frame(&mut self, frame: &[u8], out: &mut Vec<Bytes>) -> Step {
+        let cmds: Vec<_> = commands(frame).collect();
+        for cmd in cmds {
             match cmd {
                 Ok(cmd) => {
-                    if let Step::Stop(end) = self.handle_command(cmd, out) {
+                    if let Step::Stop(end) = self.handle_command(cmd, out).await {
                         return Step::Stop(end);
                     }
                 }
@@ -581,27 +654,27 @@ impl Conn {
         self.handle().info().user.clone().unwrap_or_default()
     }
 
-    fn handle_command(&mut self, cmd: Command, out: &mut Vec<Bytes>) -> Step {
+    async fn handle_command(&mut self, cmd: Command, out: &mut Vec<Bytes>) -> Step {
         let id = cmd.id;
         let result: Result<ReplyResult, CfError> = match cmd.method {
             Method::Connect(_) => return Step::Stop(End::Disconnect(Disconnect::BAD_REQUEST)),
             Method::Pong | Method::Send(_) => return Step::Continue,
             Method::Ping(_) => Ok(ReplyResult::Ping(PingResult {})),
             Method::Rpc(RpcRequest { .. }) => Err(CfError::NOT_AVAILABLE),
-            Method::Subscribe(req) => self.subscribe(&req).map(ReplyResult::Subscribe),
+            Method::Subscribe(req) => self.subscribe(&req).await.map(ReplyResult::Subscribe),
             Method::Unsubscribe(req) => {
-                if self.subs.remove(&req.channel) {
-                    self.sub_expiry.remove(&req.channel);
-                    self.shared.hub.unsubscribe(self.handle(), &req.channel);
+                if self.subs.contains(&req.channel) {
+                    self.forget(&req.channel).await;
                 }
                 Ok(ReplyResult::Unsubscribe(UnsubscribeResult {}))
             }
-            Method::Publish(req) => self.publish(req).map(ReplyResult::Publish),
-            Method::Presence(req) => self.presence(&req.channel).map(ReplyResult::Presence),
+            Method::Publish(req) => self.publish(req).await.map(ReplyResult::Publish),
+            Method::Presence(req) => self.presence(&req.channel).await.map(ReplyResult::Presence),
             Method::PresenceStats(req) => self
                 .presence_stats(&req.channel)
+                .await
                 .map(ReplyResult::PresenceStats),
-            Method::History(req) => self.history(req).map(ReplyResult::History),
+            Method::History(req) => self.history(req).await.map(ReplyResult::History),
             Method::Refresh(req) => {
                 match self.shared.verifier.verify_connection_token(&req.token) {
                     Ok(claims) if claims.sub == self.user() => {
@@ -657,7 +730,7 @@ impl Conn {
         Step::Continue
     }
 
-    fn subscribe(&mut self, req: &SubscribeRequest) -> Result<SubscribeResult, CfError> {
+    async fn subscribe(&mut self, req: &SubscribeRequest) -> Result<SubscribeResult, CfError> {
         if self.subs.contains(&req.channel) {
             return Err(CfError::ALREADY_SUBSCRIBED);
         }
@@ -686,7 +759,7 @@ impl Conn {
             .hub
             .check_subscribe(&ctx, &req.channel)
             .map_err(permission_error)?;
-        let mut result = self.join(req, chan_info)?;
+        let mut result = self.join(req, chan_info).await?;
         if let Some(at) = expires_at {
             // The SDK schedules `sub_refresh` `ttl` seconds on; without it the
             // subscription ends when the token does.
@@ -698,7 +771,7 @@ impl Conn {
     }
 
     /// Join `req.channel` (permissions already checked), with recovery when asked.
-    fn join(
+    async fn join(
         &mut self,
         req: &SubscribeRequest,
         chan_info: Option<Bytes>,
@@ -711,18 +784,23 @@ impl Conn {
         };
         let r = self
             .shared
-            .hub
-            .subscribe_with(self.handle(), &req.channel, opts)
+            .node
+            .subscribe(self.handle(), &req.channel, opts)
+            .await
             .map_err(|e| match e {
-                HubError::RoomFull { .. } | HubError::TooManyConnections { .. } => {
+                NodeError::Hub(HubError::RoomFull { .. } | HubError::TooManyConnections { .. }) => {
                     CfError::LIMIT_EXCEEDED
                 }
-                HubError::InvalidChannel | HubError::UnknownNamespace(_) => {
+                NodeError::Hub(HubError::InvalidChannel | HubError::UnknownNamespace(_)) => {
                     CfError::UNKNOWN_CHANNEL
                 }
-                _ => CfError::INTERNAL,
+                e => node_error(&e),
             })?;
         self.subs.insert(req.channel.clone());
+        // Publications queued meanwhile up to the reported top were recovered already.
+        if r.position.offset > 0 {
+            self.live_from.insert(req.channel.clone(), r.position);
+        }
         let history = r.options.history_enabled();
         let recoverable = history && (req.recoverable || req.recover || r.options.force_recovery);
         let mut result = SubscribeResult {
@@ -732,6 +810,9 @@ impl Conn {
             offset: r.position.offset,
             ..Default::default()
         };
+        if result.positioned || result.recoverable {
+            self.positioned.insert(req.channel.clone());
+        }
         if let Some(recovery) = r.recovery {
             result.was_recovering = true;
             result.recovered = recovery.recovered;
@@ -744,7 +825,7 @@ impl Conn {
         Ok(result)
     }
 
-    fn publish(&self, req: cf::PublishRequest) -> Result<PublishResult, CfError> {
+    async fn publish(&self, req: cf::PublishRequest) -> Result<PublishResult, CfError> {
         let ctx = ClientCtx::for_conn(self.handle());
         self.shared
             .hub
@@ -759,16 +840,20 @@ impl Conn {
             conn_info: handle.info().conn_info.clone(),
             chan_info: None,
         };
-        self.shared.hub.publish_with_info(
-            &channel,
-            payload,
-            PublishOptions::from_conn(handle.id()),
-            Some(Arc::new(info)),
-        );
+        self.shared
+            .node
+            .publish(
+                &channel,
+                payload,
+                PublishOptions::from_conn(handle.id()),
+                Some(Arc::new(info)),
+            )
+            .await
+            .map_err(|e| node_error(&e))?;
         Ok(PublishResult {})
     }
 
-    fn presence(&self, channel: &str) -> Result<PresenceResult, CfError> {
+    async fn presence(&self, channel: &str) -> Result<PresenceResult, CfError> {
         let ctx = ClientCtx::for_conn(self.handle());
         self.shared
             .hub
@@ -776,9 +861,10 @@ impl Conn {
             .map_err(permission_error)?;
         let map = self
             .shared
-            .hub
+            .node
             .presence(channel)
-            .map_err(|_| CfError::NOT_AVAILABLE)?;
+            .await
+            .map_err(|e| node_error(&e))?;
         Ok(PresenceResult {
             presence: map
                 .into_iter()
@@ -787,7 +873,7 @@ impl Conn {
         })
     }
 
-    fn presence_stats(&self, channel: &str) -> Result<PresenceStatsResult, CfError> {
+    async fn presence_stats(&self, channel: &str) -> Result<PresenceStatsResult, CfError> {
         let ctx = ClientCtx::for_conn(self.handle());
         self.shared
             .hub
@@ -795,16 +881,17 @@ impl Conn {
             .map_err(permission_error)?;
         let stats = self
             .shared
-            .hub
+            .node
             .presence_stats(channel)
-            .map_err(|_| CfError::NOT_AVAILABLE)?;
+            .await
+            .map_err(|e| node_error(&e))?;
         Ok(PresenceStatsResult {
             num_clients: u32::try_from(stats.num_clients).unwrap_or(u32::MAX),
             num_users: u32::try_from(stats.num_users).unwrap_or(u32::MAX),
         })
     }
 
-    fn history(&self, req: cf::HistoryRequest) -> Result<HistoryResult, CfError> {
+    async fn history(&self, req: cf::HistoryRequest) -> Result<HistoryResult, CfError> {
         let ctx = ClientCtx::for_conn(self.handle());
         self.shared
             .hub
@@ -821,15 +908,10 @@ impl Conn {
         };
         let r = self
             .shared
-            .hub
+            .node
             .history(&req.channel, query)
-            .map_err(|e| match e {
-                switchboard_core::ChannelError::UnrecoverablePosition => {
-                    CfError::UNRECOVERABLE_POSITION
-                }
-                switchboard_core::ChannelError::NotAvailable => CfError::NOT_AVAILABLE,
-                _ => CfError::UNKNOWN_CHANNEL,
-            })?;
+            .await
+            .map_err(|e| node_error(&e))?;
         Ok(HistoryResult::new(
             r.publications.iter().map(|p| publication(p)).collect(),
             cf::StreamPosition {
@@ -885,6 +967,27 @@ fn encode_delivery(delivery: &Delivery) -> Option<Bytes> {
             .encode(),
         ),
         Delivery::Direct(_) => None,
+    }
+}
+
+/// The protocol error for a failed node operation; an unreachable broker is a temporary
+/// error (the SDK retries).
+fn node_error(e: &NodeError) -> CfError {
+    match e {
+        NodeError::Channel(switchboard_core::ChannelError::UnrecoverablePosition) => {
+            CfError::UNRECOVERABLE_POSITION
+        }
+        NodeError::Channel(switchboard_core::ChannelError::NotAvailable) => CfError::NOT_AVAILABLE,
+        NodeError::Channel(_)
+        | NodeError::Hub(HubError::InvalidChannel | HubError::UnknownNamespace(_)) => {
+            CfError::UNKNOWN_CHANNEL
+        }
+        e if e.is_temporary() => CfError {
+            code: CfError::INTERNAL.code,
+            message: "broker unavailable, retry later".into(),
+            temporary: true,
+        },
+        _ => CfError::INTERNAL,
     }
 }
 

@@ -77,6 +77,8 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time allowed for close handshakes on shutdown.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default node lease with a shared broker.
+pub const DEFAULT_BROKER_LEASE: Duration = Duration::from_secs(15);
 /// Default per-connection outgoing queue bound in bytes (4 MiB).
 pub const DEFAULT_OUTBOX_MAX_BYTES: usize = 4 << 20;
 /// Default per-connection outgoing queue bound in messages.
@@ -164,8 +166,21 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// Channel options: `[channel.default]` and `[channel.namespaces.<name>]`.
     pub channel: Namespaces,
-    /// Socket.IO options: the `[socketio]` table.
-    pub socketio: crate::socketio::SocketIoConfig,
+    /// What several nodes share: `memory` (one node, the default) or
+    /// `redis://host:port/db`.
+    pub broker: Option<String>,
+    /// How long a node's presence entries outlive it when it dies without leaving
+    /// (kill -9, network loss); renewed every third of it.
+    #[serde(alias = "broker-lease", deserialize_with = "secs")]
+    pub broker_lease: Duration,
+    /// The HTTP address other nodes reach this one at (registered with the broker);
+    /// default: derived from the bound address.
+    #[serde(alias = "advertise-url")]
+    pub advertise_url: Option<String>,
+    /// This node's name in the broker's registry and the `info` API; default: the
+    /// advertised address.
+    #[serde(alias = "node-name")]
+    pub node_name: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -198,7 +213,10 @@ impl Default for ServerConfig {
             allow_anonymous: false,
             api_key: None,
             channel: Namespaces::default(),
-            socketio: Default::default(),
+            broker: None,
+            broker_lease: DEFAULT_BROKER_LEASE,
+            advertise_url: None,
+            node_name: None,
         }
     }
 }
@@ -241,6 +259,10 @@ impl ServerConfig {
         }
         if self.api_key.as_deref() == Some("") {
             return Err("the API key must not be empty".into());
+        }
+        crate::broker::parse(self.broker.as_deref())?;
+        if self.broker_lease < Duration::from_millis(300) {
+            return Err("the broker lease must be at least 0.3 seconds".into());
         }
         if self.allowed_origins.is_empty() {
             return Err("allowed origins must not be empty (use * to allow any)".into());

@@ -23,7 +23,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use switchboard_core::{CloseReason, ConnHandle, ConnId, Delivery, Hub, Outbox, PublishOptions};
+use switchboard_core::{CloseReason, ConnHandle, ConnId, Delivery, Node, Outbox, PublishOptions};
 use switchboard_protocols::raw;
 use switchboard_websocket::codec::Config as CodecConfig;
 use switchboard_websocket::stream::{WriteConfig, WsReader, WsWriter};
@@ -131,7 +131,7 @@ enum WriteEnd<S> {
 
 /// Everything the reader task needs.
 struct ReadCtx {
-    hub: Hub,
+    node: Node,
     room: Arc<str>,
     id: ConnId,
     echo: bool,
@@ -190,7 +190,7 @@ async fn run<S>(
     }
 
     let ctx = ReadCtx {
-        hub: shared.hub.clone(),
+        node: shared.node.clone(),
         room: Arc::clone(&room),
         id,
         echo: params.echo,
@@ -414,6 +414,32 @@ where
     }
 }
 
+/// Publishes one message of the room. One node: the hub's synchronous path. With a shared
+/// broker the message goes through it (the reader waits, so one connection's messages
+/// keep their order); while the broker is unreachable the message still reaches this
+/// node's members (local fan-out), and the miss of the other nodes is logged.
+async fn publish(ctx: &ReadCtx, payload: switchboard_core::Payload, opts: PublishOptions) {
+    if ctx
+        .node
+        .publish_now(&ctx.room, payload.clone(), opts, None)
+        .is_some()
+    {
+        return;
+    }
+    match ctx
+        .node
+        .publish(&ctx.room, payload.clone(), opts, None)
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if e.is_temporary() => {
+            tracing::warn!(room = %ctx.room, "broker unavailable, message delivered on this node only: {e}");
+            ctx.node.hub().publish(&ctx.room, payload, opts);
+        }
+        Err(e) => tracing::debug!(room = %ctx.room, "message not published: {e}"),
+    }
+}
+
 async fn read_loop<S>(mut reader: WsReader<S>, ctx: ReadCtx) -> ReadOutcome<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -448,7 +474,7 @@ where
                     }
                 }
                 if let Some(payload) = raw::decode(&msg) {
-                    ctx.hub.publish(&ctx.room, payload, opts);
+                    publish(&ctx, payload, opts).await;
                 }
             }
         }

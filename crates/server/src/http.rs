@@ -4,7 +4,6 @@
 //! | request                               | answer                                   |
 //! |---------------------------------------|------------------------------------------|
 //! | upgrade on `/connection/websocket`    | Centrifugo client protocol (JSON)        |
-//! | anything on `/socket.io/`             | Socket.IO / Engine.IO ([`crate::socketio`]) |
 //! | upgrade on a reserved prefix          | 404 (those paths belong to other protocols) |
 //! | upgrade on any other path             | WebSocket; room = path (`/` = `lobby`)   |
 //! | `GET /`                               | the chat page                            |
@@ -77,9 +76,6 @@ pub(crate) async fn handle(
     token: ShutdownToken,
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path();
-    if crate::socketio::is_path(path) {
-        return Ok(crate::socketio::handle(req, shared, peer, token).await);
-    }
     if is_upgrade_request(req.headers()) {
         if path == crate::centrifugo::PATH {
             return Ok(crate::centrifugo::upgrade(req, shared, peer, token));
@@ -88,7 +84,7 @@ pub(crate) async fn handle(
             return Ok(text(StatusCode::NOT_FOUND, "not found"));
         }
         let room = room_for_path(path);
-        return Ok(ws::upgrade(req, room, shared, peer, token));
+        return Ok(ws::upgrade(req, room, shared, peer, token).await);
     }
     if path.starts_with(crate::api::PREFIX) {
         return Ok(crate::api::handle(req, &shared).await);
@@ -116,12 +112,19 @@ pub(crate) async fn handle(
     Ok(response)
 }
 
-/// `/health`: liveness plus the numbers an operator looks at first.
+/// `/health`: liveness plus the numbers an operator looks at first, and the broker's
+/// state (`kind`, `connected`; the node id with a shared broker).
 fn health(shared: &Shared) -> Response<Body> {
     let hub = shared.hub.stats();
     let server = shared.counters.snapshot();
+    let broker = shared.node.broker_status();
     let body = serde_json::json!({
-        "status": "ok",
+        "status": if broker.connected { "ok" } else { "degraded" },
+        "broker": {
+            "kind": broker.kind,
+            "connected": broker.connected,
+            "node": shared.node.broker().node_id(),
+        },
         "uptime_secs": shared.started.elapsed().as_secs(),
         "connections": server.active_connections,
         "hub": {

@@ -34,6 +34,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod broker;
 pub mod centrifugo;
 pub mod config;
 mod connection;
@@ -44,7 +45,6 @@ pub mod listener;
 pub mod origin;
 mod server;
 pub mod shutdown;
-pub mod socketio;
 pub mod stats;
 pub mod tls;
 mod ws;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use switchboard_core::{Hub, HubLimits, SlowConsumerPolicy};
+use switchboard_core::{Hub, HubLimits, Node, NodeInfo, SlowConsumerPolicy};
 use switchboard_websocket::extensions::DeflatePolicy;
 use switchboard_websocket::Message;
 use tokio::net::TcpListener;
@@ -52,6 +52,9 @@ pub enum ServerError {
 pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
     pub(crate) hub: Hub,
+    /// The channel facade over the hub and the broker; drivers call it for channel
+    /// operations (publish, subscribe, history, presence).
+    pub(crate) node: Node,
     pub(crate) origins: OriginPolicy,
     pub(crate) deflate: DeflatePolicy,
     pub(crate) tls: Option<TlsAcceptor>,
@@ -135,6 +138,7 @@ impl ServerBuilder {
         Ok(Server {
             shared: Arc::new(Shared {
                 config,
+                node: Node::new(hub.clone()),
                 hub,
                 origins,
                 deflate,
@@ -165,6 +169,20 @@ pub fn hub_limits(config: &ServerConfig) -> HubLimits {
     }
 }
 
+/// The address to show for a bound one: a wildcard bind (`0.0.0.0`, `::`) is reachable on
+/// every interface, so show the loopback address, which a browser on this machine can open.
+fn reachable(local: SocketAddr) -> SocketAddr {
+    match local.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => {
+            SocketAddr::from(([127, 0, 0, 1], local.port()))
+        }
+        ip if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, local.port()))
+        }
+        _ => local,
+    }
+}
+
 /// A configured server, not yet listening.
 pub struct Server {
     shared: Arc<Shared>,
@@ -186,15 +204,91 @@ impl Server {
         &self.shared.config
     }
 
-    /// Bind the listening socket. The port is known after this (useful with port 0).
+    /// The channel facade (hub + broker). Before [`bind`](Self::bind) it always uses
+    /// the in-memory broker; a configured shared broker is started by `bind`.
+    pub fn node(&self) -> &Node {
+        &self.shared.node
+    }
+
+    /// Bind the listening socket (the port is known after this, useful with port 0) and
+    /// start the configured broker.
     pub async fn bind(self) -> Result<BoundServer, ServerError> {
-        let addr = self.shared.config.listen;
+        let mut shared = self.shared;
+        let addr = shared.config.listen;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
         let local_addr = listener.local_addr()?;
+        let scheme = if shared.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let url = shared
+            .config
+            .advertise_url
+            .clone()
+            .unwrap_or_else(|| format!("{scheme}://{}", reachable(local_addr)));
+        let name = shared
+            .config
+            .node_name
+            .clone()
+            .unwrap_or_else(|| url.clone());
+        let kind =
+            crate::broker::parse(shared.config.broker.as_deref()).map_err(ServerError::Config)?;
+        if let crate::broker::BrokerKind::Redis(redis_url) = kind {
+            let info = NodeInfo {
+                id: crate::broker::redis::new_node_id(),
+                name,
+                url,
+                ..NodeInfo::default()
+            };
+            // Client ids must not collide across nodes: presence is keyed by them.
+            let base = u64::from_str_radix(&info.id[..5], 16).unwrap_or(1).max(1) << 32;
+            shared.hub.set_conn_id_base(base);
+            let broker = crate::broker::start_redis(&redis_url, info, shared.config.broker_lease)
+                .map_err(|e| ServerError::Config(e.to_string()))?;
+            if !broker
+                .wait_connected(std::time::Duration::from_secs(3))
+                .await
+            {
+                tracing::warn!(url = %redis_url, "Redis not reachable yet; retrying in the background");
+            }
+            let node = Node::with_broker(shared.hub.clone(), Arc::new(broker));
+            tokio::spawn(node.run_background());
+            let Some(s) = Arc::get_mut(&mut shared) else {
+                return Err(ServerError::Config(
+                    "the server was shared before bind".into(),
+                ));
+            };
+            s.node = node;
+            let weak = Arc::downgrade(&shared);
+            shared.node.set_gap_handler(Arc::new(move |channel: &str| {
+                if let Some(shared) = weak.upgrade() {
+                    crate::centrifugo::insufficient_state(&shared, channel);
+                }
+            }));
+        } else {
+            let Some(s) = Arc::get_mut(&mut shared) else {
+                return Err(ServerError::Config(
+                    "the server was shared before bind".into(),
+                ));
+            };
+            s.node = Node::with_broker(
+                s.hub.clone(),
+                Arc::new(switchboard_core::MemoryBroker::new(
+                    s.hub.clone(),
+                    NodeInfo {
+                        id: "local".to_string(),
+                        name,
+                        url,
+                        ..NodeInfo::default()
+                    },
+                )),
+            );
+        }
         Ok(BoundServer {
-            shared: self.shared,
+            shared,
             listener,
             local_addr,
         })
@@ -227,17 +321,12 @@ impl BoundServer {
         } else {
             "http"
         };
-        // A wildcard bind is reachable on every interface; print one a browser can open.
-        let addr = match self.local_addr.ip() {
-            ip if ip.is_unspecified() && ip.is_ipv4() => {
-                SocketAddr::from(([127, 0, 0, 1], self.local_addr.port()))
-            }
-            ip if ip.is_unspecified() => {
-                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, self.local_addr.port()))
-            }
-            _ => self.local_addr,
-        };
-        format!("{scheme}://{addr}")
+        format!("{scheme}://{}", reachable(self.local_addr))
+    }
+
+    /// The channel facade (hub + broker).
+    pub fn node(&self) -> &Node {
+        &self.shared.node
     }
 
     /// The hub: publish to rooms, inspect members and stats.

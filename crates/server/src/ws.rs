@@ -12,7 +12,7 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use switchboard_core::{ConnInfo, HubError};
+use switchboard_core::{ConnInfo, HubError, NodeError, SubscribeOptions};
 use switchboard_protocols::raw;
 use switchboard_websocket::handshake::{validate_server_request, ServerHandshake};
 
@@ -23,7 +23,7 @@ use crate::shutdown::ShutdownToken;
 use crate::stats::{ConnectionSlot, Counter};
 
 /// Answer an upgrade request for raw room `room`.
-pub(crate) fn upgrade(
+pub(crate) async fn upgrade(
     mut req: Request<Incoming>,
     room: String,
     shared: Arc<Shared>,
@@ -50,13 +50,27 @@ pub(crate) fn upgrade(
 
     // Join before answering 101: once the client sees its connection open it is a member,
     // so a message sent right after `open` by anyone in the room reaches it.
-    let joined = match shared.hub.subscribe(&handle, &room) {
-        Ok(()) => true,
-        Err(e @ (HubError::InvalidChannel | HubError::UnknownNamespace(_))) => {
+    let joined = match shared
+        .node
+        .subscribe(&handle, &room, SubscribeOptions::default())
+        .await
+    {
+        Ok(_) => true,
+        Err(NodeError::Hub(e @ (HubError::InvalidChannel | HubError::UnknownNamespace(_)))) => {
             // The path itself is not a usable room name: nothing to upgrade to.
             shared.counters.bump(Counter::RejectedBadHandshake);
             tracing::info!(%peer, %room, "upgrade refused: {e}");
             return text(StatusCode::BAD_REQUEST, "invalid room name");
+        }
+        Err(e) if e.is_temporary() => {
+            // With a shared broker that cannot be reached, the member would miss what
+            // other nodes publish: refuse now, the client retries.
+            shared.counters.bump(Counter::RejectedMaxConnections);
+            tracing::info!(%peer, %room, "upgrade refused: {e}");
+            let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "broker unavailable");
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return r;
         }
         Err(e) => {
             // Refused after the upgrade with close 1008 "room full" rather than with an HTTP

@@ -1,0 +1,196 @@
+//! The broker: what several Switchboard nodes share so that they behave as one server.
+//!
+//! A [`Broker`] carries publications between nodes (fan-out across nodes), numbers them
+//! (offsets and epochs of each channel's stream), stores history, keeps presence, and
+//! knows which nodes are alive. It is object-safe and asynchronous through boxed futures,
+//! so this crate stays free of sockets and runtimes: implementations that talk to a
+//! network store (the Redis broker in `switchboard-server`) live in the server crate.
+//!
+//! Two implementations exist:
+//!
+//! * [`MemoryBroker`](crate::MemoryBroker) (the default): one node, nothing shared. The
+//!   [`Node`](crate::Node) facade does not even go through it for publishing: it keeps the
+//!   hub's synchronous path (offset, history and fan-out under the channel lock).
+//! * `RedisBroker` (`switchboard_server::broker::redis`): every node publishes through
+//!   Redis, which assigns offsets atomically with the history append, and every node
+//!   listens (pub/sub) to the channels it has local members in.
+//!
+//! A shared broker hands what arrives from other nodes (and from this node, after the
+//! round trip) to a [`BrokerHandler`], which the node implements: it queues publications
+//! into local outboxes with [`Hub::deliver`](crate::Hub::deliver).
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::history::{HistoryQuery, StreamPosition};
+use crate::namespace::ChannelOptions;
+use crate::presence::ClientInfo;
+use crate::publication::{ConnId, Payload, Publication};
+
+/// A boxed, sendable future: what the [`Broker`] methods return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a broker operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    /// The shared store cannot be reached right now; retrying later may succeed.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered something unexpected.
+    #[error("broker error: {0}")]
+    Protocol(String),
+}
+
+impl BrokerError {
+    /// Whether the failure is temporary (the client should retry).
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, BrokerError::Unavailable(_))
+    }
+}
+
+/// Whether the broker works, for `/health`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerStatus {
+    /// `memory` or `redis`.
+    pub kind: &'static str,
+    /// Whether the shared store is reachable (always true in memory).
+    pub connected: bool,
+}
+
+/// One live node, as registered with the broker.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeInfo {
+    /// Unique id of the node process (random, new at every start).
+    pub id: String,
+    /// Human-readable name (`--node-name`).
+    pub name: String,
+    /// HTTP address other nodes and tools can reach this node at (`--advertise-url`).
+    pub url: String,
+    /// Connections registered on the node at its latest heartbeat.
+    pub num_clients: usize,
+    /// Channels alive on the node at its latest heartbeat.
+    pub num_channels: usize,
+    /// Seconds since the node started.
+    pub uptime_secs: u64,
+}
+
+/// A publication on its way into a broker: the broker gives it its offset and epoch.
+#[derive(Debug, Clone)]
+pub struct BrokerPublication {
+    /// The message.
+    pub payload: Payload,
+    /// The publishing client, when it asked to be shown.
+    pub info: Option<Arc<ClientInfo>>,
+    /// The publishing connection (meaningful on its own node only).
+    pub publisher: Option<ConnId>,
+    /// A connection of *this* node that must not receive it (raw rooms with `echo=false`).
+    pub exclude: Option<ConnId>,
+}
+
+/// A window of a channel's stream, read from a broker.
+#[derive(Debug, Clone, Default)]
+pub struct StreamSlice {
+    /// The publications asked for, in the order asked for.
+    pub publications: Vec<Arc<Publication>>,
+    /// The channel's top: latest offset and current epoch.
+    pub top: StreamPosition,
+    /// Offset of the oldest publication still stored, if any is.
+    pub oldest: Option<u64>,
+}
+
+/// What a shared broker reports to the node it runs in. Called from the broker's own
+/// task, one message at a time and, per channel, in stream order; must not block.
+pub trait BrokerHandler: Send + Sync {
+    /// A publication arrived for a channel this node listens to. `exclude` is a local
+    /// connection that must not receive it (set only for publications of this node).
+    fn on_publication(&self, publication: Arc<Publication>, exclude: Option<ConnId>);
+    /// A member of `channel` joined (`join`) or left on another node.
+    fn on_member_event(&self, channel: &str, join: bool, info: ClientInfo);
+    /// After the connection to the store was lost and restored, and the node listens to
+    /// `channel` again: `top` is the channel's current top. Publications between the last
+    /// one seen and `top` were missed while disconnected.
+    fn on_resync(&self, channel: &str, top: StreamPosition);
+    /// Connections and channels on this node, for its registry entry.
+    fn local_stats(&self) -> (usize, usize);
+}
+
+/// The operations several nodes share. See the module documentation.
+///
+/// Every method returns a boxed future so the trait is object-safe (`Arc<dyn Broker>`).
+/// Futures must not wait on the store forever: a broker bounds each operation and fails
+/// it with [`BrokerError::Unavailable`] when the store does not answer.
+pub trait Broker: Send + Sync {
+    /// `memory` or `redis`.
+    fn kind(&self) -> &'static str;
+    /// Whether several nodes share this broker. When false, the node uses its hub alone
+    /// (the synchronous single-node path) and only [`status`](Self::status) and
+    /// [`nodes`](Self::nodes) are asked of the broker.
+    fn is_shared(&self) -> bool;
+    /// This node's id in the broker's registry.
+    fn node_id(&self) -> &str;
+    /// Whether the store is reachable right now.
+    fn status(&self) -> BrokerStatus;
+    /// Starts delivering to `handler` (once, before any subscription).
+    fn start(&self, handler: Arc<dyn BrokerHandler>);
+    /// Appends a publication to `channel`'s stream (and history, as `options` say) and
+    /// sends it to every node listening to the channel. Returns its position.
+    fn publish<'a>(
+        &'a self,
+        channel: &'a str,
+        options: &'a ChannelOptions,
+        publication: BrokerPublication,
+    ) -> BoxFuture<'a, Result<StreamPosition, BrokerError>>;
+    /// Starts listening to `channel` on this node's behalf. Resolves once publications
+    /// are guaranteed to arrive. Idempotent.
+    fn subscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>>;
+    /// Stops listening to `channel`.
+    fn unsubscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>>;
+    /// Reads `channel`'s stream: with `query.since`, the publications after (or, with
+    /// `reverse`, before) its offset; its epoch is *not* checked here (the caller
+    /// compares it with [`StreamSlice::top`]). Creates the channel's epoch when missing,
+    /// so a position handed out stays valid.
+    fn read_stream<'a>(
+        &'a self,
+        channel: &'a str,
+        options: &'a ChannelOptions,
+        query: HistoryQuery,
+    ) -> BoxFuture<'a, Result<StreamSlice, BrokerError>>;
+    /// Drops `channel`'s history and starts a new epoch; offsets continue.
+    fn remove_history<'a>(
+        &'a self,
+        channel: &'a str,
+        options: &'a ChannelOptions,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
+    /// Adds a presence entry for `info.client` in `channel`, owned by this node.
+    fn add_presence<'a>(
+        &'a self,
+        channel: &'a str,
+        info: ClientInfo,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
+    /// Removes the presence entry of `client` in `channel`.
+    fn remove_presence<'a>(
+        &'a self,
+        channel: &'a str,
+        client: &'a str,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
+    /// Presence of `channel` across live nodes: client id → info.
+    fn presence<'a>(
+        &'a self,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<HashMap<String, ClientInfo>, BrokerError>>;
+    /// Tells the other nodes that a member of `channel` joined or left here.
+    fn member_event<'a>(
+        &'a self,
+        channel: &'a str,
+        join: bool,
+        info: ClientInfo,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
+    /// The live nodes (this one included).
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeInfo>, BrokerError>>;
+}
+
+/// A future that is ready at once.
+pub fn ready<'a, T: Send + 'a>(value: T) -> BoxFuture<'a, T> {
+    Box::pin(std::future::ready(value))
+}

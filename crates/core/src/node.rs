@@ -1,0 +1,579 @@
+//! The node: the facade protocol drivers call for every channel operation, on one node or
+//! on several sharing a [`Broker`].
+//!
+//! [`Node`] pairs the local [`Hub`] (connections, outboxes, local fan-out) with a broker:
+//!
+//! * With the in-memory broker ([`Node::new`]) every method is the hub's own, synchronous
+//!   path wrapped in an `async fn`: a publish assigns the offset, appends to history and
+//!   fans out under the channel lock, exactly as [`Hub::publish_with_info`] does.
+//!   [`Node::publish_now`] gives drivers that path without even a future.
+//! * With a shared broker ([`Node::with_broker`]) a publish goes to the broker, which
+//!   numbers it, stores it and sends it to every node listening to the channel (this one
+//!   included); what arrives is queued into local outboxes with [`Hub::deliver`], one
+//!   channel's publications in order from one task. A node listens to a channel only
+//!   while it has local members: the first subscribe starts listening (before the
+//!   subscriber is told anything), the last leave stops it.
+//!
+//! # Subscribing with recovery across nodes
+//!
+//! The join is local and immediate; the stream lives in the broker. To stay gap-free and
+//! duplicate-free against concurrent publications, [`Node::subscribe`]:
+//!
+//! 1. joins the local channel (live publications are queued to the new member from now),
+//! 2. makes sure the node listens to the channel (so nothing published later is missed),
+//! 3. reads the stream's top `T` (and, when recovering, everything after the client's
+//!    position) from the broker.
+//!
+//! Publications after `T` arrive live. Publications up to `T` are in the recovered list,
+//! but some of them may *also* have been queued live between steps 1 and 3. The
+//! returned [`SubscribeResult::position`] is `T`, and the rule for drivers is: **skip a
+//! queued publication of this channel whose offset is at or below the position the
+//! subscribe returned** (in its epoch). On a single node this never happens (the hub joins
+//! under the publish lock), so drivers can apply the rule unconditionally.
+//!
+//! # Gaps
+//!
+//! The node remembers the latest offset it saw per channel. A publication that skips
+//! offsets (a message lost between the store and this node, e.g. across a reconnect), a
+//! new epoch, or a resync after a reconnect whose top differs from what was seen, means
+//! local subscribers may have missed something: the gap handler
+//! ([`Node::set_gap_handler`]) is called with the channel, and drivers tell their clients
+//! (the Centrifugo driver sends an `unsubscribe` push with code 2500 "insufficient state",
+//! so the SDK resubscribes with recovery).
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, OnceLock, Weak};
+
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use crate::broker::{
+    Broker, BrokerError, BrokerHandler, BrokerPublication, BrokerStatus, NodeInfo, StreamSlice,
+};
+use crate::broker_memory::MemoryBroker;
+use crate::connection::ConnHandle;
+use crate::error::{ChannelError, HubError};
+use crate::history::{HistoryQuery, HistoryResult, Recovery, StreamPosition};
+use crate::hub::{
+    Hub, HubListener, PublishOptions, PublishReport, SubscribeOptions, SubscribeResult,
+};
+use crate::namespace::ChannelOptions;
+use crate::presence::{ClientInfo, PresenceStats};
+use crate::publication::{ConnId, Payload, Publication};
+
+/// Why a [`Node`] operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// The hub refused (bad name, room full, connection closed).
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    /// The channel feature refused (not available, unrecoverable position).
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    /// The shared broker failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+impl NodeError {
+    /// Whether retrying later may succeed (the broker is unreachable right now).
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, NodeError::Broker(e) if e.is_temporary())
+    }
+}
+
+/// Called with a channel whose local subscribers may have missed publications.
+pub type GapHandler = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Background work queued by the hub's leave notifications.
+enum Task {
+    Left {
+        channel: String,
+        conn: ConnId,
+        info: Option<ClientInfo>,
+        emptied: bool,
+    },
+}
+
+struct NodeInner {
+    hub: Hub,
+    broker: Arc<dyn Broker>,
+    shared: bool,
+    /// Latest position seen per listened channel (gap detection).
+    seen: Mutex<HashMap<String, StreamPosition>>,
+    /// Channels the broker listens to for this node. Held across the broker call that
+    /// changes it, so a subscribe and an unsubscribe of one channel never interleave.
+    listening: tokio::sync::Mutex<HashSet<String>>,
+    tasks: mpsc::UnboundedSender<Task>,
+    tasks_rx: Mutex<Option<mpsc::UnboundedReceiver<Task>>>,
+    on_gap: OnceLock<GapHandler>,
+}
+
+/// The channel facade for protocol drivers. Cheap to clone. See the module documentation.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<NodeInner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("broker", &self.inner.broker.kind())
+            .field("node_id", &self.inner.broker.node_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// A single node: `hub` with the in-memory broker.
+    pub fn new(hub: Hub) -> Node {
+        let info = NodeInfo {
+            id: "local".to_string(),
+            name: "switchboard".to_string(),
+            ..NodeInfo::default()
+        };
+        let broker = Arc::new(MemoryBroker::new(hub.clone(), info));
+        Node::with_broker(hub, broker)
+    }
+
+    /// `hub` sharing `broker` with other nodes. Installs the node as the hub's leave
+    /// listener and as the broker's handler; a shared broker also needs
+    /// [`run_background`](Self::run_background) to be driven.
+    pub fn with_broker(hub: Hub, broker: Arc<dyn Broker>) -> Node {
+        let shared = broker.is_shared();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let node = Node {
+            inner: Arc::new(NodeInner {
+                hub,
+                broker,
+                shared,
+                seen: Mutex::new(HashMap::new()),
+                listening: tokio::sync::Mutex::new(HashSet::new()),
+                tasks: tx,
+                tasks_rx: Mutex::new(Some(rx)),
+                on_gap: OnceLock::new(),
+            }),
+        };
+        if shared {
+            let weak = Arc::downgrade(&node.inner);
+            node.inner
+                .hub
+                .set_listener(Arc::new(Listener(weak.clone())));
+            node.inner.broker.start(Arc::new(Handler(weak)));
+        }
+        node
+    }
+
+    /// The local hub (connections, outboxes, permission checks).
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    /// The broker.
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.inner.broker
+    }
+
+    /// Whether several nodes share the broker.
+    pub fn is_shared(&self) -> bool {
+        self.inner.shared
+    }
+
+    /// The broker's kind and whether it is reachable.
+    pub fn broker_status(&self) -> BrokerStatus {
+        self.inner.broker.status()
+    }
+
+    /// Sets the function told about channels whose subscribers may have missed
+    /// publications (see the module documentation). Only the first call has an effect.
+    pub fn set_gap_handler(&self, handler: GapHandler) {
+        let _ = self.inner.on_gap.set(handler);
+    }
+
+    /// The work a shared broker needs done outside the hub's locks (presence removal,
+    /// leave events to other nodes, stopping to listen to emptied channels). The server
+    /// spawns it once; it runs until the node is dropped. Resolves at once for the
+    /// in-memory broker, or when called a second time.
+    pub fn run_background(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let rx = self.inner.tasks_rx.lock().take();
+        let weak = Arc::downgrade(&self.inner);
+        async move {
+            let Some(mut rx) = rx else { return };
+            while let Some(task) = rx.recv().await {
+                let Some(inner) = weak.upgrade() else { return };
+                inner.run_task(task).await;
+            }
+        }
+    }
+
+    /// Publishes on the synchronous single-node path when there is no shared broker;
+    /// `None` when there is one (use [`publish`](Self::publish)).
+    pub fn publish_now(
+        &self,
+        channel: &str,
+        payload: Payload,
+        opts: PublishOptions,
+        info: Option<Arc<ClientInfo>>,
+    ) -> Option<PublishReport> {
+        (!self.inner.shared).then(|| {
+            self.inner
+                .hub
+                .publish_with_info(channel, payload, opts, info)
+        })
+    }
+
+    /// Publishes `payload` in `channel` on every node. Returns its position (`None` when
+    /// it went nowhere: a single node's channel without members or history).
+    ///
+    /// Fails with [`NodeError::Hub`] for a bad channel name, and with a temporary
+    /// [`NodeError::Broker`] when the shared store is unreachable: nothing was published
+    /// then, anywhere.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        payload: Payload,
+        opts: PublishOptions,
+        info: Option<Arc<ClientInfo>>,
+    ) -> Result<Option<StreamPosition>, NodeError> {
+        let inner = &*self.inner;
+        let (_, options) = inner.hub.namespaces().resolve(channel)?;
+        if !inner.shared {
+            let report = inner.hub.publish_with_info(channel, payload, opts, info);
+            return Ok(report.position());
+        }
+        let publication = BrokerPublication {
+            payload,
+            info,
+            publisher: opts.publisher,
+            exclude: opts.exclude,
+        };
+        let position = inner.broker.publish(channel, options, publication).await?;
+        Ok(Some(position))
+    }
+
+    /// Subscribes `conn` to `channel` (with channel info and recovery as `opts` say).
+    /// See the module documentation for the rule drivers apply to queued publications
+    /// at or below the returned position.
+    pub async fn subscribe(
+        &self,
+        conn: &ConnHandle,
+        channel: &str,
+        opts: SubscribeOptions,
+    ) -> Result<SubscribeResult, NodeError> {
+        let inner = &*self.inner;
+        if !inner.shared {
+            return Ok(inner.hub.subscribe_with(conn, channel, opts)?);
+        }
+        let since = opts.recover_since;
+        let local = SubscribeOptions {
+            chan_info: opts.chan_info.clone(),
+            recover_since: None,
+        };
+        let mut result = inner.hub.subscribe_with(conn, channel, local)?;
+        let undo = |e: NodeError| {
+            if result.added {
+                inner.hub.unsubscribe(conn, channel);
+            }
+            e
+        };
+        let options = Arc::clone(&result.options);
+        if let Err(e) = inner.listen(channel).await {
+            return Err(undo(e.into()));
+        }
+        if options.history_enabled() || since.is_some() {
+            let query = HistoryQuery {
+                since,
+                limit: if since.is_some() { None } else { Some(0) },
+                reverse: false,
+            };
+            let slice = match inner.broker.read_stream(channel, &options, query).await {
+                Ok(s) => s,
+                Err(e) => return Err(undo(e.into())),
+            };
+            inner.saw(channel, slice.top, false);
+            result.position = slice.top;
+            result.recovery = since.map(|since| recovery(slice, since));
+        } else {
+            result.position = StreamPosition::default();
+        }
+        if result.added && (options.presence || options.join_leave) {
+            let info = ClientInfo::of(&conn.entry, opts.chan_info);
+            if options.presence {
+                if let Err(e) = inner.broker.add_presence(channel, info.clone()).await {
+                    return Err(undo(e.into()));
+                }
+                // A leave that raced with the add found nothing to remove: remove it now.
+                if !inner.hub.is_member(conn.id(), channel) {
+                    let _ = inner.broker.remove_presence(channel, &info.client).await;
+                }
+            }
+            if options.join_leave {
+                if let Err(e) = inner.broker.member_event(channel, true, info).await {
+                    tracing::debug!(channel, "join event not sent to other nodes: {e}");
+                }
+            }
+        }
+        Ok(result)
+    }
+
+    /// Removes `conn` from `channel`. Returns whether it was a member. Presence removal and
+    /// leave events for other nodes follow in the background.
+    pub async fn unsubscribe(&self, conn: &ConnHandle, channel: &str) -> bool {
+        self.inner.hub.unsubscribe(conn, channel)
+    }
+
+    /// Queries the history of `channel` (see [`Hub::history`]).
+    pub async fn history(
+        &self,
+        channel: &str,
+        query: HistoryQuery,
+    ) -> Result<HistoryResult, NodeError> {
+        let inner = &*self.inner;
+        if !inner.shared {
+            return Ok(inner.hub.history(channel, query)?);
+        }
+        let options = history_options(&inner.hub, channel)?;
+        let slice = inner.broker.read_stream(channel, &options, query).await?;
+        if let Some(since) = query.since {
+            if since.epoch != slice.top.epoch || since.offset > slice.top.offset {
+                return Err(ChannelError::UnrecoverablePosition.into());
+            }
+        }
+        Ok(HistoryResult {
+            publications: slice.publications,
+            position: slice.top,
+        })
+    }
+
+    /// Drops the history of `channel`; its epoch changes (see [`Hub::history_remove`]).
+    pub async fn history_remove(&self, channel: &str) -> Result<(), NodeError> {
+        let inner = &*self.inner;
+        if !inner.shared {
+            return Ok(inner.hub.history_remove(channel)?);
+        }
+        let options = history_options(&inner.hub, channel)?;
+        inner.broker.remove_history(channel, &options).await?;
+        Ok(())
+    }
+
+    /// Who is subscribed to `channel` on every node: client id → info.
+    pub async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, NodeError> {
+        let inner = &*self.inner;
+        if !inner.shared {
+            return Ok(inner.hub.presence(channel)?);
+        }
+        let options = inner.hub.namespaces().options(channel)?;
+        if !options.presence {
+            return Err(ChannelError::NotAvailable.into());
+        }
+        Ok(inner.broker.presence(channel).await?)
+    }
+
+    /// Subscribed connections and distinct users of `channel` on every node.
+    pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, NodeError> {
+        if !self.inner.shared {
+            return Ok(self.inner.hub.presence_stats(channel)?);
+        }
+        let map = self.presence(channel).await?;
+        let users: HashSet<&str> = map.values().map(|i| i.user.as_str()).collect();
+        Ok(PresenceStats {
+            num_clients: map.len(),
+            num_users: users.len(),
+        })
+    }
+
+    /// The live nodes.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, NodeError> {
+        Ok(self.inner.broker.nodes().await?)
+    }
+}
+
+/// The options of a channel whose history is asked for (an error when it keeps none).
+fn history_options(hub: &Hub, channel: &str) -> Result<Arc<ChannelOptions>, NodeError> {
+    let options = hub.namespaces().options(channel)?;
+    if !options.history_enabled() {
+        return Err(ChannelError::NotAvailable.into());
+    }
+    Ok(Arc::clone(options))
+}
+
+/// What a client at `since` missed, from a slice read after `since.offset`.
+fn recovery(slice: StreamSlice, since: StreamPosition) -> Recovery {
+    let top = slice.top;
+    if since.epoch != top.epoch || since.offset > top.offset {
+        return Recovery {
+            publications: Vec::new(),
+            recovered: false,
+            position: top,
+        };
+    }
+    let recovered =
+        since.offset == top.offset || slice.oldest.is_some_and(|first| first <= since.offset + 1);
+    let publications = slice
+        .publications
+        .into_iter()
+        .filter(|p| p.offset > since.offset && p.offset <= top.offset)
+        .collect();
+    Recovery {
+        publications,
+        recovered,
+        position: top,
+    }
+}
+
+impl NodeInner {
+    /// Makes the broker listen to `channel` for this node.
+    async fn listen(&self, channel: &str) -> Result<(), BrokerError> {
+        let mut listening = self.listening.lock().await;
+        if listening.contains(channel) {
+            return Ok(());
+        }
+        self.broker.subscribe(channel).await?;
+        listening.insert(channel.to_string());
+        Ok(())
+    }
+
+    /// Records that `position` was seen in `channel`; returns whether it reveals a gap.
+    /// `live`: from the stream (a jump is a gap); otherwise a top read from the store,
+    /// which only moves the mark forward.
+    fn saw(&self, channel: &str, position: StreamPosition, live: bool) -> bool {
+        let mut seen = self.seen.lock();
+        match seen.get_mut(channel) {
+            Some(last) if last.epoch == position.epoch => {
+                let gap = live && position.offset > last.offset + 1;
+                if position.offset > last.offset {
+                    *last = position;
+                }
+                gap
+            }
+            Some(last) => {
+                *last = position;
+                live
+            }
+            None => {
+                seen.insert(channel.to_string(), position);
+                false
+            }
+        }
+    }
+
+    fn gap(&self, channel: &str) {
+        tracing::info!(channel, "subscribers may have missed publications");
+        if let Some(handler) = self.on_gap.get() {
+            handler(channel);
+        }
+    }
+
+    async fn run_task(&self, task: Task) {
+        match task {
+            Task::Left {
+                channel,
+                conn,
+                info,
+                emptied,
+            } => {
+                let Ok(options) = self.hub.namespaces().options(&channel) else {
+                    return;
+                };
+                let options = Arc::clone(options);
+                if let Some(info) = info {
+                    // Subscribed again meanwhile: its entry is current, keep it.
+                    if options.presence && !self.hub.is_member(conn, &channel) {
+                        if let Err(e) = self.broker.remove_presence(&channel, &info.client).await {
+                            tracing::warn!(%channel, "presence entry not removed: {e}");
+                        }
+                    }
+                    if options.join_leave {
+                        if let Err(e) = self.broker.member_event(&channel, false, info).await {
+                            tracing::debug!(%channel, "leave event not sent to other nodes: {e}");
+                        }
+                    }
+                }
+                if emptied {
+                    let mut listening = self.listening.lock().await;
+                    if self.hub.member_count(&channel) == 0 && listening.remove(&channel) {
+                        self.seen.lock().remove(&channel);
+                        if let Err(e) = self.broker.unsubscribe(&channel).await {
+                            tracing::debug!(%channel, "unsubscribe from the broker failed: {e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The node as the hub's leave listener (weak: the hub must not keep the node alive).
+struct Listener(Weak<NodeInner>);
+
+impl HubListener for Listener {
+    fn member_left(&self, channel: &str, conn: ConnId, info: Option<&ClientInfo>, emptied: bool) {
+        if let Some(inner) = self.0.upgrade() {
+            let _ = inner.tasks.send(Task::Left {
+                channel: channel.to_string(),
+                conn,
+                info: info.cloned(),
+                emptied,
+            });
+        }
+    }
+}
+
+/// The node as the broker's handler (weak, for the same reason).
+struct Handler(Weak<NodeInner>);
+
+impl BrokerHandler for Handler {
+    fn on_publication(&self, publication: Arc<Publication>, exclude: Option<ConnId>) {
+        let Some(inner) = self.0.upgrade() else {
+            return;
+        };
+        let channel = Arc::clone(&publication.channel);
+        let gap = inner.saw(&channel, publication.position(), true);
+        inner.hub.deliver(publication, exclude);
+        if gap {
+            inner.gap(&channel);
+        }
+    }
+
+    fn on_member_event(&self, channel: &str, join: bool, info: ClientInfo) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.hub.deliver_member_event(channel, join, info);
+        }
+    }
+
+    fn on_resync(&self, channel: &str, top: StreamPosition) {
+        let Some(inner) = self.0.upgrade() else {
+            return;
+        };
+        let missed = {
+            let mut seen = inner.seen.lock();
+            match seen.get_mut(channel) {
+                Some(last) if last.epoch == top.epoch => {
+                    let missed = top.offset > last.offset;
+                    last.offset = last.offset.max(top.offset);
+                    missed
+                }
+                Some(last) => {
+                    *last = top;
+                    true
+                }
+                None => {
+                    seen.insert(channel.to_string(), top);
+                    false
+                }
+            }
+        };
+        if missed {
+            inner.gap(channel);
+        }
+    }
+
+    fn local_stats(&self) -> (usize, usize) {
+        match self.0.upgrade() {
+            Some(inner) => {
+                let s = inner.hub.stats();
+                (s.connections, s.channels)
+            }
+            None => (0, 0),
+        }
+    }
+}

@@ -1,0 +1,1084 @@
+//! The Redis broker: several Switchboard nodes sharing one Redis (7.x; 6.2+ works with
+//! plain pub/sub).
+//!
+//! What lives in Redis (`{C}` is the channel name, braces make it a cluster hash tag):
+//!
+//! | key | type | contents | lifetime |
+//! |---|---|---|---|
+//! | `sb:{C}:m` | hash | `e` epoch, `o` latest offset | `history_ttl` after the last publish (1 h without history) |
+//! | `sb:{C}:h` | stream | history: entry id `0-<offset>`, field `d` = publication | `history_ttl`, at most `history_size` entries |
+//! | `sb:{C}:p` | hash | presence: client id → `<node id>\n<client info>` | entries removed on leave, or when their node's lease ends |
+//! | `sb:{C}:c` | pub/sub channel | live publications and join/leave events | — |
+//! | `sb:nodes` | hash | node id → JSON registry entry | removed when the node's lease ends |
+//! | `sb:lease:<node>` | string | node liveness | `lease` (default 15 s), renewed every `lease / 3` |
+//! | `sb:node:<node>:ch` | set | channels where the node has presence entries | removed with the node |
+//!
+//! Publishing runs one Lua script: increment the offset, append to the stream (trimmed to
+//! `history_size`), refresh the TTLs, and `SPUBLISH` (or `PUBLISH` on a Redis without
+//! sharded pub/sub) `p<offset>\n<epoch>\n<publication>` to the channel — atomically, so
+//! every node sees one channel's publications in offset order and history never disagrees
+//! with the live stream.
+//!
+//! Two connections per node, both `redis` crate connection managers (RESP3, reconnecting
+//! with backoff): one for commands and scripts, one for subscriptions, whose pushes feed one
+//! task that decodes and hands each message to the node. A maintenance task renews the
+//! lease every `lease / 3`, re-subscribes every channel after a reconnect (then reports each
+//! channel's top so the node can detect what it missed), and removes the presence entries
+//! of nodes whose lease expired, sending their leave events. Every command is bounded by a
+//! timeout; while Redis is unreachable operations fail at once with
+//! [`BrokerError::Unavailable`] instead of queueing.
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{PushInfo, PushKind, RedisError, Script, Value};
+use switchboard_core::{
+    BoxFuture, Broker, BrokerError, BrokerHandler, BrokerPublication, BrokerStatus, ChannelOptions,
+    ClientInfo, Epoch, HistoryQuery, NodeInfo, Publication, StreamPosition, StreamSlice,
+};
+use tokio::sync::{mpsc, Notify};
+
+use super::codec::{self, Envelope};
+
+/// Default lease of a node: its presence entries disappear at most this long (plus one
+/// renewal period) after it dies.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
+/// Bound on every Redis operation.
+const OP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the stream position of a channel without history is kept (for gap detection).
+const NO_HISTORY_META_TTL: Duration = Duration::from_secs(3600);
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+const PUBLISH_LUA: &str = r#"
+local e = redis.call('hget', KEYS[1], 'e')
+if not e then
+  e = ARGV[3]
+  redis.call('hset', KEYS[1], 'e', e)
+end
+local o = redis.call('hincrby', KEYS[1], 'o', 1)
+local size = tonumber(ARGV[4])
+if size > 0 then
+  redis.call('xadd', KEYS[2], 'MAXLEN', size, '0-' .. o, 'd', ARGV[2])
+  redis.call('pexpire', KEYS[2], ARGV[5])
+end
+redis.call('pexpire', KEYS[1], ARGV[6])
+redis.call(ARGV[7], ARGV[1], 'p' .. o .. '\n' .. e .. '\n' .. ARGV[2])
+return {o, e}
+"#;
+
+const READ_LUA: &str = r#"
+local e = redis.call('hget', KEYS[1], 'e')
+if not e then
+  e = ARGV[1]
+  redis.call('hset', KEYS[1], 'e', e, 'o', 0)
+  redis.call('pexpire', KEYS[1], ARGV[2])
+end
+local o = redis.call('hget', KEYS[1], 'o') or '0'
+local first = redis.call('xrange', KEYS[2], '-', '+', 'COUNT', 1)
+local n = tonumber(ARGV[6])
+local entries = {}
+if n ~= 0 then
+  local cmd = 'xrange'
+  if ARGV[3] == 'r' then cmd = 'xrevrange' end
+  if n > 0 then
+    entries = redis.call(cmd, KEYS[2], ARGV[4], ARGV[5], 'COUNT', n)
+  else
+    entries = redis.call(cmd, KEYS[2], ARGV[4], ARGV[5])
+  end
+end
+return {e, o, first, entries}
+"#;
+
+const REMOVE_LUA: &str = r#"
+redis.call('del', KEYS[2])
+local o = redis.call('hget', KEYS[1], 'o') or '0'
+redis.call('hset', KEYS[1], 'e', ARGV[1], 'o', o)
+redis.call('pexpire', KEYS[1], ARGV[2])
+return 1
+"#;
+
+/// How to connect and register.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://host:port/db` (credentials allowed, `rediss://` with TLS is not supported).
+    pub url: String,
+    /// This node's registry entry (id, name, advertised URL; counts are filled in).
+    pub node: NodeInfo,
+    /// Node lease: how long a silent node is considered alive.
+    pub lease: Duration,
+}
+
+/// The Redis broker. See the module documentation.
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cmd: ConnectionManager,
+    sub: ConnectionManager,
+    node: NodeInfo,
+    lease: Duration,
+    /// Sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`) works on this server.
+    sharded: AtomicBool,
+    connected: AtomicBool,
+    /// The subscriptions were lost (disconnect) and must be made again.
+    resync: AtomicBool,
+    /// Wakes the maintenance task at once (a disconnect was seen).
+    wake: Notify,
+    handler: OnceLock<Arc<dyn BrokerHandler>>,
+    /// Channels listened to, for re-subscribing after a reconnect.
+    channels: Mutex<HashSet<String>>,
+    started: Instant,
+    publish: Script,
+    read: Script,
+    remove: Script,
+    pushes: Mutex<Option<mpsc::UnboundedReceiver<PushInfo>>>,
+}
+
+fn meta_key(channel: &str) -> String {
+    format!("sb:{{{channel}}}:m")
+}
+fn stream_key(channel: &str) -> String {
+    format!("sb:{{{channel}}}:h")
+}
+fn presence_key(channel: &str) -> String {
+    format!("sb:{{{channel}}}:p")
+}
+fn pubsub_channel(channel: &str) -> String {
+    format!("sb:{{{channel}}}:c")
+}
+fn channel_of(pubsub: &[u8]) -> Option<&str> {
+    std::str::from_utf8(pubsub)
+        .ok()?
+        .strip_prefix("sb:{")?
+        .strip_suffix("}:c")
+}
+const NODES_KEY: &str = "sb:nodes";
+fn lease_key(node: &str) -> String {
+    format!("sb:lease:{node}")
+}
+fn node_channels_key(node: &str) -> String {
+    format!("sb:node:{node}:ch")
+}
+
+/// A fresh random 8-character epoch.
+fn new_epoch() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    let mut seed = h.finish();
+    (0..8)
+        .map(|_| {
+            let c = ALPHABET[(seed % 62) as usize] as char;
+            seed /= 62;
+            c
+        })
+        .collect()
+}
+
+/// A random node id (16 hex digits).
+pub fn new_node_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    format!("{:016x}", h.finish())
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
+}
+
+fn map_err(e: RedisError) -> BrokerError {
+    if e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
+        || e.to_string().contains("LOADING")
+    {
+        BrokerError::Unavailable(e.to_string())
+    } else {
+        BrokerError::Protocol(e.to_string())
+    }
+}
+
+/// Runs `fut` within [`OP_TIMEOUT`], mapping errors.
+async fn bounded<T>(
+    fut: impl std::future::Future<Output = Result<T, RedisError>>,
+) -> Result<T, BrokerError> {
+    match tokio::time::timeout(OP_TIMEOUT, fut).await {
+        Ok(r) => r.map_err(map_err),
+        Err(_) => Err(unavailable("Redis did not answer in time")),
+    }
+}
+
+fn bytes_of(v: &Value) -> Option<Bytes> {
+    match v {
+        Value::BulkString(b) => Some(Bytes::copy_from_slice(b)),
+        Value::SimpleString(s) => Some(Bytes::copy_from_slice(s.as_bytes())),
+        Value::VerbatimString { text, .. } => Some(Bytes::copy_from_slice(text.as_bytes())),
+        Value::Int(n) => Some(Bytes::from(n.to_string())),
+        _ => None,
+    }
+}
+
+fn u64_of(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        other => std::str::from_utf8(&bytes_of(other)?).ok()?.parse().ok(),
+    }
+}
+
+fn array_of(v: &Value) -> &[Value] {
+    match v {
+        Value::Array(a) | Value::Set(a) => a,
+        _ => &[],
+    }
+}
+
+/// Stream entries (`[[id, [field, value, ...]], ...]`) as (offset, publication bytes).
+fn entries_of(v: &Value) -> Vec<(u64, Bytes)> {
+    array_of(v)
+        .iter()
+        .filter_map(|entry| {
+            let e = array_of(entry);
+            let id = bytes_of(e.first()?)?;
+            let offset: u64 = std::str::from_utf8(&id)
+                .ok()?
+                .strip_prefix("0-")?
+                .parse()
+                .ok()?;
+            let fields = array_of(e.get(1)?);
+            let data = fields
+                .chunks(2)
+                .find(|kv| kv.len() == 2 && bytes_of(&kv[0]).as_deref() == Some(b"d"))
+                .and_then(|kv| bytes_of(&kv[1]))?;
+            Some((offset, data))
+        })
+        .collect()
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().max(1) as u64
+}
+
+fn meta_ttl(options: &ChannelOptions) -> Duration {
+    if options.history_enabled() {
+        options.history_ttl
+    } else {
+        NO_HISTORY_META_TTL
+    }
+}
+
+fn publication(channel: &str, offset: u64, epoch: Epoch, env: Envelope) -> Publication {
+    Publication::new(
+        Arc::from(channel),
+        env.payload,
+        offset,
+        epoch,
+        env.publisher,
+    )
+    .with_info(env.info.map(Arc::new))
+}
+
+impl RedisBroker {
+    /// Connects lazily (the node starts even while Redis is down, reporting it in
+    /// `/health`) and starts the maintenance and subscription tasks on the current tokio
+    /// runtime.
+    pub fn start(config: RedisConfig) -> Result<RedisBroker, BrokerError> {
+        let url = if config.url.contains('?') {
+            format!("{}&protocol=resp3", config.url)
+        } else {
+            format!("{}?protocol=resp3", config.url)
+        };
+        let client = redis::Client::open(url.as_str())
+            .map_err(|e| BrokerError::Protocol(format!("bad broker URL: {e}")))?;
+        let base = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(OP_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(MAX_BACKOFF);
+        let cmd = ConnectionManager::new_lazy_with_config(client.clone(), base.clone())
+            .map_err(|e| BrokerError::Protocol(e.to_string()))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sub = ConnectionManager::new_lazy_with_config(client, base.set_push_sender(tx))
+            .map_err(|e| BrokerError::Protocol(e.to_string()))?;
+        let inner = Arc::new(Inner {
+            cmd,
+            sub,
+            node: config.node,
+            lease: config.lease.max(Duration::from_millis(300)),
+            sharded: AtomicBool::new(true),
+            connected: AtomicBool::new(false),
+            resync: AtomicBool::new(false),
+            wake: Notify::new(),
+            handler: OnceLock::new(),
+            channels: Mutex::new(HashSet::new()),
+            started: Instant::now(),
+            publish: Script::new(PUBLISH_LUA),
+            read: Script::new(READ_LUA),
+            remove: Script::new(REMOVE_LUA),
+            pushes: Mutex::new(Some(rx)),
+        });
+        tokio::spawn(maintain(Arc::downgrade(&inner)));
+        Ok(RedisBroker { inner })
+    }
+
+    /// Waits (up to `limit`) until Redis answered once; returns whether it did.
+    pub async fn wait_connected(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.inner.connected.load(Ordering::Relaxed) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+}
+
+impl Drop for RedisBroker {
+    fn drop(&mut self) {
+        // Tell the tasks to stop (they hold the inner state weakly) and leave the registry
+        // at once rather than when the lease runs out.
+        let mut cmd = self.inner.cmd.clone();
+        let id = self.inner.node.id.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = bounded(
+                    redis::pipe()
+                        .hdel(NODES_KEY, &id)
+                        .del(lease_key(&id))
+                        .exec_async(&mut cmd),
+                )
+                .await;
+            });
+        }
+    }
+}
+
+impl Inner {
+    fn lease_ms(&self) -> u64 {
+        ms(self.lease)
+    }
+
+    fn publish_cmd(&self) -> &'static str {
+        if self.sharded.load(Ordering::Relaxed) {
+            "spublish"
+        } else {
+            "publish"
+        }
+    }
+
+    /// Subscribes the subscription connection to `channels`, falling back to plain
+    /// pub/sub when the server has no sharded pub/sub.
+    async fn subscribe_raw(&self, channels: &[String]) -> Result<(), BrokerError> {
+        if channels.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = channels.iter().map(|c| pubsub_channel(c)).collect();
+        let mut sub = self.sub.clone();
+        if self.sharded.load(Ordering::Relaxed) {
+            let r = bounded(redis::cmd("SSUBSCRIBE").arg(&names).exec_async(&mut sub)).await;
+            match r {
+                Err(BrokerError::Protocol(msg))
+                    if msg.to_ascii_lowercase().contains("unknown command") =>
+                {
+                    tracing::info!("Redis has no sharded pub/sub; using PUBLISH/SUBSCRIBE");
+                    self.sharded.store(false, Ordering::Relaxed);
+                }
+                other => return other,
+            }
+        }
+        bounded(redis::cmd("SUBSCRIBE").arg(&names).exec_async(&mut sub)).await
+    }
+
+    /// Registers the node and renews its lease; returns whether Redis answered.
+    async fn heartbeat(&self) -> Result<(), BrokerError> {
+        let (clients, channels) = self
+            .handler
+            .get()
+            .map(|h| h.local_stats())
+            .unwrap_or_default();
+        let entry = serde_json::json!({
+            "id": self.node.id,
+            "name": self.node.name,
+            "url": self.node.url,
+            "num_clients": clients,
+            "num_channels": channels,
+            "uptime": self.started.elapsed().as_secs(),
+        })
+        .to_string();
+        let mut cmd = self.cmd.clone();
+        bounded(
+            redis::pipe()
+                .cmd("SET")
+                .arg(lease_key(&self.node.id))
+                .arg(1)
+                .arg("PX")
+                .arg(self.lease_ms())
+                .ignore()
+                .hset(NODES_KEY, &self.node.id, entry)
+                .ignore()
+                .exec_async(&mut cmd),
+        )
+        .await
+    }
+
+    /// After a reconnect: subscribe again and report every channel's top.
+    async fn resubscribe(&self) -> Result<(), BrokerError> {
+        let channels: Vec<String> = self
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        for chunk in channels.chunks(256) {
+            self.subscribe_raw(chunk).await?;
+        }
+        let Some(handler) = self.handler.get() else {
+            return Ok(());
+        };
+        for channel in &channels {
+            let mut cmd = self.cmd.clone();
+            let (epoch, offset): (Option<String>, Option<u64>) = bounded(
+                redis::cmd("HMGET")
+                    .arg(meta_key(channel))
+                    .arg("e")
+                    .arg("o")
+                    .query_async(&mut cmd),
+            )
+            .await?;
+            let top = StreamPosition::new(
+                offset.unwrap_or(0),
+                epoch
+                    .as_deref()
+                    .map(Epoch::from_client)
+                    .unwrap_or(Epoch::EMPTY),
+            );
+            handler.on_resync(channel, top);
+        }
+        Ok(())
+    }
+
+    /// Which of `nodes` hold a lease.
+    async fn alive(&self, nodes: &[String]) -> Result<HashSet<String>, BrokerError> {
+        if nodes.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let mut pipe = redis::pipe();
+        for n in nodes {
+            pipe.exists(lease_key(n));
+        }
+        let mut cmd = self.cmd.clone();
+        let flags: Vec<bool> = bounded(pipe.query_async(&mut cmd)).await?;
+        Ok(nodes
+            .iter()
+            .zip(flags)
+            .filter(|(_, alive)| *alive)
+            .map(|(n, _)| n.clone())
+            .collect())
+    }
+
+    /// Removes the registry entries and presence of nodes whose lease expired, sending
+    /// leave events for their members. One node does it per dead node (a short lock).
+    async fn reap(&self) -> Result<(), BrokerError> {
+        let mut cmd = self.cmd.clone();
+        let ids: Vec<String> =
+            bounded(redis::cmd("HKEYS").arg(NODES_KEY).query_async(&mut cmd)).await?;
+        let alive = self.alive(&ids).await?;
+        for dead in ids
+            .iter()
+            .filter(|id| !alive.contains(*id) && **id != self.node.id)
+        {
+            let won: Option<String> = bounded(
+                redis::cmd("SET")
+                    .arg(format!("sb:reap:{dead}"))
+                    .arg(&self.node.id)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(30_000)
+                    .query_async(&mut cmd),
+            )
+            .await?;
+            if won.is_none() {
+                continue;
+            }
+            let channels: Vec<String> = bounded(
+                redis::cmd("SMEMBERS")
+                    .arg(node_channels_key(dead))
+                    .query_async(&mut cmd),
+            )
+            .await?;
+            let mut removed = 0usize;
+            for channel in &channels {
+                let entries: HashMap<String, Vec<u8>> = bounded(
+                    redis::cmd("HGETALL")
+                        .arg(presence_key(channel))
+                        .query_async(&mut cmd),
+                )
+                .await?;
+                for (client, value) in entries {
+                    let value = Bytes::from(value);
+                    let Some((owner, info)) = split_entry(&value) else {
+                        continue;
+                    };
+                    if owner != dead.as_str() {
+                        continue;
+                    }
+                    let gone: i64 = bounded(
+                        redis::cmd("HDEL")
+                            .arg(presence_key(channel))
+                            .arg(&client)
+                            .query_async(&mut cmd),
+                    )
+                    .await?;
+                    if gone == 1 {
+                        removed += 1;
+                        let mut msg = format!("l{dead}\n").into_bytes();
+                        msg.extend_from_slice(&info);
+                        let _: () = bounded(
+                            redis::cmd(self.publish_cmd())
+                                .arg(pubsub_channel(channel))
+                                .arg(msg)
+                                .query_async(&mut cmd),
+                        )
+                        .await?;
+                    }
+                }
+            }
+            let _: () = bounded(
+                redis::pipe()
+                    .del(node_channels_key(dead))
+                    .hdel(NODES_KEY, dead)
+                    .query_async(&mut cmd),
+            )
+            .await?;
+            tracing::info!(node = %dead, presence_entries = removed, "removed a node whose lease expired");
+        }
+        Ok(())
+    }
+
+    /// Hands one push from the subscription connection to the node.
+    fn on_push(&self, push: PushInfo) {
+        match push.kind {
+            PushKind::Disconnection => {
+                self.connected.store(false, Ordering::Relaxed);
+                self.resync.store(true, Ordering::Relaxed);
+                self.wake.notify_one();
+            }
+            PushKind::Message | PushKind::SMessage => {
+                let (Some(ch), Some(msg)) = (push.data.first(), push.data.get(1)) else {
+                    return;
+                };
+                let (Some(ch), Some(msg)) = (bytes_of(ch), bytes_of(msg)) else {
+                    return;
+                };
+                let Some(channel) = channel_of(&ch) else {
+                    return;
+                };
+                if let Some(handler) = self.handler.get() {
+                    self.dispatch(handler.as_ref(), channel, msg);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn dispatch(&self, handler: &dyn BrokerHandler, channel: &str, msg: Bytes) {
+        match msg.first() {
+            Some(b'p') => {
+                let Some((offset, rest)) = split_line(&msg.slice(1..)) else {
+                    return;
+                };
+                let Some((epoch, blob)) = split_line(&rest) else {
+                    return;
+                };
+                let offset: Option<u64> = std::str::from_utf8(&offset)
+                    .ok()
+                    .and_then(|s| s.parse().ok());
+                let (Some(offset), Some(env)) = (offset, codec::decode(&blob)) else {
+                    tracing::warn!(channel, "undecodable publication from Redis ignored");
+                    return;
+                };
+                let epoch = Epoch::from_client(std::str::from_utf8(&epoch).unwrap_or(""));
+                let exclude = if env.origin == self.node.id {
+                    env.exclude
+                } else {
+                    None
+                };
+                handler.on_publication(Arc::new(publication(channel, offset, epoch, env)), exclude);
+            }
+            Some(kind @ (b'j' | b'l')) => {
+                let join = *kind == b'j';
+                let Some((origin, blob)) = split_line(&msg.slice(1..)) else {
+                    return;
+                };
+                // Our own members' events were delivered locally by the hub already.
+                if origin == self.node.id.as_bytes() {
+                    return;
+                }
+                if let Some(info) = codec::decode_info(&blob) {
+                    handler.on_member_event(channel, join, info);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `a\nrest` → (`a`, `rest`).
+fn split_line(b: &Bytes) -> Option<(Bytes, Bytes)> {
+    let i = b.iter().position(|&c| c == b'\n')?;
+    Some((b.slice(..i), b.slice(i + 1..)))
+}
+
+/// A presence entry's owner node and encoded info.
+fn split_entry(b: &Bytes) -> Option<(String, Bytes)> {
+    let (node, info) = split_line(b)?;
+    Some((String::from_utf8(node.to_vec()).ok()?, info))
+}
+
+/// The maintenance task: heartbeat, reconnect + resync, reaping. Also drains the
+/// subscription pushes. Ends when the broker is dropped.
+async fn maintain(weak: std::sync::Weak<Inner>) {
+    let Some(mut pushes) = weak
+        .upgrade()
+        .and_then(|i| i.pushes.lock().unwrap_or_else(|e| e.into_inner()).take())
+    else {
+        return;
+    };
+    // Pushes are handled on their own task so a slow Redis command here never delays
+    // delivery of publications.
+    let push_weak = weak.clone();
+    tokio::spawn(async move {
+        while let Some(push) = pushes.recv().await {
+            let Some(inner) = push_weak.upgrade() else {
+                return;
+            };
+            inner.on_push(push);
+        }
+    });
+    let mut backoff = Duration::from_millis(100);
+    let mut reap_due = Instant::now();
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let period = inner.lease / 3;
+        let ok = match inner.heartbeat().await {
+            Ok(()) => {
+                let mut ok = true;
+                if !inner.connected.load(Ordering::Relaxed) || inner.resync.load(Ordering::Relaxed)
+                {
+                    // (Re)connected: make the subscription connection answer too, then
+                    // restore every subscription. `resync` is cleared first so a
+                    // disconnect during the restore triggers another one.
+                    let was_resync = inner.resync.swap(false, Ordering::Relaxed);
+                    let mut sub = inner.sub.clone();
+                    let ping = bounded(redis::cmd("PING").exec_async(&mut sub)).await;
+                    let restored = match ping {
+                        Ok(()) if was_resync => inner.resubscribe().await,
+                        other => other,
+                    };
+                    if let Err(e) = restored {
+                        tracing::warn!("Redis subscriptions not restored yet: {e}");
+                        inner.resync.store(true, Ordering::Relaxed);
+                        ok = false;
+                    } else {
+                        if was_resync {
+                            tracing::info!("Redis connection restored; subscriptions restored");
+                        }
+                        inner.connected.store(true, Ordering::Relaxed);
+                    }
+                }
+                if ok && Instant::now() >= reap_due {
+                    reap_due = Instant::now() + period;
+                    if let Err(e) = inner.reap().await {
+                        tracing::debug!("reaping dead nodes failed: {e}");
+                    }
+                }
+                ok
+            }
+            Err(e) => {
+                if inner.connected.swap(false, Ordering::Relaxed) {
+                    tracing::warn!("Redis unreachable: {e}");
+                }
+                // Whatever was subscribed may be gone when it comes back.
+                inner.resync.store(true, Ordering::Relaxed);
+                false
+            }
+        };
+        let wait = if ok {
+            backoff = Duration::from_millis(100);
+            period
+        } else {
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            backoff
+        };
+        let woken = async {
+            inner.wake.notified().await;
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = woken => {}
+        }
+        drop(inner);
+    }
+}
+
+impl Broker for RedisBroker {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn node_id(&self) -> &str {
+        &self.inner.node.id
+    }
+
+    fn status(&self) -> BrokerStatus {
+        BrokerStatus {
+            kind: "redis",
+            connected: self.inner.connected.load(Ordering::Relaxed),
+        }
+    }
+
+    fn start(&self, handler: Arc<dyn BrokerHandler>) {
+        let _ = self.inner.handler.set(handler);
+    }
+
+    fn publish<'a>(
+        &'a self,
+        channel: &'a str,
+        options: &'a ChannelOptions,
+        p: BrokerPublication,
+    ) -> BoxFuture<'a, Result<StreamPosition, BrokerError>> {
+        Box::pin(async move {
+            let inner = &*self.inner;
+            let env = Envelope {
+                origin: inner.node.id.clone(),
+                exclude: p.exclude,
+                publisher: p.publisher,
+                info: p.info.map(|i| (*i).clone()),
+                payload: p.payload,
+            };
+            let size = if options.history_enabled() {
+                options.history_size
+            } else {
+                0
+            };
+            let mut cmd = inner.cmd.clone();
+            let (offset, epoch): (u64, String) = bounded(
+                inner
+                    .publish
+                    .key(meta_key(channel))
+                    .key(stream_key(channel))
+                    .arg(pubsub_channel(channel))
+                    .arg(codec::encode(&env))
+                    .arg(new_epoch())
+                    .arg(size)
+                    .arg(ms(options.history_ttl))
+                    .arg(ms(meta_ttl(options)))
+                    .arg(inner.publish_cmd())
+                    .invoke_async(&mut cmd),
+            )
+            .await?;
+            Ok(StreamPosition::new(offset, Epoch::from_client(&epoch)))
+        })
+    }
+
+    fn subscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            if !self.inner.connected.load(Ordering::Relaxed) {
+                return Err(unavailable("not connected to Redis"));
+            }
+            self.inner.subscribe_raw(&[channel.to_string()]).await?;
+            self.inner
+                .channels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(channel.to_string());
+            Ok(())
+        })
+    }
+
+    fn unsubscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            self.inner
+                .channels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(channel);
+            let mut sub = self.inner.sub.clone();
+            let cmd = if self.inner.sharded.load(Ordering::Relaxed) {
+                "SUNSUBSCRIBE"
+            } else {
+                "UNSUBSCRIBE"
+            };
+            bounded(
+                redis::cmd(cmd)
+                    .arg(pubsub_channel(channel))
+                    .exec_async(&mut sub),
+            )
+            .await
+        })
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        channel: &'a str,
+        options: &'a ChannelOptions,
+        query: HistoryQuery,
+    ) -> BoxFuture<'a, Result<StreamSlice, BrokerError>> {
+        Box::pin(async move {
+            let inner = &*self.inner;
+            let since = query.since.map(|s| s.offset);
+            let (dir, start, end) = match (query.reverse, since) {
+                (false, Some(o)) => ("f", format!("(0-{o}"), "+".to_string()),
+                (false, None) => ("f", "-".to_string(), "+".to_string()),
+                (true, Some(o)) => ("r", format!("(0-{o}"), "-".to_string()),
+                (true, None) => ("r", "+".to_string(), "-".to_string()),
+            };
+            let count: i64 = match query.limit {
+                Some(n) => i64::try_from(n).unwrap_or(i64::MAX),
+                None => -1,
+            };
+            let mut cmd = inner.cmd.clone();
+            let v: Value = bounded(
+                inner
+                    .read
+                    .key(meta_key(channel))
+                    .key(stream_key(channel))
+                    .arg(new_epoch())
+                    .arg(ms(meta_ttl(options)))
+                    .arg(dir)
+                    .arg(start)
+                    .arg(end)
+                    .arg(count)
+                    .invoke_async(&mut cmd),
+            )
+            .await?;
+            let parts = array_of(&v);
+            let bad = || BrokerError::Protocol("unexpected answer to a history read".into());
+            let epoch = parts.first().and_then(bytes_of).ok_or_else(bad)?;
+            let epoch = Epoch::from_client(std::str::from_utf8(&epoch).unwrap_or(""));
+            let top = parts.get(1).and_then(u64_of).ok_or_else(bad)?;
+            let oldest = parts
+                .get(2)
+                .and_then(|v| entries_of(v).first().map(|(o, _)| *o));
+            let publications = parts
+                .get(3)
+                .map(entries_of)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(offset, blob)| {
+                    let env = codec::decode(&blob)?;
+                    Some(Arc::new(publication(channel, offset, epoch, env)))
+                })
+                .collect();
+            Ok(StreamSlice {
+                publications,
+                top: StreamPosition::new(top, epoch),
+                oldest,
+            })
+        })
+    }
+
+    fn remove_history<'a>(
+        &'a self,
+        channel: &'a str,
+        options: &'a ChannelOptions,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let mut cmd = self.inner.cmd.clone();
+            let _: i64 = bounded(
+                self.inner
+                    .remove
+                    .key(meta_key(channel))
+                    .key(stream_key(channel))
+                    .arg(new_epoch())
+                    .arg(ms(meta_ttl(options)))
+                    .invoke_async(&mut cmd),
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn add_presence<'a>(
+        &'a self,
+        channel: &'a str,
+        info: ClientInfo,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let node = &self.inner.node.id;
+            let mut value = format!("{node}\n").into_bytes();
+            value.extend_from_slice(&codec::encode_info(&info));
+            let mut cmd = self.inner.cmd.clone();
+            bounded(
+                redis::pipe()
+                    .atomic()
+                    .hset(presence_key(channel), &info.client, value)
+                    .ignore()
+                    .sadd(node_channels_key(node), channel)
+                    .ignore()
+                    .exec_async(&mut cmd),
+            )
+            .await
+        })
+    }
+
+    fn remove_presence<'a>(
+        &'a self,
+        channel: &'a str,
+        client: &'a str,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let mut cmd = self.inner.cmd.clone();
+            bounded(
+                redis::cmd("HDEL")
+                    .arg(presence_key(channel))
+                    .arg(client)
+                    .exec_async(&mut cmd),
+            )
+            .await
+        })
+    }
+
+    fn presence<'a>(
+        &'a self,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<HashMap<String, ClientInfo>, BrokerError>> {
+        Box::pin(async move {
+            let mut cmd = self.inner.cmd.clone();
+            let raw: HashMap<String, Vec<u8>> = bounded(
+                redis::cmd("HGETALL")
+                    .arg(presence_key(channel))
+                    .query_async(&mut cmd),
+            )
+            .await?;
+            let entries: Vec<(String, String, Bytes)> = raw
+                .into_iter()
+                .filter_map(|(client, v)| {
+                    let (node, info) = split_entry(&Bytes::from(v))?;
+                    Some((client, node, info))
+                })
+                .collect();
+            // Entries of a node whose lease ended are hidden at once, before they are reaped.
+            let nodes: Vec<String> = entries
+                .iter()
+                .map(|(_, n, _)| n.clone())
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
+            let alive = self.inner.alive(&nodes).await?;
+            Ok(entries
+                .into_iter()
+                .filter(|(_, node, _)| alive.contains(node))
+                .filter_map(|(client, _, info)| Some((client, codec::decode_info(&info)?)))
+                .collect())
+        })
+    }
+
+    fn member_event<'a>(
+        &'a self,
+        channel: &'a str,
+        join: bool,
+        info: ClientInfo,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let inner = &*self.inner;
+            let mut msg =
+                format!("{}{}\n", if join { 'j' } else { 'l' }, inner.node.id).into_bytes();
+            msg.extend_from_slice(&codec::encode_info(&info));
+            let mut cmd = inner.cmd.clone();
+            bounded(
+                redis::cmd(inner.publish_cmd())
+                    .arg(pubsub_channel(channel))
+                    .arg(msg)
+                    .exec_async(&mut cmd),
+            )
+            .await
+        })
+    }
+
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeInfo>, BrokerError>> {
+        Box::pin(async move {
+            let mut cmd = self.inner.cmd.clone();
+            let raw: HashMap<String, String> =
+                bounded(redis::cmd("HGETALL").arg(NODES_KEY).query_async(&mut cmd)).await?;
+            let ids: Vec<String> = raw.keys().cloned().collect();
+            let alive = self.inner.alive(&ids).await?;
+            let mut nodes: Vec<NodeInfo> = raw
+                .into_iter()
+                .filter(|(id, _)| alive.contains(id))
+                .filter_map(|(_, json)| {
+                    let v: serde_json::Value = serde_json::from_str(&json).ok()?;
+                    Some(NodeInfo {
+                        id: v["id"].as_str()?.to_string(),
+                        name: v["name"].as_str().unwrap_or_default().to_string(),
+                        url: v["url"].as_str().unwrap_or_default().to_string(),
+                        num_clients: v["num_clients"].as_u64().unwrap_or(0) as usize,
+                        num_channels: v["num_channels"].as_u64().unwrap_or(0) as usize,
+                        uptime_secs: v["uptime"].as_u64().unwrap_or(0),
+                    })
+                })
+                .collect();
+            nodes.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+            Ok(nodes)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names_round_trip() {
+        for name in ["room", "chat:1", "a}b", "x{y}"] {
+            assert_eq!(channel_of(pubsub_channel(name).as_bytes()), Some(name));
+        }
+        assert_eq!(channel_of(b"other"), None);
+        assert_eq!(meta_key("c"), "sb:{c}:m");
+    }
+
+    #[test]
+    fn epochs_and_ids_look_right() {
+        let e = new_epoch();
+        assert_eq!(e.len(), 8);
+        assert!(e.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_eq!(new_node_id().len(), 16);
+    }
+
+    #[test]
+    fn stream_entries_parse() {
+        let v = Value::Array(vec![Value::Array(vec![
+            Value::BulkString(b"0-7".to_vec()),
+            Value::Array(vec![
+                Value::BulkString(b"d".to_vec()),
+                Value::BulkString(b"blob".to_vec()),
+            ]),
+        ])]);
+        assert_eq!(entries_of(&v), vec![(7, Bytes::from_static(b"blob"))]);
+    }
+}
