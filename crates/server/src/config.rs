@@ -166,6 +166,8 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// Channel options: `[channel.default]` and `[channel.namespaces.<name>]`.
     pub channel: Namespaces,
+    /// Socket.IO options: the `[socketio]` table.
+    pub socketio: crate::socketio::SocketIoConfig,
     /// What several nodes share: `memory` (one node, the default) or
     /// `redis://host:port/db`.
     pub broker: Option<String>,
@@ -213,6 +215,7 @@ impl Default for ServerConfig {
             allow_anonymous: false,
             api_key: None,
             channel: Namespaces::default(),
+            socketio: Default::default(),
             broker: None,
             broker_lease: DEFAULT_BROKER_LEASE,
             advertise_url: None,

@@ -4,6 +4,7 @@
 //! | request                               | answer                                   |
 //! |---------------------------------------|------------------------------------------|
 //! | upgrade on `/connection/websocket`    | Centrifugo client protocol (JSON)        |
+//! | anything on `/socket.io/`             | Socket.IO / Engine.IO ([`crate::socketio`]) |
 //! | upgrade on a reserved prefix          | 404 (those paths belong to other protocols) |
 //! | upgrade on any other path             | WebSocket; room = path (`/` = `lobby`)   |
 //! | `GET /`                               | the chat page                            |
@@ -76,6 +77,9 @@ pub(crate) async fn handle(
     token: ShutdownToken,
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path();
+    if crate::socketio::is_path(path) {
+        return Ok(crate::socketio::handle(req, shared, peer, token).await);
+    }
     if is_upgrade_request(req.headers()) {
         if path == crate::centrifugo::PATH {
             return Ok(crate::centrifugo::upgrade(req, shared, peer, token));

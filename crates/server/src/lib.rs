@@ -45,6 +45,7 @@ pub mod listener;
 pub mod origin;
 mod server;
 pub mod shutdown;
+pub mod socketio;
 pub mod stats;
 pub mod tls;
 mod ws;
