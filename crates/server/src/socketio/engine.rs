@@ -546,7 +546,7 @@ pub(crate) enum End {
     PingTimeout,
     /// The client broke the protocol.
     ProtocolError,
-    /// The client closed the session (close packet) or left every namespace.
+    /// The client closed the session (close packet).
     ClientClose,
     /// An outbox overflowed under the close policy.
     SlowConsumer,
@@ -555,8 +555,14 @@ pub(crate) enum End {
 }
 
 impl End {
+    /// Whether the sockets are kept for recovery. A client's close packet counts: the
+    /// client sends one when its transport is torn down (e.g. a network change), and a
+    /// deliberate `socket.disconnect()` leaves the namespace with DISCONNECT first.
     fn recoverable(self) -> bool {
-        matches!(self, End::TransportClose | End::PingTimeout)
+        matches!(
+            self,
+            End::TransportClose | End::PingTimeout | End::ClientClose
+        )
     }
 }
 
