@@ -577,3 +577,380 @@ impl BrokerHandler for Handler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::{ready, BoxFuture};
+    use crate::connection::ConnInfo;
+    use crate::limits::HubLimits;
+    use crate::namespace::Namespaces;
+    use crate::publication::Delivery;
+    use crate::{Epoch, Outbox};
+    use std::time::Duration;
+
+    /// A shared broker kept in memory: one stream per channel, delivering every
+    /// publication to the handler at once (as pub/sub would), with hooks to stage races.
+    #[derive(Default)]
+    struct FakeBroker {
+        handler: Mutex<Option<Arc<dyn BrokerHandler>>>,
+        streams: Mutex<HashMap<String, Vec<Arc<Publication>>>>,
+        /// Publications to "arrive live" at the start of the next stream read.
+        during_read: Mutex<Vec<(String, Payload)>>,
+        presence: Mutex<HashMap<String, ClientInfo>>,
+        listening: Mutex<HashSet<String>>,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    const EPOCH: &str = "fakeepoc";
+
+    impl FakeBroker {
+        fn append(&self, channel: &str, payload: Payload) -> Arc<Publication> {
+            let mut streams = self.streams.lock();
+            let s = streams.entry(channel.to_string()).or_default();
+            let p = Arc::new(Publication::new(
+                Arc::from(channel),
+                payload,
+                s.len() as u64 + 1,
+                Epoch::parse(EPOCH).unwrap(),
+                None,
+            ));
+            s.push(Arc::clone(&p));
+            p
+        }
+
+        fn emit(&self, p: Arc<Publication>) {
+            let h = self.handler.lock().clone();
+            if let Some(h) = h {
+                h.on_publication(p, None);
+            }
+        }
+
+        fn check(&self) -> Result<(), BrokerError> {
+            if self.down.load(std::sync::atomic::Ordering::Relaxed) {
+                Err(BrokerError::Unavailable("down".into()))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl Broker for FakeBroker {
+        fn kind(&self) -> &'static str {
+            "fake"
+        }
+        fn is_shared(&self) -> bool {
+            true
+        }
+        fn node_id(&self) -> &str {
+            "n1"
+        }
+        fn status(&self) -> BrokerStatus {
+            BrokerStatus {
+                kind: "fake",
+                connected: true,
+            }
+        }
+        fn start(&self, handler: Arc<dyn BrokerHandler>) {
+            *self.handler.lock() = Some(handler);
+        }
+        fn publish<'a>(
+            &'a self,
+            channel: &'a str,
+            _options: &'a ChannelOptions,
+            p: BrokerPublication,
+        ) -> BoxFuture<'a, Result<StreamPosition, BrokerError>> {
+            if let Err(e) = self.check() {
+                return ready(Err(e));
+            }
+            let p = self.append(channel, p.payload);
+            let pos = p.position();
+            self.emit(p);
+            ready(Ok(pos))
+        }
+        fn subscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+            let r = self.check();
+            if r.is_ok() {
+                self.listening.lock().insert(channel.to_string());
+            }
+            ready(r)
+        }
+        fn unsubscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+            self.listening.lock().remove(channel);
+            ready(Ok(()))
+        }
+        fn read_stream<'a>(
+            &'a self,
+            channel: &'a str,
+            _options: &'a ChannelOptions,
+            query: HistoryQuery,
+        ) -> BoxFuture<'a, Result<StreamSlice, BrokerError>> {
+            // Publications racing with the subscribe: they reach the hub (and the new
+            // member) before the read sees the stream.
+            let racing: Vec<_> = self.during_read.lock().drain(..).collect();
+            for (ch, payload) in racing {
+                let p = self.append(&ch, payload);
+                self.emit(p);
+            }
+            let streams = self.streams.lock();
+            let s = streams.get(channel).cloned().unwrap_or_default();
+            let after = query.since.map_or(0, |p| p.offset);
+            let publications: Vec<_> = s.iter().filter(|p| p.offset > after).cloned().collect();
+            let limit = query.limit.unwrap_or(usize::MAX);
+            ready(Ok(StreamSlice {
+                publications: publications.into_iter().take(limit).collect(),
+                top: StreamPosition::new(s.len() as u64, Epoch::parse(EPOCH).unwrap()),
+                oldest: s.first().map(|p| p.offset),
+            }))
+        }
+        fn remove_history<'a>(
+            &'a self,
+            _channel: &'a str,
+            _options: &'a ChannelOptions,
+        ) -> BoxFuture<'a, Result<(), BrokerError>> {
+            ready(Ok(()))
+        }
+        fn add_presence<'a>(
+            &'a self,
+            _channel: &'a str,
+            info: ClientInfo,
+        ) -> BoxFuture<'a, Result<(), BrokerError>> {
+            self.presence.lock().insert(info.client.clone(), info);
+            ready(Ok(()))
+        }
+        fn remove_presence<'a>(
+            &'a self,
+            _channel: &'a str,
+            client: &'a str,
+        ) -> BoxFuture<'a, Result<(), BrokerError>> {
+            self.presence.lock().remove(client);
+            ready(Ok(()))
+        }
+        fn presence<'a>(
+            &'a self,
+            _channel: &'a str,
+        ) -> BoxFuture<'a, Result<HashMap<String, ClientInfo>, BrokerError>> {
+            ready(Ok(self.presence.lock().clone()))
+        }
+        fn member_event<'a>(
+            &'a self,
+            _channel: &'a str,
+            _join: bool,
+            _info: ClientInfo,
+        ) -> BoxFuture<'a, Result<(), BrokerError>> {
+            ready(Ok(()))
+        }
+        fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeInfo>, BrokerError>> {
+            ready(Ok(Vec::new()))
+        }
+    }
+
+    fn namespaces() -> Namespaces {
+        Namespaces::default().with(
+            "h",
+            ChannelOptions {
+                history_size: 100,
+                history_ttl: Duration::from_secs(60),
+                presence: true,
+                ..ChannelOptions::default()
+            },
+        )
+    }
+
+    fn shared_node() -> (Node, Arc<FakeBroker>) {
+        let hub = Hub::with_namespaces(HubLimits::default(), namespaces());
+        let broker = Arc::new(FakeBroker::default());
+        let node = Node::with_broker(hub, broker.clone());
+        (node, broker)
+    }
+
+    fn drain(out: &mut Outbox) -> Vec<Arc<Publication>> {
+        let mut batch = Vec::new();
+        let _ = out.try_recv_batch(&mut batch, 1000);
+        batch
+            .into_iter()
+            .filter_map(|d| match d {
+                Delivery::Publication(p) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn recovery_racing_with_live_publications_is_exactly_once_under_the_skip_rule() {
+        let (node, broker) = shared_node();
+        for i in 0..5 {
+            node.publish(
+                "h:c",
+                Payload::text(format!("{i}")),
+                PublishOptions::default(),
+                None,
+            )
+            .await
+            .unwrap();
+        }
+        let (conn, mut out) = node.hub().register(ConnInfo::default()).unwrap();
+        // Offsets 6 and 7 arrive live after the join but before the history read.
+        broker.during_read.lock().extend([
+            ("h:c".to_string(), Payload::text("5")),
+            ("h:c".to_string(), Payload::text("6")),
+        ]);
+        let since = StreamPosition::new(2, Epoch::parse(EPOCH).unwrap());
+        let r = node
+            .subscribe(
+                &conn,
+                "h:c",
+                SubscribeOptions {
+                    chan_info: None,
+                    recover_since: Some(since),
+                },
+            )
+            .await
+            .unwrap();
+        let rec = r.recovery.unwrap();
+        assert!(rec.recovered);
+        assert_eq!(r.position.offset, 7);
+        let recovered: Vec<u64> = rec.publications.iter().map(|p| p.offset).collect();
+        assert_eq!(recovered, vec![3, 4, 5, 6, 7]);
+        // The race really happened: 6 and 7 are also queued...
+        let queued: Vec<u64> = drain(&mut out).iter().map(|p| p.offset).collect();
+        assert_eq!(queued, vec![6, 7]);
+        // ...and the drivers' rule (skip at or below the returned position) drops them.
+        node.publish("h:c", Payload::text("7"), PublishOptions::default(), None)
+            .await
+            .unwrap();
+        let live: Vec<u64> = drain(&mut out)
+            .iter()
+            .map(|p| p.offset)
+            .filter(|&o| o > r.position.offset)
+            .collect();
+        let mut all = recovered;
+        all.extend(queued.into_iter().filter(|&o| o > r.position.offset));
+        all.extend(live);
+        assert_eq!(
+            all,
+            vec![3, 4, 5, 6, 7, 8],
+            "every publication after 2, once"
+        );
+        assert!(broker.listening.lock().contains("h:c"));
+    }
+
+    #[tokio::test]
+    async fn a_jump_in_the_live_stream_or_a_resync_beyond_it_is_reported_as_a_gap() {
+        let (node, broker) = shared_node();
+        let gaps = Arc::new(Mutex::new(Vec::<String>::new()));
+        let g = Arc::clone(&gaps);
+        node.set_gap_handler(Arc::new(move |ch: &str| g.lock().push(ch.to_string())));
+        let (conn, mut out) = node.hub().register(ConnInfo::default()).unwrap();
+        node.subscribe(&conn, "h:g", SubscribeOptions::default())
+            .await
+            .unwrap();
+        let p1 = broker.append("h:g", Payload::text("a"));
+        broker.emit(p1);
+        let _lost = broker.append("h:g", Payload::text("b"));
+        let p3 = broker.append("h:g", Payload::text("c"));
+        broker.emit(p3);
+        assert_eq!(*gaps.lock(), vec!["h:g".to_string()]);
+        // Delivered anyway: the client learns of the gap, it does not lose more.
+        assert_eq!(drain(&mut out).len(), 2);
+
+        let handler = broker.handler.lock().clone().unwrap();
+        handler.on_resync("h:g", StreamPosition::new(3, Epoch::parse(EPOCH).unwrap()));
+        assert_eq!(gaps.lock().len(), 1, "nothing missed: same top");
+        handler.on_resync("h:g", StreamPosition::new(5, Epoch::parse(EPOCH).unwrap()));
+        assert_eq!(gaps.lock().len(), 2, "missed 4 and 5 while disconnected");
+        handler.on_resync(
+            "h:g",
+            StreamPosition::new(0, Epoch::parse("other").unwrap()),
+        );
+        assert_eq!(gaps.lock().len(), 3, "the store lost the stream");
+    }
+
+    #[tokio::test]
+    async fn leaving_removes_presence_and_the_last_leave_stops_listening() {
+        let (node, broker) = shared_node();
+        tokio::spawn(node.run_background());
+        let (a, _a_out) = node.hub().register(ConnInfo::default()).unwrap();
+        let (b, _b_out) = node.hub().register(ConnInfo::default()).unwrap();
+        node.subscribe(&a, "h:p", SubscribeOptions::default())
+            .await
+            .unwrap();
+        node.subscribe(&b, "h:p", SubscribeOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(node.presence_stats("h:p").await.unwrap().num_clients, 2);
+        drop(a);
+        wait(|| broker.presence.lock().len() == 1).await;
+        assert!(broker.listening.lock().contains("h:p"), "b still listens");
+        node.unsubscribe(&b, "h:p").await;
+        wait(|| broker.presence.lock().is_empty() && broker.listening.lock().is_empty()).await;
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_broker_is_a_temporary_error_and_undoes_the_join() {
+        let (node, broker) = shared_node();
+        broker
+            .down
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let (a, _out) = node.hub().register(ConnInfo::default()).unwrap();
+        let e = node
+            .subscribe(&a, "h:x", SubscribeOptions::default())
+            .await
+            .unwrap_err();
+        assert!(e.is_temporary());
+        assert!(!node.hub().is_member(a.id(), "h:x"));
+        let e = node
+            .publish("h:x", Payload::text("."), PublishOptions::default(), None)
+            .await
+            .unwrap_err();
+        assert!(e.is_temporary());
+        assert!(node
+            .publish_now("h:x", Payload::text("."), PublishOptions::default(), None)
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn the_memory_node_is_the_hub() {
+        let hub = Hub::with_namespaces(HubLimits::default(), namespaces());
+        let node = Node::new(hub.clone());
+        assert!(!node.is_shared());
+        let (a, mut out) = hub.register(ConnInfo::default()).unwrap();
+        node.subscribe(&a, "h:m", SubscribeOptions::default())
+            .await
+            .unwrap();
+        let pos = node
+            .publish("h:m", Payload::text("x"), PublishOptions::default(), None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(pos.offset, 1);
+        assert!(node
+            .publish_now("h:m", Payload::text("y"), PublishOptions::default(), None)
+            .is_some());
+        assert_eq!(drain(&mut out).len(), 2);
+        let h = node.history("h:m", HistoryQuery::default()).await.unwrap();
+        assert_eq!(h.publications.len(), 2);
+        assert_eq!(node.presence("h:m").await.unwrap().len(), 1);
+        assert!(matches!(
+            node.publish(
+                "bad name",
+                Payload::text("."),
+                PublishOptions::default(),
+                None
+            )
+            .await,
+            Err(NodeError::Channel(ChannelError::InvalidName))
+        ));
+    }
+
+    /// Waits (bounded) for background work to reach a state.
+    async fn wait(mut cond: impl FnMut() -> bool) {
+        for _ in 0..500 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("condition not reached");
+    }
+}
