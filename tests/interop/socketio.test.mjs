@@ -36,6 +36,17 @@ exclude_sender = ["/others"]
 max_payload = 100000
 `;
 
+// Small outboxes, for the slow-consumer test.
+const TIGHT_CONFIG = `
+allow_anonymous = true
+api_key = "${API_KEY}"
+outbox_max_messages = 16
+outbox_max_bytes = 1048576
+
+[channel.default]
+allow_subscribe_for_anonymous = true
+`;
+
 // No anonymous clients, one allowed origin, a fast heartbeat.
 const STRICT_CONFIG = `
 token_hmac_secret = "${SECRET}"
@@ -82,6 +93,7 @@ function collect(socket, event) {
 describe('socket.io-client against /socket.io/', () => {
   let server;
   let strict;
+  let tight;
   let dir;
   const sockets = [];
 
@@ -123,6 +135,9 @@ describe('socket.io-client against /socket.io/', () => {
     const strictFile = path.join(dir, 'strict.toml');
     writeFileSync(strictFile, STRICT_CONFIG);
     strict = await startServer(['--config', strictFile]);
+    const tightFile = path.join(dir, 'tight.toml');
+    writeFileSync(tightFile, TIGHT_CONFIG);
+    tight = await startServer(['--config', tightFile]);
   });
 
   after(async () => {
@@ -130,6 +145,7 @@ describe('socket.io-client against /socket.io/', () => {
     const { code } = await server.stop();
     assert.equal(code, 0, 'clean exit on SIGTERM');
     await strict.stop();
+    await tight.stop();
     rmSync(dir, { recursive: true, force: true });
   });
 
@@ -461,6 +477,29 @@ describe('socket.io-client against /socket.io/', () => {
     }
     assert.equal(ok.readyState, WebSocket.OPEN);
     ok.close();
+  });
+
+  it('a client that stops reading is closed as a slow consumer (1008)', async () => {
+    // Without compression, so the bytes on the wire are as large as the messages.
+    const ws = new WebSocket(`${tight.wsUrl('/socket.io/')}?EIO=4&transport=websocket`, {
+      perMessageDeflate: false,
+    });
+    const inbox = new Inbox(ws);
+    assert.equal((await inbox.next()).text[0], '0');
+    ws.send('40');
+    assert.match((await inbox.next()).text, /^40\{"sid":"/);
+    ws.send('421["subscribe","flood"]');
+    assert.equal((await inbox.next()).text, '431[{"ok":true}]');
+    // Stop reading: the socket buffers fill, then the bounded outbox overflows.
+    ws._socket.pause();
+    // 50 MB: more than the loopback socket buffers hold, so the server's writes stall.
+    const big = 'x'.repeat(256 * 1024);
+    for (let i = 0; i < 200; i++) await apiPublish('flood', big, tight);
+    ws._socket.resume();
+    const { code, reason } = await inbox.close();
+    assert.equal(code, 1008);
+    assert.equal(reason, 'slow consumer');
+    assert.ok(inbox.items.length < 200, `not everything was delivered (${inbox.items.length})`);
   });
 
   it('one channel for socket.io, centrifuge, raw WebSocket and the HTTP API', async () => {

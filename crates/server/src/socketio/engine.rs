@@ -58,6 +58,9 @@ pub(crate) type Io = TokioIo<hyper::upgrade::Upgraded>;
 
 /// Inbound items queued ahead of the engine task (back-pressure on a flooding client).
 const INBOUND: usize = 64;
+/// A session that joins no namespace within this time is closed (Socket.IO's default
+/// `connectTimeout`): an open Engine.IO session costs memory and a connection slot.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(45);
 /// How long to wait for the peer's close reply once ours is sent.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
@@ -634,6 +637,7 @@ impl Engine {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stop = token.triggered();
         tokio::pin!(stop);
+        let connect_by = Instant::now() + CONNECT_TIMEOUT;
         let end = loop {
             if let Err(end) = self.flush().await {
                 break end;
@@ -641,6 +645,7 @@ impl Engine {
             let can_send = self.can_send();
             let deadline = self.pong_deadline;
             let drained = self.session.clone();
+            let waiting_connect = !self.sockets.ever_connected();
             let step = tokio::select! {
                 m = rx.recv() => match m {
                     Some(Inbound::Packet(p)) => self.on_packet(p).await,
@@ -670,6 +675,10 @@ impl Engine {
                     Err(End::PingTimeout)
                 }
                 _ = async { drained.as_ref().expect("polling").drained.notified().await }, if !can_send => Ok(()),
+                _ = tokio::time::sleep_until(connect_by), if waiting_connect => {
+                    tracing::debug!(peer = %self.peer, sid = %self.sid, "socket.io: no CONNECT in time");
+                    Err(End::ProtocolError)
+                }
                 _ = &mut stop => Err(End::Shutdown),
             };
             if let Err(end) = step {
@@ -746,7 +755,13 @@ impl Engine {
                     return Err(End::TransportClose);
                 }
             }
-            return w.flush().await.map_err(|_| End::TransportClose);
+            // A peer that stops reading would hold the flush forever (and with it the
+            // heartbeat, which runs in the same loop): give it as long as a silent peer gets.
+            let limit = self.shared.config.ping_interval + self.shared.config.ping_timeout;
+            return match tokio::time::timeout(limit, w.flush()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) | Err(_) => Err(End::TransportClose),
+            };
         }
         if let Some(session) = &self.session {
             let mut st = session.lock();

@@ -79,6 +79,8 @@ pub(crate) struct Sockets {
     peer: SocketAddr,
     decoder: Decoder,
     list: Vec<NsSocket>,
+    /// Whether a namespace was ever joined (for the connect timeout).
+    connected_once: bool,
 }
 
 fn push_event(out: &mut Vec<Frame>, ev: &EncodedEvent) {
@@ -97,7 +99,13 @@ impl Sockets {
             peer,
             decoder: Decoder::new(),
             list: Vec::new(),
+            connected_once: false,
         }
+    }
+
+    /// Whether the client ever joined a namespace in this session.
+    pub(crate) fn ever_connected(&self) -> bool {
+        self.connected_once
     }
 
     fn recovery(&self) -> bool {
@@ -250,6 +258,7 @@ impl Sockets {
                         }
                         tracing::debug!(peer = %self.peer, replayed = missed.len(), "socket.io session recovered");
                         self.list.push(socket);
+                        self.connected_once = true;
                         return;
                     }
                     // Not recoverable: the old socket leaves the hub, a new one is made.
@@ -316,6 +325,7 @@ impl Sockets {
             ring: Ring::new(self.shared.config.socketio.recovery_buffer),
             exclude_sender,
         });
+        self.connected_once = true;
     }
 
     async fn event(&mut self, i: usize, p: Packet, out: &mut Vec<Frame>) {
