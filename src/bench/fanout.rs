@@ -52,6 +52,8 @@ const SETTLE: Duration = Duration::from_millis(200);
 struct Cfg {
     scenario: &'static str,
     url: String,
+    /// Where publishers connect, when not to `url` (another node of a cluster).
+    pub_url: Option<String>,
     server_pid: Option<u32>,
     threads: usize,
     connect_timeout: f64,
@@ -120,6 +122,7 @@ pub(crate) fn run_fanout(a: FanoutArgs) -> Result<Summary, BenchError> {
     run(Cfg {
         scenario: "fanout",
         url: a.common.url,
+        pub_url: a.pub_url,
         server_pid: a.common.server_pid,
         threads: a.common.threads as usize,
         connect_timeout: a.common.connect_timeout,
@@ -152,6 +155,7 @@ pub(crate) fn run_slow(a: SlowArgs) -> Result<Summary, BenchError> {
     run(Cfg {
         scenario: "slow",
         url: a.common.url,
+        pub_url: None,
         server_pid: a.common.server_pid,
         threads: a.common.threads as usize,
         connect_timeout: a.common.connect_timeout,
@@ -171,6 +175,10 @@ pub(crate) fn run_slow(a: SlowArgs) -> Result<Summary, BenchError> {
 
 fn run(cfg: Cfg) -> Result<Summary, BenchError> {
     let target = Target::parse(&cfg.url)?;
+    let pub_target = match &cfg.pub_url {
+        Some(url) => Target::parse(url)?,
+        None => target.clone(),
+    };
     if cfg.subs == 0 || cfg.pubs == 0 {
         return Err(BenchError::Usage(
             "--subs and --pubs must be at least 1".into(),
@@ -206,7 +214,9 @@ fn run(cfg: Cfg) -> Result<Summary, BenchError> {
     let ctl = Ctl::new();
     let handles = {
         let (ctl, target, cfg, shared) = (ctl.clone(), target.clone(), cfg.clone(), shared.clone());
-        runner::spawn_workers(cfg.threads, move |t| worker(t, cfg, target, ctl, shared))
+        runner::spawn_workers(cfg.threads, move |t| {
+            worker(t, cfg, target, pub_target.clone(), ctl, shared)
+        })
     };
     if let Err(e) = runner::wait_ready(&ctl, cfg.subs + cfg.pubs, cfg.connect_timeout) {
         let _ = runner::join_workers(handles);
@@ -310,6 +320,9 @@ fn summarize(
     let secs = plan.measured_secs();
     let mut s = Summary::new(cfg.scenario);
     s.add("url", cfg.url.as_str(), "");
+    if let Some(pub_url) = &cfg.pub_url {
+        s.add("pub_url", pub_url.as_str(), "");
+    }
     s.add("subs", cfg.subs as u64, "");
     s.add("pubs", cfg.pubs as u64, "");
     s.add("rate", cfg.rate.to_string(), "msg/s per publisher");
@@ -380,10 +393,11 @@ async fn worker(
     t: usize,
     cfg: Cfg,
     target: Target,
+    pub_target: Target,
     ctl: Arc<Ctl>,
     shared: Arc<Shared>,
 ) -> anyhow::Result<ThreadOut> {
-    let mut specs: Vec<ConnSpec> = (0..cfg.subs)
+    let specs: Vec<ConnSpec> = (0..cfg.subs)
         .filter(|i| i % cfg.threads == t)
         .map(|i| ConnSpec {
             index: i,
@@ -394,16 +408,17 @@ async fn worker(
             },
         })
         .collect();
-    specs.extend(
-        (0..cfg.pubs)
-            .filter(|p| p % cfg.threads == t)
-            .map(|p| ConnSpec {
-                index: PUB_INDEX_BASE + p,
-                path: target.path_and_query("echo=false"),
-                opts: ConnectOpts::default(),
-            }),
-    );
-    let conns = runner::connect_all(&target, specs, 64, cfg.connect_timeout, &ctl).await?;
+    let pub_specs: Vec<ConnSpec> = (0..cfg.pubs)
+        .filter(|p| p % cfg.threads == t)
+        .map(|p| ConnSpec {
+            index: PUB_INDEX_BASE + p,
+            path: pub_target.path_and_query("echo=false"),
+            opts: ConnectOpts::default(),
+        })
+        .collect();
+    let mut conns = runner::connect_all(&target, specs, 64, cfg.connect_timeout, &ctl).await?;
+    // Publishers may be on another node (`--pub-url`): same room, a different server.
+    conns.extend(runner::connect_all(&pub_target, pub_specs, 64, cfg.connect_timeout, &ctl).await?);
     let Some(plan) = ctl.wait_go().await else {
         bail!("run aborted");
     };

@@ -131,6 +131,10 @@ pub struct FanoutArgs {
     /// Seconds to wait after the last publication for the last deliveries.
     #[arg(long, default_value_t = 3.0)]
     pub drain: f64,
+    /// Connect the publishers to this URL instead of `--url` (same room path): another
+    /// node of a cluster sharing a broker, to measure fan-out across nodes.
+    #[arg(long, value_name = "URL")]
+    pub pub_url: Option<String>,
 }
 
 /// Flags of `bench conns`.

@@ -65,7 +65,6 @@ pub(crate) async fn upgrade(
         Err(e) if e.is_temporary() => {
             // With a shared broker that cannot be reached, the member would miss what
             // other nodes publish: refuse now, the client retries.
-            shared.counters.bump(Counter::RejectedMaxConnections);
             tracing::info!(%peer, %room, "upgrade refused: {e}");
             let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "broker unavailable");
             r.headers_mut()
