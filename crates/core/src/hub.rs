@@ -1074,6 +1074,77 @@ mod tests {
         drop(b);
     }
 
+    #[test]
+    fn deliver_fans_out_a_numbered_publication_and_the_listener_sees_every_leave() {
+        struct Record(Mutex<Vec<(String, ConnId, bool, bool)>>);
+        impl HubListener for Record {
+            fn member_left(
+                &self,
+                ch: &str,
+                conn: ConnId,
+                info: Option<&ClientInfo>,
+                emptied: bool,
+            ) {
+                self.0
+                    .lock()
+                    .push((ch.to_string(), conn, info.is_some(), emptied));
+            }
+        }
+        let ns = Namespaces::default().with(
+            "p",
+            ChannelOptions {
+                presence: true,
+                ..ChannelOptions::default()
+            },
+        );
+        let hub = Hub::with_namespaces(HubLimits::default(), ns);
+        hub.set_conn_id_base(1 << 40);
+        let rec = Arc::new(Record(Mutex::new(Vec::new())));
+        assert!(hub.set_listener(rec.clone()));
+        let (a, mut a_out) = hub.register(ConnInfo::default()).unwrap();
+        let (b, mut b_out) = hub.register(ConnInfo::default()).unwrap();
+        assert!(a.id() >= 1 << 40 && b.id() > a.id());
+        hub.subscribe(&a, "p:x").unwrap();
+        hub.subscribe(&b, "p:x").unwrap();
+
+        // Numbered elsewhere: the offset is kept, nothing is stored, `exclude` is honoured.
+        let p = Arc::new(Publication::new(
+            Arc::from("p:x"),
+            Payload::text("hi"),
+            41,
+            Epoch::parse("e").unwrap(),
+            None,
+        ));
+        let report = hub.deliver(Arc::clone(&p), Some(b.id()));
+        assert_eq!(report.delivered, 1);
+        let mut batch = Vec::new();
+        assert_eq!(a_out.try_recv_batch(&mut batch, 10), Ok(1));
+        assert!(matches!(&batch[0], crate::Delivery::Publication(q) if q.offset == 41));
+        assert_eq!(b_out.try_recv_batch(&mut Vec::new(), 10), Ok(0));
+        assert_eq!(hub.channel("p:x").unwrap().last_offset(), 0);
+        assert_eq!(hub.deliver(p, None).delivered, 2);
+        let none = Arc::new(Publication::new(
+            Arc::from("nobody"),
+            Payload::text("."),
+            1,
+            0,
+            None,
+        ));
+        assert_eq!(hub.deliver(none, None).delivered, 0);
+
+        hub.unsubscribe(&a, "p:x");
+        let (a_id, b_id) = (a.id(), b.id());
+        drop(b);
+        assert_eq!(
+            *rec.0.lock(),
+            vec![
+                ("p:x".to_string(), a_id, true, false),
+                ("p:x".to_string(), b_id, true, true)
+            ]
+        );
+        assert!(!hub.is_member(a_id, "p:x"));
+    }
+
     /// The window between looking a channel up and joining it is too narrow
     /// to hit reliably from threads, so stage it by hand: the last member has
     /// left (the channel is dead) but the leaver has not unlinked it yet.
