@@ -39,6 +39,7 @@ pub mod centrifugo;
 pub mod config;
 mod connection;
 pub mod crash;
+pub mod forward;
 pub mod heartbeat;
 pub mod http;
 pub mod listener;

@@ -2,13 +2,14 @@
 //! the hub, joining its namespace, subscribe / unsubscribe / publish with the same
 //! permission checks as the other protocols, and namespace broadcasts.
 //!
-//! They are `async` although the in-memory hub answers at once, so that a hub facade whose
-//! calls wait (a broker between nodes) can replace these bodies without touching callers.
+//! Everything goes through the node facade ([`switchboard_core::Node`]), so with a shared
+//! broker a Socket.IO publication reaches every node, and a subscription makes this node
+//! listen to the channel. Permission checks are the hub's, as for the other protocols.
 use std::sync::Arc;
 
 use switchboard_core::{
-    ClientCtx, ClientInfo, ConnHandle, ConnInfo, HubError, Outbox, Payload, PermissionError,
-    PublishOptions,
+    ClientCtx, ClientInfo, ConnHandle, ConnInfo, HubError, NodeError, Outbox, Payload,
+    PermissionError, PublishOptions, StreamPosition, SubscribeOptions,
 };
 use switchboard_protocols::socketio::namespace_channel;
 
@@ -25,6 +26,8 @@ pub(crate) enum ChanError {
     LimitExceeded,
     /// The connection is gone.
     Closed,
+    /// The shared broker cannot be reached right now; retrying later may work.
+    Unavailable,
 }
 
 impl ChanError {
@@ -35,6 +38,7 @@ impl ChanError {
             ChanError::PermissionDenied => "permission denied",
             ChanError::LimitExceeded => "limit exceeded",
             ChanError::Closed => "connection closed",
+            ChanError::Unavailable => "temporarily unavailable",
         }
     }
 }
@@ -44,6 +48,14 @@ fn hub_error(e: HubError) -> ChanError {
         HubError::InvalidChannel | HubError::UnknownNamespace(_) => ChanError::UnknownChannel,
         HubError::RoomFull { .. } | HubError::TooManyConnections { .. } => ChanError::LimitExceeded,
         _ => ChanError::Closed,
+    }
+}
+
+fn node_error(e: NodeError) -> ChanError {
+    match e {
+        NodeError::Hub(e) => hub_error(e),
+        NodeError::Channel(_) => ChanError::UnknownChannel,
+        NodeError::Broker(_) => ChanError::Unavailable,
     }
 }
 
@@ -63,42 +75,57 @@ pub(crate) async fn register(
 }
 
 /// Makes the socket a member of its namespace's broadcast channel, and of the channels its
-/// connection token grants (server-side subscriptions: no permission check).
+/// connection token grants (server-side subscriptions: no permission check). Returns each
+/// channel joined with the position the join reported (see [`subscribe`]).
 pub(crate) async fn join_namespace(
     shared: &Shared,
     handle: &ConnHandle,
     nsp: &str,
     token_channels: &[String],
-) -> Result<(), ChanError> {
-    shared
-        .hub
-        .subscribe(handle, &namespace_channel(nsp))
-        .map_err(hub_error)?;
+) -> Result<Vec<(String, StreamPosition)>, ChanError> {
+    let ns_channel = namespace_channel(nsp);
+    let mut joined = vec![(ns_channel.clone(), join(shared, handle, &ns_channel).await?)];
     for channel in token_channels {
-        if let Err(e) = shared.hub.subscribe(handle, channel) {
-            tracing::debug!(%channel, "socket.io: token channel not joined: {e}");
+        match join(shared, handle, channel).await {
+            Ok(position) => joined.push((channel.clone(), position)),
+            Err(e) => tracing::debug!(%channel, "socket.io: token channel not joined: {e:?}"),
         }
     }
-    Ok(())
+    Ok(joined)
 }
 
-/// A client's `subscribe`: the hub's permission check, then the join.
+async fn join(
+    shared: &Shared,
+    handle: &ConnHandle,
+    channel: &str,
+) -> Result<StreamPosition, ChanError> {
+    shared
+        .node
+        .subscribe(handle, channel, SubscribeOptions::default())
+        .await
+        .map(|r| r.position)
+        .map_err(node_error)
+}
+
+/// A client's `subscribe`: the hub's permission check, then the join. Returns the
+/// channel's position at the join: with a shared broker, publications at or below it may
+/// also have been queued live and are to be skipped (the node facade's rule).
 pub(crate) async fn subscribe(
     shared: &Shared,
     handle: &ConnHandle,
     channel: &str,
-) -> Result<(), ChanError> {
+) -> Result<StreamPosition, ChanError> {
     let ctx = ClientCtx::for_conn(handle);
     shared
         .hub
         .check_subscribe(&ctx, channel)
         .map_err(permission_error)?;
-    shared.hub.subscribe(handle, channel).map_err(hub_error)
+    join(shared, handle, channel).await
 }
 
 /// A client's `unsubscribe`. Returns whether it was subscribed.
 pub(crate) async fn unsubscribe(shared: &Shared, handle: &ConnHandle, channel: &str) -> bool {
-    shared.hub.unsubscribe(handle, channel)
+    shared.node.unsubscribe(handle, channel).await
 }
 
 /// A client's `publish`: the hub's permission check, then the publication (delivered to the
@@ -121,14 +148,17 @@ pub(crate) async fn publish(
         conn_info: handle.info().conn_info.clone(),
         chan_info: None,
     };
-    // The name was validated by the permission check.
-    shared.hub.publish_with_info(
-        channel,
-        payload,
-        PublishOptions::from_conn(handle.id()),
-        Some(Arc::new(info)),
-    );
-    Ok(())
+    shared
+        .node
+        .publish(
+            channel,
+            payload,
+            PublishOptions::from_conn(handle.id()),
+            Some(Arc::new(info)),
+        )
+        .await
+        .map(|_| ())
+        .map_err(node_error)
 }
 
 /// An event broadcast to every socket of namespace `nsp` (the sender too, unless
@@ -139,11 +169,16 @@ pub(crate) async fn broadcast(
     nsp: &str,
     payload: Payload,
     exclude_sender: bool,
-) {
+) -> Result<(), ChanError> {
     let opts = if exclude_sender {
         PublishOptions::except_sender(handle.id())
     } else {
         PublishOptions::from_conn(handle.id())
     };
-    shared.hub.publish(&namespace_channel(nsp), payload, opts);
+    shared
+        .node
+        .publish(&namespace_channel(nsp), payload, opts, None)
+        .await
+        .map(|_| ())
+        .map_err(node_error)
 }

@@ -24,9 +24,12 @@
 //!   which the session stops draining its outboxes (whose own bounds and slow-consumer
 //!   policy then apply, as for every other protocol).
 //!
-//! Session ids: 22 URL-safe characters of randomness. A node prefix for multi-node polling
-//! (`<node>.<random>`, so any node can tell which node owns a session and forward the
-//! request there) fits this format without breaking clients, which treat the sid as opaque.
+//! Session ids: 22 URL-safe characters of randomness; with a shared broker they are prefixed
+//! with the node's id, `<node>.<random>` (clients treat the sid as opaque). A polling request
+//! that reaches a node which does not own its session is forwarded to the owner's HTTP
+//! address, found in the broker's node registry ([`crate::forward`]), so polling works behind
+//! a load balancer without sticky sessions. A WebSocket upgrade cannot be forwarded: it is
+//! refused ("Session ID unknown"), and the client keeps polling through the forwarding.
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -151,6 +154,59 @@ fn sessions() -> std::sync::MutexGuard<'static, HashMap<String, Arc<Session>>> {
     SESSIONS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Forwards polling requests to the nodes owning their sessions.
+static FORWARDER: LazyLock<crate::forward::Forwarder> = LazyLock::new(Default::default);
+
+/// A new session id: random, prefixed with this node's id when several nodes share a broker.
+fn new_sid(shared: &Shared) -> String {
+    if shared.node.is_shared() {
+        format!("{}.{}", shared.node.broker().node_id(), random_id())
+    } else {
+        random_id()
+    }
+}
+
+/// The node owning `sid`, when it is another node of a shared broker.
+fn foreign_owner<'a>(shared: &Shared, sid: &'a str) -> Option<&'a str> {
+    let (node, _) = sid.split_once('.')?;
+    (shared.node.is_shared() && node != shared.node.broker().node_id()).then_some(node)
+}
+
+/// Sends a polling request on to the node that owns its session, and relays the answer.
+async fn forward(req: Request<Incoming>, shared: &Shared, owner: &str) -> Response<Body> {
+    let nodes = match shared.node.nodes().await {
+        Ok(nodes) => nodes,
+        Err(e) => {
+            tracing::debug!(owner, "socket.io: node registry unavailable: {e}");
+            return status_only(StatusCode::SERVICE_UNAVAILABLE);
+        }
+    };
+    // Only plain HTTP addresses can be reached by the forwarder.
+    let Some(target) = nodes
+        .iter()
+        .find(|n| n.id == owner)
+        .and_then(|n| n.url.strip_prefix("http://"))
+        .map(|rest| rest.split('/').next().unwrap_or(rest).to_string())
+    else {
+        return error(HttpError::UnknownSid);
+    };
+    let (parts, body) = req.into_parts();
+    let max = shared.config.socketio.max_payload;
+    let body = match Limited::new(body, max).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return status_only(StatusCode::PAYLOAD_TOO_LARGE),
+    };
+    // A pending GET lasts up to a ping interval; allow the ping timeout on top.
+    let timeout = shared.config.ping_interval + shared.config.ping_timeout;
+    match FORWARDER.forward(parts, body, &target, timeout).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::debug!(owner, "socket.io: forwarding failed: {e}");
+            status_only(e.status())
+        }
+    }
+}
+
 fn server_id(shared: &Arc<Shared>) -> usize {
     Arc::as_ptr(shared) as usize
 }
@@ -202,7 +258,13 @@ pub(crate) async fn route(
             None if req.method() == Method::GET => polling_handshake(shared, peer, token),
             None => error(HttpError::BadHandshakeMethod),
             Some(sid) => match find(&shared, &sid) {
-                None => error(HttpError::UnknownSid),
+                None => match foreign_owner(&shared, &sid) {
+                    Some(owner) if !crate::forward::is_forwarded(&req) => {
+                        let owner = owner.to_string();
+                        forward(req, &shared, &owner).await
+                    }
+                    _ => error(HttpError::UnknownSid),
+                },
                 Some(session) => match *req.method() {
                     Method::GET => poll(&session).await,
                     Method::POST => post(req, &shared, &session).await,
@@ -238,7 +300,7 @@ fn polling_handshake(
         shared.counters.bump(Counter::RejectedMaxConnections);
         return crate::http::text(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
     };
-    let sid = random_id();
+    let sid = new_sid(&shared);
     let (tx, rx) = mpsc::channel(INBOUND);
     let session = Arc::new(Session {
         sid: sid.clone(),
@@ -290,7 +352,7 @@ fn websocket_handshake(
         shared.counters.bump(Counter::Upgraded);
         let ws = new_websocket(&shared, TokioIo::new(upgraded), deflate);
         let (reader, writer) = ws.split();
-        let sid = random_id();
+        let sid = new_sid(&shared);
         let (tx, rx) = mpsc::channel(INBOUND);
         let open = handshake(&shared, &sid, Vec::new());
         let mut engine = Engine::new(Arc::clone(&shared), peer, sid, None, None, tx.clone());

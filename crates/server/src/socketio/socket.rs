@@ -5,6 +5,7 @@
 //! Each socket is a connection of its own in the hub (its own subscriptions and outbox),
 //! so the same channel joined in two namespaces is delivered once to each. The engine task
 //! waits on all of their outboxes at once ([`Sockets::next_delivery`]).
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -13,7 +14,9 @@ use std::task::Poll;
 
 use bytes::Bytes;
 use serde_json::{json, Value};
-use switchboard_core::{CloseReason, ConnHandle, ConnInfo, Delivery, Outbox, OutboxClosed};
+use switchboard_core::{
+    CloseReason, ConnHandle, ConnInfo, Delivery, Outbox, OutboxClosed, StreamPosition,
+};
 use switchboard_protocols::socketio::mapping::{encode_broadcast, offset_of, publish_payload};
 use switchboard_protocols::socketio::{
     encode_publication, is_namespace_channel, Decoder, EncodedEvent, Packet, PacketType, PROTOCOL,
@@ -59,6 +62,10 @@ pub(crate) struct NsSocket {
     recv: Option<std::sync::Mutex<RecvFuture>>,
     ring: Ring,
     exclude_sender: bool,
+    /// Per channel, the position its join reported: queued publications at or below it
+    /// were also part of the join's snapshot and are skipped (with a shared broker they
+    /// can be queued live during the join; on one node never).
+    skip: HashMap<String, StreamPosition>,
 }
 
 impl NsSocket {
@@ -164,6 +171,12 @@ impl Sockets {
         }
         for d in batch {
             if let Delivery::Publication(p) = d {
+                if s.skip
+                    .get(&*p.channel)
+                    .is_some_and(|pos| p.epoch == pos.epoch && p.offset <= pos.offset)
+                {
+                    continue;
+                }
                 let ev = encode_publication(&p, &s.nsp, recovery);
                 push_event(out, &ev);
                 if recovery {
@@ -306,11 +319,14 @@ impl Sockets {
                 return;
             }
         };
-        if let Err(e) = channels::join_namespace(&self.shared, &handle, &nsp, &token_channels).await
-        {
-            push_packet(out, &Packet::connect_error(nsp, e.message()));
-            return;
-        }
+        let joined =
+            match channels::join_namespace(&self.shared, &handle, &nsp, &token_channels).await {
+                Ok(joined) => joined,
+                Err(e) => {
+                    push_packet(out, &Packet::connect_error(nsp, e.message()));
+                    return;
+                }
+            };
         let sid = random_id();
         let pid = self.recovery().then(random_id);
         push_packet(out, &Packet::connect_ok(nsp.clone(), &sid, pid.as_deref()));
@@ -324,27 +340,34 @@ impl Sockets {
             recv: None,
             ring: Ring::new(self.shared.config.socketio.recovery_buffer),
             exclude_sender,
+            skip: joined.into_iter().collect(),
         });
         self.connected_once = true;
     }
 
     async fn event(&mut self, i: usize, p: Packet, out: &mut Vec<Frame>) {
-        let s = &self.list[i];
         let shared = &self.shared;
+        let s = &mut self.list[i];
         let name = p.event_name().unwrap_or_default();
         let args = p.args();
         let channel = args
             .first()
             .and_then(Value::as_str)
             .filter(|c| !is_namespace_channel(c));
+        // `None`: a broadcast, acknowledged without arguments.
         let result: Option<Result<(), ChanError>> = match name {
             "subscribe" => Some(match channel {
-                Some(c) => channels::subscribe(shared, &s.handle, c).await,
+                Some(c) => channels::subscribe(shared, &s.handle, c)
+                    .await
+                    .map(|position| {
+                        s.skip.insert(c.to_string(), position);
+                    }),
                 None => Err(ChanError::UnknownChannel),
             }),
             "unsubscribe" => Some(match channel {
                 Some(c) => {
                     channels::unsubscribe(shared, &s.handle, c).await;
+                    s.skip.remove(c);
                     Ok(())
                 }
                 None => Err(ChanError::UnknownChannel),
@@ -362,8 +385,12 @@ impl Sockets {
                     _ => &[],
                 };
                 let payload = encode_broadcast(all, &p.attachments);
-                channels::broadcast(shared, &s.handle, &s.nsp, payload, s.exclude_sender).await;
-                None
+                match channels::broadcast(shared, &s.handle, &s.nsp, payload, s.exclude_sender)
+                    .await
+                {
+                    Ok(()) => None,
+                    Err(e) => Some(Err(e)),
+                }
             }
         };
         if let Some(id) = p.id {

@@ -1,0 +1,120 @@
+// Socket.IO on two real `switchboard` nodes sharing one private Redis: socket.io-client
+// long-polling through a round-robin load balancer without sticky sessions (each request
+// may reach either node; the one that does not own the session forwards it to the owner),
+// and channel messages and namespace broadcasts crossing nodes.
+//
+// Run: SWITCHBOARD_BIN=/abs/path/to/switchboard node --test socketio_cluster.test.mjs
+// Skipped (not failed) when redis-server is not installed.
+
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { io } from 'socket.io-client';
+import { withTimeout } from './lib/harness.mjs';
+import { redisAvailable } from './lib/redis.mjs';
+import { startRoundRobinProxy } from './lib/rr_proxy.mjs';
+import { startCluster, api, until } from './lib/cluster.mjs';
+
+const haveRedis = await redisAvailable();
+
+/** Records every `event` a socket receives and awaits counts. */
+function collect(socket, event) {
+  const got = [];
+  const waiters = [];
+  socket.on(event, (...args) => {
+    got.push(args);
+    for (const w of waiters.splice(0)) w();
+  });
+  return {
+    got,
+    until(n, what = `${n} "${event}" events`) {
+      return withTimeout(
+        new Promise((resolve) => {
+          const check = () => (got.length >= n ? resolve(got) : waiters.push(check));
+          check();
+        }),
+        what,
+      );
+    },
+  };
+}
+
+describe('socket.io on two nodes with Redis', { skip: !haveRedis && 'redis-server is not installed' }, () => {
+  let cluster;
+  let proxy;
+  const sockets = [];
+
+  async function connect(url, opts = {}) {
+    const s = io(url, { forceNew: true, reconnection: false, ...opts });
+    sockets.push(s);
+    await withTimeout(
+      new Promise((resolve, reject) => {
+        s.once('connect', resolve);
+        s.once('connect_error', reject);
+      }),
+      `connect to ${url}`,
+    );
+    return s;
+  }
+
+  before(async () => {
+    cluster = await startCluster(2);
+    for (const node of cluster.nodes) {
+      await until(async () => {
+        const r = await api(node, 'info');
+        return r.body?.result?.nodes?.length === 2 ? true : undefined;
+      }, 'both nodes in the registry');
+    }
+    proxy = await startRoundRobinProxy(cluster.nodes.map((n) => `127.0.0.1:${n.port}`));
+  });
+
+  after(async () => {
+    for (const s of sockets) s.disconnect();
+    await proxy?.close();
+    await cluster?.close();
+  });
+
+  it('long-polling works through a round-robin balancer: requests reaching the other node are forwarded', async () => {
+    const s = await connect(proxy.url, { transports: ['polling'] });
+    assert.match(s.io.engine.id, /^[0-9a-f]+\.[\w-]+$/, 'the sid names its node');
+    const messages = collect(s, 'message');
+    assert.deepEqual(await s.emitWithAck('subscribe', 'balanced'), { ok: true });
+    for (let i = 0; i < 5; i++) {
+      const r = await api(cluster.nodes[i % 2], 'publish', { channel: 'balanced', data: { i } });
+      assert.equal(r.status, 200, r.text);
+    }
+    await messages.until(5);
+    assert.deepEqual(messages.got.map((m) => m[1].i), [0, 1, 2, 3, 4]);
+    assert.ok(proxy.hits[0] > 0 && proxy.hits[1] > 0, `both nodes were hit: ${proxy.hits}`);
+  });
+
+  it('polling then upgrade through the balancer: messages flow whichever node the upgrade reaches', async () => {
+    const s = await connect(proxy.url);
+    const messages = collect(s, 'message');
+    assert.deepEqual(await s.emitWithAck('subscribe', 'balanced-2'), { ok: true });
+    await api(cluster.nodes[1], 'publish', { channel: 'balanced-2', data: 'one' });
+    await api(cluster.nodes[0], 'publish', { channel: 'balanced-2', data: 'two' });
+    await messages.until(2);
+    assert.deepEqual(messages.got.map((m) => m[1]), ['one', 'two']);
+  });
+
+  it('channel messages and namespace broadcasts cross nodes', async () => {
+    const [n0, n1] = cluster.nodes;
+    const a = await connect(`${n0.httpUrl}/room`, { transports: ['websocket'] });
+    const b = await connect(`${n1.httpUrl}/room`, { transports: ['websocket'] });
+    const aMsg = collect(a, 'message');
+    const bMsg = collect(b, 'message');
+    const bHi = collect(b, 'hi');
+    assert.deepEqual(await a.emitWithAck('subscribe', 'across'), { ok: true });
+    assert.deepEqual(await b.emitWithAck('subscribe', 'across'), { ok: true });
+    assert.deepEqual(await a.emitWithAck('publish', 'across', { from: 'a' }), { ok: true });
+    assert.deepEqual(await b.emitWithAck('publish', 'across', { from: 'b' }), { ok: true });
+    await aMsg.until(2);
+    await bMsg.until(2);
+    assert.deepEqual(aMsg.got.map((m) => m[1].from).sort(), ['a', 'b']);
+    assert.deepEqual(bMsg.got.map((m) => m[1].from).sort(), ['a', 'b']);
+    a.emit('hi', 'from node0', Buffer.from([1, 2]));
+    const [[text, bytes]] = await bHi.until(1);
+    assert.equal(text, 'from node0');
+    assert.deepEqual([...bytes], [1, 2]);
+  });
+});
