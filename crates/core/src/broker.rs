@@ -141,6 +141,23 @@ pub trait Broker: Send + Sync {
         options: &'a ChannelOptions,
         publication: BrokerPublication,
     ) -> BoxFuture<'a, Result<StreamPosition, BrokerError>>;
+    /// Publishes several publications of one channel, in this order, in as few round
+    /// trips as the store allows; returns their positions. The default publishes them one
+    /// after the other.
+    fn publish_batch<'a>(
+        &'a self,
+        channel: &'a str,
+        options: &'a ChannelOptions,
+        publications: Vec<BrokerPublication>,
+    ) -> BoxFuture<'a, Result<Vec<StreamPosition>, BrokerError>> {
+        Box::pin(async move {
+            let mut positions = Vec::with_capacity(publications.len());
+            for p in publications {
+                positions.push(self.publish(channel, options, p).await?);
+            }
+            Ok(positions)
+        })
+    }
     /// Starts listening to `channel` on this node's behalf. Resolves once publications
     /// are guaranteed to arrive. Idempotent.
     fn subscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>>;

@@ -250,6 +250,35 @@ impl Node {
         Ok(Some(position))
     }
 
+    /// Publishes `payloads` in `channel`, in this order, with one round trip to a shared
+    /// broker for the whole batch (on one node: one after the other on the hub's path).
+    /// On a temporary broker error some of them may have been published.
+    pub async fn publish_batch(
+        &self,
+        channel: &str,
+        payloads: Vec<Payload>,
+        opts: PublishOptions,
+    ) -> Result<Vec<StreamPosition>, NodeError> {
+        let inner = &*self.inner;
+        let (_, options) = inner.hub.namespaces().resolve(channel)?;
+        if !inner.shared {
+            return Ok(payloads
+                .into_iter()
+                .filter_map(|p| inner.hub.publish(channel, p, opts).position())
+                .collect());
+        }
+        let batch = payloads
+            .into_iter()
+            .map(|payload| BrokerPublication {
+                payload,
+                info: None,
+                publisher: opts.publisher,
+                exclude: opts.exclude,
+            })
+            .collect();
+        Ok(inner.broker.publish_batch(channel, options, batch).await?)
+    }
+
     /// Subscribes `conn` to `channel` (with channel info and recovery as `opts` say).
     /// See the module documentation for the rule drivers apply to queued publications
     /// at or below the returned position.

@@ -23,7 +23,9 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use switchboard_core::{CloseReason, ConnHandle, ConnId, Delivery, Node, Outbox, PublishOptions};
+use switchboard_core::{
+    CloseReason, ConnHandle, ConnId, Delivery, Node, Outbox, Payload, PublishOptions,
+};
 use switchboard_protocols::raw;
 use switchboard_websocket::codec::Config as CodecConfig;
 use switchboard_websocket::stream::{WriteConfig, WsReader, WsWriter};
@@ -31,6 +33,7 @@ use switchboard_websocket::{
     CloseCode, CloseFrame, DeflateParams, Error as WsError, Message, Role,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::crash;
@@ -39,6 +42,10 @@ use crate::server::{MessageHook, Shared};
 use crate::shutdown::ShutdownToken;
 use crate::stats::{ConnectionSlot, Counter, ServerCounters};
 
+/// Messages a connection may have waiting for its publisher task (shared broker only).
+const PUBLISH_QUEUE: usize = 256;
+/// Most messages of one connection published per broker round trip.
+const PUBLISH_BATCH: usize = 64;
 /// Most deliveries written per flush.
 const BATCH: usize = 64;
 /// How long to wait for the peer's close reply after sending ours (outside shutdown).
@@ -132,6 +139,8 @@ enum WriteEnd<S> {
 /// Everything the reader task needs.
 struct ReadCtx {
     node: Node,
+    /// With a shared broker: the connection's publisher task (see [`publish_in_order`]).
+    publisher: Option<mpsc::Sender<Payload>>,
     room: Arc<str>,
     id: ConnId,
     echo: bool,
@@ -189,7 +198,23 @@ async fn run<S>(
         }
     }
 
+    let publisher = shared.node.is_shared().then(|| {
+        let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
+        let opts = if params.echo {
+            PublishOptions::from_conn(id)
+        } else {
+            PublishOptions::except_sender(id)
+        };
+        tokio::spawn(publish_in_order(
+            shared.node.clone(),
+            Arc::clone(&room),
+            opts,
+            rx,
+        ));
+        tx
+    });
     let ctx = ReadCtx {
+        publisher,
         node: shared.node.clone(),
         room: Arc::clone(&room),
         id,
@@ -415,28 +440,51 @@ where
 }
 
 /// Publishes one message of the room. One node: the hub's synchronous path. With a shared
-/// broker the message goes through it (the reader waits, so one connection's messages
-/// keep their order); while the broker is unreachable the message still reaches this
-/// node's members (local fan-out), and the miss of the other nodes is logged.
-async fn publish(ctx: &ReadCtx, payload: switchboard_core::Payload, opts: PublishOptions) {
-    if ctx
-        .node
-        .publish_now(&ctx.room, payload.clone(), opts, None)
-        .is_some()
-    {
-        return;
-    }
-    match ctx
-        .node
-        .publish(&ctx.room, payload.clone(), opts, None)
-        .await
-    {
-        Ok(_) => {}
-        Err(e) if e.is_temporary() => {
-            tracing::warn!(room = %ctx.room, "broker unavailable, message delivered on this node only: {e}");
-            ctx.node.hub().publish(&ctx.room, payload, opts);
+/// broker: handed to the connection's publisher task (waiting when it is
+/// [`PUBLISH_QUEUE`] messages behind, which holds back reading from this client).
+async fn publish(ctx: &ReadCtx, payload: Payload, opts: PublishOptions) {
+    match &ctx.publisher {
+        Some(tx) => {
+            // Fails only once the publisher task is gone, i.e. the connection is ending.
+            let _ = tx.send(payload).await;
         }
-        Err(e) => tracing::debug!(room = %ctx.room, "message not published: {e}"),
+        None => {
+            ctx.node.publish_now(&ctx.room, payload, opts, None);
+        }
+    }
+}
+
+/// A connection's publisher with a shared broker: publishes its messages in order, as many
+/// as are waiting (up to [`PUBLISH_BATCH`]) per broker round trip, so one client is not
+/// limited to one message per round trip. While the broker is unreachable the messages
+/// still reach this node's members (local fan-out) and a warning is logged; if the link
+/// broke in the middle of a batch, some of them may also have reached the other nodes.
+async fn publish_in_order(
+    node: Node,
+    room: Arc<str>,
+    opts: PublishOptions,
+    mut rx: mpsc::Receiver<Payload>,
+) {
+    let mut batch: Vec<Payload> = Vec::with_capacity(PUBLISH_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < PUBLISH_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        match node.publish_batch(&room, batch.clone(), opts).await {
+            Ok(_) => {}
+            Err(e) if e.is_temporary() => {
+                tracing::warn!(%room, messages = batch.len(), "broker unavailable, delivered on this node only: {e}");
+                for p in batch.drain(..) {
+                    node.hub().publish(&room, p, opts);
+                }
+            }
+            Err(e) => tracing::debug!(%room, "messages not published: {e}"),
+        }
+        batch.clear();
     }
 }
 
