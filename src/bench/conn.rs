@@ -11,6 +11,7 @@
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use anyhow::{anyhow, bail, Context as _};
@@ -20,6 +21,8 @@ use http::{HeaderMap, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::websocket::deflate::Inflater;
+use crate::websocket::extensions::{client_offer, DeflatePolicy};
 use crate::websocket::frame::{parse_header, write_header, OpCode};
 use crate::websocket::handshake::{verify_client_response, ClientRequest};
 use crate::websocket::mask::{apply_mask, apply_mask_offset};
@@ -33,6 +36,9 @@ const MAX_HEAD: usize = 16 * 1024;
 /// Largest message the generator accepts (anything bigger is a bug in the test setup).
 const MAX_MESSAGE: usize = 64 << 20;
 
+/// Messages that arrived compressed (permessage-deflate), over all connections of the process.
+pub(crate) static COMPRESSED_MESSAGES: AtomicU64 = AtomicU64::new(0);
+
 /// How to open the TCP connection.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct ConnectOpts {
@@ -40,6 +46,9 @@ pub(crate) struct ConnectOpts {
     pub bind: Option<IpAddr>,
     /// `SO_RCVBUF` to request before connecting (small values make a slow reader).
     pub recv_buffer: Option<u32>,
+    /// Offer permessage-deflate and inflate what the server compresses (our own frames are
+    /// sent uncompressed, which the extension allows).
+    pub deflate: bool,
 }
 
 /// A complete message or control frame from the server.
@@ -64,8 +73,10 @@ pub(crate) struct RawConn {
     mask: [u8; 4],
     /// Bytes the frame at the head of `rbuf` needs in total (0 when unknown).
     need: usize,
-    /// A fragmented message being reassembled.
-    frag: Option<(bool, BytesMut)>,
+    /// A fragmented message being reassembled, and whether it is compressed.
+    frag: Option<(bool, bool, BytesMut)>,
+    /// The decompressor, when permessage-deflate was agreed.
+    inflater: Option<Inflater>,
 }
 
 /// Encode one complete masked client frame.
@@ -156,7 +167,15 @@ impl RawConn {
             .with_context(|| format!("connect {}", target.addr))?;
         stream.set_nodelay(true).context("TCP_NODELAY")?;
 
-        let req = ClientRequest::new(&target.host, path_and_query, &[], None, &HeaderMap::new());
+        let policy = DeflatePolicy::default();
+        let offer = opts.deflate.then(|| client_offer(&policy));
+        let req = ClientRequest::new(
+            &target.host,
+            path_and_query,
+            &[],
+            offer.as_deref(),
+            &HeaderMap::new(),
+        );
         stream
             .write_all(&req.bytes)
             .await
@@ -186,8 +205,20 @@ impl RawConn {
                 HeaderValue::from_bytes(h.value).context("bad header value")?,
             );
         }
-        verify_client_response(status, &headers, &req.key, &[], None)
-            .map_err(|e| anyhow!("handshake to {path_and_query} failed: {e}"))?;
+        let agreed = verify_client_response(
+            status,
+            &headers,
+            &req.key,
+            &[],
+            opts.deflate.then_some(&policy),
+        )
+        .map_err(|e| anyhow!("handshake to {path_and_query} failed: {e}"))?;
+        let inflater = agreed.deflate.map(|params| {
+            Inflater::new(
+                params.server_max_window_bits,
+                params.server_no_context_takeover,
+            )
+        });
         rbuf.advance(head_len);
         Ok(RawConn {
             stream,
@@ -196,6 +227,7 @@ impl RawConn {
             mask,
             need: 0,
             frag: None,
+            inflater,
         })
     }
 
@@ -310,16 +342,17 @@ impl RawConn {
                     if self.frag.is_some() {
                         bail!("new data frame inside a fragmented message");
                     }
-                    if h.fin {
-                        return Ok(Some(Incoming::Data {
-                            binary,
-                            payload: frame.freeze(),
-                        }));
+                    if h.rsv1 && self.inflater.is_none() {
+                        bail!("compressed frame without permessage-deflate");
                     }
-                    self.frag = Some((binary, frame));
+                    if h.fin {
+                        let payload = self.finish(h.rsv1, frame)?;
+                        return Ok(Some(Incoming::Data { binary, payload }));
+                    }
+                    self.frag = Some((binary, h.rsv1, frame));
                 }
                 OpCode::Continuation => {
-                    let Some((binary, mut acc)) = self.frag.take() else {
+                    let Some((binary, compressed, mut acc)) = self.frag.take() else {
                         bail!("continuation frame without a message");
                     };
                     if acc.len() + frame.len() > MAX_MESSAGE {
@@ -327,15 +360,30 @@ impl RawConn {
                     }
                     acc.extend_from_slice(&frame);
                     if h.fin {
-                        return Ok(Some(Incoming::Data {
-                            binary,
-                            payload: acc.freeze(),
-                        }));
+                        let payload = self.finish(compressed, acc)?;
+                        return Ok(Some(Incoming::Data { binary, payload }));
                     }
-                    self.frag = Some((binary, acc));
+                    self.frag = Some((binary, compressed, acc));
                 }
             }
         }
+    }
+
+    /// The payload of a complete message: inflated when it was sent compressed.
+    fn finish(&mut self, compressed: bool, payload: BytesMut) -> anyhow::Result<Bytes> {
+        if !compressed {
+            return Ok(payload.freeze());
+        }
+        let inflater = self
+            .inflater
+            .as_mut()
+            .ok_or_else(|| anyhow!("compressed message without permessage-deflate"))?;
+        COMPRESSED_MESSAGES.fetch_add(1, Ordering::Relaxed);
+        let mut out = BytesMut::with_capacity(payload.len() * 4);
+        inflater
+            .inflate(&payload, true, &mut out, MAX_MESSAGE, &mut |_| Ok(()))
+            .map_err(|e| anyhow!("cannot inflate a message: {e}"))?;
+        Ok(out.freeze())
     }
 }
 

@@ -221,6 +221,7 @@ async fn worker(
                 ConnectOpts {
                     bind,
                     recv_buffer: None,
+                    deflate: false,
                 },
                 mask_for(i),
             )

@@ -68,6 +68,8 @@ struct Cfg {
     drain: f64,
     slow_read_bytes: usize,
     slow_delay: Duration,
+    /// Subscribers offer permessage-deflate.
+    deflate: bool,
 }
 
 impl Cfg {
@@ -137,6 +139,7 @@ pub(crate) fn run_fanout(a: FanoutArgs) -> Result<Summary, BenchError> {
         drain: a.drain,
         slow_read_bytes: usize::MAX,
         slow_delay: Duration::ZERO,
+        deflate: a.deflate,
     })
 }
 
@@ -170,6 +173,7 @@ pub(crate) fn run_slow(a: SlowArgs) -> Result<Summary, BenchError> {
         drain: a.drain,
         slow_read_bytes: a.slow_read_bytes,
         slow_delay: Duration::from_millis(a.slow_delay_ms),
+        deflate: false,
     })
 }
 
@@ -325,6 +329,13 @@ fn summarize(
     }
     s.add("subs", cfg.subs as u64, "");
     s.add("pubs", cfg.pubs as u64, "");
+    if cfg.deflate {
+        s.add(
+            "compressed_deliveries",
+            super::conn::COMPRESSED_MESSAGES.load(std::sync::atomic::Ordering::Relaxed),
+            "",
+        );
+    }
     s.add("rate", cfg.rate.to_string(), "msg/s per publisher");
     s.add("size", cfg.size as u64, "B");
     s.add("secs", round3(secs), "s");
@@ -405,6 +416,7 @@ async fn worker(
             opts: ConnectOpts {
                 bind: None,
                 recv_buffer: cfg.is_slow(i).then_some(4096),
+                deflate: cfg.deflate,
             },
         })
         .collect();

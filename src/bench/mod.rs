@@ -135,6 +135,10 @@ pub struct FanoutArgs {
     /// node of a cluster sharing a broker, to measure fan-out across nodes.
     #[arg(long, value_name = "URL")]
     pub pub_url: Option<String>,
+    /// Subscribers offer permessage-deflate (and inflate what arrives compressed), to measure
+    /// what compression costs the server.
+    #[arg(long)]
+    pub deflate: bool,
 }
 
 /// Flags of `bench conns`.
