@@ -333,6 +333,14 @@ describe('socket.io-client against /socket.io/', () => {
     );
   });
 
+  it('a socket whose token expires is disconnected by the server', async () => {
+    const token = mint(['--user', 'brief', '--ttl', '1s']);
+    const s = await connect('/', { transports: ['websocket'], auth: { token } }, strict);
+    const [reason] = await once(s, 'disconnect', 'the disconnect at token expiry');
+    assert.equal(reason, 'io server disconnect');
+    assert.equal(s.active, false, 'the client does not reconnect by itself with the stale token');
+  });
+
   it('connection state recovery: missed events arrive exactly once, socket.recovered is true', async () => {
     for (const transports of [['websocket'], ['polling']]) {
       const channel = `rec-${transports[0]}`;

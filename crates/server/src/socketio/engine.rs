@@ -708,6 +708,7 @@ impl Engine {
             let deadline = self.pong_deadline;
             let drained = self.session.clone();
             let waiting_connect = !self.sockets.ever_connected();
+            let expiry = self.sockets.next_expiry();
             let step = tokio::select! {
                 m = rx.recv() => match m {
                     Some(Inbound::Packet(p)) => self.on_packet(p).await,
@@ -737,6 +738,10 @@ impl Engine {
                     Err(End::PingTimeout)
                 }
                 _ = async { drained.as_ref().expect("polling").drained.notified().await }, if !can_send => Ok(()),
+                _ = expiry_sleep(expiry), if expiry.is_some() => {
+                    self.sockets.expire(&mut self.out);
+                    Ok(())
+                }
                 _ = tokio::time::sleep_until(connect_by), if waiting_connect => {
                     tracing::debug!(peer = %self.peer, sid = %self.sid, "socket.io: no CONNECT in time");
                     Err(End::ProtocolError)
@@ -867,6 +872,15 @@ impl Engine {
             task.abort();
         }
     }
+}
+
+/// Sleeps until one second after unix time `at` (the same grace as for Centrifugo tokens).
+/// The future is made again on every turn of the engine loop, so the grace is part of the
+/// deadline (not added to what remains), or frequent turns would push it back for ever.
+async fn expiry_sleep(at: Option<u64>) {
+    let deadline = at.unwrap_or(u64::MAX / 4).saturating_add(1);
+    let secs = deadline.saturating_sub(crate::auth::unix_now());
+    tokio::time::sleep(Duration::from_secs(secs.min(365 * 24 * 3600))).await;
 }
 
 /// The WebSocket reader task: decodes frames into packets for the engine task.

@@ -66,6 +66,8 @@ pub(crate) struct NsSocket {
     /// were also part of the join's snapshot and are skipped (with a shared broker they
     /// can be queued live during the join; on one node never).
     skip: HashMap<String, StreamPosition>,
+    /// Unix time at which the connection token expires; the socket is then disconnected.
+    expires_at: Option<u64>,
 }
 
 impl NsSocket {
@@ -108,6 +110,26 @@ impl Sockets {
             list: Vec::new(),
             connected_once: false,
         }
+    }
+
+    /// The earliest token expiry among the sockets.
+    pub(crate) fn next_expiry(&self) -> Option<u64> {
+        self.list.iter().filter_map(|s| s.expires_at).min()
+    }
+
+    /// Disconnects the sockets whose token expired: the client gets DISCONNECT (its
+    /// `disconnect` event with "io server disconnect", after which it does not reconnect by
+    /// itself) and has to connect again with a fresh token.
+    pub(crate) fn expire(&mut self, out: &mut Vec<Frame>) {
+        let now = crate::auth::unix_now();
+        self.list.retain(|s| {
+            let expired = s.expires_at.is_some_and(|at| at < now);
+            if expired {
+                tracing::debug!(nsp = %s.nsp, "socket.io: connection token expired");
+                push_packet(out, &Packet::new(PacketType::Disconnect, s.nsp.clone()));
+            }
+            !expired
+        });
     }
 
     /// Whether the client ever joined a namespace in this session.
@@ -259,7 +281,9 @@ impl Sockets {
         let auth = p.data.unwrap_or(Value::Null);
         if self.recovery() {
             if let Some(pid) = auth.get("pid").and_then(Value::as_str) {
-                if let Some(socket) = recovery::take(pid, self.server(), &nsp) {
+                if let Some(socket) = recovery::take(pid, self.server(), &nsp)
+                    .filter(|s| s.expires_at.is_none_or(|at| at >= crate::auth::unix_now()))
+                {
                     let offset = auth.get("offset").and_then(Value::as_str);
                     if let Some(missed) = socket.ring.after(offset) {
                         push_packet(
@@ -281,16 +305,17 @@ impl Sockets {
         }
         let token = auth.get("token").and_then(Value::as_str).unwrap_or("");
         let allow_anonymous = self.shared.config.allow_anonymous;
-        let (user, info, token_channels) = if token.is_empty() {
+        let (user, info, token_channels, expires_at) = if token.is_empty() {
             if !allow_anonymous {
                 push_packet(out, &Packet::connect_error(nsp, "invalid token"));
                 return;
             }
-            (String::new(), None, Vec::new())
+            (String::new(), None, Vec::new(), None)
         } else {
             match self.shared.verifier.verify_connection_token(token) {
                 Ok(claims) if !claims.sub.is_empty() || allow_anonymous => {
-                    (claims.sub, claims.info, claims.channels)
+                    let exp = claims.expire_at.or(claims.exp);
+                    (claims.sub, claims.info, claims.channels, exp)
                 }
                 Ok(_) => {
                     push_packet(out, &Packet::connect_error(nsp, "invalid token"));
@@ -341,6 +366,7 @@ impl Sockets {
             ring: Ring::new(self.shared.config.socketio.recovery_buffer),
             exclude_sender,
             skip: joined.into_iter().collect(),
+            expires_at,
         });
         self.connected_once = true;
     }
