@@ -154,6 +154,12 @@ describe('Redis restarted mid-run', { skip }, () => {
     assert.equal(again.recovered, false, 'Redis lost the stream: the client is told it is not recovered');
     assert.notEqual(again.streamPosition.epoch, s.ctx.streamPosition.epoch, 'a new epoch');
 
+    // Redis came back empty; the node wrote its members' presence entries again.
+    await until(async () => {
+      const p = await api(n1, 'presence', { channel });
+      return p.status === 200 && cf.client in (p.body.result?.presence ?? {});
+    }, 'presence restored after the outage');
+
     const afterRes = await until(async () => {
       const r = await api(n1, 'publish', { channel, data: { step: 'after' } });
       return r.status === 200 ? r : undefined;

@@ -84,8 +84,11 @@ impl NodeError {
 /// Called with a channel whose local subscribers may have missed publications.
 pub type GapHandler = Arc<dyn Fn(&str) + Send + Sync>;
 
-/// Background work queued by the hub's leave notifications.
+/// Background work queued by the hub's leave notifications and the broker's resyncs.
 enum Task {
+    /// The store came back (possibly empty): write this node's presence entries of the
+    /// channel again.
+    RestorePresence(String),
     Left {
         channel: String,
         conn: ConnId,
@@ -494,6 +497,18 @@ impl NodeInner {
 
     async fn run_task(&self, task: Task) {
         match task {
+            Task::RestorePresence(channel) => {
+                // Only namespaces with presence answer; the entries are this node's members.
+                let Ok(members) = self.hub.presence(&channel) else {
+                    return;
+                };
+                for info in members.into_values() {
+                    if let Err(e) = self.broker.add_presence(&channel, info).await {
+                        tracing::warn!(%channel, "presence entry not restored: {e}");
+                        return;
+                    }
+                }
+            }
             Task::Left {
                 channel,
                 conn,
@@ -573,6 +588,9 @@ impl BrokerHandler for Handler {
         let Some(inner) = self.0.upgrade() else {
             return;
         };
+        // The store may have lost this node's presence entries (a restart without
+        // persistence): write them again.
+        let _ = inner.tasks.send(Task::RestorePresence(channel.to_string()));
         let missed = {
             let mut seen = inner.seen.lock();
             match seen.get_mut(channel) {
@@ -908,6 +926,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(node.presence_stats("h:p").await.unwrap().num_clients, 2);
+        // The store lost everything (a restart): the resync writes this node's entries again.
+        broker.presence.lock().clear();
+        let handler = broker.handler.lock().clone().unwrap();
+        handler.on_resync("h:p", StreamPosition::default());
+        wait(|| broker.presence.lock().len() == 2).await;
         drop(a);
         wait(|| broker.presence.lock().len() == 1).await;
         assert!(broker.listening.lock().contains("h:p"), "b still listens");
