@@ -16,13 +16,17 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with_deflate(false)
+    }
+
+    fn start_with_deflate(deflate: bool) -> Server {
         let mut child = Command::new(BIN)
             .args([
                 "serve",
                 "--listen",
                 "127.0.0.1:0",
                 "--deflate",
-                "false",
+                if deflate { "true" } else { "false" },
                 "--log-level",
                 "warn",
             ])
@@ -182,6 +186,29 @@ fn fanout_delivers_everything_once() {
     // Every subscriber got every message exactly once.
     assert_eq!(v["delivered"].as_u64().unwrap(), sent * 20, "{v}");
     assert!(v["latency_p99_us"].as_f64().is_some(), "{v}");
+}
+
+#[test]
+fn fanout_with_deflate_inflates_compressed_deliveries() {
+    let server = Server::start_with_deflate(true);
+    let url = server.url("/fanout-deflate");
+    let (out, json) = bench(
+        &[
+            "fanout", "--url", &url, "--subs", "10", "--pubs", "2", "--rate", "100", "--size",
+            "1000", "--secs", "1", "--warmup", "0", "--deflate", "--json",
+        ],
+        Duration::from_secs(40),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let v = json.unwrap();
+    let sent = v["sent"].as_u64().unwrap();
+    assert!(sent > 0, "{v}");
+    // Payloads were checked after inflating: nothing lost, duplicated or reordered.
+    assert_eq!(v["lost"], 0, "{v}");
+    assert_eq!(v["duplicates"], 0, "{v}");
+    assert_eq!(v["delivered"].as_u64().unwrap(), sent * 10, "{v}");
+    // And they did arrive compressed.
+    assert_eq!(v["compressed_deliveries"].as_u64(), Some(sent * 10), "{v}");
 }
 
 #[test]
