@@ -194,8 +194,23 @@ fn fanout_with_deflate_inflates_compressed_deliveries() {
     let url = server.url("/fanout-deflate");
     let (out, json) = bench(
         &[
-            "fanout", "--url", &url, "--subs", "10", "--pubs", "2", "--rate", "100", "--size",
-            "1000", "--secs", "1", "--warmup", "0", "--deflate", "--json",
+            "fanout",
+            "--url",
+            &url,
+            "--subs",
+            "10",
+            "--pubs",
+            "2",
+            "--rate",
+            "100",
+            "--size",
+            "1000",
+            "--secs",
+            "1",
+            "--warmup",
+            "0",
+            "--deflate",
+            "--json",
         ],
         Duration::from_secs(40),
     );
