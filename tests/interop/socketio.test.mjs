@@ -510,6 +510,20 @@ describe('socket.io-client against /socket.io/', () => {
     assert.ok(inbox.items.length < 200, `not everything was delivered (${inbox.items.length})`);
   });
 
+  it('server shutdown: clients see a transport close (so they reconnect), the server exits 0', async () => {
+    const srv = await startServer(['--config', path.join(dir, 'switchboard.toml')]);
+    const ws = await connect('/', { transports: ['websocket'], reconnection: false }, srv);
+    const polling = await connect('/', { transports: ['polling'], reconnection: false }, srv);
+    const dropped = [once(ws, 'disconnect'), once(polling, 'disconnect')];
+    const exit = srv.stop();
+    const [[wsReason], [pollingReason]] = await Promise.all(dropped);
+    assert.equal(wsReason, 'transport close');
+    // The pending GET ends with a close packet, or fails if the process is gone first:
+    // either way the client reconnects, unlike after "io server disconnect".
+    assert.ok(['transport close', 'transport error'].includes(pollingReason), pollingReason);
+    assert.equal((await exit).code, 0);
+  });
+
   it('one channel for socket.io, centrifuge, raw WebSocket and the HTTP API', async () => {
     const channel = 'crossroads';
     // The raw client joins first: its join probe is a message in the channel.

@@ -786,6 +786,7 @@ impl Engine {
             Step::Continue => Ok(()),
             Step::ProtocolError => Err(End::ProtocolError),
             Step::SlowConsumer => Err(End::SlowConsumer),
+            Step::Shutdown => Err(End::Shutdown),
         }
     }
 

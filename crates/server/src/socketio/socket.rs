@@ -40,6 +40,9 @@ pub(crate) enum Step {
     ProtocolError,
     /// A socket's outbox overflowed: end the session.
     SlowConsumer,
+    /// The hub is closing every connection (server shutdown): end the session so the
+    /// client reconnects (to another node, or to this one once it is back).
+    Shutdown,
 }
 
 type RecvFuture =
@@ -182,8 +185,10 @@ impl Sockets {
             return Step::Continue;
         };
         if let Err(closed) = r {
-            if closed.reason == CloseReason::SlowConsumer {
-                return Step::SlowConsumer;
+            match closed.reason {
+                CloseReason::SlowConsumer => return Step::SlowConsumer,
+                CloseReason::Shutdown => return Step::Shutdown,
+                _ => {}
             }
             // Closed by the server (e.g. the HTTP API's disconnect): the socket leaves its
             // namespace and the client is told so.
