@@ -18,7 +18,7 @@ api_key = "${API_KEY}"
 [channel.default]
 presence = true
 join_leave = true
-history_size = 1000
+history_size = 10000
 history_ttl = 300
 force_recovery = true
 allow_subscribe_for_anonymous = true
