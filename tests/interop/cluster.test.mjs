@@ -206,9 +206,14 @@ describe('three nodes on one Redis', { skip: !haveRedis && 'redis-server is not 
     const viaSdk = await members[2].s.sub.presence();
     assert.deepEqual(Object.keys(viaSdk.clients).sort(), ids);
 
+    // Every node listens to the channel (one shard subscriber each)...
+    const listeners = () => Number(cluster.redis.cli('PUBSUB', 'SHARDNUMSUB', `sb:{${channel}}:c`)[1]);
+    assert.equal(listeners(), 3);
     const leave = once(members[0].s.sub, 'leave', (ctx) => ctx.info.client === members[1].id, 'the leave event from node1');
     members[1].c.disconnect();
     await leave;
+    // ...and node1, left without members, stops listening.
+    await until(() => listeners() === 2, 'node1 to stop listening to the channel');
     const rest = [members[0].id, members[2].id].sort();
     for (const node of nodes) {
       await until(async () => {

@@ -2,7 +2,7 @@
 // directory, no persistence (`--save '' --appendonly no`). Never touches a Redis that
 // is already running (in particular not one on 6379).
 
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -77,6 +77,12 @@ export async function startRedis() {
     async restart() {
       cur = launch(port, dir);
       await cur.ready;
+    },
+    /** Run one command with `redis-cli` against this server; returns its output lines. */
+    cli(...args) {
+      return execFileSync('redis-cli', ['-p', String(port), ...args], { encoding: 'utf8' })
+        .trim()
+        .split('\n');
     },
     async close() {
       await this.stop('SIGKILL');
