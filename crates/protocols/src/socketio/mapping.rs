@@ -16,11 +16,12 @@
 //! Each publication is encoded at most once per namespace (and offset mode), cached in the
 //! publication under [`WireFormat::SOCKET_IO`]: fan-out to many sockets of a namespace
 //! shares the same bytes.
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::Value;
 use switchboard_core::{Payload, PayloadKind, Publication, WireFormat};
+use switchboard_websocket::{Message, PreparedMessage};
 
 use super::engine::Packet as EnginePacket;
 
@@ -55,15 +56,46 @@ pub fn offset_of(p: &Publication) -> String {
 
 /// An event ready for the wire: the Engine.IO text packet (`4` + Socket.IO packet) and its
 /// attachments.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct EncodedEvent {
     /// `42…` or `45N-…`, with the Engine.IO message type in front.
     pub text: Bytes,
     /// Binary attachments, each one Engine.IO binary message.
     pub attachments: Vec<Bytes>,
+    /// The WebSocket frames, made on first use and shared by every WebSocket writer
+    /// (compressed at most once per window size).
+    prepared: OnceLock<Vec<PreparedMessage>>,
 }
 
+impl PartialEq for EncodedEvent {
+    fn eq(&self, other: &EncodedEvent) -> bool {
+        self.text == other.text && self.attachments == other.attachments
+    }
+}
+
+impl Eq for EncodedEvent {}
+
 impl EncodedEvent {
+    /// An event from its text packet (type `4` included) and attachments.
+    pub fn new(text: Bytes, attachments: Vec<Bytes>) -> EncodedEvent {
+        EncodedEvent {
+            text,
+            attachments,
+            prepared: OnceLock::new(),
+        }
+    }
+
+    /// The WebSocket messages of this event (the text packet, then one binary message per
+    /// attachment), framed once for every socket that writes it.
+    pub fn prepared(&self) -> &[PreparedMessage] {
+        self.prepared.get_or_init(|| {
+            std::iter::once(Message::Text(self.text.clone()))
+                .chain(self.attachments.iter().cloned().map(Message::Binary))
+                .map(PreparedMessage::new)
+                .collect()
+        })
+    }
+
     /// The Engine.IO packets, in order.
     pub fn packets(&self) -> impl Iterator<Item = EnginePacket> + '_ {
         std::iter::once(EnginePacket::Text(self.text.slice(1..)))
@@ -86,10 +118,7 @@ impl EncodedEvent {
         let mut b = BytesMut::with_capacity(text.len() + 1);
         b.put_u8(b'4');
         b.extend_from_slice(text.as_bytes());
-        EncodedEvent {
-            text: b.freeze(),
-            attachments: packet.attachments.clone(),
-        }
+        EncodedEvent::new(b.freeze(), packet.attachments.clone())
     }
 }
 
@@ -166,10 +195,7 @@ fn build_event(p: &Publication, nsp: &str, offset: Option<&str>) -> EncodedEvent
         t.push_str(&Value::from(off).to_string());
     }
     t.push(']');
-    EncodedEvent {
-        text: Bytes::from(t),
-        attachments,
-    }
+    EncodedEvent::new(Bytes::from(t), attachments)
 }
 
 /// Text as a JSON value: embedded as is when it is valid JSON, else as a JSON string.
@@ -289,6 +315,9 @@ mod tests {
         let a = encode_publication(&p, "/", false);
         let b = encode_publication(&p, "/", false);
         assert!(Arc::ptr_eq(&a, &b));
+        // The WebSocket frames are made once and shared too.
+        assert!(std::ptr::eq(a.prepared(), b.prepared()));
+        assert_eq!(&a.prepared()[0].frame()[2..], &a.text[..]);
         let c = encode_publication(&p, "/x", false);
         assert!(!Arc::ptr_eq(&a, &c));
         assert!(Arc::ptr_eq(&c, &encode_publication(&p, "/x", false)));

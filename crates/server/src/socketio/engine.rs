@@ -75,12 +75,15 @@ pub(crate) enum Frame {
     Text(Bytes),
     /// A binary message.
     Binary(Bytes),
+    /// An event shared with other sockets (its text packet and attachments).
+    Event(Arc<switchboard_protocols::socketio::EncodedEvent>),
 }
 
 impl Frame {
     fn len(&self) -> usize {
         match self {
             Frame::Text(b) | Frame::Binary(b) => b.len(),
+            Frame::Event(ev) => ev.len(),
         }
     }
 
@@ -583,19 +586,32 @@ fn polling_response(body: Bytes) -> Response<Body> {
 fn encode_frames(frames: &[Frame]) -> Bytes {
     let size: usize = frames.iter().map(|f| f.len() * 4 / 3 + 4).sum();
     let mut b = BytesMut::with_capacity(size);
-    for (i, f) in frames.iter().enumerate() {
-        if i > 0 {
+    let mut first = true;
+    let mut put = |b: &mut BytesMut, binary: bool, data: &Bytes| {
+        if !first {
             b.put_u8(switchboard_protocols::socketio::engine::SEPARATOR);
         }
+        first = false;
+        if binary {
+            b.put_u8(b'b');
+            b.extend_from_slice(
+                base64::engine::general_purpose::STANDARD
+                    .encode(data)
+                    .as_bytes(),
+            );
+        } else {
+            b.extend_from_slice(data);
+        }
+    };
+    for f in frames {
         match f {
-            Frame::Text(t) => b.extend_from_slice(t),
-            Frame::Binary(d) => {
-                b.put_u8(b'b');
-                b.extend_from_slice(
-                    base64::engine::general_purpose::STANDARD
-                        .encode(d)
-                        .as_bytes(),
-                );
+            Frame::Text(t) => put(&mut b, false, t),
+            Frame::Binary(d) => put(&mut b, true, d),
+            Frame::Event(ev) => {
+                put(&mut b, false, &ev.text);
+                for a in &ev.attachments {
+                    put(&mut b, true, a);
+                }
             }
         }
     }
@@ -818,6 +834,7 @@ impl Engine {
                 let r = match f {
                     Frame::Text(t) => w.feed(Message::Text(t)),
                     Frame::Binary(b) => w.feed(Message::Binary(b)),
+                    Frame::Event(ev) => ev.prepared().iter().try_for_each(|m| w.feed_prepared(m)),
                 };
                 if r.is_err() {
                     return Err(End::TransportClose);
@@ -924,7 +941,16 @@ mod tests {
         let body = encode_frames(&[
             Frame::Text(Bytes::from_static(b"42[\"a\"]")),
             Frame::Binary(Bytes::from_static(&[1, 2, 3, 4])),
+            Frame::Event(Arc::new(
+                switchboard_protocols::socketio::EncodedEvent::new(
+                    Bytes::from_static(b"451-[\"b\",{\"_placeholder\":true,\"num\":0}]"),
+                    vec![Bytes::from_static(&[5])],
+                ),
+            )),
         ]);
-        assert_eq!(&body[..], b"42[\"a\"]\x1ebAQIDBA==");
+        assert_eq!(
+            &body[..],
+            &b"42[\"a\"]\x1ebAQIDBA==\x1e451-[\"b\",{\"_placeholder\":true,\"num\":0}]\x1ebBQ=="[..]
+        );
     }
 }

@@ -122,10 +122,7 @@ mod tests {
     use bytes::Bytes;
 
     fn ev(n: u8) -> Arc<EncodedEvent> {
-        Arc::new(EncodedEvent {
-            text: Bytes::from(vec![n]),
-            attachments: Vec::new(),
-        })
+        Arc::new(EncodedEvent::new(Bytes::from(vec![n]), Vec::new()))
     }
 
     #[test]

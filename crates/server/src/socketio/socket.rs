@@ -95,13 +95,14 @@ pub(crate) struct Sockets {
     connected_once: bool,
 }
 
-fn push_event(out: &mut Vec<Frame>, ev: &EncodedEvent) {
-    out.push(Frame::Text(ev.text.clone()));
-    out.extend(ev.attachments.iter().cloned().map(Frame::Binary));
+fn push_event(out: &mut Vec<Frame>, ev: &Arc<EncodedEvent>) {
+    out.push(Frame::Event(Arc::clone(ev)));
 }
 
 fn push_packet(out: &mut Vec<Frame>, p: &Packet) {
-    push_event(out, &EncodedEvent::from_packet(p));
+    let ev = EncodedEvent::from_packet(p);
+    out.push(Frame::Text(ev.text));
+    out.extend(ev.attachments.into_iter().map(Frame::Binary));
 }
 
 impl Sockets {
