@@ -348,6 +348,30 @@ describe('centrifuge SDK against /connection/websocket', () => {
     assert.deepEqual(pub.data, { still: 'here' });
   });
 
+  it('a subscription token expires on time even while messages keep flowing', async () => {
+    const { c } = await connected({ token: mint(['--user', 'ivy']) });
+    const { sub } = await subscribed(c, 'private:ivy', {
+      token: mint(['--user', 'ivy', '--channel', 'private:ivy', '--ttl', '2s']),
+      getToken: async () => {
+        throw new Error('no token for you');
+      },
+    });
+    sub.on('error', () => {});
+    // A command and a delivery every 150 ms: the connection is never idle for the grace
+    // second, which must not postpone the expiry.
+    const traffic = setInterval(() => {
+      if (sub.state === 'subscribed') sub.publish({ tick: Date.now() }).catch(() => {});
+    }, 150);
+    try {
+      const expired = await once(sub, 'subscribing', (e) => e.code === 2501, 'the expiry unsubscribe under traffic');
+      assert.equal(expired.reason, 'subscription expired');
+      assert.equal(c.state, 'connected');
+    } finally {
+      clearInterval(traffic);
+      c.removeSubscription(sub);
+    }
+  });
+
   it('a private subscription whose token is not refreshed is unsubscribed with 2501', async () => {
     const { c } = await connected({ token: mint(['--user', 'hal']) });
     let disconnects = 0;

@@ -454,22 +454,12 @@ impl Conn {
 
     /// Sleeps until the connection token expires (forever without expiry).
     fn expiry_sleep(&self) -> tokio::time::Sleep {
-        let secs = match self.expires_at {
-            Some(at) => at.saturating_sub(unix_now()),
-            None => 365 * 24 * 3600,
-        };
-        // One extra second: a client refreshing right at the expiry is not cut off.
-        tokio::time::sleep(Duration::from_secs(secs + 1))
+        sleep_past_expiry(self.expires_at)
     }
 
-    /// Sleeps until the earliest subscription expiry has passed (forever without one),
-    /// with the same extra second as the connection token.
+    /// Sleeps until the earliest subscription expiry has passed (forever without one).
     fn sub_expiry_sleep(&self) -> tokio::time::Sleep {
-        let secs = match self.sub_expiry.values().min() {
-            Some(at) => at.saturating_sub(unix_now()) + 1,
-            None => 365 * 24 * 3600,
-        };
-        tokio::time::sleep(Duration::from_secs(secs))
+        sleep_past_expiry(self.sub_expiry.values().min().copied())
     }
 
     /// Ends every subscription whose token expired without a `sub_refresh`, telling the
@@ -1017,4 +1007,21 @@ where
     };
     writer.feed(Message::Text(frame))?;
     writer.flush().await
+}
+
+/// A sleep that ends one second after the Unix time `at` (never when `None`).
+///
+/// The deadline is absolute: the connection loop builds a new sleep on every turn, and a
+/// relative "remaining + grace" sleep would be pushed back by every message, so a busy
+/// connection would never expire. The extra second lets a client that refreshes right at
+/// the expiry keep its connection or subscription.
+fn sleep_past_expiry(at: Option<u64>) -> tokio::time::Sleep {
+    let Some(at) = at else {
+        return tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
+    };
+    let deadline = std::time::UNIX_EPOCH + Duration::from_secs(at.saturating_add(1));
+    let left = deadline
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    tokio::time::sleep(left)
 }
