@@ -250,11 +250,15 @@ if wanted interop; then
     SWITCHBOARD_BIN="${SWITCHBOARD_BIN:-$(target_dir)/release/switchboard}"
     export SWITCHBOARD_BIN
     echo "interop suites use SWITCHBOARD_BIN=$SWITCHBOARD_BIN"
+    RAN_SUITES=()
     node_suite() {
       local file="$1"
+      RAN_SUITES+=("$file")
       run_suite "interop: $file" 300 \
         node --test --test-reporter=spec --test-concurrency=1 "$INTEROP/$file"
     }
+    # Suites that need a browser: skipped (not failed) without one.
+    BROWSER_SUITES=(browser.test.mjs browser_channels.test.mjs socketio_browser.test.mjs)
     build_failed=0
     for s in "${FAILED[@]+"${FAILED[@]}"}"; do [[ "$s" == "cargo build --release" ]] && build_failed=1; done
     if [[ $build_failed -eq 1 ]]; then
@@ -274,6 +278,11 @@ if wanted interop; then
       node_suite cli_connect.test.mjs
       node_suite centrifugo.test.mjs
       node_suite http_api.test.mjs
+      node_suite socketio.test.mjs
+      # Several nodes on a private redis-server (started by the suites on free ports).
+      node_suite cluster.test.mjs
+      node_suite cluster_faults.test.mjs
+      node_suite socketio_cluster.test.mjs
       if skip_requested SKIP_PYTHON; then
         skip_suite "interop: python_client.py" "SKIP_PYTHON=1"
       elif [[ ! -x "$INTEROP/.venv/bin/python" ]]; then
@@ -284,13 +293,22 @@ if wanted interop; then
         run_suite "interop: cent_api.py" 120 "$INTEROP/.venv/bin/python" "$INTEROP/cent_api.py"
       fi
       if skip_requested SKIP_BROWSER; then
-        skip_suite "interop: browser.test.mjs" "SKIP_BROWSER=1"
+        skip_suite "interop: ${BROWSER_SUITES[*]}" "SKIP_BROWSER=1"
+        RAN_SUITES+=("${BROWSER_SUITES[@]}")
       elif [[ ! -x "${CHROMIUM_PATH:-/usr/bin/chromium}" ]]; then
-        skip_suite "interop: browser.test.mjs" "chromium is not installed (apt-get install chromium)"
+        skip_suite "interop: ${BROWSER_SUITES[*]}" "chromium is not installed (apt-get install chromium)"
+        RAN_SUITES+=("${BROWSER_SUITES[@]}")
       else
-        node_suite browser.test.mjs
-        node_suite browser_channels.test.mjs
+        for file in "${BROWSER_SUITES[@]}"; do node_suite "$file"; done
       fi
+      # A suite file nobody runs would pass silently forever: every one must be listed above.
+      for path in "$INTEROP"/*.test.mjs; do
+        file="$(basename "$path")"
+        case " ${RAN_SUITES[*]} " in
+          *" $file "*) ;;
+          *) FAILED+=("interop: $file is not run by scripts/test.sh (add it to the list)") ;;
+        esac
+      done
     fi
   fi
 fi
