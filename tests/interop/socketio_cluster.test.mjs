@@ -87,6 +87,36 @@ describe('socket.io on two nodes with Redis', { skip: !haveRedis && 'redis-serve
     assert.ok(proxy.hits[0] > 0 && proxy.hits[1] > 0, `both nodes were hit: ${proxy.hits}`);
   });
 
+  it('a polling-only client completes 200 request cycles through the balancer with no error', async () => {
+    const s = await connect(proxy.url, { transports: ['polling'] });
+    const sid = s.io.engine.id;
+    const errors = [];
+    s.on('connect_error', (e) => errors.push(`connect_error: ${e.message}`));
+    s.on('disconnect', (reason) => errors.push(`disconnect: ${reason}`));
+    s.io.engine.on('error', (e) => errors.push(`engine error: ${e.message ?? e}`));
+    const messages = collect(s, 'message');
+    assert.deepEqual(await s.emitWithAck('subscribe', 'cycles'), { ok: true });
+    const hitsBefore = proxy.hits.slice();
+    // Each acknowledged publish is one POST (the event) and one long-poll GET answered with
+    // the ack, each sent to whichever node is next in the rotation.
+    for (let i = 0; i < 200; i++) {
+      assert.deepEqual(await s.emitWithAck('publish', 'cycles', { i }), { ok: true }, `cycle ${i}`);
+    }
+    await messages.until(200);
+    assert.deepEqual(
+      messages.got.map((m) => m[1].i),
+      Array.from({ length: 200 }, (_, i) => i),
+      'every publication once, in order',
+    );
+    const perNode = proxy.hits.map((h, i) => h - hitsBefore[i]);
+    assert.ok(perNode[0] + perNode[1] >= 400, `at least 400 HTTP requests: ${perNode}`);
+    assert.ok(perNode[0] >= 100 && perNode[1] >= 100, `both nodes served requests: ${perNode}`);
+    assert.deepEqual(errors, [], 'no error and no disconnect');
+    assert.equal(s.connected, true);
+    assert.equal(s.io.engine.id, sid, 'the same Engine.IO session throughout');
+    assert.equal(s.io.engine.transport.name, 'polling');
+  });
+
   it('polling then upgrade through the balancer: messages flow whichever node the upgrade reaches', async () => {
     const s = await connect(proxy.url);
     const messages = collect(s, 'message');
