@@ -9,7 +9,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { io } from 'socket.io-client';
-import { withTimeout } from './lib/harness.mjs';
+import { WebSocket, withTimeout } from './lib/harness.mjs';
 import { redisAvailable } from './lib/redis.mjs';
 import { startRoundRobinProxy } from './lib/rr_proxy.mjs';
 import { startCluster, api, until } from './lib/cluster.mjs';
@@ -117,7 +117,20 @@ describe('socket.io on two nodes with Redis', { skip: !haveRedis && 'redis-serve
     assert.equal(s.io.engine.transport.name, 'polling');
   });
 
-  it('polling then upgrade through the balancer: messages flow whichever node the upgrade reaches', async () => {
+  it('polling then upgrade through the balancer: the upgrade succeeds whichever node it reaches', async () => {
+    // Several clients, so upgrades land on both the owning and the other node.
+    for (let i = 0; i < 4; i++) {
+      const c = await connect(proxy.url);
+      if (c.io.engine.transport.name !== 'websocket') {
+        await withTimeout(new Promise((resolve) => c.io.engine.once('upgrade', resolve)), `upgrade of client ${i}`);
+      }
+      assert.equal(c.io.engine.transport.name, 'websocket', `client ${i} upgraded`);
+      assert.deepEqual(await c.emitWithAck('subscribe', `upgraded-${i}`), { ok: true });
+      const got = collect(c, 'message');
+      await api(cluster.nodes[i % 2], 'publish', { channel: `upgraded-${i}`, data: i });
+      await got.until(1);
+      assert.deepEqual(got.got[0], [`upgraded-${i}`, i]);
+    }
     const s = await connect(proxy.url);
     const messages = collect(s, 'message');
     assert.deepEqual(await s.emitWithAck('subscribe', 'balanced-2'), { ok: true });
@@ -125,6 +138,44 @@ describe('socket.io on two nodes with Redis', { skip: !haveRedis && 'redis-serve
     await api(cluster.nodes[0], 'publish', { channel: 'balanced-2', data: 'two' });
     await messages.until(2);
     assert.deepEqual(messages.got.map((m) => m[1]), ['one', 'two']);
+  });
+
+  it('a WebSocket upgrade sent to the node that does not own the session is forwarded to the owner', async () => {
+    const [n0, n1] = cluster.nodes;
+    const open = await fetch(`${n0.httpUrl}/socket.io/?EIO=4&transport=polling`);
+    assert.equal(open.status, 200);
+    const text = await open.text();
+    assert.equal(text[0], '0', text);
+    const { sid } = JSON.parse(text.slice(1));
+    // The upgrade goes straight to node 1; node 0 owns the session.
+    const ws = new WebSocket(`ws://127.0.0.1:${n1.port}/socket.io/?EIO=4&transport=websocket&sid=${encodeURIComponent(sid)}`);
+    const frames = [];
+    const waiters = [];
+    ws.on('message', (data) => {
+      frames.push(data.toString());
+      for (const w of waiters.splice(0)) w();
+    });
+    const next = (pred, what) =>
+      withTimeout(
+        new Promise((resolve) => {
+          const check = () => {
+            const i = frames.findIndex(pred);
+            if (i >= 0) resolve(frames.splice(i, 1)[0]);
+            else waiters.push(check);
+          };
+          check();
+        }),
+        what,
+      );
+    await withTimeout(new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject); }), 'upgrade accepted');
+    ws.send('2probe');
+    assert.equal(await next((f) => f === '3probe', 'probe answer'), '3probe');
+    ws.send('5');
+    // The session now runs on the WebSocket: a Socket.IO CONNECT over it is answered.
+    ws.send('40');
+    const connected = await next((f) => f.startsWith('40'), 'CONNECT answer');
+    assert.match(connected, /^40\{"sid":"[^"]+"/);
+    ws.close();
   });
 
   it('channel messages and namespace broadcasts cross nodes', async () => {

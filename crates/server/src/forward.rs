@@ -6,6 +6,10 @@
 //! owner (found in the broker's node registry) and relays the answer. That costs one extra hop
 //! for polling clients only; WebSocket connections never move.
 //!
+//! A WebSocket upgrade can be forwarded too ([`Forwarder::forward_upgrade`]): the owner's
+//! `101 Switching Protocols` is relayed to the client and the two upgraded connections are
+//! spliced together, so the bytes flow through this node unchanged from then on.
+//!
 //! A forwarded request carries [`FORWARDED_HEADER`]; a node never forwards such a request again,
 //! so a stale registry can cause an error reply but never a loop. Idle HTTP/1.1 connections to
 //! other nodes are kept in a small pool and reused.
@@ -139,6 +143,99 @@ impl Forwarder {
                 timeout,
             }),
         }
+    }
+
+    /// Forwards a WebSocket upgrade request to `target` on a connection of its own and, when
+    /// the owner switches protocols, splices the client's upgraded connection to the owner's.
+    ///
+    /// Returns the owner's answer (its `101` with the handshake headers, or its refusal with
+    /// the body collected); `timeout` bounds the handshake, not the spliced connection.
+    pub async fn forward_upgrade(
+        &self,
+        mut req: Request<hyper::body::Incoming>,
+        target: &str,
+        timeout: Duration,
+    ) -> Result<Response<Full<Bytes>>, ForwardError> {
+        let client_side = hyper::upgrade::on(&mut req);
+        let (mut parts, _) = req.into_parts();
+        parts.headers.insert(
+            HeaderName::from_static(FORWARDED_HEADER),
+            http::HeaderValue::from_static("1"),
+        );
+        if let Some(pq) = parts.uri.path_and_query() {
+            if let Ok(uri) = pq.as_str().parse() {
+                parts.uri = uri;
+            }
+        }
+        parts.version = http::Version::HTTP_11;
+        let handshake = async {
+            let stream =
+                TcpStream::connect(target)
+                    .await
+                    .map_err(|source| ForwardError::Connect {
+                        target: target.to_owned(),
+                        source,
+                    })?;
+            let _ = stream.set_nodelay(true);
+            let http_err = |source| ForwardError::Http {
+                target: target.to_owned(),
+                source,
+            };
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(http_err)?;
+            tokio::spawn(async move {
+                let _ = conn.with_upgrades().await;
+            });
+            let mut response = sender
+                .send_request(Request::from_parts(parts, Full::new(Bytes::new())))
+                .await
+                .map_err(http_err)?;
+            if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                let (parts, body) = response.into_parts();
+                let body = body.collect().await.map_err(http_err)?.to_bytes();
+                return Ok((Response::from_parts(parts, Full::new(body)), None));
+            }
+            let owner_side = hyper::upgrade::on(&mut response);
+            let (parts, _) = response.into_parts();
+            Ok((
+                Response::from_parts(parts, Full::new(Bytes::new())),
+                Some(owner_side),
+            ))
+        };
+        let (response, owner_side) = match tokio::time::timeout(timeout, handshake).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(ForwardError::Timeout {
+                    target: target.to_owned(),
+                    timeout,
+                })
+            }
+        };
+        if let Some(owner_side) = owner_side {
+            let target = target.to_owned();
+            tokio::spawn(async move {
+                match tokio::join!(client_side, owner_side) {
+                    (Ok(client), Ok(owner)) => {
+                        let mut client = TokioIo::new(client);
+                        let mut owner = TokioIo::new(owner);
+                        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut owner).await
+                        {
+                            tracing::debug!(%target, "forwarded WebSocket ended: {e}");
+                        }
+                    }
+                    (client, owner) => {
+                        tracing::debug!(
+                            %target,
+                            client_ok = client.is_ok(),
+                            owner_ok = owner.is_ok(),
+                            "forwarded upgrade did not complete"
+                        );
+                    }
+                }
+            });
+        }
+        Ok(response)
     }
 
     async fn exchange(
@@ -348,5 +445,99 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, ForwardError::Timeout { .. }), "{err}");
         assert_eq!(err.status(), StatusCode::GATEWAY_TIMEOUT);
+    }
+
+    /// An upstream that switches protocols and echoes the bytes of the upgraded connection,
+    /// and a front server that forwards every request's upgrade to it.
+    async fn upgrade_pair() -> String {
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream_addr = upstream.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = upstream.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        |mut req: Request<hyper::body::Incoming>| async move {
+                            assert!(is_forwarded(&req), "the owner sees the marker");
+                            let on = hyper::upgrade::on(&mut req);
+                            tokio::spawn(async move {
+                                let mut io = TokioIo::new(on.await.unwrap());
+                                let (mut r, mut w) = tokio::io::split(&mut io);
+                                let _ = tokio::io::copy(&mut r, &mut w).await;
+                            });
+                            Ok::<_, Infallible>(
+                                Response::builder()
+                                    .status(StatusCode::SWITCHING_PROTOCOLS)
+                                    .header(CONNECTION, "upgrade")
+                                    .header(UPGRADE, "echo")
+                                    .header("x-owner", "yes")
+                                    .body(Full::new(Bytes::new()))
+                                    .unwrap(),
+                            )
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let front_addr = front.local_addr().unwrap().to_string();
+        let forwarder = Arc::new(Forwarder::new());
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = front.accept().await.unwrap();
+                let forwarder = forwarder.clone();
+                let target = upstream_addr.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let forwarder = forwarder.clone();
+                        let target = target.clone();
+                        async move {
+                            Ok::<_, Infallible>(
+                                forwarder
+                                    .forward_upgrade(req, &target, Duration::from_secs(5))
+                                    .await
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        front_addr
+    }
+
+    #[tokio::test]
+    async fn upgrades_are_spliced_to_the_owner() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let front = upgrade_pair().await;
+        let mut tcp = TcpStream::connect(&front).await.unwrap();
+        tcp.write_all(
+            b"GET /socket.io/?sid=x HTTP/1.1\r\nHost: front\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            tcp.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        assert!(head.contains("x-owner: yes"), "the owner's answer is relayed: {head}");
+        for word in [&b"hello"[..], b"through the front"] {
+            tcp.write_all(word).await.unwrap();
+            let mut back = vec![0u8; word.len()];
+            tcp.read_exact(&mut back).await.unwrap();
+            assert_eq!(back, word);
+        }
     }
 }

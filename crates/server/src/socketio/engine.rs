@@ -28,8 +28,9 @@
 //! with the node's id, `<node>.<random>` (clients treat the sid as opaque). A polling request
 //! that reaches a node which does not own its session is forwarded to the owner's HTTP
 //! address, found in the broker's node registry ([`crate::forward`]), so polling works behind
-//! a load balancer without sticky sessions. A WebSocket upgrade cannot be forwarded: it is
-//! refused ("Session ID unknown"), and the client keeps polling through the forwarding.
+//! a load balancer without sticky sessions. A WebSocket upgrade that reaches the wrong node is
+//! forwarded the same way and the two connections are spliced, so the session still moves to
+//! WebSocket (its bytes then pass through the node that received the upgrade).
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -175,23 +176,30 @@ fn foreign_owner<'a>(shared: &Shared, sid: &'a str) -> Option<&'a str> {
     (shared.node.is_shared() && node != shared.node.broker().node_id()).then_some(node)
 }
 
-/// Sends a polling request on to the node that owns its session, and relays the answer.
-async fn forward(req: Request<Incoming>, shared: &Shared, owner: &str) -> Response<Body> {
+/// The `host:port` of node `owner` from the broker's registry, or the reply to give when it
+/// cannot be reached.
+async fn owner_address(shared: &Shared, owner: &str) -> Result<String, Response<Body>> {
     let nodes = match shared.node.nodes().await {
         Ok(nodes) => nodes,
         Err(e) => {
             tracing::debug!(owner, "socket.io: node registry unavailable: {e}");
-            return status_only(StatusCode::SERVICE_UNAVAILABLE);
+            return Err(status_only(StatusCode::SERVICE_UNAVAILABLE));
         }
     };
     // Only plain HTTP addresses can be reached by the forwarder.
-    let Some(target) = nodes
+    nodes
         .iter()
         .find(|n| n.id == owner)
         .and_then(|n| n.url.strip_prefix("http://"))
         .map(|rest| rest.split('/').next().unwrap_or(rest).to_string())
-    else {
-        return error(HttpError::UnknownSid);
+        .ok_or_else(|| error(HttpError::UnknownSid))
+}
+
+/// Sends a polling request on to the node that owns its session, and relays the answer.
+async fn forward(req: Request<Incoming>, shared: &Shared, owner: &str) -> Response<Body> {
+    let target = match owner_address(shared, owner).await {
+        Ok(target) => target,
+        Err(reply) => return reply,
     };
     let (parts, body) = req.into_parts();
     let max = shared.config.socketio.max_payload;
@@ -205,6 +213,23 @@ async fn forward(req: Request<Incoming>, shared: &Shared, owner: &str) -> Respon
         Ok(response) => response,
         Err(e) => {
             tracing::debug!(owner, "socket.io: forwarding failed: {e}");
+            status_only(e.status())
+        }
+    }
+}
+
+/// Sends the WebSocket upgrade of a polling session to the node that owns it and splices the
+/// two connections once the owner switches protocols: the session moves to WebSocket there.
+async fn forward_upgrade(req: Request<Incoming>, shared: &Shared, owner: &str) -> Response<Body> {
+    let target = match owner_address(shared, owner).await {
+        Ok(target) => target,
+        Err(reply) => return reply,
+    };
+    let timeout = shared.config.socketio.upgrade_timeout;
+    match FORWARDER.forward_upgrade(req, &target, timeout).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::debug!(owner, "socket.io: forwarding an upgrade failed: {e}");
             status_only(e.status())
         }
     }
@@ -251,7 +276,13 @@ pub(crate) async fn route(
         (Some("websocket"), true) => match q.sid {
             None => websocket_handshake(req, shared, peer, token),
             Some(sid) => match find(&shared, &sid) {
-                None => error(HttpError::UnknownSid),
+                None => match foreign_owner(&shared, &sid) {
+                    Some(owner) if !crate::forward::is_forwarded(&req) => {
+                        let owner = owner.to_string();
+                        forward_upgrade(req, &shared, &owner).await
+                    }
+                    _ => error(HttpError::UnknownSid),
+                },
                 Some(session) => websocket_upgrade(req, shared, peer, session),
             },
         },
