@@ -532,7 +532,10 @@ mod tests {
         }
         let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
         assert!(head.starts_with("http/1.1 101"), "{head}");
-        assert!(head.contains("x-owner: yes"), "the owner's answer is relayed: {head}");
+        assert!(
+            head.contains("x-owner: yes"),
+            "the owner's answer is relayed: {head}"
+        );
         for word in [&b"hello"[..], b"through the front"] {
             tcp.write_all(word).await.unwrap();
             let mut back = vec![0u8; word.len()];
