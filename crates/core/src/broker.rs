@@ -18,10 +18,19 @@
 //! A shared broker hands what arrives from other nodes (and from this node, after the
 //! round trip) to a [`BrokerHandler`], which the node implements: it queues publications
 //! into local outboxes with [`Hub::deliver`](crate::Hub::deliver).
+//!
+//! Besides channels, a broker carries **control** traffic between nodes, opaque to it:
+//! [`Broker::control`] sends a command to every *other* node (fire and forget; the caller
+//! applies it locally itself, so no node applies it twice), and [`Broker::survey`] asks every
+//! other live node a question and gathers their answers within a bounded wait. The server
+//! uses them so that API methods acting on connections (`disconnect`, `subscribe`,
+//! `unsubscribe`) and listing them (`channels`) cover the whole cluster.
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+
+use bytes::Bytes;
 
 use crate::history::{HistoryQuery, StreamPosition};
 use crate::namespace::ChannelOptions;
@@ -99,6 +108,15 @@ pub struct StreamSlice {
     pub oldest: Option<u64>,
 }
 
+/// One node's answer to a [`Broker::survey`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SurveyAnswer {
+    /// The id of the node that answered.
+    pub node: String,
+    /// Its answer, as its [`BrokerHandler::on_survey`] gave it.
+    pub data: Bytes,
+}
+
 /// What a shared broker reports to the node it runs in. Called from the broker's own
 /// task, one message at a time and, per channel, in stream order; must not block.
 pub trait BrokerHandler: Send + Sync {
@@ -113,6 +131,18 @@ pub trait BrokerHandler: Send + Sync {
     fn on_resync(&self, channel: &str, top: StreamPosition);
     /// Connections and channels on this node, for its registry entry.
     fn local_stats(&self) -> (usize, usize);
+    /// Another node sent a control command ([`Broker::control`]). Called from the broker's
+    /// task: must not block. Commands the handler does not understand are its to ignore.
+    fn on_control(&self, command: Bytes) {
+        let _ = command;
+    }
+    /// Another node asks a question ([`Broker::survey`]); the return value is this node's
+    /// answer. Called on a task of its own (never the one delivering publications), but
+    /// should still be quick: the asking node waits for every answer.
+    fn on_survey(&self, request: Bytes) -> Bytes {
+        let _ = request;
+        Bytes::new()
+    }
 }
 
 /// The operations several nodes share. See the module documentation.
@@ -205,6 +235,23 @@ pub trait Broker: Send + Sync {
     ) -> BoxFuture<'a, Result<(), BrokerError>>;
     /// The live nodes (this one included).
     fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeInfo>, BrokerError>>;
+    /// Sends `command` to every other live node, whose handlers get it in
+    /// [`BrokerHandler::on_control`]; this node's handler does not (the caller applies the
+    /// command locally itself). Resolves once the store accepted it, not once the other
+    /// nodes applied it. The default, for a broker without other nodes, does nothing.
+    fn control(&self, command: Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let _ = command;
+        ready(Ok(()))
+    }
+    /// Asks every other live node `request` ([`BrokerHandler::on_survey`]) and returns
+    /// their answers, one per node, in no particular order. The wait is bounded: when a
+    /// live node has not answered in time the survey fails with
+    /// [`BrokerError::Unavailable`]. This node is not asked (the caller answers for it).
+    /// The default, for a broker without other nodes, answers an empty list.
+    fn survey(&self, request: Bytes) -> BoxFuture<'_, Result<Vec<SurveyAnswer>, BrokerError>> {
+        let _ = request;
+        ready(Ok(Vec::new()))
+    }
 }
 
 /// A future that is ready at once.

@@ -8,9 +8,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
+
 use crate::broker::{
     ready, BoxFuture, Broker, BrokerError, BrokerHandler, BrokerPublication, BrokerStatus,
-    NodeInfo, StreamSlice,
+    NodeInfo, StreamSlice, SurveyAnswer,
 };
 use crate::history::{HistoryQuery, StreamPosition};
 use crate::hub::{Hub, PublishOptions};
@@ -193,5 +195,15 @@ impl Broker for MemoryBroker {
             ..self.info.clone()
         };
         ready(Ok(vec![info]))
+    }
+
+    fn control(&self, _command: Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
+        // Commands go to the *other* nodes; the caller applied it here already.
+        ready(Ok(()))
+    }
+
+    fn survey(&self, _request: Bytes) -> BoxFuture<'_, Result<Vec<SurveyAnswer>, BrokerError>> {
+        // No other node to ask; the caller answers for this one.
+        ready(Ok(Vec::new()))
     }
 }

@@ -191,7 +191,7 @@ mod stats;
 
 pub use broker::{
     ready, BoxFuture, Broker, BrokerError, BrokerHandler, BrokerPublication, BrokerStatus,
-    NodeInfo, StreamSlice,
+    NodeInfo, StreamSlice, SurveyAnswer,
 };
 pub use broker_memory::MemoryBroker;
 pub use channel::Channel;
@@ -204,7 +204,7 @@ pub use hub::{
 };
 pub use limits::{HubLimits, SlowConsumerPolicy};
 pub use namespace::{ChannelOptions, Namespaces, NAMESPACE_SEPARATOR};
-pub use node::{GapHandler, Node, NodeError};
+pub use node::{ControlHandler, GapHandler, Node, NodeError};
 pub use outbox::Outbox;
 pub use presence::{ClientInfo, MemberEvent, PresenceStats};
 pub use publication::{ConnId, Delivery, Payload, PayloadKind, Publication, WireFormat};

@@ -40,14 +40,24 @@
 //! ([`Node::set_gap_handler`]) is called with the channel, and drivers tell their clients
 //! (the Centrifugo driver sends an `unsubscribe` push with code 2500 "insufficient state",
 //! so the SDK resubscribes with recovery).
+//!
+//! # Control between nodes
+//!
+//! [`Node::control`] sends an opaque command to every other node and [`Node::survey`] asks
+//! them a question; what arrives from other nodes goes to the [`ControlHandler`] set with
+//! [`Node::set_control_handler`]. The caller applies a command to (or answers a question
+//! for) its own node itself: the broker never echoes them back, so nothing is applied twice.
+//! On a single node both reach nobody and resolve at once.
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock, Weak};
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use crate::broker::{
     Broker, BrokerError, BrokerHandler, BrokerPublication, BrokerStatus, NodeInfo, StreamSlice,
+    SurveyAnswer,
 };
 use crate::broker_memory::MemoryBroker;
 use crate::connection::ConnHandle;
@@ -84,6 +94,15 @@ impl NodeError {
 /// Called with a channel whose local subscribers may have missed publications.
 pub type GapHandler = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// What this node does with control traffic from other nodes (see the module
+/// documentation). Called from the broker's tasks: must not block.
+pub trait ControlHandler: Send + Sync {
+    /// Applies a command another node sent with [`Node::control`].
+    fn on_command(&self, command: &[u8]);
+    /// Answers a question another node asked with [`Node::survey`].
+    fn on_survey(&self, request: &[u8]) -> Bytes;
+}
+
 /// Background work queued by the hub's leave notifications and the broker's resyncs.
 enum Task {
     /// The store came back (possibly empty): write this node's presence entries of the
@@ -109,6 +128,7 @@ struct NodeInner {
     tasks: mpsc::UnboundedSender<Task>,
     tasks_rx: Mutex<Option<mpsc::UnboundedReceiver<Task>>>,
     on_gap: OnceLock<GapHandler>,
+    on_control: OnceLock<Arc<dyn ControlHandler>>,
 }
 
 /// The channel facade for protocol drivers. Cheap to clone. See the module documentation.
@@ -154,6 +174,7 @@ impl Node {
                 tasks: tx,
                 tasks_rx: Mutex::new(Some(rx)),
                 on_gap: OnceLock::new(),
+                on_control: OnceLock::new(),
             }),
         };
         if shared {
@@ -190,6 +211,33 @@ impl Node {
     /// publications (see the module documentation). Only the first call has an effect.
     pub fn set_gap_handler(&self, handler: GapHandler) {
         let _ = self.inner.on_gap.set(handler);
+    }
+
+    /// Sets what handles control commands and surveys from other nodes. Only the first
+    /// call has an effect; until then they are ignored (surveys get an empty answer).
+    pub fn set_control_handler(&self, handler: Arc<dyn ControlHandler>) {
+        let _ = self.inner.on_control.set(handler);
+    }
+
+    /// Sends `command` to every other node's [`ControlHandler`]; apply it to this node
+    /// yourself. Fails with a temporary [`NodeError::Broker`] when the shared store is
+    /// unreachable (then no other node got it). Resolves at once on a single node.
+    pub async fn control(&self, command: Bytes) -> Result<(), NodeError> {
+        if !self.inner.shared {
+            return Ok(());
+        }
+        Ok(self.inner.broker.control(command).await?)
+    }
+
+    /// Asks every other live node `request` and returns their answers (answer for this
+    /// node yourself). The wait is bounded by the broker; a node that does not answer in
+    /// time fails the survey with a temporary [`NodeError::Broker`]. Empty on a single
+    /// node.
+    pub async fn survey(&self, request: Bytes) -> Result<Vec<SurveyAnswer>, NodeError> {
+        if !self.inner.shared {
+            return Ok(Vec::new());
+        }
+        Ok(self.inner.broker.survey(request).await?)
     }
 
     /// The work a shared broker needs done outside the hub's locks (presence removal,
@@ -623,6 +671,26 @@ impl BrokerHandler for Handler {
             None => (0, 0),
         }
     }
+
+    fn on_control(&self, command: Bytes) {
+        let Some(inner) = self.0.upgrade() else {
+            return;
+        };
+        match inner.on_control.get() {
+            Some(handler) => handler.on_command(&command),
+            None => tracing::debug!("control command from another node ignored: no handler"),
+        }
+    }
+
+    fn on_survey(&self, request: Bytes) -> Bytes {
+        let Some(inner) = self.0.upgrade() else {
+            return Bytes::new();
+        };
+        match inner.on_control.get() {
+            Some(handler) => handler.on_survey(&request),
+            None => Bytes::new(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -647,6 +715,8 @@ mod tests {
         presence: Mutex<HashMap<String, ClientInfo>>,
         listening: Mutex<HashSet<String>>,
         down: std::sync::atomic::AtomicBool,
+        /// Commands sent to the other nodes, and the questions asked them.
+        sent: Mutex<Vec<Bytes>>,
     }
 
     const EPOCH: &str = "fakeepoc";
@@ -790,6 +860,108 @@ mod tests {
         fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeInfo>, BrokerError>> {
             ready(Ok(Vec::new()))
         }
+        fn control(&self, command: Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
+            let r = self.check();
+            if r.is_ok() {
+                self.sent.lock().push(command);
+            }
+            ready(r)
+        }
+        fn survey(&self, request: Bytes) -> BoxFuture<'_, Result<Vec<SurveyAnswer>, BrokerError>> {
+            if let Err(e) = self.check() {
+                return ready(Err(e));
+            }
+            // One other node, answering through the same handler type as this one's.
+            self.sent.lock().push(request.clone());
+            let answer = self
+                .handler
+                .lock()
+                .clone()
+                .map(|h| h.on_survey(request))
+                .unwrap_or_default();
+            ready(Ok(vec![SurveyAnswer {
+                node: "n2".into(),
+                data: answer,
+            }]))
+        }
+    }
+
+    /// Records the commands it applies; answers a survey with the request reversed.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<Vec<u8>>>);
+
+    impl ControlHandler for Recorder {
+        fn on_command(&self, command: &[u8]) {
+            self.0.lock().push(command.to_vec());
+        }
+        fn on_survey(&self, request: &[u8]) -> Bytes {
+            request.iter().rev().copied().collect::<Vec<u8>>().into()
+        }
+    }
+
+    #[tokio::test]
+    async fn control_goes_to_the_broker_and_what_arrives_reaches_the_control_handler() {
+        let (node, broker) = shared_node();
+        let handler = broker.handler.lock().clone().unwrap();
+        // Before a control handler is set, arrivals are dropped and surveys answered empty.
+        handler.on_control(Bytes::from_static(b"early"));
+        assert_eq!(handler.on_survey(Bytes::from_static(b"q")), Bytes::new());
+
+        let recorder = Arc::new(Recorder::default());
+        node.set_control_handler(recorder.clone());
+        node.control(Bytes::from_static(b"kick bob")).await.unwrap();
+        assert_eq!(*broker.sent.lock(), vec![Bytes::from_static(b"kick bob")]);
+        // Sending does not apply it here: the caller does that itself, once.
+        assert!(recorder.0.lock().is_empty());
+
+        handler.on_control(Bytes::from_static(b"from n2"));
+        assert_eq!(*recorder.0.lock(), vec![b"from n2".to_vec()]);
+
+        let answers = node.survey(Bytes::from_static(b"abc")).await.unwrap();
+        assert_eq!(
+            answers,
+            vec![SurveyAnswer {
+                node: "n2".into(),
+                data: Bytes::from_static(b"cba"),
+            }]
+        );
+
+        broker
+            .down
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(node
+            .control(Bytes::from_static(b"x"))
+            .await
+            .unwrap_err()
+            .is_temporary());
+        assert!(node
+            .survey(Bytes::from_static(b"x"))
+            .await
+            .unwrap_err()
+            .is_temporary());
+    }
+
+    #[tokio::test]
+    async fn control_on_a_single_node_reaches_nobody() {
+        let hub = Hub::with_namespaces(HubLimits::default(), namespaces());
+        let node = Node::new(hub.clone());
+        let recorder = Arc::new(Recorder::default());
+        node.set_control_handler(recorder.clone());
+        node.control(Bytes::from_static(b"kick")).await.unwrap();
+        assert!(node
+            .survey(Bytes::from_static(b"q"))
+            .await
+            .unwrap()
+            .is_empty());
+        // The memory broker itself answers the same way when asked directly.
+        let broker = node.broker();
+        broker.control(Bytes::from_static(b"kick")).await.unwrap();
+        assert!(broker
+            .survey(Bytes::from_static(b"q"))
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(recorder.0.lock().is_empty(), "never echoed back");
     }
 
     fn namespaces() -> Namespaces {

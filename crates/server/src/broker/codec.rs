@@ -1,5 +1,6 @@
 //! The bytes a shared broker stores and sends between nodes: publications (in history and
-//! on pub/sub) and client infos (presence entries, join/leave events).
+//! on pub/sub), client infos (presence entries, join/leave events) and the frames of the
+//! control channels ([`ControlFrame`]).
 //!
 //! A small length-prefixed binary format, versioned by its first byte, so payloads of any
 //! kind (text or binary) travel without escaping:
@@ -10,6 +11,18 @@
 //! info        = str(client) str(user) opt-bytes(conn_info) opt-bytes(chan_info)
 //! str, bytes  = u32 little-endian length, then the bytes; an absent optional is length u32::MAX
 //! ```
+//!
+//! Control frames are line-based, the body last so it needs no escaping (node ids never
+//! contain a newline):
+//!
+//! ```text
+//! command  = "c" origin "\n" body              (to every node)
+//! question = "q" origin "\n" id "\n" body        (to every node; answered to the origin)
+//! answer   = "a" node "\n" id "\n" body          (to the asking node only)
+//! ```
+//!
+//! A frame of an unknown kind decodes to `None` and is ignored, so a later version may add
+//! kinds without breaking nodes that do not know them yet.
 use bytes::Bytes;
 use switchboard_core::{ClientInfo, ConnId, Payload, PayloadKind};
 
@@ -182,6 +195,90 @@ pub fn decode(buf: &Bytes) -> Option<Envelope> {
     })
 }
 
+/// A message on the control channels: a command or a question from one node to the others,
+/// or an answer to a question. The bodies are opaque here (the node's control handler gives
+/// and takes them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlFrame {
+    /// A command from `origin`, for every other node to apply.
+    Command {
+        /// The sending node.
+        origin: String,
+        /// The command.
+        body: Bytes,
+    },
+    /// Question `id` from `origin`; every other node answers it.
+    Question {
+        /// The asking node (answers go to its own channel).
+        origin: String,
+        /// Numbers the asking node's questions, to match the answers.
+        id: u64,
+        /// The question.
+        body: Bytes,
+    },
+    /// `node`'s answer to question `id`.
+    Answer {
+        /// The answering node.
+        node: String,
+        /// The question answered.
+        id: u64,
+        /// The answer.
+        body: Bytes,
+    },
+}
+
+/// Encodes a control frame.
+pub fn encode_control(frame: &ControlFrame) -> Vec<u8> {
+    let (kind, node, id, body) = match frame {
+        ControlFrame::Command { origin, body } => (b'c', origin, None, body),
+        ControlFrame::Question { origin, id, body } => (b'q', origin, Some(*id), body),
+        ControlFrame::Answer { node, id, body } => (b'a', node, Some(*id), body),
+    };
+    debug_assert!(!node.contains('\n'), "node ids have no newline");
+    let mut out = Vec::with_capacity(32 + node.len() + body.len());
+    out.push(kind);
+    out.extend_from_slice(node.as_bytes());
+    out.push(b'\n');
+    if let Some(id) = id {
+        out.extend_from_slice(id.to_string().as_bytes());
+        out.push(b'\n');
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+/// Decodes a control frame; `None` for a kind this version does not know, or bytes that
+/// are not a frame.
+pub fn decode_control(buf: &Bytes) -> Option<ControlFrame> {
+    let kind = *buf.first()?;
+    let line = |b: &Bytes| -> Option<(String, Bytes)> {
+        let i = b.iter().position(|&c| c == b'\n')?;
+        let head = String::from_utf8(b[..i].to_vec()).ok()?;
+        Some((head, b.slice(i + 1..)))
+    };
+    let (node, rest) = line(&buf.slice(1..))?;
+    match kind {
+        b'c' => Some(ControlFrame::Command {
+            origin: node,
+            body: rest,
+        }),
+        b'q' | b'a' => {
+            let (id, body) = line(&rest)?;
+            let id: u64 = id.parse().ok()?;
+            Some(if kind == b'q' {
+                ControlFrame::Question {
+                    origin: node,
+                    id,
+                    body,
+                }
+            } else {
+                ControlFrame::Answer { node, id, body }
+            })
+        }
+        _ => None,
+    }
+}
+
 fn simdutf8_check(b: &[u8]) -> Option<()> {
     std::str::from_utf8(b).ok().map(|_| ())
 }
@@ -246,6 +343,48 @@ mod tests {
         let last = bad_text.len() - 1;
         bad_text[last] = 0xff;
         assert_eq!(decode(&Bytes::from(bad_text)), None);
+    }
+
+    #[test]
+    fn control_frames_round_trip() {
+        let frames = [
+            ControlFrame::Command {
+                origin: "0123456789abcdef".into(),
+                body: Bytes::from_static(b"{\"op\":\"x\"}\nwith a newline"),
+            },
+            ControlFrame::Command {
+                origin: "n".into(),
+                body: Bytes::new(),
+            },
+            ControlFrame::Question {
+                origin: "n1".into(),
+                id: u64::MAX,
+                body: Bytes::from_static(b"q\n\n"),
+            },
+            ControlFrame::Answer {
+                node: "n2".into(),
+                id: 0,
+                body: Bytes::from_static(&[0, 255, 10]),
+            },
+        ];
+        for f in frames {
+            assert_eq!(decode_control(&Bytes::from(encode_control(&f))), Some(f));
+        }
+    }
+
+    #[test]
+    fn unknown_or_broken_control_frames_are_refused() {
+        for bad in [
+            &b""[..],
+            b"c",           // no node line
+            b"cnode",       // no newline after the node
+            b"qnode\n12",   // no newline after the id
+            b"qnode\nx\nb", // id not a number
+            b"anode\n-1\nb",
+            b"znode\nbody", // a kind from a later version
+        ] {
+            assert_eq!(decode_control(&Bytes::from_static(bad)), None, "{bad:?}");
+        }
     }
 
     #[test]
