@@ -282,6 +282,7 @@ if wanted interop; then
       # Several nodes on a private redis-server (started by the suites on free ports).
       node_suite cluster.test.mjs
       node_suite cluster_faults.test.mjs
+      node_suite cluster_api.test.mjs
       node_suite socketio_cluster.test.mjs
       if skip_requested SKIP_PYTHON; then
         skip_suite "interop: python_client.py" "SKIP_PYTHON=1"

@@ -14,6 +14,13 @@
 //! connection of `user`, told with a push), and `channels`: the channels with at least one
 //! subscriber and their `num_clients`, optionally only those whose name matches `pattern`.
 //!
+//! With a shared broker every method covers the whole cluster, whichever node answers:
+//! `disconnect`, `subscribe` and `unsubscribe` are applied here and sent to the other nodes
+//! as control commands (a single `client` found on this node is handled here alone: client
+//! ids are unique across nodes); `channels` asks every other live node for its channels and
+//! sums the counts ([`crate::broker::control`]). When the broker cannot be reached they
+//! answer 503 like the other broker-backed methods, having done nothing.
+//!
 //! A `channels` pattern is a glob with one wildcard: `*` matches any run of characters
 //! (including none, and including `:`), every other character matches itself, and the whole
 //! name must match (`chat:*` lists every channel of the `chat` namespace, `*room*` any name
@@ -28,10 +35,11 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use switchboard_core::{
-    ChannelError, CloseReason, Epoch, HistoryQuery, NodeError, PublishOptions, StreamPosition,
+    ChannelError, Epoch, HistoryQuery, NodeError, PublishOptions, StreamPosition,
 };
 use switchboard_protocols::centrifugo::{self as cf, Data};
 
+use crate::broker::control::{self, Answer, Command, Question};
 use crate::http::Body;
 use crate::server::Shared;
 
@@ -292,43 +300,106 @@ async fn call(method: &str, body: &[u8], shared: &Shared) -> Result<Value, Fail>
         "disconnect" => {
             let b: DisconnectBody = parse(body)?;
             let client = b.client.as_deref().and_then(|c| c.parse::<u64>().ok());
-            match (&b.user, client) {
-                (Some(user), client) => {
-                    shared
-                        .clients
-                        .send(user, client, &crate::centrifugo::Control::Disconnect);
-                }
-                (None, Some(id)) => {
-                    hub.disconnect(id, CloseReason::Kicked);
-                }
-                (None, None) => {}
-            }
-            json!({ "result": {} })
+            let command = Command::Disconnect {
+                user: b.user,
+                client,
+            };
+            node_outcome(cluster_command(shared, command).await)?
         }
         "subscribe" | "unsubscribe" => {
             let b: UserChannelBody = parse(body)?;
-            let control = if method == "subscribe" {
-                crate::centrifugo::Control::Subscribe(b.channel)
-            } else {
-                crate::centrifugo::Control::Unsubscribe(b.channel)
-            };
             let client = b.client.as_deref().and_then(|c| c.parse::<u64>().ok());
-            shared.clients.send(&b.user, client, &control);
-            json!({ "result": {} })
+            let command = if method == "subscribe" {
+                Command::Subscribe {
+                    user: b.user,
+                    channel: b.channel,
+                    client,
+                }
+            } else {
+                Command::Unsubscribe {
+                    user: b.user,
+                    channel: b.channel,
+                    client,
+                }
+            };
+            node_outcome(cluster_command(shared, command).await)?
         }
         "channels" => {
             let b: ChannelsBody = parse(body)?;
             let pattern = b.pattern.unwrap_or_default();
-            let listed = hub.channels_with_members(|name| glob_match(&pattern, name));
-            let channels: serde_json::Map<String, Value> = listed
-                .into_iter()
-                .map(|(name, n)| (name.to_string(), json!({ "num_clients": n })))
-                .collect();
-            json!({ "result": { "channels": channels } })
+            node_outcome(cluster_channels(shared, pattern).await.map(|listed| {
+                let channels: serde_json::Map<String, Value> = listed
+                    .into_iter()
+                    .map(|(name, n)| (name, json!({ "num_clients": n })))
+                    .collect();
+                json!({ "channels": channels })
+            }))?
         }
         // `handle` only lets the methods matched above through.
         _ => json!({ "error": cf_error(&cf::Error::NOT_AVAILABLE) }),
     })
+}
+
+/// Applies `command` to the connections of every node: sends it to the other nodes, then
+/// applies it here. A command aimed at one client that is connected here is applied here
+/// only (client ids are unique across nodes). Sending first means that when the broker is
+/// unreachable (a temporary error, 503) nothing was done anywhere.
+async fn cluster_command(shared: &Shared, command: Command) -> Result<Value, NodeError> {
+    let targets_one_client = matches!(
+        command,
+        Command::Disconnect {
+            client: Some(_),
+            ..
+        } | Command::Subscribe {
+            client: Some(_),
+            ..
+        } | Command::Unsubscribe {
+            client: Some(_),
+            ..
+        }
+    );
+    if matches!(
+        command,
+        Command::Disconnect {
+            user: None,
+            client: None
+        }
+    ) {
+        return Ok(json!({}));
+    }
+    if targets_one_client && control::apply(shared, &command) > 0 {
+        return Ok(json!({}));
+    }
+    shared.node.control(command.encode()).await?;
+    if !targets_one_client {
+        control::apply(shared, &command);
+    }
+    Ok(json!({}))
+}
+
+/// The channels with members on every node whose names match `pattern`, with the member
+/// counts summed over the nodes.
+async fn cluster_channels(
+    shared: &Shared,
+    pattern: String,
+) -> Result<std::collections::BTreeMap<String, usize>, NodeError> {
+    let answers = shared
+        .node
+        .survey(
+            Question::Channels {
+                pattern: pattern.clone(),
+            }
+            .encode(),
+        )
+        .await?;
+    let mut channels = control::local_channels(shared, &pattern);
+    for a in answers {
+        match Answer::decode(&a.data) {
+            Some(answer) => control::merge(&mut channels, answer),
+            None => tracing::debug!(node = %a.node, "channels answer not understood; skipped"),
+        }
+    }
+    Ok(channels)
 }
 
 /// Whether `name` matches `pattern`, where `*` matches any run of bytes and every other
@@ -337,7 +408,7 @@ async fn call(method: &str, body: &[u8], shared: &Shared) -> Result<Value, Fail>
 /// Greedy with one backtrack point (the latest `*`): on a mismatch the latest star takes
 /// one more byte and matching resumes after it. Earlier stars never need to be revisited,
 /// so this is O(pattern × name) at worst, with no recursion.
-fn glob_match(pattern: &str, name: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, name: &str) -> bool {
     if pattern.is_empty() {
         return true;
     }

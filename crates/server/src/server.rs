@@ -262,6 +262,7 @@ impl Server {
                 ));
             };
             s.node = node;
+            crate::broker::control::install(&shared);
             let weak = Arc::downgrade(&shared);
             shared.node.set_gap_handler(Arc::new(move |channel: &str| {
                 if let Some(shared) = weak.upgrade() {

@@ -112,12 +112,16 @@ export function once(emitter, event, pred = () => true, what = event) {
   );
 }
 
-/** A connected `centrifuge` client on `node`: { c, client } (client = the server's id). */
-export async function connect(node) {
+/**
+ * A connected `centrifuge` client on `node`: { c, client } (client = the server's id).
+ * `opts` are extra `Centrifuge` options (e.g. `token`).
+ */
+export async function connect(node, opts = {}) {
   const c = new Centrifuge(node.wsUrl('/connection/websocket'), {
     websocket: WebSocket,
     minReconnectDelay: 50,
     maxReconnectDelay: 300,
+    ...opts,
   });
   const p = once(c, 'connected', () => true, `connect to ${node.httpUrl}`);
   c.connect();

@@ -3,8 +3,11 @@
 //! are in `switchboard-core`; this module holds the implementations that need the network.
 //!
 //! `--broker` picks one: absent or `memory` for a single node, `redis://host:port/db` for
-//! Redis. See `docs/scaling.md` for the topology and what is stored.
+//! Redis. See `docs/scaling.md` for the topology and what is stored. [`control`] holds what
+//! nodes ask of each other for the HTTP API (cluster-wide disconnect, server-side
+//! subscriptions, channel listing).
 pub mod codec;
+pub mod control;
 pub mod redis;
 
 use std::time::Duration;

@@ -12,6 +12,8 @@
 //! | `sb:nodes` | hash | node id → JSON registry entry | removed when the node's lease ends |
 //! | `sb:lease:<node>` | string | node liveness | `lease` (default 15 s), renewed every `lease / 3` |
 //! | `sb:node:<node>:ch` | set | channels where the node has presence entries | removed with the node |
+//! | `sb:ctl` | pub/sub channel | control commands and questions for every node | — |
+//! | `sb:ctl:<node>` | pub/sub channel | answers to the node's questions | — |
 //!
 //! Publishing runs one Lua script: increment the offset, append to the stream (trimmed to
 //! `history_size`), refresh the TTLs, and `SPUBLISH` (or `PUBLISH` on a Redis without
@@ -27,8 +29,16 @@
 //! of nodes whose lease expired, sending their leave events. Every command is bounded by a
 //! timeout; while Redis is unreachable operations fail at once with
 //! [`BrokerError::Unavailable`] instead of queueing.
+//!
+//! Control traffic ([`Broker::control`], [`Broker::survey`]) uses the same pub/sub mode as
+//! channels: every node listens to `sb:ctl` and to its own `sb:ctl:<node>` from its first
+//! connection on (and again after each reconnect), and marks its registry entry with
+//! `"ctl": 1` once it does, so a survey waits only for nodes that will answer (nodes of an
+//! older version, during a rolling upgrade, are not waited for). A node skips its own
+//! commands and questions. Each question is answered on a task of its own, so answering
+//! never delays the delivery of publications.
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -38,10 +48,11 @@ use redis::{PushInfo, PushKind, RedisError, Script, Value};
 use switchboard_core::{
     BoxFuture, Broker, BrokerError, BrokerHandler, BrokerPublication, BrokerStatus, ChannelOptions,
     ClientInfo, Epoch, HistoryQuery, NodeInfo, Publication, StreamPosition, StreamSlice,
+    SurveyAnswer,
 };
 use tokio::sync::{mpsc, Notify};
 
-use super::codec::{self, Envelope};
+use super::codec::{self, ControlFrame, Envelope};
 
 /// Default lease of a node: its presence entries disappear at most this long (plus one
 /// renewal period) after it dies.
@@ -52,6 +63,8 @@ const OP_TIMEOUT: Duration = Duration::from_secs(3);
 const NO_HISTORY_META_TTL: Duration = Duration::from_secs(3600);
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long a survey waits for the other nodes' answers.
+pub const SURVEY_WAIT: Duration = Duration::from_secs(2);
 
 const PUBLISH_LUA: &str = r#"
 local e = redis.call('hget', KEYS[1], 'e')
@@ -137,6 +150,11 @@ struct Inner {
     read: Script,
     remove: Script,
     pushes: Mutex<Option<mpsc::UnboundedReceiver<PushInfo>>>,
+    /// This node listens to the control channels (advertised in its registry entry).
+    control_ready: AtomicBool,
+    /// Surveys waiting for answers, by question id.
+    surveys: Mutex<HashMap<u64, mpsc::UnboundedSender<(String, Bytes)>>>,
+    next_survey: AtomicU64,
 }
 
 fn meta_key(channel: &str) -> String {
@@ -158,6 +176,12 @@ fn channel_of(pubsub: &[u8]) -> Option<&str> {
         .strip_suffix("}:c")
 }
 const NODES_KEY: &str = "sb:nodes";
+/// The pub/sub channel every node listens to for commands and questions.
+const CONTROL_CHANNEL: &str = "sb:ctl";
+/// The pub/sub channel a node listens to for answers to its questions.
+fn answers_channel(node: &str) -> String {
+    format!("sb:ctl:{node}")
+}
 fn lease_key(node: &str) -> String {
     format!("sb:lease:{node}")
 }
@@ -335,6 +359,9 @@ impl RedisBroker {
             read: Script::new(READ_LUA),
             remove: Script::new(REMOVE_LUA),
             pushes: Mutex::new(Some(rx)),
+            control_ready: AtomicBool::new(false),
+            surveys: Mutex::new(HashMap::new()),
+            next_survey: AtomicU64::new(1),
         });
         tokio::spawn(maintain(Arc::downgrade(&inner)));
         Ok(RedisBroker { inner })
@@ -393,9 +420,15 @@ impl Inner {
             return Ok(());
         }
         let names: Vec<String> = channels.iter().map(|c| pubsub_channel(c)).collect();
+        self.subscribe_names(&names).await
+    }
+
+    /// Subscribes the subscription connection to these pub/sub names (sharded when the
+    /// server has it).
+    async fn subscribe_names(&self, names: &[String]) -> Result<(), BrokerError> {
         let mut sub = self.sub.clone();
         if self.sharded.load(Ordering::Relaxed) {
-            let r = bounded(redis::cmd("SSUBSCRIBE").arg(&names).exec_async(&mut sub)).await;
+            let r = bounded(redis::cmd("SSUBSCRIBE").arg(names).exec_async(&mut sub)).await;
             match r {
                 Err(BrokerError::Protocol(msg))
                     if msg.to_ascii_lowercase().contains("unknown command") =>
@@ -406,7 +439,7 @@ impl Inner {
                 other => return other,
             }
         }
-        bounded(redis::cmd("SUBSCRIBE").arg(&names).exec_async(&mut sub)).await
+        bounded(redis::cmd("SUBSCRIBE").arg(names).exec_async(&mut sub)).await
     }
 
     /// Registers the node and renews its lease; returns whether Redis answered.
@@ -423,6 +456,7 @@ impl Inner {
             "num_clients": clients,
             "num_channels": channels,
             "uptime": self.started.elapsed().as_secs(),
+            "ctl": u8::from(self.control_ready.load(Ordering::Relaxed)),
         })
         .to_string();
         let mut cmd = self.cmd.clone();
@@ -439,6 +473,98 @@ impl Inner {
                 .exec_async(&mut cmd),
         )
         .await
+    }
+
+    /// Listens to the control channels (after every (re)connect), and advertises it in the
+    /// registry the first time.
+    async fn subscribe_control(&self) -> Result<(), BrokerError> {
+        // One name per command: they hash to different slots.
+        self.subscribe_names(&[CONTROL_CHANNEL.to_string()]).await?;
+        self.subscribe_names(&[answers_channel(&self.node.id)])
+            .await?;
+        if !self.control_ready.swap(true, Ordering::Relaxed) {
+            self.heartbeat().await?;
+        }
+        Ok(())
+    }
+
+    /// The live nodes, each with whether it answers control traffic.
+    async fn registry(&self) -> Result<Vec<(NodeInfo, bool)>, BrokerError> {
+        let mut cmd = self.cmd.clone();
+        let raw: HashMap<String, String> =
+            bounded(redis::cmd("HGETALL").arg(NODES_KEY).query_async(&mut cmd)).await?;
+        let ids: Vec<String> = raw.keys().cloned().collect();
+        let alive = self.alive(&ids).await?;
+        Ok(raw
+            .into_iter()
+            .filter(|(id, _)| alive.contains(id))
+            .filter_map(|(_, json)| {
+                let v: serde_json::Value = serde_json::from_str(&json).ok()?;
+                let info = NodeInfo {
+                    id: v["id"].as_str()?.to_string(),
+                    name: v["name"].as_str().unwrap_or_default().to_string(),
+                    url: v["url"].as_str().unwrap_or_default().to_string(),
+                    num_clients: v["num_clients"].as_u64().unwrap_or(0) as usize,
+                    num_channels: v["num_channels"].as_u64().unwrap_or(0) as usize,
+                    uptime_secs: v["uptime"].as_u64().unwrap_or(0),
+                };
+                Some((info, v["ctl"].as_u64().unwrap_or(0) >= 1))
+            })
+            .collect())
+    }
+
+    /// Publishes a control frame on `channel`.
+    async fn send_control(&self, channel: &str, frame: &ControlFrame) -> Result<(), BrokerError> {
+        let mut cmd = self.cmd.clone();
+        bounded(
+            redis::cmd(self.publish_cmd())
+                .arg(channel)
+                .arg(codec::encode_control(frame))
+                .exec_async(&mut cmd),
+        )
+        .await
+    }
+
+    /// A frame from a control channel.
+    fn on_control_frame(self: &Arc<Self>, handler: &Arc<dyn BrokerHandler>, msg: &Bytes) {
+        let Some(frame) = codec::decode_control(msg) else {
+            tracing::debug!("unknown control message ignored");
+            return;
+        };
+        match frame {
+            ControlFrame::Command { origin, body } => {
+                // The sender applied it itself.
+                if origin != self.node.id {
+                    handler.on_control(body);
+                }
+            }
+            ControlFrame::Question { origin, id, body } => {
+                if origin == self.node.id {
+                    return;
+                }
+                // Answered on a task of its own: computing the answer and publishing it
+                // must not delay the publications behind it on this connection.
+                let inner = Arc::clone(self);
+                let handler = Arc::clone(handler);
+                tokio::spawn(async move {
+                    let answer = ControlFrame::Answer {
+                        node: inner.node.id.clone(),
+                        id,
+                        body: handler.on_survey(body),
+                    };
+                    if let Err(e) = inner.send_control(&answers_channel(&origin), &answer).await {
+                        tracing::debug!(node = %origin, "survey answer not sent: {e}");
+                    }
+                });
+            }
+            ControlFrame::Answer { node, id, body } => {
+                let surveys = self.surveys.lock().unwrap_or_else(|e| e.into_inner());
+                // A survey that gave up already has no entry: the late answer is dropped.
+                if let Some(tx) = surveys.get(&id) {
+                    let _ = tx.send((node, body));
+                }
+            }
+        }
     }
 
     /// After a reconnect: subscribe again and report every channel's top.
@@ -577,7 +703,7 @@ impl Inner {
     }
 
     /// Hands one push from the subscription connection to the node.
-    fn on_push(&self, push: PushInfo) {
+    fn on_push(self: &Arc<Self>, push: PushInfo) {
         match push.kind {
             PushKind::Disconnection => {
                 self.connected.store(false, Ordering::Relaxed);
@@ -591,12 +717,19 @@ impl Inner {
                 let (Some(ch), Some(msg)) = (bytes_of(ch), bytes_of(msg)) else {
                     return;
                 };
+                let Some(handler) = self.handler.get() else {
+                    return;
+                };
+                if ch == CONTROL_CHANNEL.as_bytes()
+                    || ch == answers_channel(&self.node.id).as_bytes()
+                {
+                    self.on_control_frame(handler, &msg);
+                    return;
+                }
                 let Some(channel) = channel_of(&ch) else {
                     return;
                 };
-                if let Some(handler) = self.handler.get() {
-                    self.dispatch(handler.as_ref(), channel, msg);
-                }
+                self.dispatch(handler.as_ref(), channel, msg);
             }
             _ => {}
         }
@@ -693,7 +826,10 @@ async fn maintain(weak: std::sync::Weak<Inner>) {
                     let mut sub = inner.sub.clone();
                     let ping = bounded(redis::cmd("PING").exec_async(&mut sub)).await;
                     let restored = match ping {
-                        Ok(()) if was_resync => inner.resubscribe().await,
+                        Ok(()) => match inner.subscribe_control().await {
+                            Ok(()) if was_resync => inner.resubscribe().await,
+                            other => other,
+                        },
                         other => other,
                     };
                     if let Err(e) = restored {
@@ -1072,29 +1208,110 @@ impl Broker for RedisBroker {
 
     fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeInfo>, BrokerError>> {
         Box::pin(async move {
-            let mut cmd = self.inner.cmd.clone();
-            let raw: HashMap<String, String> =
-                bounded(redis::cmd("HGETALL").arg(NODES_KEY).query_async(&mut cmd)).await?;
-            let ids: Vec<String> = raw.keys().cloned().collect();
-            let alive = self.inner.alive(&ids).await?;
-            let mut nodes: Vec<NodeInfo> = raw
+            let mut nodes: Vec<NodeInfo> = self
+                .inner
+                .registry()
+                .await?
                 .into_iter()
-                .filter(|(id, _)| alive.contains(id))
-                .filter_map(|(_, json)| {
-                    let v: serde_json::Value = serde_json::from_str(&json).ok()?;
-                    Some(NodeInfo {
-                        id: v["id"].as_str()?.to_string(),
-                        name: v["name"].as_str().unwrap_or_default().to_string(),
-                        url: v["url"].as_str().unwrap_or_default().to_string(),
-                        num_clients: v["num_clients"].as_u64().unwrap_or(0) as usize,
-                        num_channels: v["num_channels"].as_u64().unwrap_or(0) as usize,
-                        uptime_secs: v["uptime"].as_u64().unwrap_or(0),
-                    })
-                })
+                .map(|(info, _)| info)
                 .collect();
             nodes.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
             Ok(nodes)
         })
+    }
+
+    fn control(&self, command: Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let inner = &*self.inner;
+            if !inner.connected.load(Ordering::Relaxed) {
+                return Err(unavailable("not connected to Redis"));
+            }
+            let frame = ControlFrame::Command {
+                origin: inner.node.id.clone(),
+                body: command,
+            };
+            inner.send_control(CONTROL_CHANNEL, &frame).await
+        })
+    }
+
+    fn survey(&self, request: Bytes) -> BoxFuture<'_, Result<Vec<SurveyAnswer>, BrokerError>> {
+        Box::pin(async move {
+            let inner = &*self.inner;
+            if !inner.connected.load(Ordering::Relaxed) {
+                return Err(unavailable("not connected to Redis"));
+            }
+            let deadline = tokio::time::Instant::now() + SURVEY_WAIT;
+            let mut waiting: HashSet<String> = inner
+                .registry()
+                .await?
+                .into_iter()
+                .filter(|(info, ctl)| *ctl && info.id != inner.node.id)
+                .map(|(info, _)| info.id)
+                .collect();
+            if waiting.is_empty() {
+                return Ok(Vec::new());
+            }
+            let id = inner.next_survey.fetch_add(1, Ordering::Relaxed);
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            // Registered before the question goes out, so no answer can come first; removed
+            // however this future ends (answered, timed out, or dropped by its caller).
+            let _pending = Pending::register(inner, id, tx);
+            let question = ControlFrame::Question {
+                origin: inner.node.id.clone(),
+                id,
+                body: request,
+            };
+            inner.send_control(CONTROL_CHANNEL, &question).await?;
+            let mut answers: HashMap<String, Bytes> = HashMap::new();
+            while !waiting.is_empty() {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some((node, body))) => {
+                        waiting.remove(&node);
+                        answers.insert(node, body);
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        let mut missing: Vec<String> = waiting.into_iter().collect();
+                        missing.sort();
+                        return Err(unavailable(format!(
+                            "no answer in time from node(s) {}",
+                            missing.join(", ")
+                        )));
+                    }
+                }
+            }
+            Ok(answers
+                .into_iter()
+                .map(|(node, data)| SurveyAnswer { node, data })
+                .collect())
+        })
+    }
+}
+
+/// A survey's entry in [`Inner::surveys`], removed when dropped.
+struct Pending<'a> {
+    inner: &'a Inner,
+    id: u64,
+}
+
+impl<'a> Pending<'a> {
+    fn register(inner: &'a Inner, id: u64, tx: mpsc::UnboundedSender<(String, Bytes)>) -> Self {
+        inner
+            .surveys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        Pending { inner, id }
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.inner
+            .surveys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
     }
 }
 
@@ -1117,6 +1334,103 @@ mod tests {
         assert_eq!(e.len(), 8);
         assert!(e.chars().all(|c| c.is_ascii_alphanumeric()));
         assert_eq!(new_node_id().len(), 16);
+    }
+
+    /// Records what the broker hands to the node.
+    #[derive(Default)]
+    struct Recorder {
+        commands: Mutex<Vec<Bytes>>,
+    }
+
+    impl BrokerHandler for Recorder {
+        fn on_publication(&self, _: Arc<Publication>, _: Option<switchboard_core::ConnId>) {}
+        fn on_member_event(&self, _: &str, _: bool, _: ClientInfo) {}
+        fn on_resync(&self, _: &str, _: StreamPosition) {}
+        fn local_stats(&self) -> (usize, usize) {
+            (0, 0)
+        }
+        fn on_control(&self, command: Bytes) {
+            self.commands.lock().unwrap().push(command);
+        }
+    }
+
+    fn push(channel: &str, frame: &ControlFrame) -> PushInfo {
+        PushInfo {
+            kind: PushKind::SMessage,
+            data: vec![
+                Value::BulkString(channel.as_bytes().to_vec()),
+                Value::BulkString(codec::encode_control(frame)),
+            ],
+        }
+    }
+
+    #[tokio::test]
+    async fn control_frames_reach_the_handler_except_the_nodes_own_and_answers_reach_their_survey()
+    {
+        // Nothing listens on port 1: the connections stay lazy and nothing is sent.
+        let broker = RedisBroker::start(RedisConfig {
+            url: "redis://127.0.0.1:1/0".into(),
+            node: NodeInfo {
+                id: "me".into(),
+                ..NodeInfo::default()
+            },
+            lease: DEFAULT_LEASE,
+        })
+        .unwrap();
+        let recorder = Arc::new(Recorder::default());
+        broker.start(recorder.clone());
+        let inner = &broker.inner;
+        let command = |origin: &str, body: &'static [u8]| ControlFrame::Command {
+            origin: origin.into(),
+            body: Bytes::from_static(body),
+        };
+        inner.on_push(push(CONTROL_CHANNEL, &command("me", b"mine")));
+        inner.on_push(push(CONTROL_CHANNEL, &command("other", b"theirs")));
+        // A frame kind from a later version, and a command on a channel's pub/sub name.
+        inner.on_push(PushInfo {
+            kind: PushKind::Message,
+            data: vec![
+                Value::BulkString(CONTROL_CHANNEL.as_bytes().to_vec()),
+                Value::BulkString(b"zother\nlater".to_vec()),
+            ],
+        });
+        inner.on_push(push(&pubsub_channel("room"), &command("other", b"no")));
+        assert_eq!(
+            *recorder.commands.lock().unwrap(),
+            vec![Bytes::from_static(b"theirs")],
+            "only the other node's command, once"
+        );
+
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let pending = Pending::register(inner, 41, tx);
+        let answer = |id| ControlFrame::Answer {
+            node: "other".into(),
+            id,
+            body: Bytes::from_static(b"{}"),
+        };
+        inner.on_push(push(&answers_channel("me"), &answer(41)));
+        inner.on_push(push(&answers_channel("me"), &answer(40)));
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            ("other".to_string(), Bytes::from_static(b"{}"))
+        );
+        assert!(
+            rx.try_recv().is_err(),
+            "an answer to another survey is dropped"
+        );
+        drop(pending);
+        assert!(inner.surveys.lock().unwrap().is_empty());
+        // While Redis is unreachable both fail at once, temporarily.
+        assert!(broker
+            .control(Bytes::from_static(b"x"))
+            .await
+            .unwrap_err()
+            .is_temporary());
+        assert!(broker
+            .survey(Bytes::from_static(b"x"))
+            .await
+            .unwrap_err()
+            .is_temporary());
     }
 
     #[test]
