@@ -152,6 +152,8 @@ struct Inner {
     pushes: Mutex<Option<mpsc::UnboundedReceiver<PushInfo>>>,
     /// This node listens to the control channels (advertised in its registry entry).
     control_ready: AtomicBool,
+    /// `sb:ctl:<node>`, computed once: every pushed message is compared with it.
+    answers: String,
     /// Surveys waiting for answers, by question id.
     surveys: Mutex<HashMap<u64, mpsc::UnboundedSender<(String, Bytes)>>>,
     next_survey: AtomicU64,
@@ -346,7 +348,7 @@ impl RedisBroker {
         let inner = Arc::new(Inner {
             cmd,
             sub,
-            node: config.node,
+            node: config.node.clone(),
             lease: config.lease.max(Duration::from_millis(300)),
             sharded: AtomicBool::new(true),
             connected: AtomicBool::new(false),
@@ -360,6 +362,7 @@ impl RedisBroker {
             remove: Script::new(REMOVE_LUA),
             pushes: Mutex::new(Some(rx)),
             control_ready: AtomicBool::new(false),
+            answers: answers_channel(&config.node.id),
             surveys: Mutex::new(HashMap::new()),
             next_survey: AtomicU64::new(1),
         });
@@ -480,7 +483,7 @@ impl Inner {
     async fn subscribe_control(&self) -> Result<(), BrokerError> {
         // One name per command: they hash to different slots.
         self.subscribe_names(&[CONTROL_CHANNEL.to_string()]).await?;
-        self.subscribe_names(&[answers_channel(&self.node.id)])
+        self.subscribe_names(std::slice::from_ref(&self.answers))
             .await?;
         if !self.control_ready.swap(true, Ordering::Relaxed) {
             self.heartbeat().await?;
@@ -720,9 +723,7 @@ impl Inner {
                 let Some(handler) = self.handler.get() else {
                     return;
                 };
-                if ch == CONTROL_CHANNEL.as_bytes()
-                    || ch == answers_channel(&self.node.id).as_bytes()
-                {
+                if ch == CONTROL_CHANNEL.as_bytes() || ch == self.answers.as_bytes() {
                     self.on_control_frame(handler, &msg);
                     return;
                 }
