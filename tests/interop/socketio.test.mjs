@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { io } from 'socket.io-client';
 import { Centrifuge } from 'centrifuge';
-import { WebSocket, Inbox, startServer, join, withTimeout, binaryPath } from './lib/harness.mjs';
+import { WebSocket, Inbox, startServer, join, withTimeout, binaryPath, collectEvents as collect } from './lib/harness.mjs';
 
 const SECRET = 'socketio-test-secret';
 const API_KEY = 'socketio-api-key';
@@ -66,28 +66,6 @@ function mint(args) {
 /** Resolves with the args of the first `event` on `emitter`. */
 function once(emitter, event, what = event) {
   return withTimeout(new Promise((resolve) => emitter.once(event, (...args) => resolve(args))), what);
-}
-
-/** Records every `event` a socket receives (its argument list) and awaits counts. */
-function collect(socket, event) {
-  const got = [];
-  const waiters = [];
-  socket.on(event, (...args) => {
-    got.push(args);
-    for (const w of waiters.splice(0)) w();
-  });
-  return {
-    got,
-    until(n, what = `${n} "${event}" events`) {
-      return withTimeout(
-        new Promise((resolve) => {
-          const check = () => (got.length >= n ? resolve(got) : waiters.push(check));
-          check();
-        }),
-        what,
-      );
-    },
-  };
 }
 
 describe('socket.io-client against /socket.io/', () => {

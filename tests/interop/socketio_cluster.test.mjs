@@ -9,34 +9,12 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { io } from 'socket.io-client';
-import { WebSocket, withTimeout } from './lib/harness.mjs';
+import { WebSocket, withTimeout, collectEvents as collect } from './lib/harness.mjs';
 import { redisAvailable } from './lib/redis.mjs';
 import { startRoundRobinProxy } from './lib/rr_proxy.mjs';
 import { startCluster, api, until } from './lib/cluster.mjs';
 
 const haveRedis = await redisAvailable();
-
-/** Records every `event` a socket receives and awaits counts. */
-function collect(socket, event) {
-  const got = [];
-  const waiters = [];
-  socket.on(event, (...args) => {
-    got.push(args);
-    for (const w of waiters.splice(0)) w();
-  });
-  return {
-    got,
-    until(n, what = `${n} "${event}" events`) {
-      return withTimeout(
-        new Promise((resolve) => {
-          const check = () => (got.length >= n ? resolve(got) : waiters.push(check));
-          check();
-        }),
-        what,
-      );
-    },
-  };
-}
 
 describe('socket.io on two nodes with Redis', { skip: !haveRedis && 'redis-server is not installed' }, () => {
   let cluster;

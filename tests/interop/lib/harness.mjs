@@ -222,4 +222,30 @@ export async function join(url, options = {}) {
   return inbox;
 }
 
+/**
+ * Records every `event` an emitter (a socket.io socket, a centrifuge subscription, ...) gives,
+ * as the list of its arguments, and waits for counts: `until(n)` resolves with all records
+ * once there are `n` of them (bounded by WAIT_MS).
+ */
+export function collectEvents(emitter, event) {
+  const got = [];
+  const waiters = [];
+  emitter.on(event, (...args) => {
+    got.push(args);
+    for (const w of waiters.splice(0)) w();
+  });
+  return {
+    got,
+    until(n, what = `${n} "${event}" events`) {
+      return withTimeout(
+        new Promise((resolve) => {
+          const check = () => (got.length >= n ? resolve(got) : waiters.push(check));
+          check();
+        }),
+        what,
+      );
+    },
+  };
+}
+
 export { WebSocket, REPO_ROOT, PROBE };
