@@ -34,12 +34,23 @@
 //! # Gaps
 //!
 //! The node remembers the latest offset it saw per channel. A publication that skips
-//! offsets (a message lost between the store and this node, e.g. across a reconnect), a
-//! new epoch, or a resync after a reconnect whose top differs from what was seen, means
-//! local subscribers may have missed something: the gap handler
-//! ([`Node::set_gap_handler`]) is called with the channel, and drivers tell their clients
-//! (the Centrifugo driver sends an `unsubscribe` push with code 2500 "insufficient state",
-//! so the SDK resubscribes with recovery).
+//! offsets (a message lost between the store and this node, e.g. across a reconnect), or
+//! a resync after a reconnect whose top is beyond what was seen, means local subscribers
+//! missed something. When the channel keeps history in the broker, the node **fills the
+//! gap**: it reads the missing range from the broker's stream and delivers it to local
+//! members before the publication that revealed the gap (for a resync: up to the new
+//! top), so every member still gets every publication once and in order, whatever its
+//! protocol. While a fill runs, live publications of that channel are held back; when it
+//! completes they follow, minus those the fill already delivered. Other channels are
+//! delivered as usual meanwhile, and no lock is held across the read. Fills run in
+//! [`Node::run_background`].
+//!
+//! Only when the range cannot be filled (no history in the namespace, a new epoch, the
+//! range trimmed or expired from history, the broker unreachable) does the node fall back
+//! to telling: the held publications are delivered as they are and the gap handler
+//! ([`Node::set_gap_handler`]) is called with the channel. Drivers tell their clients (the
+//! Centrifugo driver sends an `unsubscribe` push with code 2500 "insufficient state", so
+//! the SDK resubscribes with recovery); other clients cannot be told.
 //!
 //! # Control between nodes
 //!
@@ -48,8 +59,12 @@
 //! [`Node::set_control_handler`]. The caller applies a command to (or answers a question
 //! for) its own node itself: the broker never echoes them back, so nothing is applied twice.
 //! On a single node both reach nobody and resolve at once.
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
+use std::task::Poll;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -103,6 +118,56 @@ pub trait ControlHandler: Send + Sync {
     fn on_survey(&self, request: &[u8]) -> Bytes;
 }
 
+/// Most publications one read of a gap fill asks the broker for.
+const FILL_BATCH: u64 = 1000;
+
+/// What the node tracks per listened channel: gap detection and filling.
+struct Track {
+    /// Latest position seen (while a fill runs: delivered so far, owned by the fill).
+    last: StreamPosition,
+    /// The fill in progress, if any.
+    fill: Option<Fill>,
+}
+
+/// A gap fill in progress for one channel.
+struct Fill {
+    /// Tells this fill from a later one of the same channel (the channel may be dropped
+    /// and listened to again while a read is in flight).
+    id: u64,
+    /// Fill from history up to this offset (in the epoch of [`Track::last`]).
+    upto: u64,
+    /// Live publications held back until the fill is done, in arrival order.
+    held: VecDeque<(Arc<Publication>, Option<ConnId>)>,
+    /// A resync found a new epoch meanwhile: the range cannot be filled any more.
+    new_epoch: Option<StreamPosition>,
+}
+
+/// What a fill does next, decided under the lock and done outside it.
+enum FillStep {
+    Read { after: StreamPosition, upto: u64 },
+    Done,
+}
+
+/// What to do with a live publication, given the channel's latest position.
+enum Arrival {
+    /// Next in order (or at or below what was seen: a subscribe read the top first).
+    Deliver,
+    /// Offsets between were skipped: fill up to this offset first.
+    Fill(u64),
+    /// A new epoch: the old stream is gone, nothing can be filled.
+    Gap,
+}
+
+fn arrival(last: StreamPosition, p: &Publication) -> Arrival {
+    if p.epoch != last.epoch {
+        Arrival::Gap
+    } else if p.offset > last.offset + 1 {
+        Arrival::Fill(p.offset - 1)
+    } else {
+        Arrival::Deliver
+    }
+}
+
 /// Background work queued by the hub's leave notifications and the broker's resyncs.
 enum Task {
     /// The store came back (possibly empty): write this node's presence entries of the
@@ -120,8 +185,12 @@ struct NodeInner {
     hub: Hub,
     broker: Arc<dyn Broker>,
     shared: bool,
-    /// Latest position seen per listened channel (gap detection).
-    seen: Mutex<HashMap<String, StreamPosition>>,
+    /// Latest position seen per listened channel, and gap fills in progress.
+    seen: Mutex<HashMap<String, Track>>,
+    /// Gap fills to run: channel and fill id.
+    fills: mpsc::UnboundedSender<(String, u64)>,
+    fills_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, u64)>>>,
+    next_fill: AtomicU64,
     /// Channels the broker listens to for this node. Held across the broker call that
     /// changes it, so a subscribe and an unsubscribe of one channel never interleave.
     listening: tokio::sync::Mutex<HashSet<String>>,
@@ -164,12 +233,16 @@ impl Node {
     pub fn with_broker(hub: Hub, broker: Arc<dyn Broker>) -> Node {
         let shared = broker.is_shared();
         let (tx, rx) = mpsc::unbounded_channel();
+        let (fills, fills_rx) = mpsc::unbounded_channel();
         let node = Node {
             inner: Arc::new(NodeInner {
                 hub,
                 broker,
                 shared,
                 seen: Mutex::new(HashMap::new()),
+                fills,
+                fills_rx: Mutex::new(Some(fills_rx)),
+                next_fill: AtomicU64::new(1),
                 listening: tokio::sync::Mutex::new(HashSet::new()),
                 tasks: tx,
                 tasks_rx: Mutex::new(Some(rx)),
@@ -241,18 +314,30 @@ impl Node {
     }
 
     /// The work a shared broker needs done outside the hub's locks (presence removal,
-    /// leave events to other nodes, stopping to listen to emptied channels). The server
-    /// spawns it once; it runs until the node is dropped. Resolves at once for the
-    /// in-memory broker, or when called a second time.
+    /// leave events to other nodes, stopping to listen to emptied channels, gap fills).
+    /// The server spawns it once; it runs until the node is dropped. Resolves at once for
+    /// the in-memory broker, or when called a second time.
+    ///
+    /// Leave work runs one task after the other; gap fills run concurrently with it and
+    /// with each other, so a slow read for one channel delays no other channel.
     pub fn run_background(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let rx = self.inner.tasks_rx.lock().take();
+        let fills_rx = self.inner.fills_rx.lock().take();
         let weak = Arc::downgrade(&self.inner);
         async move {
-            let Some(mut rx) = rx else { return };
-            while let Some(task) = rx.recv().await {
-                let Some(inner) = weak.upgrade() else { return };
-                inner.run_task(task).await;
-            }
+            let (Some(mut rx), Some(fills_rx)) = (rx, fills_rx) else {
+                return;
+            };
+            let tasks_weak = weak.clone();
+            let tasks = async move {
+                while let Some(task) = rx.recv().await {
+                    let Some(inner) = tasks_weak.upgrade() else {
+                        return;
+                    };
+                    inner.run_task(task).await;
+                }
+            };
+            both(tasks, run_fills(weak, fills_rx)).await;
         }
     }
 
@@ -369,7 +454,7 @@ impl Node {
                 Ok(s) => s,
                 Err(e) => return Err(undo(e.into())),
             };
-            inner.saw(channel, slice.top, false);
+            inner.saw_top(channel, slice.top);
             result.position = slice.top;
             result.recovery = since.map(|since| recovery(slice, since));
         } else {
@@ -512,34 +597,179 @@ impl NodeInner {
         Ok(())
     }
 
-    /// Records that `position` was seen in `channel`; returns whether it reveals a gap.
-    /// `live`: from the stream (a jump is a gap); otherwise a top read from the store,
-    /// which only moves the mark forward.
-    fn saw(&self, channel: &str, position: StreamPosition, live: bool) -> bool {
+    /// Records a top read from the store for `channel` (a subscribe): it only moves the
+    /// mark forward, and never while a fill owns it.
+    fn saw_top(&self, channel: &str, top: StreamPosition) {
         let mut seen = self.seen.lock();
         match seen.get_mut(channel) {
-            Some(last) if last.epoch == position.epoch => {
-                let gap = live && position.offset > last.offset + 1;
-                if position.offset > last.offset {
-                    *last = position;
-                }
-                gap
+            Some(track) if track.fill.is_some() => {}
+            Some(track) if track.last.epoch == top.epoch => {
+                track.last.offset = track.last.offset.max(top.offset);
             }
-            Some(last) => {
-                *last = position;
-                live
-            }
+            Some(track) => track.last = top,
             None => {
-                seen.insert(channel.to_string(), position);
-                false
+                seen.insert(channel.to_string(), Track::at(top));
             }
         }
     }
 
-    fn gap(&self, channel: &str) {
-        tracing::info!(channel, "subscribers may have missed publications");
+    /// Starts filling `track` of `channel` up to `upto`; returns the fill, or `None` (and
+    /// starts nothing) when the channel keeps no history, so there is nothing to fill
+    /// from, or when nothing runs fills any more.
+    fn start_fill<'t>(
+        &self,
+        channel: &str,
+        track: &'t mut Track,
+        upto: u64,
+    ) -> Option<&'t mut Fill> {
+        let fillable = self
+            .hub
+            .namespaces()
+            .options(channel)
+            .is_ok_and(|o| o.history_enabled());
+        if !fillable {
+            return None;
+        }
+        let id = self.next_fill.fetch_add(1, Ordering::Relaxed);
+        self.fills.send((channel.to_string(), id)).ok()?;
+        Some(track.fill.insert(Fill {
+            id,
+            upto,
+            held: VecDeque::new(),
+            new_epoch: None,
+        }))
+    }
+
+    /// A gap that could not be filled: the subscribers are told.
+    fn gap(&self, channel: &str, why: &str) {
+        tracing::warn!(
+            channel,
+            reason = why,
+            "subscribers may have missed publications: gap not filled"
+        );
         if let Some(handler) = self.on_gap.get() {
             handler(channel);
+        }
+    }
+
+    /// Runs the fill `id` of `channel` to its end (see the module documentation): reads
+    /// the missing range in batches, delivers it, then the held publications, filling
+    /// again when they reveal another gap. Falls back to the gap handler when the broker
+    /// cannot give the range.
+    async fn fill(&self, channel: &str, id: u64) {
+        let options = match self.hub.namespaces().options(channel) {
+            Ok(o) => Arc::clone(o),
+            Err(_) => Arc::new(ChannelOptions::default()),
+        };
+        let mut filled = 0usize;
+        let mut failure: Option<String> = None;
+        loop {
+            let step = self.fill_step(channel, id, &mut failure);
+            let (after, upto) = match step {
+                FillStep::Read { after, upto } => (after, upto),
+                FillStep::Done => break,
+            };
+            let query = HistoryQuery {
+                since: Some(after),
+                limit: Some((upto - after.offset).min(FILL_BATCH) as usize),
+                reverse: false,
+            };
+            let slice = match self.broker.read_stream(channel, &options, query).await {
+                Ok(slice) => slice,
+                Err(e) => {
+                    failure = Some(format!("history read failed: {e}"));
+                    continue;
+                }
+            };
+            if slice.top.epoch != after.epoch {
+                failure = Some("the stream has a new epoch".into());
+                continue;
+            }
+            let mut batch = Vec::new();
+            for p in slice.publications {
+                if p.offset != after.offset + 1 + batch.len() as u64 || p.offset > upto {
+                    break;
+                }
+                batch.push(p);
+            }
+            let Some(end) = batch.last().map(|p| p.offset) else {
+                failure = Some("the range is no longer in history".into());
+                continue;
+            };
+            // The fill owns the channel's delivery (live publications are held), so the
+            // batch goes out without the lock.
+            filled += batch.len();
+            for p in batch {
+                self.hub.deliver(p, None);
+            }
+            let mut seen = self.seen.lock();
+            match seen.get_mut(channel) {
+                Some(track) if track.fill.as_ref().is_some_and(|f| f.id == id) => {
+                    track.last.offset = end;
+                }
+                _ => return,
+            }
+        }
+        match failure {
+            None => tracing::info!(channel, filled, "gap filled from history"),
+            Some(why) => {
+                if filled > 0 {
+                    tracing::info!(channel, filled, "part of a gap filled from history");
+                }
+                self.gap(channel, &why);
+            }
+        }
+    }
+
+    /// Under the lock: the next range a fill reads, or (once everything up to the target
+    /// is delivered, or the fill failed) the held publications delivered and the fill
+    /// ended.
+    fn fill_step(&self, channel: &str, id: u64, failure: &mut Option<String>) -> FillStep {
+        let mut seen = self.seen.lock();
+        let Some(track) = seen.get_mut(channel) else {
+            return FillStep::Done;
+        };
+        let Some(fill) = track.fill.as_mut().filter(|f| f.id == id) else {
+            return FillStep::Done;
+        };
+        if let Some(top) = fill.new_epoch.take() {
+            failure.get_or_insert_with(|| "the stream has a new epoch".into());
+            track.last = top;
+        }
+        loop {
+            if failure.is_none() && fill.upto > track.last.offset {
+                return FillStep::Read {
+                    after: track.last,
+                    upto: fill.upto,
+                };
+            }
+            let Some((p, exclude)) = fill.held.pop_front() else {
+                track.fill = None;
+                return FillStep::Done;
+            };
+            if failure.is_some() {
+                // Falling back: what arrived is delivered as it is, as without a fill.
+                if p.epoch != track.last.epoch || p.offset > track.last.offset {
+                    track.last = p.position();
+                }
+                self.hub.deliver(p, exclude);
+                continue;
+            }
+            match arrival(track.last, &p) {
+                Arrival::Deliver if p.offset <= track.last.offset => {} // filled already
+                Arrival::Deliver => {
+                    track.last = p.position();
+                    self.hub.deliver(p, exclude);
+                }
+                Arrival::Fill(upto) => {
+                    fill.upto = upto;
+                    fill.held.push_front((p, exclude));
+                }
+                Arrival::Gap => {
+                    *failure = Some("the stream has a new epoch".into());
+                    fill.held.push_front((p, exclude));
+                }
+            }
         }
     }
 
@@ -594,6 +824,60 @@ impl NodeInner {
     }
 }
 
+impl Track {
+    fn at(last: StreamPosition) -> Track {
+        Track { last, fill: None }
+    }
+}
+
+/// Runs every gap fill queued on `rx`, concurrently, until the node is dropped.
+async fn run_fills(weak: Weak<NodeInner>, mut rx: mpsc::UnboundedReceiver<(String, u64)>) {
+    type Running = Pin<Box<dyn Future<Output = ()> + Send>>;
+    let mut running: Vec<Running> = Vec::new();
+    let mut open = true;
+    std::future::poll_fn(|cx| {
+        while open {
+            match rx.poll_recv(cx) {
+                Poll::Ready(Some((channel, id))) => {
+                    if let Some(inner) = weak.upgrade() {
+                        running.push(Box::pin(async move { inner.fill(&channel, id).await }));
+                    }
+                }
+                Poll::Ready(None) => open = false,
+                Poll::Pending => break,
+            }
+        }
+        running.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+        if !open && running.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Runs `a` and `b` to completion, concurrently on one task.
+async fn both(a: impl Future<Output = ()>, b: impl Future<Output = ()>) {
+    let mut a = std::pin::pin!(a);
+    let mut b = std::pin::pin!(b);
+    let (mut a_done, mut b_done) = (false, false);
+    std::future::poll_fn(|cx| {
+        if !a_done {
+            a_done = a.as_mut().poll(cx).is_ready();
+        }
+        if !b_done {
+            b_done = b.as_mut().poll(cx).is_ready();
+        }
+        if a_done && b_done {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
 /// The node as the hub's leave listener (weak: the hub must not keep the node alive).
 struct Listener(Weak<NodeInner>);
 
@@ -619,10 +903,39 @@ impl BrokerHandler for Handler {
             return;
         };
         let channel = Arc::clone(&publication.channel);
-        let gap = inner.saw(&channel, publication.position(), true);
-        inner.hub.deliver(publication, exclude);
-        if gap {
-            inner.gap(&channel);
+        // Delivered under the lock: a fill started by a resync meanwhile must not deliver
+        // later publications before this one.
+        let mut seen = inner.seen.lock();
+        let Some(track) = seen.get_mut(&*channel) else {
+            seen.insert(channel.to_string(), Track::at(publication.position()));
+            inner.hub.deliver(publication, exclude);
+            return;
+        };
+        if let Some(fill) = track.fill.as_mut() {
+            fill.held.push_back((publication, exclude));
+            return;
+        }
+        match arrival(track.last, &publication) {
+            Arrival::Deliver => {
+                track.last.offset = track.last.offset.max(publication.offset);
+                inner.hub.deliver(publication, exclude);
+            }
+            Arrival::Fill(upto) => match inner.start_fill(&channel, track, upto) {
+                // It follows the filled range.
+                Some(fill) => fill.held.push_back((publication, exclude)),
+                None => {
+                    track.last = publication.position();
+                    inner.hub.deliver(publication, exclude);
+                    drop(seen);
+                    inner.gap(&channel, "no history to fill from");
+                }
+            },
+            Arrival::Gap => {
+                track.last = publication.position();
+                inner.hub.deliver(publication, exclude);
+                drop(seen);
+                inner.gap(&channel, "the stream has a new epoch");
+            }
         }
     }
 
@@ -639,26 +952,43 @@ impl BrokerHandler for Handler {
         // The store may have lost this node's presence entries (a restart without
         // persistence): write them again.
         let _ = inner.tasks.send(Task::RestorePresence(channel.to_string()));
-        let missed = {
+        let unfilled = {
             let mut seen = inner.seen.lock();
             match seen.get_mut(channel) {
-                Some(last) if last.epoch == top.epoch => {
-                    let missed = top.offset > last.offset;
-                    last.offset = last.offset.max(top.offset);
-                    missed
+                Some(track) if track.fill.is_some() => {
+                    // A fill runs already: make it go up to the new top too.
+                    let same_epoch = track.last.epoch == top.epoch;
+                    if let Some(fill) = track.fill.as_mut() {
+                        if same_epoch {
+                            fill.upto = fill.upto.max(top.offset);
+                        } else {
+                            fill.new_epoch = Some(top);
+                        }
+                    }
+                    None
                 }
-                Some(last) => {
-                    *last = top;
-                    true
+                Some(track) if track.last.epoch == top.epoch => {
+                    if top.offset > track.last.offset
+                        && inner.start_fill(channel, track, top.offset).is_none()
+                    {
+                        track.last.offset = top.offset;
+                        Some("no history to fill from")
+                    } else {
+                        None
+                    }
+                }
+                Some(track) => {
+                    track.last = top;
+                    Some("the stream has a new epoch")
                 }
                 None => {
-                    seen.insert(channel.to_string(), top);
-                    false
+                    seen.insert(channel.to_string(), Track::at(top));
+                    None
                 }
             }
         };
-        if missed {
-            inner.gap(channel);
+        if let Some(why) = unfilled {
+            inner.gap(channel, why);
         }
     }
 
@@ -717,6 +1047,10 @@ mod tests {
         down: std::sync::atomic::AtomicBool,
         /// Commands sent to the other nodes, and the questions asked them.
         sent: Mutex<Vec<Bytes>>,
+        /// Per channel: history was trimmed up to this offset (included).
+        trimmed: Mutex<HashMap<String, u64>>,
+        /// Stream reads asked of the broker.
+        reads: std::sync::atomic::AtomicUsize,
     }
 
     const EPOCH: &str = "fakeepoc";
@@ -802,8 +1136,13 @@ mod tests {
             _options: &'a ChannelOptions,
             query: HistoryQuery,
         ) -> BoxFuture<'a, Result<StreamSlice, BrokerError>> {
-            // Publications racing with the subscribe: they reach the hub (and the new
-            // member) before the read sees the stream.
+            self.reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Err(e) = self.check() {
+                return ready(Err(e));
+            }
+            // Publications racing with the read (a subscribe, a gap fill): they reach the
+            // hub before the read sees the stream.
             let racing: Vec<_> = self.during_read.lock().drain(..).collect();
             for (ch, payload) in racing {
                 let p = self.append(&ch, payload);
@@ -811,13 +1150,18 @@ mod tests {
             }
             let streams = self.streams.lock();
             let s = streams.get(channel).cloned().unwrap_or_default();
+            let gone = self.trimmed.lock().get(channel).copied().unwrap_or(0);
             let after = query.since.map_or(0, |p| p.offset);
-            let publications: Vec<_> = s.iter().filter(|p| p.offset > after).cloned().collect();
+            let publications: Vec<_> = s
+                .iter()
+                .filter(|p| p.offset > after && p.offset > gone)
+                .cloned()
+                .collect();
             let limit = query.limit.unwrap_or(usize::MAX);
             ready(Ok(StreamSlice {
                 publications: publications.into_iter().take(limit).collect(),
                 top: StreamPosition::new(s.len() as u64, Epoch::parse(EPOCH).unwrap()),
-                oldest: s.first().map(|p| p.offset),
+                oldest: s.iter().map(|p| p.offset).find(|&o| o > gone),
             }))
         }
         fn remove_history<'a>(
@@ -1054,35 +1398,203 @@ mod tests {
         assert!(broker.listening.lock().contains("h:c"));
     }
 
-    #[tokio::test]
-    async fn a_jump_in_the_live_stream_or_a_resync_beyond_it_is_reported_as_a_gap() {
-        let (node, broker) = shared_node();
+    /// Records the channels the gap handler is called with.
+    fn gap_recorder(node: &Node) -> Arc<Mutex<Vec<String>>> {
         let gaps = Arc::new(Mutex::new(Vec::<String>::new()));
         let g = Arc::clone(&gaps);
         node.set_gap_handler(Arc::new(move |ch: &str| g.lock().push(ch.to_string())));
+        gaps
+    }
+
+    fn offsets(out: &mut Outbox) -> Vec<u64> {
+        drain(out).iter().map(|p| p.offset).collect()
+    }
+
+    /// Drains `out` until `n` publications arrived (bounded); returns their offsets.
+    async fn collect(out: &mut Outbox, n: usize) -> Vec<u64> {
+        let mut got = Vec::new();
+        for _ in 0..500 {
+            got.extend(offsets(out));
+            if got.len() >= n {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("only {got:?} arrived, {n} expected");
+    }
+
+    #[tokio::test]
+    async fn without_history_a_jump_or_a_resync_beyond_it_is_reported_as_a_gap() {
+        let (node, broker) = shared_node();
+        tokio::spawn(node.run_background());
+        let gaps = gap_recorder(&node);
         let (conn, mut out) = node.hub().register(ConnInfo::default()).unwrap();
-        node.subscribe(&conn, "h:g", SubscribeOptions::default())
+        node.subscribe(&conn, "plain", SubscribeOptions::default())
             .await
             .unwrap();
-        let p1 = broker.append("h:g", Payload::text("a"));
+        let p1 = broker.append("plain", Payload::text("a"));
         broker.emit(p1);
-        let _lost = broker.append("h:g", Payload::text("b"));
-        let p3 = broker.append("h:g", Payload::text("c"));
+        let _lost = broker.append("plain", Payload::text("b"));
+        let p3 = broker.append("plain", Payload::text("c"));
         broker.emit(p3);
-        assert_eq!(*gaps.lock(), vec!["h:g".to_string()]);
+        assert_eq!(*gaps.lock(), vec!["plain".to_string()]);
         // Delivered anyway: the client learns of the gap, it does not lose more.
-        assert_eq!(drain(&mut out).len(), 2);
+        assert_eq!(offsets(&mut out), vec![1, 3]);
+        assert_eq!(broker.reads.load(std::sync::atomic::Ordering::Relaxed), 0);
 
         let handler = broker.handler.lock().clone().unwrap();
-        handler.on_resync("h:g", StreamPosition::new(3, Epoch::parse(EPOCH).unwrap()));
+        handler.on_resync(
+            "plain",
+            StreamPosition::new(3, Epoch::parse(EPOCH).unwrap()),
+        );
         assert_eq!(gaps.lock().len(), 1, "nothing missed: same top");
-        handler.on_resync("h:g", StreamPosition::new(5, Epoch::parse(EPOCH).unwrap()));
+        handler.on_resync(
+            "plain",
+            StreamPosition::new(5, Epoch::parse(EPOCH).unwrap()),
+        );
         assert_eq!(gaps.lock().len(), 2, "missed 4 and 5 while disconnected");
         handler.on_resync(
-            "h:g",
+            "plain",
             StreamPosition::new(0, Epoch::parse("other").unwrap()),
         );
         assert_eq!(gaps.lock().len(), 3, "the store lost the stream");
+    }
+
+    #[tokio::test]
+    async fn a_lost_live_publication_is_filled_from_history_in_order_exactly_once() {
+        let (node, broker) = shared_node();
+        tokio::spawn(node.run_background());
+        let gaps = gap_recorder(&node);
+        let (a, mut a_out) = node.hub().register(ConnInfo::default()).unwrap();
+        let (b, mut b_out) = node.hub().register(ConnInfo::default()).unwrap();
+        for conn in [&a, &b] {
+            node.subscribe(conn, "h:f", SubscribeOptions::default())
+                .await
+                .unwrap();
+        }
+        let p1 = broker.append("h:f", Payload::text("1"));
+        broker.emit(p1);
+        // 2 and 3 are stored but never arrive live; 4 reveals the gap.
+        broker.append("h:f", Payload::text("2"));
+        broker.append("h:f", Payload::text("3"));
+        let p4 = broker.append("h:f", Payload::text("4"));
+        broker.emit(p4);
+        for out in [&mut a_out, &mut b_out] {
+            assert_eq!(collect(out, 4).await, vec![1, 2, 3, 4]);
+        }
+        // The stream goes on as usual once the fill is done.
+        wait(|| node.inner.seen.lock()["h:f"].fill.is_none()).await;
+        node.publish("h:f", Payload::text("5"), PublishOptions::default(), None)
+            .await
+            .unwrap();
+        assert_eq!(offsets(&mut a_out), vec![5]);
+        assert_eq!(offsets(&mut b_out), vec![5]);
+        assert!(gaps.lock().is_empty(), "filled: nobody is told of a gap");
+
+        // A resync beyond what was seen is filled up to the new top.
+        broker.append("h:f", Payload::text("6"));
+        broker.append("h:f", Payload::text("7"));
+        let handler = broker.handler.lock().clone().unwrap();
+        handler.on_resync("h:f", StreamPosition::new(7, Epoch::parse(EPOCH).unwrap()));
+        assert_eq!(collect(&mut a_out, 2).await, vec![6, 7]);
+        assert!(gaps.lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_trimmed_range_an_unreachable_store_or_a_new_epoch_fall_back_to_the_gap_handler() {
+        let (node, broker) = shared_node();
+        tokio::spawn(node.run_background());
+        let gaps = gap_recorder(&node);
+        let (a, mut out) = node.hub().register(ConnInfo::default()).unwrap();
+        node.subscribe(&a, "h:t", SubscribeOptions::default())
+            .await
+            .unwrap();
+        let p1 = broker.append("h:t", Payload::text("1"));
+        broker.emit(p1);
+        broker.append("h:t", Payload::text("2"));
+        broker.append("h:t", Payload::text("3"));
+        // History no longer holds 2: the range cannot be filled in order.
+        broker.trimmed.lock().insert("h:t".into(), 2);
+        let p4 = broker.append("h:t", Payload::text("4"));
+        broker.emit(p4);
+        wait(|| gaps.lock().len() == 1).await;
+        assert_eq!(
+            offsets(&mut out),
+            vec![1, 4],
+            "held publication delivered as it is"
+        );
+
+        // The store unreachable during the read: the same fallback.
+        broker.append("h:t", Payload::text("5"));
+        broker
+            .down
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let p6 = broker.append("h:t", Payload::text("6"));
+        broker.emit(p6);
+        wait(|| gaps.lock().len() == 2).await;
+        assert_eq!(offsets(&mut out), vec![6]);
+        broker
+            .down
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+
+        // Untrimmed again (and reachable): the next gap is filled.
+        broker.append("h:t", Payload::text("7"));
+        let p8 = broker.append("h:t", Payload::text("8"));
+        broker.emit(p8);
+        assert_eq!(collect(&mut out, 2).await, vec![7, 8]);
+        assert_eq!(gaps.lock().len(), 2);
+
+        // A resync finding a new epoch cannot be filled.
+        let handler = broker.handler.lock().clone().unwrap();
+        handler.on_resync(
+            "h:t",
+            StreamPosition::new(1, Epoch::parse("other").unwrap()),
+        );
+        assert_eq!(gaps.lock().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn live_publications_during_a_fill_are_held_and_never_delivered_twice() {
+        let (node, broker) = shared_node();
+        let gaps = gap_recorder(&node);
+        let (a, mut out) = node.hub().register(ConnInfo::default()).unwrap();
+        node.subscribe(&a, "h:r", SubscribeOptions::default())
+            .await
+            .unwrap();
+        let (b, mut other_out) = node.hub().register(ConnInfo::default()).unwrap();
+        node.subscribe(&b, "h:other", SubscribeOptions::default())
+            .await
+            .unwrap();
+        let p1 = broker.append("h:r", Payload::text("1"));
+        broker.emit(p1);
+        broker.append("h:r", Payload::text("2"));
+        let p3 = broker.append("h:r", Payload::text("3"));
+        // 3 reveals the gap; the fill is queued but not running yet (no background task).
+        broker.emit(p3);
+        assert_eq!(offsets(&mut out), vec![1], "3 is held until 2 is filled");
+        // A resync reports a top of 4 meanwhile, then 4 arrives live too (published
+        // between the re-subscribe and the top read): both at or below the filled top.
+        let p4 = broker.append("h:r", Payload::text("4"));
+        let handler = broker.handler.lock().clone().unwrap();
+        handler.on_resync("h:r", p4.position());
+        broker.emit(p4);
+        // Another channel is delivered as usual while the fill waits.
+        let o1 = broker.append("h:other", Payload::text("x"));
+        broker.emit(o1);
+        assert_eq!(offsets(&mut other_out), vec![1]);
+        assert_eq!(offsets(&mut out), Vec::<u64>::new());
+        // 5 and 6 arrive live while the fill reads the stream.
+        broker.during_read.lock().extend([
+            ("h:r".to_string(), Payload::text("5")),
+            ("h:r".to_string(), Payload::text("6")),
+        ]);
+        tokio::spawn(node.run_background());
+        assert_eq!(collect(&mut out, 5).await, vec![2, 3, 4, 5, 6]);
+        wait(|| node.inner.seen.lock()["h:r"].fill.is_none()).await;
+        let p7 = broker.append("h:r", Payload::text("7"));
+        broker.emit(p7);
+        assert_eq!(offsets(&mut out), vec![7], "nothing else, nothing twice");
+        assert!(gaps.lock().is_empty());
     }
 
     #[tokio::test]
