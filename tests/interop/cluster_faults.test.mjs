@@ -1,14 +1,25 @@
 // Faults in a three-node cluster on one private Redis: a node killed with SIGKILL while
 // publications flow (its clients move to the other nodes and recover everything, its
-// presence entries vanish within the lease), and Redis restarted mid-run (no crash, a
-// clear temporary error to publishers during the outage, subscriptions restored after,
-// clients told of the possible gap).
+// presence entries vanish within the lease), the nodes' pub/sub connections dropped
+// mid-run (what they missed is filled from history: raw clients get everything once, in
+// order), and Redis restarted mid-run (no crash, a clear temporary error to publishers
+// during the outage, subscriptions restored after, clients told of the possible gap).
 
 import { describe, it, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from './lib/harness.mjs';
 import { redisAvailable } from './lib/redis.mjs';
-import { startCluster, api, health, until, once, connect, subscribe } from './lib/cluster.mjs';
+import {
+  startCluster,
+  api,
+  health,
+  until,
+  once,
+  connect,
+  subscribe,
+  dropPubSub,
+  rawJson,
+} from './lib/cluster.mjs';
 
 const haveRedis = await redisAvailable();
 const skip = !haveRedis && 'redis-server is not installed';
@@ -85,6 +96,86 @@ describe('a node killed with SIGKILL', { skip }, () => {
       return i.body.result.nodes.length === 2 ? i.body.result.nodes : undefined;
     }, 'two live nodes in the info API');
     assert.deepEqual(info.map((n) => n.name).sort(), ['node0', 'node1']);
+  });
+});
+
+describe('pub/sub connections dropped mid-run', { skip }, () => {
+  let cluster;
+  const clients = [];
+  const sockets = [];
+  after(async () => {
+    for (const c of clients) c.disconnect();
+    for (const s of sockets) s.ws.close();
+    await cluster?.close();
+  });
+
+  it('what the nodes missed is filled from history: every client gets every publication once, in order', async () => {
+    // The node's gap log lines (info) tell the test when a drop made a gap.
+    cluster = await startCluster(2, [], { SWITCHBOARD_LOG_LEVEL: 'warn,switchboard_core::node=info' });
+    const [n0, n1] = cluster.nodes;
+    // The default namespace keeps history (see CONFIG): gaps can be filled from it.
+    const channel = 'blips';
+    // Gaps the nodes noticed (filled or not), as their logs tell. A drop only makes a gap
+    // when a publication is sent while a node re-subscribes, so drops go on (a bounded
+    // number of times) until each node has noticed some.
+    const GAPS = 2;
+    const noticed = (node) =>
+      (node.stderr().match(/gap filled from history|subscribers may have missed publications/g) ?? []).length;
+
+    const raws = [];
+    for (const node of [n0, n0, n1, n1]) {
+      const raw = await join(node.wsUrl(`/${channel}`));
+      sockets.push(raw);
+      raws.push(raw);
+    }
+    const cf = await connect(n1);
+    clients.push(cf.c);
+    const s = await subscribe(cf.c, channel);
+    assert.equal(s.ctx.positioned, true);
+    const told = [];
+    s.sub.on('subscribing', (ctx) => told.push(ctx.code));
+
+    let M = 0;
+    const publish = async (n) => {
+      for (let k = 0; k < n; k++) {
+        const r = await api(n0, 'publish', { channel, data: { i: M } });
+        assert.equal(r.status, 200, r.text);
+        M++;
+      }
+    };
+    await publish(50);
+    let drops = 0;
+    while (drops < 40 && (noticed(n0) < GAPS || noticed(n1) < GAPS)) {
+      // Both nodes' subscription connections go, while publications keep flowing.
+      assert.ok(dropPubSub(cluster.redis) >= 2, "both nodes' pub/sub connections dropped");
+      drops++;
+      await publish(60);
+    }
+    assert.ok(noticed(n0) >= GAPS && noticed(n1) >= GAPS, `gaps on both nodes after ${drops} drops`);
+    await publish(50);
+
+    const want = [...Array(M).keys()];
+    const check = (name, got) => {
+      const lost = M - new Set(got).size;
+      const duplicates = got.length - new Set(got).size;
+      assert.equal(lost, 0, `${name}: lost = 0`);
+      assert.equal(duplicates, 0, `${name}: duplicates = 0`);
+      assert.deepEqual(got, want, `${name}: in order`);
+    };
+    for (const [j, raw] of raws.entries()) {
+      const got = await until(() => {
+        const g = rawJson(raw).map((d) => d.i);
+        return g.includes(M - 1) ? g : undefined;
+      }, `the last publication on raw client ${j}`);
+      check(`raw client ${j}`, got);
+    }
+    await s.until((got) => got.some((p) => p.data?.i === M - 1), 'the last publication (centrifuge)');
+    check(
+      'centrifuge client',
+      // (The raw clients' readiness probes are plain-text publications: left out.)
+      s.got.map((p) => p.data).filter((d) => d && typeof d === 'object').map((d) => d.i),
+    );
+    assert.deepEqual(told, [], 'filled: the centrifuge client was never told to resubscribe');
   });
 });
 

@@ -144,8 +144,13 @@ struct Fill {
 
 /// What a fill does next, decided under the lock and done outside it.
 enum FillStep {
-    Read { after: StreamPosition, upto: u64 },
+    Read {
+        after: StreamPosition,
+        upto: u64,
+    },
     Done,
+    /// The channel was dropped (or filled by a later fill) meanwhile.
+    Gone,
 }
 
 /// What to do with a live publication, given the channel's latest position.
@@ -668,6 +673,7 @@ impl NodeInner {
             let (after, upto) = match step {
                 FillStep::Read { after, upto } => (after, upto),
                 FillStep::Done => break,
+                FillStep::Gone => return,
             };
             let query = HistoryQuery {
                 since: Some(after),
@@ -727,10 +733,10 @@ impl NodeInner {
     fn fill_step(&self, channel: &str, id: u64, failure: &mut Option<String>) -> FillStep {
         let mut seen = self.seen.lock();
         let Some(track) = seen.get_mut(channel) else {
-            return FillStep::Done;
+            return FillStep::Gone;
         };
         let Some(fill) = track.fill.as_mut().filter(|f| f.id == id) else {
-            return FillStep::Done;
+            return FillStep::Gone;
         };
         if let Some(top) = fill.new_epoch.take() {
             failure.get_or_insert_with(|| "the stream has a new epoch".into());

@@ -28,16 +28,17 @@ allow_history_for_subscriber = true
 `;
 
 /**
- * Start a private Redis and `n` nodes on it. `args` are extra flags for every node.
+ * Start a private Redis and `n` nodes on it. `args` are extra flags for every node, `env`
+ * extra environment variables (e.g. `SWITCHBOARD_LOG_LEVEL`).
  * Returns { redis, nodes, startNode(i), close() }.
  */
-export async function startCluster(n, args = []) {
+export async function startCluster(n, args = [], env = {}) {
   const redis = await startRedis();
   const dir = mkdtempSync(path.join(tmpdir(), 'sb-cluster-'));
   const file = path.join(dir, 'switchboard.toml');
   writeFileSync(file, CONFIG);
   const startNode = (i) =>
-    startServer(['--config', file, '--broker', redis.url, '--node-name', `node${i}`, ...args]);
+    startServer(['--config', file, '--broker', redis.url, '--node-name', `node${i}`, ...args], { env });
   const nodes = [];
   for (let i = 0; i < n; i++) nodes.push(await startNode(i));
   return {
@@ -159,4 +160,17 @@ export async function subscribe(c, channel, opts = {}) {
       );
     },
   };
+}
+
+/**
+ * Make Redis drop every pub/sub connection (the nodes' subscription connections), as a
+ * network blip would: `CLIENT KILL TYPE pubsub`. Returns how many connections it closed.
+ */
+export function dropPubSub(redis) {
+  return Number(redis.cli('CLIENT', 'KILL', 'TYPE', 'pubsub')[0]);
+}
+
+/** The JSON messages a raw `ws` client (an `Inbox`) received so far, parsed, in order. */
+export function rawJson(inbox) {
+  return inbox.items.filter((m) => m.text !== null).map((m) => JSON.parse(m.text));
 }
