@@ -1,12 +1,16 @@
 // Helpers for the cluster suites: several real `switchboard` processes sharing one
 // private Redis, the HTTP API, bounded polling, and the `centrifuge` SDK.
 
+import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { Centrifuge } from 'centrifuge';
 import { WebSocket, startServer, withTimeout, WAIT_MS } from './harness.mjs';
 import { startRedis } from './redis.mjs';
+
+const execFileP = promisify(execFile);
 
 export const API_KEY = 'cluster-test-key';
 
@@ -164,10 +168,14 @@ export async function subscribe(c, channel, opts = {}) {
 
 /**
  * Make Redis drop every pub/sub connection (the nodes' subscription connections), as a
- * network blip would: `CLIENT KILL TYPE pubsub`. Returns how many connections it closed.
+ * network blip would: `CLIENT KILL TYPE pubsub`. Without blocking the event loop, so
+ * publishers keep going meanwhile. Resolves to how many connections it closed.
  */
-export function dropPubSub(redis) {
-  return Number(redis.cli('CLIENT', 'KILL', 'TYPE', 'pubsub')[0]);
+export async function dropPubSub(redis) {
+  const { stdout } = await execFileP('redis-cli', ['-p', String(redis.port), 'CLIENT', 'KILL', 'TYPE', 'pubsub'], {
+    encoding: 'utf8',
+  });
+  return Number(stdout.trim());
 }
 
 /** The JSON messages a raw `ws` client (an `Inbox`) received so far, parsed, in order. */
