@@ -106,7 +106,8 @@ impl NodeError {
     }
 }
 
-/// Called with a channel whose local subscribers may have missed publications.
+/// Called with a channel whose local subscribers may have missed publications that the
+/// node could not fill from history (see the module documentation).
 pub type GapHandler = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// What this node does with control traffic from other nodes (see the module
