@@ -118,22 +118,12 @@ impl Forwarder {
             parts.headers.remove(name);
         }
         parts.headers.remove(HeaderName::from_static("keep-alive"));
-        parts.headers.insert(
-            HeaderName::from_static(FORWARDED_HEADER),
-            http::HeaderValue::from_static("1"),
-        );
         if !parts.headers.contains_key(HOST) {
             if let Ok(host) = http::HeaderValue::from_str(target) {
                 parts.headers.insert(HOST, host);
             }
         }
-        // HTTP/1.1 to the owner: keep only the path and query in the request line.
-        if let Some(pq) = parts.uri.path_and_query() {
-            if let Ok(uri) = pq.as_str().parse() {
-                parts.uri = uri;
-            }
-        }
-        parts.version = http::Version::HTTP_11;
+        mark_forwarded(&mut parts);
         let req = Request::from_parts(parts, Full::new(body));
         let exchange = self.exchange(req, target);
         match tokio::time::timeout(timeout, exchange).await {
@@ -158,35 +148,13 @@ impl Forwarder {
     ) -> Result<Response<Full<Bytes>>, ForwardError> {
         let client_side = hyper::upgrade::on(&mut req);
         let (mut parts, _) = req.into_parts();
-        parts.headers.insert(
-            HeaderName::from_static(FORWARDED_HEADER),
-            http::HeaderValue::from_static("1"),
-        );
-        if let Some(pq) = parts.uri.path_and_query() {
-            if let Ok(uri) = pq.as_str().parse() {
-                parts.uri = uri;
-            }
-        }
-        parts.version = http::Version::HTTP_11;
+        mark_forwarded(&mut parts);
         let handshake = async {
-            let stream =
-                TcpStream::connect(target)
-                    .await
-                    .map_err(|source| ForwardError::Connect {
-                        target: target.to_owned(),
-                        source,
-                    })?;
-            let _ = stream.set_nodelay(true);
             let http_err = |source| ForwardError::Http {
                 target: target.to_owned(),
                 source,
             };
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(http_err)?;
-            tokio::spawn(async move {
-                let _ = conn.with_upgrades().await;
-            });
+            let mut sender = connect(target, true).await?;
             let mut response = sender
                 .send_request(Request::from_parts(parts, Full::new(Bytes::new())))
                 .await
@@ -245,7 +213,7 @@ impl Forwarder {
     ) -> Result<Response<Full<Bytes>>, ForwardError> {
         let mut sender = match self.take_idle(target) {
             Some(sender) => sender,
-            None => connect(target).await?,
+            None => connect(target, false).await?,
         };
         let http_err = |source| ForwardError::Http {
             target: target.to_owned(),
@@ -286,7 +254,24 @@ impl Forwarder {
     }
 }
 
-async fn connect(target: &str) -> Result<SendRequest<Full<Bytes>>, ForwardError> {
+/// Marks `parts` as forwarded and makes it an HTTP/1.1 request line with only the path and
+/// query (the owner routes on the path, not the host).
+fn mark_forwarded(parts: &mut http::request::Parts) {
+    parts.headers.insert(
+        HeaderName::from_static(FORWARDED_HEADER),
+        http::HeaderValue::from_static("1"),
+    );
+    if let Some(pq) = parts.uri.path_and_query() {
+        if let Ok(uri) = pq.as_str().parse() {
+            parts.uri = uri;
+        }
+    }
+    parts.version = http::Version::HTTP_11;
+}
+
+/// Opens an HTTP/1.1 client connection to `target`; `upgrades` keeps the connection usable
+/// for a protocol switch (the upgraded I/O is taken with `hyper::upgrade::on`).
+async fn connect(target: &str, upgrades: bool) -> Result<SendRequest<Full<Bytes>>, ForwardError> {
     let stream = TcpStream::connect(target)
         .await
         .map_err(|source| ForwardError::Connect {
@@ -302,7 +287,12 @@ async fn connect(target: &str) -> Result<SendRequest<Full<Bytes>>, ForwardError>
         })?;
     let target = target.to_owned();
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        let ended = if upgrades {
+            conn.with_upgrades().await
+        } else {
+            conn.await
+        };
+        if let Err(e) = ended {
             tracing::debug!(%target, "connection to another node ended: {e}");
         }
     });
