@@ -335,9 +335,12 @@ impl Conn {
         let stop = token.triggered();
         tokio::pin!(stop);
         let mut batch: Vec<Delivery> = Vec::with_capacity(BATCH);
+        // Re-armed only when an expiry changes, not on every turn of the loop.
+        let mut expiry = ExpiryTimer::new();
+        let mut sub_expiry = ExpiryTimer::new();
         loop {
-            let expiry = self.expiry_sleep();
-            let sub_expiry = self.sub_expiry_sleep();
+            expiry.set(self.expires_at);
+            sub_expiry.set(self.sub_expiry.values().min().copied());
             tokio::select! {
                 frame = self.rx.recv() => {
                     let Some(frame) = frame else { return End::Gone };
@@ -401,10 +404,10 @@ impl Conn {
                         Control::Disconnect => return End::Disconnect(Disconnect::FORCE_RECONNECT),
                     }
                 }
-                _ = expiry => {
+                _ = expiry.elapsed() => {
                     return End::Disconnect(Disconnect::EXPIRED);
                 }
-                _ = sub_expiry => self.drop_expired_subs(&mut out),
+                _ = sub_expiry.elapsed() => self.drop_expired_subs(&mut out),
                 _ = &mut stop => {
                     return End::Disconnect(Disconnect::SHUTDOWN);
                 }
@@ -450,16 +453,6 @@ impl Conn {
             _ = tokio::time::sleep(self.shared.config.handshake_timeout) => End::Disconnect(Disconnect::STALE),
             _ = stop => End::Disconnect(Disconnect::SHUTDOWN),
         }
-    }
-
-    /// Sleeps until the connection token expires (forever without expiry).
-    fn expiry_sleep(&self) -> tokio::time::Sleep {
-        sleep_past_expiry(self.expires_at)
-    }
-
-    /// Sleeps until the earliest subscription expiry has passed (forever without one).
-    fn sub_expiry_sleep(&self) -> tokio::time::Sleep {
-        sleep_past_expiry(self.sub_expiry.values().min().copied())
     }
 
     /// Ends every subscription whose token expired without a `sub_refresh`, telling the
@@ -1009,12 +1002,41 @@ where
     writer.flush().await
 }
 
-/// A sleep that ends one second after the Unix time `at` (never when `None`).
+/// A timer that fires one second after a Unix time (never without one), re-armed only when
+/// that time changes.
 ///
-/// The deadline is absolute: the connection loop builds a new sleep on every turn, and a
-/// relative "remaining + grace" sleep would be pushed back by every message, so a busy
-/// connection would never expire. The extra second lets a client that refreshes right at
-/// the expiry keep its connection or subscription.
+/// The deadline is absolute: rebuilding a relative "remaining + grace" sleep on every turn of
+/// the connection loop would push it back with every message, so a busy connection would
+/// never expire. The extra second lets a client that refreshes right at the expiry keep its
+/// connection or subscription.
+struct ExpiryTimer {
+    at: Option<u64>,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl ExpiryTimer {
+    fn new() -> ExpiryTimer {
+        ExpiryTimer {
+            at: None,
+            sleep: Box::pin(sleep_past_expiry(None)),
+        }
+    }
+
+    /// Fires one second after `at` from now on (never for `None`).
+    fn set(&mut self, at: Option<u64>) {
+        if at != self.at {
+            self.at = at;
+            self.sleep.set(sleep_past_expiry(at));
+        }
+    }
+
+    /// Resolves when the timer fires.
+    fn elapsed(&mut self) -> &mut std::pin::Pin<Box<tokio::time::Sleep>> {
+        &mut self.sleep
+    }
+}
+
+/// A sleep that ends one second after the Unix time `at` (never when `None`).
 fn sleep_past_expiry(at: Option<u64>) -> tokio::time::Sleep {
     let Some(at) = at else {
         return tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
