@@ -5,13 +5,16 @@
 //! `send_direct`) push under a short uncontended mutex and never wait; the
 //! single consumer (the writer task owning the [`Outbox`]) drains everything
 //! pending in one [`Outbox::recv_batch`] call so it can write the whole batch
-//! with one vectored write.
+//! with one vectored write. A waiting writer is remembered by its waker alone,
+//! under the queue's lock, so an idle connection's writer holds no wait-list
+//! entry of its own.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 
 use crate::connection::ConnEntry;
 use crate::error::{CloseReason, OutboxClosed};
@@ -41,15 +44,17 @@ struct OutboxState {
     /// Sum of `payload_len` over `queue`.
     bytes: usize,
     closed: Option<CloseReason>,
+    /// The writer, when it found the queue empty and is waiting. Kept under the same lock
+    /// as the queue (no separate wait-list future in every idle writer's state), and only
+    /// woken on the empty → non-empty transition (and on close): while the queue is
+    /// non-empty the writer is either busy or about to drain, so further wake-ups would be
+    /// wasted.
+    waiter: Option<Waker>,
 }
 
 /// State shared between the producers (hub) and the consumer ([`Outbox`]).
 pub(crate) struct OutboxShared {
     state: Mutex<OutboxState>,
-    /// Wakes the writer. Only signalled on the empty → non-empty transition
-    /// (and on close): while the queue is non-empty the writer is either busy
-    /// or about to drain, so further wake-ups would be wasted atomics.
-    notify: Notify,
     max_messages: usize,
     max_bytes: usize,
     policy: SlowConsumerPolicy,
@@ -62,8 +67,8 @@ impl OutboxShared {
                 queue: VecDeque::new(),
                 bytes: 0,
                 closed: None,
+                waiter: None,
             }),
-            notify: Notify::new(),
             max_messages: limits.outbox_max_messages.max(1),
             max_bytes: limits.outbox_max_bytes,
             policy: limits.slow_consumer,
@@ -90,10 +95,13 @@ impl OutboxShared {
                     st.closed = Some(CloseReason::SlowConsumer);
                     st.bytes = 0;
                     let discarded = std::mem::take(&mut st.queue);
+                    let waiter = st.waiter.take();
                     drop(st);
-                    // Free the discarded items outside the lock.
+                    // Free the discarded items and wake outside the lock.
                     drop(discarded);
-                    self.notify.notify_one();
+                    if let Some(w) = waiter {
+                        w.wake();
+                    }
                     return PushOutcome::ClosedSlow;
                 }
                 SlowConsumerPolicy::DropOldest => {
@@ -106,12 +114,16 @@ impl OutboxShared {
                 }
             }
         }
-        let was_empty = st.queue.is_empty();
+        let waiter = if st.queue.is_empty() {
+            st.waiter.take()
+        } else {
+            None
+        };
         st.queue.push_back(item);
         st.bytes += size;
         drop(st);
-        if was_empty {
-            self.notify.notify_one();
+        if let Some(w) = waiter {
+            w.wake();
         }
         PushOutcome::Queued { evicted }
     }
@@ -134,9 +146,12 @@ impl OutboxShared {
         } else {
             VecDeque::new()
         };
+        let waiter = st.waiter.take();
         drop(st);
         drop(discarded);
-        self.notify.notify_one();
+        if let Some(w) = waiter {
+            w.wake();
+        }
         true
     }
 
@@ -180,14 +195,28 @@ impl Outbox {
         out: &mut Vec<Delivery>,
         max: usize,
     ) -> Result<usize, OutboxClosed> {
-        loop {
-            match self.try_recv_batch(out, max) {
-                Ok(0) => {}
-                other => return other,
+        poll_fn(|cx| self.poll_recv_batch(cx, out, max)).await
+    }
+
+    /// Poll form of [`recv_batch`](Self::recv_batch), for a writer that drives several
+    /// sources from one hand-written `poll`. When nothing is pending, `cx`'s waker is stored
+    /// (replacing the one of any earlier poll) and woken by the next push or close.
+    pub fn poll_recv_batch(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut Vec<Delivery>,
+        max: usize,
+    ) -> Poll<Result<usize, OutboxClosed>> {
+        let mut st = self.shared().state.lock();
+        match Self::take_batch(&mut st, out, max) {
+            Ok(0) => {
+                match &mut st.waiter {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    slot => *slot = Some(cx.waker().clone()),
+                }
+                Poll::Pending
             }
-            // A push between the check above and this await stores a permit
-            // in `Notify`, so the wake-up cannot be lost.
-            self.shared().notify.notified().await;
+            other => Poll::Ready(other),
         }
     }
 
@@ -198,8 +227,16 @@ impl Outbox {
         out: &mut Vec<Delivery>,
         max: usize,
     ) -> Result<usize, OutboxClosed> {
-        let max = max.max(1);
         let mut st = self.shared().state.lock();
+        Self::take_batch(&mut st, out, max)
+    }
+
+    fn take_batch(
+        st: &mut OutboxState,
+        out: &mut Vec<Delivery>,
+        max: usize,
+    ) -> Result<usize, OutboxClosed> {
+        let max = max.max(1);
         if st.queue.is_empty() {
             return match st.closed {
                 Some(reason) => Err(OutboxClosed { reason }),
@@ -249,7 +286,7 @@ impl Drop for Outbox {
             let mut st = self.shared().state.lock();
             st.closed.get_or_insert(CloseReason::Normal);
             st.bytes = 0;
-            std::mem::take(&mut st.queue)
+            (std::mem::take(&mut st.queue), st.waiter.take())
         };
         drop(discarded);
     }

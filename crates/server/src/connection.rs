@@ -81,30 +81,61 @@ pub(crate) fn spawn<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let peer = params.peer;
-    let id = handle.id();
-    let counters = Arc::clone(&shared.counters);
-    // The connection future is the largest thing an idle connection owns: keep it inline in
-    // the task (one allocation) rather than boxed inside it, and catch a panic per poll.
-    let conn = run(io, handle, outbox, params, shared, token);
-    tokio::spawn(async move {
-        let mut conn = std::pin::pin!(conn);
-        let caught = std::future::poll_fn(|cx| {
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conn.as_mut().poll(cx)))
-            {
-                Ok(Poll::Pending) => Poll::Pending,
-                Ok(Poll::Ready(())) => Poll::Ready(None),
-                // Never polled again after this, so no broken invariant can be observed.
-                Err(p) => Poll::Ready(Some(crash::panic_message(p.as_ref()))),
+    let task = ConnTask {
+        peer: params.peer,
+        id: handle.id(),
+        counters: Arc::clone(&shared.counters),
+        slot: Some(slot),
+        conn: run(Box::new(Start {
+            io,
+            handle,
+            outbox,
+            params,
+            shared,
+            token,
+        })),
+    };
+    tokio::spawn(task);
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's task: its future, polled with panics caught, then the bookkeeping.
+    ///
+    /// A plain struct rather than an `async` block around the future on purpose: an `async`
+    /// block that awaits (or pins) a future it captured keeps the captured copy as well as
+    /// the one it polls, which doubled every idle connection's largest allocation.
+    struct ConnTask<F> {
+        #[pin]
+        conn: F,
+        peer: SocketAddr,
+        id: ConnId,
+        counters: Arc<ServerCounters>,
+        // Released when the connection ends, whichever way.
+        slot: Option<ConnectionSlot>,
+    }
+}
+
+impl<F: std::future::Future<Output = ()>> std::future::Future for ConnTask<F> {
+    type Output = ();
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let conn = this.conn;
+        // Never polled again after a panic (we return Ready), so no broken invariant it left
+        // behind can be observed.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conn.poll(cx))) {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(())) => {}
+            Err(p) => {
+                this.counters.bump(Counter::ClosedPanic);
+                let (peer, id) = (*this.peer, *this.id);
+                let p = crash::panic_message(p.as_ref());
+                tracing::error!(%peer, id, "panic in connection writer: {p}");
             }
-        })
-        .await;
-        if let Some(p) = caught {
-            counters.bump(Counter::ClosedPanic);
-            tracing::error!(%peer, id, "panic in connection writer: {p}");
         }
-        drop(slot);
-    });
+        this.slot.take();
+        Poll::Ready(())
+    }
 }
 
 /// How the reader task ended.
@@ -148,16 +179,69 @@ struct ReadCtx {
     counters: Arc<ServerCounters>,
 }
 
-async fn run<S>(
+/// What [`spawn`] hands to the connection future. Boxed: an `async fn` keeps its arguments
+/// for its whole life, and these are only needed while opening.
+struct Start<S> {
     io: S,
     handle: ConnHandle,
-    mut outbox: Outbox,
+    outbox: Outbox,
     params: ConnParams,
     shared: Arc<Shared>,
     token: ShutdownToken,
-) where
+}
+
+/// A connection past its opening steps: what the writer loop and the ending need.
+struct Running<S> {
+    writer: WsWriter<S>,
+    outbox: Outbox,
+    reader_task: JoinHandle<ReadOutcome<S>>,
+    heartbeat: Heartbeat,
+    handle: ConnHandle,
+    shared: Arc<Shared>,
+    token: ShutdownToken,
+    peer: SocketAddr,
+    room: Arc<str>,
+}
+
+/// The connection's life. Only the writer loop's state stays in the task while the connection
+/// is open; the opening steps and the ending run boxed, so an idle connection does not carry
+/// their (larger) state.
+async fn run<S>(start: Box<Start<S>>)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Some(mut conn) = Box::pin(open(start)).await else {
+        return;
+    };
+    // A peer that accepts no bytes at all for this long is treated like one that stopped
+    // answering pings.
+    let stall = conn.shared.config.ping_timeout;
+    let end = write_loop(
+        &mut conn.writer,
+        &mut conn.outbox,
+        &mut conn.reader_task,
+        &mut conn.heartbeat,
+        &conn.token,
+        stall,
+    )
+    .await;
+    Box::pin(finish(conn, end)).await;
+}
+
+/// Opening steps: the WebSocket, "room full", the welcome message, the reader task. `None`
+/// when the connection already ended.
+async fn open<S>(start: Box<Start<S>>) -> Option<Running<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Start {
+        io,
+        handle,
+        outbox,
+        params,
+        shared,
+        token,
+    } = *start;
     let config = &shared.config;
     let codec = CodecConfig {
         max_message_size: config.max_message_size,
@@ -182,7 +266,7 @@ async fn run<S>(
             linger(&mut reader, CLOSE_LINGER).await;
         })
         .await;
-        return;
+        return None;
     }
 
     // The welcome goes out before anything from the outbox: nothing was written yet, and
@@ -194,7 +278,7 @@ async fn run<S>(
         };
         if let Err(e) = sent {
             tracing::debug!(%peer, id, "disconnected before the welcome: {e}");
-            return;
+            return None;
         }
     }
 
@@ -224,24 +308,41 @@ async fn run<S>(
     };
     // The WebSocket layer stamps every received frame; the heartbeat reads that stamp.
     let tracker = Arc::new(reader.tracker());
-    let mut reader_task = tokio::spawn(read_loop(reader, ctx));
-    let mut heartbeat = Heartbeat::new(config.ping_interval, config.ping_timeout, tracker);
-    // A peer that accepts no bytes at all for this long is treated like one that stopped
-    // answering pings.
-    let stall = config.ping_timeout;
+    let reader_task = tokio::spawn(read_loop(reader, ctx));
+    let heartbeat = Heartbeat::new(config.ping_interval, config.ping_timeout, tracker);
+    Some(Running {
+        writer,
+        outbox,
+        reader_task,
+        heartbeat,
+        handle,
+        shared,
+        token,
+        peer,
+        room,
+    })
+}
 
-    let end = write_loop(
-        &mut writer,
-        &mut outbox,
-        &mut reader_task,
-        &mut heartbeat,
-        &token,
-        stall,
-    )
-    .await;
-
+/// The ending: the close frame the peer is owed for `end`, a bounded wait for its reply,
+/// then leaving the hub.
+async fn finish<S>(conn: Running<S>, end: WriteEnd<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Running {
+        mut writer,
+        outbox,
+        mut reader_task,
+        handle,
+        shared,
+        peer,
+        room,
+        ..
+    } = conn;
+    let config = &shared.config;
+    let id = handle.id();
     let c = &shared.counters;
-    let reason: &str = Box::pin(async { match end {
+    let reason: &str = match end {
         WriteEnd::Shutdown => {
             close_with(&mut writer, CloseCode::GOING_AWAY, "going away").await;
             await_reader(&mut reader_task, config.shutdown_timeout).await;
@@ -305,14 +406,28 @@ async fn run<S>(
             tracing::debug!(%peer, id, "write failed: {e}");
             "write error"
         }
-    }})
-    .await;
+    };
     reader_task.abort();
     // Leaving the room and the hub happens when the handle drops, before the socket closes.
     drop(handle);
+    drop(outbox);
     tracing::debug!(%peer, id, %room, reason, "disconnected");
 }
 
+/// What woke the writer loop.
+enum Wake<S> {
+    Shutdown,
+    Reader(Box<ReadOutcome<S>>),
+    ReaderPanicked(String),
+    Beat(Beat),
+    Deliveries,
+    Closed(CloseReason),
+}
+
+/// The writer loop of an open connection. Its sources (shutdown, the reader task, the
+/// heartbeat, the outbox) are polled by hand in one `poll_fn` rather than with `select!`:
+/// this future is what every idle connection keeps, and polling by hand keeps it to the
+/// shutdown future, the batch and a few references.
 async fn write_loop<S>(
     writer: &mut WsWriter<S>,
     outbox: &mut Outbox,
@@ -329,31 +444,47 @@ where
     let stop = token.triggered();
     tokio::pin!(stop);
     loop {
-        tokio::select! {
-            biased;
-            _ = &mut stop => return WriteEnd::Shutdown,
-            joined = &mut *reader_task => {
-                return match joined {
-                    Ok(outcome) => WriteEnd::Reader(Box::new(outcome)),
-                    Err(e) if e.is_panic() => WriteEnd::ReaderPanicked(crash::panic_message(e.into_panic().as_ref())),
-                    Err(e) => WriteEnd::ReaderPanicked(e.to_string()),
-                };
+        // In this order: shutdown first, then the reader's end, so neither waits behind
+        // a stream of deliveries.
+        let wake = std::future::poll_fn(|cx| {
+            if stop.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Shutdown);
             }
-            beat = heartbeat.next() => match beat {
-                Beat::Ping => {
-                    if let Err(e) = writer.feed(Message::Ping(Bytes::new())) {
-                        return WriteEnd::WriteError(e);
+            if let Poll::Ready(joined) = std::pin::Pin::new(&mut *reader_task).poll(cx) {
+                return Poll::Ready(match joined {
+                    Ok(outcome) => Wake::Reader(Box::new(outcome)),
+                    Err(e) if e.is_panic() => {
+                        Wake::ReaderPanicked(crash::panic_message(e.into_panic().as_ref()))
                     }
-                    if let Err(end) = flush_bounded(writer, outbox, &mut stop, stall).await {
-                        return end;
-                    }
+                    Err(e) => Wake::ReaderPanicked(e.to_string()),
+                });
+            }
+            if let Poll::Ready(beat) = heartbeat.poll_next(cx) {
+                return Poll::Ready(Wake::Beat(beat));
+            }
+            outbox
+                .poll_recv_batch(cx, &mut batch, BATCH)
+                .map(|received| match received {
+                    Ok(_) => Wake::Deliveries,
+                    Err(closed) => Wake::Closed(closed.reason),
+                })
+        })
+        .await;
+        match wake {
+            Wake::Shutdown => return WriteEnd::Shutdown,
+            Wake::Reader(outcome) => return WriteEnd::Reader(outcome),
+            Wake::ReaderPanicked(msg) => return WriteEnd::ReaderPanicked(msg),
+            Wake::Closed(reason) => return WriteEnd::Hub(reason),
+            Wake::Beat(Beat::Dead) => return WriteEnd::Dead,
+            Wake::Beat(Beat::Ping) => {
+                if let Err(e) = writer.feed(Message::Ping(Bytes::new())) {
+                    return WriteEnd::WriteError(e);
                 }
-                Beat::Dead => return WriteEnd::Dead,
-            },
-            received = outbox.recv_batch(&mut batch, BATCH) => {
-                if let Err(closed) = received {
-                    return WriteEnd::Hub(closed.reason);
+                if let Err(end) = flush_bounded(writer, outbox, &mut stop, stall).await {
+                    return end;
                 }
+            }
+            Wake::Deliveries => {
                 for delivery in batch.drain(..) {
                     let fed = match &delivery {
                         Delivery::Publication(p) => writer.feed_prepared(raw::encode(p)),
@@ -365,7 +496,8 @@ where
                         Ok(()) => {}
                         Err(WsError::WouldOverflow) => {
                             // The write buffer is full mid-batch: push it out, then retry once.
-                            if let Err(end) = flush_bounded(writer, outbox, &mut stop, stall).await {
+                            if let Err(end) = flush_bounded(writer, outbox, &mut stop, stall).await
+                            {
                                 return end;
                             }
                             let again = match &delivery {
@@ -439,18 +571,30 @@ where
     }
 }
 
-/// Publishes one message of the room. One node: the hub's synchronous path. With a shared
-/// broker: handed to the connection's publisher task (waiting when it is
-/// [`PUBLISH_QUEUE`] messages behind, which holds back reading from this client).
-async fn publish(ctx: &ReadCtx, payload: Payload, opts: PublishOptions) {
+/// Publishes one message of the room without waiting. One node: the hub's synchronous path.
+/// With a shared broker: handed to the connection's publisher task; when that task is
+/// [`PUBLISH_QUEUE`] messages behind, the payload is given back and the caller waits with
+/// [`publish_when_room`] (which holds back reading from this client).
+fn publish(ctx: &ReadCtx, payload: Payload, opts: PublishOptions) -> Option<Payload> {
     match &ctx.publisher {
-        Some(tx) => {
-            // Fails only once the publisher task is gone, i.e. the connection is ending.
-            let _ = tx.send(payload).await;
-        }
+        Some(tx) => match tx.try_send(payload) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(payload)) => Some(payload),
+            // The publisher task is gone only when the connection is ending.
+            Err(mpsc::error::TrySendError::Closed(_)) => None,
+        },
         None => {
             ctx.node.publish_now(&ctx.room, payload, opts, None);
+            None
         }
+    }
+}
+
+/// The slow half of [`publish`]: wait for room in the publisher task's queue.
+async fn publish_when_room(ctx: &ReadCtx, payload: Payload) {
+    if let Some(tx) = &ctx.publisher {
+        // Fails only once the publisher task is gone, i.e. the connection is ending.
+        let _ = tx.send(payload).await;
     }
 }
 
@@ -521,8 +665,9 @@ where
                         break ReadEnd::HookPanic(p.0);
                     }
                 }
-                if let Some(payload) = raw::decode(&msg) {
-                    publish(&ctx, payload, opts).await;
+                if let Some(full) = raw::decode(&msg).and_then(|p| publish(&ctx, p, opts)) {
+                    // Boxed: this wait's state would otherwise widen every reader task's.
+                    Box::pin(publish_when_room(&ctx, full)).await;
                 }
             }
         }

@@ -10,6 +10,7 @@
 //! timer ([`Heartbeat`]), armed for the next ping or, while a ping is unanswered, for whichever
 //! comes first of the next ping and the answer's deadline, and compares that stamp with the
 //! time of its last ping. One timer rather than two keeps an idle connection small.
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -117,23 +118,28 @@ impl Heartbeat {
     /// Wait for the next heartbeat action. Cancel-safe: meant for a `select!` branch (state
     /// only changes after the timer fired, right before returning).
     pub async fn next(&mut self) -> Beat {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// Poll form of [`next`](Self::next), for a loop that polls its sources by hand.
+    pub fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Beat> {
         loop {
             let target = match self.pending {
                 Some(_) => self.next_ping.min(self.dead_at),
                 None => self.next_ping,
             };
-            // Re-arming touches the timer wheel; only do it when the target moved (this
-            // future is created on every pass of the connection's `select!`).
+            // Re-arming touches the timer wheel; only do it when the target moved (this is
+            // polled on every pass of the connection's loop).
             if target != self.armed {
                 self.timer.as_mut().reset(target);
                 self.armed = target;
             }
-            self.timer.as_mut().await;
+            std::task::ready!(self.timer.as_mut().poll(cx));
             let now = Instant::now();
             if self.pending.is_some() && now >= self.dead_at {
                 self.settle();
                 if self.pending.is_some() {
-                    return Beat::Dead;
+                    return std::task::Poll::Ready(Beat::Dead);
                 }
             }
             if now >= self.next_ping {
@@ -143,7 +149,7 @@ impl Heartbeat {
                 if self.pending.is_none() {
                     self.pending = Some(std::time::Instant::now());
                     self.dead_at = now + self.timeout;
-                    return Beat::Ping;
+                    return std::task::Poll::Ready(Beat::Ping);
                 }
             }
         }
