@@ -159,3 +159,39 @@ async fn json_logs() {
         "{first}"
     );
 }
+
+/// One task reads and writes each raw connection: a client that sends without pause must
+/// still receive (here, the echoes of its own messages) rather than have its deliveries
+/// starve in a small outgoing queue until it is closed as a slow consumer.
+#[tokio::test]
+async fn a_client_sending_without_pause_still_receives() {
+    // About 20 of these messages fit in the queue; the client sends 2,000 in batches of 64.
+    let server = ServerProc::start(&["--outbox-max-bytes", "2048"]);
+    let Client {
+        mut reader,
+        mut writer,
+    } = ws(&server.ws_url("/flood")).await;
+    const N: usize = 2000;
+    let body = "x".repeat(90);
+    let sender = tokio::spawn(async move {
+        for i in 0..N {
+            writer
+                .feed(Message::text(format!("{i:06} {body}")))
+                .expect("feed");
+            if i % 64 == 63 {
+                writer.flush().await.expect("flush");
+            }
+        }
+        writer.flush().await.expect("flush");
+        // Kept open until every echo is read.
+        writer
+    });
+    for i in 0..N {
+        let got = match tokio::time::timeout(WAIT, reader.next()).await {
+            Ok(Some(Ok(Message::Text(b)))) => String::from_utf8(b.to_vec()).unwrap(),
+            other => panic!("echo {i}: expected a text message, got {other:?}"),
+        };
+        assert_eq!(&got[..6], format!("{i:06}"), "echo {i} out of order");
+    }
+    let _writer = sender.await.expect("sender");
+}

@@ -220,6 +220,14 @@ impl Outbox {
         }
     }
 
+    /// Forgets the waker stored by the last pending [`poll_recv_batch`](Self::poll_recv_batch).
+    /// For a writer that is about to poll again anyway (it is running, and e.g. about to
+    /// publish to a channel it is a member of): a push meanwhile then does not wake the task
+    /// that is already running. The next pending poll stores the waker again.
+    pub fn forget_waker(&mut self) {
+        self.shared().state.lock().waiter = None;
+    }
+
     /// Like [`recv_batch`](Self::recv_batch) but never waits: `Ok(0)` when
     /// nothing is pending.
     pub fn try_recv_batch(

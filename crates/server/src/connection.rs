@@ -1,23 +1,30 @@
-//! One WebSocket connection in a raw room: a reader task and a writer task.
+//! One WebSocket connection in a raw room, driven by one task.
 //!
-//! * The **reader task** decodes messages, stamps liveness for the heartbeat, runs the
-//!   embedder's hook (panics caught), and publishes data messages to the room through the hub.
-//!   It never writes to the socket itself; protocol replies (pong, close echo) are queued by
-//!   the WebSocket layer onto the writer.
-//! * The **writer task** (the connection's own task) sends the welcome message first, then
-//!   loops: take a batch of deliveries from the outbox, queue each one's shared frame (framed
-//!   and compressed once per publication for all subscribers, see
-//!   [`switchboard_protocols::raw::encode`] and `WsWriter::feed_prepared`), and flush the
-//!   batch in one vectored write. Its
-//!   `select!` also drives the heartbeat, watches the reader, and listens for shutdown. No lock
-//!   is held while writing and no payload is copied per subscriber.
+//! The task sends the welcome message first, then loops over four sources polled by hand
+//! (no `select!`, so an idle connection's state stays small):
+//!
+//! * **shutdown** → close 1001;
+//! * **the socket**: decoded messages stamp liveness for the heartbeat, run the embedder's
+//!   hook (panics caught) and are published to the room through the hub; protocol replies
+//!   (pong, close echo) are queued by the WebSocket layer;
+//! * **the heartbeat** timer: pings, and the verdict on a peer that stopped answering;
+//! * **the outbox**: a batch of deliveries, each queued as its shared frame (framed and
+//!   compressed once per publication for all subscribers, see
+//!   [`switchboard_protocols::raw::encode`] and `WsWriter::feed_prepared`) and flushed in one
+//!   vectored write. No lock is held while writing and no payload is copied per subscriber.
+//!
+//! A message published by this connection to its own room (the echo) is therefore written
+//! by the same task that read it, without waking another. While a flush waits for a full
+//! socket, reading pauses (bounded by the stall limit below).
 //!
 //! Endings and what the peer sees: shutdown → 1001 "going away"; outbox closed as a slow
 //! consumer → 1008 "slow consumer" (or the socket is dropped when it does not drain at all);
 //! room full → 1008 "room full"; message too big → 1009 (sent by the codec); a panic while
 //! handling a message → 1011 "internal error"; no answer to pings → the socket is dropped.
-use std::future::Future as _;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -34,11 +41,10 @@ use switchboard_websocket::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use crate::crash;
 use crate::heartbeat::{Beat, Heartbeat};
-use crate::server::{MessageHook, Shared};
+use crate::server::Shared;
 use crate::shutdown::ShutdownToken;
 use crate::stats::{ConnectionSlot, Counter, ServerCounters};
 
@@ -138,7 +144,7 @@ impl<F: std::future::Future<Output = ()>> std::future::Future for ConnTask<F> {
     }
 }
 
-/// How the reader task ended.
+/// How reading ended.
 enum ReadEnd {
     /// The peer sent a close frame.
     Closed(Option<CloseFrame>),
@@ -148,35 +154,18 @@ enum ReadEnd {
     Error(WsError),
     /// The message hook panicked.
     HookPanic(String),
+    /// Reading itself panicked (a bug): the reader is not touched again.
+    Panicked(String),
 }
 
-/// The reader task's result: how it ended, and the read half for lingering.
-struct ReadOutcome<S> {
-    end: ReadEnd,
-    reader: WsReader<S>,
-}
-
-/// Why the writer loop stopped.
-enum WriteEnd<S> {
+/// Why the connection loop stopped.
+enum End {
     Shutdown,
-    Reader(Box<ReadOutcome<S>>),
-    ReaderPanicked(String),
+    Read(ReadEnd),
     Hub(CloseReason),
     Dead,
     Stalled,
     WriteError(WsError),
-}
-
-/// Everything the reader task needs.
-struct ReadCtx {
-    node: Node,
-    /// With a shared broker: the connection's publisher task (see [`publish_in_order`]).
-    publisher: Option<mpsc::Sender<Payload>>,
-    room: Arc<str>,
-    id: ConnId,
-    echo: bool,
-    hook: Option<MessageHook>,
-    counters: Arc<ServerCounters>,
 }
 
 /// What [`spawn`] hands to the connection future. Boxed: an `async fn` keeps its arguments
@@ -190,21 +179,25 @@ struct Start<S> {
     token: ShutdownToken,
 }
 
-/// A connection past its opening steps: what the writer loop and the ending need.
+/// A connection past its opening steps: what the loop and the ending need.
 struct Running<S> {
+    reader: WsReader<S>,
     writer: WsWriter<S>,
     outbox: Outbox,
-    reader_task: JoinHandle<ReadOutcome<S>>,
     heartbeat: Heartbeat,
     handle: ConnHandle,
     shared: Arc<Shared>,
     token: ShutdownToken,
     peer: SocketAddr,
     room: Arc<str>,
+    /// With a shared broker: the connection's publisher task (see [`publish_in_order`]).
+    publisher: Option<mpsc::Sender<Payload>>,
+    /// Who receives this connection's messages (the sender too, unless `?echo=false`).
+    opts: PublishOptions,
 }
 
-/// The connection's life. Only the writer loop's state stays in the task while the connection
-/// is open; the opening steps and the ending run boxed, so an idle connection does not carry
+/// The connection's life. Only the loop's state stays in the task while the connection is
+/// open; the opening steps and the ending run boxed, so an idle connection does not carry
 /// their (larger) state.
 async fn run<S>(start: Box<Start<S>>)
 where
@@ -213,22 +206,11 @@ where
     let Some(mut conn) = Box::pin(open(start)).await else {
         return;
     };
-    // A peer that accepts no bytes at all for this long is treated like one that stopped
-    // answering pings.
-    let stall = conn.shared.config.ping_timeout;
-    let end = write_loop(
-        &mut conn.writer,
-        &mut conn.outbox,
-        &mut conn.reader_task,
-        &mut conn.heartbeat,
-        &conn.token,
-        stall,
-    )
-    .await;
+    let end = drive(&mut conn).await;
     Box::pin(finish(conn, end)).await;
 }
 
-/// Opening steps: the WebSocket, "room full", the welcome message, the reader task. `None`
+/// Opening steps: the WebSocket, "room full", the welcome message, the publisher task. `None`
 /// when the connection already ended.
 async fn open<S>(start: Box<Start<S>>) -> Option<Running<S>>
 where
@@ -282,13 +264,13 @@ where
         }
     }
 
+    let opts = if params.echo {
+        PublishOptions::from_conn(id)
+    } else {
+        PublishOptions::except_sender(id)
+    };
     let publisher = shared.node.is_shared().then(|| {
         let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
-        let opts = if params.echo {
-            PublishOptions::from_conn(id)
-        } else {
-            PublishOptions::except_sender(id)
-        };
         tokio::spawn(publish_in_order(
             shared.node.clone(),
             Arc::clone(&room),
@@ -297,42 +279,34 @@ where
         ));
         tx
     });
-    let ctx = ReadCtx {
-        publisher,
-        node: shared.node.clone(),
-        room: Arc::clone(&room),
-        id,
-        echo: params.echo,
-        hook: shared.on_message.clone(),
-        counters: Arc::clone(&shared.counters),
-    };
     // The WebSocket layer stamps every received frame; the heartbeat reads that stamp.
     let tracker = Arc::new(reader.tracker());
-    let reader_task = tokio::spawn(read_loop(reader, ctx));
     let heartbeat = Heartbeat::new(config.ping_interval, config.ping_timeout, tracker);
     Some(Running {
+        reader,
         writer,
         outbox,
-        reader_task,
         heartbeat,
         handle,
         shared,
         token,
         peer,
         room,
+        publisher,
+        opts,
     })
 }
 
 /// The ending: the close frame the peer is owed for `end`, a bounded wait for its reply,
 /// then leaving the hub.
-async fn finish<S>(conn: Running<S>, end: WriteEnd<S>)
+async fn finish<S>(conn: Running<S>, end: End)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Running {
+        mut reader,
         mut writer,
         outbox,
-        mut reader_task,
         handle,
         shared,
         peer,
@@ -343,144 +317,165 @@ where
     let id = handle.id();
     let c = &shared.counters;
     let reason: &str = match end {
-        WriteEnd::Shutdown => {
+        End::Shutdown => {
             close_with(&mut writer, CloseCode::GOING_AWAY, "going away").await;
-            await_reader(&mut reader_task, config.shutdown_timeout).await;
+            linger(&mut reader, config.shutdown_timeout).await;
             "server shutdown"
         }
-        WriteEnd::Reader(outcome) => {
-            let ReadOutcome { end, mut reader } = *outcome;
-            match end {
-                ReadEnd::Closed(frame) => {
-                    // The WebSocket layer queued the close echo; make sure it is on the wire.
-                    let _ = writer.flush().await;
-                    tracing::debug!(%peer, id, code = frame.as_ref().map(|f| f.code.0), "peer closed");
-                    "closed by peer"
-                }
-                ReadEnd::Eof => "connection lost",
-                ReadEnd::Error(e) => {
-                    let _ = writer.flush().await;
-                    tracing::debug!(%peer, id, "read error: {e}");
-                    reader.drain(CLOSE_LINGER).await;
-                    "read error"
-                }
-                ReadEnd::HookPanic(msg) => {
-                    c.bump(Counter::ClosedPanic);
-                    tracing::error!(%peer, id, %room, "panic while handling a message: {msg}");
-                    close_with(&mut writer, CloseCode::INTERNAL_ERROR, "internal error").await;
-                    linger(&mut reader, CLOSE_LINGER).await;
-                    "internal error"
-                }
-            }
+        End::Read(ReadEnd::Closed(frame)) => {
+            // The WebSocket layer queued the close echo; make sure it is on the wire.
+            let _ = writer.flush().await;
+            tracing::debug!(%peer, id, code = frame.as_ref().map(|f| f.code.0), "peer closed");
+            "closed by peer"
         }
-        WriteEnd::ReaderPanicked(msg) => {
+        End::Read(ReadEnd::Eof) => "connection lost",
+        End::Read(ReadEnd::Error(e)) => {
+            let _ = writer.flush().await;
+            tracing::debug!(%peer, id, "read error: {e}");
+            reader.drain(CLOSE_LINGER).await;
+            "read error"
+        }
+        End::Read(ReadEnd::HookPanic(msg)) => {
+            c.bump(Counter::ClosedPanic);
+            tracing::error!(%peer, id, %room, "panic while handling a message: {msg}");
+            close_with(&mut writer, CloseCode::INTERNAL_ERROR, "internal error").await;
+            linger(&mut reader, CLOSE_LINGER).await;
+            "internal error"
+        }
+        End::Read(ReadEnd::Panicked(msg)) => {
             c.bump(Counter::ClosedPanic);
             tracing::error!(%peer, id, %room, "panic in connection reader: {msg}");
             close_with(&mut writer, CloseCode::INTERNAL_ERROR, "internal error").await;
             "internal error"
         }
-        WriteEnd::Hub(CloseReason::SlowConsumer) => {
+        End::Hub(CloseReason::SlowConsumer) => {
             c.bump(Counter::ClosedSlowConsumer);
             tracing::info!(%peer, id, %room, "closing slow consumer");
             close_with(&mut writer, CloseCode::POLICY, "slow consumer").await;
-            await_reader(&mut reader_task, CLOSE_LINGER).await;
+            linger(&mut reader, CLOSE_LINGER).await;
             "slow consumer"
         }
-        WriteEnd::Hub(reason) => {
+        End::Hub(reason) => {
             let code = CloseCode(reason.close_code());
             close_with(&mut writer, code, reason.close_text()).await;
-            await_reader(&mut reader_task, CLOSE_LINGER).await;
+            linger(&mut reader, CLOSE_LINGER).await;
             "closed by the application"
         }
-        WriteEnd::Dead => {
+        End::Dead => {
             c.bump(Counter::ClosedHeartbeat);
             tracing::debug!(%peer, id, "no answer to ping; dropping connection");
             "ping timeout"
         }
-        WriteEnd::Stalled => {
+        End::Stalled => {
             c.bump(Counter::ClosedSlowConsumer);
             tracing::info!(%peer, id, %room, "peer stopped reading; dropping connection");
             "write stalled"
         }
-        WriteEnd::WriteError(e) => {
+        End::WriteError(e) => {
             tracing::debug!(%peer, id, "write failed: {e}");
             "write error"
         }
     };
-    reader_task.abort();
     // Leaving the room and the hub happens when the handle drops, before the socket closes.
     drop(handle);
     drop(outbox);
     tracing::debug!(%peer, id, %room, reason, "disconnected");
 }
 
-/// What woke the writer loop.
-enum Wake<S> {
+/// What woke the connection loop.
+enum Wake {
     Shutdown,
-    Reader(Box<ReadOutcome<S>>),
-    ReaderPanicked(String),
+    Read(Option<Result<Message, WsError>>),
+    ReadPanicked(String),
+    /// The publisher task's queue had room again for the message that waited.
+    Published,
     Beat(Beat),
     Deliveries,
     Closed(CloseReason),
 }
 
-/// The writer loop of an open connection. Its sources (shutdown, the reader task, the
-/// heartbeat, the outbox) are polled by hand in one `poll_fn` rather than with `select!`:
-/// this future is what every idle connection keeps, and polling by hand keeps it to the
-/// shutdown future, the batch and a few references.
-async fn write_loop<S>(
-    writer: &mut WsWriter<S>,
-    outbox: &mut Outbox,
-    reader_task: &mut JoinHandle<ReadOutcome<S>>,
-    heartbeat: &mut Heartbeat,
-    token: &ShutdownToken,
-    stall: Duration,
-) -> WriteEnd<S>
+/// The loop of an open connection. Its sources are polled by hand in one `poll_fn` rather
+/// than with `select!`: this future is what every idle connection keeps, and polling by hand
+/// keeps it to the shutdown future, the delivery batch and a few references.
+async fn drive<S>(conn: &mut Running<S>) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // A peer that accepts no bytes at all for this long is treated like one that stopped
+    // answering pings.
+    let stall = conn.shared.config.ping_timeout;
     // Grows with the first batch; an idle connection that never received holds none.
     let mut batch: Vec<Delivery> = Vec::new();
-    let stop = token.triggered();
+    // With a shared broker, a message waiting for room in the publisher task's queue; reading
+    // pauses meanwhile (back-pressure on a client that publishes faster than the broker takes).
+    let mut waiting: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
+    let stop = conn.token.triggered();
     tokio::pin!(stop);
+    // After a message was read, the next pass looks at the heartbeat and the outbox before
+    // the socket again, so a client that sends without pause still receives.
+    let mut writes_first = false;
     loop {
-        // In this order: shutdown first, then the reader's end, so neither waits behind
-        // a stream of deliveries.
         let wake = std::future::poll_fn(|cx| {
             if stop.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Wake::Shutdown);
             }
-            if let Poll::Ready(joined) = std::pin::Pin::new(&mut *reader_task).poll(cx) {
-                return Poll::Ready(match joined {
-                    Ok(outcome) => Wake::Reader(Box::new(outcome)),
-                    Err(e) if e.is_panic() => {
-                        Wake::ReaderPanicked(crash::panic_message(e.into_panic().as_ref()))
-                    }
-                    Err(e) => Wake::ReaderPanicked(e.to_string()),
-                });
+            let (reader, heartbeat, outbox) =
+                (&mut conn.reader, &mut conn.heartbeat, &mut conn.outbox);
+            if writes_first {
+                if let Poll::Ready(w) = poll_writes(heartbeat, outbox, &mut batch, cx) {
+                    return Poll::Ready(w);
+                }
+                poll_reads(reader, &mut waiting, cx)
+            } else {
+                if let Poll::Ready(w) = poll_reads(reader, &mut waiting, cx) {
+                    return Poll::Ready(w);
+                }
+                poll_writes(heartbeat, outbox, &mut batch, cx)
             }
-            if let Poll::Ready(beat) = heartbeat.poll_next(cx) {
-                return Poll::Ready(Wake::Beat(beat));
-            }
-            outbox
-                .poll_recv_batch(cx, &mut batch, BATCH)
-                .map(|received| match received {
-                    Ok(_) => Wake::Deliveries,
-                    Err(closed) => Wake::Closed(closed.reason),
-                })
         })
         .await;
+        writes_first = matches!(wake, Wake::Read(_));
+        let writer = &mut conn.writer;
         match wake {
-            Wake::Shutdown => return WriteEnd::Shutdown,
-            Wake::Reader(outcome) => return WriteEnd::Reader(outcome),
-            Wake::ReaderPanicked(msg) => return WriteEnd::ReaderPanicked(msg),
-            Wake::Closed(reason) => return WriteEnd::Hub(reason),
-            Wake::Beat(Beat::Dead) => return WriteEnd::Dead,
+            Wake::Shutdown => return End::Shutdown,
+            Wake::Published => {}
+            Wake::ReadPanicked(msg) => return End::Read(ReadEnd::Panicked(msg)),
+            Wake::Read(None) => return End::Read(ReadEnd::Eof),
+            Wake::Read(Some(Err(e))) => {
+                // Counted here, as soon as the codec has sent its close code, so the count is
+                // visible to anyone who saw that close frame.
+                let counters = &conn.shared.counters;
+                match e.close_code() {
+                    Some(CloseCode::TOO_BIG) => counters.bump(Counter::ClosedTooBig),
+                    Some(_) => counters.bump(Counter::ClosedProtocolError),
+                    None => {}
+                }
+                return End::Read(ReadEnd::Error(e));
+            }
+            Wake::Read(Some(Ok(msg))) => match &msg {
+                Message::Close(frame) => return End::Read(ReadEnd::Closed(frame.clone())),
+                Message::Ping(_) | Message::Pong(_) => {}
+                Message::Text(_) | Message::Binary(_) => {
+                    if let Some(hook) = &conn.shared.on_message {
+                        if let Err(p) = crash::call(|| hook(&conn.room, &msg)) {
+                            return End::Read(ReadEnd::HookPanic(p.0));
+                        }
+                    }
+                    // The outbox is polled right after this (`writes_first`): a delivery of
+                    // this very message to ourselves need not wake this running task.
+                    conn.outbox.forget_waker();
+                    if let Some(full) = raw::decode(&msg).and_then(|p| publish(conn, p)) {
+                        waiting = conn.publisher.clone().map(|tx| publish_when_room(tx, full));
+                    }
+                }
+            },
+            Wake::Closed(reason) => return End::Hub(reason),
+            Wake::Beat(Beat::Dead) => return End::Dead,
             Wake::Beat(Beat::Ping) => {
                 if let Err(e) = writer.feed(Message::Ping(Bytes::new())) {
-                    return WriteEnd::WriteError(e);
+                    return End::WriteError(e);
                 }
-                if let Err(end) = flush_bounded(writer, outbox, &mut stop, stall).await {
+                if let Err(end) = flush_bounded(writer, &conn.outbox, &mut stop, stall).await {
                     return end;
                 }
             }
@@ -496,7 +491,8 @@ where
                         Ok(()) => {}
                         Err(WsError::WouldOverflow) => {
                             // The write buffer is full mid-batch: push it out, then retry once.
-                            if let Err(end) = flush_bounded(writer, outbox, &mut stop, stall).await
+                            if let Err(end) =
+                                flush_bounded(writer, &conn.outbox, &mut stop, stall).await
                             {
                                 return end;
                             }
@@ -506,22 +502,64 @@ where
                                 _ => continue,
                             };
                             if let Err(e) = again {
-                                return WriteEnd::WriteError(e);
+                                return End::WriteError(e);
                             }
                         }
-                        Err(e) => return WriteEnd::WriteError(e),
+                        Err(e) => return End::WriteError(e),
                     }
                 }
                 if batch.capacity() > 8 {
                     // Do not keep a burst's batch capacity on a connection that goes idle.
                     batch = Vec::new();
                 }
-                if let Err(end) = flush_bounded(writer, outbox, &mut stop, stall).await {
+                if let Err(end) = flush_bounded(writer, &conn.outbox, &mut stop, stall).await {
                     return end;
                 }
             }
         }
     }
+}
+
+/// The reading side of the loop: the socket, or the wait for the publisher task's queue
+/// while a message waits for room in it (reading pauses meanwhile).
+fn poll_reads<S>(
+    reader: &mut WsReader<S>,
+    waiting: &mut Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<Wake>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if let Some(w) = waiting {
+        std::task::ready!(w.as_mut().poll(cx));
+        *waiting = None;
+        return Poll::Ready(Wake::Published);
+    }
+    match std::panic::catch_unwind(AssertUnwindSafe(|| reader.poll_next(cx))) {
+        Ok(Poll::Ready(item)) => Poll::Ready(Wake::Read(item)),
+        Ok(Poll::Pending) => Poll::Pending,
+        // Never polled again after this (the connection ends), so no broken invariant can
+        // be observed.
+        Err(p) => Poll::Ready(Wake::ReadPanicked(crash::panic_message(p.as_ref()))),
+    }
+}
+
+/// The writing side of the loop: the heartbeat timer, then the outbox.
+fn poll_writes(
+    heartbeat: &mut Heartbeat,
+    outbox: &mut Outbox,
+    batch: &mut Vec<Delivery>,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<Wake> {
+    if let Poll::Ready(beat) = heartbeat.poll_next(cx) {
+        return Poll::Ready(Wake::Beat(beat));
+    }
+    outbox
+        .poll_recv_batch(cx, batch, BATCH)
+        .map(|received| match received {
+            Ok(_) => Wake::Deliveries,
+            Err(closed) => Wake::Closed(closed.reason),
+        })
 }
 
 /// Flush, but give up when the peer accepts nothing for `stall`, when the hub closes the
@@ -531,25 +569,25 @@ async fn flush_bounded<S, F>(
     outbox: &Outbox,
     stop: &mut std::pin::Pin<&mut F>,
     stall: Duration,
-) -> Result<(), WriteEnd<S>>
+) -> Result<(), End>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: std::future::Future<Output = ()>,
 {
     let mut flush = std::pin::pin!(writer.flush());
     if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(flush.as_mut().poll(cx))).await {
-        return r.map_err(WriteEnd::WriteError);
+        return r.map_err(End::WriteError);
     }
     Box::pin(flush_stalled(flush, outbox, stop, stall)).await
 }
 
 /// The slow half of [`flush_bounded`]: the socket did not take everything at once.
-async fn flush_stalled<S, F, W>(
+async fn flush_stalled<F, W>(
     mut flush: std::pin::Pin<&mut W>,
     outbox: &Outbox,
     stop: &mut std::pin::Pin<&mut F>,
     stall: Duration,
-) -> Result<(), WriteEnd<S>>
+) -> Result<(), End>
 where
     F: std::future::Future<Output = ()>,
     W: std::future::Future<Output = Result<(), WsError>>,
@@ -559,12 +597,12 @@ where
     let mut check = tokio::time::interval(STALL_CHECK);
     loop {
         tokio::select! {
-            r = &mut flush => return r.map_err(WriteEnd::WriteError),
-            _ = &mut deadline => return Err(WriteEnd::Stalled),
-            _ = stop.as_mut() => return Err(WriteEnd::Shutdown),
+            r = &mut flush => return r.map_err(End::WriteError),
+            _ = &mut deadline => return Err(End::Stalled),
+            _ = stop.as_mut() => return Err(End::Shutdown),
             _ = check.tick() => {
                 if let Some(reason @ (CloseReason::SlowConsumer | CloseReason::Shutdown)) = outbox.close_reason() {
-                    return Err(WriteEnd::Hub(reason));
+                    return Err(End::Hub(reason));
                 }
             }
         }
@@ -573,10 +611,9 @@ where
 
 /// Publishes one message of the room without waiting. One node: the hub's synchronous path.
 /// With a shared broker: handed to the connection's publisher task; when that task is
-/// [`PUBLISH_QUEUE`] messages behind, the payload is given back and the caller waits with
-/// [`publish_when_room`] (which holds back reading from this client).
-fn publish(ctx: &ReadCtx, payload: Payload, opts: PublishOptions) -> Option<Payload> {
-    match &ctx.publisher {
+/// [`PUBLISH_QUEUE`] messages behind, the payload is given back for [`publish_when_room`].
+fn publish<S>(conn: &Running<S>, payload: Payload) -> Option<Payload> {
+    match &conn.publisher {
         Some(tx) => match tx.try_send(payload) {
             Ok(()) => None,
             Err(mpsc::error::TrySendError::Full(payload)) => Some(payload),
@@ -584,18 +621,24 @@ fn publish(ctx: &ReadCtx, payload: Payload, opts: PublishOptions) -> Option<Payl
             Err(mpsc::error::TrySendError::Closed(_)) => None,
         },
         None => {
-            ctx.node.publish_now(&ctx.room, payload, opts, None);
+            conn.shared
+                .node
+                .publish_now(&conn.room, payload, conn.opts, None);
             None
         }
     }
 }
 
-/// The slow half of [`publish`]: wait for room in the publisher task's queue.
-async fn publish_when_room(ctx: &ReadCtx, payload: Payload) {
-    if let Some(tx) = &ctx.publisher {
+/// The slow half of [`publish`]: wait for room in the publisher task's queue. Boxed by the
+/// caller, and only then, so the wait does not widen every connection's state.
+fn publish_when_room(
+    tx: mpsc::Sender<Payload>,
+    payload: Payload,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
         // Fails only once the publisher task is gone, i.e. the connection is ending.
         let _ = tx.send(payload).await;
-    }
+    })
 }
 
 /// A connection's publisher with a shared broker: publishes its messages in order, as many
@@ -632,49 +675,6 @@ async fn publish_in_order(
     }
 }
 
-async fn read_loop<S>(mut reader: WsReader<S>, ctx: ReadCtx) -> ReadOutcome<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let opts = if ctx.echo {
-        PublishOptions::from_conn(ctx.id)
-    } else {
-        PublishOptions::except_sender(ctx.id)
-    };
-    let end = loop {
-        let msg = match reader.next().await {
-            None => break ReadEnd::Eof,
-            Some(Err(e)) => {
-                // Counted here, as soon as the codec has sent its close code, so the count is
-                // visible to anyone who saw that close frame.
-                match e.close_code() {
-                    Some(CloseCode::TOO_BIG) => ctx.counters.bump(Counter::ClosedTooBig),
-                    Some(_) => ctx.counters.bump(Counter::ClosedProtocolError),
-                    None => {}
-                }
-                break ReadEnd::Error(e);
-            }
-            Some(Ok(msg)) => msg,
-        };
-        match &msg {
-            Message::Close(frame) => break ReadEnd::Closed(frame.clone()),
-            Message::Ping(_) | Message::Pong(_) => {}
-            Message::Text(_) | Message::Binary(_) => {
-                if let Some(hook) = &ctx.hook {
-                    if let Err(p) = crash::call(|| hook(&ctx.room, &msg)) {
-                        break ReadEnd::HookPanic(p.0);
-                    }
-                }
-                if let Some(full) = raw::decode(&msg).and_then(|p| publish(&ctx, p, opts)) {
-                    // Boxed: this wait's state would otherwise widen every reader task's.
-                    Box::pin(publish_when_room(&ctx, full)).await;
-                }
-            }
-        }
-    };
-    ReadOutcome { end, reader }
-}
-
 /// Send a close frame, bounded in time (the peer may not be reading at all).
 async fn close_with<S>(writer: &mut WsWriter<S>, code: CloseCode, reason: &str)
 where
@@ -697,9 +697,4 @@ where
         }
     })
     .await;
-}
-
-/// Wait for the reader task to end (it ends when the peer's close reply arrives).
-async fn await_reader<S>(reader_task: &mut JoinHandle<ReadOutcome<S>>, limit: Duration) {
-    let _ = tokio::time::timeout(limit, reader_task).await;
 }

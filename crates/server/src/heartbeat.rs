@@ -2,11 +2,11 @@
 //!
 //! A half-open TCP connection (peer vanished without a FIN) looks idle forever; writes keep
 //! succeeding into the kernel buffer. The only cure is to demand an answer: every
-//! `ping_interval` the writer task sends a ping, and if nothing at all (a pong or any other
+//! `ping_interval` the connection's task sends a ping, and if nothing at all (a pong or any other
 //! frame) arrives from the peer within `ping_timeout`, the connection is closed.
 //!
 //! Cost: no extra task and no per-ping allocation. The WebSocket layer already stamps the
-//! time of every received frame in its [`PingTracker`]; the writer task's `select!` owns one
+//! time of every received frame in its [`PingTracker`]; the connection's task loop owns one
 //! timer ([`Heartbeat`]), armed for the next ping or, while a ping is unanswered, for whichever
 //! comes first of the next ping and the answer's deadline, and compares that stamp with the
 //! time of its last ping. One timer rather than two keeps an idle connection small.
@@ -70,7 +70,7 @@ impl PeerActivity for Liveness {
     }
 }
 
-/// What the writer task must do next.
+/// What the connection's task must do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Beat {
     /// Send a ping now.
@@ -79,7 +79,7 @@ pub enum Beat {
     Dead,
 }
 
-/// The writer task's heartbeat timer.
+/// The connection's heartbeat timer.
 pub struct Heartbeat {
     interval: Duration,
     timeout: Duration,

@@ -26,8 +26,8 @@
 //! ```
 //!
 //! Modules, one concept each: [`config`] (settings), [`listener`] (accept loop, TLS, hyper),
-//! [`http`] (routing), `ws` (the upgrade and its checks), `connection` (reader and writer
-//! tasks), [`heartbeat`], [`origin`], [`shutdown`], [`tls`], [`stats`], [`crash`] (panic
+//! [`http`] (routing), `ws` (the upgrade and its checks), `connection` (the raw-room
+//! connection task), [`heartbeat`], [`origin`], [`shutdown`], [`tls`], [`stats`], [`crash`] (panic
 //! containment).
 
 #![warn(missing_docs)]

@@ -22,7 +22,7 @@ use crate::{listener, tls};
 const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A callback run for every text or binary message a client sends to a raw room, before it
-/// is published: `(room, message)`. It runs on the connection's reader task; a panic inside
+/// is published: `(room, message)`. It runs on the connection's task; a panic inside
 /// it closes that connection with 1011 and leaves every other connection alone.
 pub type MessageHook = Arc<dyn Fn(&str, &Message) + Send + Sync>;
 

@@ -429,6 +429,14 @@ pub struct WsReader<S> {
     close_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     close_timeout: Duration,
     done: bool,
+    /// The end of the close handshake in progress, and what to return once it is done.
+    finishing: Option<Box<Finishing>>,
+}
+
+/// A close handshake being completed by [`WsReader::poll_next`] before it returns `item`.
+struct Finishing {
+    flush: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    item: Option<Result<Message, Error>>,
 }
 
 /// The write half: queues and sends messages, pings, closes.
@@ -566,6 +574,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WebSocket<S> {
                 close_deadline: None,
                 close_timeout,
                 done: false,
+                finishing: None,
             },
             writer: WsWriter {
                 shared,
@@ -655,29 +664,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsReader<S> {
     /// On a protocol violation the matching close code is sent and the error returned; after
     /// that, and after the transport ends, `None` is returned.
     pub async fn next(&mut self) -> Option<Result<Message, Error>> {
+        poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// Poll form of [`WsReader::next`], for a task that drives the reader together with
+    /// other sources from one hand-written `poll` (no future of its own to keep between
+    /// polls). Same semantics; a close handshake it has to complete (the peer closed, a
+    /// protocol error, our close timed out) is driven by the following calls before the
+    /// result is returned.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
+        if let Some(f) = &mut self.finishing {
+            std::task::ready!(f.flush.as_mut().poll(cx));
+            let done = self.finishing.take().expect("checked above");
+            return Poll::Ready(done.item);
+        }
         if self.done {
-            return None;
+            return Poll::Ready(None);
         }
         loop {
             match self.decoder.decode(&mut self.buf) {
                 Ok(Some(msg)) => {
                     self.maybe_shrink();
-                    return Some(self.on_message(msg).await);
+                    return match self.on_message(cx, msg) {
+                        Some(item) => Poll::Ready(Some(item)),
+                        // A close frame: our reply is on its way.
+                        None => self.poll_next(cx),
+                    };
                 }
                 Ok(None) => {}
                 Err(e) => {
                     let reason = short_reason(&e.to_string());
                     let frame = e.close_code().map(|c| CloseFrame::new(c, reason));
-                    // Cold paths are boxed so they do not enlarge every connection's state.
-                    Box::pin(
-                        self.finish(frame.or(Some(CloseFrame::new(CloseCode::PROTOCOL_ERROR, "")))),
-                    )
-                    .await;
-                    return Some(Err(e));
+                    let frame = frame.or(Some(CloseFrame::new(CloseCode::PROTOCOL_ERROR, "")));
+                    self.start_finish(Some(frame), Some(Err(e)));
+                    return self.poll_next(cx);
                 }
             }
             self.maybe_shrink();
-            match poll_fn(|cx| self.poll_fill(cx)).await {
+            match std::task::ready!(self.poll_fill(cx)) {
                 Fill::Data => {}
                 Fill::Eof => {
                     self.done = true;
@@ -686,22 +710,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsReader<S> {
                         g.close.sent_at.is_some() || g.close.received
                     };
                     if clean {
-                        return None;
+                        return Poll::Ready(None);
                     }
-                    return Some(Err(Error::Io(io::Error::new(
+                    return Poll::Ready(Some(Err(Error::Io(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "connection ended without a close frame",
-                    ))));
+                    )))));
                 }
                 Fill::TimedOut => {
                     // The peer never answered our close: give up on a clean close.
-                    self.done = true;
-                    let _ = Box::pin(self.flush_shutdown_bounded()).await;
-                    return None;
+                    self.start_finish(None, None);
+                    return self.poll_next(cx);
                 }
                 Fill::Err(e) => {
                     self.done = true;
-                    return Some(Err(e));
+                    return Poll::Ready(Some(Err(e)));
                 }
             }
         }
@@ -736,7 +759,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsReader<S> {
         self.buf.capacity()
     }
 
-    async fn on_message(&mut self, msg: Message) -> Result<Message, Error> {
+    /// Bookkeeping for a received message. A close frame starts our reply (see
+    /// [`Self::start_finish`]) and gives `None`: [`Self::poll_next`] returns it once the
+    /// reply is out.
+    fn on_message(&mut self, cx: &mut Context<'_>, msg: Message) -> Option<Result<Message, Error>> {
         let tracker = &self.shared.tracker;
         tracker.stamp(&tracker.0.last_received);
         match &msg {
@@ -750,16 +776,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsReader<S> {
                 }
                 // Push the pong out now if the socket takes it; otherwise the next read poll
                 // (or the writer's next flush) will.
-                poll_fn(|cx| {
-                    if let Poll::Ready(r) = self.shared.poll_flush(READER, cx) {
-                        self.must_flush = false;
-                        if let Err(e) = r {
-                            return Poll::Ready(Err(e));
-                        }
+                if let Poll::Ready(r) = self.shared.poll_flush(READER, cx) {
+                    self.must_flush = false;
+                    if let Err(e) = r {
+                        return Some(Err(e));
                     }
-                    Poll::Ready(Ok(()))
-                })
-                .await?;
+                }
             }
             Message::Pong(_) => tracker.pong_received(),
             Message::Close(frame) => {
@@ -768,31 +790,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsReader<S> {
                 let reply = frame
                     .as_ref()
                     .map(|f| CloseFrame::new(f.code, String::new()));
-                Box::pin(self.finish(reply)).await;
+                self.start_finish(Some(reply), Some(Ok(msg)));
+                return None;
             }
             _ => {}
         }
-        Ok(msg)
+        Some(Ok(msg))
     }
 
-    /// Send `frame` (unless a close was sent already), flush and shut down, bounded in time.
-    async fn finish(&mut self, frame: Option<CloseFrame>) {
+    /// End the connection from the reading side: queue the close frame `close` (unless a
+    /// close was sent already; `None` queues nothing), then flush and shut the write side
+    /// down, bounded by the close timeout. [`Self::poll_next`] drives this and then returns
+    /// `item`.
+    fn start_finish(
+        &mut self,
+        close: Option<Option<CloseFrame>>,
+        item: Option<Result<Message, Error>>,
+    ) {
         self.done = true;
-        let _ = self.shared.queue_close(frame);
-        let _ = self.flush_shutdown_bounded().await;
-    }
-
-    async fn flush_shutdown_bounded(&mut self) -> Result<(), Error> {
-        let shared = self.shared.clone();
-        match tokio::time::timeout(
-            self.close_timeout,
-            poll_fn(|cx| shared.poll_flush_shutdown(READER, cx)),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(Error::ConnectionClosed),
+        if let Some(frame) = close {
+            let _ = self.shared.queue_close(frame);
         }
+        let shared = self.shared.clone();
+        let limit = self.close_timeout;
+        let flush = Box::pin(async move {
+            let _ =
+                tokio::time::timeout(limit, poll_fn(|cx| shared.poll_flush_shutdown(READER, cx)))
+                    .await;
+        });
+        self.finishing = Some(Box::new(Finishing { flush, item }));
     }
 
     /// Give back a buffer that grew for a large message once little is left in it.
