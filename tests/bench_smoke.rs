@@ -20,16 +20,13 @@ impl Server {
     }
 
     fn start_with_deflate(deflate: bool) -> Server {
+        Server::start_with(&["--deflate", if deflate { "true" } else { "false" }])
+    }
+
+    fn start_with(extra: &[&str]) -> Server {
         let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--deflate",
-                if deflate { "true" } else { "false" },
-                "--log-level",
-                "warn",
-            ])
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-level", "warn"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -232,6 +229,73 @@ fn fanout_at_max_rate_stays_lossless() {
         Duration::from_secs(40),
     );
     assert_every_delivery_once(&out, json, 10);
+}
+
+#[test]
+fn fanout_over_the_centrifugo_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("switchboard.toml");
+    std::fs::write(
+        &config,
+        "allow_anonymous = true\n[channel.default]\nallow_subscribe_for_anonymous = true\n\
+         allow_publish_for_client = true\n",
+    )
+    .unwrap();
+    let server = Server::start_with(&["--config", config.to_str().unwrap()]);
+    // The path names the channel; the generator connects to /connection/websocket.
+    let url = server.url("/bench-news");
+    let (out, json) = bench(
+        &[
+            "fanout",
+            "--url",
+            &url,
+            "--protocol",
+            "centrifugo",
+            "--subs",
+            "10",
+            "--pubs",
+            "2",
+            "--rate",
+            "100",
+            "--size",
+            "100",
+            "--secs",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+        ],
+        Duration::from_secs(40),
+    );
+    assert_every_delivery_once(&out, json, 10);
+}
+
+#[test]
+fn centrifugo_fanout_reports_a_refused_subscribe() {
+    // Anonymous clients may connect but not subscribe: the run fails and says why.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("switchboard.toml");
+    std::fs::write(&config, "allow_anonymous = true\n").unwrap();
+    let server = Server::start_with(&["--config", config.to_str().unwrap()]);
+    let url = server.url("/bench-closed");
+    let (out, _) = bench(
+        &[
+            "fanout",
+            "--url",
+            &url,
+            "--protocol",
+            "centrifugo",
+            "--subs",
+            "2",
+            "--secs",
+            "1",
+            "--json",
+        ],
+        Duration::from_secs(40),
+    );
+    assert!(!out.status.success(), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("permission denied"), "{}", describe(&out));
 }
 
 /// Checks a successful fan-out run in which each of `subs` subscribers got every message

@@ -26,13 +26,14 @@ use hdrhistogram::Histogram;
 use tokio::sync::Notify;
 use tokio::time::{sleep_until, timeout_at};
 
+use super::centrifugo;
 use super::conn::{encode_frame, mask_for, patch_payload, ConnectOpts, Incoming, RawConn};
 use super::echo::{add_server_figures, payload};
 use super::proc::CpuWindow;
 use super::report::{new_histogram, record, round3, BenchError, Progress, Summary};
 use super::runner::{self, ConnSpec, Ctl, Errors, Plan};
 use super::target::Target;
-use super::{FanoutArgs, Rate, SlowArgs};
+use super::{BenchProtocol, FanoutArgs, Rate, SlowArgs};
 use crate::websocket::frame::OpCode;
 
 /// Bytes at the start of every payload: publisher id, sequence number, send time.
@@ -70,6 +71,9 @@ struct Cfg {
     slow_delay: Duration,
     /// Subscribers offer permessage-deflate.
     deflate: bool,
+    protocol: BenchProtocol,
+    /// Centrifugo connection token.
+    token: Option<String>,
 }
 
 impl Cfg {
@@ -140,6 +144,8 @@ pub(crate) fn run_fanout(a: FanoutArgs) -> Result<Summary, BenchError> {
         slow_read_bytes: usize::MAX,
         slow_delay: Duration::ZERO,
         deflate: a.deflate,
+        protocol: a.protocol,
+        token: a.token,
     })
 }
 
@@ -174,6 +180,8 @@ pub(crate) fn run_slow(a: SlowArgs) -> Result<Summary, BenchError> {
         slow_read_bytes: a.slow_read_bytes,
         slow_delay: Duration::from_millis(a.slow_delay_ms),
         deflate: false,
+        protocol: BenchProtocol::Raw,
+        token: None,
     })
 }
 
@@ -408,15 +416,35 @@ async fn worker(
     ctl: Arc<Ctl>,
     shared: Arc<Shared>,
 ) -> anyhow::Result<ThreadOut> {
+    // Raw rooms: the URL's path is the room. Centrifugo: the path names the channel.
+    let centrifugo = cfg.protocol == BenchProtocol::Centrifugo;
+    let channel = channel_of(&target);
+    let (sub_path, pub_path) = if centrifugo {
+        (
+            centrifugo::ENDPOINT.to_string(),
+            centrifugo::ENDPOINT.to_string(),
+        )
+    } else {
+        (
+            target.path_and_query(""),
+            pub_target.path_and_query("echo=false"),
+        )
+    };
+    let token = cfg.token.as_deref();
     let specs: Vec<ConnSpec> = (0..cfg.subs)
         .filter(|i| i % cfg.threads == t)
         .map(|i| ConnSpec {
             index: i,
-            path: target.path_and_query(""),
+            path: sub_path.clone(),
             opts: ConnectOpts {
                 bind: None,
                 recv_buffer: cfg.is_slow(i).then_some(4096),
                 deflate: cfg.deflate,
+            },
+            greeting: if centrifugo {
+                centrifugo::greeting(token, Some(&channel))
+            } else {
+                Vec::new()
             },
         })
         .collect();
@@ -424,8 +452,13 @@ async fn worker(
         .filter(|p| p % cfg.threads == t)
         .map(|p| ConnSpec {
             index: PUB_INDEX_BASE + p,
-            path: pub_target.path_and_query("echo=false"),
+            path: pub_path.clone(),
             opts: ConnectOpts::default(),
+            greeting: if centrifugo {
+                centrifugo::greeting(token, None)
+            } else {
+                Vec::new()
+            },
         })
         .collect();
     let mut conns = runner::connect_all(&target, specs, 64, cfg.connect_timeout, &ctl).await?;
@@ -442,16 +475,18 @@ async fn worker(
         errors: Errors::default(),
     }));
     let cfg = Rc::new(cfg);
+    let channel: Rc<str> = channel.into();
     if t == 0 {
         tokio::task::spawn_local(pacer(cfg.clone(), shared.clone(), plan));
     }
     let mut tasks = Vec::new();
     for (index, conn) in conns {
         let (cfg, shared, ctl, out) = (cfg.clone(), shared.clone(), ctl.clone(), out.clone());
+        let channel = channel.clone();
         tasks.push(tokio::task::spawn_local(async move {
             if index >= PUB_INDEX_BASE {
                 let id = index - PUB_INDEX_BASE;
-                if let Err(e) = publisher(id, conn, &cfg, plan, &shared, &ctl).await {
+                if let Err(e) = publisher(id, conn, &cfg, &channel, plan, &shared, &ctl).await {
                     out.borrow_mut()
                         .errors
                         .add(format!("publisher {id}: {e:#}"));
@@ -493,12 +528,21 @@ async fn publisher(
     id: usize,
     mut conn: RawConn,
     cfg: &Cfg,
+    channel: &str,
     plan: Plan,
     shared: &Shared,
     ctl: &Ctl,
 ) -> anyhow::Result<()> {
     let mask = mask_for(PUB_INDEX_BASE + id);
-    let mut frame = encode_frame(OpCode::Binary, &payload(cfg.size), mask);
+    // The frame is encoded and masked once; each message only patches the header fields in
+    // it (binary for raw rooms, hex inside the JSON `publish` command for Centrifugo).
+    let (mut frame, header_at) = match cfg.protocol {
+        BenchProtocol::Raw => (encode_frame(OpCode::Binary, &payload(cfg.size), mask), None),
+        BenchProtocol::Centrifugo => {
+            let (text, at) = centrifugo::publish_command(channel, cfg.size);
+            (encode_frame(OpCode::Text, &text, mask), Some(at))
+        }
+    };
     let mut seq = 0u64;
     let end = tokio::time::Instant::from_std(plan.end);
     let result = async {
@@ -530,7 +574,12 @@ async fn publisher(
                 fields[4..12].copy_from_slice(&seq.to_le_bytes());
                 let ns = shared.base.elapsed().as_nanos() as u64;
                 fields[12..20].copy_from_slice(&ns.to_le_bytes());
-                patch_payload(&mut frame, mask, 0, &fields);
+                match header_at {
+                    None => patch_payload(&mut frame, mask, 0, &fields),
+                    Some(at) => {
+                        patch_payload(&mut frame, mask, at, &centrifugo::hex_header(&fields))
+                    }
+                }
                 conn.queue(&frame);
                 seq += 1;
             }
@@ -557,8 +606,19 @@ async fn publisher(
                 r = conn.pump(64 * 1024) => {
                     r?;
                     while let Some(m) = conn.next()? {
-                        if let Incoming::Close(code) = m {
-                            bail!("server closed the publisher (code {code:?})");
+                        match m {
+                            Incoming::Close(code) => {
+                                bail!("server closed the publisher (code {code:?})")
+                            }
+                            // A refused `publish` would otherwise count as sent and lost.
+                            Incoming::Data { payload, .. }
+                                if cfg.protocol == BenchProtocol::Centrifugo =>
+                            {
+                                for line in centrifugo::lines(&payload) {
+                                    centrifugo::parse_line(line)?;
+                                }
+                            }
+                            Incoming::Data { .. } => {}
                         }
                     }
                 }
@@ -595,6 +655,40 @@ async fn publisher(
     })
     .await;
     Ok(())
+}
+
+/// The bench headers in one message from the server: the first bytes of a raw room's
+/// message, or those of every publication in a Centrifugo frame (replies carry none).
+/// They are put in `out` (cleared first; reused so that no delivery allocates).
+fn headers_in(
+    protocol: BenchProtocol,
+    payload: &[u8],
+    out: &mut Vec<[u8; HEADER]>,
+) -> anyhow::Result<()> {
+    out.clear();
+    match protocol {
+        BenchProtocol::Raw => match payload.get(..HEADER) {
+            Some(h) => out.push(h.try_into().expect("HEADER bytes")),
+            None => bail!("a {}-byte message without the bench header", payload.len()),
+        },
+        BenchProtocol::Centrifugo => {
+            for line in centrifugo::lines(payload) {
+                if let centrifugo::Line::Publication(h) = centrifugo::parse_line(line)? {
+                    out.push(h);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The Centrifugo channel a URL names: its path without the leading slash (`bench` for the
+/// root).
+fn channel_of(target: &Target) -> String {
+    match target.path.trim_start_matches('/') {
+        "" => "bench".to_string(),
+        p => p.to_string(),
+    }
 }
 
 /// Per-subscriber sequence bookkeeping.
@@ -662,6 +756,7 @@ async fn subscriber(
     let ns_of = |t: Instant| (t - shared.base).as_nanos() as u64;
     let (warm_ns, end_ns) = (ns_of(plan.warm_end), ns_of(plan.end));
     let mut tr = Tracker::new(cfg.pubs);
+    let mut headers: Vec<[u8; HEADER]> = Vec::with_capacity(1);
     let mut closed = None;
     let mut error = None;
     loop {
@@ -722,40 +817,45 @@ async fn subscriber(
                         break true;
                     }
                     Incoming::Data { payload, .. } => {
-                        if payload.len() < HEADER {
-                            error = Some(format!(
-                                "subscriber {index}: a {}-byte message without the bench header",
-                                payload.len()
-                            ));
-                            break true;
-                        }
-                        let publisher =
-                            u32::from_le_bytes(payload[..4].try_into().unwrap()) as usize;
-                        let seq = u64::from_le_bytes(payload[4..12].try_into().unwrap());
-                        let sent_ns = u64::from_le_bytes(payload[12..20].try_into().unwrap());
-                        if publisher >= cfg.pubs {
-                            error =
-                                Some(format!("subscriber {index}: unknown publisher {publisher}"));
-                            break true;
-                        }
-                        if let Err(e) = tr.see(publisher, seq) {
+                        if let Err(e) = headers_in(cfg.protocol, &payload, &mut headers) {
                             error = Some(format!("subscriber {index}: {e:#}"));
                             break true;
                         }
-                        // Throughput counts what arrived inside the measured window.
-                        let arrived_in_window = now_ns >= warm_ns && now_ns < end_ns;
-                        if arrived_in_window {
-                            o.measured_deliveries += 1;
-                            if !slow {
-                                o.healthy_measured_deliveries += 1;
+                        let mut failed = false;
+                        for h in &headers {
+                            let publisher = u32::from_le_bytes(h[..4].try_into().unwrap()) as usize;
+                            let seq = u64::from_le_bytes(h[4..12].try_into().unwrap());
+                            let sent_ns = u64::from_le_bytes(h[12..20].try_into().unwrap());
+                            if publisher >= cfg.pubs {
+                                error = Some(format!(
+                                    "subscriber {index}: unknown publisher {publisher}"
+                                ));
+                                failed = true;
+                                break;
+                            }
+                            if let Err(e) = tr.see(publisher, seq) {
+                                error = Some(format!("subscriber {index}: {e:#}"));
+                                failed = true;
+                                break;
+                            }
+                            // Throughput counts what arrived inside the measured window.
+                            let arrived_in_window = now_ns >= warm_ns && now_ns < end_ns;
+                            if arrived_in_window {
+                                o.measured_deliveries += 1;
+                                if !slow {
+                                    o.healthy_measured_deliveries += 1;
+                                }
+                            }
+                            // Latency covers every message that arrived after the warm-up and
+                            // was sent before the end: a backlog built during the warm-up shows
+                            // up as latency rather than disappearing, and messages sent at the
+                            // end of the window and delivered while draining are still timed.
+                            if !slow && now_ns >= warm_ns && sent_ns < end_ns {
+                                record(&mut o.healthy_hist, now_ns.saturating_sub(sent_ns));
                             }
                         }
-                        // Latency covers every message that arrived after the warm-up and was
-                        // sent before the end: a backlog built during the warm-up shows up as
-                        // latency rather than disappearing, and messages sent at the end of the
-                        // window and delivered while draining are still timed.
-                        if !slow && now_ns >= warm_ns && sent_ns < end_ns {
-                            record(&mut o.healthy_hist, now_ns.saturating_sub(sent_ns));
+                        if failed {
+                            break true;
                         }
                     }
                 }

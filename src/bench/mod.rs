@@ -25,6 +25,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
+mod centrifugo;
 mod conn;
 mod conns;
 mod echo;
@@ -139,6 +140,24 @@ pub struct FanoutArgs {
     /// what compression costs the server.
     #[arg(long)]
     pub deflate: bool,
+    /// Wire protocol: `raw` rooms (the URL's path is the room) or the Centrifugo client
+    /// protocol in JSON (clients connect to `/connection/websocket` and the URL's path names
+    /// the channel; the server must let these clients connect, subscribe and publish, e.g.
+    /// `--allow-anonymous` with a namespace that allows both, or `--token`).
+    #[arg(long, value_enum, default_value_t = BenchProtocol::Raw)]
+    pub protocol: BenchProtocol,
+    /// Connection token sent in every Centrifugo `connect` command.
+    #[arg(long)]
+    pub token: Option<String>,
+}
+
+/// The wire protocol `bench fanout` speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchProtocol {
+    /// Raw WebSocket rooms.
+    Raw,
+    /// The Centrifugo client protocol (JSON).
+    Centrifugo,
 }
 
 /// Flags of `bench conns`.

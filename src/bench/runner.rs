@@ -209,6 +209,8 @@ pub(crate) struct ConnSpec {
     pub index: usize,
     pub path: String,
     pub opts: ConnectOpts,
+    /// Centrifugo commands sent (and answered) before the connection counts as ready.
+    pub greeting: Vec<String>,
 }
 
 /// Open all `specs` from this worker, at most `concurrency` handshakes at a time, bumping
@@ -230,14 +232,20 @@ pub(crate) async fn connect_all(
         let ctl = ctl.clone();
         handles.push(tokio::task::spawn_local(async move {
             let _permit = sem.acquire().await.expect("semaphore open");
-            let r = RawConn::connect_within(
-                limit,
-                &target,
-                &spec.path,
-                spec.opts,
-                super::conn::mask_for(spec.index),
-            )
-            .await;
+            let mask = super::conn::mask_for(spec.index);
+            let mut r = RawConn::connect_within(limit, &target, &spec.path, spec.opts, mask).await;
+            if let (Ok(conn), false) = (&mut r, spec.greeting.is_empty()) {
+                let greeted = tokio::time::timeout(
+                    limit,
+                    super::centrifugo::greet(conn, &spec.greeting, mask),
+                )
+                .await;
+                match greeted {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => r = Err(e.context("centrifugo connect/subscribe")),
+                    Err(_) => r = Err(anyhow!("no answer to connect/subscribe in time")),
+                }
+            }
             match r {
                 Ok(c) => {
                     ctl.ready.fetch_add(1, Ordering::Relaxed);
