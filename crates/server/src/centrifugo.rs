@@ -414,11 +414,32 @@ impl Conn {
             }
             if !out.is_empty() {
                 if write_all(writer, &out).await.is_err() {
+                    // Usually the client closed right after its last commands (the reader
+                    // answered its close and shut our write side). Commands it sent before
+                    // closing still count — a publish must not be lost because its reply
+                    // cannot be written — so the ones already read are carried out, replies
+                    // discarded.
+                    Box::pin(self.finish_read_commands(&mut out)).await;
                     return End::Gone;
                 }
                 out.clear();
             }
         }
+    }
+
+    /// Carry out the commands the client sent before it went away, without replying. Bounded:
+    /// the reader forwards what it already has and then ends.
+    async fn finish_read_commands(&mut self, out: &mut Vec<Bytes>) {
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            while let Some(frame) = self.rx.recv().await {
+                out.clear();
+                if let Step::Stop(_) = self.handle_frame(&frame, out).await {
+                    break;
+                }
+            }
+        })
+        .await;
+        out.clear();
     }
 
     /// Whether `delivery` is a publication the client already has (see `live_from`).
