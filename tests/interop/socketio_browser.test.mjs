@@ -12,7 +12,7 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
-import { startServer, REPO_ROOT, WAIT_MS } from './lib/harness.mjs';
+import { startServer, REPO_ROOT, WAIT_MS, withTimeout } from './lib/harness.mjs';
 
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const HAVE_CHROMIUM = existsSync(CHROMIUM);
@@ -132,10 +132,17 @@ describe('socket.io-client in Chromium', { skip: HAVE_CHROMIUM ? false : `${CHRO
     await apiPublish('browser-rec', 'before');
     await p.waitForFunction(() => window.received.length >= 1, null, { timeout: WAIT_MS });
     await p.evaluate(() => {
+      // Reconnect only after a fixed 1.5 s, so the publication below surely happens while the
+      // client is away (with the page's 300 ms the reconnect could beat a slow test runner).
+      window.s.io.reconnectionDelay(1500);
+      window.s.io.reconnectionDelayMax(1500);
+      window.s.io.randomizationFactor(0);
+      window.disconnected = new Promise((resolve) => window.s.once('disconnect', resolve));
       window.reconnected = new Promise((resolve) => window.s.once('connect', resolve));
       window.s.io.engine.close();
     });
-    await p.waitForFunction(() => !window.s.connected, null, { timeout: WAIT_MS });
+    await withTimeout(p.evaluate(() => window.disconnected), 'the disconnect');
+    assert.equal(await p.evaluate(() => window.s.connected), false);
     await apiPublish('browser-rec', 'missed');
     await p.evaluate(() => window.reconnected);
     assert.equal(await p.evaluate(() => window.s.recovered), true);
