@@ -23,6 +23,15 @@ impl Server {
         Server::start_with(&["--deflate", if deflate { "true" } else { "false" }])
     }
 
+    /// A server reading `toml` as its configuration file (kept in the returned directory).
+    fn start_with_config(toml: &str) -> (Server, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("switchboard.toml");
+        std::fs::write(&config, toml).unwrap();
+        let server = Server::start_with(&["--config", config.to_str().unwrap()]);
+        (server, dir)
+    }
+
     fn start_with(extra: &[&str]) -> Server {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--log-level", "warn"])
@@ -233,15 +242,10 @@ fn fanout_at_max_rate_stays_lossless() {
 
 #[test]
 fn fanout_over_the_centrifugo_protocol() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("switchboard.toml");
-    std::fs::write(
-        &config,
+    let (server, _dir) = Server::start_with_config(
         "allow_anonymous = true\n[channel.default]\nallow_subscribe_for_anonymous = true\n\
          allow_publish_for_client = true\n",
-    )
-    .unwrap();
-    let server = Server::start_with(&["--config", config.to_str().unwrap()]);
+    );
     // The path names the channel; the generator connects to /connection/websocket.
     let url = server.url("/bench-news");
     let (out, json) = bench(
@@ -273,10 +277,7 @@ fn fanout_over_the_centrifugo_protocol() {
 #[test]
 fn centrifugo_fanout_reports_a_refused_subscribe() {
     // Anonymous clients may connect but not subscribe: the run fails and says why.
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("switchboard.toml");
-    std::fs::write(&config, "allow_anonymous = true\n").unwrap();
-    let server = Server::start_with(&["--config", config.to_str().unwrap()]);
+    let (server, _dir) = Server::start_with_config("allow_anonymous = true\n");
     let url = server.url("/bench-closed");
     let (out, _) = bench(
         &[
