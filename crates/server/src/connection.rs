@@ -136,7 +136,7 @@ impl<F: std::future::Future<Output = ()>> std::future::Future for ConnTask<F> {
                 this.counters.bump(Counter::ClosedPanic);
                 let (peer, id) = (*this.peer, *this.id);
                 let p = crash::panic_message(p.as_ref());
-                tracing::error!(%peer, id, "panic in connection writer: {p}");
+                tracing::error!(%peer, id, "panic in connection task: {p}");
             }
         }
         this.slot.take();
@@ -481,13 +481,7 @@ where
             }
             Wake::Deliveries => {
                 for delivery in batch.drain(..) {
-                    let fed = match &delivery {
-                        Delivery::Publication(p) => writer.feed_prepared(raw::encode(p)),
-                        Delivery::Direct(payload) => writer.feed(raw::to_message(payload)),
-                        // Raw rooms have no join/leave events.
-                        _ => continue,
-                    };
-                    match fed {
+                    match feed_delivery(writer, &delivery) {
                         Ok(()) => {}
                         Err(WsError::WouldOverflow) => {
                             // The write buffer is full mid-batch: push it out, then retry once.
@@ -496,12 +490,7 @@ where
                             {
                                 return end;
                             }
-                            let again = match &delivery {
-                                Delivery::Publication(p) => writer.feed_prepared(raw::encode(p)),
-                                Delivery::Direct(payload) => writer.feed(raw::to_message(payload)),
-                                _ => continue,
-                            };
-                            if let Err(e) = again {
+                            if let Err(e) = feed_delivery(writer, &delivery) {
                                 return End::WriteError(e);
                             }
                         }
@@ -517,6 +506,19 @@ where
                 }
             }
         }
+    }
+}
+
+/// Queue one delivery's frame (the publication's shared frame, or a direct message).
+fn feed_delivery<S>(writer: &mut WsWriter<S>, delivery: &Delivery) -> Result<(), WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match delivery {
+        Delivery::Publication(p) => writer.feed_prepared(raw::encode(p)),
+        Delivery::Direct(payload) => writer.feed(raw::to_message(payload)),
+        // Raw rooms have no join/leave events.
+        _ => Ok(()),
     }
 }
 
