@@ -129,6 +129,13 @@ pub trait BrokerHandler: Send + Sync {
     /// `channel` again: `top` is the channel's current top. Publications between the last
     /// one seen and `top` were missed while disconnected.
     fn on_resync(&self, channel: &str, top: StreamPosition);
+    /// This node's presence entries of `channel` (its local members in a namespace with
+    /// presence). After a reconnect the broker writes them again before it reports itself
+    /// connected, so a store that came back empty never answers a presence query without
+    /// them.
+    fn local_presence(&self, _channel: &str) -> Vec<ClientInfo> {
+        Vec::new()
+    }
     /// Connections and channels on this node, for its registry entry.
     fn local_stats(&self) -> (usize, usize);
     /// Another node sent a control command ([`Broker::control`]). Called from the broker's

@@ -20,6 +20,10 @@ pub enum CloseReason {
     /// The application disconnected this connection on purpose (an admin kick,
     /// an expired credential, a policy violation).
     Kicked,
+    /// The connection's channel lost publications that the server could not deliver
+    /// (a gap in a shared stream that history no longer holds): the client must reload
+    /// what it shows and reconnect.
+    MissedPublications,
 }
 
 impl CloseReason {
@@ -33,6 +37,8 @@ impl CloseReason {
             CloseReason::SlowConsumer => 1008,
             CloseReason::Shutdown => 1001,
             CloseReason::Kicked => 1008,
+            // Private-use range (RFC 6455 §7.4.2), documented in the README.
+            CloseReason::MissedPublications => 4500,
         }
     }
 
@@ -43,6 +49,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow consumer",
             CloseReason::Shutdown => "server shutting down",
             CloseReason::Kicked => "disconnected",
+            CloseReason::MissedPublications => "missed publications",
         }
     }
 }
@@ -54,6 +61,7 @@ impl std::fmt::Display for CloseReason {
             CloseReason::SlowConsumer => "slow consumer",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Kicked => "kicked",
+            CloseReason::MissedPublications => "missed publications",
         };
         f.write_str(s)
     }

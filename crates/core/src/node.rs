@@ -45,12 +45,28 @@
 //! delivered as usual meanwhile, and no lock is held across the read. Fills run in
 //! [`Node::run_background`].
 //!
-//! Only when the range cannot be filled (no history in the namespace, a new epoch, the
-//! range trimmed or expired from history, the broker unreachable) does the node fall back
-//! to telling: the held publications are delivered as they are and the gap handler
-//! ([`Node::set_gap_handler`]) is called with the channel. Drivers tell their clients (the
-//! Centrifugo driver sends an `unsubscribe` push with code 2500 "insufficient state", so
-//! the SDK resubscribes with recovery); other clients cannot be told.
+//! # A new epoch
+//!
+//! A publication or a resync in another epoch means the store began a new stream for the
+//! channel: it lost its data (a restart without persistence), or the channel's metadata
+//! expired. Every publication of the new stream was acknowledged to its publisher, so the
+//! node delivers the new stream **from its first offset**, filled from history like any
+//! other gap, then goes on live. It remembers the succession (old epoch and the last offset
+//! it delivered of it → new epoch) for a while, and a client recovering from a position at
+//! or after that offset in the old epoch recovers from the new stream's start
+//! (`recovered: true` while history holds it): that is how a Centrifugo subscriber, told to
+//! resubscribe because its position names the old epoch, keeps every publication. A store
+//! that comes back with its data but without its latest writes (offsets would be used
+//! again) is a gap that cannot be filled.
+//!
+//! Only when the range cannot be filled (no history in the namespace, the range trimmed or
+//! expired from history, the broker unreachable, the store lost what was being filled) does
+//! the node fall back to telling: the held publications are delivered as they are and the
+//! gap handler ([`Node::set_gap_handler`]) is called with the channel. Drivers tell their
+//! clients: the Centrifugo driver sends an `unsubscribe` push with code 2500 "insufficient
+//! state" (the SDK resubscribes with recovery and learns `recovered: false`); the server
+//! closes other connections of the channel with close code 4500, so raw-room applications
+//! reload and Socket.IO clients reconnect without recovery.
 //!
 //! # Control between nodes
 //!
@@ -160,25 +176,39 @@ enum Arrival {
     Deliver,
     /// Offsets between were skipped: fill up to this offset first.
     Fill(u64),
-    /// A new epoch: the old stream is gone, nothing can be filled.
-    Gap,
+    /// A new epoch: the store began a new stream (it lost its data, or the channel's
+    /// metadata expired or its history was removed). The new stream is delivered from its
+    /// first offset: fill up to the one before this publication.
+    NewEpoch,
 }
 
 fn arrival(last: StreamPosition, p: &Publication) -> Arrival {
     if p.epoch != last.epoch {
-        Arrival::Gap
-    } else if p.offset > last.offset + 1 {
+        Arrival::NewEpoch
+    } else if p.offset > last.offset.saturating_add(1) {
         Arrival::Fill(p.offset - 1)
     } else {
         Arrival::Deliver
     }
 }
 
+/// How long a node remembers that a channel's stream went on in a new epoch (see
+/// [`Succession`]): long enough for its Centrifugo clients, told to resubscribe, to recover.
+const SUCCESSION_KEPT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// A channel's stream went on in a new epoch on this node: everything it delivered of the
+/// old epoch ended at `from`, and the new epoch `to` was delivered from its first offset.
+/// A client positioned at or after `from` therefore has everything the old stream had for
+/// this node, and recovering it means reading the new stream from its start.
+#[derive(Debug, Clone, Copy)]
+struct Succession {
+    from: StreamPosition,
+    to: crate::history::Epoch,
+    at: std::time::Instant,
+}
+
 /// Background work queued by the hub's leave notifications and the broker's resyncs.
 enum Task {
-    /// The store came back (possibly empty): write this node's presence entries of the
-    /// channel again.
-    RestorePresence(String),
     Left {
         channel: String,
         conn: ConnId,
@@ -193,6 +223,8 @@ struct NodeInner {
     shared: bool,
     /// Latest position seen per listened channel, and gap fills in progress.
     seen: Mutex<HashMap<String, Track>>,
+    /// Channels whose stream went on in a new epoch lately (see [`Succession`]).
+    successions: Mutex<HashMap<String, Succession>>,
     /// Gap fills to run: channel and fill id.
     fills: mpsc::UnboundedSender<(String, u64)>,
     fills_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, u64)>>>,
@@ -246,6 +278,7 @@ impl Node {
                 broker,
                 shared,
                 seen: Mutex::new(HashMap::new()),
+                successions: Mutex::new(HashMap::new()),
                 fills,
                 fills_rx: Mutex::new(Some(fills_rx)),
                 next_fill: AtomicU64::new(1),
@@ -434,7 +467,9 @@ impl Node {
         if !inner.shared {
             return Ok(inner.hub.subscribe_with(conn, channel, opts)?);
         }
-        let since = opts.recover_since;
+        let since = opts
+            .recover_since
+            .map(|since| inner.carried_over(channel, since));
         let local = SubscribeOptions {
             chan_info: opts.chan_info.clone(),
             recover_since: None,
@@ -536,7 +571,15 @@ impl Node {
         if !options.presence {
             return Err(ChannelError::NotAvailable.into());
         }
-        Ok(inner.broker.presence(channel).await?)
+        let mut all = inner.broker.presence(channel).await?;
+        // This node's own members are known here for sure: a store that came back empty
+        // may not have their entries again yet (they are rewritten in the background).
+        if let Ok(local) = inner.hub.presence(channel) {
+            for (client, info) in local {
+                all.entry(client).or_insert(info);
+            }
+        }
+        Ok(all)
     }
 
     /// Subscribed connections and distinct users of `channel` on every node.
@@ -603,19 +646,93 @@ impl NodeInner {
         Ok(())
     }
 
-    /// Records a top read from the store for `channel` (a subscribe): it only moves the
-    /// mark forward, and never while a fill owns it.
+    /// Records a top read from the store for `channel` (a subscribe). A channel seen for
+    /// the first time starts there. Within the known epoch the mark stays where live
+    /// delivery is: publications up to `top` still arrive live, or their loss shows as a
+    /// gap and is filled. A new epoch is what a resync finding it would be.
     fn saw_top(&self, channel: &str, top: StreamPosition) {
-        let mut seen = self.seen.lock();
-        match seen.get_mut(channel) {
-            Some(track) if track.fill.is_some() => {}
-            Some(track) if track.last.epoch == top.epoch => {
-                track.last.offset = track.last.offset.max(top.offset);
+        let unfilled = {
+            let mut seen = self.seen.lock();
+            match seen.get_mut(channel) {
+                Some(track) if track.fill.is_some() || track.last.epoch == top.epoch => None,
+                Some(track) => self.new_stream(channel, track, top),
+                None => {
+                    seen.insert(channel.to_string(), Track::at(top));
+                    None
+                }
             }
-            Some(track) => track.last = top,
-            None => {
-                seen.insert(channel.to_string(), Track::at(top));
+        };
+        if let Some(why) = unfilled {
+            self.gap(channel, why);
+        }
+    }
+
+    /// `track` (no fill running) learnt that the store's stream of `channel` is in another
+    /// epoch, at `top`: the new stream is delivered from its first offset, filled from
+    /// history. Returns why it cannot be, for the gap handler (called without the lock).
+    fn new_stream(
+        &self,
+        channel: &str,
+        track: &mut Track,
+        top: StreamPosition,
+    ) -> Option<&'static str> {
+        if top.epoch == crate::history::Epoch::EMPTY {
+            // The store has nothing for the channel (yet): its next publication starts the
+            // new stream, and shows it.
+            return None;
+        }
+        self.switch_epoch(channel, &mut track.last, 0, top.epoch);
+        if top.offset == 0 || self.start_fill(channel, track, top.offset).is_some() {
+            return None;
+        }
+        track.last = top;
+        Some("no history to fill from")
+    }
+
+    /// Moves `last` to the start of epoch `to`, remembering the succession for recovering
+    /// clients. `known_top` is the old epoch's top as far as this node knows: a client
+    /// below it missed part of the old stream, which is gone.
+    fn switch_epoch(
+        &self,
+        channel: &str,
+        last: &mut StreamPosition,
+        known_top: u64,
+        to: crate::history::Epoch,
+    ) {
+        if last.epoch != crate::history::Epoch::EMPTY {
+            let now = std::time::Instant::now();
+            let mut successions = self.successions.lock();
+            successions.retain(|_, s| now.duration_since(s.at) < SUCCESSION_KEPT);
+            successions.insert(
+                channel.to_string(),
+                Succession {
+                    from: StreamPosition::new(known_top.max(last.offset), last.epoch),
+                    to,
+                    at: now,
+                },
+            );
+        }
+        tracing::info!(
+            channel,
+            "the stream went on in a new epoch: delivering it from its start"
+        );
+        *last = StreamPosition::new(0, to);
+    }
+
+    /// The position to recover `channel` from for a client at `since`: unchanged, or the
+    /// start of the new epoch when this node carried the client's stream over into it
+    /// (see [`Succession`]).
+    fn carried_over(&self, channel: &str, since: StreamPosition) -> StreamPosition {
+        let successions = self.successions.lock();
+        match successions.get(channel) {
+            Some(s)
+                if s.from.epoch == since.epoch
+                    && since.offset >= s.from.offset
+                    && s.at.elapsed() < SUCCESSION_KEPT =>
+            {
+                StreamPosition::new(0, s.to)
             }
+            _ => since,
         }
     }
 
@@ -669,8 +786,10 @@ impl NodeInner {
         };
         let mut filled = 0usize;
         let mut failure: Option<String> = None;
+        // Part of the old stream that the store lost while this fill ran.
+        let mut lost: Option<String> = None;
         loop {
-            let step = self.fill_step(channel, id, &mut failure);
+            let step = self.fill_step(channel, id, &mut failure, &mut lost);
             let (after, upto) = match step {
                 FillStep::Read { after, upto } => (after, upto),
                 FillStep::Done => break,
@@ -717,7 +836,7 @@ impl NodeInner {
                 _ => return,
             }
         }
-        match failure {
+        match failure.or(lost) {
             None => tracing::info!(channel, filled, "gap filled from history"),
             Some(why) => {
                 if filled > 0 {
@@ -731,7 +850,13 @@ impl NodeInner {
     /// Under the lock: the next range a fill reads, or (once everything up to the target
     /// is delivered, or the fill failed) the held publications delivered and the fill
     /// ended.
-    fn fill_step(&self, channel: &str, id: u64, failure: &mut Option<String>) -> FillStep {
+    fn fill_step(
+        &self,
+        channel: &str,
+        id: u64,
+        failure: &mut Option<String>,
+        lost: &mut Option<String>,
+    ) -> FillStep {
         let mut seen = self.seen.lock();
         let Some(track) = seen.get_mut(channel) else {
             return FillStep::Gone;
@@ -740,8 +865,17 @@ impl NodeInner {
             return FillStep::Gone;
         };
         if let Some(top) = fill.new_epoch.take() {
-            failure.get_or_insert_with(|| "the stream has a new epoch".into());
-            track.last = top;
+            if failure.is_none() {
+                // What was still to be read of the old stream is gone with the store's
+                // data; the new stream is filled from its start.
+                if fill.upto > track.last.offset {
+                    *lost = Some("the store lost part of the stream (new epoch)".into());
+                }
+                self.switch_epoch(channel, &mut track.last, fill.upto, top.epoch);
+                fill.upto = top.offset;
+            } else {
+                track.last = top;
+            }
         }
         loop {
             if failure.is_none() && fill.upto > track.last.offset {
@@ -772,9 +906,15 @@ impl NodeInner {
                     fill.upto = upto;
                     fill.held.push_front((p, exclude));
                 }
-                Arrival::Gap => {
-                    *failure = Some("the stream has a new epoch".into());
-                    fill.held.push_front((p, exclude));
+                Arrival::NewEpoch => {
+                    self.switch_epoch(channel, &mut track.last, 0, p.epoch);
+                    if p.offset > 1 {
+                        fill.upto = p.offset - 1;
+                        fill.held.push_front((p, exclude));
+                    } else {
+                        track.last = p.position();
+                        self.hub.deliver(p, exclude);
+                    }
                 }
             }
         }
@@ -782,18 +922,6 @@ impl NodeInner {
 
     async fn run_task(&self, task: Task) {
         match task {
-            Task::RestorePresence(channel) => {
-                // Only namespaces with presence answer; the entries are this node's members.
-                let Ok(members) = self.hub.presence(&channel) else {
-                    return;
-                };
-                for info in members.into_values() {
-                    if let Err(e) = self.broker.add_presence(&channel, info).await {
-                        tracing::warn!(%channel, "presence entry not restored: {e}");
-                        return;
-                    }
-                }
-            }
             Task::Left {
                 channel,
                 conn,
@@ -937,11 +1065,22 @@ impl BrokerHandler for Handler {
                     inner.gap(&channel, "no history to fill from");
                 }
             },
-            Arrival::Gap => {
-                track.last = publication.position();
-                inner.hub.deliver(publication, exclude);
-                drop(seen);
-                inner.gap(&channel, "the stream has a new epoch");
+            Arrival::NewEpoch => {
+                inner.switch_epoch(&channel, &mut track.last, 0, publication.epoch);
+                if publication.offset <= 1 {
+                    track.last = publication.position();
+                    inner.hub.deliver(publication, exclude);
+                    return;
+                }
+                match inner.start_fill(&channel, track, publication.offset - 1) {
+                    Some(fill) => fill.held.push_back((publication, exclude)),
+                    None => {
+                        track.last = publication.position();
+                        inner.hub.deliver(publication, exclude);
+                        drop(seen);
+                        inner.gap(&channel, "no history to fill the new stream from");
+                    }
+                }
             }
         }
     }
@@ -956,9 +1095,6 @@ impl BrokerHandler for Handler {
         let Some(inner) = self.0.upgrade() else {
             return;
         };
-        // The store may have lost this node's presence entries (a restart without
-        // persistence): write them again.
-        let _ = inner.tasks.send(Task::RestorePresence(channel.to_string()));
         let unfilled = {
             let mut seen = inner.seen.lock();
             match seen.get_mut(channel) {
@@ -968,14 +1104,21 @@ impl BrokerHandler for Handler {
                     if let Some(fill) = track.fill.as_mut() {
                         if same_epoch {
                             fill.upto = fill.upto.max(top.offset);
-                        } else {
+                        } else if top.epoch != crate::history::Epoch::EMPTY {
                             fill.new_epoch = Some(top);
                         }
                     }
                     None
                 }
                 Some(track) if track.last.epoch == top.epoch => {
-                    if top.offset > track.last.offset
+                    if top.offset < track.last.offset {
+                        // The store came back with its data but without its latest writes
+                        // (persistence that had not synced them): publications this node
+                        // delivered are gone from history, and their offsets will be used
+                        // again. Positions clients hold no longer name the same stream.
+                        track.last = top;
+                        Some("the store lost its latest publications")
+                    } else if top.offset > track.last.offset
                         && inner.start_fill(channel, track, top.offset).is_none()
                     {
                         track.last.offset = top.offset;
@@ -984,10 +1127,7 @@ impl BrokerHandler for Handler {
                         None
                     }
                 }
-                Some(track) => {
-                    track.last = top;
-                    Some("the stream has a new epoch")
-                }
+                Some(track) => inner.new_stream(channel, track, top),
                 None => {
                     seen.insert(channel.to_string(), Track::at(top));
                     None
@@ -997,6 +1137,16 @@ impl BrokerHandler for Handler {
         if let Some(why) = unfilled {
             inner.gap(channel, why);
         }
+    }
+
+    fn local_presence(&self, channel: &str) -> Vec<ClientInfo> {
+        // Only namespaces with presence answer; the entries are this node's members. The
+        // store may have lost them (a restart without persistence).
+        self.0
+            .upgrade()
+            .and_then(|inner| inner.hub.presence(channel).ok())
+            .map(|members| members.into_values().collect())
+            .unwrap_or_default()
     }
 
     fn local_stats(&self) -> (usize, usize) {
@@ -1058,23 +1208,44 @@ mod tests {
         trimmed: Mutex<HashMap<String, u64>>,
         /// Stream reads asked of the broker.
         reads: std::sync::atomic::AtomicUsize,
+        /// Per channel: the epoch of its stream, when not [`EPOCH`].
+        epochs: Mutex<HashMap<String, Epoch>>,
     }
 
     const EPOCH: &str = "fakeepoc";
 
     impl FakeBroker {
         fn append(&self, channel: &str, payload: Payload) -> Arc<Publication> {
+            let epoch = self.epoch_of(channel);
             let mut streams = self.streams.lock();
             let s = streams.entry(channel.to_string()).or_default();
             let p = Arc::new(Publication::new(
                 Arc::from(channel),
                 payload,
                 s.len() as u64 + 1,
-                Epoch::parse(EPOCH).unwrap(),
+                epoch,
                 None,
             ));
             s.push(Arc::clone(&p));
             p
+        }
+
+        fn epoch_of(&self, channel: &str) -> Epoch {
+            self.epochs
+                .lock()
+                .get(channel)
+                .copied()
+                .unwrap_or_else(|| Epoch::parse(EPOCH).unwrap())
+        }
+
+        /// The store lost `channel`'s stream (a restart without persistence): the next
+        /// publication starts a new one in `epoch`, at offset 1.
+        fn reset(&self, channel: &str, epoch: &str) {
+            self.streams.lock().remove(channel);
+            self.trimmed.lock().remove(channel);
+            self.epochs
+                .lock()
+                .insert(channel.to_string(), Epoch::parse(epoch).unwrap());
         }
 
         fn emit(&self, p: Arc<Publication>) {
@@ -1155,6 +1326,7 @@ mod tests {
                 let p = self.append(&ch, payload);
                 self.emit(p);
             }
+            let epoch = self.epoch_of(channel);
             let streams = self.streams.lock();
             let s = streams.get(channel).cloned().unwrap_or_default();
             let gone = self.trimmed.lock().get(channel).copied().unwrap_or(0);
@@ -1167,7 +1339,7 @@ mod tests {
             let limit = query.limit.unwrap_or(usize::MAX);
             ready(Ok(StreamSlice {
                 publications: publications.into_iter().take(limit).collect(),
-                top: StreamPosition::new(s.len() as u64, Epoch::parse(EPOCH).unwrap()),
+                top: StreamPosition::new(s.len() as u64, epoch),
                 oldest: s.iter().map(|p| p.offset).find(|&o| o > gone),
             }))
         }
@@ -1419,15 +1591,21 @@ mod tests {
 
     /// Drains `out` until `n` publications arrived (bounded); returns their offsets.
     async fn collect(out: &mut Outbox, n: usize) -> Vec<u64> {
+        let got = collect_publications(out, n).await;
+        got.iter().map(|p| p.offset).collect()
+    }
+
+    async fn collect_publications(out: &mut Outbox, n: usize) -> Vec<Arc<Publication>> {
         let mut got = Vec::new();
         for _ in 0..500 {
-            got.extend(offsets(out));
+            got.extend(drain(out));
             if got.len() >= n {
                 return got;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("only {got:?} arrived, {n} expected");
+        let offsets: Vec<u64> = got.iter().map(|p| p.offset).collect();
+        panic!("only {offsets:?} arrived, {n} expected");
     }
 
     #[tokio::test]
@@ -1464,7 +1642,29 @@ mod tests {
             "plain",
             StreamPosition::new(0, Epoch::parse("other").unwrap()),
         );
-        assert_eq!(gaps.lock().len(), 3, "the store lost the stream");
+        assert_eq!(
+            gaps.lock().len(),
+            2,
+            "a new stream with nothing in it yet: nothing to miss"
+        );
+        handler.on_resync(
+            "plain",
+            StreamPosition::new(2, Epoch::parse("another").unwrap()),
+        );
+        assert_eq!(
+            gaps.lock().len(),
+            3,
+            "two publications of a new stream missed, no history to fill from"
+        );
+        handler.on_resync(
+            "plain",
+            StreamPosition::new(1, Epoch::parse("another").unwrap()),
+        );
+        assert_eq!(
+            gaps.lock().len(),
+            4,
+            "the store came back without its latest write: offsets will be used again"
+        );
     }
 
     #[tokio::test]
@@ -1551,13 +1751,112 @@ mod tests {
         assert_eq!(collect(&mut out, 2).await, vec![7, 8]);
         assert_eq!(gaps.lock().len(), 2);
 
-        // A resync finding a new epoch cannot be filled.
+        // A resync finding a new epoch whose start history no longer holds.
+        broker.reset("h:t", "other");
+        broker.append("h:t", Payload::text("1"));
+        broker.append("h:t", Payload::text("2"));
+        broker.trimmed.lock().insert("h:t".into(), 1);
         let handler = broker.handler.lock().clone().unwrap();
         handler.on_resync(
             "h:t",
-            StreamPosition::new(1, Epoch::parse("other").unwrap()),
+            StreamPosition::new(2, Epoch::parse("other").unwrap()),
         );
-        assert_eq!(gaps.lock().len(), 3);
+        wait(|| gaps.lock().len() == 3).await;
+        assert!(
+            offsets(&mut out).is_empty(),
+            "nothing out of a broken range"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_in_a_new_epoch_is_delivered_from_its_start_and_recovers_across() {
+        let (node, broker) = shared_node();
+        tokio::spawn(node.run_background());
+        let gaps = gap_recorder(&node);
+        let (a, mut out) = node.hub().register(ConnInfo::default()).unwrap();
+        let first = node
+            .subscribe(&a, "h:e", SubscribeOptions::default())
+            .await
+            .unwrap();
+        let old_epoch = Epoch::parse(EPOCH).unwrap();
+        assert_eq!(first.position.epoch, old_epoch);
+        for text in ["1", "2"] {
+            let p = broker.append("h:e", Payload::text(text));
+            broker.emit(p);
+        }
+        assert_eq!(collect(&mut out, 2).await, vec![1, 2]);
+
+        // The store restarts empty; the node's resync finds nothing yet.
+        broker.reset("h:e", "epochtwo");
+        let handler = broker.handler.lock().clone().unwrap();
+        handler.on_resync("h:e", StreamPosition::new(0, Epoch::EMPTY));
+        // Three publications are accepted by the store before this node listens again.
+        for text in ["a", "b", "c"] {
+            broker.append("h:e", Payload::text(text));
+        }
+        let two = Epoch::parse("epochtwo").unwrap();
+        handler.on_resync("h:e", StreamPosition::new(3, two));
+        let got = collect_publications(&mut out, 3).await;
+        assert_eq!(
+            got.iter().map(|p| (p.offset, p.epoch)).collect::<Vec<_>>(),
+            vec![(1, two), (2, two), (3, two)],
+            "the new stream from its start, in order"
+        );
+        let p4 = broker.append("h:e", Payload::text("d"));
+        broker.emit(p4);
+        assert_eq!(collect(&mut out, 1).await, vec![4]);
+        assert!(gaps.lock().is_empty(), "nothing missed: nobody is told");
+
+        // A client that had everything of the old stream (it was at 2) recovers across
+        // the change of epoch; one that was behind did miss something and is told.
+        let (b, _b_out) = node.hub().register(ConnInfo::default()).unwrap();
+        let r = node
+            .subscribe(
+                &b,
+                "h:e",
+                SubscribeOptions {
+                    recover_since: Some(StreamPosition::new(2, old_epoch)),
+                    ..SubscribeOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        let rec = r.recovery.unwrap();
+        assert!(rec.recovered);
+        assert_eq!(rec.position, StreamPosition::new(4, two));
+        assert_eq!(
+            rec.publications
+                .iter()
+                .map(|p| p.offset)
+                .collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+        let (c, _c_out) = node.hub().register(ConnInfo::default()).unwrap();
+        let r = node
+            .subscribe(
+                &c,
+                "h:e",
+                SubscribeOptions {
+                    recover_since: Some(StreamPosition::new(1, old_epoch)),
+                    ..SubscribeOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(!r.recovery.unwrap().recovered);
+
+        // A new epoch shown by a live publication instead of a resync: filled the same way.
+        broker.reset("h:e", "epochthr");
+        broker.append("h:e", Payload::text("x"));
+        let p2 = broker.append("h:e", Payload::text("y"));
+        broker.emit(p2);
+        let three = Epoch::parse("epochthr").unwrap();
+        let got = collect_publications(&mut out, 2).await;
+        assert_eq!(
+            got.iter().map(|p| (p.offset, p.epoch)).collect::<Vec<_>>(),
+            vec![(1, three), (2, three)]
+        );
+        assert!(gaps.lock().is_empty());
     }
 
     #[tokio::test]
@@ -1617,11 +1916,19 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(node.presence_stats("h:p").await.unwrap().num_clients, 2);
-        // The store lost everything (a restart): the resync writes this node's entries again.
-        broker.presence.lock().clear();
+        // The store lost everything (a restart): the broker writes this node's entries
+        // again from what the node tells it, before it reports itself connected.
         let handler = broker.handler.lock().clone().unwrap();
-        handler.on_resync("h:p", StreamPosition::default());
-        wait(|| broker.presence.lock().len() == 2).await;
+        let mut again: Vec<String> = handler
+            .local_presence("h:p")
+            .into_iter()
+            .map(|i| i.client)
+            .collect();
+        again.sort();
+        let mut present: Vec<String> = broker.presence.lock().keys().cloned().collect();
+        present.sort();
+        assert_eq!(again, present);
+        assert_eq!(again.len(), 2);
         drop(a);
         wait(|| broker.presence.lock().len() == 1).await;
         assert!(broker.listening.lock().contains("h:p"), "b still listens");
