@@ -129,19 +129,6 @@ impl Registry {
     }
 }
 
-/// Tells this node's Centrifugo subscribers of `channel` that they may have missed
-/// publications (see [`Control::InsufficientState`]).
-pub(crate) fn insufficient_state(shared: &Shared, channel: &str) {
-    let Some(ch) = shared.hub.channel(channel) else {
-        return;
-    };
-    for id in ch.member_ids() {
-        shared
-            .clients
-            .send_to(id, Control::InsufficientState(channel.to_string()));
-    }
-}
-
 /// Answer an upgrade request on [`PATH`].
 pub(crate) fn upgrade(
     mut req: Request<Incoming>,
@@ -226,7 +213,7 @@ async fn run<S>(
         control_rx,
         handle: None,
         subs: HashSet::new(),
-        positioned: HashSet::new(),
+        positioned: HashMap::new(),
         live_from: HashMap::new(),
         sub_expiry: HashMap::new(),
         expires_at: None,
@@ -269,7 +256,7 @@ struct Conn {
     /// Channels this client subscribed to (client- and server-side).
     subs: HashSet<String>,
     /// Subscriptions whose client tracks stream positions (told about gaps).
-    positioned: HashSet<String>,
+    positioned: HashMap<String, Epoch>,
     /// Per channel, the position a subscribe reply reported: queued publications at or
     /// below it were already recovered (or predate the subscription) and are skipped.
     /// Only happens with a shared broker (see `switchboard_core::Node`); removed once a
@@ -356,9 +343,21 @@ impl Conn {
                 got = outbox.recv_batch(&mut batch, BATCH) => {
                     match got {
                         Ok(_) => {
+                            // Channels whose stream went on in a new epoch in this batch.
+                            let mut moved: Vec<Arc<str>> = Vec::new();
                             for delivery in batch.drain(..) {
                                 if self.already_sent(&delivery) {
                                     continue;
+                                }
+                                if let Delivery::Publication(p) = &delivery {
+                                    if !moved.is_empty() && moved.contains(&p.channel) {
+                                        continue;
+                                    }
+                                    if self.stream_moved(p) {
+                                        moved.push(Arc::clone(&p.channel));
+                                        self.insufficient_state(&p.channel, &mut out).await;
+                                        continue;
+                                    }
                                 }
                                 if let Some(bytes) = encode_delivery(&delivery) {
                                     out.push(bytes);
@@ -384,12 +383,8 @@ impl Conn {
                     match control {
                         Control::Subscribe(channel) => self.server_subscribe(channel, &mut out).await,
                         Control::InsufficientState(channel) => {
-                            if self.positioned.contains(&channel) && self.subs.contains(&channel) {
-                                self.forget(&channel).await;
-                                out.push(Push::new(channel, PushBody::Unsubscribe(UnsubscribePush {
-                                    code: cf::unsubscribe_code::INSUFFICIENT_STATE,
-                                    reason: "insufficient state".to_string(),
-                                })).encode());
+                            if self.positioned.contains_key(&channel) && self.subs.contains(&channel) {
+                                self.insufficient_state(&channel, &mut out).await;
                             }
                         }
                         Control::Unsubscribe(channel) => {
@@ -455,6 +450,41 @@ impl Conn {
         }
         self.live_from.remove(&*p.channel);
         false
+    }
+
+    /// Whether `p` belongs to a new epoch of a positioned subscription's stream (the store
+    /// lost its data, or the channel's metadata expired): the client's position no longer
+    /// names a place in the stream.
+    fn stream_moved(&mut self, p: &switchboard_core::Publication) -> bool {
+        match self.positioned.get_mut(&*p.channel) {
+            Some(epoch) if *epoch == Epoch::EMPTY => {
+                *epoch = p.epoch;
+                false
+            }
+            Some(epoch) => *epoch != p.epoch,
+            None => false,
+        }
+    }
+
+    /// Tells the client to resubscribe `channel` with recovery (`unsubscribe` push, code
+    /// 2500 "insufficient state"): after a gap the node could not fill (recovery then says
+    /// `recovered: false`), or when the stream went on in a new epoch. In the latter case
+    /// the node delivered the new stream from its start to its members, so the client's
+    /// recovery from its old position reads the new stream from its start and is
+    /// `recovered: true` while history holds it (see `switchboard_core::Node::subscribe`).
+    async fn insufficient_state(&mut self, channel: &str, out: &mut Vec<Bytes>) {
+        tracing::debug!(peer = %self.peer, channel, "insufficient state: resubscribe (2500)");
+        self.forget(channel).await;
+        out.push(
+            Push::new(
+                channel,
+                PushBody::Unsubscribe(UnsubscribePush {
+                    code: cf::unsubscribe_code::INSUFFICIENT_STATE,
+                    reason: "insufficient state".to_string(),
+                }),
+            )
+            .encode(),
+        );
     }
 
     /// Ends this connection's subscription to `channel` (no message to the client).
@@ -815,7 +845,8 @@ impl Conn {
             ..Default::default()
         };
         if result.positioned || result.recoverable {
-            self.positioned.insert(req.channel.clone());
+            self.positioned
+                .insert(req.channel.clone(), r.position.epoch);
         }
         if let Some(recovery) = r.recovery {
             result.was_recovering = true;

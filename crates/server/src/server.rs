@@ -266,7 +266,7 @@ impl Server {
             let weak = Arc::downgrade(&shared);
             shared.node.set_gap_handler(Arc::new(move |channel: &str| {
                 if let Some(shared) = weak.upgrade() {
-                    crate::centrifugo::insufficient_state(&shared, channel);
+                    tell_missed(&shared, channel);
                 }
             }));
         } else {
@@ -400,5 +400,38 @@ impl BoundServer {
         sweeper.abort();
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// The node could not deliver publications of `channel` that its members missed (a gap
+/// that history no longer holds): every local member is told. Centrifugo subscribers get an
+/// `unsubscribe` push with code 2500 (the SDK resubscribes with recovery and learns
+/// `recovered: false`); every other connection (raw rooms, Socket.IO) is closed with
+/// [`CloseReason::MissedPublications`] (WebSocket close code 4500), so the application
+/// reloads its state and a Socket.IO client reconnects without recovery.
+fn tell_missed(shared: &Shared, channel: &str) {
+    let Some(ch) = shared.hub.channel(channel) else {
+        return;
+    };
+    let mut closed = 0usize;
+    for id in ch.member_ids() {
+        let told = shared.clients.send_to(
+            id,
+            crate::centrifugo::Control::InsufficientState(channel.to_string()),
+        );
+        if !told
+            && shared
+                .hub
+                .disconnect(id, switchboard_core::CloseReason::MissedPublications)
+        {
+            closed += 1;
+        }
+    }
+    if closed > 0 {
+        tracing::warn!(
+            channel,
+            closed,
+            "closed connections that missed publications (4500)"
+        );
     }
 }

@@ -138,6 +138,9 @@ struct Inner {
     /// Sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`) works on this server.
     sharded: AtomicBool,
     connected: AtomicBool,
+    /// The command connection answered its last heartbeat (cleared when a heartbeat or an
+    /// operation finds Redis unreachable): while it is down, publishes fail at once.
+    reachable: AtomicBool,
     /// The subscriptions were lost (disconnect) and must be made again.
     resync: AtomicBool,
     /// Wakes the maintenance task at once (a disconnect was seen).
@@ -352,6 +355,7 @@ impl RedisBroker {
             lease: config.lease.max(Duration::from_millis(300)),
             sharded: AtomicBool::new(true),
             connected: AtomicBool::new(false),
+            reachable: AtomicBool::new(false),
             resync: AtomicBool::new(false),
             wake: Notify::new(),
             handler: OnceLock::new(),
@@ -404,6 +408,39 @@ impl Drop for RedisBroker {
 }
 
 impl Inner {
+    /// Publishing is refused at once (a temporary error) while Redis is known to be
+    /// unreachable, rather than after the connection's reconnection attempts. (Publishes
+    /// are accepted while the subscriptions are being restored: what this node misses
+    /// meanwhile it fills from history when it listens again.)
+    fn ready_to_publish(&self) -> Result<(), BrokerError> {
+        if self.reachable.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err(unavailable("Redis is unreachable"))
+        }
+    }
+
+    /// Notes an operation's outcome: an unreachable Redis makes the next publishes fail at
+    /// once, and the maintenance task checks at once when it is back.
+    fn note<T>(&self, r: Result<T, BrokerError>) -> Result<T, BrokerError> {
+        if let Err(BrokerError::Unavailable(_)) = &r {
+            if self.reachable.swap(false, Ordering::Relaxed) {
+                self.wake.notify_one();
+            }
+        }
+        r
+    }
+
+    /// Presence is not read before this node wrote its own entries again after a
+    /// reconnect (Redis may have come back empty).
+    fn ready_for_presence(&self) -> Result<(), BrokerError> {
+        if self.connected.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err(unavailable("not connected to Redis"))
+        }
+    }
+
     fn lease_ms(&self) -> u64 {
         ms(self.lease)
     }
@@ -603,8 +640,32 @@ impl Inner {
                     .unwrap_or(Epoch::EMPTY),
             );
             handler.on_resync(channel, top);
+            let members = handler.local_presence(channel);
+            if !members.is_empty() {
+                self.write_presence(channel, &members).await?;
+            }
         }
         Ok(())
+    }
+
+    /// Writes this node's presence entries of `channel` (one round trip).
+    async fn write_presence(
+        &self,
+        channel: &str,
+        members: &[ClientInfo],
+    ) -> Result<(), BrokerError> {
+        let node = &self.node.id;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for info in members {
+            let mut value = format!("{node}\n").into_bytes();
+            value.extend_from_slice(&codec::encode_info(info));
+            pipe.hset(presence_key(channel), &info.client, value)
+                .ignore();
+        }
+        pipe.sadd(node_channels_key(node), channel).ignore();
+        let mut cmd = self.cmd.clone();
+        bounded(pipe.exec_async(&mut cmd)).await
     }
 
     /// Which of `nodes` hold a lease.
@@ -817,6 +878,7 @@ async fn maintain(weak: std::sync::Weak<Inner>) {
         let period = inner.lease / 3;
         let ok = match inner.heartbeat().await {
             Ok(()) => {
+                inner.reachable.store(true, Ordering::Relaxed);
                 let mut ok = true;
                 if !inner.connected.load(Ordering::Relaxed) || inner.resync.load(Ordering::Relaxed)
                 {
@@ -853,6 +915,7 @@ async fn maintain(weak: std::sync::Weak<Inner>) {
                 ok
             }
             Err(e) => {
+                inner.reachable.store(false, Ordering::Relaxed);
                 if inner.connected.swap(false, Ordering::Relaxed) {
                     tracing::warn!("Redis unreachable: {e}");
                 }
@@ -911,6 +974,7 @@ impl Broker for RedisBroker {
     ) -> BoxFuture<'a, Result<StreamPosition, BrokerError>> {
         Box::pin(async move {
             let inner = &*self.inner;
+            inner.ready_to_publish()?;
             let env = Envelope {
                 origin: inner.node.id.clone(),
                 exclude: p.exclude,
@@ -924,21 +988,23 @@ impl Broker for RedisBroker {
                 0
             };
             let mut cmd = inner.cmd.clone();
-            let (offset, epoch): (u64, String) = bounded(
-                inner
-                    .publish
-                    .key(meta_key(channel))
-                    .key(stream_key(channel))
-                    .arg(pubsub_channel(channel))
-                    .arg(codec::encode(&env))
-                    .arg(new_epoch())
-                    .arg(size)
-                    .arg(ms(options.history_ttl))
-                    .arg(ms(meta_ttl(options)))
-                    .arg(inner.publish_cmd())
-                    .invoke_async(&mut cmd),
-            )
-            .await?;
+            let (offset, epoch): (u64, String) = inner.note(
+                bounded(
+                    inner
+                        .publish
+                        .key(meta_key(channel))
+                        .key(stream_key(channel))
+                        .arg(pubsub_channel(channel))
+                        .arg(codec::encode(&env))
+                        .arg(new_epoch())
+                        .arg(size)
+                        .arg(ms(options.history_ttl))
+                        .arg(ms(meta_ttl(options)))
+                        .arg(inner.publish_cmd())
+                        .invoke_async(&mut cmd),
+                )
+                .await,
+            )?;
             Ok(StreamPosition::new(offset, Epoch::from_client(&epoch)))
         })
     }
@@ -954,6 +1020,7 @@ impl Broker for RedisBroker {
             if publications.is_empty() {
                 return Ok(Vec::new());
             }
+            inner.ready_to_publish()?;
             let size = if options.history_enabled() {
                 options.history_size
             } else {
@@ -984,7 +1051,8 @@ impl Broker for RedisBroker {
                     .arg(inner.publish_cmd());
             }
             let mut cmd = inner.cmd.clone();
-            let answers: Vec<(u64, String)> = bounded(pipe.query_async(&mut cmd)).await?;
+            let answers: Vec<(u64, String)> =
+                inner.note(bounded(pipe.query_async(&mut cmd)).await)?;
             Ok(answers
                 .into_iter()
                 .map(|(offset, epoch)| StreamPosition::new(offset, Epoch::from_client(&epoch)))
@@ -1116,20 +1184,9 @@ impl Broker for RedisBroker {
         info: ClientInfo,
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
-            let node = &self.inner.node.id;
-            let mut value = format!("{node}\n").into_bytes();
-            value.extend_from_slice(&codec::encode_info(&info));
-            let mut cmd = self.inner.cmd.clone();
-            bounded(
-                redis::pipe()
-                    .atomic()
-                    .hset(presence_key(channel), &info.client, value)
-                    .ignore()
-                    .sadd(node_channels_key(node), channel)
-                    .ignore()
-                    .exec_async(&mut cmd),
-            )
-            .await
+            self.inner
+                .write_presence(channel, std::slice::from_ref(&info))
+                .await
         })
     }
 
@@ -1155,6 +1212,7 @@ impl Broker for RedisBroker {
         channel: &'a str,
     ) -> BoxFuture<'a, Result<HashMap<String, ClientInfo>, BrokerError>> {
         Box::pin(async move {
+            self.inner.ready_for_presence()?;
             let mut cmd = self.inner.cmd.clone();
             let raw: HashMap<String, Vec<u8>> = bounded(
                 redis::cmd("HGETALL")

@@ -664,6 +664,9 @@ pub(crate) enum End {
     SlowConsumer,
     /// The server is shutting down.
     Shutdown,
+    /// A channel of the session lost publications the node could not deliver (WebSocket
+    /// close 4500; the sockets are not kept, so the client's reconnect is not recovered).
+    MissedPublications,
 }
 
 impl End {
@@ -834,6 +837,7 @@ impl Engine {
             Step::ProtocolError => Err(End::ProtocolError),
             Step::SlowConsumer => Err(End::SlowConsumer),
             Step::Shutdown => Err(End::Shutdown),
+            Step::MissedPublications => Err(End::MissedPublications),
         }
     }
 
@@ -908,6 +912,7 @@ impl Engine {
                 End::Shutdown => (1001, "server shutting down"),
                 End::SlowConsumer => (1008, "slow consumer"),
                 End::ProtocolError => (1002, "protocol error"),
+                End::MissedPublications => (4500, "missed publications"),
                 _ => (1000, ""),
             };
             if end != End::TransportClose {

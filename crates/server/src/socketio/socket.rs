@@ -43,6 +43,9 @@ pub(crate) enum Step {
     /// The hub is closing every connection (server shutdown): end the session so the
     /// client reconnects (to another node, or to this one once it is back).
     Shutdown,
+    /// A socket's channel lost publications the node could not deliver: end the session
+    /// without keeping its sockets, so the client reconnects and learns `recovered: false`.
+    MissedPublications,
 }
 
 type RecvFuture =
@@ -189,6 +192,7 @@ impl Sockets {
             match closed.reason {
                 CloseReason::SlowConsumer => return Step::SlowConsumer,
                 CloseReason::Shutdown => return Step::Shutdown,
+                CloseReason::MissedPublications => return Step::MissedPublications,
                 _ => {}
             }
             // Closed by the server (e.g. the HTTP API's disconnect): the socket leaves its
