@@ -1,6 +1,7 @@
 // A private redis-server for the cluster suites: a free loopback port, a temporary
-// directory, no persistence (`--save '' --appendonly no`). Never touches a Redis that
-// is already running (in particular not one on 6379).
+// directory, no persistence (`--save '' --appendonly no`) unless asked for
+// (`startRedis({ persist: true })`: an append-only file fsynced on every write). Never
+// touches a Redis that is already running (in particular not one on 6379).
 
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -31,8 +32,9 @@ export function redisAvailable() {
   });
 }
 
-function launch(port, dir) {
-  const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir];
+function launch(port, dir, persist = false) {
+  const aof = persist ? ['--appendonly', 'yes', '--appendfsync', 'always'] : ['--appendonly', 'no'];
+  const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', ...aof, '--dir', dir];
   const proc = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   const exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
@@ -60,12 +62,15 @@ function launch(port, dir) {
 /**
  * Start a private redis-server. Returns { port, url, stop(signal), restart() }:
  * `stop` ends it (SIGKILL by default: an outage), `restart` starts it again on the
- * same port with empty data, like a Redis that crashed and came back.
+ * same port with empty data, like a Redis that crashed and came back. With
+ * `{ persist: true }` every write is appended to a file in its directory and fsynced
+ * before the reply (`--appendonly yes --appendfsync always`), so `restart` brings it back
+ * with every acknowledged write, like a Redis that crashed and reloaded its data.
  */
-export async function startRedis() {
+export async function startRedis({ persist = false } = {}) {
   const port = await freePort();
   const dir = mkdtempSync(path.join(tmpdir(), 'sb-redis-'));
-  let cur = launch(port, dir);
+  let cur = launch(port, dir, persist);
   await cur.ready;
   return {
     port,
@@ -75,7 +80,7 @@ export async function startRedis() {
       await cur.exited;
     },
     async restart() {
-      cur = launch(port, dir);
+      cur = launch(port, dir, persist);
       await cur.ready;
     },
     /** Run one command with `redis-cli` against this server; returns its output lines. */
