@@ -5,6 +5,7 @@
 mod server_support;
 
 use server_support::*;
+use switchboard_server::auth::{sign_hs256, ConnectionClaims, SubscriptionClaims};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -144,4 +145,129 @@ async fn truncated_api_body_times_out() {
     assert_eq!(answer.status, 408, "{}", answer.body);
     let r = api(&server, "publish", r#"{"channel":"x","data":1}"#).await;
     assert_eq!(r.status, 200, "{}", r.body);
+}
+
+// ---------------------------------------------------------------------------------------
+// Token time claims far in the future.
+// ---------------------------------------------------------------------------------------
+
+const SECRET: &str = "hostile-secret";
+
+/// Time claims beyond what `SystemTime` can hold (1e19 s, `u64::MAX`, a huge float) mean
+/// "far future": the connection and the subscription work and stay open, and nothing
+/// panics.
+#[tokio::test]
+async fn huge_token_expiry_means_far_future() {
+    let (_dir, server) = start(&format!("token_hmac_secret = \"{SECRET}\"\n"), &[], &[]);
+    let url = server.ws_url("/connection/websocket");
+    let mut client = ws(&url).await;
+
+    let claims = ConnectionClaims {
+        exp: Some(10_000_000_000_000_000_000),
+        ..ConnectionClaims::new("42")
+    };
+    let token = sign_hs256(SECRET.as_bytes(), &claims).unwrap();
+    client
+        .send_text(&format!(r#"{{"id":1,"connect":{{"token":"{token}"}}}}"#))
+        .await;
+    let reply = client.next_text().await;
+    assert!(
+        reply.contains(r#""id":1"#) && reply.contains(r#""expires":true"#),
+        "{reply}"
+    );
+    assert!(!reply.contains("error"), "{reply}");
+
+    let sub = SubscriptionClaims {
+        expire_at: Some(u64::MAX),
+        ..SubscriptionClaims::new("42", "news")
+    };
+    let sub_token = sign_hs256(SECRET.as_bytes(), &sub).unwrap();
+    client
+        .send_text(&format!(
+            r#"{{"id":2,"subscribe":{{"channel":"news","token":"{sub_token}"}}}}"#
+        ))
+        .await;
+    let reply = client.next_text().await;
+    assert!(
+        reply.contains(r#""id":2"#) && !reply.contains("error"),
+        "{reply}"
+    );
+
+    // A fractional exp far beyond u64 (1e300) on refresh.
+    let refresh = r#"{"sub":"42","exp":1e300}"#;
+    let refresh = sign_json(refresh);
+    client
+        .send_text(&format!(r#"{{"id":3,"refresh":{{"token":"{refresh}"}}}}"#))
+        .await;
+    let reply = client.next_text().await;
+    assert!(
+        reply.contains(r#""id":3"#) && !reply.contains("error"),
+        "{reply}"
+    );
+
+    // Still open and answering after the timers were armed.
+    client
+        .send_text(r#"{"id":4,"presence_stats":{"channel":"news"}}"#)
+        .await;
+    let reply = client.next_text().await;
+    assert!(reply.contains(r#""id":4"#), "{reply}");
+    let stats = server_stats(&server).await;
+    assert_eq!(stats["closed_panic"], 0, "{stats}");
+}
+
+/// An HS256 token over raw JSON claims (to write numbers serde would not produce).
+fn sign_json(claims: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(claims).unwrap();
+    sign_hs256(SECRET.as_bytes(), &value).unwrap()
+}
+
+// ---------------------------------------------------------------------------------------
+// Malformed input gets a precise answer.
+// ---------------------------------------------------------------------------------------
+
+/// Channel names the server never accepts get Centrifugo's 107 "bad request" with a clear
+/// message, not 102 "unknown channel"; the connection stays usable.
+#[tokio::test]
+async fn invalid_channel_names_are_bad_requests() {
+    let (_dir, server) = start(
+        "allow_anonymous = true\n[channel.default]\nallow_subscribe_for_anonymous = true\n",
+        &[],
+        &[],
+    );
+    let mut client = ws(&server.ws_url("/connection/websocket")).await;
+    client.send_text(r#"{"id":1,"connect":{}}"#).await;
+    let reply = client.next_text().await;
+    assert!(!reply.contains("error"), "{reply}");
+    let long = "x".repeat(256);
+    for (i, name) in ["with space", "nul\\u0000byte", long.as_str()]
+        .iter()
+        .enumerate()
+    {
+        let id = i + 2;
+        client
+            .send_text(&format!(
+                r#"{{"id":{id},"subscribe":{{"channel":"{name}"}}}}"#
+            ))
+            .await;
+        let reply = client.next_text().await;
+        let v: serde_json::Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(v["id"], id, "{reply}");
+        assert_eq!(v["error"]["code"], 107, "{reply}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("invalid channel"),
+            "{reply}"
+        );
+    }
+    // A valid name on the same connection still works.
+    client
+        .send_text(r#"{"id":9,"subscribe":{"channel":"fine"}}"#)
+        .await;
+    let reply = client.next_text().await;
+    assert!(
+        reply.contains(r#""id":9"#) && !reply.contains("error"),
+        "{reply}"
+    );
 }
