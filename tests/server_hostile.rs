@@ -4,8 +4,11 @@
 //! counters in `/health`), and that other clients are still served.
 mod server_support;
 
+use std::time::Duration;
+
 use server_support::*;
 use switchboard_server::auth::{sign_hs256, ConnectionClaims, SubscriptionClaims};
+use switchboard_websocket::{CloseCode, Message};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -78,6 +81,14 @@ async fn server_stats(server: &ServerProc) -> serde_json::Value {
     assert_eq!(r.status, 200, "health: {}", r.body);
     let v: serde_json::Value = serde_json::from_str(&r.body).expect("health is JSON");
     v["server"].clone()
+}
+
+/// Reads the next frame and asserts it is a close with `code`.
+async fn expect_close_code(client: &mut Client, code: CloseCode) {
+    match client.expect_close().await {
+        Some(frame) => assert_eq!(frame.code, code, "close reason {:?}", frame.reason),
+        None => panic!("expected close {code:?}, got a close without code"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -270,4 +281,192 @@ async fn invalid_channel_names_are_bad_requests() {
         reply.contains(r#""id":9"#) && !reply.contains("error"),
         "{reply}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Socket.IO binary attachments.
+// ---------------------------------------------------------------------------------------
+
+const SIO_CONFIG: &str = "allow_anonymous = true\n";
+
+/// Opens a Socket.IO session over a WebSocket and joins `/`.
+async fn sio(server: &ServerProc) -> Client {
+    let mut c = ws(&server.ws_url("/socket.io/?EIO=4&transport=websocket")).await;
+    let open = c.next_text().await;
+    assert!(open.starts_with("0{"), "{open}");
+    c.send_text("40").await;
+    let connected = c.next_text().await;
+    assert!(connected.starts_with("40{"), "{connected}");
+    c
+}
+
+/// An Engine.IO message holding a BINARY_EVENT header that announces `n` attachments, with
+/// ack id 7.
+fn binary_event(n: usize) -> String {
+    let placeholders: Vec<String> = (0..n)
+        .map(|i| format!(r#"{{"_placeholder":true,"num":{i}}}"#))
+        .collect();
+    format!("45{n}-7[\"up\",{}]", placeholders.join(","))
+}
+
+/// An event announcing more attachments than allowed (default 10) is refused at once with
+/// a protocol-error close, before anything is buffered; other sessions carry on.
+#[tokio::test]
+async fn too_many_attachments_close_the_session() {
+    let (_dir, server) = start(SIO_CONFIG, &[], &[]);
+    let mut bystander = sio(&server).await;
+    let mut attacker = sio(&server).await;
+    attacker.send_text(&binary_event(64)).await;
+    expect_close_code(&mut attacker, CloseCode::PROTOCOL_ERROR).await;
+
+    // Ten are still fine: the event completes and is acknowledged.
+    bystander.send_text(&binary_event(10)).await;
+    for _ in 0..10 {
+        bystander
+            .writer
+            .send(Message::binary(vec![1u8; 10]))
+            .await
+            .unwrap();
+    }
+    assert_eq!(bystander.next_text().await, "437[]");
+    let stats = server_stats(&server).await;
+    assert_eq!(stats["socketio_attachment_bytes"], 0, "{stats}");
+}
+
+/// Attachments of one connection are bounded in bytes (default 4 MiB per connection): the
+/// one that goes over closes the session, and what was buffered is released.
+#[tokio::test]
+async fn attachment_bytes_per_connection_are_bounded() {
+    let (_dir, server) = start(SIO_CONFIG, &[], &[]);
+    let mut attacker = sio(&server).await;
+    attacker.send_text(&binary_event(10)).await;
+    // Each is within maxPayload (1 000 000); the fifth passes 4 MiB in total.
+    for _ in 0..5 {
+        if attacker
+            .writer
+            .send(Message::binary(vec![7u8; 1_000_000]))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    expect_close_code(&mut attacker, CloseCode::PROTOCOL_ERROR).await;
+    let stats = server_stats(&server).await;
+    assert_eq!(stats["socketio_attachment_bytes"], 0, "{stats}");
+    // The server still accepts sessions.
+    let _ok = sio(&server).await;
+}
+
+/// The attachment bytes buffered by all connections together are bounded: the connection
+/// that would pass the server-wide limit is closed, the others complete their events.
+#[tokio::test]
+async fn attachment_bytes_across_the_server_are_bounded() {
+    let config = format!("{SIO_CONFIG}[socketio]\nmax_attachment_bytes_total = 1500000\n");
+    let (_dir, server) = start(&config, &[], &[]);
+    let mut a = sio(&server).await;
+    let mut b = sio(&server).await;
+    a.send_text(&binary_event(2)).await;
+    a.writer
+        .send(Message::binary(vec![1u8; 600_000]))
+        .await
+        .unwrap();
+    b.send_text(&binary_event(2)).await;
+    b.writer
+        .send(Message::binary(vec![2u8; 1_000_000]))
+        .await
+        .unwrap();
+    expect_close_code(&mut b, CloseCode::PROTOCOL_ERROR).await;
+    let stats = server_stats(&server).await;
+    let held = stats["socketio_attachment_bytes"].as_u64().unwrap();
+    assert!(held <= 1_500_000, "{stats}");
+    // A's event fits once B's bytes are released.
+    a.writer
+        .send(Message::binary(vec![1u8; 600_000]))
+        .await
+        .unwrap();
+    assert_eq!(a.next_text().await, "437[]");
+    let stats = server_stats(&server).await;
+    assert_eq!(stats["socketio_attachment_bytes"], 0, "{stats}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Socket.IO long-polling: stalled bodies, malformed packets.
+// ---------------------------------------------------------------------------------------
+
+/// The sid of a new polling session (from the open packet).
+async fn polling_session(server: &ServerProc) -> Response {
+    http(
+        &server.addr(),
+        "GET",
+        "/socket.io/?EIO=4&transport=polling",
+        &[],
+        "",
+    )
+    .await
+}
+
+fn sid_of(open: &str) -> String {
+    let json = open.strip_prefix('0').expect("open packet");
+    let v: serde_json::Value = serde_json::from_str(json).expect("open JSON");
+    v["sid"].as_str().expect("sid").to_string()
+}
+
+/// A polling `POST` that announces 1000 bytes and sends 2 is answered 408 and closed after
+/// the body timeout; while it is open it holds the session's connection slot even though
+/// the session itself ended.
+#[tokio::test]
+async fn truncated_polling_body_times_out_and_keeps_its_slot() {
+    let (_dir, server) = start(
+        SIO_CONFIG,
+        &["--max-connections", "1"],
+        &[("SWITCHBOARD_BODY_TIMEOUT", "3")],
+    );
+    let open = polling_session(&server).await;
+    assert_eq!(open.status, 200, "{}", open.body);
+    let sid = sid_of(&open.body);
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let mut stuck = truncated_post(&server.addr(), &path, 1000, "40").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A second POST overlaps the first: a protocol error that ends the session.
+    let second = http(&server.addr(), "POST", &path, &[], "40").await;
+    assert_eq!(second.status, 400, "{}", second.body);
+
+    // The stuck request still holds the slot: no new session while it is open.
+    let refused = polling_session(&server).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+
+    // It is answered and closed once the body timeout passes...
+    let answer = read_response(&mut stuck).await;
+    assert_eq!(answer.status, 408, "{}", answer.body);
+    // ... and its slot is free again.
+    let again = polling_session(&server).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+}
+
+/// A malformed Socket.IO packet posted over polling is answered 400 with the reason, and
+/// the session is closed (later requests for it are refused).
+#[tokio::test]
+async fn malformed_polling_packet_is_a_bad_request() {
+    let (_dir, server) = start(SIO_CONFIG, &[], &[]);
+    let open = polling_session(&server).await;
+    assert_eq!(open.status, 200, "{}", open.body);
+    let sid = sid_of(&open.body);
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let r = http(&server.addr(), "POST", &path, &[], "40").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Engine.IO message `4`, Socket.IO type `9` does not exist.
+    let r = http(&server.addr(), "POST", &path, &[], "49[\"x\"]").await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("unknown packet type"), "{}", r.body);
+    // The session is closed: a poll gets the close packet or an unknown-sid error.
+    let r = http(&server.addr(), "GET", &path, &[], "").await;
+    assert!(
+        (r.status == 200 && r.body.contains('1')) || r.status == 400,
+        "{} {}",
+        r.status,
+        r.body
+    );
+    let r = http(&server.addr(), "GET", &path, &[], "").await;
+    assert_eq!(r.status, 400, "{}", r.body);
 }
