@@ -431,6 +431,14 @@ async fn truncated_polling_body_times_out_and_keeps_its_slot() {
     // A second POST overlaps the first: a protocol error that ends the session.
     let second = http(&server.addr(), "POST", &path, &[], "40").await;
     assert_eq!(second.status, 400, "{}", second.body);
+    // The session is gone: a poll gets its close packet, or the sid is already unknown.
+    let poll = http(&server.addr(), "GET", &path, &[], "").await;
+    assert!(
+        poll.status == 400 || (poll.status == 200 && poll.body.ends_with('1')),
+        "{} {}",
+        poll.status,
+        poll.body
+    );
 
     // The stuck request still holds the slot: no new session while it is open.
     let refused = polling_session(&server).await;
