@@ -54,6 +54,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SWITCHBOARD_HANDSHAKE_TIMEOUT", value_name = "SECS", value_parser = parse_secs)]
     pub handshake_timeout: Option<Duration>,
 
+    /// Seconds a request body (HTTP API, Socket.IO polling) has to arrive in full once its
+    /// headers are read; a slower one gets 408 and its connection is closed [default: 30].
+    #[arg(long, env = "SWITCHBOARD_BODY_TIMEOUT", value_name = "SECS", value_parser = parse_secs)]
+    pub body_timeout: Option<Duration>,
+
     /// Most members of one room; a further join is closed with 1008 "room full"
     /// [default: unlimited].
     #[arg(long, env = "SWITCHBOARD_MAX_ROOM_MEMBERS", value_name = "N")]
@@ -184,6 +189,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.handshake_timeout {
             c.handshake_timeout = v;
+        }
+        if let Some(v) = self.body_timeout {
+            c.body_timeout = v;
         }
         if let Some(v) = self.max_room_members {
             c.max_room_members = Some(v);

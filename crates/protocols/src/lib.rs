@@ -5,6 +5,9 @@
 //! encoding of a publication in the publication itself so fan-out encodes once per format.
 
 #![warn(missing_docs)]
+// Everything here decodes untrusted input: no unwrap/expect outside tests, except where an
+// `allow` says why it cannot fail.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod centrifugo;
 pub mod raw;

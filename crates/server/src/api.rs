@@ -27,11 +27,18 @@
 //! containing `room`). An empty or missing pattern lists every channel. Centrifugo's fuller
 //! glob syntax (`?`, `[...]`, `{a,b}`, `\` escapes) is not supported: those characters match
 //! themselves.
+//!
+//! Answers are serialised straight to text, never through a [`Value`] tree: published data
+//! is embedded as raw JSON exactly as it was published, however deeply it nests (a tree
+//! would re-parse it and hit serde_json's nesting limit).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use switchboard_core::{
@@ -40,7 +47,7 @@ use switchboard_core::{
 use switchboard_protocols::centrifugo::{self as cf, Data};
 
 use crate::broker::control::{self, Answer, Command, Question};
-use crate::http::Body;
+use crate::http::{read_body, Body, BodyError};
 use crate::server::Shared;
 
 /// Path prefix of the API.
@@ -125,10 +132,12 @@ pub(crate) async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<
     if !authorized(req.headers(), shared.config.api_key.as_deref()) {
         return plain(StatusCode::UNAUTHORIZED, "unauthorized");
     }
-    let limit = shared.config.max_message_size + 64 * 1024;
-    let body = match Limited::new(req.into_body(), limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
+    let limit = shared.config.max_message_size.saturating_add(64 * 1024);
+    let body = match read_body(req.into_body(), limit, shared.config.body_timeout).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
+        Err(BodyError::TimedOut) => return body_timed_out(),
+        Err(BodyError::Broken) => return plain(StatusCode::BAD_REQUEST, "body not received"),
     };
     let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}"
@@ -139,14 +148,58 @@ pub(crate) async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<
         Ok(answer) => json_response(answer),
         Err(Fail::BadJson(e)) => plain_owned(StatusCode::BAD_REQUEST, format!("bad request: {e}")),
         Err(Fail::Unavailable(e)) => {
-            let v = json!({ "error": e });
-            let mut r = json_response(v);
+            let mut r = json_response(json!({ "error": e }).to_string());
             *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             r
         }
     }
+}
+
+/// 408 for a body that did not arrive in time; the connection is closed after it (the rest
+/// of the body may still come and cannot be told apart from a next request).
+pub(crate) fn body_timed_out() -> Response<Body> {
+    let mut r = plain(
+        StatusCode::REQUEST_TIMEOUT,
+        "request body not received in time",
+    );
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// A JSON answer, already serialised.
+type Json = String;
+
+/// `{"result": ...}`.
+#[derive(Serialize)]
+struct Success<T> {
+    result: T,
+}
+
+/// The `history` result: publications with their data embedded verbatim.
+#[derive(Serialize)]
+struct HistoryAnswer {
+    publications: Vec<cf::Publication>,
+    offset: u64,
+    epoch: String,
+}
+
+/// The `presence` result, by client id.
+#[derive(Serialize)]
+struct PresenceAnswer {
+    presence: BTreeMap<String, cf::ClientInfo>,
+}
+
+/// `v` as JSON text. Serialising to text cannot fail for the answer types above (string map
+/// keys, raw values written as they are); should it anyway, the caller gets an internal error
+/// rather than a dropped connection.
+fn to_json(v: &impl Serialize) -> Json {
+    serde_json::to_string(v).unwrap_or_else(|e| {
+        tracing::error!("API answer not serialisable: {e}");
+        json!({ "error": cf_error(&cf::Error::INTERNAL) }).to_string()
+    })
 }
 
 /// Why a call gets an HTTP error rather than a JSON answer.
@@ -178,15 +231,15 @@ impl From<NodeError> for ApiError {
 }
 
 /// The JSON answer for a node result: a temporary broker failure becomes a 503.
-fn node_outcome(r: Result<Value, impl Into<ApiError>>) -> Result<Value, Fail> {
+fn node_outcome<T: Serialize>(r: Result<T, impl Into<ApiError>>) -> Result<Json, Fail> {
     match r.map_err(Into::into) {
-        Ok(v) => Ok(json!({ "result": v })),
+        Ok(v) => Ok(to_json(&Success { result: v })),
         Err(e) if e.temporary => Err(Fail::Unavailable(e.body)),
-        Err(e) => Ok(json!({ "error": e.body })),
+        Err(e) => Ok(json!({ "error": e.body }).to_string()),
     }
 }
 
-async fn call(method: &str, body: &[u8], shared: &Shared) -> Result<Value, Fail> {
+async fn call(method: &str, body: &[u8], shared: &Shared) -> Result<Json, Fail> {
     let hub = &shared.hub;
     let node = &shared.node;
     Ok(match method {
@@ -205,12 +258,12 @@ async fn call(method: &str, body: &[u8], shared: &Shared) -> Result<Value, Fail>
                     Err(e) => json!({ "error": e.body }),
                 });
             }
-            json!({ "result": { "responses": responses } })
+            json!({ "result": { "responses": responses } }).to_string()
         }
         "presence" => {
             let b: ChannelBody = parse(body)?;
             node_outcome(node.presence(&b.channel).await.map(|m| {
-                let map: serde_json::Map<String, Value> = m
+                let presence = m
                     .into_iter()
                     .map(|(k, v)| {
                         let info = cf::ClientInfo {
@@ -219,10 +272,10 @@ async fn call(method: &str, body: &[u8], shared: &Shared) -> Result<Value, Fail>
                             conn_info: v.conn_info.as_deref().and_then(json_data),
                             chan_info: v.chan_info.as_deref().and_then(json_data),
                         };
-                        (k, serde_json::to_value(info).unwrap_or(Value::Null))
+                        (k, info)
                     })
                     .collect();
-                json!({ "presence": map })
+                PresenceAnswer { presence }
             }))?
         }
         "presence_stats" => {
@@ -248,16 +301,15 @@ async fn call(method: &str, body: &[u8], shared: &Shared) -> Result<Value, Fail>
                 reverse: b.reverse,
             };
             node_outcome(node.history(&b.channel, query).await.map(|r| {
-                let pubs: Vec<cf::Publication> = r
-                    .publications
-                    .iter()
-                    .map(|p| cf::Publication::from_core(p))
-                    .collect();
-                json!({
-                    "publications": pubs,
-                    "offset": r.position.offset,
-                    "epoch": cf::wire_epoch(r.position.epoch),
-                })
+                HistoryAnswer {
+                    publications: r
+                        .publications
+                        .iter()
+                        .map(|p| cf::Publication::from_core(p))
+                        .collect(),
+                    offset: r.position.offset,
+                    epoch: cf::wire_epoch(r.position.epoch),
+                }
             }))?
         }
         "history_remove" => {
@@ -336,7 +388,7 @@ async fn call(method: &str, body: &[u8], shared: &Shared) -> Result<Value, Fail>
             }))?
         }
         // `handle` only lets the methods matched above through.
-        _ => json!({ "error": cf_error(&cf::Error::NOT_AVAILABLE) }),
+        _ => json!({ "error": cf_error(&cf::Error::NOT_AVAILABLE) }).to_string(),
     })
 }
 
@@ -510,8 +562,8 @@ fn authorized(headers: &http::HeaderMap, key: Option<&str>) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn json_response(v: Value) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+fn json_response(body: Json) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -525,7 +577,7 @@ fn plain(status: StatusCode, body: &'static str) -> Response<Body> {
 
 fn plain_owned(status: StatusCode, body: String) -> Response<Body> {
     let v = json!({ "error": { "code": status.as_u16(), "message": body } });
-    let mut r = json_response(v);
+    let mut r = json_response(v.to_string());
     *r.status_mut() = status;
     r
 }
@@ -540,6 +592,27 @@ mod tests {
             h.insert(*k, HeaderValue::from_static(v));
         }
         h
+    }
+
+    #[test]
+    fn deeply_nested_data_is_embedded_verbatim() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let publication = cf::Publication {
+            data: Some(Data::from_json(deep.clone()).unwrap()),
+            ..Default::default()
+        };
+        // A `Value` tree cannot hold it (serde_json's nesting limit)...
+        assert!(serde_json::to_value(&publication).is_err());
+        // ... the answer written as text embeds it as published.
+        let text = to_json(&Success {
+            result: HistoryAnswer {
+                publications: vec![publication],
+                offset: 0,
+                epoch: String::new(),
+            },
+        });
+        assert!(text.starts_with(r#"{"result":{"publications":[{"data":[[["#));
+        assert!(text.contains(&deep));
     }
 
     #[test]

@@ -34,6 +34,7 @@
 //! assert_eq!(verified.sub, "42");
 //! assert_eq!(verified.info.unwrap().get(), r#"{"name":"Ada"}"#);
 //! ```
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use std::fmt;
 use std::path::PathBuf;

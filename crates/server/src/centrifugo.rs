@@ -31,6 +31,12 @@
 //!
 //! Replies and pushes that are ready together go out in one WebSocket frame, one JSON
 //! message per line, as the protocol allows.
+//!
+//! Hostile input: a channel name no channel can have (empty, too long, whitespace or control
+//! characters) gets error 107 "bad request: invalid channel name"; token time claims of any
+//! size are accepted (a time past what the clock can represent never fires); a panic while
+//! serving a connection (a bug) closes it with 1011 and is counted as `closed_panic`.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,8 +48,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use switchboard_core::{
-    ClientCtx, CloseReason, ConnHandle, ConnInfo, Delivery, Epoch, HistoryQuery, HubError,
-    NodeError, Outbox, PermissionError, PublishOptions, StreamPosition as CorePosition,
+    ChannelError, ClientCtx, CloseReason, ConnHandle, ConnInfo, Delivery, Epoch, HistoryQuery,
+    HubError, NodeError, Outbox, PermissionError, PublishOptions, StreamPosition as CorePosition,
     SubscribeOptions,
 };
 use switchboard_protocols::centrifugo::{
@@ -219,7 +225,19 @@ async fn run<S>(
         expires_at: None,
         last_seen: Instant::now(),
     };
-    let end = conn.serve(&mut writer, &token).await;
+    // A panic while serving (a bug) must not just drop the socket: the client gets 1011 and
+    // the panic is counted, as for raw rooms.
+    let end = match crate::crash::CatchPanic::new(conn.serve(&mut writer, &token)).await {
+        Ok(end) => end,
+        Err(p) => {
+            shared.counters.bump(Counter::ClosedPanic);
+            tracing::error!(%peer, "panic in centrifugo connection: {p}");
+            End::Disconnect(Disconnect::new(
+                CloseCode::INTERNAL_ERROR.0,
+                "internal server error",
+            ))
+        }
+    };
     match end {
         End::Disconnect(d) => {
             tracing::debug!(%peer, code = d.code, reason = %d.reason, "centrifugo disconnect");
@@ -400,9 +418,15 @@ impl Conn {
                     }
                 }
                 _ = expiry.elapsed() => {
-                    return End::Disconnect(Disconnect::EXPIRED);
+                    if expiry.passed() {
+                        return End::Disconnect(Disconnect::EXPIRED);
+                    }
                 }
-                _ = sub_expiry.elapsed() => self.drop_expired_subs(&mut out),
+                _ = sub_expiry.elapsed() => {
+                    if sub_expiry.passed() {
+                        self.drop_expired_subs(&mut out);
+                    }
+                }
                 _ = &mut stop => {
                     return End::Disconnect(Disconnect::SHUTDOWN);
                 }
@@ -680,6 +704,10 @@ impl Conn {
         Step::Continue
     }
 
+    #[allow(
+        clippy::expect_used,
+        reason = "set by `connect`, before any other command is handled"
+    )]
     fn handle(&self) -> &ConnHandle {
         self.handle.as_ref().expect("connected")
     }
@@ -690,6 +718,21 @@ impl Conn {
 
     async fn handle_command(&mut self, cmd: Command, out: &mut Vec<Bytes>) -> Step {
         let id = cmd.id;
+        // A name no channel can have is a malformed command (107), not an unknown channel.
+        let channel = match &cmd.method {
+            Method::Subscribe(r) => Some(&r.channel),
+            Method::Publish(r) => Some(&r.channel),
+            Method::Presence(r) => Some(&r.channel),
+            Method::PresenceStats(r) => Some(&r.channel),
+            Method::History(r) => Some(&r.channel),
+            _ => None,
+        };
+        if let Some(channel) = channel {
+            if let Err(ChannelError::InvalidName) = self.shared.hub.namespaces().resolve(channel) {
+                out.push(Reply::error(id, CfError::INVALID_CHANNEL).encode());
+                return Step::Continue;
+            }
+        }
         let result: Result<ReplyResult, CfError> = match cmd.method {
             Method::Connect(_) => return Step::Stop(End::Disconnect(Disconnect::BAD_REQUEST)),
             Method::Pong | Method::Send(_) => return Step::Continue,
@@ -1086,16 +1129,63 @@ impl ExpiryTimer {
     fn elapsed(&mut self) -> &mut std::pin::Pin<Box<tokio::time::Sleep>> {
         &mut self.sleep
     }
+
+    /// Called once the sleep ended: whether the time really passed. A sleep is at most
+    /// [`FAR_FUTURE`] long, so for a later (or no) time it ends early; it is then re-armed
+    /// and `false` returned.
+    fn passed(&mut self) -> bool {
+        if self.at.is_some_and(|at| at < unix_now()) {
+            return true;
+        }
+        self.sleep.set(sleep_past_expiry(self.at));
+        false
+    }
 }
+
+/// Longest sleep armed for an expiry: a year. Tokens claiming a later time (up to
+/// `u64::MAX` seconds, far past what `SystemTime` holds) simply never fire; the loop re-arms
+/// the timer only when the expiry changes, so such a connection sleeps a year at a time.
+const FAR_FUTURE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A sleep that ends one second after the Unix time `at` (never when `None`).
 fn sleep_past_expiry(at: Option<u64>) -> tokio::time::Sleep {
-    let Some(at) = at else {
-        return tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
-    };
-    let deadline = std::time::UNIX_EPOCH + Duration::from_secs(at.saturating_add(1));
-    let left = deadline
-        .duration_since(std::time::SystemTime::now())
-        .unwrap_or(Duration::ZERO);
-    tokio::time::sleep(left)
+    tokio::time::sleep(time_until_expiry(at, crate::auth::unix_now()))
+}
+
+/// How long from `now` (Unix seconds) until one second after `at`, at most
+/// [`FAR_FUTURE`]. Integer arithmetic only: any `u64` a token carries is accepted.
+fn time_until_expiry(at: Option<u64>, now: u64) -> Duration {
+    match at {
+        None => FAR_FUTURE,
+        Some(at) => Duration::from_secs(at.saturating_add(1).saturating_sub(now)).min(FAR_FUTURE),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_sleeps_are_capped_and_never_overflow() {
+        let now = 1_700_000_000;
+        assert_eq!(time_until_expiry(None, now), FAR_FUTURE);
+        assert_eq!(time_until_expiry(Some(now), now), Duration::from_secs(1));
+        assert_eq!(time_until_expiry(Some(now - 10), now), Duration::ZERO);
+        assert_eq!(
+            time_until_expiry(Some(now + 59), now),
+            Duration::from_secs(60)
+        );
+        for at in [10_000_000_000_000_000_000, i64::MAX as u64, u64::MAX] {
+            assert_eq!(time_until_expiry(Some(at), now), FAR_FUTURE);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_far_future_timer_re_arms_instead_of_firing() {
+        let mut timer = ExpiryTimer::new();
+        timer.set(Some(u64::MAX));
+        assert!(!timer.passed(), "not due: re-armed");
+        timer.set(Some(1));
+        assert!(timer.passed(), "long past");
+    }
 }

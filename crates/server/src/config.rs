@@ -75,6 +75,8 @@ pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
 /// Default time allowed for the TLS and HTTP upgrade handshakes.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time allowed for a request body to arrive once its headers are read.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default time allowed for close handshakes on shutdown.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default node lease with a shared broker.
@@ -107,6 +109,10 @@ pub struct ServerConfig {
     /// Time allowed for a new TCP connection to complete TLS and its HTTP request headers.
     #[serde(alias = "handshake-timeout", deserialize_with = "secs")]
     pub handshake_timeout: Duration,
+    /// Time allowed for a request body (HTTP API, Socket.IO polling) to arrive in full once
+    /// its headers are read; a slower one is answered 408 and its connection closed.
+    #[serde(alias = "body-timeout", deserialize_with = "secs")]
+    pub body_timeout: Duration,
     /// Most members of one room; a further join is closed with 1008 "room full".
     #[serde(alias = "max-room-members")]
     pub max_room_members: Option<usize>,
@@ -195,6 +201,7 @@ impl Default for ServerConfig {
             max_connections: None,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
             max_room_members: None,
             allowed_origins: vec!["*".to_string()],
             tls_cert: None,
@@ -253,6 +260,9 @@ impl ServerConfig {
         }
         if self.handshake_timeout.is_zero() {
             return Err("handshake timeout must be positive".into());
+        }
+        if self.body_timeout.is_zero() {
+            return Err("body timeout must be positive".into());
         }
         if self.max_message_size == 0 {
             return Err("max message size must be positive".into());

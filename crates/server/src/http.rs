@@ -11,18 +11,27 @@
 //! | `POST /api/<method>`                  | the server HTTP API ([`crate::api`])      |
 //! | `GET /health`                         | JSON: status, uptime, connections, stats |
 //! | anything else                         | 404                                      |
+//!
+//! Request bodies are read with [`read_body`]: bounded in size and in time (the body
+//! timeout), so a client that announces a body and stalls cannot hold a request open.
+//!
+//! A panic while answering a request (a bug) is caught: the client gets a 500, the panic is
+//! logged and counted (`http_panics` in `/health`), and the server carries on.
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use switchboard_websocket::handshake::is_upgrade_request;
 
+use crate::crash::CatchPanic;
 use crate::server::Shared;
 use crate::shutdown::ShutdownToken;
+use crate::stats::{Counter, ServerCounters};
 use crate::ws;
 
 /// The chat page served at `/`.
@@ -69,29 +78,58 @@ pub fn room_for_path(path: &str) -> String {
     }
 }
 
-/// Route one request.
+/// Route one request; a panic on the way becomes a 500.
 pub(crate) async fn handle(
     req: Request<Incoming>,
     shared: Arc<Shared>,
     peer: SocketAddr,
     token: ShutdownToken,
 ) -> Result<Response<Body>, Infallible> {
+    let counters = Arc::clone(&shared.counters);
+    Ok(contain(route(req, shared, peer, token), &counters, peer).await)
+}
+
+/// Runs a request handler, answering 500 (counted as [`Counter::HttpPanic`]) if it panics.
+pub(crate) async fn contain(
+    handler: impl std::future::Future<Output = Response<Body>>,
+    counters: &ServerCounters,
+    peer: SocketAddr,
+) -> Response<Body> {
+    match CatchPanic::new(handler).await {
+        Ok(response) => response,
+        Err(p) => {
+            counters.bump(Counter::HttpPanic);
+            tracing::error!(%peer, "panic while answering an HTTP request: {p}");
+            let mut r = text(StatusCode::INTERNAL_SERVER_ERROR, "internal server error");
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        }
+    }
+}
+
+async fn route(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    token: ShutdownToken,
+) -> Response<Body> {
     let path = req.uri().path();
     if crate::socketio::is_path(path) {
-        return Ok(crate::socketio::handle(req, shared, peer, token).await);
+        return crate::socketio::handle(req, shared, peer, token).await;
     }
     if is_upgrade_request(req.headers()) {
         if path == crate::centrifugo::PATH {
-            return Ok(crate::centrifugo::upgrade(req, shared, peer, token));
+            return crate::centrifugo::upgrade(req, shared, peer, token);
         }
         if is_reserved(path) {
-            return Ok(text(StatusCode::NOT_FOUND, "not found"));
+            return text(StatusCode::NOT_FOUND, "not found");
         }
         let room = room_for_path(path);
-        return Ok(ws::upgrade(req, room, shared, peer, token).await);
+        return ws::upgrade(req, room, shared, peer, token).await;
     }
     if path.starts_with(crate::api::PREFIX) {
-        return Ok(crate::api::handle(req, &shared).await);
+        return crate::api::handle(req, &shared).await;
     }
     let response = match (req.method(), path) {
         (&Method::GET | &Method::HEAD, "/") => {
@@ -113,7 +151,38 @@ pub(crate) async fn handle(
         }
         _ => text(StatusCode::NOT_FOUND, "not found"),
     };
-    Ok(response)
+    response
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyError {
+    /// Longer than the limit (413).
+    TooLarge,
+    /// Not complete within the body timeout (408).
+    TimedOut,
+    /// The connection failed while reading it.
+    Broken,
+}
+
+/// Reads a whole request body of at most `limit` bytes, within `timeout` (a client that
+/// announces a length and then stalls must not hold the request, and its socket, for ever).
+pub(crate) async fn read_body(
+    body: Incoming,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, BodyError> {
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(BodyError::TimedOut),
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(BodyError::TooLarge)
+        }
+        Ok(Err(_)) => Err(BodyError::Broken),
+    }
 }
 
 /// `/health`: liveness plus the numbers an operator looks at first, and the broker's
@@ -194,6 +263,24 @@ mod tests {
         ] {
             assert!(!is_reserved(p), "{p} should not be reserved");
         }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_answered_500_and_counted() {
+        let counters = ServerCounters::default();
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let bug = async {
+            if counters.active() == 0 {
+                panic!("handler bug");
+            }
+            text(StatusCode::OK, "unreachable")
+        };
+        let r = contain(bug, &counters, peer).await;
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(counters.snapshot().http_panics, 1);
+        let r = contain(async { text(StatusCode::OK, "fine") }, &counters, peer).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(counters.snapshot().http_panics, 1);
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub struct ServerCounters {
     closed_slow_consumer: AtomicU64,
     closed_heartbeat: AtomicU64,
     closed_panic: AtomicU64,
+    http_panics: AtomicU64,
+    attachment_bytes: AtomicUsize,
 }
 
 /// A snapshot of [`ServerCounters`], serialised into `/health`.
@@ -57,6 +59,11 @@ pub struct ServerStats {
     pub closed_heartbeat: u64,
     /// Connections closed with 1011 after a panic in their handler.
     pub closed_panic: u64,
+    /// HTTP requests answered 500 after a panic in their handler.
+    pub http_panics: u64,
+    /// Bytes of Socket.IO binary attachments buffered now, waiting for the rest of their
+    /// packet (bounded by `socketio.max_attachment_bytes_total`).
+    pub socketio_attachment_bytes: usize,
 }
 
 /// Which counter to bump.
@@ -88,6 +95,8 @@ pub enum Counter {
     ClosedHeartbeat,
     /// See [`ServerStats::closed_panic`].
     ClosedPanic,
+    /// See [`ServerStats::http_panics`].
+    HttpPanic,
 }
 
 impl ServerCounters {
@@ -107,6 +116,7 @@ impl ServerCounters {
             Counter::ClosedSlowConsumer => &self.closed_slow_consumer,
             Counter::ClosedHeartbeat => &self.closed_heartbeat,
             Counter::ClosedPanic => &self.closed_panic,
+            Counter::HttpPanic => &self.http_panics,
         };
         c.fetch_add(1, Relaxed);
     }
@@ -128,6 +138,23 @@ impl ServerCounters {
             })
     }
 
+    /// Reserves `n` bytes of buffered Socket.IO attachments unless that would take the
+    /// server's total past `max`; [`ServerCounters::release_attachment_bytes`] gives them back.
+    pub fn try_reserve_attachment_bytes(&self, n: usize, max: usize) -> bool {
+        self.attachment_bytes
+            .fetch_update(Relaxed, Relaxed, |held| {
+                held.checked_add(n).filter(|total| *total <= max)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `n` bytes reserved with [`ServerCounters::try_reserve_attachment_bytes`].
+    pub fn release_attachment_bytes(&self, n: usize) {
+        let _ = self
+            .attachment_bytes
+            .fetch_update(Relaxed, Relaxed, |held| Some(held.saturating_sub(n)));
+    }
+
     /// Read every counter.
     pub fn snapshot(&self) -> ServerStats {
         ServerStats {
@@ -145,6 +172,8 @@ impl ServerCounters {
             closed_slow_consumer: self.closed_slow_consumer.load(Relaxed),
             closed_heartbeat: self.closed_heartbeat.load(Relaxed),
             closed_panic: self.closed_panic.load(Relaxed),
+            http_panics: self.http_panics.load(Relaxed),
+            socketio_attachment_bytes: self.attachment_bytes.load(Relaxed),
         }
     }
 }
@@ -176,6 +205,24 @@ mod tests {
         assert!(c.try_acquire_slot(Some(2)).is_some());
         assert_eq!(c.active(), 1, "the temporary slot was released at once");
         assert!(c.try_acquire_slot(None).is_some());
+    }
+
+    #[test]
+    fn attachment_bytes_are_bounded_and_released() {
+        let c = ServerCounters::default();
+        assert!(c.try_reserve_attachment_bytes(60, 100));
+        assert!(!c.try_reserve_attachment_bytes(41, 100));
+        assert!(c.try_reserve_attachment_bytes(40, 100));
+        assert!(!c.try_reserve_attachment_bytes(usize::MAX, usize::MAX));
+        assert_eq!(c.snapshot().socketio_attachment_bytes, 100);
+        c.release_attachment_bytes(100);
+        assert_eq!(c.snapshot().socketio_attachment_bytes, 0);
+        c.release_attachment_bytes(5);
+        assert_eq!(
+            c.snapshot().socketio_attachment_bytes,
+            0,
+            "never below zero"
+        );
     }
 
     #[test]

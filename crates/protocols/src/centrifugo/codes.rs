@@ -45,6 +45,10 @@ impl Error {
     pub const LIMIT_EXCEEDED: Error = Error::fixed(106, "limit exceeded", false);
     /// 107: the request is malformed; retrying makes no sense.
     pub const BAD_REQUEST: Error = Error::fixed(107, "bad request", false);
+    /// 107 "bad request" for a channel name no channel can have (empty, too long, or with
+    /// whitespace or control characters), saying so.
+    pub const INVALID_CHANNEL: Error =
+        Error::fixed(107, "bad request: invalid channel name", false);
     /// 108: the feature is not enabled (e.g. history in a namespace without history, or an
     /// `rpc` with no handler configured).
     pub const NOT_AVAILABLE: Error = Error::fixed(108, "not available", false);

@@ -241,6 +241,10 @@ impl Command {
     };
 
     /// The JSON text of this command (one line; what a client sends).
+    #[allow(
+        clippy::expect_used,
+        reason = "string keys and raw JSON values only: serialising to text cannot fail"
+    )]
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("commands always serialise")
     }
@@ -401,11 +405,13 @@ fn decode_line(line_text: &[u8], line: usize) -> Result<Command, DecodeError> {
     })?;
     let id = wire.id;
     let mut methods = wire.into_methods();
-    let method = match methods.len() {
-        0 if id == 0 => return Ok(Command::PONG),
-        0 => return Err(DecodeError::NoMethod { line }),
-        1 => methods.pop().expect("one method"),
-        _ => return Err(DecodeError::SeveralMethods { line }),
+    if methods.len() > 1 {
+        return Err(DecodeError::SeveralMethods { line });
+    }
+    let method = match methods.pop() {
+        None if id == 0 => return Ok(Command::PONG),
+        None => return Err(DecodeError::NoMethod { line }),
+        Some(method) => method,
     };
     if id == 0 && !matches!(method, Method::Send(_)) {
         return Err(DecodeError::MissingId { line });

@@ -106,6 +106,10 @@ pub fn text_to_data(text: &str) -> Data {
 }
 
 /// `bytes` as a JSON string of standard base64.
+#[allow(
+    clippy::expect_used,
+    reason = "base64 between quotes is always a JSON string"
+)]
 pub fn binary_to_data(bytes: &[u8]) -> Data {
     let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
     // Base64 needs no escaping: quoting it is enough to make a JSON string.
@@ -113,6 +117,10 @@ pub fn binary_to_data(bytes: &[u8]) -> Data {
 }
 
 /// `text` as a JSON string value.
+#[allow(
+    clippy::expect_used,
+    reason = "serde_json writes any `str` as a valid JSON string"
+)]
 fn string_data(text: &str) -> Data {
     let quoted = serde_json::to_string(text).expect("a string always serialises");
     Data(RawValue::from_string(quoted).expect("a serialised string is JSON"))

@@ -189,7 +189,10 @@ pub fn decode_server_frame(frame: &[u8]) -> Result<Vec<ServerMessage>, DecodeErr
         let mut results = wire.into_results();
         let message = match (error, results.len()) {
             (Some(error), 0) => ServerMessage::Reply(Reply::error(id, error)),
-            (None, 1) => ServerMessage::Reply(Reply::ok(id, results.pop().expect("one result"))),
+            (None, 1) => match results.pop() {
+                Some(result) => ServerMessage::Reply(Reply::ok(id, result)),
+                None => return Err(DecodeError::NoMethod { line }),
+            },
             (None, 0) if id == 0 => ServerMessage::Ping,
             (None, 0) => return Err(DecodeError::NoMethod { line }),
             _ => return Err(DecodeError::SeveralMethods { line }),

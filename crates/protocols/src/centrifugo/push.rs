@@ -150,6 +150,10 @@ impl Push {
     }
 
     /// The JSON line of this push, wrapped as a reply: `{"push":{...}}`.
+    #[allow(
+        clippy::expect_used,
+        reason = "string keys and raw JSON values only: serialising to text cannot fail"
+    )]
     pub fn encode(&self) -> Bytes {
         Bytes::from(serde_json::to_vec(&PushReply(self)).expect("pushes always serialise"))
     }
@@ -222,9 +226,10 @@ impl WirePush {
         if bodies.len() != 1 {
             return None;
         }
+        let body = bodies.pop()?;
         Some(Push {
             channel: self.channel,
-            body: bodies.pop().expect("one body"),
+            body,
         })
     }
 }

@@ -271,6 +271,10 @@ impl Reply {
     }
 
     /// The JSON line of this reply.
+    #[allow(
+        clippy::expect_used,
+        reason = "string keys and raw JSON values only: serialising to text cannot fail"
+    )]
     pub fn encode(&self) -> Bytes {
         Bytes::from(serde_json::to_vec(self).expect("replies always serialise"))
     }

@@ -240,6 +240,10 @@ pub struct Handshake {
 
 impl Handshake {
     /// The open packet carrying this handshake.
+    #[allow(
+        clippy::expect_used,
+        reason = "strings and numbers only: serialising to bytes cannot fail"
+    )]
     pub fn packet(&self) -> Packet {
         Packet::Open(Bytes::from(
             serde_json::to_vec(self).expect("a handshake always serializes"),

@@ -252,15 +252,20 @@ pub fn decode_broadcast(payload: &Payload) -> Option<(String, Vec<Bytes>)> {
             if d.len() < 8 || &d[..4] != BROADCAST_MAGIC {
                 return None;
             }
-            let n = u32::from_be_bytes(d[4..8].try_into().ok()?) as usize;
-            let json = std::str::from_utf8(d.get(8..8 + n)?).ok()?.to_string();
-            let mut at = 8 + n;
+            // Lengths come from the payload: every sum is checked, every range looked up.
+            let n = usize::try_from(u32::from_be_bytes(d.get(4..8)?.try_into().ok()?)).ok()?;
+            let mut at = n.checked_add(8)?;
+            let json = std::str::from_utf8(d.get(8..at)?).ok()?.to_string();
             let mut attachments = Vec::new();
             while at < d.len() {
-                let len = u32::from_be_bytes(d.get(at..at + 4)?.try_into().ok()?) as usize;
-                at += 4;
-                attachments.push(d.slice(at..at.checked_add(len).filter(|e| *e <= d.len())?));
-                at += len;
+                let start = at.checked_add(4)?;
+                let len = u32::from_be_bytes(d.get(at..start)?.try_into().ok()?);
+                let end = start.checked_add(usize::try_from(len).ok()?)?;
+                if end > d.len() {
+                    return None;
+                }
+                attachments.push(d.slice(start..end));
+                at = end;
             }
             Some((json, attachments))
         }

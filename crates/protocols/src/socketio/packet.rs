@@ -22,8 +22,14 @@
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-/// Most attachments accepted on one packet: a bound on what one packet can make us buffer.
+/// Most attachments any packet may announce: the ceiling of what [`Packet::decode_counted`]
+/// accepts, whatever a [`Decoder`] is configured with.
 pub const MAX_ATTACHMENTS: usize = 64;
+/// Most attachments a [`Decoder`] accepts on one packet by default (as the reference
+/// parser's `maxAttachments`).
+pub const DEFAULT_MAX_ATTACHMENTS: usize = 10;
+/// Most attachment bytes a [`Decoder`] buffers for one packet by default (4 MiB).
+pub const DEFAULT_MAX_ATTACHMENT_BYTES: usize = 4 << 20;
 
 /// A Socket.IO packet type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -112,11 +118,16 @@ pub enum DecodeError {
     UnexpectedAttachment,
     /// A text packet arrived while a binary packet was still waiting for attachments.
     MissingAttachments,
+    /// A binary packet announced more attachments than the decoder accepts.
+    TooManyAttachments,
+    /// The attachments of a binary packet add up to more bytes than the decoder buffers.
+    AttachmentsTooLarge,
 }
 
-impl std::fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl DecodeError {
+    /// A short description, fit for an error answer.
+    pub fn as_str(&self) -> &'static str {
+        match self {
             DecodeError::UnknownType => "unknown packet type",
             DecodeError::BadAttachments => "invalid attachment count",
             DecodeError::BadAckId => "invalid ack id",
@@ -125,7 +136,15 @@ impl std::fmt::Display for DecodeError {
             DecodeError::BadPlaceholder => "placeholder without attachment",
             DecodeError::UnexpectedAttachment => "unexpected binary attachment",
             DecodeError::MissingAttachments => "text packet before the attachments were complete",
-        })
+            DecodeError::TooManyAttachments => "too many attachments",
+            DecodeError::AttachmentsTooLarge => "attachments too large",
+        }
+    }
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -378,16 +397,43 @@ pub fn placeholder(num: usize) -> Value {
 
 /// Assembles packets from Engine.IO messages: a text message starts a packet; a binary
 /// packet then takes the announced number of binary messages as its attachments.
-#[derive(Debug, Default)]
+///
+/// What one decoder buffers is bounded: a packet announcing more than `max_attachments`
+/// attachments is refused before any is read ([`DecodeError::TooManyAttachments`]), and
+/// the attachment that takes the packet's total past `max_attachment_bytes` is refused
+/// ([`DecodeError::AttachmentsTooLarge`]), dropping what the packet had buffered.
+#[derive(Debug)]
 pub struct Decoder {
     /// A binary packet and the number of attachments it announced.
     pending: Option<(Packet, usize)>,
+    /// Bytes of the pending packet's attachments so far.
+    pending_bytes: usize,
+    max_attachments: usize,
+    max_attachment_bytes: usize,
+}
+
+impl Default for Decoder {
+    fn default() -> Decoder {
+        Decoder::with_limits(DEFAULT_MAX_ATTACHMENTS, DEFAULT_MAX_ATTACHMENT_BYTES)
+    }
 }
 
 impl Decoder {
-    /// A decoder with nothing pending.
+    /// A decoder with nothing pending and the default limits
+    /// ([`DEFAULT_MAX_ATTACHMENTS`], [`DEFAULT_MAX_ATTACHMENT_BYTES`]).
     pub fn new() -> Decoder {
         Decoder::default()
+    }
+
+    /// A decoder accepting at most `max_attachments` attachments (capped at
+    /// [`MAX_ATTACHMENTS`]) of at most `max_attachment_bytes` bytes in total per packet.
+    pub fn with_limits(max_attachments: usize, max_attachment_bytes: usize) -> Decoder {
+        Decoder {
+            pending: None,
+            pending_bytes: 0,
+            max_attachments: max_attachments.min(MAX_ATTACHMENTS),
+            max_attachment_bytes,
+        }
     }
 
     /// Feeds a text message. Returns the packet when complete (immediately, unless it is a
@@ -398,7 +444,11 @@ impl Decoder {
         }
         let (p, expected) = Packet::decode_counted(s)?;
         if p.kind.is_binary() {
+            if expected > self.max_attachments {
+                return Err(DecodeError::TooManyAttachments);
+            }
             self.pending = Some((p, expected));
+            self.pending_bytes = 0;
             Ok(None)
         } else {
             Ok(Some(p))
@@ -407,15 +457,32 @@ impl Decoder {
 
     /// Feeds a binary message: the next attachment of the pending packet.
     pub fn binary(&mut self, data: Bytes) -> Result<Option<Packet>, DecodeError> {
-        let (p, expected) = self
-            .pending
-            .as_mut()
-            .ok_or(DecodeError::UnexpectedAttachment)?;
+        let Some((p, expected)) = self.pending.as_mut() else {
+            return Err(DecodeError::UnexpectedAttachment);
+        };
+        let total = self.pending_bytes.saturating_add(data.len());
+        if total > self.max_attachment_bytes {
+            self.reset();
+            return Err(DecodeError::AttachmentsTooLarge);
+        }
+        self.pending_bytes = total;
         p.attachments.push(data);
-        if p.attachments.len() == *expected {
+        if p.attachments.len() >= *expected {
+            self.pending_bytes = 0;
             return Ok(self.pending.take().map(|(p, _)| p));
         }
         Ok(None)
+    }
+
+    /// Bytes of attachments buffered for the pending packet.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
+    /// Drops the pending packet, if any.
+    pub fn reset(&mut self) {
+        self.pending = None;
+        self.pending_bytes = 0;
     }
 
     /// Whether a binary packet is waiting for attachments.
@@ -429,6 +496,47 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    fn announcing(n: usize) -> String {
+        format!("5{n}-[\"up\",{{\"_placeholder\":true,\"num\":0}}]")
+    }
+
+    #[test]
+    fn attachment_count_is_bounded_before_anything_is_buffered() {
+        let mut d = Decoder::new();
+        assert_eq!(
+            d.text(&announcing(11)),
+            Err(DecodeError::TooManyAttachments)
+        );
+        assert!(!d.is_waiting());
+        assert_eq!(d.text(&announcing(10)), Ok(None));
+        assert!(d.is_waiting());
+        let mut d = Decoder::with_limits(2, 100);
+        assert_eq!(d.text(&announcing(3)), Err(DecodeError::TooManyAttachments));
+        // The ceiling applies whatever the configuration.
+        let mut d = Decoder::with_limits(1000, 100);
+        assert_eq!(d.text(&announcing(65)), Err(DecodeError::BadAttachments));
+    }
+
+    #[test]
+    fn attachment_bytes_are_bounded_and_released_on_error() {
+        let mut d = Decoder::with_limits(10, 100);
+        assert_eq!(d.text(&announcing(3)), Ok(None));
+        assert_eq!(d.binary(Bytes::from(vec![0u8; 60])), Ok(None));
+        assert_eq!(d.pending_bytes(), 60);
+        assert_eq!(
+            d.binary(Bytes::from(vec![0u8; 41])),
+            Err(DecodeError::AttachmentsTooLarge)
+        );
+        assert!(!d.is_waiting());
+        assert_eq!(d.pending_bytes(), 0);
+        // Exactly at the limit is fine.
+        assert_eq!(d.text(&announcing(2)), Ok(None));
+        assert_eq!(d.binary(Bytes::from(vec![0u8; 50])), Ok(None));
+        let p = d.binary(Bytes::from(vec![0u8; 50])).unwrap().unwrap();
+        assert_eq!(p.attachments.len(), 2);
+        assert_eq!(d.pending_bytes(), 0);
+    }
 
     #[test]
     fn decodes_the_documented_examples() {

@@ -23,6 +23,15 @@
 //!   the session; the queue for a polling client is bounded by `polling_buffer`, after
 //!   which the session stops draining its outboxes (whose own bounds and slow-consumer
 //!   policy then apply, as for every other protocol).
+//! * A polling `POST` is answered once the engine task has handled its packets: `ok`, or
+//!   400 with the reason when one breaks the protocol (the session is then closed). Its body
+//!   must arrive within the body timeout, else 408 and the session is closed.
+//! * Connection slots: a WebSocket session holds one for its lifetime; a polling session's
+//!   slot belongs to the session record, which every request in flight for it holds, so a
+//!   request still reading its body keeps counting against `max_connections` after the
+//!   session ended.
+//! * A panic in the engine task (a bug) ends the session: WebSocket close 1011, counted as
+//!   `closed_panic`.
 //!
 //! Session ids: 22 URL-safe characters of randomness; with a shared broker they are prefixed
 //! with the node's id, `<node>.<random>` (clients treat the sid as opaque). A polling request
@@ -39,20 +48,20 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use switchboard_protocols::socketio::engine::{Handshake, HttpError, Packet as EnginePacket};
 use switchboard_websocket::codec::Config as CodecConfig;
 use switchboard_websocket::stream::{WebSocket, WriteConfig, WsReader, WsWriter};
 use switchboard_websocket::{CloseCode, Message, Role};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::socket::{Sockets, Step};
 use super::{error, status_only, Query};
-use crate::http::Body;
+use crate::http::{Body, BodyError};
 use crate::server::Shared;
 use crate::shutdown::ShutdownToken;
 use crate::stats::{ConnectionSlot, Counter};
@@ -100,6 +109,9 @@ impl Frame {
 pub(crate) enum Inbound {
     /// A packet from the client.
     Packet(EnginePacket),
+    /// The packets of a polling `POST`; the engine answers once they are handled: `Err`
+    /// with the reason when one broke the protocol (the session then ends).
+    Post(Vec<EnginePacket>, oneshot::Sender<Result<(), &'static str>>),
     /// The upgrade completed: the session moves to this WebSocket.
     Upgrade(Box<(WsReader<Io>, WsWriter<Io>)>),
     /// The client broke the protocol; the session ends.
@@ -137,6 +149,9 @@ pub(crate) struct Session {
     /// Wakes the engine task when a `GET` drained the queue.
     drained: Notify,
     inbound: mpsc::Sender<Inbound>,
+    /// The session's connection slot: freed when the last holder of the session (the engine
+    /// task, or a request still in flight) lets go of it.
+    _slot: ConnectionSlot,
 }
 
 impl Session {
@@ -203,9 +218,11 @@ async fn forward(req: Request<Incoming>, shared: &Shared, owner: &str) -> Respon
     };
     let (parts, body) = req.into_parts();
     let max = shared.config.socketio.max_payload;
-    let body = match Limited::new(body, max).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return status_only(StatusCode::PAYLOAD_TOO_LARGE),
+    let body = match crate::http::read_body(body, max, shared.config.body_timeout).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => return status_only(StatusCode::PAYLOAD_TOO_LARGE),
+        Err(BodyError::TimedOut) => return status_only(StatusCode::REQUEST_TIMEOUT),
+        Err(BodyError::Broken) => return error(HttpError::BadRequest),
     };
     // A pending GET lasts up to a ping interval; allow the ping timeout on top.
     let timeout = shared.config.ping_interval + shared.config.ping_timeout;
@@ -349,11 +366,12 @@ fn polling_handshake(
         wake_get: Notify::new(),
         drained: Notify::new(),
         inbound: tx.clone(),
+        _slot: slot,
     });
     sessions().insert(sid.clone(), Arc::clone(&session));
     let open = handshake(&shared, &sid, vec!["websocket"]);
     let engine = Engine::new(Arc::clone(&shared), peer, sid, Some(session), None, tx);
-    tokio::spawn(engine.run(rx, token, slot));
+    tokio::spawn(engine.run(rx, token, None));
     polling_response(encode_frames(&[Frame::packet(&open)]))
 }
 
@@ -392,7 +410,7 @@ fn websocket_handshake(
         let mut engine = Engine::new(Arc::clone(&shared), peer, sid, None, None, tx.clone());
         engine.out.push(Frame::packet(&open));
         engine.attach(reader, writer);
-        engine.run(rx, token, slot).await;
+        engine.run(rx, token, Some(slot)).await;
     });
     let mut response = Response::new(Full::default());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -565,20 +583,29 @@ async fn post(req: Request<Incoming>, shared: &Shared, session: &Arc<Session>) -
         }
         st.post_active = true;
     }
-    let body = Limited::new(req.into_body(), max).collect().await;
+    let body = crate::http::read_body(req.into_body(), max, shared.config.body_timeout).await;
     session.lock().post_active = false;
     let body = match body {
-        Ok(b) => b.to_bytes(),
+        Ok(b) => b,
         Err(e) => {
-            let too_big = e
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some();
-            let _ = session.inbound.try_send(Inbound::Error("bad body"));
-            return if too_big {
-                status_only(StatusCode::PAYLOAD_TOO_LARGE)
-            } else {
-                error(HttpError::BadRequest)
+            let (why, mut response) = match e {
+                BodyError::TooLarge => (
+                    "payload too large",
+                    status_only(StatusCode::PAYLOAD_TOO_LARGE),
+                ),
+                BodyError::TimedOut => (
+                    "request body timed out",
+                    status_only(StatusCode::REQUEST_TIMEOUT),
+                ),
+                BodyError::Broken => ("bad body", error(HttpError::BadRequest)),
             };
+            tracing::debug!(sid = %session.sid, "socket.io: {why}");
+            let _ = session.inbound.try_send(Inbound::Error(why));
+            // The rest of the body may still come: this connection cannot be reused.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
         }
     };
     let packets = match switchboard_protocols::socketio::engine::decode_payload(&body) {
@@ -586,18 +613,43 @@ async fn post(req: Request<Incoming>, shared: &Shared, session: &Arc<Session>) -
         Err(e) => {
             tracing::debug!(sid = %session.sid, "socket.io: bad polling payload: {e}");
             let _ = session.inbound.send(Inbound::Error("bad payload")).await;
-            return error(HttpError::BadRequest);
+            return bad_request(&e.to_string());
         }
     };
-    for p in packets {
-        if session.inbound.send(Inbound::Packet(p)).await.is_err() {
-            return error(HttpError::UnknownSid);
-        }
+    let (done_tx, done_rx) = oneshot::channel();
+    if session
+        .inbound
+        .send(Inbound::Post(packets, done_tx))
+        .await
+        .is_err()
+    {
+        return error(HttpError::UnknownSid);
+    }
+    match done_rx.await {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => return bad_request(why),
+        Err(_) => return error(HttpError::UnknownSid),
     }
     let mut r = Response::new(Full::new(Bytes::from_static(b"ok")));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r
+}
+
+/// Engine.IO's "Bad request" (code 3) with the reason the packets were refused.
+fn bad_request(reason: &str) -> Response<Body> {
+    let body = serde_json::json!({
+        "code": 3,
+        "message": "Bad request",
+        "context": { "reason": reason },
+    });
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = StatusCode::BAD_REQUEST;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
     );
     r
 }
@@ -667,6 +719,8 @@ pub(crate) enum End {
     /// A channel of the session lost publications the node could not deliver (WebSocket
     /// close 4500; the sockets are not kept, so the client's reconnect is not recovered).
     MissedPublications,
+    /// The engine task panicked (a bug).
+    InternalError,
 }
 
 impl End {
@@ -694,6 +748,8 @@ struct Engine {
     sockets: Sockets,
     out: Vec<Frame>,
     pong_deadline: Option<Instant>,
+    /// Why the client's last packet was refused, for the polling `POST` that carried it.
+    refused: Option<&'static str>,
 }
 
 impl Engine {
@@ -717,6 +773,7 @@ impl Engine {
             sockets,
             out: Vec::new(),
             pong_deadline: None,
+            refused: None,
         }
     }
 
@@ -738,12 +795,29 @@ impl Engine {
         }
     }
 
+    /// Runs the session to its end. `slot` is the connection slot of a WebSocket session
+    /// (a polling session's belongs to its [`Session`]).
     async fn run(
         mut self,
         mut rx: mpsc::Receiver<Inbound>,
         token: ShutdownToken,
-        slot: ConnectionSlot,
+        slot: Option<ConnectionSlot>,
     ) {
+        let end = match crate::crash::CatchPanic::new(self.serve(&mut rx, &token)).await {
+            Ok(end) => end,
+            Err(p) => {
+                self.shared.counters.bump(Counter::ClosedPanic);
+                tracing::error!(peer = %self.peer, sid = %self.sid, "panic in socket.io session: {p}");
+                End::InternalError
+            }
+        };
+        tracing::debug!(peer = %self.peer, sid = %self.sid, ?end, "socket.io session ends");
+        self.finish(end).await;
+        drop(slot);
+        drop(token);
+    }
+
+    async fn serve(&mut self, rx: &mut mpsc::Receiver<Inbound>, token: &ShutdownToken) -> End {
         let interval = self.shared.config.ping_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -762,6 +836,24 @@ impl Engine {
             let step = tokio::select! {
                 m = rx.recv() => match m {
                     Some(Inbound::Packet(p)) => self.on_packet(p).await,
+                    Some(Inbound::Post(packets, done)) => {
+                        let mut result = Ok(());
+                        for p in packets {
+                            result = self.on_packet(p).await;
+                            if result.is_err() {
+                                break;
+                            }
+                        }
+                        let answer = match result {
+                            Ok(()) => Ok(()),
+                            Err(End::ProtocolError) => {
+                                Err(self.refused.take().unwrap_or("protocol error"))
+                            }
+                            Err(_) => Err("session closed"),
+                        };
+                        let _ = done.send(answer);
+                        result
+                    }
                     Some(Inbound::Upgrade(pair)) => {
                         let (reader, writer) = *pair;
                         self.upgrade(reader, writer);
@@ -787,7 +879,13 @@ impl Engine {
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     Err(End::PingTimeout)
                 }
-                _ = async { drained.as_ref().expect("polling").drained.notified().await }, if !can_send => Ok(()),
+                // Only a polling session (`drained` set) ever cannot send.
+                _ = async {
+                    match drained.as_ref() {
+                        Some(session) => session.drained.notified().await,
+                        None => std::future::pending().await,
+                    }
+                }, if !can_send => Ok(()),
                 _ = expiry_sleep(expiry), if expiry.is_some() => {
                     self.sockets.expire(&mut self.out);
                     Ok(())
@@ -802,10 +900,7 @@ impl Engine {
                 break end;
             }
         };
-        tracing::debug!(peer = %self.peer, sid = %self.sid, ?end, "socket.io session ends");
-        self.finish(end).await;
-        drop(slot);
-        drop(token);
+        end
     }
 
     async fn on_packet(&mut self, p: EnginePacket) -> Result<(), End> {
@@ -826,15 +921,20 @@ impl Engine {
             EnginePacket::Noop => Ok(()),
             // Ping from a client, open, or an upgrade outside of a probe: not allowed.
             EnginePacket::Ping(_) | EnginePacket::Open(_) | EnginePacket::Upgrade => {
+                self.refused = Some("unexpected Engine.IO packet type");
                 Err(End::ProtocolError)
             }
         }
     }
 
-    fn step(&self, step: Step) -> Result<(), End> {
+    fn step(&mut self, step: Step) -> Result<(), End> {
         match step {
             Step::Continue => Ok(()),
-            Step::ProtocolError => Err(End::ProtocolError),
+            Step::ProtocolError(why) => {
+                tracing::debug!(peer = %self.peer, sid = %self.sid, "socket.io: {why}");
+                self.refused = Some(why);
+                Err(End::ProtocolError)
+            }
             Step::SlowConsumer => Err(End::SlowConsumer),
             Step::Shutdown => Err(End::Shutdown),
             Step::MissedPublications => Err(End::MissedPublications),
@@ -913,6 +1013,7 @@ impl Engine {
                 End::SlowConsumer => (1008, "slow consumer"),
                 End::ProtocolError => (1002, "protocol error"),
                 End::MissedPublications => (4500, "missed publications"),
+                End::InternalError => (1011, "internal server error"),
                 _ => (1000, ""),
             };
             if end != End::TransportClose {

@@ -11,6 +11,7 @@
 //!
 //! The protocol semantics (reserved events, data mapping, recovery) are documented in
 //! `docs/protocols.md`, section "Socket.IO".
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,7 +70,22 @@ pub struct SocketIoConfig {
     /// Time allowed for the WebSocket upgrade of a polling session (probe to upgrade packet).
     #[serde(alias = "upgrade-timeout", deserialize_with = "secs")]
     pub upgrade_timeout: Duration,
+    /// Most binary attachments one packet may announce (at most 64); a packet announcing
+    /// more closes the session as a protocol error before anything is buffered.
+    #[serde(alias = "max-attachments")]
+    pub max_attachments: usize,
+    /// Most bytes of attachments one session buffers for its pending packet; the attachment
+    /// that goes over closes the session as a protocol error.
+    #[serde(alias = "max-attachment-bytes")]
+    pub max_attachment_bytes: usize,
+    /// Most bytes of attachments all sessions together buffer; the attachment that would go
+    /// over closes its session as a protocol error.
+    #[serde(alias = "max-attachment-bytes-total")]
+    pub max_attachment_bytes_total: usize,
 }
+
+/// Default for [`SocketIoConfig::max_attachment_bytes_total`]: 64 MiB.
+pub const DEFAULT_MAX_ATTACHMENT_BYTES_TOTAL: usize = 64 << 20;
 
 impl Default for SocketIoConfig {
     fn default() -> Self {
@@ -82,6 +98,10 @@ impl Default for SocketIoConfig {
             max_payload: 1_000_000,
             polling_buffer: 1 << 20,
             upgrade_timeout: Duration::from_secs(10),
+            max_attachments: switchboard_protocols::socketio::packet::DEFAULT_MAX_ATTACHMENTS,
+            max_attachment_bytes:
+                switchboard_protocols::socketio::packet::DEFAULT_MAX_ATTACHMENT_BYTES,
+            max_attachment_bytes_total: DEFAULT_MAX_ATTACHMENT_BYTES_TOTAL,
         }
     }
 }

@@ -36,8 +36,8 @@ const MAX_NSP_LEN: usize = 200;
 pub(crate) enum Step {
     /// Carry on.
     Continue,
-    /// The client broke the protocol: end the session.
-    ProtocolError,
+    /// The client broke the protocol (for this reason): end the session.
+    ProtocolError(&'static str),
     /// A socket's outbox overflowed: end the session.
     SlowConsumer,
     /// The hub is closing every connection (server shutdown): end the session so the
@@ -93,6 +93,8 @@ pub(crate) struct Sockets {
     shared: Arc<Shared>,
     peer: SocketAddr,
     decoder: Decoder,
+    /// Attachment bytes of the pending packet reserved in the server-wide total.
+    reserved: usize,
     list: Vec<NsSocket>,
     /// Whether a namespace was ever joined (for the connect timeout).
     connected_once: bool,
@@ -110,10 +112,13 @@ fn push_packet(out: &mut Vec<Frame>, p: &Packet) {
 
 impl Sockets {
     pub(crate) fn new(shared: Arc<Shared>, peer: SocketAddr) -> Sockets {
+        let limits = &shared.config.socketio;
+        let decoder = Decoder::with_limits(limits.max_attachments, limits.max_attachment_bytes);
         Sockets {
             shared,
             peer,
-            decoder: Decoder::new(),
+            decoder,
+            reserved: 0,
             list: Vec::new(),
             connected_once: false,
         }
@@ -161,12 +166,10 @@ impl Sockets {
                 if s.recv.is_none() {
                     s.recv = Some(std::sync::Mutex::new(s.recv_future()));
                 }
-                let fut = s
-                    .recv
-                    .as_mut()
-                    .expect("just set")
-                    .get_mut()
-                    .unwrap_or_else(|e| e.into_inner());
+                let Some(fut) = s.recv.as_mut() else {
+                    continue;
+                };
+                let fut = fut.get_mut().unwrap_or_else(|e| e.into_inner());
                 if let Poll::Ready((batch, r)) = fut.as_mut().poll(cx) {
                     s.recv = None;
                     return Poll::Ready((i, batch, r));
@@ -222,27 +225,55 @@ impl Sockets {
     /// A text message (a Socket.IO packet, or the start of a binary one).
     pub(crate) async fn on_text(&mut self, t: &Bytes, out: &mut Vec<Frame>) -> Step {
         let Ok(s) = std::str::from_utf8(t) else {
-            return Step::ProtocolError;
+            return Step::ProtocolError("text packet is not UTF-8");
         };
         match self.decoder.text(s) {
             Ok(Some(p)) => self.on_packet(p, out).await,
             Ok(None) => Step::Continue,
             Err(e) => {
+                self.release_attachments();
                 tracing::debug!(peer = %self.peer, "socket.io: bad packet: {e}");
-                Step::ProtocolError
+                Step::ProtocolError(e.as_str())
             }
         }
     }
 
-    /// A binary message: an attachment of the pending binary packet.
+    /// A binary message: an attachment of the pending binary packet. Its bytes count
+    /// against the server-wide bound until the packet is complete (or the session ends).
     pub(crate) async fn on_binary(&mut self, b: Bytes, out: &mut Vec<Frame>) -> Step {
+        if self.decoder.is_waiting() {
+            let max = self.shared.config.socketio.max_attachment_bytes_total;
+            if !self
+                .shared
+                .counters
+                .try_reserve_attachment_bytes(b.len(), max)
+            {
+                self.decoder.reset();
+                self.release_attachments();
+                tracing::debug!(peer = %self.peer, "socket.io: server-wide attachment bytes exhausted");
+                return Step::ProtocolError("too many attachment bytes buffered");
+            }
+            self.reserved = self.reserved.saturating_add(b.len());
+        }
         match self.decoder.binary(b) {
-            Ok(Some(p)) => self.on_packet(p, out).await,
+            Ok(Some(p)) => {
+                self.release_attachments();
+                self.on_packet(p, out).await
+            }
             Ok(None) => Step::Continue,
             Err(e) => {
+                self.release_attachments();
                 tracing::debug!(peer = %self.peer, "socket.io: bad attachment: {e}");
-                Step::ProtocolError
+                Step::ProtocolError(e.as_str())
             }
+        }
+    }
+
+    /// Gives the reserved attachment bytes back to the server-wide total.
+    fn release_attachments(&mut self) {
+        let n = std::mem::take(&mut self.reserved);
+        if n > 0 {
+            self.shared.counters.release_attachment_bytes(n);
         }
     }
 
@@ -265,7 +296,7 @@ impl Sockets {
             }
             // The server never asks clients for acks; a stray one is harmless.
             PacketType::Ack | PacketType::BinaryAck => Step::Continue,
-            PacketType::ConnectError => Step::ProtocolError,
+            PacketType::ConnectError => Step::ProtocolError("clients do not send CONNECT_ERROR"),
         }
     }
 
@@ -439,9 +470,12 @@ impl Sockets {
         }
     }
 
-    /// The session ended: with `recoverable`, sockets with a pid are kept for recovery;
+    /// The session ended: attachments still buffered are dropped; with `recoverable`,
+    /// sockets with a pid are kept for recovery;
     /// the others leave the hub.
     pub(crate) fn close(&mut self, recoverable: bool) {
+        self.decoder.reset();
+        self.release_attachments();
         let ttl = self.shared.config.socketio.max_disconnection_duration;
         let server = self.server();
         for mut s in self.list.drain(..) {
@@ -451,5 +485,12 @@ impl Sockets {
                 recovery::keep(s, server, ttl);
             }
         }
+    }
+}
+
+impl Drop for Sockets {
+    fn drop(&mut self) {
+        // However the session ends (a panic included), its reservation is given back.
+        self.release_attachments();
     }
 }

@@ -1,0 +1,480 @@
+//! Hostile input against the real binary: payloads, tokens, packets and requests built to
+//! break the server. Each test checks that the attacker gets a clear refusal (a status, a
+//! close code, an error reply), that the memory it could pin stays bounded (read from the
+//! counters in `/health`), and that other clients are still served.
+mod server_support;
+
+use std::time::Duration;
+
+use server_support::*;
+use switchboard_server::auth::{sign_hs256, ConnectionClaims, SubscriptionClaims};
+use switchboard_websocket::{CloseCode, Message};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Starts the binary with `toml` as its configuration file plus `args`.
+fn start(toml: &str, args: &[&str], env: &[(&str, &str)]) -> (tempfile::TempDir, ServerProc) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("switchboard.toml");
+    std::fs::write(&config, toml).unwrap();
+    let mut all = vec!["--config", config.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let server = ServerProc::start_with_env(&all, env);
+    (dir, server)
+}
+
+/// One HTTP/1.1 request with `Connection: close` and an optional body; returns
+/// (status, head, body). Status 0 means the server closed without answering.
+async fn http(addr: &str, method: &str, path: &str, headers: &[&str], body: &str) -> Response {
+    let mut tcp = TcpStream::connect(addr).await.expect("tcp connect");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    read_response(&mut tcp).await
+}
+
+/// Reads until the server closes the socket and splits the answer.
+async fn read_response(tcp: &mut TcpStream) -> Response {
+    let raw = read_until_closed(tcp, WAIT).await;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Response {
+        status,
+        body: body.to_string(),
+    }
+}
+
+/// What [`http`] read.
+struct Response {
+    status: u16,
+    body: String,
+}
+
+/// `POST /api/<method>` with the test key.
+async fn api(server: &ServerProc, method: &str, body: &str) -> Response {
+    http(
+        &server.addr(),
+        "POST",
+        &format!("/api/{method}"),
+        &["X-API-Key: hostile-key", "Content-Type: application/json"],
+        body,
+    )
+    .await
+}
+
+/// The `server` counters of `/health`.
+async fn server_stats(server: &ServerProc) -> serde_json::Value {
+    let r = http(&server.addr(), "GET", "/health", &[], "").await;
+    assert_eq!(r.status, 200, "health: {}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).expect("health is JSON");
+    v["server"].clone()
+}
+
+/// Reads the next frame and asserts it is a close with `code`.
+async fn expect_close_code(client: &mut Client, code: CloseCode) {
+    match client.expect_close().await {
+        Some(frame) => assert_eq!(frame.code, code, "close reason {:?}", frame.reason),
+        None => panic!("expected close {code:?}, got a close without code"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// History holding JSON that serde_json cannot turn into a tree.
+// ---------------------------------------------------------------------------------------
+
+const HISTORY_CONFIG: &str = r#"
+api_key = "hostile-key"
+[channel.default]
+history_size = 10
+history_ttl = 300
+"#;
+
+/// A raw-room message nested deeper than serde_json's recursion limit (128) is kept in
+/// history; `POST /api/history` must still answer, with the message embedded verbatim, and
+/// the API keeps serving.
+#[tokio::test]
+async fn deeply_nested_json_in_history_does_not_break_the_api() {
+    let (_dir, server) = start(HISTORY_CONFIG, &[], &[]);
+    let mut client = ws(&server.ws_url("/deep")).await;
+    let nested = format!("{}{}", "[".repeat(130), "]".repeat(130));
+    assert_eq!(nested.len(), 260);
+    client.send_text(&nested).await;
+    // The echo means it was published (and so stored).
+    assert_eq!(client.next_text().await, nested);
+
+    for _ in 0..2 {
+        let r = api(&server, "history", r#"{"channel":"deep","limit":-1}"#).await;
+        assert_eq!(r.status, 200, "history answered: {:?}", r.body);
+        assert!(
+            r.body.starts_with(r#"{"result":{"#) && r.body.contains(&nested),
+            "the publication is embedded as sent: {}",
+            r.body
+        );
+    }
+    // The API and the room still work.
+    let r = api(&server, "publish", r#"{"channel":"deep","data":{"n":1}}"#).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains(r#""result""#), "{}", r.body);
+    assert_eq!(client.next_text().await, r#"{"n":1}"#);
+    let stats = server_stats(&server).await;
+    assert_eq!(stats["http_panics"], 0, "{stats}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Request bodies that never arrive.
+// ---------------------------------------------------------------------------------------
+
+/// Sends a request head announcing `length` body bytes followed by only `sent`.
+async fn truncated_post(addr: &str, path: &str, length: usize, sent: &str) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.expect("tcp connect");
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {length}\r\nX-API-Key: hostile-key\r\n\r\n{sent}"
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    tcp
+}
+
+/// The HTTP API does not wait for ever for a body either.
+#[tokio::test]
+async fn truncated_api_body_times_out() {
+    let (_dir, server) = start(HISTORY_CONFIG, &[], &[("SWITCHBOARD_BODY_TIMEOUT", "2")]);
+    let mut stuck = truncated_post(&server.addr(), "/api/publish", 500, "{\"ch").await;
+    let answer = read_response(&mut stuck).await;
+    assert_eq!(answer.status, 408, "{}", answer.body);
+    let r = api(&server, "publish", r#"{"channel":"x","data":1}"#).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+// ---------------------------------------------------------------------------------------
+// Token time claims far in the future.
+// ---------------------------------------------------------------------------------------
+
+const SECRET: &str = "hostile-secret";
+
+/// Time claims beyond what `SystemTime` can hold (1e19 s, `u64::MAX`, a huge float) mean
+/// "far future": the connection and the subscription work and stay open, and nothing
+/// panics.
+#[tokio::test]
+async fn huge_token_expiry_means_far_future() {
+    let (_dir, server) = start(&format!("token_hmac_secret = \"{SECRET}\"\n"), &[], &[]);
+    let url = server.ws_url("/connection/websocket");
+    let mut client = ws(&url).await;
+
+    let claims = ConnectionClaims {
+        exp: Some(10_000_000_000_000_000_000),
+        ..ConnectionClaims::new("42")
+    };
+    let token = sign_hs256(SECRET.as_bytes(), &claims).unwrap();
+    client
+        .send_text(&format!(r#"{{"id":1,"connect":{{"token":"{token}"}}}}"#))
+        .await;
+    let reply = client.next_text().await;
+    assert!(
+        reply.contains(r#""id":1"#) && reply.contains(r#""expires":true"#),
+        "{reply}"
+    );
+    assert!(!reply.contains("error"), "{reply}");
+
+    let sub = SubscriptionClaims {
+        expire_at: Some(u64::MAX),
+        ..SubscriptionClaims::new("42", "news")
+    };
+    let sub_token = sign_hs256(SECRET.as_bytes(), &sub).unwrap();
+    client
+        .send_text(&format!(
+            r#"{{"id":2,"subscribe":{{"channel":"news","token":"{sub_token}"}}}}"#
+        ))
+        .await;
+    let reply = client.next_text().await;
+    assert!(
+        reply.contains(r#""id":2"#) && !reply.contains("error"),
+        "{reply}"
+    );
+
+    // A fractional exp far beyond u64 (1e300) on refresh.
+    let refresh = r#"{"sub":"42","exp":1e300}"#;
+    let refresh = sign_json(refresh);
+    client
+        .send_text(&format!(r#"{{"id":3,"refresh":{{"token":"{refresh}"}}}}"#))
+        .await;
+    let reply = client.next_text().await;
+    assert!(
+        reply.contains(r#""id":3"#) && !reply.contains("error"),
+        "{reply}"
+    );
+
+    // Still open and answering after the timers were armed.
+    client
+        .send_text(r#"{"id":4,"presence_stats":{"channel":"news"}}"#)
+        .await;
+    let reply = client.next_text().await;
+    assert!(reply.contains(r#""id":4"#), "{reply}");
+    let stats = server_stats(&server).await;
+    assert_eq!(stats["closed_panic"], 0, "{stats}");
+}
+
+/// An HS256 token over raw JSON claims (to write numbers serde would not produce).
+fn sign_json(claims: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(claims).unwrap();
+    sign_hs256(SECRET.as_bytes(), &value).unwrap()
+}
+
+// ---------------------------------------------------------------------------------------
+// Malformed input gets a precise answer.
+// ---------------------------------------------------------------------------------------
+
+/// Channel names the server never accepts get Centrifugo's 107 "bad request" with a clear
+/// message, not 102 "unknown channel"; the connection stays usable.
+#[tokio::test]
+async fn invalid_channel_names_are_bad_requests() {
+    let (_dir, server) = start(
+        "allow_anonymous = true\n[channel.default]\nallow_subscribe_for_anonymous = true\n",
+        &[],
+        &[],
+    );
+    let mut client = ws(&server.ws_url("/connection/websocket")).await;
+    client.send_text(r#"{"id":1,"connect":{}}"#).await;
+    let reply = client.next_text().await;
+    assert!(!reply.contains("error"), "{reply}");
+    let long = "x".repeat(256);
+    for (i, name) in ["with space", "nul\\u0000byte", long.as_str()]
+        .iter()
+        .enumerate()
+    {
+        let id = i + 2;
+        client
+            .send_text(&format!(
+                r#"{{"id":{id},"subscribe":{{"channel":"{name}"}}}}"#
+            ))
+            .await;
+        let reply = client.next_text().await;
+        let v: serde_json::Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(v["id"], id, "{reply}");
+        assert_eq!(v["error"]["code"], 107, "{reply}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("invalid channel"),
+            "{reply}"
+        );
+    }
+    // A valid name on the same connection still works.
+    client
+        .send_text(r#"{"id":9,"subscribe":{"channel":"fine"}}"#)
+        .await;
+    let reply = client.next_text().await;
+    assert!(
+        reply.contains(r#""id":9"#) && !reply.contains("error"),
+        "{reply}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Socket.IO binary attachments.
+// ---------------------------------------------------------------------------------------
+
+const SIO_CONFIG: &str = "allow_anonymous = true\n";
+
+/// Opens a Socket.IO session over a WebSocket and joins `/`.
+async fn sio(server: &ServerProc) -> Client {
+    let mut c = ws(&server.ws_url("/socket.io/?EIO=4&transport=websocket")).await;
+    let open = c.next_text().await;
+    assert!(open.starts_with("0{"), "{open}");
+    c.send_text("40").await;
+    let connected = c.next_text().await;
+    assert!(connected.starts_with("40{"), "{connected}");
+    c
+}
+
+/// An Engine.IO message holding a BINARY_EVENT header that announces `n` attachments, with
+/// ack id 7.
+fn binary_event(n: usize) -> String {
+    let placeholders: Vec<String> = (0..n)
+        .map(|i| format!(r#"{{"_placeholder":true,"num":{i}}}"#))
+        .collect();
+    format!("45{n}-7[\"up\",{}]", placeholders.join(","))
+}
+
+/// An event announcing more attachments than allowed (default 10) is refused at once with
+/// a protocol-error close, before anything is buffered; other sessions carry on.
+#[tokio::test]
+async fn too_many_attachments_close_the_session() {
+    let (_dir, server) = start(SIO_CONFIG, &[], &[]);
+    let mut bystander = sio(&server).await;
+    let mut attacker = sio(&server).await;
+    attacker.send_text(&binary_event(64)).await;
+    expect_close_code(&mut attacker, CloseCode::PROTOCOL_ERROR).await;
+
+    // Ten are still fine: the event completes and is acknowledged.
+    bystander.send_text(&binary_event(10)).await;
+    for _ in 0..10 {
+        bystander
+            .writer
+            .send(Message::binary(vec![1u8; 10]))
+            .await
+            .unwrap();
+    }
+    assert_eq!(bystander.next_text().await, "437[]");
+    let stats = server_stats(&server).await;
+    assert_eq!(stats["socketio_attachment_bytes"], 0, "{stats}");
+}
+
+/// Attachments of one connection are bounded in bytes (default 4 MiB per connection): the
+/// one that goes over closes the session, and what was buffered is released.
+#[tokio::test]
+async fn attachment_bytes_per_connection_are_bounded() {
+    let (_dir, server) = start(SIO_CONFIG, &[], &[]);
+    let mut attacker = sio(&server).await;
+    attacker.send_text(&binary_event(10)).await;
+    // Each is within maxPayload (1 000 000); the fifth passes 4 MiB in total.
+    for _ in 0..5 {
+        if attacker
+            .writer
+            .send(Message::binary(vec![7u8; 1_000_000]))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    expect_close_code(&mut attacker, CloseCode::PROTOCOL_ERROR).await;
+    let stats = server_stats(&server).await;
+    assert_eq!(stats["socketio_attachment_bytes"], 0, "{stats}");
+    // The server still accepts sessions.
+    let _ok = sio(&server).await;
+}
+
+/// The attachment bytes buffered by all connections together are bounded: the connection
+/// that would pass the server-wide limit is closed, the others complete their events.
+#[tokio::test]
+async fn attachment_bytes_across_the_server_are_bounded() {
+    let config = format!("{SIO_CONFIG}[socketio]\nmax_attachment_bytes_total = 1500000\n");
+    let (_dir, server) = start(&config, &[], &[]);
+    let mut a = sio(&server).await;
+    let mut b = sio(&server).await;
+    a.send_text(&binary_event(2)).await;
+    a.writer
+        .send(Message::binary(vec![1u8; 600_000]))
+        .await
+        .unwrap();
+    b.send_text(&binary_event(2)).await;
+    b.writer
+        .send(Message::binary(vec![2u8; 1_000_000]))
+        .await
+        .unwrap();
+    expect_close_code(&mut b, CloseCode::PROTOCOL_ERROR).await;
+    let stats = server_stats(&server).await;
+    let held = stats["socketio_attachment_bytes"].as_u64().unwrap();
+    assert!(held <= 1_500_000, "{stats}");
+    // A's event fits once B's bytes are released.
+    a.writer
+        .send(Message::binary(vec![1u8; 600_000]))
+        .await
+        .unwrap();
+    assert_eq!(a.next_text().await, "437[]");
+    let stats = server_stats(&server).await;
+    assert_eq!(stats["socketio_attachment_bytes"], 0, "{stats}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Socket.IO long-polling: stalled bodies, malformed packets.
+// ---------------------------------------------------------------------------------------
+
+/// The sid of a new polling session (from the open packet).
+async fn polling_session(server: &ServerProc) -> Response {
+    http(
+        &server.addr(),
+        "GET",
+        "/socket.io/?EIO=4&transport=polling",
+        &[],
+        "",
+    )
+    .await
+}
+
+fn sid_of(open: &str) -> String {
+    let json = open.strip_prefix('0').expect("open packet");
+    let v: serde_json::Value = serde_json::from_str(json).expect("open JSON");
+    v["sid"].as_str().expect("sid").to_string()
+}
+
+/// A polling `POST` that announces 1000 bytes and sends 2 is answered 408 and closed after
+/// the body timeout; while it is open it holds the session's connection slot even though
+/// the session itself ended.
+#[tokio::test]
+async fn truncated_polling_body_times_out_and_keeps_its_slot() {
+    let (_dir, server) = start(
+        SIO_CONFIG,
+        &["--max-connections", "1"],
+        &[("SWITCHBOARD_BODY_TIMEOUT", "3")],
+    );
+    let open = polling_session(&server).await;
+    assert_eq!(open.status, 200, "{}", open.body);
+    let sid = sid_of(&open.body);
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let mut stuck = truncated_post(&server.addr(), &path, 1000, "40").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A second POST overlaps the first: a protocol error that ends the session.
+    let second = http(&server.addr(), "POST", &path, &[], "40").await;
+    assert_eq!(second.status, 400, "{}", second.body);
+    // The session is gone: a poll gets its close packet, or the sid is already unknown.
+    let poll = http(&server.addr(), "GET", &path, &[], "").await;
+    assert!(
+        poll.status == 400 || (poll.status == 200 && poll.body.ends_with('1')),
+        "{} {}",
+        poll.status,
+        poll.body
+    );
+
+    // The stuck request still holds the slot: no new session while it is open.
+    let refused = polling_session(&server).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+
+    // It is answered and closed once the body timeout passes...
+    let answer = read_response(&mut stuck).await;
+    assert_eq!(answer.status, 408, "{}", answer.body);
+    // ... and its slot is free again.
+    let again = polling_session(&server).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+}
+
+/// A malformed Socket.IO packet posted over polling is answered 400 with the reason, and
+/// the session is closed (later requests for it are refused).
+#[tokio::test]
+async fn malformed_polling_packet_is_a_bad_request() {
+    let (_dir, server) = start(SIO_CONFIG, &[], &[]);
+    let open = polling_session(&server).await;
+    assert_eq!(open.status, 200, "{}", open.body);
+    let sid = sid_of(&open.body);
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let r = http(&server.addr(), "POST", &path, &[], "40").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Engine.IO message `4`, Socket.IO type `9` does not exist.
+    let r = http(&server.addr(), "POST", &path, &[], "49[\"x\"]").await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("unknown packet type"), "{}", r.body);
+    // The session is closed: a poll gets the close packet or an unknown-sid error.
+    let r = http(&server.addr(), "GET", &path, &[], "").await;
+    assert!(
+        (r.status == 200 && r.body.contains('1')) || r.status == 400,
+        "{} {}",
+        r.status,
+        r.body
+    );
+    let r = http(&server.addr(), "GET", &path, &[], "").await;
+    assert_eq!(r.status, 400, "{}", r.body);
+}
