@@ -116,6 +116,12 @@ impl Registry {
             .count()
     }
 
+    /// Whether connection `id` is a Centrifugo connection of this node.
+    pub(crate) fn contains(&self, id: u64) -> bool {
+        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns.contains_key(&id)
+    }
+
     /// Sends `control` to connection `id`; returns whether it is connected here.
     pub(crate) fn send_to(&self, id: u64, control: Control) -> bool {
         let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
@@ -480,6 +486,11 @@ impl Conn {
     /// lost its data, or the channel's metadata expired): the client's position no longer
     /// names a place in the stream.
     fn stream_moved(&mut self, p: &switchboard_core::Publication) -> bool {
+        if !self.shared.node.is_shared() {
+            // One node's streams only change epoch through `history_remove`, whose live
+            // subscribers keep receiving as before (there is no store to lose data).
+            return false;
+        }
         match self.positioned.get_mut(&*p.channel) {
             Some(epoch) if *epoch == Epoch::EMPTY => {
                 *epoch = p.epoch;
