@@ -1,5 +1,6 @@
 // The HTTP API acts on the whole cluster, whichever node answers: three real `switchboard`
-// processes on one private Redis, real `centrifuge` clients on different nodes.
+// processes on one private Redis, real `centrifuge` and `socket.io-client` clients on
+// different nodes.
 // `disconnect`, `subscribe` and `unsubscribe` reach a user's connections on every node
 // (through the broker's control channel), `channels` lists the channels with members on
 // every node with their counts summed, and with Redis down these methods answer 503.
@@ -7,7 +8,8 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { binaryPath } from './lib/harness.mjs';
+import { io } from 'socket.io-client';
+import { binaryPath, withTimeout } from './lib/harness.mjs';
 import { redisAvailable } from './lib/redis.mjs';
 import { startCluster, api, until, once, connect, subscribe } from './lib/cluster.mjs';
 
@@ -24,6 +26,7 @@ describe('the HTTP API on three nodes', { skip: !haveRedis && 'redis-server is n
   let cluster;
   let nodes;
   const clients = [];
+  const sockets = [];
 
   /** A `centrifuge` client of `user` (anonymous without one) on `node`, counting its reconnects. */
   async function client(node, user) {
@@ -50,6 +53,7 @@ describe('the HTTP API on three nodes', { skip: !haveRedis && 'redis-server is n
 
   after(async () => {
     for (const c of clients) c.disconnect();
+    for (const s of sockets) s.disconnect();
     await cluster?.close();
   });
 
@@ -84,6 +88,37 @@ describe('the HTTP API on three nodes', { skip: !haveRedis && 'redis-server is n
     }
     assert.equal(bystander.events.connecting.length, 0, 'another user on the same node stays connected');
     assert.equal(bystander.c.state, 'connected');
+  });
+
+  it('disconnect by user also closes that user\'s Socket.IO sockets, on every node', async () => {
+    /** A socket.io-client socket of `user` on `node`, connected. */
+    async function sio(node, user) {
+      const s = io(node.httpUrl, {
+        transports: ['websocket'],
+        auth: { token: mint(user) },
+        reconnection: false,
+        forceNew: true,
+      });
+      sockets.push(s);
+      await withTimeout(new Promise((resolve, reject) => {
+        s.once('connect', resolve);
+        s.once('connect_error', reject);
+      }), `socket.io connect of ${user}`);
+      return s;
+    }
+    const onB = await sio(nodes[1], 'frank');
+    const onA = await sio(nodes[0], 'frank');
+    const bystander = await sio(nodes[1], 'gina');
+    const cf = await client(nodes[2], 'frank');
+    const reasons = [onB, onA].map((s) =>
+      withTimeout(new Promise((resolve) => s.once('disconnect', resolve)), 'frank\'s socket disconnected'),
+    );
+    const cfDown = once(cf.c, 'connecting', (ctx) => ctx.code === 3011, 'frank\'s centrifuge client told to reconnect');
+    const r = await api(nodes[0], 'disconnect', { user: 'frank' });
+    assert.equal(r.status, 200, r.text);
+    assert.deepEqual(await Promise.all(reasons), ['io server disconnect', 'io server disconnect']);
+    await cfDown;
+    assert.equal(bystander.connected, true, 'another user\'s socket on the same node stays connected');
   });
 
   it('disconnect by client id reaches the client on whichever node holds it', async () => {

@@ -786,6 +786,22 @@ impl Hub {
         }
     }
 
+    /// The registered connections of authenticated user `user`, whatever their protocol
+    /// (a scan of every connection: for administrative calls, not per message).
+    pub fn connections_of_user(&self, user: &str) -> Vec<ConnId> {
+        let mut ids = Vec::new();
+        for shard in self.inner.conns.iter() {
+            ids.extend(
+                shard
+                    .lock()
+                    .values()
+                    .filter(|e| e.info.user.as_deref() == Some(user))
+                    .map(|e| e.id),
+            );
+        }
+        ids
+    }
+
     /// Closes every registered connection with `reason` (e.g.
     /// [`CloseReason::Shutdown`]). Returns how many were closed.
     pub fn close_all(&self, reason: CloseReason) -> usize {

@@ -296,6 +296,29 @@ fn close_lets_the_writer_drain_then_errors_and_leaves_the_hub() {
 }
 
 #[test]
+fn connections_of_a_user_whatever_their_protocol() {
+    let hub = Hub::new(HubLimits::default());
+    let (a, _a_out) = hub
+        .register(ConnInfo::new("p1", "socket.io").with_user("ann"))
+        .unwrap();
+    let (b, _b_out) = hub
+        .register(ConnInfo::new("p2", "centrifugo").with_user("ann"))
+        .unwrap();
+    let (_c, _c_out) = hub
+        .register(ConnInfo::new("p3", "raw").with_user("bob"))
+        .unwrap();
+    let (_d, _d_out) = hub.register(ConnInfo::default()).unwrap();
+    let mut ids = hub.connections_of_user("ann");
+    ids.sort();
+    let mut want = vec![a.id(), b.id()];
+    want.sort();
+    assert_eq!(ids, want);
+    assert!(hub.connections_of_user("nobody").is_empty());
+    drop(a);
+    assert_eq!(hub.connections_of_user("ann"), vec![b.id()]);
+}
+
+#[test]
 fn disconnect_by_id_and_close_all() {
     let hub = Hub::new(HubLimits::default());
     let (a, mut a_out) = conn(&hub);

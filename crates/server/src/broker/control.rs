@@ -172,7 +172,19 @@ pub(crate) fn apply(shared: &Shared, command: &Command) -> usize {
         Command::Disconnect {
             user: Some(user),
             client,
-        } => shared.clients.send(user, *client, &Control::Disconnect),
+        } => {
+            // Centrifugo connections are told "reconnect" (3011) by their driver; every other
+            // protocol's connections of the user are closed through the hub (Socket.IO: the
+            // socket leaves its namespace, "io server disconnect").
+            let mut reached = shared.clients.send(user, *client, &Control::Disconnect);
+            for id in shared.hub.connections_of_user(user) {
+                if client.is_some_and(|c| c != id) || shared.clients.contains(id) {
+                    continue;
+                }
+                reached += usize::from(shared.hub.disconnect(id, CloseReason::Kicked));
+            }
+            reached
+        }
         Command::Disconnect {
             user: None,
             client: Some(id),
