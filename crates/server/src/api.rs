@@ -9,8 +9,8 @@
 //! 413 for a body larger than the largest message.
 //!
 //! Methods: `publish`, `broadcast`, `presence`, `presence_stats`, `history`,
-//! `history_remove`, `info`, `disconnect` (by `user` and/or `client` id; the client is told to
-//! reconnect), `subscribe` and `unsubscribe` (server-side, for every Centrifugo-protocol
+//! `history_remove`, `info`, `disconnect` (by `user` and/or `client` id; a Centrifugo client is
+//! told to reconnect, any other connection is closed), `subscribe` and `unsubscribe` (server-side, for every Centrifugo-protocol
 //! connection of `user`, told with a push), and `channels`: the channels with at least one
 //! subscriber and their `num_clients`, optionally only those whose name matches `pattern`.
 //!
