@@ -7,7 +7,8 @@
 // missed meanwhile exactly once, a lost stream shows the "could not be
 // recovered" notice, and a page the server refuses (no token, or a channel
 // closed to anonymous users) falls back to the raw room and still chats.
-// Saves docs/screenshots/chat-channels.png.
+// Saves a screenshot of the page to a temporary folder; to refresh
+// docs/screenshots/chat-channels.png run it with SCREENSHOT_DIR=docs/screenshots.
 //
 // Run: SWITCHBOARD_BIN=/abs/path/to/switchboard node --test browser_channels.test.mjs
 // Skipped (not failed) when no Chromium is installed.
@@ -23,7 +24,12 @@ import { WebSocket, Inbox, startServer, opened, binaryPath, REPO_ROOT, WAIT_MS }
 
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const HAVE_CHROMIUM = existsSync(CHROMIUM);
-const SCREENSHOT_DIR = path.join(REPO_ROOT, 'docs', 'screenshots');
+// Screenshots go to a temporary folder, so that running the tests never changes tracked
+// files; `SCREENSHOT_DIR=docs/screenshots` (relative to the repository) refreshes the ones
+// in the docs on purpose.
+const SCREENSHOT_DIR = process.env.SCREENSHOT_DIR
+  ? path.resolve(REPO_ROOT, process.env.SCREENSHOT_DIR)
+  : mkdtempSync(path.join(tmpdir(), 'sb-screenshots-'));
 const SECRET = 'browser-channels-secret';
 const API_KEY = 'browser-channels-api-key';
 
