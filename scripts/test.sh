@@ -287,6 +287,7 @@ if wanted interop; then
       # Redis restarted empty / with its data and a node killed, each twice, with every
       # client kind: nothing acknowledged may be lost.
       node_suite chaos.test.mjs
+      node_suite redis_tls.test.mjs
       if skip_requested SKIP_PYTHON; then
         skip_suite "interop: python_client.py" "SKIP_PYTHON=1"
       elif [[ ! -x "$INTEROP/.venv/bin/python" ]]; then

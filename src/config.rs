@@ -152,6 +152,26 @@ pub struct ServeArgs {
     /// advertised URL].
     #[arg(long, env = "SWITCHBOARD_NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
+
+    /// With a `rediss://` broker: CA certificates (PEM file) Redis's certificate must chain
+    /// to [default: the system's trust store].
+    #[arg(long, env = "SWITCHBOARD_BROKER_TLS_CA", value_name = "PATH")]
+    pub broker_tls_ca: Option<PathBuf>,
+
+    /// With a `rediss://` broker: client certificate (PEM file) for Redis servers that
+    /// require one; needs --broker-tls-key.
+    #[arg(long, env = "SWITCHBOARD_BROKER_TLS_CERT", value_name = "PATH")]
+    pub broker_tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM file) of --broker-tls-cert.
+    #[arg(long, env = "SWITCHBOARD_BROKER_TLS_KEY", value_name = "PATH")]
+    pub broker_tls_key: Option<PathBuf>,
+
+    /// With a `rediss://` broker: do not verify Redis's certificate (tests only) (true|false)
+    /// [default: false].
+    #[arg(long, env = "SWITCHBOARD_BROKER_TLS_INSECURE", value_name = "BOOL", num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub broker_tls_insecure: Option<bool>,
 }
 
 impl ServeArgs {
@@ -255,6 +275,18 @@ impl ServeArgs {
         }
         if let Some(v) = &self.node_name {
             c.node_name = Some(v.clone());
+        }
+        if let Some(v) = &self.broker_tls_ca {
+            c.broker_tls_ca = Some(v.clone());
+        }
+        if let Some(v) = &self.broker_tls_cert {
+            c.broker_tls_cert = Some(v.clone());
+        }
+        if let Some(v) = &self.broker_tls_key {
+            c.broker_tls_key = Some(v.clone());
+        }
+        if let Some(v) = self.broker_tls_insecure {
+            c.broker_tls_insecure = v;
         }
         c
     }

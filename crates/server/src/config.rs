@@ -189,6 +189,21 @@ pub struct ServerConfig {
     /// advertised address.
     #[serde(alias = "node-name")]
     pub node_name: Option<String>,
+    /// With a `rediss://` broker: the CA certificates (PEM file) that Redis's certificate
+    /// must chain to; default: the system's trust store.
+    #[serde(alias = "broker-tls-ca")]
+    pub broker_tls_ca: Option<PathBuf>,
+    /// With a `rediss://` broker: this node's client certificate (PEM file) for Redis
+    /// servers that require one (`tls-auth-clients yes`); needs `broker_tls_key`.
+    #[serde(alias = "broker-tls-cert")]
+    pub broker_tls_cert: Option<PathBuf>,
+    /// The private key (PEM file) of `broker_tls_cert`.
+    #[serde(alias = "broker-tls-key")]
+    pub broker_tls_key: Option<PathBuf>,
+    /// With a `rediss://` broker: do not verify Redis's certificate (for tests only: the
+    /// connection is encrypted but not authenticated).
+    #[serde(alias = "broker-tls-insecure")]
+    pub broker_tls_insecure: bool,
 }
 
 impl Default for ServerConfig {
@@ -227,6 +242,10 @@ impl Default for ServerConfig {
             broker_lease: DEFAULT_BROKER_LEASE,
             advertise_url: None,
             node_name: None,
+            broker_tls_ca: None,
+            broker_tls_cert: None,
+            broker_tls_key: None,
+            broker_tls_insecure: false,
         }
     }
 }
@@ -276,6 +295,9 @@ impl ServerConfig {
         crate::broker::parse(self.broker.as_deref())?;
         if self.broker_lease < Duration::from_millis(300) {
             return Err("the broker lease must be at least 0.3 seconds".into());
+        }
+        if self.broker_tls_cert.is_some() != self.broker_tls_key.is_some() {
+            return Err("broker_tls_cert and broker_tls_key go together".into());
         }
         if self.allowed_origins.is_empty() {
             return Err("allowed origins must not be empty (use * to allow any)".into());

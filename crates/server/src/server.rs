@@ -246,13 +246,34 @@ impl Server {
             // Client ids must not collide across nodes: presence is keyed by them.
             let base = u64::from_str_radix(&info.id[..5], 16).unwrap_or(1).max(1) << 32;
             shared.hub.set_conn_id_base(base);
-            let broker = crate::broker::start_redis(&redis_url, info, shared.config.broker_lease)
+            let config = &shared.config;
+            let tls = crate::broker::redis::RedisTls {
+                ca: config.broker_tls_ca.clone(),
+                client: config
+                    .broker_tls_cert
+                    .clone()
+                    .zip(config.broker_tls_key.clone()),
+                insecure: config.broker_tls_insecure,
+            };
+            let broker = crate::broker::start_redis(&redis_url, info, config.broker_lease, tls)
                 .map_err(|e| ServerError::Config(e.to_string()))?;
+            let shown = crate::broker::redacted(&redis_url);
             if !broker
                 .wait_connected(std::time::Duration::from_secs(3))
                 .await
             {
-                tracing::warn!(url = %redis_url, "Redis not reachable yet; retrying in the background");
+                // Down or slow: retried in the background. Anything else (a certificate that
+                // does not verify, a wrong password) will not get better: refuse to start.
+                match broker.probe().await {
+                    Err(switchboard_core::BrokerError::Protocol(e)) => {
+                        return Err(ServerError::Config(format!(
+                            "cannot use the broker {shown}: {e}"
+                        )));
+                    }
+                    _ => {
+                        tracing::warn!(url = %shown, "Redis not reachable yet; retrying in the background")
+                    }
+                }
             }
             let node = Node::with_broker(shared.hub.clone(), Arc::new(broker));
             tokio::spawn(node.run_background());

@@ -32,9 +32,14 @@ export function redisAvailable() {
   });
 }
 
-function launch(port, dir, persist = false) {
+function launch(port, dir, persist = false, tls = null) {
   const aof = persist ? ['--appendonly', 'yes', '--appendfsync', 'always'] : ['--appendonly', 'no'];
-  const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', ...aof, '--dir', dir];
+  // TLS only: the plain port is off, every connection must speak TLS.
+  const ports = tls
+    ? ['--port', '0', '--tls-port', String(port), '--tls-cert-file', tls.cert, '--tls-key-file', tls.key,
+        '--tls-ca-cert-file', tls.ca, '--tls-auth-clients', tls.authClients ? 'yes' : 'no']
+    : ['--port', String(port)];
+  const args = [...ports, '--bind', '127.0.0.1', '--save', '', ...aof, '--dir', dir];
   const proc = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   const exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
@@ -66,21 +71,23 @@ function launch(port, dir, persist = false) {
  * `{ persist: true }` every write is appended to a file in its directory and fsynced
  * before the reply (`--appendonly yes --appendfsync always`), so `restart` brings it back
  * with every acknowledged write, like a Redis that crashed and reloaded its data.
+ * With `{ tls: { cert, key, ca, authClients } }` (PEM file paths) it listens for TLS
+ * only (its `url` is `rediss://…`), requiring client certificates when `authClients`.
  */
-export async function startRedis({ persist = false } = {}) {
+export async function startRedis({ persist = false, tls = null } = {}) {
   const port = await freePort();
   const dir = mkdtempSync(path.join(tmpdir(), 'sb-redis-'));
-  let cur = launch(port, dir, persist);
+  let cur = launch(port, dir, persist, tls);
   await cur.ready;
   return {
     port,
-    url: `redis://127.0.0.1:${port}/0`,
+    url: `${tls ? 'rediss' : 'redis'}://127.0.0.1:${port}/0`,
     async stop(signal = 'SIGKILL') {
       if (cur.proc.exitCode === null && cur.proc.signalCode === null) cur.proc.kill(signal);
       await cur.exited;
     },
     async restart() {
-      cur = launch(port, dir, persist);
+      cur = launch(port, dir, persist, tls);
       await cur.ready;
     },
     /** Run one command with `redis-cli` against this server; returns its output lines. */

@@ -3,7 +3,7 @@
 //! are in `switchboard-core`; this module holds the implementations that need the network.
 //!
 //! `--broker` picks one: absent or `memory` for a single node, `redis://host:port/db` for
-//! Redis. See `docs/scaling.md` for the topology and what is stored. [`control`] holds what
+//! Redis (`rediss://` over TLS, with the `broker_tls_*` settings). See `docs/scaling.md` for the topology and what is stored. [`control`] holds what
 //! nodes ask of each other for the HTTP API (cluster-wide disconnect, server-side
 //! subscriptions, channel listing).
 pub mod codec;
@@ -27,10 +27,27 @@ pub enum BrokerKind {
 pub fn parse(spec: Option<&str>) -> Result<BrokerKind, String> {
     match spec.map(str::trim) {
         None | Some("") | Some("memory") => Ok(BrokerKind::Memory),
-        Some(url) if url.starts_with("redis://") => Ok(BrokerKind::Redis(url.to_string())),
+        Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
+            Ok(BrokerKind::Redis(url.to_string()))
+        }
         Some(other) => Err(format!(
-            "unknown broker {other:?} (expected memory or redis://host:port/db)"
+            "unknown broker {other:?} (expected memory, redis://host:port/db or rediss://…)"
         )),
+    }
+}
+
+/// `url` with its password (if any) replaced by `***`, for logs and errors.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split_once(':').map_or("", |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_string(),
     }
 }
 
@@ -39,11 +56,13 @@ pub fn start_redis(
     url: &str,
     node: NodeInfo,
     lease: Duration,
+    tls: redis::RedisTls,
 ) -> Result<redis::RedisBroker, switchboard_core::BrokerError> {
     redis::RedisBroker::start(redis::RedisConfig {
         url: url.to_string(),
         node,
         lease,
+        tls,
     })
 }
 
@@ -59,6 +78,20 @@ mod tests {
             parse(Some("redis://127.0.0.1:6380/0")),
             Ok(BrokerKind::Redis("redis://127.0.0.1:6380/0".into()))
         );
+        assert_eq!(
+            parse(Some("rediss://127.0.0.1:6380/0")),
+            Ok(BrokerKind::Redis("rediss://127.0.0.1:6380/0".into()))
+        );
         assert!(parse(Some("nats://x")).is_err());
+    }
+
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(
+            redacted("redis://alice:s3cret@10.0.0.9:6379/0"),
+            "redis://alice:***@10.0.0.9:6379/0"
+        );
+        assert_eq!(redacted("rediss://:pw@h:1"), "rediss://:***@h:1");
+        assert_eq!(redacted("redis://h:6379/0"), "redis://h:6379/0");
     }
 }

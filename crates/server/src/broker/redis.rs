@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{PushInfo, PushKind, RedisError, Script, Value};
+use redis::{ConnectionAddr, IntoConnectionInfo, PushInfo, PushKind, RedisError, Script, Value};
 use switchboard_core::{
     BoxFuture, Broker, BrokerError, BrokerHandler, BrokerPublication, BrokerStatus, ChannelOptions,
     ClientInfo, Epoch, HistoryQuery, NodeInfo, Publication, StreamPosition, StreamSlice,
@@ -114,20 +114,36 @@ redis.call('pexpire', KEYS[1], ARGV[2])
 return 1
 "#;
 
+/// TLS settings for a `rediss://` URL (PEM files).
+#[derive(Debug, Clone, Default)]
+pub struct RedisTls {
+    /// CA certificates Redis's certificate must chain to (default: the system's store).
+    pub ca: Option<std::path::PathBuf>,
+    /// Client certificate and its key, for servers that require one.
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Skip verifying Redis's certificate (tests only).
+    pub insecure: bool,
+}
+
 /// How to connect and register.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://host:port/db` (credentials allowed, `rediss://` with TLS is not supported).
+    /// `redis://host:port/db` or, over TLS, `rediss://host:port/db` (credentials allowed:
+    /// `redis://user:password@host:port/db`; they are never logged).
     pub url: String,
     /// This node's registry entry (id, name, advertised URL; counts are filled in).
     pub node: NodeInfo,
     /// Node lease: how long a silent node is considered alive.
     pub lease: Duration,
+    /// TLS settings, used with a `rediss://` URL.
+    pub tls: RedisTls,
 }
 
 /// The Redis broker. See the module documentation.
 pub struct RedisBroker {
     inner: Arc<Inner>,
+    /// For [`probe`](RedisBroker::probe).
+    client: redis::Client,
 }
 
 struct Inner {
@@ -326,6 +342,61 @@ fn publication(channel: &str, offset: u64, epoch: Epoch, env: Envelope) -> Publi
     .with_info(env.info.map(Arc::new))
 }
 
+/// The Redis client for `url` (with `?protocol=resp3`), with the TLS settings for a
+/// `rediss://` URL.
+fn client(url: &str, tls: &RedisTls) -> Result<redis::Client, BrokerError> {
+    let bad = |e: &dyn std::fmt::Display| BrokerError::Protocol(format!("bad broker URL: {e}"));
+    if !url.starts_with("rediss://") {
+        if tls.ca.is_some() || tls.client.is_some() || tls.insecure {
+            return Err(BrokerError::Protocol(
+                "broker TLS settings need a rediss:// URL".into(),
+            ));
+        }
+        return redis::Client::open(url).map_err(|e| bad(&e));
+    }
+    let mut info = url.into_connection_info().map_err(|e| bad(&e))?;
+    if tls.insecure {
+        if let ConnectionAddr::TcpTls {
+            host,
+            port,
+            tls_params,
+            ..
+        } = info.addr().clone()
+        {
+            info = info.set_addr(ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: true,
+                tls_params,
+            });
+        }
+    }
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            BrokerError::Protocol(format!(
+                "cannot read the broker TLS {what} {}: {e}",
+                path.display()
+            ))
+        })
+    };
+    let root_cert = tls.ca.as_deref().map(|p| read("CA file", p)).transpose()?;
+    let client_tls = match &tls.client {
+        Some((cert, key)) => Some(redis::ClientTlsConfig {
+            client_cert: read("certificate", cert)?,
+            client_key: read("key", key)?,
+        }),
+        None => None,
+    };
+    redis::Client::build_with_tls(
+        info,
+        redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(|e| BrokerError::Protocol(format!("broker TLS settings: {e}")))
+}
+
 impl RedisBroker {
     /// Connects lazily (the node starts even while Redis is down, reporting it in
     /// `/health`) and starts the maintenance and subscription tasks on the current tokio
@@ -336,8 +407,8 @@ impl RedisBroker {
         } else {
             format!("{}?protocol=resp3", config.url)
         };
-        let client = redis::Client::open(url.as_str())
-            .map_err(|e| BrokerError::Protocol(format!("bad broker URL: {e}")))?;
+        let client = client(&url, &config.tls)?;
+        let probe_client = client.clone();
         let base = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(OP_TIMEOUT))
@@ -371,7 +442,27 @@ impl RedisBroker {
             next_survey: AtomicU64::new(1),
         });
         tokio::spawn(maintain(Arc::downgrade(&inner)));
-        Ok(RedisBroker { inner })
+        Ok(RedisBroker {
+            inner,
+            client: probe_client,
+        })
+    }
+
+    /// One direct connection attempt and a `PING`, bounded, for a clear error at start-up
+    /// (the broker's own connections retry quietly in the background). A failure that is
+    /// not Redis being down or slow — a certificate that does not verify, a refused TLS
+    /// handshake, a wrong password — is reported as [`BrokerError::Protocol`].
+    pub async fn probe(&self) -> Result<(), BrokerError> {
+        let attempt = async {
+            let mut conn = self.client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<()>(&mut conn).await
+        };
+        match tokio::time::timeout(OP_TIMEOUT, attempt).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) if e.is_connection_refusal() || e.is_timeout() => Err(unavailable(e)),
+            Ok(Err(e)) => Err(BrokerError::Protocol(e.to_string())),
+            Err(_) => Err(unavailable("Redis did not answer in time")),
+        }
     }
 
     /// Waits (up to `limit`) until Redis answered once; returns whether it did.
@@ -1434,6 +1525,7 @@ mod tests {
                 ..NodeInfo::default()
             },
             lease: DEFAULT_LEASE,
+            tls: RedisTls::default(),
         })
         .unwrap();
         let recorder = Arc::new(Recorder::default());
@@ -1490,6 +1582,24 @@ mod tests {
             .await
             .unwrap_err()
             .is_temporary());
+    }
+
+    #[test]
+    fn tls_settings_need_a_rediss_url_and_readable_files() {
+        let with_ca = RedisTls {
+            ca: Some("/nonexistent/ca.pem".into()),
+            ..RedisTls::default()
+        };
+        let e = client("redis://127.0.0.1:1/0", &with_ca).unwrap_err();
+        assert!(e.to_string().contains("need a rediss:// URL"), "{e}");
+        let e = client("rediss://127.0.0.1:1/0", &with_ca).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+        assert!(client("rediss://127.0.0.1:1/0", &RedisTls::default()).is_ok());
+        let insecure = RedisTls {
+            insecure: true,
+            ..RedisTls::default()
+        };
+        assert!(client("rediss://127.0.0.1:1/0", &insecure).is_ok());
     }
 
     #[test]
