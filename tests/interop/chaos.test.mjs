@@ -439,19 +439,22 @@ async function run(t, { scenario, k, persist = false, fault }) {
   }
 }
 
+/** The Redis fault: killed with SIGKILL, started again 1 s later, publishing goes on 3 s. */
+async function restartRedis(cluster) {
+  await cluster.redis.stop('SIGKILL');
+  await sleep(1_000);
+  await cluster.redis.restart();
+  await sleep(3_000);
+  return undefined;
+}
+
 describe('chaos: redis restarted empty', { skip }, () => {
   for (const k of [1, 2]) {
     it(`run ${k}: nothing acknowledged is lost, duplicated or reordered`, { timeout: 60_000 }, (t) =>
       run(t, {
         scenario: 'redis restarted empty',
         k,
-        async fault(cluster) {
-          await cluster.redis.stop('SIGKILL');
-          await sleep(1_000);
-          await cluster.redis.restart();
-          await sleep(3_000);
-          return undefined;
-        },
+        fault: restartRedis,
       }),
     );
   }
@@ -464,13 +467,7 @@ describe('chaos: redis restarted with its data', { skip }, () => {
         scenario: 'redis restarted with its data',
         k,
         persist: true,
-        async fault(cluster) {
-          await cluster.redis.stop('SIGKILL');
-          await sleep(1_000);
-          await cluster.redis.restart();
-          await sleep(3_000);
-          return undefined;
-        },
+        fault: restartRedis,
       }),
     );
   }
