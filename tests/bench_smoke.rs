@@ -354,8 +354,11 @@ fn slow_subscribers_are_cut_off_and_the_rest_lose_nothing() {
             "false",
             "--log-level",
             "error",
+            // 32 messages of 8 KiB: a healthy reader of this (debug) server may be kept off
+            // the CPU for a few tens of milliseconds on a busy machine without being taken
+            // for a slow one; a slow reader still gets far more than this sent to it.
             "--outbox-max-bytes",
-            "65536",
+            "262144",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
