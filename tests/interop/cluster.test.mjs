@@ -5,7 +5,7 @@
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { join } from './lib/harness.mjs';
+import { join, Inbox, WebSocket, opened } from './lib/harness.mjs';
 import { redisAvailable } from './lib/redis.mjs';
 import { startCluster, api, health, until, once, connect, subscribe } from './lib/cluster.mjs';
 
@@ -226,6 +226,14 @@ describe('three nodes on one Redis', { skip: !haveRedis && 'redis-server is not 
 
   it('history is shared: any node answers with the same stream', async () => {
     const channel = 'hist';
+    // A raw member listening throughout: a history removal must not cost it anything. (No
+    // readiness probe: it would be a publication in the history checked below. The node
+    // listens to the channel before it completes the upgrade.)
+    const ws = new WebSocket(nodes[2].wsUrl(`/${channel}`));
+    ws.on('error', () => {});
+    const member = new Inbox(ws);
+    await opened(ws);
+    sockets.push(member);
     for (let k = 0; k < 4; k++) await api(nodes[k % 3], 'publish', { channel, data: { i: k } });
     const answers = [];
     for (const node of nodes) {
@@ -242,5 +250,15 @@ describe('three nodes on one Redis', { skip: !haveRedis && 'redis-server is not 
     const after = await api(nodes[2], 'history', { channel, limit: -1 });
     assert.deepEqual(after.body.result.publications, []);
     assert.notEqual(after.body.result.epoch, answers[0].epoch, 'a new epoch after removal');
+
+    // The stream goes on in the new epoch: the member gets what follows and stays connected
+    // (nothing was missed, so nobody is told).
+    const next = await api(nodes[0], 'publish', { channel, data: { i: 4 } });
+    assert.equal(next.status, 200, next.text);
+    assert.equal(next.body.result.offset, 5, 'offsets go on across a removal');
+    const got = [];
+    while (got.length < 5) got.push(JSON.parse((await member.next('the raw member\'s publications')).text).i);
+    assert.deepEqual(got, [0, 1, 2, 3, 4]);
+    assert.equal(member.closed, null, 'the raw member was not closed');
   });
 });

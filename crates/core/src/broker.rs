@@ -106,6 +106,11 @@ pub struct StreamSlice {
     pub top: StreamPosition,
     /// Offset of the oldest publication still stored, if any is.
     pub oldest: Option<u64>,
+    /// The offset the current epoch's stream starts after: 0 for a stream that began with
+    /// its epoch, the last offset before the removal for a stream whose history was removed
+    /// (offsets go on across `history_remove`, the epoch changes). Nothing at or below it
+    /// was ever published in this epoch.
+    pub start: u64,
 }
 
 /// One node's answer to a [`Broker::survey`].

@@ -134,6 +134,8 @@ impl Broker for MemoryBroker {
                     publications: r.publications,
                     top: r.position,
                     oldest,
+                    // One node needs no gap detection: nothing reads it.
+                    start: 0,
                 })
             }
             Err(_) => Err(not_available()),

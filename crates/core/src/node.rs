@@ -57,7 +57,9 @@
 //! (`recovered: true` while history holds it): that is how a Centrifugo subscriber, told to
 //! resubscribe because its position names the old epoch, keeps every publication. A store
 //! that comes back with its data but without its latest writes (offsets would be used
-//! again) is a gap that cannot be filled.
+//! again) is a gap that cannot be filled. A history removal also starts a new epoch, whose
+//! offsets go on from the old ones: the stream then starts after the old top
+//! ([`StreamSlice::start`]), and nothing below it is missing.
 //!
 //! Only when the range cannot be filled (no history in the namespace, the range trimmed or
 //! expired from history, the broker unreachable, the store lost what was being filled) does
@@ -613,6 +615,13 @@ fn history_options(hub: &Hub, channel: &str) -> Result<Arc<ChannelOptions>, Node
 /// What a client at `since` missed, from a slice read after `since.offset`.
 fn recovery(slice: StreamSlice, since: StreamPosition) -> Recovery {
     let top = slice.top;
+    // Nothing was published in this epoch at or below its start: a position there (a
+    // stream carried over into an epoch that began after a removal) misses nothing of it.
+    let since = if since.epoch == top.epoch {
+        StreamPosition::new(since.offset.max(slice.start), since.epoch)
+    } else {
+        since
+    };
     if since.epoch != top.epoch || since.offset > top.offset {
         return Recovery {
             publications: Vec::new(),
@@ -809,6 +818,18 @@ impl NodeInner {
             };
             if slice.top.epoch != after.epoch {
                 failure = Some("the stream has a new epoch".into());
+                continue;
+            }
+            if after.offset < slice.start {
+                // A stream whose epoch began after a history removal: the offsets up to its
+                // start do not exist in it, nothing was missed there.
+                let mut seen = self.seen.lock();
+                match seen.get_mut(channel) {
+                    Some(track) if track.fill.as_ref().is_some_and(|f| f.id == id) => {
+                        track.last.offset = track.last.offset.max(slice.start);
+                    }
+                    _ => return,
+                }
                 continue;
             }
             let mut batch = Vec::new();
@@ -1210,6 +1231,8 @@ mod tests {
         reads: std::sync::atomic::AtomicUsize,
         /// Per channel: the epoch of its stream, when not [`EPOCH`].
         epochs: Mutex<HashMap<String, Epoch>>,
+        /// Per channel: the offset its epoch's stream starts after (a removed history).
+        starts: Mutex<HashMap<String, u64>>,
     }
 
     const EPOCH: &str = "fakeepoc";
@@ -1217,12 +1240,13 @@ mod tests {
     impl FakeBroker {
         fn append(&self, channel: &str, payload: Payload) -> Arc<Publication> {
             let epoch = self.epoch_of(channel);
+            let start = self.start_of(channel);
             let mut streams = self.streams.lock();
             let s = streams.entry(channel.to_string()).or_default();
             let p = Arc::new(Publication::new(
                 Arc::from(channel),
                 payload,
-                s.len() as u64 + 1,
+                start + s.len() as u64 + 1,
                 epoch,
                 None,
             ));
@@ -1238,9 +1262,26 @@ mod tests {
                 .unwrap_or_else(|| Epoch::parse(EPOCH).unwrap())
         }
 
+        fn start_of(&self, channel: &str) -> u64 {
+            self.starts.lock().get(channel).copied().unwrap_or(0)
+        }
+
+        /// `channel`'s history is removed: a new epoch whose offsets go on.
+        fn remove(&self, channel: &str, epoch: &str) {
+            let top = self.start_of(channel)
+                + self
+                    .streams
+                    .lock()
+                    .get(channel)
+                    .map_or(0, |s| s.len() as u64);
+            self.reset(channel, epoch);
+            self.starts.lock().insert(channel.to_string(), top);
+        }
+
         /// The store lost `channel`'s stream (a restart without persistence): the next
         /// publication starts a new one in `epoch`, at offset 1.
         fn reset(&self, channel: &str, epoch: &str) {
+            self.starts.lock().remove(channel);
             self.streams.lock().remove(channel);
             self.trimmed.lock().remove(channel);
             self.epochs
@@ -1327,6 +1368,7 @@ mod tests {
                 self.emit(p);
             }
             let epoch = self.epoch_of(channel);
+            let start = self.start_of(channel);
             let streams = self.streams.lock();
             let s = streams.get(channel).cloned().unwrap_or_default();
             let gone = self.trimmed.lock().get(channel).copied().unwrap_or(0);
@@ -1339,8 +1381,9 @@ mod tests {
             let limit = query.limit.unwrap_or(usize::MAX);
             ready(Ok(StreamSlice {
                 publications: publications.into_iter().take(limit).collect(),
-                top: StreamPosition::new(s.len() as u64, epoch),
+                top: StreamPosition::new(start + s.len() as u64, epoch),
                 oldest: s.iter().map(|p| p.offset).find(|&o| o > gone),
+                start,
             }))
         }
         fn remove_history<'a>(
@@ -1857,6 +1900,53 @@ mod tests {
             vec![(1, three), (2, three)]
         );
         assert!(gaps.lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_removed_history_goes_on_in_a_new_epoch_without_a_gap() {
+        let (node, broker) = shared_node();
+        tokio::spawn(node.run_background());
+        let gaps = gap_recorder(&node);
+        let (a, mut out) = node.hub().register(ConnInfo::default()).unwrap();
+        node.subscribe(&a, "h:rm", SubscribeOptions::default())
+            .await
+            .unwrap();
+        for text in ["1", "2", "3"] {
+            let p = broker.append("h:rm", Payload::text(text));
+            broker.emit(p);
+        }
+        assert_eq!(collect(&mut out, 3).await, vec![1, 2, 3]);
+        let old = Epoch::parse(EPOCH).unwrap();
+        broker.remove("h:rm", "removed1");
+        let p4 = broker.append("h:rm", Payload::text("4"));
+        broker.emit(p4);
+        let got = collect_publications(&mut out, 1).await;
+        let new = Epoch::parse("removed1").unwrap();
+        assert_eq!((got[0].offset, got[0].epoch), (4, new));
+        wait(|| node.inner.seen.lock()["h:rm"].fill.is_none()).await;
+        assert!(gaps.lock().is_empty(), "nothing was missed: nobody is told");
+        // A client that had everything before the removal recovers in the new epoch.
+        let (b, _b_out) = node.hub().register(ConnInfo::default()).unwrap();
+        let r = node
+            .subscribe(
+                &b,
+                "h:rm",
+                SubscribeOptions {
+                    recover_since: Some(StreamPosition::new(3, old)),
+                    ..SubscribeOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        let rec = r.recovery.unwrap();
+        assert!(rec.recovered);
+        assert_eq!(
+            rec.publications
+                .iter()
+                .map(|p| p.offset)
+                .collect::<Vec<_>>(),
+            vec![4]
+        );
     }
 
     #[tokio::test]

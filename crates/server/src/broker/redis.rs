@@ -5,7 +5,7 @@
 //!
 //! | key | type | contents | lifetime |
 //! |---|---|---|---|
-//! | `sb:{C}:m` | hash | `e` epoch, `o` latest offset | `history_ttl` after the last publish (1 h without history) |
+//! | `sb:{C}:m` | hash | `e` epoch, `o` latest offset, `b` the offset the epoch's stream starts after (set by a history removal) | `history_ttl` after the last publish (1 h without history) |
 //! | `sb:{C}:h` | stream | history: entry id `0-<offset>`, field `d` = publication | `history_ttl`, at most `history_size` entries |
 //! | `sb:{C}:p` | hash | presence: client id → `<node id>\n<client info>` | entries removed on leave, or when their node's lease ends |
 //! | `sb:{C}:c` | pub/sub channel | live publications and join/leave events | — |
@@ -91,6 +91,7 @@ if not e then
   redis.call('pexpire', KEYS[1], ARGV[2])
 end
 local o = redis.call('hget', KEYS[1], 'o') or '0'
+local b = redis.call('hget', KEYS[1], 'b') or '0'
 local first = redis.call('xrange', KEYS[2], '-', '+', 'COUNT', 1)
 local n = tonumber(ARGV[6])
 local entries = {}
@@ -103,13 +104,13 @@ if n ~= 0 then
     entries = redis.call(cmd, KEYS[2], ARGV[4], ARGV[5])
   end
 end
-return {e, o, first, entries}
+return {e, o, first, entries, b}
 "#;
 
 const REMOVE_LUA: &str = r#"
 redis.call('del', KEYS[2])
 local o = redis.call('hget', KEYS[1], 'o') or '0'
-redis.call('hset', KEYS[1], 'e', ARGV[1], 'o', o)
+redis.call('hset', KEYS[1], 'e', ARGV[1], 'o', o, 'b', o)
 redis.call('pexpire', KEYS[1], ARGV[2])
 return 1
 "#;
@@ -1240,10 +1241,12 @@ impl Broker for RedisBroker {
                     Some(Arc::new(publication(channel, offset, epoch, env)))
                 })
                 .collect();
+            let start = parts.get(4).and_then(u64_of).unwrap_or(0);
             Ok(StreamSlice {
                 publications,
                 top: StreamPosition::new(top, epoch),
                 oldest,
+                start,
             })
         })
     }
