@@ -293,9 +293,9 @@ function tally(received, ackedSet) {
     if (i < max) reordered++;
     else max = i;
   }
-  let lost = 0;
-  for (const i of ackedSet) if (!seen.has(i)) lost++;
-  return { lost, duplicated, reordered };
+  const missing = [];
+  for (const i of ackedSet) if (!seen.has(i)) missing.push(i);
+  return { lost: missing.length, duplicated, reordered, missing };
 }
 
 /**
@@ -325,6 +325,12 @@ async function run(t, { scenario, k, persist = false, fault }) {
       await withTimeout(pub.done, 'the publisher to stop', PUBLISH_TIMEOUT_MS + 2_000);
     }
     const acked = pub.acked.map((a) => a.i);
+    // Where a missing publication stands relative to the fault, to tell which case it was.
+    const byI = new Map(pub.acked.map((a) => [a.i, a]));
+    const describeAck = (i) => {
+      const a = byI.get(i);
+      return a ? `${i}(sent ${a.sentAt - faultAt} ms after the fault, acked +${a.ackAt - a.sentAt} ms)` : `${i}`;
+    };
     const ackedSet = new Set(acked);
     const firstAfter = pub.acked.find((a) => a.sentAt >= faultAt);
     const resumeMs = firstAfter ? firstAfter.ackAt - faultAt : 'none';
@@ -380,7 +386,8 @@ async function run(t, { scenario, k, persist = false, fault }) {
           reordered += r.reordered;
           if (r.lost || r.duplicated || r.reordered) {
             failures.push(
-              `${kind} client on node${c.backend}: lost=${r.lost} duplicated=${r.duplicated} reordered=${r.reordered}`,
+              `${kind} client on node${c.backend}: lost=${r.lost} duplicated=${r.duplicated} reordered=${r.reordered}` +
+                (r.lost ? ` missing=${r.missing.slice(0, 5).map(describeAck).join(',')}` : ''),
             );
           }
         } else {

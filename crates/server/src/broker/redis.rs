@@ -523,6 +523,18 @@ impl Inner {
         r
     }
 
+    /// Waits until Redis has sent out what the publications just run queued for the
+    /// listening nodes, before they are acknowledged. Redis writes a script's reply and
+    /// the pub/sub messages it queued in the same pass, reply first: a Redis killed in the
+    /// middle of that pass (restarting without persistence) has acknowledged a publication
+    /// that some nodes never get and no history keeps. A command sent only after the reply
+    /// arrived is answered in a later pass, when the whole earlier one is in the sockets.
+    /// If it is not answered the publication is not acknowledged (a temporary error: it may
+    /// or may not have been published).
+    async fn flushed(&self, cmd: &mut ConnectionManager) -> Result<(), BrokerError> {
+        self.note(bounded(redis::cmd("PING").query_async::<()>(cmd)).await)
+    }
+
     /// Presence is not read before this node wrote its own entries again after a
     /// reconnect (Redis may have come back empty).
     fn ready_for_presence(&self) -> Result<(), BrokerError> {
@@ -1097,6 +1109,7 @@ impl Broker for RedisBroker {
                 )
                 .await,
             )?;
+            inner.flushed(&mut cmd).await?;
             Ok(StreamPosition::new(offset, Epoch::from_client(&epoch)))
         })
     }
@@ -1145,6 +1158,7 @@ impl Broker for RedisBroker {
             let mut cmd = inner.cmd.clone();
             let answers: Vec<(u64, String)> =
                 inner.note(bounded(pipe.query_async(&mut cmd)).await)?;
+            inner.flushed(&mut cmd).await?;
             Ok(answers
                 .into_iter()
                 .map(|(offset, epoch)| StreamPosition::new(offset, Epoch::from_client(&epoch)))
