@@ -15,9 +15,16 @@
 //!   produce an 8-bit raw window, so 8 is used as 9 for both directions (the same choice zlib
 //!   itself makes for `windowBits = 8`). Inflating with a window at least as large as the
 //!   peer's is always safe.
+//! * Memory (see docs/architecture.md, "Compression memory"): a compressor with a 32 KiB window
+//!   holds about 300 KiB and an inflater about 45 KiB, far more than the rest of a connection.
+//!   A compressor that resets after every message (no context takeover) carries nothing from
+//!   one message to the next, so such compressions borrow one from a small per-thread pool
+//!   ([`with_pooled_deflater`]) instead of owning one per connection.
 //! * Limits: inflation stops with [`Error::MessageTooBig`] (1009) as soon as the output would
 //!   exceed the caller's limit. Output grows in bounded chunks, never beyond the limit; whether
 //!   more output is pending once the limit is reached is probed with a 1-byte stack buffer.
+
+use std::cell::RefCell;
 
 use bytes::BytesMut;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
@@ -163,6 +170,44 @@ impl Deflater {
     }
 }
 
+/// Compressors kept per thread for [`with_pooled_deflater`]; more than one only matters for
+/// a pool entry per window size or for a compression that runs inside another.
+const POOL_PER_THREAD: usize = 4;
+
+thread_local! {
+    /// Idle compressors of this thread, each reset and ready for a new message.
+    static DEFLATER_POOL: RefCell<Vec<(u8, Deflater)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Run `f` with a compressor that starts from an empty history and whose window is
+/// `window_bits` (8..=15), borrowed from this thread's pool (or built when the pool has none
+/// of that size), and give it back, reset, afterwards.
+///
+/// Meant for messages sent under no context takeover (RFC 7692 §7.1.1): such a message must
+/// not refer to earlier ones anyway, so the compressor has nothing worth keeping per
+/// connection and thousands of connections can share a handful of them. The pool is not
+/// locked: each thread has its own, and the compressor is taken out of it while `f` runs.
+pub fn with_pooled_deflater<R>(window_bits: u8, f: impl FnOnce(&mut Deflater) -> R) -> R {
+    let bits = zlib_window_bits(window_bits);
+    let pooled = DEFLATER_POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let i = p.iter().position(|(b, _)| *b == bits)?;
+        Some(p.swap_remove(i).1)
+    });
+    let mut deflater = pooled.unwrap_or_else(|| Deflater::new(bits, true));
+    let out = f(&mut deflater);
+    // `compress` already reset it (no context takeover); an error may have left it
+    // mid-stream, so reset again rather than trust that.
+    deflater.reset();
+    DEFLATER_POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < POOL_PER_THREAD {
+            p.push((bits, deflater));
+        }
+    });
+    out
+}
+
 /// Incoming side of permessage-deflate with a hard output limit.
 pub struct Inflater {
     decompress: Decompress,
@@ -287,5 +332,51 @@ impl Inflater {
                 return Err(Error::Compression("inflate made no progress".into()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inflate(bits: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        Inflater::new(bits, true)
+            .inflate(payload, true, &mut out, 1 << 20, &mut |_| Ok(()))
+            .unwrap();
+        out.to_vec()
+    }
+
+    #[test]
+    fn pooled_compressor_starts_fresh_every_time() {
+        let msg = b"the same message, compressed again and again by a shared compressor".repeat(4);
+        let mut fresh = BytesMut::new();
+        Deflater::new(15, true).compress(&msg, &mut fresh).unwrap();
+        for _ in 0..3 {
+            // A compressor that remembered the previous message would emit back-references
+            // (and fewer bytes) instead of the output of a fresh one.
+            let mut pooled = BytesMut::new();
+            with_pooled_deflater(15, |d| d.compress(&msg, &mut pooled)).unwrap();
+            assert_eq!(pooled, fresh);
+            assert_eq!(inflate(15, &pooled), msg);
+        }
+    }
+
+    #[test]
+    fn pool_keeps_window_sizes_apart_and_allows_nesting() {
+        let msg = b"abcabcabcabcabcabcabcabcabcabcabcabc".repeat(30);
+        let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+        with_pooled_deflater(9, |outer| {
+            // A compression inside another (e.g. a hook that sends) takes a second compressor.
+            with_pooled_deflater(9, |inner| inner.compress(&msg, &mut b)).unwrap();
+            outer.compress(&msg, &mut a)
+        })
+        .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(inflate(9, &a), msg);
+        let mut c = BytesMut::new();
+        with_pooled_deflater(15, |d| d.compress(&msg, &mut c)).unwrap();
+        assert_eq!(inflate(15, &c), msg);
+        DEFLATER_POOL.with(|p| assert!(p.borrow().len() <= POOL_PER_THREAD));
     }
 }
