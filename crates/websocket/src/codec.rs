@@ -37,14 +37,18 @@
 //! * The encoder compresses with a compressor borrowed from a per-thread pool
 //!   ([`crate::deflate::with_pooled_deflater`]) when our side agreed no context takeover — the
 //!   server always does — and owns one, built on the first compressed message, otherwise.
-//! * The decoder builds its inflater when the first compressed frame arrives and drops it at
-//!   the end of every message when the peer agreed no context takeover. When the peer keeps
+//! * The decoder builds its inflater when the first compressed frame arrives. When the peer
+//!   agreed no context takeover, the inflater comes from a per-thread pool
+//!   ([`crate::deflate::pooled_inflater`]) and goes back to it, reset, at the end of every
+//!   message (so between messages the decoder holds none). When the peer keeps
 //!   context, the inflater's window is part of the protocol state (the next message may refer
 //!   to it) and is kept for the connection's life.
 use bytes::{Buf, BytesMut};
 
 use crate::close::{CloseFrame, MAX_REASON_LEN};
-use crate::deflate::{with_pooled_deflater, DeflateParams, Deflater, Inflater};
+use crate::deflate::{
+    pooled_inflater, recycle_inflater, with_pooled_deflater, DeflateParams, Deflater, Inflater,
+};
 use crate::error::Error;
 use crate::frame::{
     encode_header, parse_header, write_header, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD,
@@ -147,8 +151,8 @@ pub struct Decoder {
     /// Reassembly / inflation buffer of `partial`.
     message: BytesMut,
     utf8: Utf8Validator,
-    /// Built on the first compressed frame; dropped after each message when the peer does not
-    /// keep context (see the module docs).
+    /// Built on the first compressed frame; given back to the pool after each message when the
+    /// peer does not keep context (see the module docs).
     inflater: Option<Inflater>,
     failed: bool,
 }
@@ -370,12 +374,16 @@ impl Decoder {
             apply_mask(payload, key);
         }
         if partial.compressed {
-            let (bits, _) = self
+            let (bits, no_context_takeover) = self
                 .peer_deflate()
                 .ok_or(Error::Protocol("RSV1 set without a negotiated extension"))?;
-            let inflater = self
-                .inflater
-                .get_or_insert_with(|| Inflater::new(bits, false));
+            let inflater = self.inflater.get_or_insert_with(|| {
+                if no_context_takeover {
+                    pooled_inflater(bits)
+                } else {
+                    Inflater::new(bits, false)
+                }
+            });
             let utf8 = &mut self.utf8;
             let text = partial.text;
             inflater.inflate(
@@ -398,7 +406,9 @@ impl Decoder {
         self.partial = None;
         if partial.compressed && self.peer_deflate().is_some_and(|(_, nct)| nct) {
             // The peer's next message starts from an empty window: nothing to keep.
-            self.inflater = None;
+            if let Some(inflater) = self.inflater.take() {
+                recycle_inflater(inflater);
+            }
         }
         if partial.text {
             self.utf8.finish()?;
