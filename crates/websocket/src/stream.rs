@@ -979,6 +979,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsWriter<S> {
         self.shared.lock().queue.queued
     }
 
+    /// Capacity of the buffers the writer keeps between messages (the staging buffer and the
+    /// queue's coalescing buffer), for memory diagnostics. Zero once everything queued has
+    /// been written.
+    pub fn write_buffer_capacity(&self) -> usize {
+        self.state.staging.capacity() + self.shared.lock().queue.buf.capacity()
+    }
+
     /// Whether a close frame was sent or received (no more data messages can be sent).
     pub fn is_closing(&self) -> bool {
         let g = self.shared.lock();
