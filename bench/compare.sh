@@ -70,15 +70,16 @@ RESULTS="$WORK/results.jsonl"
 SRV_PID=""
 SRV_PORT=""
 
-# start_server KIND MODE: KIND = ws | switchboard; MODE = echo | rooms (ws only).
+# start_server KIND MODE [DEFLATE]: KIND = ws | switchboard; MODE = echo | rooms (ws only);
+# DEFLATE = false (default) | true: whether the server negotiates permessage-deflate.
 start_server() {
-  local kind=$1 mode=$2 out="$WORK/server.out" err="$WORK/server.err"
+  local kind=$1 mode=$2 deflate=${3:-false} out="$WORK/server.out" err="$WORK/server.err"
   : >"$out"
   if [ "$kind" = ws ]; then
-    "${PIN_SRV[@]}" node "$PEER_DIR/server.mjs" --port 0 --mode "$mode" --deflate false \
+    "${PIN_SRV[@]}" node "$PEER_DIR/server.mjs" --port 0 --mode "$mode" --deflate "$deflate" \
       >"$out" 2>"$err" &
   else
-    "${PIN_SRV[@]}" "$BIN" serve --listen 127.0.0.1:0 --deflate false --log-level warn \
+    "${PIN_SRV[@]}" "$BIN" serve --listen 127.0.0.1:0 --deflate "$deflate" --log-level warn \
       >"$out" 2>"$err" &
   fi
   SRV_PID=$!
@@ -107,7 +108,9 @@ stop_server() {
 }
 
 # --- scenarios ---------------------------------------------------------------------------
-# id | ws mode | room path | bench arguments
+# id | ws mode | room path | bench arguments [| server deflate, default false]
+# conns_active is what browsers cause: deflate offered and agreed, one message per connection
+# (sent compressed, 10 connections per room), then idle.
 if [ "$QUICK" = 1 ]; then
   T="--secs 1.5 --warmup 0.5"
   SCENARIOS=(
@@ -116,6 +119,7 @@ if [ "$QUICK" = 1 ]; then
     "fanout_max|rooms|/fanout|fanout --subs 500 --pubs 10 --rate max --window 8 --size 64 $T --drain 2"
     "fanout_200|rooms|/fanout|fanout --subs 1000 --pubs 1 --rate 200 --size 64 $T --drain 2"
     "conns|rooms|/idle|conns --n 2000 --ramp max --hold 2 --src-ips 127.0.0.1-127.0.0.20"
+    "conns_active|rooms|/idle|conns --n 2000 --ramp max --hold 2 --src-ips 127.0.0.1-127.0.0.20 --rooms 200 --deflate --send-one|true"
   )
 else
   T="--secs 5 --warmup 1"
@@ -125,16 +129,17 @@ else
     "fanout_max|rooms|/fanout|fanout --subs 2000 --pubs 10 --rate max --window 8 --size 64 $T --drain 3"
     "fanout_200|rooms|/fanout|fanout --subs 1000 --pubs 1 --rate 200 --size 64 $T --drain 3"
     "conns|rooms|/idle|conns --n 10000 --ramp max --hold 4 --src-ips 127.0.0.1-127.0.0.20"
+    "conns_active|rooms|/idle|conns --n 10000 --ramp max --hold 4 --src-ips 127.0.0.1-127.0.0.20 --rooms 1000 --deflate --send-one|true"
   )
 fi
 
 START_TS=$(date +%s)
 for spec in "${SCENARIOS[@]}"; do
-  IFS='|' read -r id mode path args <<<"$spec"
+  IFS='|' read -r id mode path args deflate <<<"$spec"
   for round in $(seq 1 "$ROUNDS"); do
     for kind in ws switchboard; do
       load=$(cut -d' ' -f1 /proc/loadavg)
-      if ! start_server "$kind" "$mode"; then
+      if ! start_server "$kind" "$mode" "${deflate:-false}"; then
         python3 -c 'import json,sys; print(json.dumps({"scenario":sys.argv[1],"server":sys.argv[2],"round":int(sys.argv[3]),"load1":float(sys.argv[4]),"error":"server did not start"}))' \
           "$id" "$kind" "$round" "$load" >>"$RESULTS"
         stop_server

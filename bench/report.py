@@ -62,6 +62,12 @@ SCENARIOS = [
         ("handshakes_per_sec", "handshakes/s during the ramp", True),
         ("server_cpu_us_per_handshake", "server CPU µs per handshake", False),
     ]),
+    ("conns_active", "Connections active once (both servers with permessage-deflate on, offered by the client; each connection sends one 106-byte message, compressed, into a room of 10, then idles)", [
+        ("established", "connections established", True),
+        ("server_rss_per_conn_kb", "server RSS per connection (KiB)", False),
+        ("server_peak_rss_mb", "server peak RSS (MiB)", False),
+        ("handshakes_per_sec", "handshakes/s during the ramp", True),
+    ]),
 ]
 
 
@@ -108,7 +114,7 @@ def main():
             continue
         if "subs" in res:
             subs[r["scenario"]] = res["subs"]
-        if "n" in res and r["scenario"] == "conns":
+        if "n" in res and r["scenario"] in ("conns", "conns_active"):
             subs[r["scenario"]] = res["n"]
         for key, v in res.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -136,7 +142,7 @@ def main():
             continue
         t = title.replace("N subscribers", f"{subs.get(sid, 'N'):,} subscribers"
                           if isinstance(subs.get(sid), int) else "N subscribers")
-        if sid == "conns" and isinstance(subs.get(sid), int):
+        if sid in ("conns", "conns_active") and isinstance(subs.get(sid), int):
             t = f"{subs[sid]:,} " + t[0].lower() + t[1:]
         lines.append(f"**{t}**")
         lines.append("")

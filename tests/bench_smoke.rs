@@ -344,6 +344,41 @@ fn conns_holds_connections_from_several_source_addresses() {
 }
 
 #[test]
+fn conns_with_deflate_sends_one_compressed_message_each() {
+    let server = Server::start_with_deflate(true);
+    let pid = server.child.id().to_string();
+    let url = server.url("/active");
+    let (out, json) = bench(
+        &[
+            "conns",
+            "--url",
+            &url,
+            "--n",
+            "40",
+            "--hold",
+            "0.5",
+            "--rooms",
+            "5",
+            "--deflate",
+            "--send-one",
+            "--server-pid",
+            &pid,
+            "--json",
+        ],
+        Duration::from_secs(40),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let v = json.unwrap();
+    assert_eq!(v["established"], 40, "{v}");
+    assert_eq!(v["failed"], 0, "{v}");
+    // A compressed message the server could not inflate would have closed the connection.
+    assert_eq!(v["dropped_during_hold"], 0, "{v}");
+    assert_eq!(v["rooms"], 5, "{v}");
+    assert_eq!(v["send_one"], true, "{v}");
+    assert_eq!(v["deflate_offered"], true, "{v}");
+}
+
+#[test]
 fn slow_subscribers_are_cut_off_and_the_rest_lose_nothing() {
     let server = Command::new(BIN)
         .args([

@@ -21,7 +21,7 @@ use http::{HeaderMap, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::websocket::deflate::Inflater;
+use crate::websocket::deflate::{DeflateParams, Deflater, Inflater};
 use crate::websocket::extensions::{client_offer, DeflatePolicy};
 use crate::websocket::frame::{parse_header, write_header, OpCode};
 use crate::websocket::handshake::{verify_client_response, ClientRequest};
@@ -77,6 +77,8 @@ pub(crate) struct RawConn {
     frag: Option<(bool, bool, BytesMut)>,
     /// The decompressor, when permessage-deflate was agreed.
     inflater: Option<Inflater>,
+    /// The agreed permessage-deflate parameters, if any.
+    deflate: Option<DeflateParams>,
 }
 
 /// Encode one complete masked client frame.
@@ -228,6 +230,7 @@ impl RawConn {
             need: 0,
             frag: None,
             inflater,
+            deflate: agreed.deflate,
         })
     }
 
@@ -241,6 +244,26 @@ impl RawConn {
     #[inline]
     pub fn pending_out(&self) -> usize {
         self.out.len()
+    }
+
+    /// Queue one text message, compressed (RSV1 set, as a browser would send it) when
+    /// permessage-deflate was agreed. Each message is compressed by a fresh compressor, which
+    /// is valid whatever context takeover was agreed.
+    pub fn queue_text(&mut self, payload: &[u8]) -> anyhow::Result<()> {
+        let Some(params) = self.deflate else {
+            let frame = encode_frame(OpCode::Text, payload, self.mask);
+            self.queue(&frame);
+            return Ok(());
+        };
+        let mut body = BytesMut::new();
+        Deflater::new(params.client_max_window_bits, true)
+            .compress(payload, &mut body)
+            .map_err(|e| anyhow!("cannot compress a message: {e}"))?;
+        let (h, n) = write_header(true, true, OpCode::Text, Some(self.mask), body.len());
+        apply_mask(&mut body, self.mask);
+        self.queue(&h[..n]);
+        self.queue(&body);
+        Ok(())
     }
 
     /// Queue a close frame with `code` (best effort, for a tidy end of the run).

@@ -128,6 +128,9 @@ pub(crate) fn run(args: ConnsArgs) -> Result<Summary, BenchError> {
     s.add("url", args.common.url.as_str(), "");
     s.add("n", args.n as u64, "");
     s.add("src_ips", ips_len(&args.src_ips), "addresses");
+    s.add("rooms", args.rooms as u64, "");
+    s.add("deflate_offered", args.deflate, "");
+    s.add("send_one", args.send_one, "");
     s.add("ramp", args.ramp.to_string(), "/s");
     s.add("established", ok, "");
     s.add("failed", errors.count, "");
@@ -170,6 +173,18 @@ pub(crate) fn run(args: ConnsArgs) -> Result<Summary, BenchError> {
     Ok(s)
 }
 
+/// The message `--send-one` sends: 106 bytes of JSON-like text, about what a chat client
+/// sends (compressible, as real messages are).
+fn one_message(i: usize) -> Vec<u8> {
+    let mut m = format!(
+        "{{\"type\":\"chat\",\"from\":\"user-{i:06}\",\"text\":\"hello from a benchmark connection\",\"seq\":1"
+    )
+    .into_bytes();
+    m.resize(105, b' ');
+    m.push(b'}');
+    m
+}
+
 fn ips_len(spec: &str) -> u64 {
     parse_src_ips(spec).map(|v| v.len() as u64).unwrap_or(0)
 }
@@ -192,8 +207,15 @@ async fn worker(
         dropped: 0,
     }));
     let sem = Rc::new(Semaphore::new((args.concurrency / threads).max(1)));
-    let path = target.path_and_query("");
+    let rooms: Vec<String> = if args.rooms > 1 {
+        (0..args.rooms)
+            .map(|r| target.sub_path_and_query(&r.to_string(), ""))
+            .collect()
+    } else {
+        vec![target.path_and_query("")]
+    };
     let limit = Duration::from_secs_f64(args.common.connect_timeout);
+    let (deflate, send_one) = (args.deflate, args.send_one);
     let mut tasks = Vec::new();
     for i in (0..args.n).filter(|i| i % threads == t) {
         let slot = match args.ramp {
@@ -205,7 +227,7 @@ async fn worker(
             out.clone(),
             ctl.clone(),
             target.clone(),
-            path.clone(),
+            rooms[i % rooms.len()].clone(),
             last_ok_ns.clone(),
         );
         let mut stop = stop.clone();
@@ -221,7 +243,7 @@ async fn worker(
                 ConnectOpts {
                     bind,
                     recv_buffer: None,
-                    deflate: false,
+                    deflate,
                 },
                 mask_for(i),
             )
@@ -241,6 +263,14 @@ async fn worker(
             record(&mut out.borrow_mut().hist, (done - t0).as_nanos() as u64);
             ctl.bump(C_OK, 1);
             last_ok_ns.fetch_max((done - start).as_nanos() as u64, Ordering::Relaxed);
+            if send_one {
+                if let Err(e) = conn.queue_text(&one_message(i)) {
+                    out.borrow_mut()
+                        .errors
+                        .add(format!("connection {i}: {e:#}"));
+                    return;
+                }
+            }
             // Hold: answer pings, notice a close, until told to stop.
             loop {
                 tokio::select! {

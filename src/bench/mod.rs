@@ -181,6 +181,18 @@ pub struct ConnsArgs {
     /// (one address, a range of the last octet, or a comma-separated list).
     #[arg(long, default_value = "127.0.0.1")]
     pub src_ips: String,
+    /// Offer permessage-deflate, as browsers do; with `--send-one` the message is sent
+    /// compressed when the server agreed.
+    #[arg(long)]
+    pub deflate: bool,
+    /// Each connection sends one text message (106 bytes) right after its handshake, then
+    /// idles: the memory then includes what a connection keeps after it was active once.
+    #[arg(long)]
+    pub send_one: bool,
+    /// Spread the connections over this many rooms (`URL/0` … `URL/N-1`, round-robin); 1 uses
+    /// the URL's own room. With `--send-one` this bounds the fan-out of the messages sent.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rooms: u32,
 }
 
 /// Flags of `bench slow`.

@@ -127,8 +127,13 @@ impl ServerBuilder {
         let deflate = if config.deflate {
             // server_no_context_takeover is what makes one compressed frame valid for every
             // subscriber; the policy's default already insists on it, this keeps it explicit.
+            // client_no_context_takeover (which the server may ask for even when the offer
+            // did not, RFC 7692 §7.1.1.2) lets a connection drop its inflater after every
+            // message instead of keeping a 32 KiB window per client for its whole life; see
+            // docs/architecture.md, "Compression memory".
             DeflatePolicy {
                 server_no_context_takeover: true,
+                client_no_context_takeover: true,
                 ..DeflatePolicy::default()
             }
         } else {

@@ -30,10 +30,25 @@
 //! [`Encoder`] writes unmasked frames as a server and frames masked with a fresh random key as
 //! a client (§5.3), compresses data messages at or above `compression_threshold` when
 //! permessage-deflate was negotiated, and never compresses control frames (RFC 7692 §6.1).
+//!
+//! Compression state is created only when a message needs it, because it dwarfs everything
+//! else a connection holds (≈ 300 KiB per compressor, ≈ 45 KiB per inflater):
+//!
+//! * The encoder compresses with a compressor borrowed from a per-thread pool
+//!   ([`crate::deflate::with_pooled_deflater`]) when our side agreed no context takeover — the
+//!   server always does — and owns one, built on the first compressed message, otherwise.
+//! * The decoder builds its inflater when the first compressed frame arrives. When the peer
+//!   agreed no context takeover, the inflater comes from a per-thread pool
+//!   ([`crate::deflate::pooled_inflater`]) and goes back to it, reset, at the end of every
+//!   message (so between messages the decoder holds none). When the peer keeps
+//!   context, the inflater's window is part of the protocol state (the next message may refer
+//!   to it) and is kept for the connection's life.
 use bytes::{Buf, BytesMut};
 
 use crate::close::{CloseFrame, MAX_REASON_LEN};
-use crate::deflate::{DeflateParams, Deflater, Inflater};
+use crate::deflate::{
+    pooled_inflater, recycle_inflater, with_pooled_deflater, DeflateParams, Deflater, Inflater,
+};
 use crate::error::Error;
 use crate::frame::{
     encode_header, parse_header, write_header, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD,
@@ -136,6 +151,8 @@ pub struct Decoder {
     /// Reassembly / inflation buffer of `partial`.
     message: BytesMut,
     utf8: Utf8Validator,
+    /// Built on the first compressed frame; given back to the pool after each message when the
+    /// peer does not keep context (see the module docs).
     inflater: Option<Inflater>,
     failed: bool,
 }
@@ -143,11 +160,6 @@ pub struct Decoder {
 impl Decoder {
     /// A decoder for an endpoint playing `role`.
     pub fn new(role: Role, config: Config) -> Decoder {
-        // We inflate what the *peer* compressed, so use the peer's parameters.
-        let inflater = config.deflate.map(|p| match role {
-            Role::Server => Inflater::new(p.client_max_window_bits, p.client_no_context_takeover),
-            Role::Client => Inflater::new(p.server_max_window_bits, p.server_no_context_takeover),
-        });
         Decoder {
             role,
             config,
@@ -155,9 +167,25 @@ impl Decoder {
             partial: None,
             message: BytesMut::new(),
             utf8: Utf8Validator::new(),
-            inflater,
+            inflater: None,
             failed: false,
         }
+    }
+
+    /// The peer's compression parameters (we inflate what the *peer* compressed): window
+    /// bits and whether it resets its compressor after each message.
+    fn peer_deflate(&self) -> Option<(u8, bool)> {
+        self.config.deflate.map(|p| match self.role {
+            Role::Server => (p.client_max_window_bits, p.client_no_context_takeover),
+            Role::Client => (p.server_max_window_bits, p.server_no_context_takeover),
+        })
+    }
+
+    /// Whether the decoder currently holds inflate state (for memory diagnostics and tests).
+    /// Never before the first compressed frame; not between messages when the peer agreed no
+    /// context takeover.
+    pub fn holds_inflate_state(&self) -> bool {
+        self.inflater.is_some()
     }
 
     /// The role this decoder was built for.
@@ -185,6 +213,7 @@ impl Decoder {
                 self.header = None;
                 self.partial = None;
                 self.message = BytesMut::new();
+                self.inflater = None;
                 Err(e)
             }
         }
@@ -345,10 +374,16 @@ impl Decoder {
             apply_mask(payload, key);
         }
         if partial.compressed {
-            let inflater = self
-                .inflater
-                .as_mut()
+            let (bits, no_context_takeover) = self
+                .peer_deflate()
                 .ok_or(Error::Protocol("RSV1 set without a negotiated extension"))?;
+            let inflater = self.inflater.get_or_insert_with(|| {
+                if no_context_takeover {
+                    pooled_inflater(bits)
+                } else {
+                    Inflater::new(bits, false)
+                }
+            });
             let utf8 = &mut self.utf8;
             let text = partial.text;
             inflater.inflate(
@@ -369,10 +404,19 @@ impl Decoder {
             return Ok(None);
         }
         self.partial = None;
+        if partial.compressed && self.peer_deflate().is_some_and(|(_, nct)| nct) {
+            // The peer's next message starts from an empty window: nothing to keep.
+            if let Some(inflater) = self.inflater.take() {
+                recycle_inflater(inflater);
+            }
+        }
         if partial.text {
             self.utf8.finish()?;
         }
-        let data = self.message.split().freeze();
+        // Hand the buffer over whole: splitting it would leave this decoder holding the
+        // allocation (at the size of the largest message so far) for as long as any part
+        // of it lives.
+        let data = std::mem::take(&mut self.message).freeze();
         Ok(Some(if partial.text {
             Message::Text(data)
         } else {
@@ -386,25 +430,34 @@ impl Decoder {
 pub struct Encoder {
     role: Role,
     config: Config,
+    /// Our own compressor, only when our side keeps context between messages (built on the
+    /// first compressed message). Without context takeover a pooled one is borrowed instead.
     deflater: Option<Deflater>,
-    /// Reused buffer for compressed payloads (the header needs the compressed length).
-    scratch: BytesMut,
 }
 
 impl Encoder {
     /// An encoder for an endpoint playing `role`.
     pub fn new(role: Role, config: Config) -> Encoder {
-        // We compress with our own side's parameters.
-        let deflater = config.deflate.map(|p| match role {
-            Role::Server => Deflater::new(p.server_max_window_bits, p.server_no_context_takeover),
-            Role::Client => Deflater::new(p.client_max_window_bits, p.client_no_context_takeover),
-        });
         Encoder {
             role,
             config,
-            deflater,
-            scratch: BytesMut::new(),
+            deflater: None,
         }
+    }
+
+    /// Our own side's compression parameters: window bits and whether we reset after each
+    /// message.
+    fn own_deflate(&self) -> Option<(u8, bool)> {
+        self.config.deflate.map(|p| match self.role {
+            Role::Server => (p.server_max_window_bits, p.server_no_context_takeover),
+            Role::Client => (p.client_max_window_bits, p.client_no_context_takeover),
+        })
+    }
+
+    /// Whether the encoder owns compression state (for memory diagnostics and tests): only
+    /// after a compressed message was sent with context takeover.
+    pub fn holds_compression_state(&self) -> bool {
+        self.deflater.is_some()
     }
 
     /// The role this encoder was built for.
@@ -465,16 +518,18 @@ impl Encoder {
                     OpCode::Binary
                 };
                 let compress = p.len() >= self.config.compression_threshold;
-                match self.deflater.as_mut() {
-                    Some(deflater) if compress => {
-                        let mut scratch = std::mem::take(&mut self.scratch);
-                        scratch.clear();
-                        let res = deflater.compress(p, &mut scratch);
-                        if res.is_ok() {
-                            self.write_fragments(out, op, true, &scratch, max_fragment);
+                match self.own_deflate() {
+                    Some((bits, no_context_takeover)) if compress => {
+                        // The header needs the compressed length, so compress aside first.
+                        let mut body = BytesMut::new();
+                        if no_context_takeover {
+                            with_pooled_deflater(bits, |d| d.compress(p, &mut body))?;
+                        } else {
+                            self.deflater
+                                .get_or_insert_with(|| Deflater::new(bits, false))
+                                .compress(p, &mut body)?;
                         }
-                        self.scratch = scratch;
-                        res?;
+                        self.write_fragments(out, op, true, &body, max_fragment);
                     }
                     _ => self.write_fragments(out, op, false, p, max_fragment),
                 }
@@ -495,7 +550,7 @@ impl Encoder {
         }
         let (op, len) = match msg {
             Message::Text(p) | Message::Binary(p) => {
-                if self.deflater.is_some() && p.len() >= self.config.compression_threshold {
+                if self.config.deflate.is_some() && p.len() >= self.config.compression_threshold {
                     return None;
                 }
                 let op = if matches!(msg, Message::Text(_)) {
@@ -562,5 +617,144 @@ impl Encoder {
         if let Some(key) = key {
             apply_mask(&mut out[start..], key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Compression state is built on demand and released as soon as the agreed parameters
+    //! allow; these tests watch it through `holds_*_state`.
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn config(client_no_context_takeover: bool) -> Config {
+        Config {
+            deflate: Some(DeflateParams {
+                server_no_context_takeover: true,
+                client_no_context_takeover,
+                ..DeflateParams::default()
+            }),
+            ..Config::default()
+        }
+    }
+
+    /// Compressible text well above the compression threshold.
+    fn text(i: usize) -> Message {
+        Message::Text(Bytes::from(format!(
+            "{{\"seq\":{i},\"text\":\"{}\"}}",
+            "hello compressed world ".repeat(8)
+        )))
+    }
+
+    fn decode_all(dec: &mut Decoder, wire: &mut BytesMut) -> Vec<Message> {
+        let mut out = Vec::new();
+        while let Some(m) = dec.decode(wire).expect("valid stream") {
+            out.push(m);
+        }
+        out
+    }
+
+    #[test]
+    fn no_state_before_the_first_compressed_message() {
+        let enc = Encoder::new(Role::Server, config(true));
+        let dec = Decoder::new(Role::Server, config(true));
+        assert!(!enc.holds_compression_state());
+        assert!(!dec.holds_inflate_state());
+    }
+
+    #[test]
+    fn inflater_released_after_each_message_without_client_context_takeover() {
+        let mut client = Encoder::new(Role::Client, config(true));
+        let mut server = Decoder::new(Role::Server, config(true));
+        for i in 0..3 {
+            let mut wire = BytesMut::new();
+            client.encode(&text(i), &mut wire).unwrap();
+            assert_ne!(wire[0] & 0x40, 0, "message {i} should be sent compressed");
+            assert_eq!(decode_all(&mut server, &mut wire), vec![text(i)]);
+            // Released after every message, and the next one still inflates.
+            assert!(!server.holds_inflate_state(), "message {i}");
+        }
+        // The client promised no context takeover, so it owns no compressor either.
+        assert!(!client.holds_compression_state());
+    }
+
+    #[test]
+    fn inflater_held_between_the_fragments_of_a_compressed_message() {
+        let mut client = Encoder::new(Role::Client, config(true));
+        let mut server = Decoder::new(Role::Server, config(true));
+        let big = Message::Text(Bytes::from("abcdefgh".repeat(5000)));
+        let mut wire = BytesMut::new();
+        client.encode_fragmented(&big, 16, &mut wire).unwrap();
+        // Feed the first frames only: the message is in progress, the inflater must live.
+        let mut head = wire.split_to(60);
+        assert!(server.decode(&mut head).unwrap().is_none());
+        assert!(server.in_message());
+        assert!(server.holds_inflate_state());
+        head.unsplit(wire);
+        assert_eq!(decode_all(&mut server, &mut head), vec![big]);
+        assert!(!server.holds_inflate_state());
+    }
+
+    #[test]
+    fn inflater_kept_while_the_client_keeps_context() {
+        let mut client = Encoder::new(Role::Client, config(false));
+        let mut server = Decoder::new(Role::Server, config(false));
+        for i in 0..3 {
+            let mut wire = BytesMut::new();
+            client.encode(&text(i), &mut wire).unwrap();
+            // Later messages refer to earlier ones: only a kept window inflates them.
+            assert_eq!(decode_all(&mut server, &mut wire), vec![text(i)]);
+            assert!(server.holds_inflate_state());
+            assert!(client.holds_compression_state());
+        }
+    }
+
+    #[test]
+    fn server_encoder_without_context_takeover_never_owns_a_compressor() {
+        let mut server = Encoder::new(Role::Server, config(true));
+        let mut client = Decoder::new(Role::Client, config(true));
+        let mut uncompressed = 0;
+        let mut compressed = 0;
+        for i in 0..5 {
+            let mut wire = BytesMut::new();
+            server.encode(&text(i), &mut wire).unwrap();
+            let Message::Text(payload) = text(i) else {
+                unreachable!()
+            };
+            uncompressed += payload.len();
+            compressed += wire.len();
+            assert_ne!(wire[0] & 0x40, 0);
+            assert_eq!(decode_all(&mut client, &mut wire), vec![text(i)]);
+            assert!(!server.holds_compression_state());
+            // The server agreed no context takeover: the client drops its inflater too.
+            assert!(!client.holds_inflate_state());
+        }
+        assert!(
+            compressed * 2 < uncompressed,
+            "{compressed} of {uncompressed}"
+        );
+    }
+
+    #[test]
+    fn encoder_with_context_takeover_builds_its_compressor_on_first_use() {
+        let params = DeflateParams::default(); // both sides keep context
+        let cfg = Config {
+            deflate: Some(params),
+            ..Config::default()
+        };
+        let mut server = Encoder::new(Role::Server, cfg.clone());
+        let mut client = Decoder::new(Role::Client, cfg);
+        let mut wire = BytesMut::new();
+        // Below the threshold: sent uncompressed, still no state.
+        server.encode(&Message::text("hi"), &mut wire).unwrap();
+        assert!(!server.holds_compression_state());
+        for i in 0..3 {
+            server.encode(&text(i), &mut wire).unwrap();
+            assert!(server.holds_compression_state());
+        }
+        let got = decode_all(&mut client, &mut wire);
+        assert_eq!(got.len(), 4);
+        assert_eq!(got[3], text(2));
     }
 }

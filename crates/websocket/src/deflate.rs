@@ -15,9 +15,16 @@
 //!   produce an 8-bit raw window, so 8 is used as 9 for both directions (the same choice zlib
 //!   itself makes for `windowBits = 8`). Inflating with a window at least as large as the
 //!   peer's is always safe.
+//! * Memory (see docs/architecture.md, "Compression memory"): a compressor with a 32 KiB window
+//!   holds about 300 KiB and an inflater about 45 KiB, far more than the rest of a connection.
+//!   A compressor that resets after every message (no context takeover) carries nothing from
+//!   one message to the next, so such compressions borrow one from a small per-thread pool
+//!   ([`with_pooled_deflater`]) instead of owning one per connection.
 //! * Limits: inflation stops with [`Error::MessageTooBig`] (1009) as soon as the output would
 //!   exceed the caller's limit. Output grows in bounded chunks, never beyond the limit; whether
 //!   more output is pending once the limit is reached is probed with a 1-byte stack buffer.
+
+use std::cell::RefCell;
 
 use bytes::BytesMut;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
@@ -163,9 +170,86 @@ impl Deflater {
     }
 }
 
+/// Compressors kept per thread for [`with_pooled_deflater`]; more than one only matters for
+/// a pool entry per window size or for a compression that runs inside another.
+const POOL_PER_THREAD: usize = 4;
+
+thread_local! {
+    /// Idle compressors of this thread, each reset and ready for a new message.
+    static DEFLATER_POOL: RefCell<Vec<(u8, Deflater)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Run `f` with a compressor that starts from an empty history and whose window is
+/// `window_bits` (8..=15), borrowed from this thread's pool (or built when the pool has none
+/// of that size), and give it back, reset, afterwards.
+///
+/// Meant for messages sent under no context takeover (RFC 7692 §7.1.1): such a message must
+/// not refer to earlier ones anyway, so the compressor has nothing worth keeping per
+/// connection and thousands of connections can share a handful of them. The pool is not
+/// locked: each thread has its own, and the compressor is taken out of it while `f` runs.
+pub fn with_pooled_deflater<R>(window_bits: u8, f: impl FnOnce(&mut Deflater) -> R) -> R {
+    let bits = zlib_window_bits(window_bits);
+    let pooled = DEFLATER_POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let i = p.iter().position(|(b, _)| *b == bits)?;
+        Some(p.swap_remove(i).1)
+    });
+    let mut deflater = pooled.unwrap_or_else(|| Deflater::new(bits, true));
+    let out = f(&mut deflater);
+    // `compress` already reset it (no context takeover); an error may have left it
+    // mid-stream, so reset again rather than trust that.
+    deflater.reset();
+    DEFLATER_POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < POOL_PER_THREAD {
+            p.push((bits, deflater));
+        }
+    });
+    out
+}
+
+thread_local! {
+    /// Idle inflaters of this thread, reset, for [`pooled_inflater`].
+    static INFLATER_POOL: RefCell<Vec<Inflater>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An inflater for a peer that compresses with `window_bits` (8..=15) and does not keep
+/// context between messages, taken from this thread's pool when it has one of that size.
+/// Hand it back with [`recycle_inflater`] at the end of the message.
+///
+/// Reusing them matters for memory, not only for speed: thousands of connections each
+/// allocating ≈ 45 KiB for one message and freeing it again leave the heap fragmented, and the
+/// holes stay resident.
+pub fn pooled_inflater(window_bits: u8) -> Inflater {
+    let bits = zlib_window_bits(window_bits);
+    INFLATER_POOL
+        .with(|p| {
+            let mut p = p.borrow_mut();
+            let i = p.iter().position(|inf| inf.window_bits == bits)?;
+            Some(p.swap_remove(i))
+        })
+        .unwrap_or_else(|| Inflater::new(bits, true))
+}
+
+/// Give an inflater back to this thread's pool (after the last frame of a message). It is
+/// reset first, so whatever it inflated before cannot be referred to by the next message it
+/// serves (a stream referring to an empty window fails to inflate).
+pub fn recycle_inflater(mut inflater: Inflater) {
+    inflater.reset();
+    inflater.no_context_takeover = true;
+    INFLATER_POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < POOL_PER_THREAD {
+            p.push(inflater);
+        }
+    });
+}
+
 /// Incoming side of permessage-deflate with a hard output limit.
 pub struct Inflater {
     decompress: Decompress,
+    /// The window size it was built for (as given to zlib), to pool it by size.
+    window_bits: u8,
     no_context_takeover: bool,
     /// Whether the current message has supplied any compressed bytes yet.
     message_started: bool,
@@ -184,6 +268,7 @@ impl Inflater {
     pub fn new(window_bits: u8, no_context_takeover: bool) -> Inflater {
         Inflater {
             decompress: Decompress::new_with_window_bits(false, zlib_window_bits(window_bits)),
+            window_bits: zlib_window_bits(window_bits),
             no_context_takeover,
             message_started: false,
         }
@@ -287,5 +372,86 @@ impl Inflater {
                 return Err(Error::Compression("inflate made no progress".into()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inflate(bits: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        Inflater::new(bits, true)
+            .inflate(payload, true, &mut out, 1 << 20, &mut |_| Ok(()))
+            .unwrap();
+        out.to_vec()
+    }
+
+    #[test]
+    fn pooled_compressor_starts_fresh_every_time() {
+        let msg = b"the same message, compressed again and again by a shared compressor".repeat(4);
+        let mut fresh = BytesMut::new();
+        Deflater::new(15, true).compress(&msg, &mut fresh).unwrap();
+        for _ in 0..3 {
+            // A compressor that remembered the previous message would emit back-references
+            // (and fewer bytes) instead of the output of a fresh one.
+            let mut pooled = BytesMut::new();
+            with_pooled_deflater(15, |d| d.compress(&msg, &mut pooled)).unwrap();
+            assert_eq!(pooled, fresh);
+            assert_eq!(inflate(15, &pooled), msg);
+        }
+    }
+
+    #[test]
+    fn pool_keeps_window_sizes_apart_and_allows_nesting() {
+        let msg = b"abcabcabcabcabcabcabcabcabcabcabcabc".repeat(30);
+        let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+        with_pooled_deflater(9, |outer| {
+            // A compression inside another (e.g. a hook that sends) takes a second compressor.
+            with_pooled_deflater(9, |inner| inner.compress(&msg, &mut b)).unwrap();
+            outer.compress(&msg, &mut a)
+        })
+        .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(inflate(9, &a), msg);
+        let mut c = BytesMut::new();
+        with_pooled_deflater(15, |d| d.compress(&msg, &mut c)).unwrap();
+        assert_eq!(inflate(15, &c), msg);
+        DEFLATER_POOL.with(|p| assert!(p.borrow().len() <= POOL_PER_THREAD));
+    }
+
+    #[test]
+    fn recycled_inflater_forgets_the_previous_message() {
+        let first = b"a message whose bytes the next one must not be able to copy".repeat(3);
+        let mut c1 = BytesMut::new();
+        Deflater::new(15, true).compress(&first, &mut c1).unwrap();
+        // The second message is compressed by a compressor that *kept* context, so it
+        // refers back into the first message.
+        let mut keep = Deflater::new(15, false);
+        let mut c2 = BytesMut::new();
+        keep.compress(&first, &mut c2).unwrap();
+        c2.clear();
+        keep.compress(&first, &mut c2).unwrap();
+
+        let mut inf = pooled_inflater(15);
+        let mut out = BytesMut::new();
+        inf.inflate(&c1, true, &mut out, 1 << 20, &mut |_| Ok(()))
+            .unwrap();
+        assert_eq!(out, first);
+        recycle_inflater(inf);
+        let mut inf = pooled_inflater(15);
+        let mut out = BytesMut::new();
+        let res = inf.inflate(&c2, true, &mut out, 1 << 20, &mut |_| Ok(()));
+        assert!(
+            res.is_err(),
+            "a reference into the previous message must fail"
+        );
+        recycle_inflater(inf);
+        // And a fresh message still inflates with it.
+        let mut inf = pooled_inflater(15);
+        let mut out = BytesMut::new();
+        inf.inflate(&c1, true, &mut out, 1 << 20, &mut |_| Ok(()))
+            .unwrap();
+        assert_eq!(out, first);
     }
 }

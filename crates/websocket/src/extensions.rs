@@ -19,7 +19,9 @@
 //! * `server_no_context_takeover` may be set by the server even if not offered (§7.1.1.1); our
 //!   policy sets it by default, because compress-once broadcast frames
 //!   ([`crate::prepared`]) are only valid when every message starts from a fresh compressor.
-//! * `client_no_context_takeover` may be set by the server even if not offered (§7.1.1.2).
+//! * `client_no_context_takeover` may be set by the server even if not offered (§7.1.1.2: the
+//!   server MAY include it in its response; a client receiving it MUST NOT use context
+//!   takeover). Asking for it lets the server drop a client's inflate state between messages.
 //! * `server_max_window_bits=N` (8..=15, no leading zeros) caps our compressor window; the
 //!   response carries a value ≤ N (§7.1.2.1). The server may also include it unasked.
 //! * `client_max_window_bits` may come with or without a value; the response may carry a value

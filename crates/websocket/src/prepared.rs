@@ -20,7 +20,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::{Bytes, BytesMut};
 
 use crate::codec::{Encoder, Role};
-use crate::deflate::{DeflateParams, Deflater};
+use crate::deflate::{with_pooled_deflater, DeflateParams};
 use crate::error::Error;
 use crate::frame::{encode_header, OpCode};
 use crate::message::Message;
@@ -123,9 +123,9 @@ impl PreparedMessage {
 
     fn compress(&self, bits: u8) -> Option<Bytes> {
         let mut body = BytesMut::new();
-        Deflater::new(bits, true)
-            .compress(&self.inner.payload, &mut body)
-            .ok()?;
+        // A fresh history is exactly what a pooled compressor offers, without building (and
+        // zeroing) a new one for every publication.
+        with_pooled_deflater(bits, |d| d.compress(&self.inner.payload, &mut body)).ok()?;
         let op = if self.is_text() {
             OpCode::Text
         } else {

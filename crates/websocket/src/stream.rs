@@ -59,8 +59,6 @@ const READ_BUF_MIN: usize = 4 * 1024;
 const STACK_READ: usize = 32 * 1024;
 /// A read buffer larger than this is replaced by a small one once it is empty again.
 const READ_BUF_KEEP: usize = 64 * 1024;
-/// A write buffer larger than this is dropped once everything has been written.
-const WRITE_BUF_KEEP: usize = 64 * 1024;
 /// Chunks handed to one vectored write (Linux IOV_MAX is 1024; 64 covers any realistic batch).
 const MAX_IOVECS: usize = 64;
 
@@ -363,7 +361,10 @@ impl<S: AsyncWrite + Unpin> Shared<S> {
                 Poll::Pending => return Poll::Pending,
             }
         }
-        if q.buf.capacity() > WRITE_BUF_KEEP {
+        // Everything is written: give the coalescing buffer back, whatever its size, so a
+        // connection that goes quiet after a burst keeps none (the next small frame costs
+        // one small allocation instead).
+        if q.buf.capacity() > 0 {
             q.buf = BytesMut::new();
         }
         match Pin::new(&mut inner.io).poll_flush(&mut fcx) {
@@ -473,7 +474,9 @@ impl WriterState {
             }
         }
         self.encoder.encode(msg, &mut self.staging)?;
-        Ok(Staged::Frame(self.staging.split().freeze()))
+        // Taken whole rather than split off: a split would leave `staging` holding the
+        // allocation (sized by the largest message sent so far) after the frame is written.
+        Ok(Staged::Frame(std::mem::take(&mut self.staging).freeze()))
     }
 
     fn stage_prepared(&mut self, msg: &PreparedMessage) -> Result<Staged, Error> {
@@ -974,6 +977,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsWriter<S> {
     /// Bytes waiting in the outgoing queue.
     pub fn buffered_bytes(&self) -> usize {
         self.shared.lock().queue.queued
+    }
+
+    /// Capacity of the buffers the writer keeps between messages (the staging buffer and the
+    /// queue's coalescing buffer), for memory diagnostics. Zero once everything queued has
+    /// been written.
+    pub fn write_buffer_capacity(&self) -> usize {
+        self.state.staging.capacity() + self.shared.lock().queue.buf.capacity()
     }
 
     /// Whether a close frame was sent or received (no more data messages can be sent).

@@ -332,6 +332,41 @@ async fn read_buffer_shrinks_after_large_message() {
 }
 
 #[tokio::test]
+async fn no_buffer_or_compression_state_kept_after_a_burst() {
+    tokio::time::timeout(LIMIT, async {
+        // Deflate on (the default policy), so the burst is compressed both ways.
+        let (url, server) = our_server(UpgradeOptions::default()).await;
+        let (mut client, _) = connect(&url, ClientOptions::default()).await.unwrap();
+        let (mut r, mut w) = server.await.unwrap().split();
+        let text = |i: usize| {
+            Message::text(format!(
+                "{i:05} {}",
+                "burst of compressible text ".repeat(40)
+            ))
+        };
+        for i in 0..500 {
+            w.feed(text(i)).unwrap();
+        }
+        w.flush().await.unwrap();
+        for i in 0..500 {
+            assert_eq!(client.next().await.unwrap().unwrap(), text(i));
+            client.send(text(i)).await.unwrap();
+        }
+        for i in 0..500 {
+            assert_eq!(r.next().await.unwrap().unwrap(), text(i));
+        }
+        assert_eq!(w.write_buffer_capacity(), 0, "write buffers given back");
+        // Waiting for a next message that does not come is what an idle connection does.
+        assert!(tokio::time::timeout(Duration::from_millis(50), r.next())
+            .await
+            .is_err());
+        assert_eq!(r.read_buffer_capacity(), 0, "read buffer given back");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
 async fn frames_sent_with_the_101_are_not_lost() {
     tokio::time::timeout(LIMIT, async {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
