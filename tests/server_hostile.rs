@@ -371,6 +371,20 @@ async fn attachment_bytes_across_the_server_are_bounded() {
         .send(Message::binary(vec![1u8; 600_000]))
         .await
         .unwrap();
+    // A's bytes are held before B's arrive (the two connections are read independently):
+    // B is the one that goes over the server-wide cap.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = server_stats(&server).await;
+        if stats["socketio_attachment_bytes"].as_u64() >= Some(600_000) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "A's attachment never held: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     b.send_text(&binary_event(2)).await;
     b.writer
         .send(Message::binary(vec![2u8; 1_000_000]))
