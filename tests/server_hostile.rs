@@ -478,3 +478,177 @@ async fn malformed_polling_packet_is_a_bad_request() {
     let r = http(&server.addr(), "GET", &path, &[], "").await;
     assert_eq!(r.status, 400, "{}", r.body);
 }
+
+// ---------------------------------------------------------------------------------------
+// A Centrifugo client that stops reading while its channel is flooded.
+// ---------------------------------------------------------------------------------------
+
+const CF_FLOOD_CONFIG: &str =
+    "allow_anonymous = true\n[channel.default]\nallow_subscribe_for_anonymous = true\n";
+
+/// Size of each flooded message.
+const FLOOD_PAD: usize = 16 * 1024;
+/// Messages in the flood (24 MiB in all, far more than the socket buffers hold).
+const FLOOD_N: usize = 1500;
+
+/// Connects a Centrifugo client anonymously and subscribes it to `channel`.
+async fn cf_subscribed(server: &ServerProc, channel: &str) -> Client {
+    let mut c = ws(&server.ws_url("/connection/websocket")).await;
+    c.send_text(r#"{"id":1,"connect":{}}"#).await;
+    let reply = c.next_text().await;
+    assert!(
+        reply.contains(r#""id":1"#) && !reply.contains("error"),
+        "{reply}"
+    );
+    c.send_text(&format!(
+        r#"{{"id":2,"subscribe":{{"channel":"{channel}"}}}}"#
+    ))
+    .await;
+    let reply = c.next_text().await;
+    assert!(
+        reply.contains(r#""id":2"#) && !reply.contains("error"),
+        "{reply}"
+    );
+    c
+}
+
+/// Reads pushes until `count` publications arrived; returns their `n` fields in order.
+async fn cf_publications(client: &mut Client, count: usize) -> Vec<u64> {
+    let mut seen = Vec::new();
+    while seen.len() < count {
+        // Several pushes may share one frame, one JSON message per line.
+        for line in client.next_text().await.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("push is JSON");
+            if let Some(n) = v["push"]["pub"]["data"]["n"].as_u64() {
+                seen.push(n);
+            }
+        }
+    }
+    seen
+}
+
+/// Polls `/health` until `pred` holds for its `connections` count (bounded by [`WAIT`]).
+async fn wait_connections(server: &ServerProc, want: u64) -> serde_json::Value {
+    let end = std::time::Instant::now() + WAIT;
+    loop {
+        let r = http(&server.addr(), "GET", "/health", &[], "").await;
+        let v: serde_json::Value = serde_json::from_str(&r.body).expect("health is JSON");
+        if v["connections"] == want {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "connections never reached {want}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A Centrifugo client that subscribes and then never reads again, while its channel is
+/// flooded, is let go within the stall limit (`ping_timeout`, 3 s here) under `policy`: its
+/// connection slot is released without the client reading a byte, it is counted as a slow
+/// consumer, the server's memory stays bounded, and a subscriber that reads gets every
+/// message in order and stays connected.
+async fn non_reading_centrifugo_client_is_closed(policy: &str) {
+    let (_dir, server) = start(
+        CF_FLOOD_CONFIG,
+        &[
+            "--outbox-max-bytes",
+            "262144",
+            "--deflate",
+            "false",
+            "--ping-timeout",
+            "3",
+            "--slow-consumer",
+            policy,
+        ],
+        &[],
+    );
+    let mut healthy = cf_subscribed(&server, "flood").await;
+
+    // The stalled client: a tiny receive buffer so the server's side fills quickly.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let (mut slow, mut seen) = raw_ws(&server.addr(), "/connection/websocket", Some(socket)).await;
+    slow.write_all(&masked_text_frame(br#"{"id":1,"connect":{}}"#))
+        .await
+        .unwrap();
+    slow.write_all(&masked_text_frame(
+        br#"{"id":2,"subscribe":{"channel":"flood"}}"#,
+    ))
+    .await
+    .unwrap();
+    tokio::time::timeout(WAIT, async {
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains(r#""id":2"#) {
+            let n = tokio::io::AsyncReadExt::read(&mut slow, &mut chunk)
+                .await
+                .unwrap();
+            assert!(n > 0, "closed before the subscribe reply");
+            seen.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("subscribe reply in time");
+    assert!(!String::from_utf8_lossy(&seen).contains("error"));
+    let rss_before = server.rss_bytes();
+
+    // Flood through a raw room of the same name, at most four messages ahead of the
+    // subscriber that reads, so only a client that does not read at all falls behind.
+    let mut publisher = ws(&server.ws_url("/flood?echo=false")).await;
+    let pad = "z".repeat(FLOOD_PAD);
+    let mut received = Vec::new();
+    for i in 0..FLOOD_N {
+        publisher
+            .send_text(&format!(r#"{{"n":{i},"pad":"{pad}"}}"#))
+            .await;
+        if i >= 4 && received.len() < i - 4 {
+            received.extend(cf_publications(&mut healthy, 1).await);
+        }
+    }
+    let rest = FLOOD_N - received.len();
+    received.extend(cf_publications(&mut healthy, rest).await);
+    assert_eq!(
+        received,
+        (0..FLOOD_N as u64).collect::<Vec<_>>(),
+        "the reading subscriber gets everything, in order"
+    );
+
+    // The stalled client is let go without reading: only the subscriber and the publisher
+    // are left.
+    let health = wait_connections(&server, 2).await;
+    assert!(
+        health["server"]["closed_slow_consumer"].as_u64().unwrap() >= 1,
+        "{health}"
+    );
+    assert_eq!(health["server"]["closed_panic"], 0, "{health}");
+    // The queues in front of it were bounded (256 KiB outbox, 4 MiB write buffer): the
+    // 24 MiB flood did not pile up in the server.
+    let grown = server.rss_bytes().saturating_sub(rss_before);
+    assert!(grown < 32 << 20, "RSS grew by {grown} bytes");
+    // Its socket ends (EOF or reset) once what the kernel buffered is drained.
+    let got = read_until_closed(&mut slow, WAIT).await;
+    assert!(
+        got.len() < FLOOD_N * FLOOD_PAD,
+        "it did not get the whole flood"
+    );
+
+    // The reading subscriber is still served, and new clients are too.
+    publisher.send_text(r#"{"n":999999}"#).await;
+    assert_eq!(cf_publications(&mut healthy, 1).await, vec![999_999]);
+    let _again = cf_subscribed(&server, "flood").await;
+}
+
+/// Under the default policy the hub closes the stalled client's outbox once it is full;
+/// the connection notices while its write waits and closes (3008 "slow", if the socket
+/// still takes the close frame).
+#[tokio::test]
+async fn non_reading_centrifugo_client_is_closed_as_slow_consumer() {
+    non_reading_centrifugo_client_is_closed("close").await;
+}
+
+/// With `drop-oldest` the outbox never closes: the stall limit alone ends the connection.
+#[tokio::test]
+async fn non_reading_centrifugo_client_is_dropped_after_the_stall_limit() {
+    non_reading_centrifugo_client_is_closed("drop-oldest").await;
+}
