@@ -652,3 +652,99 @@ async fn non_reading_centrifugo_client_is_closed_as_slow_consumer() {
 async fn non_reading_centrifugo_client_is_dropped_after_the_stall_limit() {
     non_reading_centrifugo_client_is_closed("drop-oldest").await;
 }
+
+// ---------------------------------------------------------------------------------------
+// No file descriptor left for a new client.
+// ---------------------------------------------------------------------------------------
+
+/// Starts a WebSocket upgrade to a raw room by hand. Returns the answer's status (0 when the
+/// server closed without one) and the socket, kept open after a `101`. Panics when the server
+/// neither answers nor closes within five seconds: a client must not be left hanging.
+async fn try_upgrade(addr: &str) -> (u16, TcpStream) {
+    let mut tcp = TcpStream::connect(addr).await.expect("tcp connect");
+    let req = switchboard_websocket::handshake::ClientRequest::new(
+        addr,
+        "/fd",
+        &[],
+        None,
+        &http::HeaderMap::new(),
+    );
+    let _ = tcp.write_all(&req.bytes).await;
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let answered = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match tokio::io::AsyncReadExt::read(&mut tcp, &mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&chunk[..n]),
+            }
+            if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(answered.is_ok(), "the client was left hanging");
+    let text = String::from_utf8_lossy(&head);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if status == 503 {
+        assert!(text.contains("Retry-After:"), "{text}");
+    }
+    (status, tcp)
+}
+
+/// With the open-files limit at 64, clients beyond what the server has descriptors for are
+/// refused at once (`503` with `Retry-After`, or closed) instead of waiting in the backlog
+/// until they time out; the refusals are counted and logged once, not per attempt; once
+/// connections close, new clients are served again.
+#[tokio::test]
+async fn exhausted_file_descriptors_refuse_promptly_and_recover() {
+    let server = ServerProc::start_with_nofile(&[], 64);
+    let addr = server.addr();
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..200 {
+        let (status, tcp) = try_upgrade(&addr).await;
+        match status {
+            101 => held.push(tcp),
+            0 | 503 => {
+                refused += 1;
+                if refused == 5 {
+                    break;
+                }
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(refused, 5, "{} connections held, none refused", held.len());
+    assert!(!held.is_empty() && held.len() < 64, "{} held", held.len());
+
+    // Closing some connections frees descriptors: the server answers again.
+    held.truncate(held.len() - 8);
+    let end = std::time::Instant::now() + WAIT;
+    let stats = loop {
+        let (status, _, body) = http_raw(&addr, "GET", "/health", &[]).await;
+        if status == 200 {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            break v["server"].clone();
+        }
+        assert!(std::time::Instant::now() < end, "never served again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        stats["rejected_fd_exhausted"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+    let mut client = ws(&server.ws_url("/fd")).await;
+    client.send_text("after").await;
+    assert_eq!(client.next_text().await, "after");
+
+    let log = server.stderr();
+    assert!(!log.contains("accept failed"), "{log}");
+    let warnings = log.matches("out of file descriptors").count();
+    assert!((1..=2).contains(&warnings), "{warnings} warnings");
+}

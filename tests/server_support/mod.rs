@@ -37,7 +37,33 @@ impl ServerProc {
 
     /// Like [`ServerProc::start`], with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> ServerProc {
+        Self::spawn(args, env, None)
+    }
+
+    /// Like [`ServerProc::start`], with the open-files limit (`RLIMIT_NOFILE`) of the server
+    /// process set to `nofile`.
+    pub fn start_with_nofile(args: &[&str], nofile: u64) -> ServerProc {
+        Self::spawn(args, &[], Some(nofile))
+    }
+
+    fn spawn(args: &[&str], env: &[(&str, &str)], nofile: Option<u64>) -> ServerProc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        if let Some(limit) = nofile {
+            use std::os::unix::process::CommandExt;
+            let rlim = libc::rlimit {
+                rlim_cur: limit as libc::rlim_t,
+                rlim_max: limit as libc::rlim_t,
+            };
+            // SAFETY: setrlimit(2) is async-signal-safe and only touches the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         cmd.arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")

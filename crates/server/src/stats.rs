@@ -25,6 +25,7 @@ pub struct ServerCounters {
     closed_heartbeat: AtomicU64,
     closed_panic: AtomicU64,
     http_panics: AtomicU64,
+    rejected_fd_exhausted: AtomicU64,
     attachment_bytes: AtomicUsize,
 }
 
@@ -61,6 +62,9 @@ pub struct ServerStats {
     pub closed_panic: u64,
     /// HTTP requests answered 500 after a panic in their handler.
     pub http_panics: u64,
+    /// Connections refused with `503` because the process had no file descriptor left to
+    /// serve them (`accept` failed with EMFILE/ENFILE).
+    pub rejected_fd_exhausted: u64,
     /// Bytes of Socket.IO binary attachments buffered now, waiting for the rest of their
     /// packet (bounded by `socketio.max_attachment_bytes_total`).
     pub socketio_attachment_bytes: usize,
@@ -97,6 +101,8 @@ pub enum Counter {
     ClosedPanic,
     /// See [`ServerStats::http_panics`].
     HttpPanic,
+    /// See [`ServerStats::rejected_fd_exhausted`].
+    RejectedFdExhausted,
 }
 
 impl ServerCounters {
@@ -117,6 +123,7 @@ impl ServerCounters {
             Counter::ClosedHeartbeat => &self.closed_heartbeat,
             Counter::ClosedPanic => &self.closed_panic,
             Counter::HttpPanic => &self.http_panics,
+            Counter::RejectedFdExhausted => &self.rejected_fd_exhausted,
         };
         c.fetch_add(1, Relaxed);
     }
@@ -173,6 +180,7 @@ impl ServerCounters {
             closed_heartbeat: self.closed_heartbeat.load(Relaxed),
             closed_panic: self.closed_panic.load(Relaxed),
             http_panics: self.http_panics.load(Relaxed),
+            rejected_fd_exhausted: self.rejected_fd_exhausted.load(Relaxed),
             socketio_attachment_bytes: self.attachment_bytes.load(Relaxed),
         }
     }
