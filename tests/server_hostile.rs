@@ -748,3 +748,115 @@ async fn exhausted_file_descriptors_refuse_promptly_and_recover() {
     let warnings = log.matches("out of file descriptors").count();
     assert!((1..=2).contains(&warnings), "{warnings} warnings");
 }
+
+// ---------------------------------------------------------------------------------------
+// One room flooded flat out while another room talks.
+// ---------------------------------------------------------------------------------------
+
+/// Round trips the quiet room must complete while the flood goes on.
+const ROUND_TRIPS: usize = 100;
+/// Frames in the flood (64 bytes of payload each); it is stopped earlier once the round
+/// trips are done. A debug build on one worker takes them in about 2 s. While a connection
+/// kept its worker for as long as its socket had data, room B needed about 5 s for its round
+/// trips (50 ms each); now about 0.2 s.
+const FLOOD_FRAMES: u64 = 150_000;
+/// Longest the flood may last whatever its count.
+const FLOOD_LIMIT: Duration = Duration::from_secs(20);
+
+/// A client of room A sends tiny frames flat out to a server with one worker thread (so the
+/// connections share it) while two clients of room B exchange numbered messages: B completes
+/// its round trips, losing nothing, while the flood is still going on; a member of room A
+/// that does not read is cut off under the slow-consumer policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_flood_does_not_hold_up_other_rooms() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let server = ServerProc::start_with_env(
+        &["--deflate", "false", "--outbox-max-bytes", "262144"],
+        &[("TOKIO_WORKER_THREADS", "1")],
+    );
+    let addr = server.addr();
+
+    // Room A: a member that never reads (tiny receive buffer), and one that reads everything.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let (_stalled, _) = raw_ws(&addr, "/flood-a", Some(socket)).await;
+    let (reader, _) = raw_ws(&addr, "/flood-a", None).await;
+    let mut reader = reader.into_std().unwrap();
+    reader.set_nonblocking(false).unwrap();
+    let drain = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
+    });
+
+    // Room B.
+    let mut b1 = ws(&server.ws_url("/calm?echo=false")).await;
+    let mut b2 = ws(&server.ws_url("/calm?echo=false")).await;
+    b1.send_text("hello").await;
+    assert_eq!(b2.next_text().await, "hello");
+
+    // The flooder: 64-byte messages, as fast as the socket takes them.
+    let (flooder, _) = raw_ws(&addr, "/flood-a?echo=false", None).await;
+    let mut flooder = flooder.into_std().unwrap();
+    flooder.set_nonblocking(false).unwrap();
+    let flooding = Arc::new(AtomicBool::new(true));
+    let sent = Arc::new(AtomicU64::new(0));
+    let flood = {
+        let (flooding, sent) = (Arc::clone(&flooding), Arc::clone(&sent));
+        std::thread::spawn(move || {
+            let one = masked_text_frame(&[b'f'; 64]);
+            let chunk: Vec<u8> = one.iter().copied().cycle().take(one.len() * 512).collect();
+            let started = std::time::Instant::now();
+            while flooding.load(Ordering::Relaxed)
+                && sent.load(Ordering::Relaxed) < FLOOD_FRAMES
+                && started.elapsed() < FLOOD_LIMIT
+            {
+                if flooder.write_all(&chunk).is_err() {
+                    break;
+                }
+                sent.fetch_add(512, Ordering::Relaxed);
+            }
+            // Whether the flood ended by itself (rather than being stopped).
+            flooding.swap(false, Ordering::Relaxed)
+        })
+    };
+    // Wait until the flood is under way.
+    let end = std::time::Instant::now() + WAIT;
+    while sent.load(Ordering::Relaxed) < 50_000 {
+        assert!(std::time::Instant::now() < end, "the flood did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    for i in 0..ROUND_TRIPS {
+        b1.send_text(&format!("ping {i}")).await;
+        assert_eq!(b2.next_text().await, format!("ping {i}"));
+        b2.send_text(&format!("pong {i}")).await;
+        assert_eq!(b1.next_text().await, format!("pong {i}"));
+    }
+    let during = sent.load(Ordering::Relaxed);
+    let ran_out = !flooding.swap(false, Ordering::Relaxed);
+    let ended_first = flood.join().unwrap() || ran_out;
+    assert!(
+        !ended_first,
+        "the flood of {FLOOD_FRAMES} frames ended before room B's {ROUND_TRIPS} round trips \
+         ({during} frames sent)"
+    );
+
+    // The member of room A that does not read is cut off (close policy).
+    let end = std::time::Instant::now() + WAIT;
+    loop {
+        let stats = server_stats(&server).await;
+        if stats["closed_slow_consumer"].as_u64().unwrap() >= 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "not cut off: {stats}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Room B is still fine.
+    b2.send_text("after").await;
+    assert_eq!(b1.next_text().await, "after");
+    drop(server);
+    let _ = drain.join();
+}
