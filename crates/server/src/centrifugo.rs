@@ -465,6 +465,10 @@ impl Conn {
                     return End::Gone;
                 }
                 out.clear();
+                if out.capacity() > BATCH {
+                    // Do not keep a burst's capacity on a connection that goes quiet.
+                    out = Vec::new();
+                }
             }
         }
     }
