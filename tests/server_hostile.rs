@@ -12,6 +12,10 @@ use switchboard_websocket::{CloseCode, Message};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+/// Held by the tests that load the machine (floods, thousands of connections) so they run
+/// one at a time and the others, which wait on bounded timeouts, are not starved by two at once.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Starts the binary with `toml` as its configuration file plus `args`.
 fn start(toml: &str, args: &[&str], env: &[(&str, &str)]) -> (tempfile::TempDir, ServerProc) {
     let dir = tempfile::tempdir().unwrap();
@@ -550,6 +554,7 @@ async fn wait_connections(server: &ServerProc, want: u64) -> serde_json::Value {
 /// consumer, the server's memory stays bounded, and a subscriber that reads gets every
 /// message in order and stays connected.
 async fn non_reading_centrifugo_client_is_closed(policy: &str) {
+    let _heavy = HEAVY.lock().await;
     let (_dir, server) = start(
         CF_FLOOD_CONFIG,
         &[
@@ -769,6 +774,7 @@ const FLOOD_LIMIT: Duration = Duration::from_secs(20);
 /// that does not read is cut off under the slow-consumer policy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_flood_does_not_hold_up_other_rooms() {
+    let _heavy = HEAVY.lock().await;
     use std::io::{Read, Write};
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
@@ -876,6 +882,7 @@ const BURST_MESSAGES: usize = 100;
 /// 34 MiB stayed while freed memory was kept by the allocator, 22 MiB now.)
 #[tokio::test]
 async fn memory_is_given_back_after_a_burst() {
+    let _heavy = HEAVY.lock().await;
     let server = ServerProc::start(&["--deflate", "false", "--outbox-max-bytes", "1048576"]);
     let addr = server.addr();
     let baseline = server.rss_bytes();

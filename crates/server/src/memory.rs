@@ -23,9 +23,16 @@ pub(crate) struct Trimmer {
 }
 
 impl Trimmer {
-    /// Called after each sweep with the current counts; returns whether memory was released.
-    pub(crate) fn after_sweep(&mut self, connections: usize, channels: usize) -> bool {
-        self.peak_connections = self.peak_connections.max(connections);
+    /// Called after each sweep with the most connections open at once since the previous
+    /// call (so a burst shorter than the sweep interval counts), the connections open now and
+    /// the channels now; returns whether memory was released.
+    pub(crate) fn after_sweep(
+        &mut self,
+        peak_connections: usize,
+        connections: usize,
+        channels: usize,
+    ) -> bool {
+        self.peak_connections = self.peak_connections.max(peak_connections).max(connections);
         self.peak_channels = self.peak_channels.max(channels);
         let burst_over = self.peak_connections >= connections + CONNECTIONS_DROP
             || self.peak_channels >= channels + CHANNELS_DROP;
@@ -73,16 +80,19 @@ mod tests {
     #[test]
     fn releases_only_after_a_drop_from_the_peak() {
         let mut t = Trimmer::default();
-        assert!(!t.after_sweep(10, 10));
-        assert!(!t.after_sweep(2_000, 10));
+        assert!(!t.after_sweep(10, 10, 10));
+        assert!(!t.after_sweep(2_000, 2_000, 10));
         // Still near the peak: nothing to give back.
-        assert!(!t.after_sweep(1_990, 10));
+        assert!(!t.after_sweep(1_990, 1_990, 10));
         // The burst is over: released (or at least tried), peaks reset.
-        t.after_sweep(100, 10);
+        t.after_sweep(1_990, 100, 10);
         assert_eq!(t.peak_connections, 100);
-        assert!(!t.after_sweep(100, 10));
-        t.after_sweep(100, 300_000);
-        t.after_sweep(100, 5);
+        assert!(!t.after_sweep(100, 100, 10));
+        // A burst that came and went between two sweeps counts too.
+        t.after_sweep(3_000, 5, 10);
+        assert_eq!(t.peak_connections, 5);
+        t.after_sweep(5, 5, 300_000);
+        t.after_sweep(5, 5, 5);
         assert_eq!(t.peak_channels, 5);
     }
 

@@ -377,7 +377,8 @@ impl BoundServer {
                 loop {
                     tick.tick().await;
                     hub.sweep();
-                    if trimmer.after_sweep(counters.active(), hub.channel_count()) {
+                    let peak = counters.take_peak_active();
+                    if trimmer.after_sweep(peak, counters.active(), hub.channel_count()) {
                         tracing::debug!("burst over: free memory returned to the system");
                     }
                 }

@@ -11,6 +11,8 @@ use serde::Serialize;
 #[derive(Debug, Default)]
 pub struct ServerCounters {
     active: AtomicUsize,
+    /// Highest `active` since [`ServerCounters::take_peak_active`] last ran.
+    peak_active: AtomicUsize,
     accepted: AtomicU64,
     upgraded: AtomicU64,
     rejected_origin: AtomicU64,
@@ -140,9 +142,20 @@ impl ServerCounters {
         self.active
             .fetch_update(Relaxed, Relaxed, |n| (n < limit).then_some(n + 1))
             .ok()
-            .map(|_| ConnectionSlot {
-                counters: Arc::clone(self),
+            .map(|before| {
+                self.peak_active.fetch_max(before + 1, Relaxed);
+                ConnectionSlot {
+                    counters: Arc::clone(self),
+                }
             })
+    }
+
+    /// The most connections open at once since the last call (a burst that came and went
+    /// between two calls included); starts the next period from the current count.
+    pub(crate) fn take_peak_active(&self) -> usize {
+        self.peak_active
+            .swap(self.active.load(Relaxed), Relaxed)
+            .max(self.active.load(Relaxed))
     }
 
     /// Reserves `n` bytes of buffered Socket.IO attachments unless that would take the
