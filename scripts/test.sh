@@ -279,6 +279,8 @@ if wanted interop; then
       node_suite centrifugo.test.mjs
       node_suite http_api.test.mjs
       node_suite socketio.test.mjs
+      # Attacks replayed while canary clients check that nothing else is disturbed.
+      node_suite hostile.test.mjs
       # Several nodes on a private redis-server (started by the suites on free ports).
       node_suite cluster.test.mjs
       node_suite cluster_faults.test.mjs

@@ -12,6 +12,10 @@ use switchboard_websocket::{CloseCode, Message};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+/// Held by the tests that load the machine (floods, thousands of connections) so they run
+/// one at a time and the others, which wait on bounded timeouts, are not starved by two at once.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Starts the binary with `toml` as its configuration file plus `args`.
 fn start(toml: &str, args: &[&str], env: &[(&str, &str)]) -> (tempfile::TempDir, ServerProc) {
     let dir = tempfile::tempdir().unwrap();
@@ -491,4 +495,456 @@ async fn malformed_polling_packet_is_a_bad_request() {
     );
     let r = http(&server.addr(), "GET", &path, &[], "").await;
     assert_eq!(r.status, 400, "{}", r.body);
+}
+
+// ---------------------------------------------------------------------------------------
+// A Centrifugo client that stops reading while its channel is flooded.
+// ---------------------------------------------------------------------------------------
+
+const CF_FLOOD_CONFIG: &str =
+    "allow_anonymous = true\n[channel.default]\nallow_subscribe_for_anonymous = true\n";
+
+/// Size of each flooded message.
+const FLOOD_PAD: usize = 16 * 1024;
+/// Messages in the flood (24 MiB in all, far more than the socket buffers hold).
+const FLOOD_N: usize = 1500;
+
+/// Connects a Centrifugo client anonymously and subscribes it to `channel`.
+async fn cf_subscribed(server: &ServerProc, channel: &str) -> Client {
+    let mut c = ws(&server.ws_url("/connection/websocket")).await;
+    c.send_text(r#"{"id":1,"connect":{}}"#).await;
+    let reply = c.next_text().await;
+    assert!(
+        reply.contains(r#""id":1"#) && !reply.contains("error"),
+        "{reply}"
+    );
+    c.send_text(&format!(
+        r#"{{"id":2,"subscribe":{{"channel":"{channel}"}}}}"#
+    ))
+    .await;
+    let reply = c.next_text().await;
+    assert!(
+        reply.contains(r#""id":2"#) && !reply.contains("error"),
+        "{reply}"
+    );
+    c
+}
+
+/// Reads pushes until `count` publications arrived; returns their `n` fields in order.
+async fn cf_publications(client: &mut Client, count: usize) -> Vec<u64> {
+    let mut seen = Vec::new();
+    while seen.len() < count {
+        // Several pushes may share one frame, one JSON message per line.
+        for line in client.next_text().await.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("push is JSON");
+            if let Some(n) = v["push"]["pub"]["data"]["n"].as_u64() {
+                seen.push(n);
+            }
+        }
+    }
+    seen
+}
+
+/// Polls `/health` until `pred` holds for its `connections` count (bounded by [`WAIT`]).
+async fn wait_connections(server: &ServerProc, want: u64) -> serde_json::Value {
+    let end = std::time::Instant::now() + WAIT;
+    loop {
+        let r = http(&server.addr(), "GET", "/health", &[], "").await;
+        let v: serde_json::Value = serde_json::from_str(&r.body).expect("health is JSON");
+        if v["connections"] == want {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "connections never reached {want}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A Centrifugo client that subscribes and then never reads again, while its channel is
+/// flooded, is let go within the stall limit (`ping_timeout`, 3 s here) under `policy`: its
+/// connection slot is released without the client reading a byte, it is counted as a slow
+/// consumer, the server's memory stays bounded, and a subscriber that reads gets every
+/// message in order and stays connected.
+async fn non_reading_centrifugo_client_is_closed(policy: &str) {
+    let _heavy = HEAVY.lock().await;
+    let (_dir, server) = start(
+        CF_FLOOD_CONFIG,
+        &[
+            "--outbox-max-bytes",
+            "262144",
+            "--deflate",
+            "false",
+            "--ping-timeout",
+            "3",
+            "--slow-consumer",
+            policy,
+        ],
+        &[],
+    );
+    let mut healthy = cf_subscribed(&server, "flood").await;
+
+    // The stalled client: a tiny receive buffer so the server's side fills quickly.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let (mut slow, mut seen) = raw_ws(&server.addr(), "/connection/websocket", Some(socket)).await;
+    slow.write_all(&masked_text_frame(br#"{"id":1,"connect":{}}"#))
+        .await
+        .unwrap();
+    slow.write_all(&masked_text_frame(
+        br#"{"id":2,"subscribe":{"channel":"flood"}}"#,
+    ))
+    .await
+    .unwrap();
+    tokio::time::timeout(WAIT, async {
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains(r#""id":2"#) {
+            let n = tokio::io::AsyncReadExt::read(&mut slow, &mut chunk)
+                .await
+                .unwrap();
+            assert!(n > 0, "closed before the subscribe reply");
+            seen.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("subscribe reply in time");
+    assert!(!String::from_utf8_lossy(&seen).contains("error"));
+    let rss_before = server.rss_bytes();
+
+    // Flood through a raw room of the same name, at most four messages ahead of the
+    // subscriber that reads, so only a client that does not read at all falls behind.
+    let mut publisher = ws(&server.ws_url("/flood?echo=false")).await;
+    let pad = "z".repeat(FLOOD_PAD);
+    let mut received = Vec::new();
+    for i in 0..FLOOD_N {
+        publisher
+            .send_text(&format!(r#"{{"n":{i},"pad":"{pad}"}}"#))
+            .await;
+        if i >= 4 && received.len() < i - 4 {
+            received.extend(cf_publications(&mut healthy, 1).await);
+        }
+    }
+    let rest = FLOOD_N - received.len();
+    received.extend(cf_publications(&mut healthy, rest).await);
+    assert_eq!(
+        received,
+        (0..FLOOD_N as u64).collect::<Vec<_>>(),
+        "the reading subscriber gets everything, in order"
+    );
+
+    // The stalled client is let go without reading: only the subscriber and the publisher
+    // are left.
+    let health = wait_connections(&server, 2).await;
+    assert!(
+        health["server"]["closed_slow_consumer"].as_u64().unwrap() >= 1,
+        "{health}"
+    );
+    assert_eq!(health["server"]["closed_panic"], 0, "{health}");
+    // The queues in front of it were bounded (256 KiB outbox, 4 MiB write buffer): the
+    // 24 MiB flood did not pile up in the server.
+    let grown = server.rss_bytes().saturating_sub(rss_before);
+    assert!(grown < 32 << 20, "RSS grew by {grown} bytes");
+    // Its socket ends (EOF or reset) once what the kernel buffered is drained.
+    let got = read_until_closed(&mut slow, WAIT).await;
+    assert!(
+        got.len() < FLOOD_N * FLOOD_PAD,
+        "it did not get the whole flood"
+    );
+
+    // The reading subscriber is still served, and new clients are too.
+    publisher.send_text(r#"{"n":999999}"#).await;
+    assert_eq!(cf_publications(&mut healthy, 1).await, vec![999_999]);
+    let _again = cf_subscribed(&server, "flood").await;
+}
+
+/// Under the default policy the hub closes the stalled client's outbox once it is full;
+/// the connection notices while its write waits and closes (3008 "slow", if the socket
+/// still takes the close frame).
+#[tokio::test]
+async fn non_reading_centrifugo_client_is_closed_as_slow_consumer() {
+    non_reading_centrifugo_client_is_closed("close").await;
+}
+
+/// With `drop-oldest` the outbox never closes: the stall limit alone ends the connection.
+#[tokio::test]
+async fn non_reading_centrifugo_client_is_dropped_after_the_stall_limit() {
+    non_reading_centrifugo_client_is_closed("drop-oldest").await;
+}
+
+// ---------------------------------------------------------------------------------------
+// No file descriptor left for a new client.
+// ---------------------------------------------------------------------------------------
+
+/// Starts a WebSocket upgrade to a raw room by hand. Returns the answer's status (0 when the
+/// server closed without one) and the socket, kept open after a `101`. Panics when the server
+/// neither answers nor closes within five seconds: a client must not be left hanging.
+async fn try_upgrade(addr: &str) -> (u16, TcpStream) {
+    let mut tcp = TcpStream::connect(addr).await.expect("tcp connect");
+    let req = switchboard_websocket::handshake::ClientRequest::new(
+        addr,
+        "/fd",
+        &[],
+        None,
+        &http::HeaderMap::new(),
+    );
+    let _ = tcp.write_all(&req.bytes).await;
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let answered = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match tokio::io::AsyncReadExt::read(&mut tcp, &mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&chunk[..n]),
+            }
+            if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(answered.is_ok(), "the client was left hanging");
+    let text = String::from_utf8_lossy(&head);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if status == 503 {
+        assert!(text.contains("Retry-After:"), "{text}");
+    }
+    (status, tcp)
+}
+
+/// With the open-files limit at 64, clients beyond what the server has descriptors for are
+/// refused at once (`503` with `Retry-After`, or closed) instead of waiting in the backlog
+/// until they time out; the refusals are counted and logged once, not per attempt; once
+/// connections close, new clients are served again.
+#[tokio::test]
+async fn exhausted_file_descriptors_refuse_promptly_and_recover() {
+    let server = ServerProc::start_with_nofile(&[], 64);
+    let addr = server.addr();
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..200 {
+        let (status, tcp) = try_upgrade(&addr).await;
+        match status {
+            101 => held.push(tcp),
+            0 | 503 => {
+                refused += 1;
+                if refused == 5 {
+                    break;
+                }
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(refused, 5, "{} connections held, none refused", held.len());
+    assert!(!held.is_empty() && held.len() < 64, "{} held", held.len());
+
+    // Closing some connections frees descriptors: the server answers again.
+    held.truncate(held.len() - 8);
+    let end = std::time::Instant::now() + WAIT;
+    let stats = loop {
+        let (status, _, body) = http_raw(&addr, "GET", "/health", &[]).await;
+        if status == 200 {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            break v["server"].clone();
+        }
+        assert!(std::time::Instant::now() < end, "never served again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        stats["rejected_fd_exhausted"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+    let mut client = ws(&server.ws_url("/fd")).await;
+    client.send_text("after").await;
+    assert_eq!(client.next_text().await, "after");
+
+    let log = server.stderr();
+    assert!(!log.contains("accept failed"), "{log}");
+    let warnings = log.matches("out of file descriptors").count();
+    assert!((1..=2).contains(&warnings), "{warnings} warnings");
+}
+
+// ---------------------------------------------------------------------------------------
+// One room flooded flat out while another room talks.
+// ---------------------------------------------------------------------------------------
+
+/// Round trips the quiet room must complete while the flood goes on.
+const ROUND_TRIPS: usize = 100;
+/// Frames in the flood (64 bytes of payload each); it is stopped earlier once the round
+/// trips are done. A debug build on one worker takes them in about 2 s. While a connection
+/// kept its worker for as long as its socket had data, room B needed about 5 s for its round
+/// trips (50 ms each); now about 0.2 s.
+const FLOOD_FRAMES: u64 = 150_000;
+/// Longest the flood may last whatever its count.
+const FLOOD_LIMIT: Duration = Duration::from_secs(20);
+
+/// A client of room A sends tiny frames flat out to a server with one worker thread (so the
+/// connections share it) while two clients of room B exchange numbered messages: B completes
+/// its round trips, losing nothing, while the flood is still going on; a member of room A
+/// that does not read is cut off under the slow-consumer policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_flood_does_not_hold_up_other_rooms() {
+    let _heavy = HEAVY.lock().await;
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let server = ServerProc::start_with_env(
+        &["--deflate", "false", "--outbox-max-bytes", "262144"],
+        &[("TOKIO_WORKER_THREADS", "1")],
+    );
+    let addr = server.addr();
+
+    // Room A: a member that never reads (tiny receive buffer), and one that reads everything.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let (_stalled, _) = raw_ws(&addr, "/flood-a", Some(socket)).await;
+    let (reader, _) = raw_ws(&addr, "/flood-a", None).await;
+    let mut reader = reader.into_std().unwrap();
+    reader.set_nonblocking(false).unwrap();
+    let drain = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
+    });
+
+    // Room B.
+    let mut b1 = ws(&server.ws_url("/calm?echo=false")).await;
+    let mut b2 = ws(&server.ws_url("/calm?echo=false")).await;
+    b1.send_text("hello").await;
+    assert_eq!(b2.next_text().await, "hello");
+
+    // The flooder: 64-byte messages, as fast as the socket takes them.
+    let (flooder, _) = raw_ws(&addr, "/flood-a?echo=false", None).await;
+    let mut flooder = flooder.into_std().unwrap();
+    flooder.set_nonblocking(false).unwrap();
+    let flooding = Arc::new(AtomicBool::new(true));
+    let sent = Arc::new(AtomicU64::new(0));
+    let flood = {
+        let (flooding, sent) = (Arc::clone(&flooding), Arc::clone(&sent));
+        std::thread::spawn(move || {
+            let one = masked_text_frame(&[b'f'; 64]);
+            let chunk: Vec<u8> = one.iter().copied().cycle().take(one.len() * 512).collect();
+            let started = std::time::Instant::now();
+            while flooding.load(Ordering::Relaxed)
+                && sent.load(Ordering::Relaxed) < FLOOD_FRAMES
+                && started.elapsed() < FLOOD_LIMIT
+            {
+                if flooder.write_all(&chunk).is_err() {
+                    break;
+                }
+                sent.fetch_add(512, Ordering::Relaxed);
+            }
+            // Whether the flood ended by itself (rather than being stopped).
+            flooding.swap(false, Ordering::Relaxed)
+        })
+    };
+    // Wait until the flood is under way.
+    let end = std::time::Instant::now() + WAIT;
+    while sent.load(Ordering::Relaxed) < 50_000 {
+        assert!(std::time::Instant::now() < end, "the flood did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    for i in 0..ROUND_TRIPS {
+        b1.send_text(&format!("ping {i}")).await;
+        assert_eq!(b2.next_text().await, format!("ping {i}"));
+        b2.send_text(&format!("pong {i}")).await;
+        assert_eq!(b1.next_text().await, format!("pong {i}"));
+    }
+    let during = sent.load(Ordering::Relaxed);
+    let ran_out = !flooding.swap(false, Ordering::Relaxed);
+    let ended_first = flood.join().unwrap() || ran_out;
+    assert!(
+        !ended_first,
+        "the flood of {FLOOD_FRAMES} frames ended before room B's {ROUND_TRIPS} round trips \
+         ({during} frames sent)"
+    );
+
+    // The member of room A that does not read is cut off (close policy).
+    let end = std::time::Instant::now() + WAIT;
+    loop {
+        let stats = server_stats(&server).await;
+        if stats["closed_slow_consumer"].as_u64().unwrap() >= 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "not cut off: {stats}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Room B is still fine.
+    b2.send_text("after").await;
+    assert_eq!(b1.next_text().await, "after");
+    drop(server);
+    let _ = drain.join();
+}
+
+// ---------------------------------------------------------------------------------------
+// Memory after a burst.
+// ---------------------------------------------------------------------------------------
+
+/// Members of the burst room, none of which reads.
+const BURST_MEMBERS: usize = 2000;
+/// Messages of 4 KiB published to them.
+const BURST_MESSAGES: usize = 100;
+
+/// After a burst of clients that stop reading and are then gone, the server's resident memory
+/// goes back near where it started instead of staying at the burst's high-water mark: at most
+/// a quarter of what the burst added may stay. (Debug build: baseline 17 MiB, peak 43 MiB;
+/// 34 MiB stayed while freed memory was kept by the allocator, 22 MiB now.)
+#[tokio::test]
+async fn memory_is_given_back_after_a_burst() {
+    let _heavy = HEAVY.lock().await;
+    let server = ServerProc::start(&["--deflate", "false", "--outbox-max-bytes", "1048576"]);
+    let addr = server.addr();
+    let baseline = server.rss_bytes();
+    let mut members = Vec::new();
+    for _ in 0..BURST_MEMBERS {
+        // A tiny receive buffer: what they do not read stays in the server.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        members.push(raw_ws(&addr, "/burst", Some(socket)).await.0);
+    }
+    let mut publisher = ws(&server.ws_url("/burst?echo=false")).await;
+    let payload = "m".repeat(4096);
+    for i in 0..BURST_MESSAGES {
+        publisher.send_text(&format!("{i:06}{payload}")).await;
+    }
+    // Everything was queued or handed to the sockets (or the member was cut off).
+    let end = std::time::Instant::now() + WAIT;
+    loop {
+        let r = http(&addr, "GET", "/health", &[], "").await;
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        let done = v["hub"]["delivered"].as_u64().unwrap() as usize
+            + v["hub"]["dropped"].as_u64().unwrap() as usize;
+        if done >= BURST_MEMBERS * BURST_MESSAGES || v["hub"]["slow_consumer_closes"] != 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "burst not delivered: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let peak = server.rss_bytes();
+    drop(members);
+    drop(publisher);
+    let health = wait_connections(&server, 0).await;
+    assert!(
+        health["memory"]["rss_bytes"].as_u64().unwrap() > 0,
+        "{health}"
+    );
+    let grown = peak.saturating_sub(baseline);
+    assert!(grown > 8 << 20, "the burst took only {grown} bytes");
+    // The periodic sweep (every 5 s) gives the memory back; allow two of them.
+    let end = std::time::Instant::now() + Duration::from_secs(12);
+    let mut now = server.rss_bytes();
+    while now > baseline + grown / 4 && std::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        now = server.rss_bytes();
+    }
+    assert!(
+        now <= baseline + grown / 4,
+        "RSS {now} bytes with no client left (baseline {baseline}, peak {peak})"
+    );
 }

@@ -37,7 +37,33 @@ impl ServerProc {
 
     /// Like [`ServerProc::start`], with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> ServerProc {
+        Self::spawn(args, env, None)
+    }
+
+    /// Like [`ServerProc::start`], with the open-files limit (`RLIMIT_NOFILE`) of the server
+    /// process set to `nofile`.
+    pub fn start_with_nofile(args: &[&str], nofile: u64) -> ServerProc {
+        Self::spawn(args, &[], Some(nofile))
+    }
+
+    fn spawn(args: &[&str], env: &[(&str, &str)], nofile: Option<u64>) -> ServerProc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        if let Some(limit) = nofile {
+            use std::os::unix::process::CommandExt;
+            let rlim = libc::rlimit {
+                rlim_cur: limit as libc::rlim_t,
+                rlim_max: limit as libc::rlim_t,
+            };
+            // SAFETY: setrlimit(2) is async-signal-safe and only touches the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         cmd.arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
@@ -118,6 +144,24 @@ impl ServerProc {
     /// `127.0.0.1:PORT`.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory of the process in bytes (`VmRSS` of `/proc/<pid>/status`).
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/<pid>/status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS line");
+        kib * 1024
     }
 
     /// What the server logged so far.
@@ -309,6 +353,26 @@ pub async fn raw_ws(
     );
     let rest = buf.split_off(head_end);
     (tcp, rest)
+}
+
+/// One masked client text frame (FIN set) carrying `payload`, for peers driven by hand.
+pub fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![0x81u8];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
 }
 
 /// Read until the server closes the socket (EOF or reset); returns everything read.

@@ -691,7 +691,8 @@ impl Hub {
     /// neither members nor history to keep. Expiry is otherwise lazy (on
     /// publish, history and recovery), so a server should call this
     /// periodically (e.g. every few seconds) to free memory of idle
-    /// channels. Returns the number of channels removed.
+    /// channels. Also shrinks the channel and connection tables when a burst
+    /// left them mostly empty. Returns the number of channels removed.
     pub fn sweep(&self) -> usize {
         let mut removed = 0;
         for shard in self.inner.channels.iter() {
@@ -708,6 +709,10 @@ impl Hub {
                     removed += 1;
                 }
             }
+            shrink_if_sparse(&mut shard.write());
+        }
+        for shard in self.inner.conns.iter() {
+            shrink_if_sparse(&mut shard.lock());
         }
         removed
     }
@@ -1036,6 +1041,15 @@ impl std::fmt::Debug for Hub {
             .field("limits", &self.inner.limits)
             .field("stats", &self.stats())
             .finish_non_exhaustive()
+    }
+}
+
+/// Gives back a map's table after a burst: a hash map keeps its largest capacity, so
+/// 300,000 channels (or connections) gone would otherwise keep their table for good. Only
+/// when it is mostly empty, so a steady map is not reallocated on every sweep.
+fn shrink_if_sparse<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to_fit();
     }
 }
 

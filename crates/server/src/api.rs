@@ -509,6 +509,64 @@ async fn publish(shared: &Shared, channel: &str, data: &RawValue) -> Result<Valu
     })
 }
 
+/// Parses `body` as the request of API method `method` and derives from it what the handler
+/// derives before it touches the hub (publication data, the history query, client ids, the
+/// channel pattern applied to a name). `Err` carries the reason when the request would be
+/// answered `400`. Public for the fuzz targets (`crates/server/fuzz`): the body handling of
+/// every method, without a server.
+#[doc(hidden)]
+pub fn check_request(method: &str, body: &[u8]) -> Result<(), String> {
+    let bad = |f: Fail| match f {
+        Fail::BadJson(e) => e.to_string(),
+        Fail::Unavailable(v) => v.to_string(),
+    };
+    let data = |raw: &RawValue| {
+        Data::from_json(raw.get().to_owned())
+            .map(Data::into_payload)
+            .map_err(|e| e.to_string())
+    };
+    match method {
+        "publish" => {
+            let b: PublishBody = parse(body).map_err(bad)?;
+            data(&b.data)?;
+        }
+        "broadcast" => {
+            let b: BroadcastBody = parse(body).map_err(bad)?;
+            data(&b.data)?;
+        }
+        "history" => {
+            let b: HistoryBody = parse(body).map_err(bad)?;
+            let _ = b.limit.map(usize::try_from);
+            let _ = b
+                .since
+                .map(|p| StreamPosition::new(p.offset, Epoch::from_client(&p.epoch)));
+            let _ = b.reverse;
+        }
+        "channels" => {
+            let b: ChannelsBody = parse(body).map_err(bad)?;
+            let pattern = b.pattern.unwrap_or_default();
+            glob_match(&pattern, "chat:room1");
+            glob_match(&pattern, &pattern);
+        }
+        "disconnect" => {
+            let b: DisconnectBody = parse(body).map_err(bad)?;
+            let _ = b.client.as_deref().map(str::parse::<u64>);
+            let _ = b.user;
+        }
+        "subscribe" | "unsubscribe" => {
+            let b: UserChannelBody = parse(body).map_err(bad)?;
+            let _ = b.client.as_deref().map(str::parse::<u64>);
+            let _ = (b.user, b.channel);
+        }
+        "info" => {}
+        _ => {
+            let b: ChannelBody = parse(body).map_err(bad)?;
+            let _ = b.channel;
+        }
+    }
+    Ok(())
+}
+
 /// The JSON error of a failed node operation.
 fn node_error(e: &NodeError) -> Value {
     match e {

@@ -28,6 +28,10 @@
 //! * A connection whose token expires without a `refresh` is closed with 3005; an
 //!   undecodable frame with 3501 "bad request"; a slow consumer with 3008 "slow"; server
 //!   shutdown with 3001 "shutdown".
+//! * Writes are bounded like a raw room's: a write that waits for a client that stopped
+//!   reading gives up when the hub closes the outbox under the slow-consumer policy (3008,
+//!   sent within a bounded wait) or after `ping_timeout` without progress (the socket is
+//!   dropped); both count as `closed_slow_consumer`.
 //!
 //! Replies and pushes that are ready together go out in one WebSocket frame, one JSON
 //! message per line, as the protocol allows.
@@ -78,8 +82,11 @@ pub const PATH: &str = "/connection/websocket";
 const BATCH: usize = 64;
 /// Frames read ahead of the connection task (back-pressure on a client that floods us).
 const READ_AHEAD: usize = 16;
-/// How long to wait for the peer's close reply once ours is sent.
+/// How long to wait for the peer's close reply once ours is sent, and at most for our close
+/// frame to be written.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// How often a stalled write checks whether the hub gave up on the connection.
+const STALL_CHECK: Duration = Duration::from_millis(200);
 
 /// What the HTTP API can ask of a connected client.
 #[derive(Debug, Clone)]
@@ -247,8 +254,20 @@ async fn run<S>(
     match end {
         End::Disconnect(d) => {
             tracing::debug!(%peer, code = d.code, reason = %d.reason, "centrifugo disconnect");
-            let _ = writer.close(CloseCode(d.code), &d.reason).await;
+            if d.code == Disconnect::SLOW.code {
+                shared.counters.bump(Counter::ClosedSlowConsumer);
+                tracing::info!(%peer, "closing slow consumer");
+            }
+            // Bounded: a client that stopped reading cannot take even the close frame.
+            let _ = tokio::time::timeout(CLOSE_LINGER, writer.close(CloseCode(d.code), &d.reason))
+                .await;
             let _ = tokio::time::timeout(CLOSE_LINGER, &mut reader_task).await;
+        }
+        End::Stalled => {
+            // Like raw rooms: a peer that takes no bytes at all gets no close frame either;
+            // dropping the socket frees its buffers now.
+            shared.counters.bump(Counter::ClosedSlowConsumer);
+            tracing::info!(%peer, "peer stopped reading; dropping connection");
         }
         End::Gone => {}
     }
@@ -264,6 +283,8 @@ enum End {
     Disconnect(Disconnect),
     /// The peer is gone (closed, EOF, write error); nothing more to send.
     Gone,
+    /// The peer accepted no bytes for the stall limit: the socket is dropped.
+    Stalled,
 }
 
 /// The state of one connection.
@@ -310,6 +331,11 @@ impl Conn {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let config = self.shared.config.clone();
+        let bound = WriteBound {
+            stall: config.ping_timeout,
+            outbox: None,
+            token,
+        };
         // The connect command must arrive within the handshake timeout.
         let mut out: Vec<Bytes> = Vec::new();
         let first = tokio::select! {
@@ -327,15 +353,15 @@ impl Conn {
             Ok(None) => {
                 // Connect refused with an error reply (e.g. expired token): send it and
                 // let the client close and retry.
-                if write_all(writer, &out).await.is_err() {
-                    return End::Gone;
+                if let Err(fail) = write_all(writer, &out, &bound).await {
+                    return fail.end();
                 }
                 return self.wait_close(token).await;
             }
             Err(d) => return End::Disconnect(d),
         };
-        if write_all(writer, &out).await.is_err() {
-            return End::Gone;
+        if let Err(fail) = write_all(writer, &out, &bound).await {
+            return fail.end();
         }
         out.clear();
 
@@ -359,7 +385,7 @@ impl Conn {
                     match self.handle_frame(&frame, &mut out).await {
                         Step::Continue => {}
                         Step::Stop(end) => {
-                            let _ = write_all(writer, &out).await;
+                            let _ = write_all(writer, &out, &bound.with(&outbox)).await;
                             return end;
                         }
                     }
@@ -388,13 +414,7 @@ impl Conn {
                                 }
                             }
                         }
-                        Err(closed) => {
-                            return End::Disconnect(match closed.reason {
-                                CloseReason::SlowConsumer => Disconnect::SLOW,
-                                CloseReason::Shutdown => Disconnect::SHUTDOWN,
-                                _ => Disconnect::FORCE_RECONNECT,
-                            });
-                        }
+                        Err(closed) => return End::Disconnect(outbox_closed(closed.reason)),
                     }
                 }
                 _ = ping.tick() => {
@@ -438,7 +458,10 @@ impl Conn {
                 }
             }
             if !out.is_empty() {
-                if write_all(writer, &out).await.is_err() {
+                if let Err(fail) = write_all(writer, &out, &bound.with(&outbox)).await {
+                    if !matches!(fail, WriteFail::Gone) {
+                        return fail.end();
+                    }
                     // Usually the client closed right after its last commands (the reader
                     // answered its close and shut our write side). Commands it sent before
                     // closing still count — a publish must not be lost because its reply
@@ -448,6 +471,10 @@ impl Conn {
                     return End::Gone;
                 }
                 out.clear();
+                if out.capacity() > BATCH {
+                    // Do not keep a burst's capacity on a connection that goes quiet.
+                    out = Vec::new();
+                }
             }
         }
     }
@@ -1088,11 +1115,71 @@ fn permission_error(e: PermissionError) -> CfError {
     }
 }
 
-/// Write `messages` as one frame, newline-separated.
+/// What bounds a write to a client that may have stopped reading.
+struct WriteBound<'a> {
+    /// How long the peer may accept no bytes at all (the raw rooms' stall limit,
+    /// `ping_timeout`).
+    stall: Duration,
+    /// The connection's outbox, once connected: a flush that waits gives up as soon as the hub
+    /// closes it (the slow-consumer policy) instead of waiting for the stall limit.
+    outbox: Option<&'a Outbox>,
+    token: &'a ShutdownToken,
+}
+
+impl WriteBound<'_> {
+    /// The same bound, watching `outbox`.
+    fn with<'b>(&'b self, outbox: &'b Outbox) -> WriteBound<'b> {
+        WriteBound {
+            stall: self.stall,
+            outbox: Some(outbox),
+            token: self.token,
+        }
+    }
+}
+
+/// Why a write did not complete.
+enum WriteFail {
+    /// The socket failed (usually: the peer closed).
+    Gone,
+    /// The peer accepted no bytes for the stall limit.
+    Stalled,
+    /// The hub closed the outbox while the write waited.
+    Closed(CloseReason),
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl WriteFail {
+    /// How the connection ends after this failure.
+    fn end(self) -> End {
+        match self {
+            WriteFail::Gone => End::Gone,
+            WriteFail::Stalled => End::Stalled,
+            WriteFail::Closed(reason) => End::Disconnect(outbox_closed(reason)),
+            WriteFail::Shutdown => End::Disconnect(Disconnect::SHUTDOWN),
+        }
+    }
+}
+
+/// The disconnect owed to a client whose outbox the hub closed.
+fn outbox_closed(reason: CloseReason) -> Disconnect {
+    match reason {
+        CloseReason::SlowConsumer => Disconnect::SLOW,
+        CloseReason::Shutdown => Disconnect::SHUTDOWN,
+        _ => Disconnect::FORCE_RECONNECT,
+    }
+}
+
+/// Write `messages` as one frame, newline-separated, within `bound`. The fast path (the
+/// socket takes everything at once) arms no timer.
+///
+/// Without the bound a client that stops reading would hold this task in the flush for
+/// ever: its heartbeat, its close and the slow-consumer verdict could never fire.
 async fn write_all<S>(
     writer: &mut WsWriter<S>,
     messages: &[Bytes],
-) -> Result<(), switchboard_websocket::Error>
+    bound: &WriteBound<'_>,
+) -> Result<(), WriteFail>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -1104,8 +1191,45 @@ where
     } else {
         encode_batch(messages)
     };
-    writer.feed(Message::Text(frame))?;
-    writer.flush().await
+    writer
+        .feed(Message::Text(frame))
+        .map_err(|_| WriteFail::Gone)?;
+    let mut flush = std::pin::pin!(writer.flush());
+    if let std::task::Poll::Ready(r) = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::future::Future::poll(flush.as_mut(), cx))
+    })
+    .await
+    {
+        return r.map_err(|_| WriteFail::Gone);
+    }
+    Box::pin(flush_stalled(flush, bound)).await
+}
+
+/// The slow half of [`write_all`]: the socket did not take everything at once.
+async fn flush_stalled<W>(
+    mut flush: std::pin::Pin<&mut W>,
+    bound: &WriteBound<'_>,
+) -> Result<(), WriteFail>
+where
+    W: std::future::Future<Output = Result<(), switchboard_websocket::Error>>,
+{
+    let deadline = tokio::time::sleep(bound.stall);
+    tokio::pin!(deadline);
+    let stop = bound.token.triggered();
+    tokio::pin!(stop);
+    let mut check = tokio::time::interval(STALL_CHECK);
+    loop {
+        tokio::select! {
+            r = &mut flush => return r.map_err(|_| WriteFail::Gone),
+            _ = &mut deadline => return Err(WriteFail::Stalled),
+            _ = &mut stop => return Err(WriteFail::Shutdown),
+            _ = check.tick() => {
+                if let Some(reason) = bound.outbox.and_then(Outbox::close_reason) {
+                    return Err(WriteFail::Closed(reason));
+                }
+            }
+        }
+    }
 }
 
 /// A timer that fires one second after a Unix time (never without one), re-armed only when

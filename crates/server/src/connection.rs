@@ -14,7 +14,9 @@
 //!   vectored write. No lock is held while writing and no payload is copied per subscriber.
 //!
 //! A message published by this connection to its own room (the echo) is therefore written
-//! by the same task that read it, without waking another. While a flush waits for a full
+//! by the same task that read it, without waking another. After 32 turns in a row (messages
+//! read, batches written) the task yields, so a client that sends without pause cannot keep
+//! its worker thread from the other connections scheduled on it. While a flush waits for a full
 //! socket, reading pauses (bounded by the stall limit below).
 //!
 //! Endings and what the peer sees: shutdown → 1001 "going away"; outbox closed as a slow
@@ -58,6 +60,12 @@ const BATCH: usize = 64;
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// How often a stalled flush checks whether the hub gave up on the connection.
 const STALL_CHECK: Duration = Duration::from_millis(200);
+/// Most turns of the connection loop (messages read, batches written) in one go: then the
+/// task yields to the scheduler even if its socket has more. The socket's own cooperative
+/// budget counts reads from the kernel, not messages, and one read of small frames holds
+/// hundreds of them, so a client sending without pause would otherwise hold its worker
+/// thread (and every connection queued behind it) for tens of milliseconds at a time.
+const TURNS_PER_YIELD: u32 = 32;
 
 /// What the upgrade decided about this connection.
 #[derive(Debug, Clone)]
@@ -414,26 +422,38 @@ where
     // After a message was read, the next pass looks at the heartbeat and the outbox before
     // the socket again, so a client that sends without pause still receives.
     let mut writes_first = false;
+    // Turns since the task last gave its worker thread back (see [`TURNS_PER_YIELD`]).
+    let mut turns: u32 = 0;
     loop {
+        if turns >= TURNS_PER_YIELD {
+            turns = 0;
+            tokio::task::yield_now().await;
+        }
         let wake = std::future::poll_fn(|cx| {
             if stop.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Wake::Shutdown);
             }
             let (reader, heartbeat, outbox) =
                 (&mut conn.reader, &mut conn.heartbeat, &mut conn.outbox);
-            if writes_first {
-                if let Poll::Ready(w) = poll_writes(heartbeat, outbox, &mut batch, cx) {
-                    return Poll::Ready(w);
+            let polled = if writes_first {
+                match poll_writes(heartbeat, outbox, &mut batch, cx) {
+                    Poll::Ready(w) => Poll::Ready(w),
+                    Poll::Pending => poll_reads(reader, &mut waiting, cx),
                 }
-                poll_reads(reader, &mut waiting, cx)
             } else {
-                if let Poll::Ready(w) = poll_reads(reader, &mut waiting, cx) {
-                    return Poll::Ready(w);
+                match poll_reads(reader, &mut waiting, cx) {
+                    Poll::Ready(w) => Poll::Ready(w),
+                    Poll::Pending => poll_writes(heartbeat, outbox, &mut batch, cx),
                 }
-                poll_writes(heartbeat, outbox, &mut batch, cx)
+            };
+            if polled.is_pending() {
+                // The task is about to give its thread back anyway.
+                turns = 0;
             }
+            polled
         })
         .await;
+        turns += 1;
         writes_first = matches!(wake, Wake::Read(_));
         let writer = &mut conn.writer;
         match wake {

@@ -213,6 +213,10 @@ fn health(shared: &Shared) -> Response<Body> {
             },
         },
         "server": server,
+        "memory": {
+            // Resident memory of the process, to see that a burst's memory was given back.
+            "rss_bytes": crate::memory::rss_bytes(),
+        },
     });
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     r.headers_mut().insert(

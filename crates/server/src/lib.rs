@@ -27,7 +27,7 @@
 //!
 //! Modules, one concept each: [`config`] (settings), [`listener`] (accept loop, TLS, hyper),
 //! [`http`] (routing), `ws` (the upgrade and its checks), `connection` (the raw-room
-//! connection task), [`heartbeat`], [`origin`], [`shutdown`], [`tls`], [`stats`], [`crash`] (panic
+//! connection task), [`heartbeat`], [`origin`], [`shutdown`], [`tls`], [`stats`], [`memory`] (giving memory back after bursts), [`crash`] (panic
 //! containment).
 
 #![warn(missing_docs)]
@@ -43,6 +43,7 @@ pub mod forward;
 pub mod heartbeat;
 pub mod http;
 pub mod listener;
+pub mod memory;
 pub mod origin;
 mod server;
 pub mod shutdown;

@@ -391,15 +391,22 @@ impl BoundServer {
             );
         }
         let switch = Shutdown::new();
-        // Expire history and drop idle channels even when nothing publishes or queries them.
+        // Expire history and drop idle channels even when nothing publishes or queries them;
+        // after a burst, give the memory it used back to the system.
         let sweeper = {
             let hub = shared.hub.clone();
+            let counters = Arc::clone(&shared.counters);
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(SWEEP_INTERVAL);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut trimmer = crate::memory::Trimmer::default();
                 loop {
                     tick.tick().await;
                     hub.sweep();
+                    let peak = counters.take_peak_active();
+                    if trimmer.after_sweep(peak, counters.active(), hub.channel_count()) {
+                        tracing::debug!("burst over: free memory returned to the system");
+                    }
                 }
             })
         };

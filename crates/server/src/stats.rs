@@ -11,6 +11,8 @@ use serde::Serialize;
 #[derive(Debug, Default)]
 pub struct ServerCounters {
     active: AtomicUsize,
+    /// Highest `active` since [`ServerCounters::take_peak_active`] last ran.
+    peak_active: AtomicUsize,
     accepted: AtomicU64,
     upgraded: AtomicU64,
     rejected_origin: AtomicU64,
@@ -25,6 +27,7 @@ pub struct ServerCounters {
     closed_heartbeat: AtomicU64,
     closed_panic: AtomicU64,
     http_panics: AtomicU64,
+    rejected_fd_exhausted: AtomicU64,
     attachment_bytes: AtomicUsize,
 }
 
@@ -61,6 +64,9 @@ pub struct ServerStats {
     pub closed_panic: u64,
     /// HTTP requests answered 500 after a panic in their handler.
     pub http_panics: u64,
+    /// Connections refused with `503` because the process had no file descriptor left to
+    /// serve them (`accept` failed with EMFILE/ENFILE).
+    pub rejected_fd_exhausted: u64,
     /// Bytes of Socket.IO binary attachments buffered now, waiting for the rest of their
     /// packet (bounded by `socketio.max_attachment_bytes_total`).
     pub socketio_attachment_bytes: usize,
@@ -97,6 +103,8 @@ pub enum Counter {
     ClosedPanic,
     /// See [`ServerStats::http_panics`].
     HttpPanic,
+    /// See [`ServerStats::rejected_fd_exhausted`].
+    RejectedFdExhausted,
 }
 
 impl ServerCounters {
@@ -117,6 +125,7 @@ impl ServerCounters {
             Counter::ClosedHeartbeat => &self.closed_heartbeat,
             Counter::ClosedPanic => &self.closed_panic,
             Counter::HttpPanic => &self.http_panics,
+            Counter::RejectedFdExhausted => &self.rejected_fd_exhausted,
         };
         c.fetch_add(1, Relaxed);
     }
@@ -133,9 +142,20 @@ impl ServerCounters {
         self.active
             .fetch_update(Relaxed, Relaxed, |n| (n < limit).then_some(n + 1))
             .ok()
-            .map(|_| ConnectionSlot {
-                counters: Arc::clone(self),
+            .map(|before| {
+                self.peak_active.fetch_max(before + 1, Relaxed);
+                ConnectionSlot {
+                    counters: Arc::clone(self),
+                }
             })
+    }
+
+    /// The most connections open at once since the last call (a burst that came and went
+    /// between two calls included); starts the next period from the current count.
+    pub(crate) fn take_peak_active(&self) -> usize {
+        self.peak_active
+            .swap(self.active.load(Relaxed), Relaxed)
+            .max(self.active.load(Relaxed))
     }
 
     /// Reserves `n` bytes of buffered Socket.IO attachments unless that would take the
@@ -173,6 +193,7 @@ impl ServerCounters {
             closed_heartbeat: self.closed_heartbeat.load(Relaxed),
             closed_panic: self.closed_panic.load(Relaxed),
             http_panics: self.http_panics.load(Relaxed),
+            rejected_fd_exhausted: self.rejected_fd_exhausted.load(Relaxed),
             socketio_attachment_bytes: self.attachment_bytes.load(Relaxed),
         }
     }
