@@ -48,17 +48,8 @@ async fn http(addr: &str, method: &str, path: &str, headers: &[&str], body: &str
 /// Reads until the server closes the socket and splits the answer.
 async fn read_response(tcp: &mut TcpStream) -> Response {
     let raw = read_until_closed(tcp, WAIT).await;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Response {
-        status,
-        body: body.to_string(),
-    }
+    let (status, _, body) = split_response(&raw);
+    Response { status, body }
 }
 
 /// What [`http`] read.

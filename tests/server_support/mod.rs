@@ -299,7 +299,12 @@ pub async fn http_raw(
     tokio::time::timeout(WAIT, read)
         .await
         .expect("HTTP response in time");
-    let text = String::from_utf8_lossy(&buf).to_string();
+    split_response(&buf)
+}
+
+/// An HTTP response's status (0 when there is none), head and body.
+pub fn split_response(raw: &[u8]) -> (u16, String, String) {
+    let text = String::from_utf8_lossy(raw).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
         .split(' ')
