@@ -95,8 +95,6 @@ pub(crate) enum Control {
     Subscribe(String),
     /// Unsubscribe the client from this channel and tell it with a push.
     Unsubscribe(String),
-    /// Close the connection with 3011 "force reconnect".
-    Disconnect,
     /// The channel's publications may have been missed (a gap in the broker's stream):
     /// a positioned subscription is ended with an `unsubscribe` push, code 2500
     /// "insufficient state", so the SDK resubscribes with recovery.
@@ -121,12 +119,6 @@ impl Registry {
             .filter(|(id, (u, _))| u == user && client.is_none_or(|c| c == **id))
             .filter(|(_, (_, tx))| tx.send(control.clone()).is_ok())
             .count()
-    }
-
-    /// Whether connection `id` is a Centrifugo connection of this node.
-    pub(crate) fn contains(&self, id: u64) -> bool {
-        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        conns.contains_key(&id)
     }
 
     /// Sends `control` to connection `id`; returns whether it is connected here.
@@ -440,7 +432,6 @@ impl Conn {
                                 })).encode());
                             }
                         }
-                        Control::Disconnect => return End::Disconnect(Disconnect::FORCE_RECONNECT),
                     }
                 }
                 _ = expiry.elapsed() => {

@@ -169,22 +169,18 @@ impl Answer {
 /// Applies `command` to this node's connections; returns how many it reached.
 pub(crate) fn apply(shared: &Shared, command: &Command) -> usize {
     match command {
+        // Through the hub, whatever the protocol: each driver answers a kick its own way
+        // (Centrifugo: 3011 "force reconnect"; Socket.IO: the socket leaves its namespace).
         Command::Disconnect {
             user: Some(user),
             client,
-        } => {
-            // Centrifugo connections are told "reconnect" (3011) by their driver; every other
-            // protocol's connections of the user are closed through the hub (Socket.IO: the
-            // socket leaves its namespace, "io server disconnect").
-            let mut reached = shared.clients.send(user, *client, &Control::Disconnect);
-            for id in shared.hub.connections_of_user(user) {
-                if client.is_some_and(|c| c != id) || shared.clients.contains(id) {
-                    continue;
-                }
-                reached += usize::from(shared.hub.disconnect(id, CloseReason::Kicked));
-            }
-            reached
-        }
+        } => shared
+            .hub
+            .connections_of_user(user)
+            .into_iter()
+            .filter(|id| client.is_none_or(|c| c == *id))
+            .filter(|id| shared.hub.disconnect(*id, CloseReason::Kicked))
+            .count(),
         Command::Disconnect {
             user: None,
             client: Some(id),
