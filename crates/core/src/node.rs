@@ -95,7 +95,7 @@ use crate::broker::{
 use crate::broker_memory::MemoryBroker;
 use crate::connection::ConnHandle;
 use crate::error::{ChannelError, HubError};
-use crate::history::{HistoryQuery, HistoryResult, Recovery, StreamPosition};
+use crate::history::{Epoch, HistoryQuery, HistoryResult, Recovery, StreamPosition};
 use crate::hub::{
     Hub, HubListener, PublishOptions, PublishReport, SubscribeOptions, SubscribeResult,
 };
@@ -205,7 +205,7 @@ const SUCCESSION_KEPT: std::time::Duration = std::time::Duration::from_secs(300)
 #[derive(Debug, Clone, Copy)]
 struct Succession {
     from: StreamPosition,
-    to: crate::history::Epoch,
+    to: Epoch,
     at: std::time::Instant,
 }
 
@@ -685,7 +685,7 @@ impl NodeInner {
         track: &mut Track,
         top: StreamPosition,
     ) -> Option<&'static str> {
-        if top.epoch == crate::history::Epoch::EMPTY {
+        if top.epoch == Epoch::EMPTY {
             // The store has nothing for the channel (yet): its next publication starts the
             // new stream, and shows it.
             return None;
@@ -701,14 +701,8 @@ impl NodeInner {
     /// Moves `last` to the start of epoch `to`, remembering the succession for recovering
     /// clients. `known_top` is the old epoch's top as far as this node knows: a client
     /// below it missed part of the old stream, which is gone.
-    fn switch_epoch(
-        &self,
-        channel: &str,
-        last: &mut StreamPosition,
-        known_top: u64,
-        to: crate::history::Epoch,
-    ) {
-        if last.epoch != crate::history::Epoch::EMPTY {
+    fn switch_epoch(&self, channel: &str, last: &mut StreamPosition, known_top: u64, to: Epoch) {
+        if last.epoch != Epoch::EMPTY {
             let now = std::time::Instant::now();
             let mut successions = self.successions.lock();
             successions.retain(|_, s| now.duration_since(s.at) < SUCCESSION_KEPT);
@@ -1125,7 +1119,7 @@ impl BrokerHandler for Handler {
                     if let Some(fill) = track.fill.as_mut() {
                         if same_epoch {
                             fill.upto = fill.upto.max(top.offset);
-                        } else if top.epoch != crate::history::Epoch::EMPTY {
+                        } else if top.epoch != Epoch::EMPTY {
                             fill.new_epoch = Some(top);
                         }
                     }
