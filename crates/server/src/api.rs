@@ -103,24 +103,26 @@ struct UserChannelBody {
     client: Option<String>,
 }
 
+/// The API's methods (`POST /api/<method>`).
+pub const METHODS: &[&str] = &[
+    "publish",
+    "broadcast",
+    "presence",
+    "presence_stats",
+    "history",
+    "history_remove",
+    "channels",
+    "info",
+    "disconnect",
+    "subscribe",
+    "unsubscribe",
+];
+
 /// Answer one request under [`PREFIX`].
 pub(crate) async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
     let method = req.uri().path()[PREFIX.len()..].to_string();
     // An unknown path under /api/ is a 404 whatever the HTTP method, like any other path.
-    const KNOWN: &[&str] = &[
-        "publish",
-        "broadcast",
-        "presence",
-        "presence_stats",
-        "history",
-        "history_remove",
-        "channels",
-        "info",
-        "disconnect",
-        "subscribe",
-        "unsubscribe",
-    ];
-    if !KNOWN.contains(&method.as_str()) {
+    if !METHODS.contains(&method.as_str()) {
         return plain(StatusCode::NOT_FOUND, "unknown method");
     }
     if req.method() != Method::POST {

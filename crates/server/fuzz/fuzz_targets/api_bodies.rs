@@ -4,21 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use switchboard_server::api::check_request;
-
-const METHODS: &[&str] = &[
-    "publish",
-    "broadcast",
-    "presence",
-    "presence_stats",
-    "history",
-    "history_remove",
-    "channels",
-    "info",
-    "disconnect",
-    "subscribe",
-    "unsubscribe",
-];
+use switchboard_server::api::{check_request, METHODS};
 
 fuzz_target!(|data: &[u8]| {
     let Some((pick, body)) = data.split_first() else {
