@@ -32,7 +32,7 @@ use crate::limits::HubLimits;
 use crate::namespace::{ChannelOptions, Namespaces};
 use crate::outbox::{Outbox, OutboxShared, PushOutcome};
 use crate::presence::{ClientInfo, PresenceStats};
-use crate::publication::{ConnId, Payload, Publication};
+use crate::publication::{ConnId, Control, Delivery, Payload, Publication};
 use crate::stats::{HubStats, StatsCounters};
 
 /// Number of channel shards: enough that publishers on different cores
@@ -789,6 +789,13 @@ impl Hub {
             Some(entry) => self.remove_conn(&entry, reason),
             None => false,
         }
+    }
+
+    /// Queues `control` for connection `id`, in order after what is already queued for it,
+    /// outside the outbox's bounds. Returns false if no such connection is open.
+    pub fn send_control(&self, id: ConnId, control: Control) -> bool {
+        let entry = self.conn_shard(id).lock().get(&id).cloned();
+        entry.is_some_and(|e| e.outbox.push_control(Delivery::Control(Arc::new(control))))
     }
 
     /// The registered connections of authenticated user `user`, whatever their protocol

@@ -207,5 +207,5 @@ pub use namespace::{ChannelOptions, Namespaces, NAMESPACE_SEPARATOR};
 pub use node::{ControlHandler, GapHandler, Node, NodeError};
 pub use outbox::Outbox;
 pub use presence::{ClientInfo, MemberEvent, PresenceStats};
-pub use publication::{ConnId, Delivery, Payload, PayloadKind, Publication, WireFormat};
+pub use publication::{ConnId, Control, Delivery, Payload, PayloadKind, Publication, WireFormat};
 pub use stats::{HubStats, Rejections};

@@ -128,6 +128,27 @@ impl OutboxShared {
         PushOutcome::Queued { evicted }
     }
 
+    /// Queues a control item whatever the bounds (they are rare, sent by the server, and
+    /// must not be evicted or make a healthy connection a slow consumer). False once the
+    /// outbox is closed.
+    pub(crate) fn push_control(&self, item: Delivery) -> bool {
+        let mut st = self.state.lock();
+        if st.closed.is_some() {
+            return false;
+        }
+        let waiter = if st.queue.is_empty() {
+            st.waiter.take()
+        } else {
+            None
+        };
+        st.queue.push_back(item);
+        drop(st);
+        if let Some(w) = waiter {
+            w.wake();
+        }
+        true
+    }
+
     /// Closes the outbox. Returns false if it was already closed.
     ///
     /// For [`CloseReason::SlowConsumer`] the pending items are discarded (the

@@ -216,6 +216,24 @@ pub enum Delivery {
     /// Someone left a channel this connection is a member of (only in
     /// namespaces with `join_leave`). Protocols without such events ignore it.
     Leave(Arc<MemberEvent>),
+    /// An instruction from the server for this connection (an API call by user, a gap
+    /// report); each protocol carries it out its own way. Queued in order with the
+    /// publications, outside the outbox's bounds (see [`crate::Hub::send_control`]).
+    Control(Arc<Control>),
+}
+
+/// What the server can ask of one connection, whatever its protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// Subscribe to this channel (a server-side subscription) and tell the client, where
+    /// the protocol can express it.
+    Subscribe(String),
+    /// Leave this channel and tell the client, where the protocol can express it.
+    Unsubscribe(String),
+    /// Publications of this channel were lost before they reached this connection and
+    /// history cannot fill the gap: the client must learn it (Centrifugo: resubscribe with
+    /// code 2500; protocols without positions: close 4500 "missed publications").
+    MissedPublications(String),
 }
 
 /// What [`Delivery::payload`] returns for items without a payload.
@@ -232,6 +250,7 @@ impl Delivery {
             Delivery::Publication(p) => p.payload.len(),
             Delivery::Direct(p) => p.len(),
             Delivery::Join(e) | Delivery::Leave(e) => e.info.size(),
+            Delivery::Control(_) => 0,
         }
     }
 
@@ -241,7 +260,7 @@ impl Delivery {
         match self {
             Delivery::Publication(p) => &p.payload,
             Delivery::Direct(p) => p,
-            Delivery::Join(_) | Delivery::Leave(_) => &NO_PAYLOAD,
+            Delivery::Join(_) | Delivery::Leave(_) | Delivery::Control(_) => &NO_PAYLOAD,
         }
     }
 }

@@ -173,7 +173,7 @@ pub struct ServerConfig {
     /// Channel options: `[channel.default]` and `[channel.namespaces.<name>]`.
     pub channel: Namespaces,
     /// Socket.IO options: the `[socketio]` table.
-    pub socketio: crate::socketio::SocketIoConfig,
+    pub socketio: crate::protocol::socketio::SocketIoConfig,
     /// What several nodes share: `memory` (one node, the default) or
     /// `redis://host:port/db`.
     pub broker: Option<String>,

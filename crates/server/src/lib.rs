@@ -1,7 +1,8 @@
 //! Switchboard network layer: tokio, hyper, WebSocket upgrade, TLS.
 //!
-//! One port serves everything: the chat page at `/`, `/health`, and WebSocket upgrades on
-//! any other (non-reserved) path, which join the raw room named by the path.
+//! One port serves everything: the chat page at `/`, `/health`, the HTTP API under `/api/`,
+//! the Centrifugo and Socket.IO protocols on their paths, and WebSocket upgrades on any
+//! other (non-reserved) path, which join the raw room named by the path.
 //!
 //! ```no_run
 //! use switchboard_server::{Server, ServerConfig};
@@ -25,34 +26,36 @@
 //! # }
 //! ```
 //!
-//! Modules, one concept each: [`config`] (settings), [`listener`] (accept loop, TLS, hyper),
-//! [`http`] (routing), `ws` (the upgrade and its checks), `connection` (the raw-room
-//! connection task), [`heartbeat`], [`origin`], [`shutdown`], [`tls`], [`stats`], [`memory`] (giving memory back after bursts), [`crash`] (panic
-//! containment).
+//! Layout (dependencies point down this list, never up, and no protocol imports another):
+//! - [`server`](Server): the composition root — builds the shared state, registers the
+//!   endpoints, binds, runs and shuts down;
+//! - `protocol`: one folder per wire protocol (`raw`, `centrifugo`, `socketio`), each a
+//!   [`Driver`](conn::driver) for the connection runtime plus the endpoint that upgrades
+//!   to it; `protocol/channels.rs` holds the client operations they share;
+//! - [`api`]: the HTTP API; [`broker`]: Redis and what nodes ask of each other;
+//! - `sessions`: the protocol-neutral registry of live connections (by client and user);
+//! - [`conn`]: the connection runtime (one task per connection: socket, outbox batching,
+//!   bounded flush, heartbeat, shutdown, panic containment, stats);
+//! - [`transport`]: listener, TLS, routing over registered endpoints, the upgrade;
+//! - `state`: what every task shares, protocol-neutral; [`config`], [`auth`], [`memory`].
 
 #![warn(missing_docs)]
 
 pub mod api;
 pub mod auth;
 pub mod broker;
-pub mod centrifugo;
 pub mod config;
-mod connection;
-pub mod crash;
-pub mod forward;
-pub mod heartbeat;
-pub mod http;
-pub mod listener;
+pub mod conn;
 pub mod memory;
-pub mod origin;
+pub mod protocol;
 mod server;
-pub mod shutdown;
-pub mod socketio;
-pub mod stats;
-pub mod tls;
-mod ws;
+mod sessions;
+mod state;
+pub mod transport;
 
 pub use config::ServerConfig;
+pub use conn::{crash, heartbeat, shutdown, stats};
 pub use server::{hub_limits, BoundServer, MessageHook, Server, ServerBuilder, ServerError};
 pub use stats::ServerStats;
 pub use switchboard_core::Hub;
+pub use transport::{forward, http, listener, origin, tls};

@@ -11,12 +11,14 @@ use switchboard_websocket::Message;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::auth::TokenVerifier;
 use crate::config::{ServerConfig, SlowConsumer};
-use crate::origin::OriginPolicy;
-use crate::shutdown::Shutdown;
-use crate::stats::{ServerCounters, ServerStats};
-use crate::{listener, tls};
+use crate::conn::shutdown::Shutdown;
+use crate::conn::stats::{ServerCounters, ServerStats};
+use crate::protocol::raw::RawRooms;
+use crate::state::Shared;
+use crate::transport::http::{Health, Page};
+use crate::transport::origin::OriginPolicy;
+use crate::transport::{listener, tls, Router};
 
 /// How often expired history and idle channels are swept from the hub.
 const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -46,26 +48,6 @@ pub enum ServerError {
     /// Another I/O error.
     #[error(transparent)]
     Io(#[from] std::io::Error),
-}
-
-/// Everything the tasks of one server share, read-only apart from atomics.
-pub(crate) struct Shared {
-    pub(crate) config: ServerConfig,
-    pub(crate) hub: Hub,
-    /// The channel facade over the hub and the broker; drivers call it for channel
-    /// operations (publish, subscribe, history, presence).
-    pub(crate) node: Node,
-    pub(crate) origins: OriginPolicy,
-    pub(crate) deflate: DeflatePolicy,
-    pub(crate) tls: Option<TlsAcceptor>,
-    pub(crate) on_message: Option<MessageHook>,
-    pub(crate) counters: Arc<ServerCounters>,
-    pub(crate) started: Instant,
-    pub(crate) welcome: Option<Message>,
-    /// Verifies connection and subscription tokens of Centrifugo-protocol clients.
-    pub(crate) verifier: TokenVerifier,
-    /// Connected Centrifugo-protocol clients, for the HTTP API.
-    pub(crate) clients: crate::centrifugo::Registry,
 }
 
 /// Configures a [`Server`].
@@ -139,7 +121,7 @@ impl ServerBuilder {
         } else {
             DeflatePolicy::disabled()
         };
-        let welcome = config.welcome.clone().map(Message::text);
+        let router = Arc::new(endpoints(&config, on_message));
         Ok(Server {
             shared: Arc::new(Shared {
                 config,
@@ -148,15 +130,30 @@ impl ServerBuilder {
                 origins,
                 deflate,
                 tls,
-                on_message,
                 counters: Arc::new(ServerCounters::default()),
                 started: Instant::now(),
-                welcome,
                 verifier,
-                clients: Default::default(),
+                router,
             }),
         })
     }
+}
+
+/// The composition root of the endpoints: everything the server answers, in one place. A
+/// new protocol is one more `register` line here (and its folder under `protocol/`).
+fn endpoints(config: &ServerConfig, on_message: Option<MessageHook>) -> Router {
+    let mut router = Router::default();
+    router
+        .register(Arc::new(Page))
+        .register(Arc::new(Health))
+        .register(Arc::new(crate::api::Api))
+        .register(Arc::new(crate::protocol::centrifugo::Centrifugo))
+        .register(Arc::new(crate::protocol::socketio::SocketIo))
+        .register(Arc::new(Arc::new(RawRooms::new(
+            config.welcome.clone(),
+            on_message,
+        ))));
+    router
 }
 
 /// The hub limits implied by a configuration. `max_connections` is enforced by the server
@@ -292,7 +289,7 @@ impl Server {
             let weak = Arc::downgrade(&shared);
             shared.node.set_gap_handler(Arc::new(move |channel: &str| {
                 if let Some(shared) = weak.upgrade() {
-                    tell_missed(&shared, channel);
+                    crate::sessions::tell_missed(&shared.hub, channel);
                 }
             }));
         } else {
@@ -433,38 +430,5 @@ impl BoundServer {
         sweeper.abort();
         tracing::info!("stopped");
         Ok(())
-    }
-}
-
-/// The node could not deliver publications of `channel` that its members missed (a gap
-/// that history no longer holds): every local member is told. Centrifugo subscribers get an
-/// `unsubscribe` push with code 2500 (the SDK resubscribes with recovery and learns
-/// `recovered: false`); every other connection (raw rooms, Socket.IO) is closed with
-/// [`CloseReason::MissedPublications`] (WebSocket close code 4500), so the application
-/// reloads its state and a Socket.IO client reconnects without recovery.
-fn tell_missed(shared: &Shared, channel: &str) {
-    let Some(ch) = shared.hub.channel(channel) else {
-        return;
-    };
-    let mut closed = 0usize;
-    for id in ch.member_ids() {
-        let told = shared.clients.send_to(
-            id,
-            crate::centrifugo::Control::InsufficientState(channel.to_string()),
-        );
-        if !told
-            && shared
-                .hub
-                .disconnect(id, switchboard_core::CloseReason::MissedPublications)
-        {
-            closed += 1;
-        }
-    }
-    if closed > 0 {
-        tracing::warn!(
-            channel,
-            closed,
-            "closed connections that missed publications (4500)"
-        );
     }
 }

@@ -135,6 +135,11 @@ impl PreparedMessage {
         (frame.len() < self.inner.frame.len()).then_some(frame)
     }
 
+    /// Whether `a` and `b` are handles to the same framed message (shared, not copied).
+    pub fn ptr_eq(a: &PreparedMessage, b: &PreparedMessage) -> bool {
+        Arc::ptr_eq(&a.inner, &b.inner)
+    }
+
     /// The unframed, uncompressed payload.
     pub fn payload(&self) -> &Bytes {
         &self.inner.payload

@@ -20,10 +20,11 @@ use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use switchboard_core::{CloseReason, ControlHandler};
+use switchboard_core::ControlHandler;
 
-use crate::centrifugo::Control;
-use crate::server::Shared;
+use crate::sessions;
+use crate::state::Shared;
+use switchboard_core::Control;
 
 /// The version this node speaks.
 const VERSION: u32 = 1;
@@ -168,23 +169,16 @@ impl Answer {
 
 /// Applies `command` to this node's connections; returns how many it reached.
 pub(crate) fn apply(shared: &Shared, command: &Command) -> usize {
+    let hub = &shared.hub;
     match command {
-        // Through the hub, whatever the protocol: each driver answers a kick its own way
-        // (Centrifugo: 3011 "force reconnect"; Socket.IO: the socket leaves its namespace).
         Command::Disconnect {
             user: Some(user),
             client,
-        } => shared
-            .hub
-            .connections_of_user(user)
-            .into_iter()
-            .filter(|id| client.is_none_or(|c| c == *id))
-            .filter(|id| shared.hub.disconnect(*id, CloseReason::Kicked))
-            .count(),
+        } => sessions::disconnect_user(hub, user, *client),
         Command::Disconnect {
             user: None,
             client: Some(id),
-        } => usize::from(shared.hub.disconnect(*id, CloseReason::Kicked)),
+        } => usize::from(sessions::disconnect_client(hub, *id)),
         Command::Disconnect {
             user: None,
             client: None,
@@ -193,16 +187,12 @@ pub(crate) fn apply(shared: &Shared, command: &Command) -> usize {
             user,
             channel,
             client,
-        } => shared
-            .clients
-            .send(user, *client, &Control::Subscribe(channel.clone())),
+        } => sessions::tell_user(hub, user, *client, &Control::Subscribe(channel.clone())),
         Command::Unsubscribe {
             user,
             channel,
             client,
-        } => shared
-            .clients
-            .send(user, *client, &Control::Unsubscribe(channel.clone())),
+        } => sessions::tell_user(hub, user, *client, &Control::Unsubscribe(channel.clone())),
     }
 }
 
@@ -210,7 +200,7 @@ pub(crate) fn apply(shared: &Shared, command: &Command) -> usize {
 pub(crate) fn local_channels(shared: &Shared, pattern: &str) -> BTreeMap<String, usize> {
     shared
         .hub
-        .channels_with_members(|name| crate::api::glob_match(pattern, name))
+        .channels_with_members(|name| glob_match(pattern, name))
         .into_iter()
         .map(|(name, n)| (name.to_string(), n))
         .collect()
@@ -247,6 +237,38 @@ impl ControlHandler for Handler {
             None => Bytes::new(),
         }
     }
+}
+
+/// Whether `name` matches `pattern`, where `*` matches any run of bytes and every other
+/// byte matches itself; an empty pattern matches everything.
+///
+/// Greedy with one backtrack point (the latest `*`): on a mismatch the latest star takes
+/// one more byte and matching resumes after it. Earlier stars never need to be revisited,
+/// so this is O(pattern × name) at worst, with no recursion.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    if pattern.is_empty() {
+        return true;
+    }
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    let (mut pi, mut ni) = (0, 0);
+    // (position after the latest `*` in the pattern, name position it resumes from)
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            pi += 1;
+            star = Some((pi, ni));
+        } else if pi < p.len() && p[pi] == n[ni] {
+            pi += 1;
+            ni += 1;
+        } else if let Some((sp, sn)) = star {
+            pi = sp;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
 }
 
 /// Sums the channel counts of several nodes' answers into `into`.

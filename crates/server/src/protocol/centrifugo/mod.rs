@@ -47,14 +47,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http::Request;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use switchboard_core::{
-    ChannelError, ClientCtx, CloseReason, ConnHandle, ConnInfo, Delivery, Epoch, HistoryQuery,
-    HubError, NodeError, Outbox, PermissionError, PublishOptions, StreamPosition as CorePosition,
-    SubscribeOptions,
+    ChannelError, ClientCtx, CloseReason, ConnHandle, ConnInfo, Control, Delivery, Epoch,
+    HistoryQuery, HubError, NodeError, Outbox, PermissionError, PublishOptions,
+    StreamPosition as CorePosition, SubscribeOptions,
 };
 use switchboard_protocols::centrifugo::{
     self as cf, commands, encode_batch, encode_publication_push, wire_epoch, Command,
@@ -63,17 +61,17 @@ use switchboard_protocols::centrifugo::{
     ReplyResult, RpcRequest, SubRefreshResult, SubscribePush, SubscribeRequest, SubscribeResult,
     UnsubscribePush, UnsubscribeResult,
 };
-use switchboard_websocket::codec::Config as CodecConfig;
-use switchboard_websocket::stream::{WebSocket, WriteConfig, WsWriter};
-use switchboard_websocket::{CloseCode, DeflateParams, Message, Role};
+use switchboard_websocket::stream::{WebSocket, WsWriter};
+use switchboard_websocket::{CloseCode, Message};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 use crate::auth::{unix_now, TokenError};
-use crate::http::Body;
-use crate::server::Shared;
-use crate::shutdown::ShutdownToken;
-use crate::stats::{ConnectionSlot, Counter};
+use crate::conn::shutdown::ShutdownToken;
+use crate::conn::stats::{ConnectionSlot, Counter};
+use crate::state::Shared;
+use crate::transport::upgrade;
+use crate::transport::{Endpoint, RequestCtx, ResponseFuture, Route};
 
 /// The path SDKs connect to.
 pub const PATH: &str = "/connection/websocket";
@@ -88,116 +86,44 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// How often a stalled write checks whether the hub gave up on the connection.
 const STALL_CHECK: Duration = Duration::from_millis(200);
 
-/// What the HTTP API can ask of a connected client.
-#[derive(Debug, Clone)]
-pub(crate) enum Control {
-    /// Subscribe the client to this channel (server-side) and tell it with a push.
-    Subscribe(String),
-    /// Unsubscribe the client from this channel and tell it with a push.
-    Unsubscribe(String),
-    /// The channel's publications may have been missed (a gap in the broker's stream):
-    /// a positioned subscription is ended with an `unsubscribe` push, code 2500
-    /// "insufficient state", so the SDK resubscribes with recovery.
-    InsufficientState(String),
-}
+/// The Centrifugo endpoint: WebSocket upgrades on [`PATH`].
+pub(crate) struct Centrifugo;
 
-/// The connected Centrifugo-protocol clients by id, with their user, so the HTTP API can reach
-/// them by user.
-#[derive(Debug, Default)]
-pub(crate) struct Registry {
-    conns:
-        std::sync::Mutex<std::collections::HashMap<u64, (String, mpsc::UnboundedSender<Control>)>>,
-}
-
-impl Registry {
-    /// Sends `control` to every connection of `user` (or only to `client`, when given);
-    /// returns how many were reached.
-    pub(crate) fn send(&self, user: &str, client: Option<u64>, control: &Control) -> usize {
-        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        conns
-            .iter()
-            .filter(|(id, (u, _))| u == user && client.is_none_or(|c| c == **id))
-            .filter(|(_, (_, tx))| tx.send(control.clone()).is_ok())
-            .count()
+impl Endpoint for Centrifugo {
+    fn route(&self) -> Route {
+        Route::Upgrade(PATH)
     }
 
-    /// Sends `control` to connection `id`; returns whether it is connected here.
-    pub(crate) fn send_to(&self, id: u64, control: Control) -> bool {
-        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        conns
-            .get(&id)
-            .is_some_and(|(_, tx)| tx.send(control).is_ok())
-    }
-
-    fn insert(&self, id: u64, user: String, tx: mpsc::UnboundedSender<Control>) {
-        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        conns.insert(id, (user, tx));
-    }
-
-    fn remove(&self, id: u64) {
-        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        conns.remove(&id);
-    }
-}
-
-/// Answer an upgrade request on [`PATH`].
-pub(crate) fn upgrade(
-    mut req: Request<Incoming>,
-    shared: Arc<Shared>,
-    peer: SocketAddr,
-    token: ShutdownToken,
-) -> Response<Body> {
-    let (handshake, slot) = match crate::ws::admit(&req, &shared, peer) {
-        Ok(admitted) => admitted,
-        Err(refusal) => return *refusal,
-    };
-    let deflate = handshake.deflate.as_ref().map(|(params, _)| *params);
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let timeout = shared.config.handshake_timeout;
-    tokio::spawn(async move {
-        let upgraded = match tokio::time::timeout(timeout, on_upgrade).await {
-            Ok(Ok(upgraded)) => upgraded,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, "upgrade failed: {e}");
-                return;
-            }
-            Err(_) => {
-                shared.counters.bump(Counter::HandshakeTimeout);
-                return;
-            }
+    fn handle(&self, mut req: Request<Incoming>, ctx: RequestCtx) -> ResponseFuture {
+        let RequestCtx {
+            shared,
+            peer,
+            token,
+        } = ctx;
+        let admitted = match upgrade::admit(&req, &shared, peer) {
+            Ok(admitted) => admitted,
+            Err(refusal) => return Box::pin(std::future::ready(*refusal)),
         };
-        shared.counters.bump(Counter::Upgraded);
-        run(TokioIo::new(upgraded), shared, peer, deflate, token, slot).await;
-    });
-    let mut response = Response::new(Full::default());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    *response.headers_mut() = handshake.response_headers();
-    response
+        let timeout = shared.config.handshake_timeout;
+        let max = shared.config.max_message_size;
+        let conn_shared = Arc::clone(&shared);
+        let response = admitted.accept(&mut req, &shared, peer, timeout, max, move |ws, slot| {
+            tokio::spawn(run(ws, conn_shared, peer, token, slot));
+        });
+        Box::pin(std::future::ready(response))
+    }
 }
 
 /// Run one connection to its end.
 async fn run<S>(
-    io: S,
+    ws: WebSocket<S>,
     shared: Arc<Shared>,
     peer: SocketAddr,
-    deflate: Option<DeflateParams>,
     token: ShutdownToken,
     slot: ConnectionSlot,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let config = &shared.config;
-    let codec = CodecConfig {
-        max_message_size: config.max_message_size,
-        max_frame_size: config.max_message_size,
-        deflate,
-        ..CodecConfig::default()
-    };
-    let write_config = WriteConfig {
-        close_timeout: config.shutdown_timeout,
-        ..WriteConfig::default()
-    };
-    let ws = WebSocket::new(io, Role::Server, codec, write_config);
     let (mut reader, mut writer) = ws.split();
     let (tx, rx) = mpsc::channel::<Bytes>(READ_AHEAD);
     // The reader only forwards data frames; the WebSocket layer answers control frames
@@ -215,13 +141,10 @@ async fn run<S>(
             }
         }
     });
-    let (control_tx, control_rx) = mpsc::unbounded_channel();
     let mut conn = Conn {
         shared: Arc::clone(&shared),
         peer,
         rx,
-        control_tx,
-        control_rx,
         handle: None,
         subs: HashSet::new(),
         positioned: HashMap::new(),
@@ -232,7 +155,7 @@ async fn run<S>(
     };
     // A panic while serving (a bug) must not just drop the socket: the client gets 1011 and
     // the panic is counted, as for raw rooms.
-    let end = match crate::crash::CatchPanic::new(conn.serve(&mut writer, &token)).await {
+    let end = match crate::conn::crash::CatchPanic::new(conn.serve(&mut writer, &token)).await {
         Ok(end) => end,
         Err(p) => {
             shared.counters.bump(Counter::ClosedPanic);
@@ -284,10 +207,6 @@ struct Conn {
     shared: Arc<Shared>,
     peer: SocketAddr,
     rx: mpsc::Receiver<Bytes>,
-    /// Registered with [`Registry`] once connected.
-    control_tx: mpsc::UnboundedSender<Control>,
-    /// Requests from the HTTP API.
-    control_rx: mpsc::UnboundedReceiver<Control>,
     /// Set once `connect` succeeded.
     handle: Option<ConnHandle>,
     /// Channels this client subscribed to (client- and server-side).
@@ -388,6 +307,10 @@ impl Conn {
                             // Channels whose stream went on in a new epoch in this batch.
                             let mut moved: Vec<Arc<str>> = Vec::new();
                             for delivery in batch.drain(..) {
+                                if let Delivery::Control(control) = &delivery {
+                                    self.on_control(control, &mut out).await;
+                                    continue;
+                                }
                                 if self.already_sent(&delivery) {
                                     continue;
                                 }
@@ -414,25 +337,6 @@ impl Conn {
                         return End::Disconnect(Disconnect::NO_PONG);
                     }
                     out.push(cf::ping_frame());
-                }
-                Some(control) = self.control_rx.recv() => {
-                    match control {
-                        Control::Subscribe(channel) => self.server_subscribe(channel, &mut out).await,
-                        Control::InsufficientState(channel) => {
-                            if self.positioned.contains_key(&channel) && self.subs.contains(&channel) {
-                                self.insufficient_state(&channel, &mut out).await;
-                            }
-                        }
-                        Control::Unsubscribe(channel) => {
-                            if self.subs.contains(&channel) {
-                                self.forget(&channel).await;
-                                out.push(Push::new(channel, PushBody::Unsubscribe(UnsubscribePush {
-                                    code: cf::unsubscribe_code::SERVER,
-                                    reason: "server unsubscribe".to_string(),
-                                })).encode());
-                            }
-                        }
-                    }
                 }
                 _ = expiry.elapsed() => {
                     if expiry.passed() {
@@ -483,6 +387,33 @@ impl Conn {
         })
         .await;
         out.clear();
+    }
+
+    /// Carries out what the server asked of this connection (the HTTP API, a gap report).
+    async fn on_control(&mut self, control: &Control, out: &mut Vec<Bytes>) {
+        match control {
+            Control::Subscribe(channel) => self.server_subscribe(channel.clone(), out).await,
+            Control::MissedPublications(channel) => {
+                if self.positioned.contains_key(channel) && self.subs.contains(channel) {
+                    self.insufficient_state(channel, out).await;
+                }
+            }
+            Control::Unsubscribe(channel) => {
+                if self.subs.contains(channel) {
+                    self.forget(channel).await;
+                    out.push(
+                        Push::new(
+                            channel.clone(),
+                            PushBody::Unsubscribe(UnsubscribePush {
+                                code: cf::unsubscribe_code::SERVER,
+                                reason: "server unsubscribe".to_string(),
+                            }),
+                        )
+                        .encode(),
+                    );
+                }
+            }
+        }
     }
 
     /// Whether `delivery` is a publication the client already has (see `live_from`).
@@ -653,9 +584,6 @@ impl Conn {
             result.expires = true;
             result.ttl = u32::try_from(at.saturating_sub(unix_now())).unwrap_or(u32::MAX);
         }
-        self.shared
-            .clients
-            .insert(handle.id(), user_of(&handle), self.control_tx.clone());
         self.handle = Some(handle);
         // Server-side subscriptions: granted by the token, no permission check.
         for channel in channels {
@@ -1029,18 +957,6 @@ impl Conn {
     }
 }
 
-impl Drop for Conn {
-    fn drop(&mut self) {
-        if let Some(handle) = &self.handle {
-            self.shared.clients.remove(handle.id());
-        }
-    }
-}
-
-fn user_of(handle: &ConnHandle) -> String {
-    handle.info().user.clone().unwrap_or_default()
-}
-
 /// A publication as sent inside replies (history, recovery), with the publisher's info.
 fn publication(p: &switchboard_core::Publication) -> cf::Publication {
     cf::Publication::from_core(p)
@@ -1073,7 +989,7 @@ fn encode_delivery(delivery: &Delivery) -> Option<Bytes> {
             )
             .encode(),
         ),
-        Delivery::Direct(_) => None,
+        Delivery::Direct(_) | Delivery::Control(_) => None,
     }
 }
 

@@ -46,9 +46,10 @@ use switchboard_core::{
 };
 use switchboard_protocols::centrifugo::{self as cf, Data};
 
-use crate::broker::control::{self, Answer, Command, Question};
-use crate::http::{read_body, Body, BodyError};
-use crate::server::Shared;
+use crate::broker::control::{self, glob_match, Answer, Command, Question};
+use crate::state::Shared;
+use crate::transport::http::{read_body, Body, BodyError};
+use crate::transport::{Endpoint, RequestCtx, ResponseFuture, Route};
 
 /// Path prefix of the API.
 pub const PREFIX: &str = "/api/";
@@ -117,6 +118,19 @@ pub const METHODS: &[&str] = &[
     "subscribe",
     "unsubscribe",
 ];
+
+/// The HTTP API endpoint: every request under [`PREFIX`].
+pub(crate) struct Api;
+
+impl Endpoint for Api {
+    fn route(&self) -> Route {
+        Route::Prefix(PREFIX)
+    }
+
+    fn handle(&self, req: Request<Incoming>, ctx: RequestCtx) -> ResponseFuture {
+        Box::pin(async move { handle(req, &ctx.shared).await })
+    }
+}
 
 /// Answer one request under [`PREFIX`].
 pub(crate) async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
@@ -454,38 +468,6 @@ async fn cluster_channels(
         }
     }
     Ok(channels)
-}
-
-/// Whether `name` matches `pattern`, where `*` matches any run of bytes and every other
-/// byte matches itself; an empty pattern matches everything.
-///
-/// Greedy with one backtrack point (the latest `*`): on a mismatch the latest star takes
-/// one more byte and matching resumes after it. Earlier stars never need to be revisited,
-/// so this is O(pattern × name) at worst, with no recursion.
-pub(crate) fn glob_match(pattern: &str, name: &str) -> bool {
-    if pattern.is_empty() {
-        return true;
-    }
-    let (p, n) = (pattern.as_bytes(), name.as_bytes());
-    let (mut pi, mut ni) = (0, 0);
-    // (position after the latest `*` in the pattern, name position it resumes from)
-    let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            pi += 1;
-            star = Some((pi, ni));
-        } else if pi < p.len() && p[pi] == n[ni] {
-            pi += 1;
-            ni += 1;
-        } else if let Some((sp, sn)) = star {
-            pi = sp;
-            ni = sn + 1;
-            star = Some((sp, sn + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == b'*')
 }
 
 async fn publish(shared: &Shared, channel: &str, data: &RawValue) -> Result<Value, ApiError> {

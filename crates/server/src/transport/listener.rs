@@ -20,10 +20,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::crash::CatchPanic;
-use crate::server::Shared;
-use crate::shutdown::ShutdownToken;
-use crate::stats::Counter;
+use crate::conn::crash::CatchPanic;
+use crate::conn::shutdown::ShutdownToken;
+use crate::conn::stats::Counter;
+use crate::state::Shared;
 
 /// Pause after a burst of refusals (or any other accept error) before accepting again, so
 /// a server out of descriptors does not spin; short, so service resumes as soon as
@@ -178,7 +178,9 @@ where
     let svc = {
         let shared = Arc::clone(&shared);
         let token = token.clone();
-        service_fn(move |req| crate::http::handle(req, Arc::clone(&shared), peer, token.clone()))
+        service_fn(move |req| {
+            crate::transport::http::handle(req, Arc::clone(&shared), peer, token.clone())
+        })
     };
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())

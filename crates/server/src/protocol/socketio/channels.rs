@@ -13,7 +13,7 @@ use switchboard_core::{
 };
 use switchboard_protocols::socketio::namespace_channel;
 
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// Why a channel operation was refused, as told to the client in the ack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

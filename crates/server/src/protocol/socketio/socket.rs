@@ -25,7 +25,7 @@ use switchboard_protocols::socketio::{
 use super::channels::{self, ChanError};
 use super::engine::{random_id, Frame};
 use super::recovery::{self, Ring};
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// Most outbox deliveries taken at once.
 const BATCH: usize = 64;

@@ -36,7 +36,7 @@
 //! Session ids: 22 URL-safe characters of randomness; with a shared broker they are prefixed
 //! with the node's id, `<node>.<random>` (clients treat the sid as opaque). A polling request
 //! that reaches a node which does not own its session is forwarded to the owner's HTTP
-//! address, found in the broker's node registry ([`crate::forward`]), so polling works behind
+//! address, found in the broker's node registry ([`crate::transport::forward`]), so polling works behind
 //! a load balancer without sticky sessions. A WebSocket upgrade that reaches the wrong node is
 //! forwarded the same way and the two connections are spliced, so the session still moves to
 //! WebSocket (its bytes then pass through the node that received the upgrade).
@@ -52,19 +52,18 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use switchboard_protocols::socketio::engine::{Handshake, HttpError, Packet as EnginePacket};
-use switchboard_websocket::codec::Config as CodecConfig;
-use switchboard_websocket::stream::{WebSocket, WriteConfig, WsReader, WsWriter};
-use switchboard_websocket::{CloseCode, Message, Role};
+use switchboard_websocket::stream::{WebSocket, WsReader, WsWriter};
+use switchboard_websocket::{CloseCode, Message};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::socket::{Sockets, Step};
 use super::{error, status_only, Query};
-use crate::http::{Body, BodyError};
-use crate::server::Shared;
-use crate::shutdown::ShutdownToken;
-use crate::stats::{ConnectionSlot, Counter};
+use crate::conn::shutdown::ShutdownToken;
+use crate::conn::stats::{ConnectionSlot, Counter};
+use crate::state::Shared;
+use crate::transport::http::{Body, BodyError};
 
 /// The upgraded connection type.
 pub(crate) type Io = TokioIo<hyper::upgrade::Upgraded>;
@@ -174,7 +173,7 @@ fn sessions() -> std::sync::MutexGuard<'static, HashMap<String, Arc<Session>>> {
 }
 
 /// Forwards polling requests to the nodes owning their sessions.
-static FORWARDER: LazyLock<crate::forward::Forwarder> = LazyLock::new(Default::default);
+static FORWARDER: LazyLock<crate::transport::forward::Forwarder> = LazyLock::new(Default::default);
 
 /// A new session id: random, prefixed with this node's id when several nodes share a broker.
 fn new_sid(shared: &Shared) -> String {
@@ -218,7 +217,8 @@ async fn forward(req: Request<Incoming>, shared: &Shared, owner: &str) -> Respon
     };
     let (parts, body) = req.into_parts();
     let max = shared.config.socketio.max_payload;
-    let body = match crate::http::read_body(body, max, shared.config.body_timeout).await {
+    let body = match crate::transport::http::read_body(body, max, shared.config.body_timeout).await
+    {
         Ok(b) => b,
         Err(BodyError::TooLarge) => return status_only(StatusCode::PAYLOAD_TOO_LARGE),
         Err(BodyError::TimedOut) => return status_only(StatusCode::REQUEST_TIMEOUT),
@@ -294,7 +294,7 @@ pub(crate) async fn route(
             None => websocket_handshake(req, shared, peer, token),
             Some(sid) => match find(&shared, &sid) {
                 None => match foreign_owner(&shared, &sid) {
-                    Some(owner) if !crate::forward::is_forwarded(&req) => {
+                    Some(owner) if !crate::transport::forward::is_forwarded(&req) => {
                         let owner = owner.to_string();
                         forward_upgrade(req, &shared, &owner).await
                     }
@@ -310,7 +310,7 @@ pub(crate) async fn route(
             None => error(HttpError::BadHandshakeMethod),
             Some(sid) => match find(&shared, &sid) {
                 None => match foreign_owner(&shared, &sid) {
-                    Some(owner) if !crate::forward::is_forwarded(&req) => {
+                    Some(owner) if !crate::transport::forward::is_forwarded(&req) => {
                         let owner = owner.to_string();
                         forward(req, &shared, &owner).await
                     }
@@ -349,7 +349,10 @@ fn polling_handshake(
         .try_acquire_slot(shared.config.max_connections)
     else {
         shared.counters.bump(Counter::RejectedMaxConnections);
-        return crate::http::text(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
+        return crate::transport::http::text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections",
+        );
     };
     let sid = new_sid(&shared);
     let (tx, rx) = mpsc::channel(INBOUND);
@@ -382,27 +385,15 @@ fn websocket_handshake(
     peer: SocketAddr,
     token: ShutdownToken,
 ) -> Response<Body> {
-    let (handshake_ok, slot) = match crate::ws::admit(&req, &shared, peer) {
+    let admitted = match crate::transport::upgrade::admit(&req, &shared, peer) {
         Ok(admitted) => admitted,
         Err(refusal) => return *refusal,
     };
-    let deflate = handshake_ok.deflate.as_ref().map(|(params, _)| *params);
-    let on_upgrade = hyper::upgrade::on(&mut req);
     let timeout = shared.config.handshake_timeout;
-    tokio::spawn(async move {
-        let upgraded = match tokio::time::timeout(timeout, on_upgrade).await {
-            Ok(Ok(u)) => u,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, "socket.io upgrade failed: {e}");
-                return;
-            }
-            Err(_) => {
-                shared.counters.bump(Counter::HandshakeTimeout);
-                return;
-            }
-        };
-        shared.counters.bump(Counter::Upgraded);
-        let ws = new_websocket(&shared, TokioIo::new(upgraded), deflate);
+    let max = shared.config.socketio.max_payload;
+    let conn_shared = Arc::clone(&shared);
+    admitted.accept(&mut req, &shared, peer, timeout, max, move |ws, slot| {
+        let shared = conn_shared;
         let (reader, writer) = ws.split();
         let sid = new_sid(&shared);
         let (tx, rx) = mpsc::channel(INBOUND);
@@ -410,30 +401,8 @@ fn websocket_handshake(
         let mut engine = Engine::new(Arc::clone(&shared), peer, sid, None, None, tx.clone());
         engine.out.push(Frame::packet(&open));
         engine.attach(reader, writer);
-        engine.run(rx, token, Some(slot)).await;
-    });
-    let mut response = Response::new(Full::default());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    *response.headers_mut() = handshake_ok.response_headers();
-    response
-}
-
-fn new_websocket(
-    shared: &Shared,
-    io: Io,
-    deflate: Option<switchboard_websocket::DeflateParams>,
-) -> WebSocket<Io> {
-    let codec = CodecConfig {
-        max_message_size: shared.config.socketio.max_payload,
-        max_frame_size: shared.config.socketio.max_payload,
-        deflate,
-        ..CodecConfig::default()
-    };
-    let write_config = WriteConfig {
-        close_timeout: shared.config.shutdown_timeout,
-        ..WriteConfig::default()
-    };
-    WebSocket::new(io, Role::Server, codec, write_config)
+        tokio::spawn(engine.run(rx, token, Some(slot)));
+    })
 }
 
 /// The WebSocket upgrade of polling session `session`: probe, then hand over.
@@ -447,20 +416,34 @@ fn websocket_upgrade(
         return error(HttpError::BadRequest);
     }
     // The slot taken here is only held during the probe: the session already has one.
-    let (handshake_ok, slot) = match crate::ws::admit(&req, &shared, peer) {
+    let admitted = match crate::transport::upgrade::admit(&req, &shared, peer) {
         Ok(admitted) => admitted,
         Err(refusal) => return *refusal,
     };
-    let deflate = handshake_ok.deflate.as_ref().map(|(params, _)| *params);
-    let on_upgrade = hyper::upgrade::on(&mut req);
     let timeout = shared.config.socketio.upgrade_timeout;
-    tokio::spawn(async move {
-        let upgraded = match tokio::time::timeout(timeout, on_upgrade).await {
-            Ok(Ok(u)) => u,
-            _ => return,
-        };
-        shared.counters.bump(Counter::Upgraded);
-        let ws = new_websocket(&shared, TokioIo::new(upgraded), deflate);
+    let max = shared.config.socketio.max_payload;
+    admitted.accept(
+        &mut req,
+        &Arc::clone(&shared),
+        peer,
+        timeout,
+        max,
+        move |ws, slot| {
+            tokio::spawn(probe(ws, slot, session, peer, timeout));
+        },
+    )
+}
+
+/// The probe of a polling session's WebSocket upgrade: `2probe` → `3probe`, then `5` hands
+/// the WebSocket to the session.
+async fn probe(
+    ws: WebSocket<Io>,
+    slot: ConnectionSlot,
+    session: Arc<Session>,
+    peer: SocketAddr,
+    timeout: Duration,
+) {
+    {
         let (mut reader, mut writer) = ws.split();
         let probed = tokio::time::timeout(timeout, async {
             // `2probe` → `3probe`, then the client pauses polling and sends `5`.
@@ -499,11 +482,7 @@ fn websocket_upgrade(
             .inbound
             .send(Inbound::Upgrade(Box::new((reader, writer))))
             .await;
-    });
-    let mut response = Response::new(Full::default());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    *response.headers_mut() = handshake_ok.response_headers();
-    response
+    }
 }
 
 /// Clears the session's `get_active` flag however the `GET` ends (the client may go away
@@ -583,7 +562,8 @@ async fn post(req: Request<Incoming>, shared: &Shared, session: &Arc<Session>) -
         }
         st.post_active = true;
     }
-    let body = crate::http::read_body(req.into_body(), max, shared.config.body_timeout).await;
+    let body =
+        crate::transport::http::read_body(req.into_body(), max, shared.config.body_timeout).await;
     session.lock().post_active = false;
     let body = match body {
         Ok(b) => b,
@@ -803,7 +783,7 @@ impl Engine {
         token: ShutdownToken,
         slot: Option<ConnectionSlot>,
     ) {
-        let end = match crate::crash::CatchPanic::new(self.serve(&mut rx, &token)).await {
+        let end = match crate::conn::crash::CatchPanic::new(self.serve(&mut rx, &token)).await {
             Ok(end) => end,
             Err(p) => {
                 self.shared.counters.bump(Counter::ClosedPanic);

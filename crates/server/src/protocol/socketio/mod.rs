@@ -22,9 +22,10 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Deserializer};
 use switchboard_protocols::socketio::engine::HttpError;
 
-use crate::http::Body;
-use crate::server::Shared;
-use crate::shutdown::ShutdownToken;
+use crate::conn::shutdown::ShutdownToken;
+use crate::state::Shared;
+use crate::transport::http::Body;
+use crate::transport::{Endpoint, RequestCtx, ResponseFuture, Route};
 
 mod channels;
 pub mod engine;
@@ -163,6 +164,22 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The Socket.IO endpoint: every request on [`PATH`] (long-polling and WebSocket).
+pub(crate) struct SocketIo;
+
+impl Endpoint for SocketIo {
+    fn route(&self) -> Route {
+        Route::Paths {
+            paths: &[PATH, "/socket.io"],
+            upgrades: true,
+        }
+    }
+
+    fn handle(&self, req: Request<Incoming>, ctx: RequestCtx) -> ResponseFuture {
+        Box::pin(handle(req, ctx.shared, ctx.peer, ctx.token))
+    }
+}
+
 /// Answers one request on [`PATH`]: a WebSocket upgrade or a long-polling request.
 pub(crate) async fn handle(
     req: Request<Incoming>,
@@ -175,7 +192,9 @@ pub(crate) async fn handle(
         .get(header::ORIGIN)
         .map(|v| v.to_str().unwrap_or("\u{fffd}").to_string());
     if !shared.origins.allows(origin.as_deref()) {
-        shared.counters.bump(crate::stats::Counter::RejectedOrigin);
+        shared
+            .counters
+            .bump(crate::conn::stats::Counter::RejectedOrigin);
         return error(HttpError::Forbidden);
     }
     let mut response = if req.method() == Method::OPTIONS {

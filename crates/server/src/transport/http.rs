@@ -1,10 +1,11 @@
-//! HTTP routing on the shared port: the chat page, `/health`, reserved prefixes, and
-//! WebSocket upgrades into raw rooms.
+//! HTTP on the shared port: the entry point of every request (handed to the router,
+//! [`crate::transport::Router`]), the chat page and `/health` endpoints, reserved
+//! prefixes, bounded body reads.
 //!
 //! | request                               | answer                                   |
 //! |---------------------------------------|------------------------------------------|
 //! | upgrade on `/connection/websocket`    | Centrifugo client protocol (JSON)        |
-//! | anything on `/socket.io/`             | Socket.IO / Engine.IO ([`crate::socketio`]) |
+//! | anything on `/socket.io/`             | Socket.IO / Engine.IO ([`crate::protocol::socketio`]) |
 //! | upgrade on a reserved prefix          | 404 (those paths belong to other protocols) |
 //! | upgrade on any other path             | WebSocket; room = path (`/` = `lobby`)   |
 //! | `GET /`                               | the chat page                            |
@@ -26,16 +27,15 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use switchboard_websocket::handshake::is_upgrade_request;
 
-use crate::crash::CatchPanic;
-use crate::server::Shared;
-use crate::shutdown::ShutdownToken;
-use crate::stats::{Counter, ServerCounters};
-use crate::ws;
+use crate::conn::crash::CatchPanic;
+use crate::conn::shutdown::ShutdownToken;
+use crate::conn::stats::{Counter, ServerCounters};
+use crate::state::Shared;
+use crate::transport::{Endpoint, RequestCtx, ResponseFuture, Route};
 
 /// The chat page served at `/`.
-pub const INDEX_HTML: &str = include_str!("../assets/index.html");
+pub const INDEX_HTML: &str = include_str!("../../assets/index.html");
 
 /// Path prefixes that are never raw rooms: they are kept for the HTTP API and the other wire
 /// protocols, so a room can never shadow them.
@@ -114,44 +114,74 @@ async fn route(
     peer: SocketAddr,
     token: ShutdownToken,
 ) -> Response<Body> {
-    let path = req.uri().path();
-    if crate::socketio::is_path(path) {
-        return crate::socketio::handle(req, shared, peer, token).await;
+    let router = Arc::clone(&shared.router);
+    router
+        .dispatch(
+            req,
+            RequestCtx {
+                shared,
+                peer,
+                token,
+            },
+        )
+        .await
+}
+
+/// The chat page at `/`.
+pub(crate) struct Page;
+
+impl Endpoint for Page {
+    fn route(&self) -> Route {
+        Route::Paths {
+            paths: &["/"],
+            upgrades: false,
+        }
     }
-    if is_upgrade_request(req.headers()) {
-        if path == crate::centrifugo::PATH {
-            return crate::centrifugo::upgrade(req, shared, peer, token);
-        }
-        if is_reserved(path) {
-            return text(StatusCode::NOT_FOUND, "not found");
-        }
-        let room = room_for_path(path);
-        return ws::upgrade(req, room, shared, peer, token).await;
+
+    fn handle(&self, req: Request<Incoming>, _ctx: RequestCtx) -> ResponseFuture {
+        let response = match *req.method() {
+            Method::GET | Method::HEAD => {
+                let mut r = Response::new(Full::new(Bytes::from_static(INDEX_HTML.as_bytes())));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                r.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                r
+            }
+            _ => method_not_allowed(),
+        };
+        Box::pin(std::future::ready(response))
     }
-    if path.starts_with(crate::api::PREFIX) {
-        return crate::api::handle(req, &shared).await;
+}
+
+/// `/health`.
+pub(crate) struct Health;
+
+impl Endpoint for Health {
+    fn route(&self) -> Route {
+        Route::Paths {
+            paths: &["/health"],
+            upgrades: false,
+        }
     }
-    let response = match (req.method(), path) {
-        (&Method::GET | &Method::HEAD, "/") => {
-            let mut r = Response::new(Full::new(Bytes::from_static(INDEX_HTML.as_bytes())));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            );
-            r.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            r
-        }
-        (&Method::GET | &Method::HEAD, "/health") => health(&shared),
-        (_, "/" | "/health") => {
-            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-            r.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            r
-        }
-        _ => text(StatusCode::NOT_FOUND, "not found"),
-    };
-    response
+
+    fn handle(&self, req: Request<Incoming>, ctx: RequestCtx) -> ResponseFuture {
+        let response = match *req.method() {
+            Method::GET | Method::HEAD => health(&ctx.shared),
+            _ => method_not_allowed(),
+        };
+        Box::pin(std::future::ready(response))
+    }
+}
+
+/// 405 for a page that only answers `GET` and `HEAD`.
+fn method_not_allowed() -> Response<Body> {
+    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    r
 }
 
 /// Why a request body could not be read.

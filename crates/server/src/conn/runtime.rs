@@ -1,0 +1,616 @@
+//! The connection runtime: one task per connection, the same loop for every protocol.
+//!
+//! The task runs a [`Driver`] over a [`Transport`] (a WebSocket, or another sink such as
+//! Engine.IO long-polling). It sends what the driver queues at open, then loops over four
+//! sources polled by hand (no `select!`, so an idle connection's state stays small):
+//!
+//! * **shutdown** → [`Ending::Shutdown`];
+//! * **the transport**: each text or binary message goes to [`Driver::on_message`] (which
+//!   may pause reading through [`Driver::poll_read_ready`]); control frames are answered
+//!   by the WebSocket layer, which also stamps liveness for the heartbeat;
+//! * **the heartbeat** timer: [`Driver::ping`] every ping interval; a peer that sends
+//!   nothing within the ping timeout after a ping is [`Ending::Dead`];
+//! * **the driver's events** ([`Driver::poll_event`]: its outbox deliveries, controls) and
+//!   its one timer ([`Driver::deadline`]).
+//!
+//! After every step the frames the driver queued are written in one vectored write. The
+//! flush is bounded for every protocol alike: a peer that accepts no bytes for the stall
+//! limit (`ping_timeout`) is dropped ([`Ending::Stalled`]), and a flush that waits gives up
+//! as soon as the hub closes the outbox as a slow consumer. No lock is held while writing.
+//! After a message was read, the next pass looks at the writes first, so a client that
+//! sends without pause still receives; after [`TURNS_PER_YIELD`] turns in a row the task
+//! yields, so such a client cannot hold its worker thread.
+//!
+//! A panic in the driver (a bug, or an embedder's hook) is caught: the peer gets the close
+//! the driver owes [`Ending::Panic`] (1011 for WebSocket protocols), it is counted as
+//! `closed_panic`, and every other connection carries on. A panic in the runtime itself
+//! drops the socket (the writer that could send 1011 is what failed).
+use std::borrow::Cow;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use switchboard_core::{CloseReason, ConnId};
+use switchboard_websocket::stream::{WsReader, WsWriter};
+use switchboard_websocket::{CloseCode, Error as WsError, Message};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, Sleep};
+
+use super::crash;
+use super::driver::{Driver, Ending, Out, OutFrame};
+use super::heartbeat::{Beat, Heartbeat, PeerActivity};
+use super::shutdown::ShutdownToken;
+use super::stats::{ConnectionSlot, Counter, ServerCounters};
+
+/// How long to wait for the peer's close reply after sending ours (outside shutdown), and
+/// at most for our close frame to be written.
+pub(crate) const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// How often a stalled flush checks whether the hub gave up on the connection.
+const STALL_CHECK: Duration = Duration::from_millis(200);
+/// Most turns of the loop (messages read, events handled) in one go before the task
+/// yields. The socket's own cooperative budget counts reads from the kernel, not messages,
+/// and one read of small frames holds hundreds of them.
+pub(crate) const TURNS_PER_YIELD: u32 = 32;
+
+/// Where a connection's frames come from and go to.
+pub(crate) trait Transport: Send + 'static {
+    /// The next message from the peer; `None` at the end of the stream.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, WsError>>>;
+    /// Queue one frame for the next flush. [`WsError::WouldOverflow`] when the write buffer
+    /// is full: the runtime flushes and tries again once.
+    fn feed(&mut self, frame: &OutFrame) -> Result<(), WsError>;
+    /// Write what is queued.
+    fn flush(&mut self) -> impl Future<Output = Result<(), WsError>> + Send + '_;
+    /// Send a close frame and flush it.
+    fn close(
+        &mut self,
+        code: CloseCode,
+        reason: &str,
+    ) -> impl Future<Output = Result<(), WsError>> + Send;
+    /// Read and discard until the peer's close reply or the end of the stream, at most
+    /// `limit`, so the socket is not reset while our close frame is unread.
+    fn linger(&mut self, limit: Duration) -> impl Future<Output = ()> + Send + '_;
+    /// After a read error: discard what the peer still sends for at most `limit`, so the
+    /// close code the codec sent is not destroyed by a reset.
+    fn drain(&mut self, limit: Duration) -> impl Future<Output = ()> + Send + '_;
+    /// When the peer was last heard from, for the heartbeat.
+    fn activity(&self) -> Arc<dyn PeerActivity>;
+}
+
+/// A WebSocket as a [`Transport`].
+pub(crate) struct WsTransport<S> {
+    reader: WsReader<S>,
+    writer: WsWriter<S>,
+}
+
+impl<S> WsTransport<S> {
+    /// The two halves of one WebSocket.
+    pub(crate) fn new(reader: WsReader<S>, writer: WsWriter<S>) -> Self {
+        WsTransport { reader, writer }
+    }
+}
+
+impl<S> Transport for WsTransport<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, WsError>>> {
+        self.reader.poll_next(cx)
+    }
+
+    fn feed(&mut self, frame: &OutFrame) -> Result<(), WsError> {
+        match frame {
+            OutFrame::Message(m) => self.writer.feed(m.clone()),
+            OutFrame::Prepared(p) => self.writer.feed_prepared(p),
+        }
+    }
+
+    fn flush(&mut self) -> impl Future<Output = Result<(), WsError>> + Send + '_ {
+        self.writer.flush()
+    }
+
+    fn close(
+        &mut self,
+        code: CloseCode,
+        reason: &str,
+    ) -> impl Future<Output = Result<(), WsError>> + Send {
+        self.writer.close(code, reason)
+    }
+
+    fn linger(&mut self, limit: Duration) -> impl Future<Output = ()> + Send + '_ {
+        let reader = &mut self.reader;
+        async move {
+            let _ = tokio::time::timeout(limit, async {
+                while let Some(Ok(msg)) = reader.next().await {
+                    if matches!(msg, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+    }
+
+    fn drain(&mut self, limit: Duration) -> impl Future<Output = ()> + Send + '_ {
+        self.reader.drain(limit)
+    }
+
+    fn activity(&self) -> Arc<dyn PeerActivity> {
+        Arc::new(self.reader.tracker())
+    }
+}
+
+/// The runtime's settings, the same for every protocol (from the server configuration).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// How often the driver pings.
+    pub(crate) ping_interval: Duration,
+    /// How long after a ping the peer may stay silent; also the stall limit of a flush.
+    pub(crate) ping_timeout: Duration,
+    /// How long the peer's close reply is awaited at shutdown.
+    pub(crate) shutdown_timeout: Duration,
+}
+
+/// Who the connection is, for logs and counters.
+pub(crate) struct Identity {
+    /// The peer's address.
+    pub(crate) peer: SocketAddr,
+    /// The connection's id in the hub (0 before it has one).
+    pub(crate) id: ConnId,
+    /// The protocol, for logs.
+    pub(crate) protocol: &'static str,
+}
+
+/// Runs `driver` over `transport` on its own task until the connection ends; `slot` (the
+/// connection's place under `max_connections`) is released at the end, however it ends.
+pub(crate) fn spawn<T: Transport, D: Driver>(
+    transport: T,
+    driver: D,
+    limits: Limits,
+    who: Identity,
+    counters: Arc<ServerCounters>,
+    token: ShutdownToken,
+    slot: Option<ConnectionSlot>,
+) {
+    let task = ConnTask {
+        peer: who.peer,
+        id: who.id,
+        counters: Arc::clone(&counters),
+        slot,
+        conn: run(Box::new(Start {
+            transport,
+            driver,
+            limits,
+            who,
+            counters,
+            token,
+        })),
+    };
+    tokio::spawn(task);
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's task: its future, polled with panics caught, then the bookkeeping.
+    ///
+    /// A plain struct rather than an `async` block around the future on purpose: an `async`
+    /// block that awaits (or pins) a future it captured keeps the captured copy as well as
+    /// the one it polls, which doubled every idle connection's largest allocation.
+    struct ConnTask<F> {
+        #[pin]
+        conn: F,
+        peer: SocketAddr,
+        id: ConnId,
+        counters: Arc<ServerCounters>,
+        // Released when the connection ends, whichever way.
+        slot: Option<ConnectionSlot>,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for ConnTask<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let conn = this.conn;
+        // Never polled again after a panic (we return Ready), so no broken invariant it left
+        // behind can be observed.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| conn.poll(cx))) {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(())) => {}
+            Err(p) => {
+                this.counters.bump(Counter::ClosedPanic);
+                let (peer, id) = (*this.peer, *this.id);
+                let p = crash::panic_message(p.as_ref());
+                tracing::error!(%peer, id, "panic in connection task: {p}");
+            }
+        }
+        this.slot.take();
+        Poll::Ready(())
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A driver's future with panics caught, without boxing it (the hot path of raw rooms
+    /// runs one per message).
+    struct Contained<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: Future<Output = Result<(), Ending>>> Future for Contained<F> {
+    type Output = Result<(), Ending>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.project().inner;
+        // Never polled again after a panic: the connection ends with Ending::Panic.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(p) => p,
+            Err(p) => Poll::Ready(Err(Ending::Panic(crash::panic_message(p.as_ref())))),
+        }
+    }
+}
+
+fn contained<F: Future<Output = Result<(), Ending>>>(inner: F) -> Contained<F> {
+    Contained { inner }
+}
+
+/// What [`spawn`] hands to the connection future. Boxed: an `async fn` keeps its arguments
+/// for its whole life, and these are only needed while opening.
+struct Start<T, D> {
+    transport: T,
+    driver: D,
+    limits: Limits,
+    who: Identity,
+    counters: Arc<ServerCounters>,
+    token: ShutdownToken,
+}
+
+/// A connection past its opening: what the loop and the ending need.
+struct Running<T, D> {
+    transport: T,
+    driver: D,
+    out: Out,
+    heartbeat: Heartbeat,
+    limits: Limits,
+    who: Identity,
+    counters: Arc<ServerCounters>,
+    token: ShutdownToken,
+}
+
+/// The connection's life. Only the loop's state stays in the task while the connection is
+/// open; the opening and the ending run boxed, so an idle connection does not carry their
+/// (larger) state.
+async fn run<T: Transport, D: Driver>(start: Box<Start<T, D>>) {
+    let (mut conn, opened) = open(*start);
+    let end = match opened {
+        Ok(()) => drive(&mut conn).await,
+        Err(end) => end,
+    };
+    Box::pin(finish(conn, end)).await;
+}
+
+/// Opening: the driver's first frames are queued; the loop writes them first.
+fn open<T: Transport, D: Driver>(start: Start<T, D>) -> (Running<T, D>, Result<(), Ending>) {
+    let Start {
+        transport,
+        mut driver,
+        limits,
+        who,
+        counters,
+        token,
+    } = start;
+    let mut out = Out::default();
+    let opened = match crash::call(|| driver.open(&mut out)) {
+        Ok(r) => r,
+        Err(p) => Err(Ending::Panic(p.0)),
+    };
+    let heartbeat = Heartbeat::new(
+        limits.ping_interval,
+        limits.ping_timeout,
+        transport.activity(),
+    );
+    tracing::debug!(peer = %who.peer, id = who.id, protocol = who.protocol, "connected");
+    let conn = Running {
+        transport,
+        driver,
+        out,
+        heartbeat,
+        limits,
+        who,
+        counters,
+        token,
+    };
+    (conn, opened)
+}
+
+/// What woke the loop.
+enum Wake<E> {
+    Shutdown,
+    Read(Option<Result<Message, WsError>>),
+    ReadPanicked(String),
+    /// The driver takes messages again.
+    ReadReady,
+    Beat(Beat),
+    Event(E),
+    Timer,
+}
+
+/// The loop of an open connection. Its sources are polled by hand in one `poll_fn` rather
+/// than with `select!`: this future is what every idle connection keeps, and polling by hand
+/// keeps it to the shutdown future, the timer and a few references.
+async fn drive<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Ending {
+    let stall = conn.limits.ping_timeout;
+    let stop = conn.token.triggered();
+    tokio::pin!(stop);
+    // The driver's one timer, allocated only once it asks for one.
+    let mut timer: Option<(Instant, Pin<Box<Sleep>>)> = None;
+    // Whether the driver paused reading (see `Driver::poll_read_ready`).
+    let mut read_paused = false;
+    let mut writes_first = false;
+    let mut turns: u32 = 0;
+    // Anything queued at open goes out before the loop looks at any source.
+    if let Err(end) = write_out(conn, &mut stop, stall).await {
+        return end;
+    }
+    loop {
+        if turns >= TURNS_PER_YIELD {
+            turns = 0;
+            tokio::task::yield_now().await;
+        }
+        match (conn.driver.deadline(), &mut timer) {
+            (None, t) => *t = None,
+            (Some(at), Some((armed, sleep))) => {
+                if *armed != at {
+                    *armed = at;
+                    sleep.as_mut().reset(at);
+                }
+            }
+            (Some(at), t @ None) => *t = Some((at, Box::pin(tokio::time::sleep_until(at)))),
+        }
+        let wake = std::future::poll_fn(|cx| {
+            if stop.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Shutdown);
+            }
+            let polled = if writes_first {
+                match poll_writes(conn, &mut timer, cx) {
+                    Poll::Ready(w) => Poll::Ready(w),
+                    Poll::Pending => poll_reads(conn, &mut read_paused, cx),
+                }
+            } else {
+                match poll_reads(conn, &mut read_paused, cx) {
+                    Poll::Ready(w) => Poll::Ready(w),
+                    Poll::Pending => poll_writes(conn, &mut timer, cx),
+                }
+            };
+            if polled.is_pending() {
+                // The task is about to give its thread back anyway.
+                turns = 0;
+            }
+            polled
+        })
+        .await;
+        turns += 1;
+        writes_first = matches!(wake, Wake::Read(_));
+        let step = match wake {
+            Wake::Shutdown => return Ending::Shutdown,
+            Wake::ReadReady => Ok(()),
+            Wake::ReadPanicked(msg) => return Ending::Panic(msg),
+            Wake::Read(None) => return Ending::Lost,
+            Wake::Read(Some(Err(e))) => {
+                // Counted as soon as the codec has sent its close code, so the count is
+                // visible to anyone who saw that close frame.
+                match e.close_code() {
+                    Some(CloseCode::TOO_BIG) => conn.counters.bump(Counter::ClosedTooBig),
+                    Some(_) => conn.counters.bump(Counter::ClosedProtocolError),
+                    None => {}
+                }
+                tracing::debug!(peer = %conn.who.peer, id = conn.who.id, "read error: {e}");
+                return Ending::ReadError;
+            }
+            Wake::Read(Some(Ok(msg))) => match msg {
+                Message::Close(frame) => return Ending::PeerClosed(frame.map(|f| f.code.0)),
+                Message::Ping(_) | Message::Pong(_) => Ok(()),
+                msg @ (Message::Text(_) | Message::Binary(_)) => {
+                    contained(conn.driver.on_message(msg, &mut conn.out)).await
+                }
+            },
+            Wake::Beat(Beat::Dead) => return Ending::Dead,
+            Wake::Beat(Beat::Ping) => match crash::call(|| conn.driver.ping(&mut conn.out)) {
+                Ok(()) => Ok(()),
+                Err(p) => Err(Ending::Panic(p.0)),
+            },
+            Wake::Event(event) => contained(conn.driver.on_event(event, &mut conn.out)).await,
+            Wake::Timer => contained(conn.driver.on_timer(&mut conn.out)).await,
+        };
+        // What the step queued goes out even when it ends the connection (a last reply, an
+        // error frame), before the close.
+        let written = write_out(conn, &mut stop, stall).await;
+        if let Err(end) = step.and(written) {
+            return end;
+        }
+    }
+}
+
+/// Writes what the driver queued, bounded (see [`flush_bounded`]).
+async fn write_out<T: Transport, D: Driver, F: Future<Output = ()>>(
+    conn: &mut Running<T, D>,
+    stop: &mut Pin<&mut F>,
+    stall: Duration,
+) -> Result<(), Ending> {
+    if conn.out.is_empty() {
+        return Ok(());
+    }
+    let mut frames = std::mem::take(&mut conn.out);
+    for frame in frames.drain() {
+        match conn.transport.feed(&frame) {
+            Ok(()) => {}
+            Err(WsError::WouldOverflow) => {
+                // The write buffer is full mid-batch: push it out, then retry once.
+                flush_bounded(conn, stop, stall).await?;
+                conn.transport
+                    .feed(&frame)
+                    .map_err(|_| Ending::WriteFailed)?;
+            }
+            Err(_) => return Err(Ending::WriteFailed),
+        }
+    }
+    // Keep the (empty) queue's capacity for the next step unless it grew for a burst.
+    frames.shrink();
+    conn.out = frames;
+    flush_bounded(conn, stop, stall).await
+}
+
+/// The reading side: the transport, unless the driver paused reading.
+fn poll_reads<T: Transport, D: Driver, E>(
+    conn: &mut Running<T, D>,
+    read_paused: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Wake<E>> {
+    if conn.driver.poll_read_ready(cx).is_pending() {
+        *read_paused = true;
+        return Poll::Pending;
+    }
+    if std::mem::take(read_paused) {
+        return Poll::Ready(Wake::ReadReady);
+    }
+    let transport = &mut conn.transport;
+    match std::panic::catch_unwind(AssertUnwindSafe(|| transport.poll_next(cx))) {
+        Ok(Poll::Ready(item)) => Poll::Ready(Wake::Read(item)),
+        Ok(Poll::Pending) => Poll::Pending,
+        // Never polled again after this (the connection ends).
+        Err(p) => Poll::Ready(Wake::ReadPanicked(crash::panic_message(p.as_ref()))),
+    }
+}
+
+/// The writing side: the heartbeat, the driver's timer, then its events.
+fn poll_writes<T: Transport, D: Driver>(
+    conn: &mut Running<T, D>,
+    timer: &mut Option<(Instant, Pin<Box<Sleep>>)>,
+    cx: &mut Context<'_>,
+) -> Poll<Wake<D::Event>> {
+    if let Poll::Ready(beat) = conn.heartbeat.poll_next(cx) {
+        return Poll::Ready(Wake::Beat(beat));
+    }
+    if let Some((_, sleep)) = timer {
+        if sleep.as_mut().poll(cx).is_ready() {
+            *timer = None;
+            return Poll::Ready(Wake::Timer);
+        }
+    }
+    let driver = &mut conn.driver;
+    match std::panic::catch_unwind(AssertUnwindSafe(|| driver.poll_event(cx))) {
+        Ok(p) => p.map(Wake::Event),
+        Err(p) => Poll::Ready(Wake::ReadPanicked(crash::panic_message(p.as_ref()))),
+    }
+}
+
+/// Flush, but give up when the peer accepts nothing for `stall`, when the hub closes the
+/// outbox as a slow consumer, or on shutdown. The fast path (socket writable) costs no timer.
+async fn flush_bounded<T: Transport, D: Driver, F: Future<Output = ()>>(
+    conn: &mut Running<T, D>,
+    stop: &mut Pin<&mut F>,
+    stall: Duration,
+) -> Result<(), Ending> {
+    let Running {
+        transport, driver, ..
+    } = conn;
+    let mut flush = std::pin::pin!(transport.flush());
+    if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(flush.as_mut().poll(cx))).await {
+        return r.map_err(|_| Ending::WriteFailed);
+    }
+    Box::pin(flush_stalled(flush, driver, stop, stall)).await
+}
+
+/// The slow half of [`flush_bounded`]: the socket did not take everything at once.
+async fn flush_stalled<D: Driver, F, W>(
+    mut flush: Pin<&mut W>,
+    driver: &mut D,
+    stop: &mut Pin<&mut F>,
+    stall: Duration,
+) -> Result<(), Ending>
+where
+    F: Future<Output = ()>,
+    W: Future<Output = Result<(), WsError>>,
+{
+    let deadline = tokio::time::sleep(stall);
+    tokio::pin!(deadline);
+    let mut check = tokio::time::interval(STALL_CHECK);
+    loop {
+        tokio::select! {
+            r = &mut flush => return r.map_err(|_| Ending::WriteFailed),
+            _ = &mut deadline => return Err(Ending::Stalled),
+            _ = stop.as_mut() => return Err(Ending::Shutdown),
+            _ = check.tick() => {
+                if let Some(reason @ (CloseReason::SlowConsumer | CloseReason::Shutdown)) = driver.hub_verdict() {
+                    return Err(Ending::Hub(reason));
+                }
+            }
+        }
+    }
+}
+
+/// The ending: counted, the close frame the driver says the peer is owed, a bounded wait for
+/// its reply, then the driver's last step (leaving the hub).
+async fn finish<T: Transport, D: Driver>(conn: Running<T, D>, end: Ending) {
+    let Running {
+        mut transport,
+        mut driver,
+        limits,
+        who,
+        counters,
+        ..
+    } = conn;
+    let (peer, id, protocol) = (who.peer, who.id, who.protocol);
+    match &end {
+        Ending::Panic(msg) => {
+            counters.bump(Counter::ClosedPanic);
+            tracing::error!(%peer, id, protocol, "panic while serving a connection: {msg}");
+        }
+        Ending::Hub(CloseReason::SlowConsumer) => {
+            counters.bump(Counter::ClosedSlowConsumer);
+            tracing::info!(%peer, id, protocol, "closing slow consumer");
+        }
+        Ending::Stalled => {
+            counters.bump(Counter::ClosedSlowConsumer);
+            tracing::info!(%peer, id, protocol, "peer stopped reading; dropping connection");
+        }
+        Ending::Dead => {
+            counters.bump(Counter::ClosedHeartbeat);
+            tracing::debug!(%peer, id, protocol, "no answer to ping; dropping connection");
+        }
+        _ => {}
+    }
+    let close = match crash::call(|| driver.close_frame(&end)) {
+        Ok(c) => c,
+        Err(_) => Some((CloseCode::INTERNAL_ERROR, Cow::Borrowed("internal error"))),
+    };
+    match (&end, close) {
+        // The WebSocket layer queued the close echo; make sure it is on the wire.
+        (Ending::PeerClosed(_), _) => {
+            let _ = tokio::time::timeout(CLOSE_LINGER, transport.flush()).await;
+        }
+        (Ending::ReadError, _) => {
+            let _ = tokio::time::timeout(CLOSE_LINGER, transport.flush()).await;
+            transport.drain(CLOSE_LINGER).await;
+        }
+        // Nothing can be written to a peer that takes no bytes or is gone.
+        (Ending::Stalled | Ending::WriteFailed | Ending::Lost, _) | (_, None) => {}
+        (_, Some((code, reason))) => {
+            let _ = tokio::time::timeout(CLOSE_LINGER, transport.close(code, &reason)).await;
+            let wait = if end == Ending::Shutdown {
+                limits.shutdown_timeout
+            } else {
+                CLOSE_LINGER
+            };
+            transport.linger(wait).await;
+        }
+    }
+    // The driver's last step (leaving the hub, keeping state for recovery), bounded.
+    let _ = tokio::time::timeout(CLOSE_LINGER, crash::CatchPanic::new(driver.finish(&end))).await;
+    tracing::debug!(%peer, id, protocol, ending = ?end, "disconnected");
+}

@@ -1,0 +1,195 @@
+//! The WebSocket upgrade, written once for every endpoint: every check that can refuse a
+//! client happens in [`admit`], before the `101 Switching Protocols`, so refusals are plain
+//! HTTP answers a client can read — origin (403) → handshake validity (400/405/426) →
+//! connection limit (503). [`Admitted::accept`] then answers 101, waits (bounded) for hyper
+//! to hand over the socket, builds the WebSocket with the server's limits and hands it to
+//! the endpoint, which starts the connection runtime on it.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use switchboard_websocket::codec::Config as CodecConfig;
+use switchboard_websocket::handshake::{validate_server_request, ServerHandshake};
+use switchboard_websocket::stream::{WebSocket, WriteConfig};
+use switchboard_websocket::{DeflateParams, Role};
+
+use crate::conn::runtime::Limits;
+use crate::conn::stats::{ConnectionSlot, Counter};
+use crate::state::Shared;
+use crate::transport::http::{text, Body};
+
+/// The connection type an upgraded request becomes.
+pub(crate) type Io = TokioIo<hyper::upgrade::Upgraded>;
+
+/// A request that passed [`admit`]: the agreed handshake and the connection slot it holds.
+pub(crate) struct Admitted {
+    handshake: ServerHandshake,
+    slot: ConnectionSlot,
+}
+
+impl Admitted {
+    /// Answers `101 Switching Protocols` and, once hyper hands over the socket (within
+    /// `timeout`, else counted as `handshake_timeouts`), builds the WebSocket — message
+    /// limit `max_message`, the agreed deflate, the server's close timeout — and calls
+    /// `then` with it and the connection slot. `then` runs on the task that waited for the
+    /// upgrade and should spawn the connection's own task (so the wait's state is not kept
+    /// for the connection's life).
+    pub(crate) fn accept<F>(
+        self,
+        req: &mut Request<Incoming>,
+        shared: &Arc<Shared>,
+        peer: SocketAddr,
+        timeout: Duration,
+        max_message: usize,
+        then: F,
+    ) -> Response<Body>
+    where
+        F: FnOnce(WebSocket<Io>, ConnectionSlot) + Send + 'static,
+    {
+        let Admitted { handshake, slot } = self;
+        let deflate = handshake.deflate.as_ref().map(|(params, _)| *params);
+        let on_upgrade = hyper::upgrade::on(req);
+        let shared = Arc::clone(shared);
+        tokio::spawn(async move {
+            let upgraded = match tokio::time::timeout(timeout, on_upgrade).await {
+                Ok(Ok(upgraded)) => upgraded,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, "upgrade failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    shared.counters.bump(Counter::HandshakeTimeout);
+                    tracing::debug!(%peer, "upgrade did not complete in time");
+                    return;
+                }
+            };
+            shared.counters.bump(Counter::Upgraded);
+            let ws = websocket(&shared, TokioIo::new(upgraded), deflate, max_message);
+            then(ws, slot);
+        });
+        let mut response = Response::new(Full::default());
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        *response.headers_mut() = handshake.response_headers();
+        response
+    }
+}
+
+/// A server-side WebSocket over `io` with the server's limits.
+pub(crate) fn websocket<S>(
+    shared: &Shared,
+    io: S,
+    deflate: Option<DeflateParams>,
+    max_message: usize,
+) -> WebSocket<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let codec = CodecConfig {
+        max_message_size: max_message,
+        max_frame_size: max_message,
+        deflate,
+        ..CodecConfig::default()
+    };
+    let write_config = WriteConfig {
+        // Our close frame waits this long for the peer's reply before the socket is shut.
+        close_timeout: shared.config.shutdown_timeout,
+        ..WriteConfig::default()
+    };
+    WebSocket::new(io, Role::Server, codec, write_config)
+}
+
+/// The runtime's limits from the server configuration: the same for every protocol.
+pub(crate) fn limits(shared: &Shared) -> Limits {
+    Limits {
+        ping_interval: shared.config.ping_interval,
+        ping_timeout: shared.config.ping_timeout,
+        shutdown_timeout: shared.config.shutdown_timeout,
+    }
+}
+
+/// Whether the query string sets `name` to a false value (`false`, `0`, `no`, `off`).
+pub fn query_flag_is_false(query: Option<&str>, name: &str) -> bool {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+        .any(|(k, v)| {
+            k == name
+                && matches!(
+                    v.to_ascii_lowercase().as_str(),
+                    "false" | "0" | "no" | "off"
+                )
+        })
+}
+
+/// The checks every WebSocket endpoint makes before the `101`, in order: origin (403),
+/// handshake validity (400/405/426), connection limit (503, with `Retry-After`). Each
+/// refusal is counted and logged once. On success the caller holds a connection slot.
+pub(crate) fn admit(
+    req: &Request<Incoming>,
+    shared: &Shared,
+    peer: SocketAddr,
+) -> Result<Admitted, Box<Response<Body>>> {
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    if !shared.origins.allows(origin) {
+        shared.counters.bump(Counter::RejectedOrigin);
+        tracing::info!(%peer, origin = origin.unwrap_or(""), "upgrade refused: origin not allowed");
+        return Err(Box::new(text(StatusCode::FORBIDDEN, "origin not allowed")));
+    }
+
+    let handshake = match validate_server_request(
+        req.method(),
+        req.version(),
+        req.headers(),
+        &shared.deflate,
+        &|_offered| None,
+    ) {
+        Ok(h) => h,
+        Err(rejection) => {
+            shared.counters.bump(Counter::RejectedBadHandshake);
+            tracing::debug!(%peer, reason = rejection.reason, "upgrade refused: bad handshake");
+            let mut r = Response::new(Full::new(bytes::Bytes::from_static(
+                rejection.reason.as_bytes(),
+            )));
+            *r.status_mut() = rejection.status;
+            for (name, value) in rejection.extra_headers {
+                r.headers_mut().insert(name, value);
+            }
+            return Err(Box::new(r));
+        }
+    };
+
+    let Some(slot) = shared
+        .counters
+        .try_acquire_slot(shared.config.max_connections)
+    else {
+        shared.counters.bump(Counter::RejectedMaxConnections);
+        tracing::info!(%peer, limit = shared.config.max_connections, "upgrade refused: too many connections");
+        let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return Err(Box::new(r));
+    };
+    Ok(Admitted { handshake, slot })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_flag() {
+        assert!(query_flag_is_false(Some("echo=false"), "echo"));
+        assert!(query_flag_is_false(Some("a=1&echo=0"), "echo"));
+        assert!(!query_flag_is_false(Some("echo=true"), "echo"));
+        assert!(!query_flag_is_false(Some("echoes=false"), "echo"));
+        assert!(!query_flag_is_false(None, "echo"));
+    }
+}
