@@ -9,7 +9,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { io } from 'socket.io-client';
-import { binaryPath, withTimeout } from './lib/harness.mjs';
+import { binaryPath, withTimeout, WebSocket, opened } from './lib/harness.mjs';
 import { redisAvailable } from './lib/redis.mjs';
 import { startCluster, api, until, once, connect, subscribe } from './lib/cluster.mjs';
 
@@ -119,6 +119,63 @@ describe('the HTTP API on three nodes', { skip: !haveRedis && 'redis-server is n
     assert.deepEqual(await Promise.all(reasons), ['io server disconnect', 'io server disconnect']);
     await cfDown;
     assert.equal(bystander.connected, true, 'another user\'s socket on the same node stays connected');
+    // The SDK reconnects after 3011; end it, so the later tests see only the clients they open.
+    cf.c.disconnect();
+  });
+
+  it('disconnect by user closes that user\'s raw-room, Socket.IO and Centrifugo connections on every node', async () => {
+    /** A raw-room WebSocket of `user` on `node`: the token in the query or in a header. */
+    async function raw(node, user, how) {
+      const token = mint(user);
+      const ws = how === 'header'
+        ? new WebSocket(node.wsUrl('/raw-room'), { headers: { authorization: `Bearer ${token}` } })
+        : new WebSocket(node.wsUrl(`/raw-room?token=${encodeURIComponent(token)}`));
+      ws.on('error', () => {});
+      await opened(ws);
+      return ws;
+    }
+    const closed = (ws, what) =>
+      withTimeout(new Promise((resolve) => ws.once('close', (code) => resolve(code))), what);
+    const rawA = await raw(nodes[0], 'hank', 'query');
+    const rawC = await raw(nodes[2], 'hank', 'header');
+    const rawOther = await raw(nodes[2], 'ivy', 'query');
+    const anonymous = new WebSocket(nodes[1].wsUrl('/raw-room'));
+    anonymous.on('error', () => {});
+    await opened(anonymous);
+    const s = io(nodes[1].httpUrl, {
+      transports: ['websocket'],
+      auth: { token: mint('hank') },
+      reconnection: false,
+      forceNew: true,
+    });
+    sockets.push(s);
+    await withTimeout(new Promise((resolve, reject) => {
+      s.once('connect', resolve);
+      s.once('connect_error', reject);
+    }), 'socket.io connect of hank');
+    const cf = await client(nodes[1], 'hank');
+    const downs = [closed(rawA, 'hank\'s raw socket on node0 closed'), closed(rawC, 'hank\'s raw socket on node2 closed')];
+    const sioDown = withTimeout(new Promise((resolve) => s.once('disconnect', resolve)), 'hank\'s socket disconnected');
+    const cfDown = once(cf.c, 'connecting', (ctx) => ctx.code === 3011, 'hank\'s centrifuge client told to reconnect');
+    const r = await api(nodes[0], 'disconnect', { user: 'hank' });
+    assert.equal(r.status, 200, r.text);
+    // Raw rooms close with the hub's code for a kick: 1008 "disconnected".
+    assert.deepEqual(await Promise.all(downs), [1008, 1008]);
+    assert.equal(await sioDown, 'io server disconnect');
+    await cfDown;
+    cf.c.disconnect();
+    assert.equal(rawOther.readyState, WebSocket.OPEN, 'another user\'s raw socket stays open');
+    assert.equal(anonymous.readyState, WebSocket.OPEN, 'an anonymous raw socket stays open');
+    rawOther.close();
+    anonymous.close();
+    // A raw-room upgrade with a token that does not verify is refused before the 101.
+    const bad = new WebSocket(nodes[0].wsUrl('/raw-room?token=not-a-jwt'));
+    const refused = await withTimeout(new Promise((resolve) => {
+      bad.once('unexpected-response', (_req, res) => resolve(res.statusCode));
+      bad.once('open', () => resolve('opened'));
+      bad.once('error', () => {});
+    }), 'bad token refused');
+    assert.equal(refused, 401);
   });
 
   it('disconnect by client id reaches the client on whichever node holds it', async () => {

@@ -111,6 +111,51 @@ pub(crate) fn limits(shared: &Shared) -> Limits {
     }
 }
 
+/// The token a client presents on an upgrade request: `Authorization: Bearer <token>`, or
+/// the `token` query parameter (browsers cannot set headers on a WebSocket).
+pub(crate) fn bearer_token<B>(req: &Request<B>) -> Option<String> {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    if let Some(t) = header {
+        return Some(t.to_string());
+    }
+    query_value(req.uri().query(), "token").filter(|t| !t.is_empty())
+}
+
+/// The value of query parameter `name`, percent-decoded.
+pub(crate) fn query_value(query: Option<&str>, name: &str) -> Option<String> {
+    let raw = query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)?
+        .1;
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Whether the query string sets `name` to a false value (`false`, `0`, `no`, `off`).
 pub fn query_flag_is_false(query: Option<&str>, name: &str) -> bool {
     query
@@ -183,6 +228,20 @@ pub(crate) fn admit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_values_are_decoded() {
+        assert_eq!(
+            query_value(Some("a=1&token=x%2Ey+z"), "token").as_deref(),
+            Some("x.y z")
+        );
+        assert_eq!(
+            query_value(Some("token=abc%"), "token").as_deref(),
+            Some("abc%")
+        );
+        assert_eq!(query_value(Some("tokens=1"), "token"), None);
+        assert_eq!(query_value(None, "token"), None);
+    }
 
     #[test]
     fn echo_flag() {

@@ -107,10 +107,22 @@ async fn upgrade_into_room(
         Ok(admitted) => admitted,
         Err(refusal) => return *refusal,
     };
-    let (handle, outbox) = match shared
-        .hub
-        .register(ConnInfo::new(peer.to_string(), raw::PROTOCOL))
-    {
+    // Who the client is, when it says: a connection token (`?token=` or `Authorization:
+    // Bearer`), checked like a Centrifugo client's. Without one the connection is anonymous,
+    // as raw rooms always were; with a bad one it is refused before the 101.
+    let mut info = ConnInfo::new(peer.to_string(), raw::PROTOCOL);
+    if let Some(jwt) = upgrade::bearer_token(&req) {
+        match shared.verifier.verify_connection_token(&jwt) {
+            Ok(claims) if !claims.sub.is_empty() => info = info.with_user(claims.sub),
+            Ok(_) => {}
+            Err(e) => {
+                shared.counters.bump(Counter::RejectedBadHandshake);
+                tracing::info!(%peer, %room, "upgrade refused: token rejected: {e}");
+                return text(StatusCode::UNAUTHORIZED, "invalid token");
+            }
+        }
+    }
+    let (handle, outbox) = match shared.hub.register(info) {
         Ok(pair) => pair,
         Err(e) => {
             // Only reachable when an embedder supplied a hub with its own connection limit.
