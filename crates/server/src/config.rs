@@ -173,7 +173,7 @@ pub struct ServerConfig {
     /// Channel options: `[channel.default]` and `[channel.namespaces.<name>]`.
     pub channel: Namespaces,
     /// Socket.IO options: the `[socketio]` table.
-    pub socketio: crate::protocol::socketio::SocketIoConfig,
+    pub socketio: SocketIoConfig,
     /// What several nodes share: `memory` (one node, the default) or
     /// `redis://host:port/db`.
     pub broker: Option<String>,
@@ -417,4 +417,85 @@ mod tests {
         };
         assert!(c.validate().is_err());
     }
+}
+
+/// Socket.IO settings: the `[socketio]` table of the configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SocketIoConfig {
+    /// Namespaces clients may connect to (`/`, `/admin`, …); empty allows any.
+    pub namespaces: Vec<String>,
+    /// Namespaces whose broadcast events are not delivered back to their sender.
+    #[serde(alias = "exclude-sender")]
+    pub exclude_sender: Vec<String>,
+    /// Connection state recovery: the CONNECT answer carries a `pid`, every event from a
+    /// channel an offset (last argument), and a client that reconnects within
+    /// `max_disconnection_duration` gets its session back with what it missed.
+    pub recovery: bool,
+    /// How long a session whose transport dropped is kept for recovery (seconds).
+    #[serde(
+        alias = "max-disconnection-duration",
+        deserialize_with = "socketio_secs"
+    )]
+    pub max_disconnection_duration: Duration,
+    /// Most events a socket keeps after sending them, to replay to a recovering client that
+    /// had not received them.
+    #[serde(alias = "recovery-buffer")]
+    pub recovery_buffer: usize,
+    /// Largest HTTP long-polling body and WebSocket message accepted, in bytes (announced to
+    /// clients as `maxPayload`).
+    #[serde(alias = "max-payload")]
+    pub max_payload: usize,
+    /// Bytes queued for a long-polling client before the session stops taking more from its
+    /// outboxes (which then fill up and apply the slow-consumer policy).
+    #[serde(alias = "polling-buffer")]
+    pub polling_buffer: usize,
+    /// Time allowed for the WebSocket upgrade of a polling session (probe to upgrade packet).
+    #[serde(alias = "upgrade-timeout", deserialize_with = "socketio_secs")]
+    pub upgrade_timeout: Duration,
+    /// Most binary attachments one packet may announce (at most 64); a packet announcing
+    /// more closes the session as a protocol error before anything is buffered.
+    #[serde(alias = "max-attachments")]
+    pub max_attachments: usize,
+    /// Most bytes of attachments one session buffers for its pending packet; the attachment
+    /// that goes over closes the session as a protocol error.
+    #[serde(alias = "max-attachment-bytes")]
+    pub max_attachment_bytes: usize,
+    /// Most bytes of attachments all sessions together buffer; the attachment that would go
+    /// over closes its session as a protocol error.
+    #[serde(alias = "max-attachment-bytes-total")]
+    pub max_attachment_bytes_total: usize,
+}
+
+/// Default for [`SocketIoConfig::max_attachment_bytes_total`]: 64 MiB.
+pub const DEFAULT_MAX_ATTACHMENT_BYTES_TOTAL: usize = 64 << 20;
+
+impl Default for SocketIoConfig {
+    fn default() -> Self {
+        SocketIoConfig {
+            namespaces: Vec::new(),
+            exclude_sender: Vec::new(),
+            recovery: false,
+            max_disconnection_duration: Duration::from_secs(120),
+            recovery_buffer: 1000,
+            max_payload: 1_000_000,
+            polling_buffer: 1 << 20,
+            upgrade_timeout: Duration::from_secs(10),
+            max_attachments: switchboard_protocols::socketio::packet::DEFAULT_MAX_ATTACHMENTS,
+            max_attachment_bytes:
+                switchboard_protocols::socketio::packet::DEFAULT_MAX_ATTACHMENT_BYTES,
+            max_attachment_bytes_total: DEFAULT_MAX_ATTACHMENT_BYTES_TOTAL,
+        }
+    }
+}
+
+/// A `[socketio]` duration: a non-negative number of seconds.
+fn socketio_secs<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let v = f64::deserialize(d)?;
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(serde::de::Error::custom(
+            "expected a non-negative number of seconds",
+        ));
+    }
+    Ok(Duration::from_secs_f64(v))
 }
