@@ -41,15 +41,16 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
-use switchboard_core::{
-    ChannelError, Epoch, HistoryQuery, NodeError, PublishOptions, StreamPosition,
-};
+use switchboard_core::{ChannelError, Epoch, NodeError, PublishOptions, StreamPosition};
 use switchboard_protocols::centrifugo::{self as cf, Data};
 
-use crate::broker::control::{self, glob_match, Answer, Command, Question};
+use crate::broker::control::glob_match;
 use crate::state::Shared;
 use crate::transport::http::{read_body, Body, BodyError};
 use crate::transport::{Endpoint, RequestCtx, ResponseFuture, Route};
+
+mod cluster;
+mod methods;
 
 /// Path prefix of the API.
 pub const PREFIX: &str = "/api/";
@@ -255,219 +256,23 @@ fn node_outcome<T: Serialize>(r: Result<T, impl Into<ApiError>>) -> Result<Json,
     }
 }
 
+/// Runs API method `method` (one of [`METHODS`]) with its JSON `body`.
 async fn call(method: &str, body: &[u8], shared: &Shared) -> Result<Json, Fail> {
-    let hub = &shared.hub;
-    let node = &shared.node;
-    Ok(match method {
-        "publish" => {
-            let b: PublishBody = parse(body)?;
-            node_outcome(publish(shared, &b.channel, &b.data).await)?
-        }
-        "broadcast" => {
-            let b: BroadcastBody = parse(body)?;
-            let mut responses: Vec<Value> = Vec::with_capacity(b.channels.len());
-            for ch in &b.channels {
-                // Each channel is answered on its own; a temporary error is marked
-                // `"temporary": true` so the caller retries just those channels.
-                responses.push(match publish(shared, ch, &b.data).await {
-                    Ok(r) => json!({ "result": r }),
-                    Err(e) => json!({ "error": e.body }),
-                });
-            }
-            json!({ "result": { "responses": responses } }).to_string()
-        }
-        "presence" => {
-            let b: ChannelBody = parse(body)?;
-            node_outcome(node.presence(&b.channel).await.map(|m| {
-                let presence = m
-                    .into_iter()
-                    .map(|(k, v)| {
-                        let info = cf::ClientInfo {
-                            user: v.user,
-                            client: v.client,
-                            conn_info: v.conn_info.as_deref().and_then(json_data),
-                            chan_info: v.chan_info.as_deref().and_then(json_data),
-                        };
-                        (k, info)
-                    })
-                    .collect();
-                PresenceAnswer { presence }
-            }))?
-        }
-        "presence_stats" => {
-            let b: ChannelBody = parse(body)?;
-            node_outcome(
-                node.presence_stats(&b.channel)
-                    .await
-                    .map(|s| json!({ "num_clients": s.num_clients, "num_users": s.num_users })),
-            )?
-        }
-        "history" => {
-            let b: HistoryBody = parse(body)?;
-            let query = HistoryQuery {
-                since: b
-                    .since
-                    .as_ref()
-                    .map(|p| StreamPosition::new(p.offset, Epoch::from_client(&p.epoch))),
-                // As in Centrifugo: no limit or 0 gives only the position, -1 everything.
-                limit: match b.limit {
-                    None => Some(0),
-                    Some(n) => usize::try_from(n).ok(),
-                },
-                reverse: b.reverse,
-            };
-            node_outcome(node.history(&b.channel, query).await.map(|r| {
-                HistoryAnswer {
-                    publications: r
-                        .publications
-                        .iter()
-                        .map(|p| cf::Publication::from_core(p))
-                        .collect(),
-                    offset: r.position.offset,
-                    epoch: cf::wire_epoch(r.position.epoch),
-                }
-            }))?
-        }
-        "history_remove" => {
-            let b: ChannelBody = parse(body)?;
-            node_outcome(node.history_remove(&b.channel).await.map(|()| json!({})))?
-        }
-        "info" => {
-            let nodes = node.nodes().await.map(|list| {
-                let stats = hub.stats();
-                let me = node.broker().node_id().to_string();
-                let nodes: Vec<Value> = list
-                    .into_iter()
-                    .map(|n| {
-                        // This node's own counts are current; the others' are from their
-                        // latest heartbeat.
-                        let (clients, channels, uptime) = if n.id == me {
-                            (
-                                stats.connections,
-                                stats.channels,
-                                shared.started.elapsed().as_secs(),
-                            )
-                        } else {
-                            (n.num_clients, n.num_channels, n.uptime_secs)
-                        };
-                        json!({
-                            "uid": n.id,
-                            "name": n.name,
-                            "url": n.url,
-                            "version": env!("CARGO_PKG_VERSION"),
-                            "num_clients": clients,
-                            "num_channels": channels,
-                            "uptime": uptime,
-                        })
-                    })
-                    .collect();
-                json!({ "nodes": nodes })
-            });
-            node_outcome(nodes)?
-        }
-        "disconnect" => {
-            let b: DisconnectBody = parse(body)?;
-            let client = b.client.as_deref().and_then(|c| c.parse::<u64>().ok());
-            let command = Command::Disconnect {
-                user: b.user,
-                client,
-            };
-            node_outcome(cluster_command(shared, command).await)?
-        }
-        "subscribe" | "unsubscribe" => {
-            let b: UserChannelBody = parse(body)?;
-            let client = b.client.as_deref().and_then(|c| c.parse::<u64>().ok());
-            let command = if method == "subscribe" {
-                Command::Subscribe {
-                    user: b.user,
-                    channel: b.channel,
-                    client,
-                }
-            } else {
-                Command::Unsubscribe {
-                    user: b.user,
-                    channel: b.channel,
-                    client,
-                }
-            };
-            node_outcome(cluster_command(shared, command).await)?
-        }
-        "channels" => {
-            let b: ChannelsBody = parse(body)?;
-            let pattern = b.pattern.unwrap_or_default();
-            node_outcome(cluster_channels(shared, pattern).await.map(|listed| {
-                let channels: serde_json::Map<String, Value> = listed
-                    .into_iter()
-                    .map(|(name, n)| (name, json!({ "num_clients": n })))
-                    .collect();
-                json!({ "channels": channels })
-            }))?
-        }
+    use methods::*;
+    match method {
+        "publish" => api_publish(shared, body).await,
+        "broadcast" => api_broadcast(shared, body).await,
+        "presence" => api_presence(shared, body).await,
+        "presence_stats" => api_presence_stats(shared, body).await,
+        "history" => api_history(shared, body).await,
+        "history_remove" => api_history_remove(shared, body).await,
+        "info" => api_info(shared, body).await,
+        "disconnect" => api_disconnect(shared, body).await,
+        "subscribe" | "unsubscribe" => api_subscribe(shared, body, method).await,
+        "channels" => api_channels(shared, body).await,
         // `handle` only lets the methods matched above through.
-        _ => json!({ "error": cf_error(&cf::Error::NOT_AVAILABLE) }).to_string(),
-    })
-}
-
-/// Applies `command` to the connections of every node: sends it to the other nodes, then
-/// applies it here. A command aimed at one client that is connected here is applied here
-/// only (client ids are unique across nodes). Sending first means that when the broker is
-/// unreachable (a temporary error, 503) nothing was done anywhere.
-async fn cluster_command(shared: &Shared, command: Command) -> Result<Value, NodeError> {
-    let targets_one_client = matches!(
-        command,
-        Command::Disconnect {
-            client: Some(_),
-            ..
-        } | Command::Subscribe {
-            client: Some(_),
-            ..
-        } | Command::Unsubscribe {
-            client: Some(_),
-            ..
-        }
-    );
-    if matches!(
-        command,
-        Command::Disconnect {
-            user: None,
-            client: None
-        }
-    ) {
-        return Ok(json!({}));
+        _ => Ok(json!({ "error": cf_error(&cf::Error::NOT_AVAILABLE) }).to_string()),
     }
-    if targets_one_client && control::apply(shared, &command) > 0 {
-        return Ok(json!({}));
-    }
-    shared.node.control(command.encode()).await?;
-    if !targets_one_client {
-        control::apply(shared, &command);
-    }
-    Ok(json!({}))
-}
-
-/// The channels with members on every node whose names match `pattern`, with the member
-/// counts summed over the nodes.
-async fn cluster_channels(
-    shared: &Shared,
-    pattern: String,
-) -> Result<std::collections::BTreeMap<String, usize>, NodeError> {
-    let answers = shared
-        .node
-        .survey(
-            Question::Channels {
-                pattern: pattern.clone(),
-            }
-            .encode(),
-        )
-        .await?;
-    let mut channels = control::local_channels(shared, &pattern);
-    for a in answers {
-        match Answer::decode(&a.data) {
-            Some(answer) => control::merge(&mut channels, answer),
-            None => tracing::debug!(node = %a.node, "channels answer not understood; skipped"),
-        }
-    }
-    Ok(channels)
 }
 
 async fn publish(shared: &Shared, channel: &str, data: &RawValue) -> Result<Value, ApiError> {

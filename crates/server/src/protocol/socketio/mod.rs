@@ -188,6 +188,7 @@ pub(crate) fn status_only(status: StatusCode) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn query_parsing() {
