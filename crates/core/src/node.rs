@@ -337,10 +337,10 @@ impl Node {
     /// yourself. Fails with a temporary [`NodeError::Broker`] when the shared store is
     /// unreachable (then no other node got it). Resolves at once on a single node.
     pub async fn control(&self, command: Bytes) -> Result<(), NodeError> {
-        if !self.inner.shared {
-            return Ok(());
+        match self.via() {
+            Via::Local(_) => Ok(()),
+            Via::Shared(inner) => Ok(inner.broker.control(command).await?),
         }
-        Ok(self.inner.broker.control(command).await?)
     }
 
     /// Asks every other live node `request` and returns their answers (answer for this
@@ -348,10 +348,10 @@ impl Node {
     /// time fails the survey with a temporary [`NodeError::Broker`]. Empty on a single
     /// node.
     pub async fn survey(&self, request: Bytes) -> Result<Vec<SurveyAnswer>, NodeError> {
-        if !self.inner.shared {
-            return Ok(Vec::new());
+        match self.via() {
+            Via::Local(_) => Ok(Vec::new()),
+            Via::Shared(inner) => Ok(inner.broker.survey(request).await?),
         }
-        Ok(self.inner.broker.survey(request).await?)
     }
 
     /// The work a shared broker needs done outside the hub's locks (presence removal,
@@ -391,11 +391,10 @@ impl Node {
         opts: PublishOptions,
         info: Option<Arc<ClientInfo>>,
     ) -> Option<PublishReport> {
-        (!self.inner.shared).then(|| {
-            self.inner
-                .hub
-                .publish_with_info(channel, payload, opts, info)
-        })
+        match self.via() {
+            Via::Local(hub) => Some(hub.publish_with_info(channel, payload, opts, info)),
+            Via::Shared(_) => None,
+        }
     }
 
     /// Publishes `payload` in `channel` on every node. Returns its position (`None` when
@@ -411,20 +410,13 @@ impl Node {
         opts: PublishOptions,
         info: Option<Arc<ClientInfo>>,
     ) -> Result<Option<StreamPosition>, NodeError> {
-        let inner = &*self.inner;
-        let (_, options) = inner.hub.namespaces().resolve(channel)?;
-        if !inner.shared {
-            let report = inner.hub.publish_with_info(channel, payload, opts, info);
-            return Ok(report.position());
+        let (_, options) = self.inner.hub.namespaces().resolve(channel)?;
+        match self.via() {
+            Via::Local(hub) => Ok(hub
+                .publish_with_info(channel, payload, opts, info)
+                .position()),
+            Via::Shared(inner) => inner.publish(channel, options, payload, opts, info).await,
         }
-        let publication = BrokerPublication {
-            payload,
-            info,
-            publisher: opts.publisher,
-            exclude: opts.exclude,
-        };
-        let position = inner.broker.publish(channel, options, publication).await?;
-        Ok(Some(position))
     }
 
     /// Publishes `payloads` in `channel`, in this order, with one round trip to a shared
@@ -436,14 +428,127 @@ impl Node {
         payloads: Vec<Payload>,
         opts: PublishOptions,
     ) -> Result<Vec<StreamPosition>, NodeError> {
-        let inner = &*self.inner;
-        let (_, options) = inner.hub.namespaces().resolve(channel)?;
-        if !inner.shared {
-            return Ok(payloads
+        let (_, options) = self.inner.hub.namespaces().resolve(channel)?;
+        match self.via() {
+            Via::Local(hub) => Ok(payloads
                 .into_iter()
-                .filter_map(|p| inner.hub.publish(channel, p, opts).position())
-                .collect());
+                .filter_map(|p| hub.publish(channel, p, opts).position())
+                .collect()),
+            Via::Shared(inner) => inner.publish_batch(channel, options, payloads, opts).await,
         }
+    }
+
+    /// Subscribes `conn` to `channel` (with channel info and recovery as `opts` say).
+    /// See the module documentation for the rule drivers apply to queued publications
+    /// at or below the returned position.
+    pub async fn subscribe(
+        &self,
+        conn: &ConnHandle,
+        channel: &str,
+        opts: SubscribeOptions,
+    ) -> Result<SubscribeResult, NodeError> {
+        match self.via() {
+            Via::Local(hub) => Ok(hub.subscribe_with(conn, channel, opts)?),
+            Via::Shared(inner) => inner.subscribe(conn, channel, opts).await,
+        }
+    }
+
+    /// Removes `conn` from `channel`. Returns whether it was a member. Presence removal and
+    /// leave events for other nodes follow in the background.
+    pub async fn unsubscribe(&self, conn: &ConnHandle, channel: &str) -> bool {
+        self.inner.hub.unsubscribe(conn, channel)
+    }
+
+    /// Queries the history of `channel` (see [`Hub::history`]).
+    pub async fn history(
+        &self,
+        channel: &str,
+        query: HistoryQuery,
+    ) -> Result<HistoryResult, NodeError> {
+        match self.via() {
+            Via::Local(hub) => Ok(hub.history(channel, query)?),
+            Via::Shared(inner) => inner.history(channel, query).await,
+        }
+    }
+
+    /// Drops the history of `channel`; its epoch changes (see [`Hub::history_remove`]).
+    pub async fn history_remove(&self, channel: &str) -> Result<(), NodeError> {
+        match self.via() {
+            Via::Local(hub) => Ok(hub.history_remove(channel)?),
+            Via::Shared(inner) => inner.history_remove(channel).await,
+        }
+    }
+
+    /// Who is subscribed to `channel` on every node: client id → info.
+    pub async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, NodeError> {
+        match self.via() {
+            Via::Local(hub) => Ok(hub.presence(channel)?),
+            Via::Shared(inner) => inner.presence(channel).await,
+        }
+    }
+
+    /// Subscribed connections and distinct users of `channel` on every node.
+    pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, NodeError> {
+        match self.via() {
+            Via::Local(hub) => Ok(hub.presence_stats(channel)?),
+            Via::Shared(inner) => inner.presence_stats(channel).await,
+        }
+    }
+
+    /// The live nodes.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, NodeError> {
+        Ok(self.inner.broker.nodes().await?)
+    }
+}
+
+/// Where a channel operation runs, decided in one place ([`Node::via`]): on this node's hub
+/// alone (the in-memory broker), or through the shared broker (the hub then serves this
+/// node's members only).
+enum Via<'a> {
+    Local(&'a Hub),
+    Shared(&'a NodeInner),
+}
+
+impl Node {
+    /// The one dispatch point between one node and several.
+    fn via(&self) -> Via<'_> {
+        if self.inner.shared {
+            Via::Shared(&self.inner)
+        } else {
+            Via::Local(&self.inner.hub)
+        }
+    }
+}
+
+/// The channel operations with a shared broker.
+impl NodeInner {
+    async fn publish(
+        &self,
+        channel: &str,
+        options: &Arc<ChannelOptions>,
+        payload: Payload,
+        opts: PublishOptions,
+        info: Option<Arc<ClientInfo>>,
+    ) -> Result<Option<StreamPosition>, NodeError> {
+        let inner = self;
+        let publication = BrokerPublication {
+            payload,
+            info,
+            publisher: opts.publisher,
+            exclude: opts.exclude,
+        };
+        let position = inner.broker.publish(channel, options, publication).await?;
+        Ok(Some(position))
+    }
+
+    async fn publish_batch(
+        &self,
+        channel: &str,
+        options: &Arc<ChannelOptions>,
+        payloads: Vec<Payload>,
+        opts: PublishOptions,
+    ) -> Result<Vec<StreamPosition>, NodeError> {
+        let inner = self;
         let batch = payloads
             .into_iter()
             .map(|payload| BrokerPublication {
@@ -456,19 +561,13 @@ impl Node {
         Ok(inner.broker.publish_batch(channel, options, batch).await?)
     }
 
-    /// Subscribes `conn` to `channel` (with channel info and recovery as `opts` say).
-    /// See the module documentation for the rule drivers apply to queued publications
-    /// at or below the returned position.
-    pub async fn subscribe(
+    async fn subscribe(
         &self,
         conn: &ConnHandle,
         channel: &str,
         opts: SubscribeOptions,
     ) -> Result<SubscribeResult, NodeError> {
-        let inner = &*self.inner;
-        if !inner.shared {
-            return Ok(inner.hub.subscribe_with(conn, channel, opts)?);
-        }
+        let inner = self;
         let since = opts
             .recover_since
             .map(|since| inner.carried_over(channel, since));
@@ -523,22 +622,12 @@ impl Node {
         Ok(result)
     }
 
-    /// Removes `conn` from `channel`. Returns whether it was a member. Presence removal and
-    /// leave events for other nodes follow in the background.
-    pub async fn unsubscribe(&self, conn: &ConnHandle, channel: &str) -> bool {
-        self.inner.hub.unsubscribe(conn, channel)
-    }
-
-    /// Queries the history of `channel` (see [`Hub::history`]).
-    pub async fn history(
+    async fn history(
         &self,
         channel: &str,
         query: HistoryQuery,
     ) -> Result<HistoryResult, NodeError> {
-        let inner = &*self.inner;
-        if !inner.shared {
-            return Ok(inner.hub.history(channel, query)?);
-        }
+        let inner = self;
         let options = history_options(&inner.hub, channel)?;
         let slice = inner.broker.read_stream(channel, &options, query).await?;
         if let Some(since) = query.since {
@@ -552,23 +641,15 @@ impl Node {
         })
     }
 
-    /// Drops the history of `channel`; its epoch changes (see [`Hub::history_remove`]).
-    pub async fn history_remove(&self, channel: &str) -> Result<(), NodeError> {
-        let inner = &*self.inner;
-        if !inner.shared {
-            return Ok(inner.hub.history_remove(channel)?);
-        }
+    async fn history_remove(&self, channel: &str) -> Result<(), NodeError> {
+        let inner = self;
         let options = history_options(&inner.hub, channel)?;
         inner.broker.remove_history(channel, &options).await?;
         Ok(())
     }
 
-    /// Who is subscribed to `channel` on every node: client id → info.
-    pub async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, NodeError> {
-        let inner = &*self.inner;
-        if !inner.shared {
-            return Ok(inner.hub.presence(channel)?);
-        }
+    async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, NodeError> {
+        let inner = self;
         let options = inner.hub.namespaces().options(channel)?;
         if !options.presence {
             return Err(ChannelError::NotAvailable.into());
@@ -584,22 +665,13 @@ impl Node {
         Ok(all)
     }
 
-    /// Subscribed connections and distinct users of `channel` on every node.
-    pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, NodeError> {
-        if !self.inner.shared {
-            return Ok(self.inner.hub.presence_stats(channel)?);
-        }
+    async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, NodeError> {
         let map = self.presence(channel).await?;
         let users: HashSet<&str> = map.values().map(|i| i.user.as_str()).collect();
         Ok(PresenceStats {
             num_clients: map.len(),
             num_users: users.len(),
         })
-    }
-
-    /// The live nodes.
-    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, NodeError> {
-        Ok(self.inner.broker.nodes().await?)
     }
 }
 
