@@ -12,12 +12,13 @@ use anyhow::anyhow;
 use hdrhistogram::Histogram;
 use tokio::sync::{watch, Semaphore};
 
+use super::centrifugo;
 use super::conn::{mask_for, ConnectOpts, Incoming, RawConn};
 use super::proc::{raise_nofile_limit, status_bytes, CpuWindow};
 use super::report::{new_histogram, record, round3, BenchError, Progress, Summary};
 use super::runner::{self, Ctl, Errors};
 use super::target::{parse_src_ips, Target};
-use super::{ConnsArgs, Rate};
+use super::{ConnsArgs, ConnsProtocol, Rate};
 
 /// Progress counters: handshakes done, attempts finished (done or failed).
 const C_OK: usize = 0;
@@ -128,6 +129,11 @@ pub(crate) fn run(args: ConnsArgs) -> Result<Summary, BenchError> {
     s.add("url", args.common.url.as_str(), "");
     s.add("n", args.n as u64, "");
     s.add("src_ips", ips_len(&args.src_ips), "addresses");
+    s.add(
+        "protocol",
+        format!("{:?}", args.protocol).to_lowercase(),
+        "",
+    );
     s.add("rooms", args.rooms as u64, "");
     s.add("deflate_offered", args.deflate, "");
     s.add("send_one", args.send_one, "");
@@ -185,6 +191,82 @@ fn one_message(i: usize) -> Vec<u8> {
     m
 }
 
+/// Where Socket.IO clients open an Engine.IO v4 WebSocket session.
+const SOCKETIO_PATH: &str = "/socket.io/?EIO=4&transport=websocket";
+
+/// What a connection of `protocol` sends after its WebSocket handshake to join `room`, and
+/// waits for: nothing for raw rooms (the path is the room); Centrifugo `connect` and
+/// `subscribe`; Socket.IO the Engine.IO open packet, `CONNECT` to the default namespace, and
+/// the `subscribe` event with an ack.
+async fn session(
+    conn: &mut RawConn,
+    protocol: ConnsProtocol,
+    room: &str,
+    token: Option<&str>,
+    mask: [u8; 4],
+) -> anyhow::Result<()> {
+    match protocol {
+        ConnsProtocol::Raw => Ok(()),
+        ConnsProtocol::Centrifugo => {
+            centrifugo::greet(conn, &centrifugo::greeting(token, Some(room)), mask).await
+        }
+        ConnsProtocol::Socketio => {
+            // `0{...}`: the Engine.IO open packet.
+            let open = next_text(conn).await?;
+            if !open.starts_with('0') {
+                anyhow::bail!("expected the Engine.IO open packet, got {open:?}");
+            }
+            let connect = match token {
+                Some(t) => format!("40{}", serde_json::json!({ "token": t })),
+                None => "40".to_string(),
+            };
+            conn.queue_text(connect.as_bytes())?;
+            // `40{"sid":...}`: connected to the default namespace.
+            let connected = next_text(conn).await?;
+            if !connected.starts_with("40") {
+                anyhow::bail!("the namespace refused the connection: {connected:?}");
+            }
+            let subscribe = format!(r#"421["subscribe",{}]"#, serde_json::json!(room));
+            conn.queue_text(subscribe.as_bytes())?;
+            loop {
+                let packet = next_text(conn).await?;
+                if let Some(ack) = packet.strip_prefix("431") {
+                    if ack.contains("\"error\"") {
+                        anyhow::bail!("subscribe refused: {ack}");
+                    }
+                    return Ok(());
+                }
+                if packet == "2" {
+                    conn.queue_text(b"3")?;
+                }
+            }
+        }
+    }
+}
+
+/// The next text message from the server (pings are answered by [`RawConn`]).
+async fn next_text(conn: &mut RawConn) -> anyhow::Result<String> {
+    loop {
+        match conn.next()? {
+            Some(Incoming::Data { payload, .. }) => {
+                return Ok(String::from_utf8_lossy(&payload).into_owned())
+            }
+            Some(Incoming::Close(code)) => anyhow::bail!("closed by the server (code {code:?})"),
+            None => conn.pump(64 * 1024).await?,
+        }
+    }
+}
+
+/// The answer a held connection owes to a message of its protocol's heartbeat, if any:
+/// Centrifugo's ping `{}` is answered with `{}`, Engine.IO's `2` with `3`.
+fn pong_for(protocol: ConnsProtocol, payload: &[u8]) -> Option<&'static [u8]> {
+    match (protocol, payload) {
+        (ConnsProtocol::Centrifugo, b"{}") => Some(b"{}"),
+        (ConnsProtocol::Socketio, b"2") => Some(b"3"),
+        _ => None,
+    }
+}
+
 fn ips_len(spec: &str) -> u64 {
     parse_src_ips(spec).map(|v| v.len() as u64).unwrap_or(0)
 }
@@ -207,13 +289,25 @@ async fn worker(
         dropped: 0,
     }));
     let sem = Rc::new(Semaphore::new((args.concurrency / threads).max(1)));
-    let rooms: Vec<String> = if args.rooms > 1 {
-        (0..args.rooms)
+    let rooms: Vec<String> = match args.protocol {
+        ConnsProtocol::Raw if args.rooms > 1 => (0..args.rooms)
             .map(|r| target.sub_path_and_query(&r.to_string(), ""))
-            .collect()
-    } else {
-        vec![target.path_and_query("")]
+            .collect(),
+        ConnsProtocol::Raw => vec![target.path_and_query("")],
+        ConnsProtocol::Centrifugo | ConnsProtocol::Socketio => {
+            let base = match target.path.trim_start_matches('/') {
+                "" => "bench".to_string(),
+                p => p.to_string(),
+            };
+            if args.rooms > 1 {
+                (0..args.rooms).map(|r| format!("{base}-{r}")).collect()
+            } else {
+                vec![base]
+            }
+        }
     };
+    let protocol = args.protocol;
+    let token: Option<Rc<str>> = args.token.as_deref().map(Rc::from);
     let limit = Duration::from_secs_f64(args.common.connect_timeout);
     let (deflate, send_one) = (args.deflate, args.send_one);
     let mut tasks = Vec::new();
@@ -222,32 +316,49 @@ async fn worker(
             Rate::PerSec(r) => start + Duration::from_secs_f64(i as f64 / r),
             Rate::Max => start,
         };
-        let (sem, out, ctl, target, path, last_ok_ns) = (
+        let (sem, out, ctl, target, room, last_ok_ns, token) = (
             sem.clone(),
             out.clone(),
             ctl.clone(),
             target.clone(),
             rooms[i % rooms.len()].clone(),
             last_ok_ns.clone(),
+            token.clone(),
         );
+        let path = match protocol {
+            ConnsProtocol::Raw => room.clone(),
+            ConnsProtocol::Centrifugo => centrifugo::ENDPOINT.to_string(),
+            ConnsProtocol::Socketio => SOCKETIO_PATH.to_string(),
+        };
         let mut stop = stop.clone();
         let bind = Some(ips[i % ips.len()]);
         tasks.push(tokio::task::spawn_local(async move {
             tokio::time::sleep_until(tokio::time::Instant::from_std(slot)).await;
             let permit = sem.acquire().await.expect("semaphore open");
             let t0 = Instant::now();
-            let r = RawConn::connect_within(
-                limit,
-                &target,
-                &path,
-                ConnectOpts {
-                    bind,
-                    recv_buffer: None,
-                    deflate,
-                },
-                mask_for(i),
-            )
-            .await;
+            let r = tokio::time::timeout(limit, async {
+                let mut conn = RawConn::connect(
+                    &target,
+                    &path,
+                    ConnectOpts {
+                        bind,
+                        recv_buffer: None,
+                        deflate,
+                    },
+                    mask_for(i),
+                )
+                .await?;
+                session(&mut conn, protocol, &room, token.as_deref(), mask_for(i)).await?;
+                anyhow::Ok(conn)
+            })
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow!(
+                    "no session with {} within {:.1} s",
+                    target.addr,
+                    limit.as_secs_f64()
+                ))
+            });
             drop(permit);
             ctl.bump(C_FINISHED, 1);
             let mut conn = match r {
@@ -280,7 +391,13 @@ async fn worker(
                             Ok(()) => loop {
                                 match conn.next() {
                                     Ok(Some(Incoming::Close(_))) | Err(_) => break true,
-                                    Ok(Some(Incoming::Data { .. })) => {}
+                                    Ok(Some(Incoming::Data { payload, .. })) => {
+                                        if let Some(pong) = pong_for(protocol, &payload) {
+                                            if conn.queue_text(pong).is_err() {
+                                                break true;
+                                            }
+                                        }
+                                    }
                                     Ok(None) => break false,
                                 }
                             },

@@ -193,6 +193,30 @@ pub struct ConnsArgs {
     /// the URL's own room. With `--send-one` this bounds the fan-out of the messages sent.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub rooms: u32,
+    /// Wire protocol of the connections: `raw` rooms (the URL's path is the room);
+    /// `centrifugo` (`/connection/websocket`: `connect`, then `subscribe` to the channel the
+    /// URL's path names; the server must allow it, e.g. `--allow-anonymous` with a namespace
+    /// that allows anonymous subscribers, or `--token`); `socketio` (an Engine.IO v4
+    /// WebSocket session on `/socket.io/`, the default namespace, then the `subscribe` event
+    /// for that channel). With `--rooms N` the channels are `NAME-0` … `NAME-(N-1)`. Each
+    /// connection answers its protocol's pings while it is held.
+    #[arg(long, value_enum, default_value_t = ConnsProtocol::Raw)]
+    pub protocol: ConnsProtocol,
+    /// Connection token sent in every Centrifugo `connect` (Socket.IO: in the `CONNECT`
+    /// packet's `auth`).
+    #[arg(long)]
+    pub token: Option<String>,
+}
+
+/// The wire protocol `bench conns` speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConnsProtocol {
+    /// Raw WebSocket rooms.
+    Raw,
+    /// The Centrifugo client protocol (JSON).
+    Centrifugo,
+    /// Socket.IO v4 over an Engine.IO WebSocket session.
+    Socketio,
 }
 
 /// Flags of `bench slow`.

@@ -2,14 +2,18 @@
 //! `centrifuge` SDKs can connect.
 //!
 //! After the WebSocket upgrade (same checks as raw rooms: origin, handshake, connection
-//! limit), one task runs the connection. A small reader task only decodes WebSocket frames
-//! and hands their bytes over; the connection task owns all state (subscriptions, user,
-//! token expiry), answers commands in order and writes the outbox's deliveries, so a reply
-//! and the publications queued after it can never be reordered.
+//! limit), the connection runs on the connection runtime ([`crate::conn::runtime`]): one
+//! task reads the client's frames, writes, pings and times out. [`CentrifugoDriver`] holds
+//! the protocol state (subscriptions, user, token expiry), answers commands in the order
+//! they were read and frames the outbox's deliveries, so a reply and the publications
+//! queued after it can never be reordered, and a command read before the client's close is
+//! carried out before the close is even seen.
 //!
-//! * The first command must be `connect`. Its token is verified with the configured keys
+//! * The first command must be `connect`, within the handshake timeout (else 3502
+//!   "stale"); a first frame that is not a `connect` closes with 3501 "bad request". Its token is verified with the configured keys
 //!   ([`crate::auth`]); an empty token is accepted only with `allow_anonymous`. An expired
-//!   token is answered with error 109 so the SDK fetches a fresh one and reconnects; an
+//!   token is answered with error 109 so the SDK fetches a fresh one and reconnects (the client then has the
+//!   handshake timeout to close); an
 //!   invalid one closes with 3500 "invalid token". The token's `channels` become
 //!   server-side subscriptions, reported in the connect result (with recovery when the
 //!   client asks for it in `subs`).
@@ -23,11 +27,12 @@
 //! * A subscription made with an expiring token reports `expires`/`ttl`; if its expiry
 //!   passes without a `sub_refresh`, it is removed and the client gets an `unsubscribe`
 //!   push with code 2501 "subscription expired" (the connection stays open).
-//! * The server sends `{}` every ping interval; a client that sent nothing (no pong, no
-//!   command) for the ping interval plus the ping timeout is closed with 3012 "no pong".
+//! * Once connected, the server sends `{}` every ping interval; a client that sends
+//!   nothing (no pong, no command) within the ping timeout after a ping is closed with 3012
+//!   "no pong".
 //! * A connection whose token expires without a `refresh` is closed with 3005; an
 //!   undecodable frame with 3501 "bad request"; a slow consumer with 3008 "slow"; server
-//!   shutdown with 3001 "shutdown".
+//!   shutdown with 3001 "shutdown"; a kick through the API with 3011 "force reconnect".
 //! * Writes are bounded like a raw room's: a write that waits for a client that stopped
 //!   reading gives up when the hub closes the outbox under the slow-consumer policy (3008,
 //!   sent within a bounded wait) or after `ping_timeout` without progress (the socket is
@@ -39,12 +44,17 @@
 //! Hostile input: a channel name no channel can have (empty, too long, whitespace or control
 //! characters) gets error 107 "bad request: invalid channel name"; token time claims of any
 //! size are accepted (a time past what the clock can represent never fires); a panic while
-//! serving a connection (a bug) closes it with 1011 and is counted as `closed_panic`.
+//! serving a connection (a bug) closes it with 1011 "internal server error" and is counted as
+//! `closed_panic`.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
@@ -56,19 +66,17 @@ use switchboard_core::{
 };
 use switchboard_protocols::centrifugo::{
     self as cf, commands, encode_batch, encode_publication_push, wire_epoch, Command,
-    ConnectResult, Disconnect, Error as CfError, HistoryResult, Join, Leave, Method, PingResult,
-    PresenceResult, PresenceStatsResult, PublishResult, Push, PushBody, RefreshResult, Reply,
-    ReplyResult, RpcRequest, SubRefreshResult, SubscribePush, SubscribeRequest, SubscribeResult,
-    UnsubscribePush, UnsubscribeResult,
+    ConnectResult, DecodeError, Disconnect, Error as CfError, HistoryResult, Join, Leave, Method,
+    PingResult, PresenceResult, PresenceStatsResult, PublishResult, Push, PushBody, RefreshResult,
+    Reply, ReplyResult, RpcRequest, SubRefreshResult, SubscribePush, SubscribeRequest,
+    SubscribeResult, UnsubscribePush, UnsubscribeResult,
 };
-use switchboard_websocket::stream::{WebSocket, WsWriter};
 use switchboard_websocket::{CloseCode, Message};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::auth::{unix_now, TokenError};
-use crate::conn::shutdown::ShutdownToken;
-use crate::conn::stats::{ConnectionSlot, Counter};
+use crate::conn::driver::{Driver, Ending, Out};
+use crate::conn::runtime::{self, Identity, WsTransport};
 use crate::state::Shared;
 use crate::transport::upgrade;
 use crate::transport::{Endpoint, RequestCtx, ResponseFuture, Route};
@@ -78,13 +86,6 @@ pub const PATH: &str = "/connection/websocket";
 
 /// Most outbox deliveries written per frame.
 const BATCH: usize = 64;
-/// Frames read ahead of the connection task (back-pressure on a client that floods us).
-const READ_AHEAD: usize = 16;
-/// How long to wait for the peer's close reply once ours is sent, and at most for our close
-/// frame to be written.
-const CLOSE_LINGER: Duration = Duration::from_secs(2);
-/// How often a stalled write checks whether the hub gave up on the connection.
-const STALL_CHECK: Duration = Duration::from_millis(200);
 
 /// The Centrifugo endpoint: WebSocket upgrades on [`PATH`].
 pub(crate) struct Centrifugo;
@@ -106,109 +107,103 @@ impl Endpoint for Centrifugo {
         };
         let timeout = shared.config.handshake_timeout;
         let max = shared.config.max_message_size;
+        let limits = upgrade::limits(&shared);
+        let counters = Arc::clone(&shared.counters);
         let conn_shared = Arc::clone(&shared);
         let response = admitted.accept(&mut req, &shared, peer, timeout, max, move |ws, slot| {
-            tokio::spawn(run(ws, conn_shared, peer, token, slot));
+            let (reader, writer) = ws.split();
+            let who = Identity {
+                peer,
+                // The hub's id comes with `connect`; logs of the driver carry it from then.
+                id: 0,
+                protocol: cf::PROTOCOL,
+            };
+            runtime::spawn(
+                WsTransport::new(reader, writer),
+                CentrifugoDriver::new(conn_shared, peer),
+                limits,
+                who,
+                counters,
+                token,
+                Some(slot),
+            );
         });
         Box::pin(std::future::ready(response))
     }
 }
 
-/// Run one connection to its end.
-async fn run<S>(
-    ws: WebSocket<S>,
-    shared: Arc<Shared>,
-    peer: SocketAddr,
-    token: ShutdownToken,
-    slot: ConnectionSlot,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut reader, mut writer) = ws.split();
-    let (tx, rx) = mpsc::channel::<Bytes>(READ_AHEAD);
-    // The reader only forwards data frames; the WebSocket layer answers control frames
-    // itself. It ends on close, EOF or error (the codec has sent the close code then).
-    let mut reader_task = tokio::spawn(async move {
-        while let Some(Ok(msg)) = reader.next().await {
-            match msg {
-                Message::Text(b) | Message::Binary(b) => {
-                    if tx.send(b).await.is_err() {
-                        break;
-                    }
-                }
-                Message::Close(_) => break,
-                Message::Ping(_) | Message::Pong(_) => {}
-            }
-        }
-    });
-    let mut conn = Conn {
-        shared: Arc::clone(&shared),
-        peer,
-        rx,
-        handle: None,
-        subs: HashSet::new(),
-        positioned: HashMap::new(),
-        live_from: HashMap::new(),
-        sub_expiry: HashMap::new(),
-        expires_at: None,
-        last_seen: Instant::now(),
-    };
-    // A panic while serving (a bug) must not just drop the socket: the client gets 1011 and
-    // the panic is counted, as for raw rooms.
-    let end = match crate::conn::crash::CatchPanic::new(conn.serve(&mut writer, &token)).await {
-        Ok(end) => end,
-        Err(p) => {
-            shared.counters.bump(Counter::ClosedPanic);
-            tracing::error!(%peer, "panic in centrifugo connection: {p}");
-            End::Disconnect(Disconnect::new(
-                CloseCode::INTERNAL_ERROR.0,
-                "internal server error",
-            ))
-        }
-    };
-    match end {
-        End::Disconnect(d) => {
-            tracing::debug!(%peer, code = d.code, reason = %d.reason, "centrifugo disconnect");
-            if d.code == Disconnect::SLOW.code {
-                shared.counters.bump(Counter::ClosedSlowConsumer);
-                tracing::info!(%peer, "closing slow consumer");
-            }
-            // Bounded: a client that stopped reading cannot take even the close frame.
-            let _ = tokio::time::timeout(CLOSE_LINGER, writer.close(CloseCode(d.code), &d.reason))
-                .await;
-            let _ = tokio::time::timeout(CLOSE_LINGER, &mut reader_task).await;
-        }
-        End::Stalled => {
-            // Like raw rooms: a peer that takes no bytes at all gets no close frame either;
-            // dropping the socket frees its buffers now.
-            shared.counters.bump(Counter::ClosedSlowConsumer);
-            tracing::info!(%peer, "peer stopped reading; dropping connection");
-        }
-        End::Gone => {}
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for `connect`, until this instant (the handshake timeout).
+    AwaitConnect(Instant),
+    /// `connect` was answered with an error: waiting for the client to go, until this
+    /// instant.
+    Refused(Instant),
+    /// Connected: the handle and the outbox are set.
+    Connected,
+}
+
+/// What handling one command produced.
+enum Step {
+    /// Keep going.
+    Continue,
+    /// End the connection with this disconnect (after what was queued).
+    Stop(Disconnect),
+}
+
+/// A step's future: ready at once on the fast paths (a pong, publications to frame), boxed
+/// when it waits on the node (subscribe, publish, history, presence, server-side
+/// subscriptions). Boxing only the slow paths keeps the connection task's own state small:
+/// the runtime's loop holds this future inline, so its size is paid by every connection.
+enum StepFuture<F> {
+    Ready(Option<Result<(), Ending>>),
+    Boxed(Pin<Box<F>>),
+}
+
+impl<F> StepFuture<F> {
+    fn ready(r: Result<(), Ending>) -> Self {
+        StepFuture::Ready(Some(r))
     }
-    reader_task.abort();
-    drop(conn);
-    drop(slot);
-    drop(token);
+
+    fn boxed(f: F) -> Self {
+        StepFuture::Boxed(Box::pin(f))
+    }
 }
 
-/// How a connection ends.
-enum End {
-    /// Close the WebSocket with this code and reason.
-    Disconnect(Disconnect),
-    /// The peer is gone (closed, EOF, write error); nothing more to send.
-    Gone,
-    /// The peer accepted no bytes for the stall limit: the socket is dropped.
-    Stalled,
+impl<F: Future<Output = Result<(), Ending>>> Future for StepFuture<F> {
+    type Output = Result<(), Ending>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            StepFuture::Ready(r) => Poll::Ready(r.take().unwrap_or(Ok(()))),
+            StepFuture::Boxed(f) => f.as_mut().poll(cx),
+        }
+    }
 }
 
-/// The state of one connection.
-struct Conn {
+/// The part of a client frame that may wait on the node.
+enum SlowFrame {
+    /// The first frame: `connect` (and the commands batched after it).
+    Connect(Bytes),
+    /// Commands of a connected client.
+    Commands(Vec<Result<Command, DecodeError>>),
+}
+
+/// The runtime's ending for a Centrifugo disconnect: that close code and reason.
+fn disconnect(d: Disconnect) -> Ending {
+    Ending::Close(d.code, d.reason)
+}
+
+/// One Centrifugo connection's state machine (see the module documentation).
+pub(crate) struct CentrifugoDriver {
     shared: Arc<Shared>,
     peer: SocketAddr,
-    rx: mpsc::Receiver<Bytes>,
+    phase: Phase,
     /// Set once `connect` succeeded.
     handle: Option<ConnHandle>,
+    /// Set once `connect` succeeded; until then nothing is delivered.
+    outbox: Option<Outbox>,
     /// Channels this client subscribed to (client- and server-side).
     subs: HashSet<String>,
     /// Subscriptions whose client tracks stream positions (told about gaps).
@@ -219,177 +214,334 @@ struct Conn {
     /// later publication passes.
     live_from: HashMap<String, CorePosition>,
     /// Unix time at which each subscription made with an expiring token ends unless
-    /// `sub_refresh` moves it. Checked against one deadline (the earliest) in the
-    /// connection's loop, so no timer per subscription.
+    /// `sub_refresh` moves it. Checked against one deadline (the earliest), so no timer per
+    /// subscription.
     sub_expiry: HashMap<String, u64>,
     /// Unix time at which the connection token expires.
     expires_at: Option<u64>,
-    /// When the client last sent anything (its pongs included).
-    last_seen: Instant,
+    /// The expiry timer once connected: the earliest of the expiries above (Unix time) and
+    /// the instant one second after it. Absolute, and recomputed only when that time
+    /// changes: rebuilding "remaining + grace" on every step would push it back with every
+    /// message, so a busy connection would never expire.
+    expiry_timer: Option<(u64, Instant)>,
+    /// The JSON lines of the current step (replies and pushes), sent as one frame.
+    lines: Vec<Bytes>,
+    /// Deliveries taken from the outbox, framed by `on_event`.
+    batch: Vec<Delivery>,
 }
 
-/// What handling one frame produced.
-enum Step {
-    /// Keep going; these messages are to be written.
-    Continue,
-    /// Stop with this ending.
-    Stop(End),
-}
-
-impl Conn {
-    async fn serve<S>(&mut self, writer: &mut WsWriter<S>, token: &ShutdownToken) -> End
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let config = self.shared.config.clone();
-        let bound = WriteBound {
-            stall: config.ping_timeout,
+impl CentrifugoDriver {
+    fn new(shared: Arc<Shared>, peer: SocketAddr) -> CentrifugoDriver {
+        let handshake = Instant::now() + shared.config.handshake_timeout;
+        CentrifugoDriver {
+            shared,
+            peer,
+            phase: Phase::AwaitConnect(handshake),
+            handle: None,
             outbox: None,
-            token,
-        };
-        // The connect command must arrive within the handshake timeout.
-        let mut out: Vec<Bytes> = Vec::new();
-        let first = tokio::select! {
-            f = self.rx.recv() => f,
-            _ = tokio::time::sleep(config.handshake_timeout) => {
-                return End::Disconnect(Disconnect::STALE);
-            }
-        };
-        let Some(first) = first else {
-            return End::Gone;
-        };
-        self.last_seen = Instant::now();
-        let mut outbox = match self.handle_first(&first, &mut out).await {
-            Ok(Some(outbox)) => outbox,
-            Ok(None) => {
-                // Connect refused with an error reply (e.g. expired token): send it and
-                // let the client close and retry.
-                if let Err(fail) = write_all(writer, &out, &bound).await {
-                    return fail.end();
-                }
-                return self.wait_close(token).await;
-            }
-            Err(d) => return End::Disconnect(d),
-        };
-        if let Err(fail) = write_all(writer, &out, &bound).await {
-            return fail.end();
+            subs: HashSet::new(),
+            positioned: HashMap::new(),
+            live_from: HashMap::new(),
+            sub_expiry: HashMap::new(),
+            expires_at: None,
+            expiry_timer: None,
+            lines: Vec::new(),
+            batch: Vec::new(),
         }
-        out.clear();
+    }
 
-        let mut ping = tokio::time::interval(config.ping_interval);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ping.tick().await;
-        let dead_after = config.ping_interval + config.ping_timeout;
-        let stop = token.triggered();
-        tokio::pin!(stop);
-        let mut batch: Vec<Delivery> = Vec::with_capacity(BATCH);
-        // Re-armed only when an expiry changes, not on every turn of the loop.
-        let mut expiry = ExpiryTimer::new();
-        let mut sub_expiry = ExpiryTimer::new();
-        loop {
-            expiry.set(self.expires_at);
-            sub_expiry.set(self.sub_expiry.values().min().copied());
-            tokio::select! {
-                frame = self.rx.recv() => {
-                    let Some(frame) = frame else { return End::Gone };
-                    self.last_seen = Instant::now();
-                    match self.handle_frame(&frame, &mut out).await {
-                        Step::Continue => {}
-                        Step::Stop(end) => {
-                            let _ = write_all(writer, &out, &bound.with(&outbox)).await;
-                            return end;
+    /// Ends a step: the lines it produced go out as one frame (newline-separated when there
+    /// are several), and the expiry timer follows the expiries.
+    fn end_step(&mut self, lines: &mut Vec<Bytes>, out: &mut Out) {
+        match lines.len() {
+            0 => {}
+            1 => out.message(Message::Text(lines[0].clone())),
+            _ => out.message(Message::Text(encode_batch(lines.iter()))),
+        }
+        lines.clear();
+        if lines.capacity() > BATCH {
+            // Do not keep a burst's capacity on a connection that goes quiet.
+            *lines = Vec::new();
+        }
+        let at = match (self.expires_at, self.sub_expiry.values().min().copied()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if self.expiry_timer.map(|(t, _)| t) != at {
+            self.expiry_timer =
+                at.map(|at| (at, Instant::now() + time_until_expiry(Some(at), unix_now())));
+        }
+    }
+
+    /// The step's line buffer (kept between steps for its capacity).
+    fn take_lines(&mut self) -> Vec<Bytes> {
+        std::mem::take(&mut self.lines)
+    }
+
+    /// One frame of commands from the client.
+    fn message<'a, 'b>(
+        &'a mut self,
+        frame: Bytes,
+        out: &'b mut Out,
+    ) -> StepFuture<impl Future<Output = Result<(), Ending>> + Send + use<'a, 'b>> {
+        let slow = match self.phase {
+            // After a refused connect nothing the client sends matters any more.
+            Phase::Refused(_) => return StepFuture::ready(Ok(())),
+            Phase::AwaitConnect(_) => SlowFrame::Connect(frame),
+            Phase::Connected => {
+                let cmds: Vec<Result<Command, DecodeError>> = commands(&frame).collect();
+                if !cmds.iter().all(|c| matches!(c, Ok(c) if is_instant(c))) {
+                    SlowFrame::Commands(cmds)
+                } else {
+                    // The fast path: pongs (every ping interval on every connection), pings.
+                    let mut lines = self.take_lines();
+                    for cmd in cmds.into_iter().flatten() {
+                        if let Some(reply) = instant_reply(cmd) {
+                            lines.push(reply);
                         }
                     }
-                }
-                got = outbox.recv_batch(&mut batch, BATCH) => {
-                    match got {
-                        Ok(_) => {
-                            // Channels whose stream went on in a new epoch in this batch.
-                            let mut moved: Vec<Arc<str>> = Vec::new();
-                            for delivery in batch.drain(..) {
-                                if let Delivery::Control(control) = &delivery {
-                                    self.on_control(control, &mut out).await;
-                                    continue;
-                                }
-                                if self.already_sent(&delivery) {
-                                    continue;
-                                }
-                                if let Delivery::Publication(p) = &delivery {
-                                    if !moved.is_empty() && moved.contains(&p.channel) {
-                                        continue;
-                                    }
-                                    if self.stream_moved(p) {
-                                        moved.push(Arc::clone(&p.channel));
-                                        self.insufficient_state(&p.channel, &mut out).await;
-                                        continue;
-                                    }
-                                }
-                                if let Some(bytes) = encode_delivery(&delivery) {
-                                    out.push(bytes);
-                                }
-                            }
-                        }
-                        Err(closed) => return End::Disconnect(outbox_closed(closed.reason)),
-                    }
-                }
-                _ = ping.tick() => {
-                    if self.last_seen.elapsed() > dead_after {
-                        return End::Disconnect(Disconnect::NO_PONG);
-                    }
-                    out.push(cf::ping_frame());
-                }
-                _ = expiry.elapsed() => {
-                    if expiry.passed() {
-                        return End::Disconnect(Disconnect::EXPIRED);
-                    }
-                }
-                _ = sub_expiry.elapsed() => {
-                    if sub_expiry.passed() {
-                        self.drop_expired_subs(&mut out);
-                    }
-                }
-                _ = &mut stop => {
-                    return End::Disconnect(Disconnect::SHUTDOWN);
+                    self.end_step(&mut lines, out);
+                    self.lines = lines;
+                    return StepFuture::ready(Ok(()));
                 }
             }
-            if !out.is_empty() {
-                if let Err(fail) = write_all(writer, &out, &bound.with(&outbox)).await {
-                    if !matches!(fail, WriteFail::Gone) {
-                        return fail.end();
-                    }
-                    // Usually the client closed right after its last commands (the reader
-                    // answered its close and shut our write side). Commands it sent before
-                    // closing still count — a publish must not be lost because its reply
-                    // cannot be written — so the ones already read are carried out, replies
-                    // discarded.
-                    Box::pin(self.finish_read_commands(&mut out)).await;
-                    return End::Gone;
+        };
+        StepFuture::boxed(self.message_slow(slow, out))
+    }
+
+    /// The slow half of [`Self::message`].
+    async fn message_slow(&mut self, frame: SlowFrame, out: &mut Out) -> Result<(), Ending> {
+        let mut lines = self.take_lines();
+        let r = match frame {
+            SlowFrame::Connect(frame) => match self.handle_first(&frame, &mut lines).await {
+                Ok(Some(outbox)) => {
+                    self.outbox = Some(outbox);
+                    self.phase = Phase::Connected;
+                    Ok(())
                 }
-                out.clear();
-                if out.capacity() > BATCH {
-                    // Do not keep a burst's capacity on a connection that goes quiet.
-                    out = Vec::new();
+                Ok(None) => {
+                    // Refused with an error reply (e.g. an expired token): the reply goes
+                    // out, then the client has the handshake timeout to go away and retry.
+                    let wait = self.shared.config.handshake_timeout;
+                    self.phase = Phase::Refused(Instant::now() + wait);
+                    Ok(())
                 }
+                Err(d) => {
+                    // Nothing of a refused first frame is sent but the close.
+                    lines.clear();
+                    Err(disconnect(d))
+                }
+            },
+            SlowFrame::Commands(cmds) => match self.handle_frame(cmds, &mut lines).await {
+                Step::Continue => Ok(()),
+                // Replies queued before the stop still go out, before the close.
+                Step::Stop(d) => Err(disconnect(d)),
+            },
+        };
+        self.end_step(&mut lines, out);
+        self.lines = lines;
+        r
+    }
+
+    /// Deliveries taken from the outbox: framed as pushes, in order.
+    fn deliveries<'a, 'b>(
+        &'a mut self,
+        out: &'b mut Out,
+    ) -> StepFuture<impl Future<Output = Result<(), Ending>> + Send + use<'a, 'b>> {
+        let slow = self.batch.iter().any(|d| match d {
+            Delivery::Control(_) => true,
+            Delivery::Publication(p) => self.may_move(p),
+            _ => false,
+        });
+        if slow {
+            return StepFuture::boxed(self.deliveries_slow(out));
+        }
+        // The fast path: publications, joins and leaves, framed without waiting.
+        let mut lines = self.take_lines();
+        let mut batch = std::mem::take(&mut self.batch);
+        for delivery in batch.drain(..) {
+            if self.already_sent(&delivery) {
+                continue;
+            }
+            if let Some(bytes) = encode_delivery(&delivery) {
+                lines.push(bytes);
+            }
+        }
+        self.restore_batch(batch);
+        self.end_step(&mut lines, out);
+        self.lines = lines;
+        StepFuture::ready(Ok(()))
+    }
+
+    /// The slow half of [`Self::deliveries`]: controls from the server, and streams that
+    /// may have moved to a new epoch.
+    async fn deliveries_slow(&mut self, out: &mut Out) -> Result<(), Ending> {
+        let mut lines = self.take_lines();
+        let mut batch = std::mem::take(&mut self.batch);
+        // Channels whose stream went on in a new epoch in this batch.
+        let mut moved: Vec<Arc<str>> = Vec::new();
+        for delivery in batch.drain(..) {
+            if let Delivery::Control(control) = &delivery {
+                self.on_control(control, &mut lines).await;
+                continue;
+            }
+            if self.already_sent(&delivery) {
+                continue;
+            }
+            if let Delivery::Publication(p) = &delivery {
+                if !moved.is_empty() && moved.contains(&p.channel) {
+                    continue;
+                }
+                if self.stream_moved(p) {
+                    moved.push(Arc::clone(&p.channel));
+                    self.insufficient_state(&p.channel, &mut lines).await;
+                    continue;
+                }
+            }
+            if let Some(bytes) = encode_delivery(&delivery) {
+                lines.push(bytes);
+            }
+        }
+        self.restore_batch(batch);
+        self.end_step(&mut lines, out);
+        self.lines = lines;
+        Ok(())
+    }
+
+    /// Puts the (drained) batch buffer back, without a burst's capacity.
+    fn restore_batch(&mut self, batch: Vec<Delivery>) {
+        self.batch = if batch.capacity() > BATCH {
+            Vec::new()
+        } else {
+            batch
+        };
+    }
+
+    /// The driver's timer: the handshake timeout, or an expiry.
+    fn timer(&mut self, out: &mut Out) -> Result<(), Ending> {
+        match self.phase {
+            Phase::AwaitConnect(_) | Phase::Refused(_) => Err(disconnect(Disconnect::STALE)),
+            Phase::Connected => {
+                let now = unix_now();
+                if self.expires_at.is_some_and(|at| at < now) {
+                    return Err(disconnect(Disconnect::EXPIRED));
+                }
+                let mut lines = self.take_lines();
+                self.drop_expired_subs(&mut lines);
+                // Re-armed from now: a timer capped at FAR_FUTURE ends early, and one for a
+                // subscription that was refreshed meanwhile is moved.
+                self.expiry_timer = None;
+                self.end_step(&mut lines, out);
+                self.lines = lines;
+                Ok(())
             }
         }
     }
 
-    /// Carry out the commands the client sent before it went away, without replying. Bounded:
-    /// the reader forwards what it already has and then ends.
-    async fn finish_read_commands(&mut self, out: &mut Vec<Bytes>) {
-        let _ = tokio::time::timeout(CLOSE_LINGER, async {
-            while let Some(frame) = self.rx.recv().await {
-                out.clear();
-                if let Step::Stop(_) = self.handle_frame(&frame, out).await {
-                    break;
-                }
-            }
-        })
-        .await;
-        out.clear();
+    /// Whether `p` may belong to a new epoch of a positioned subscription's stream (see
+    /// [`Self::stream_moved`]), without changing anything.
+    fn may_move(&self, p: &switchboard_core::Publication) -> bool {
+        self.shared.node.is_shared() && self.positioned.contains_key(&*p.channel)
+    }
+}
+
+/// Whether a command is answered without waiting on anything.
+fn is_instant(cmd: &Command) -> bool {
+    matches!(
+        cmd.method,
+        Method::Pong | Method::Send(_) | Method::Ping(_) | Method::Rpc(_)
+    )
+}
+
+/// The reply to a command for which [`is_instant`] holds (`None`: no reply). The same
+/// replies as [`CentrifugoDriver::handle_command`] gives.
+fn instant_reply(cmd: Command) -> Option<Bytes> {
+    match cmd.method {
+        Method::Ping(_) => Some(Reply::ok(cmd.id, ReplyResult::Ping(PingResult {})).encode()),
+        Method::Rpc(_) => Some(Reply::error(cmd.id, CfError::NOT_AVAILABLE).encode()),
+        _ => None,
+    }
+}
+
+impl Driver for CentrifugoDriver {
+    type Event = Result<(), CloseReason>;
+
+    fn on_message<'a, 'b>(
+        &'a mut self,
+        msg: Message,
+        out: &'b mut Out,
+    ) -> impl Future<Output = Result<(), Ending>> + Send + use<'a, 'b> {
+        match msg {
+            Message::Text(frame) | Message::Binary(frame) => self.message(frame, out),
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => StepFuture::ready(Ok(())),
+        }
     }
 
-    /// Carries out what the server asked of this connection (the HTTP API, a gap report).
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Self::Event> {
+        match &mut self.outbox {
+            Some(outbox) => outbox
+                .poll_recv_batch(cx, &mut self.batch, BATCH)
+                .map(|r| r.map(|_| ()).map_err(|closed| closed.reason)),
+            // Nothing is delivered before `connect`; the loop polls again after every step.
+            None => Poll::Pending,
+        }
+    }
+
+    fn on_event<'a, 'b>(
+        &'a mut self,
+        event: Self::Event,
+        out: &'b mut Out,
+    ) -> impl Future<Output = Result<(), Ending>> + Send + use<'a, 'b> {
+        match event {
+            Ok(()) => self.deliveries(out),
+            Err(reason) => StepFuture::ready(Err(Ending::Hub(reason))),
+        }
+    }
+
+    /// Centrifugo's own ping, `{}`, once connected (the SDK answers with `{}`).
+    fn ping(&mut self, out: &mut Out) {
+        if self.phase == Phase::Connected {
+            out.message(Message::Text(cf::ping_frame()));
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::AwaitConnect(at) | Phase::Refused(at) => Some(at),
+            Phase::Connected => self.expiry_timer.map(|(_, at)| at),
+        }
+    }
+
+    fn on_timer(&mut self, out: &mut Out) -> impl Future<Output = Result<(), Ending>> + Send {
+        std::future::ready(self.timer(out))
+    }
+
+    fn hub_verdict(&self) -> Option<CloseReason> {
+        self.outbox.as_ref().and_then(Outbox::close_reason)
+    }
+
+    fn close_frame(&mut self, ending: &Ending) -> Option<(CloseCode, Cow<'static, str>)> {
+        let d = match ending {
+            Ending::Shutdown => Disconnect::SHUTDOWN,
+            Ending::Hub(reason) => outbox_closed(*reason),
+            Ending::Dead => Disconnect::NO_PONG,
+            Ending::Panic(_) => {
+                Disconnect::new(CloseCode::INTERNAL_ERROR.0, "internal server error")
+            }
+            Ending::Close(code, reason) => Disconnect::new(*code, reason.clone()),
+            // The peer is gone, takes no bytes, or the codec already sent its close code.
+            Ending::PeerClosed(_)
+            | Ending::Lost
+            | Ending::ReadError
+            | Ending::Stalled
+            | Ending::WriteFailed => return None,
+        };
+        tracing::debug!(peer = %self.peer, code = d.code, reason = %d.reason, "centrifugo disconnect");
+        Some((CloseCode(d.code), d.reason))
+    }
+}
+
+impl CentrifugoDriver {
     async fn on_control(&mut self, control: &Control, out: &mut Vec<Bytes>) {
         match control {
             Control::Subscribe(channel) => self.server_subscribe(channel.clone(), out).await,
@@ -478,16 +630,6 @@ impl Conn {
         self.live_from.remove(channel);
         self.sub_expiry.remove(channel);
         self.shared.node.unsubscribe(self.handle(), channel).await;
-    }
-
-    /// After a refused connect: wait for the client to go away (bounded).
-    async fn wait_close(&mut self, token: &ShutdownToken) -> End {
-        let stop = token.triggered();
-        tokio::select! {
-            _ = async { while self.rx.recv().await.is_some() {} } => End::Gone,
-            _ = tokio::time::sleep(self.shared.config.handshake_timeout) => End::Disconnect(Disconnect::STALE),
-            _ = stop => End::Disconnect(Disconnect::SHUTDOWN),
-        }
     }
 
     /// Ends every subscription whose token expired without a `sub_refresh`, telling the
@@ -606,7 +748,7 @@ impl Conn {
         for cmd in cmds {
             match cmd {
                 Ok(cmd) => {
-                    if let Step::Stop(End::Disconnect(d)) = self.handle_command(cmd, out).await {
+                    if let Step::Stop(d) = self.handle_command(cmd, out).await {
                         return Err(d);
                     }
                 }
@@ -643,18 +785,21 @@ impl Conn {
         }
     }
 
-    async fn handle_frame(&mut self, frame: &[u8], out: &mut Vec<Bytes>) -> Step {
-        let cmds: Vec<_> = commands(frame).collect();
+    async fn handle_frame(
+        &mut self,
+        cmds: Vec<Result<Command, DecodeError>>,
+        out: &mut Vec<Bytes>,
+    ) -> Step {
         for cmd in cmds {
             match cmd {
                 Ok(cmd) => {
-                    if let Step::Stop(end) = self.handle_command(cmd, out).await {
-                        return Step::Stop(end);
+                    if let Step::Stop(d) = self.handle_command(cmd, out).await {
+                        return Step::Stop(d);
                     }
                 }
                 Err(e) => {
                     tracing::debug!(peer = %self.peer, "bad command: {e}");
-                    return Step::Stop(End::Disconnect(Disconnect::BAD_REQUEST));
+                    return Step::Stop(Disconnect::BAD_REQUEST);
                 }
             }
         }
@@ -691,7 +836,7 @@ impl Conn {
             }
         }
         let result: Result<ReplyResult, CfError> = match cmd.method {
-            Method::Connect(_) => return Step::Stop(End::Disconnect(Disconnect::BAD_REQUEST)),
+            Method::Connect(_) => return Step::Stop(Disconnect::BAD_REQUEST),
             Method::Pong | Method::Send(_) => return Step::Continue,
             Method::Ping(_) => Ok(ReplyResult::Ping(PingResult {})),
             Method::Rpc(RpcRequest { .. }) => Err(CfError::NOT_AVAILABLE),
@@ -726,7 +871,7 @@ impl Conn {
                         }))
                     }
                     Err(e) if e.is_expired() => Err(CfError::TOKEN_EXPIRED),
-                    _ => return Step::Stop(End::Disconnect(Disconnect::INVALID_TOKEN)),
+                    _ => return Step::Stop(Disconnect::INVALID_TOKEN),
                 }
             }
             Method::SubRefresh(req) => {
@@ -1022,177 +1167,20 @@ fn permission_error(e: PermissionError) -> CfError {
     }
 }
 
-/// What bounds a write to a client that may have stopped reading.
-struct WriteBound<'a> {
-    /// How long the peer may accept no bytes at all (the raw rooms' stall limit,
-    /// `ping_timeout`).
-    stall: Duration,
-    /// The connection's outbox, once connected: a flush that waits gives up as soon as the hub
-    /// closes it (the slow-consumer policy) instead of waiting for the stall limit.
-    outbox: Option<&'a Outbox>,
-    token: &'a ShutdownToken,
-}
-
-impl WriteBound<'_> {
-    /// The same bound, watching `outbox`.
-    fn with<'b>(&'b self, outbox: &'b Outbox) -> WriteBound<'b> {
-        WriteBound {
-            stall: self.stall,
-            outbox: Some(outbox),
-            token: self.token,
-        }
-    }
-}
-
-/// Why a write did not complete.
-enum WriteFail {
-    /// The socket failed (usually: the peer closed).
-    Gone,
-    /// The peer accepted no bytes for the stall limit.
-    Stalled,
-    /// The hub closed the outbox while the write waited.
-    Closed(CloseReason),
-    /// The server is shutting down.
-    Shutdown,
-}
-
-impl WriteFail {
-    /// How the connection ends after this failure.
-    fn end(self) -> End {
-        match self {
-            WriteFail::Gone => End::Gone,
-            WriteFail::Stalled => End::Stalled,
-            WriteFail::Closed(reason) => End::Disconnect(outbox_closed(reason)),
-            WriteFail::Shutdown => End::Disconnect(Disconnect::SHUTDOWN),
-        }
-    }
-}
-
 /// The disconnect owed to a client whose outbox the hub closed.
 fn outbox_closed(reason: CloseReason) -> Disconnect {
     match reason {
         CloseReason::SlowConsumer => Disconnect::SLOW,
         CloseReason::Shutdown => Disconnect::SHUTDOWN,
+        CloseReason::MissedPublications => Disconnect::INSUFFICIENT_STATE,
         _ => Disconnect::FORCE_RECONNECT,
     }
 }
 
-/// Write `messages` as one frame, newline-separated, within `bound`. The fast path (the
-/// socket takes everything at once) arms no timer.
-///
-/// Without the bound a client that stops reading would hold this task in the flush for
-/// ever: its heartbeat, its close and the slow-consumer verdict could never fire.
-async fn write_all<S>(
-    writer: &mut WsWriter<S>,
-    messages: &[Bytes],
-    bound: &WriteBound<'_>,
-) -> Result<(), WriteFail>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    if messages.is_empty() {
-        return Ok(());
-    }
-    let frame = if messages.len() == 1 {
-        messages[0].clone()
-    } else {
-        encode_batch(messages)
-    };
-    writer
-        .feed(Message::Text(frame))
-        .map_err(|_| WriteFail::Gone)?;
-    let mut flush = std::pin::pin!(writer.flush());
-    if let std::task::Poll::Ready(r) = std::future::poll_fn(|cx| {
-        std::task::Poll::Ready(std::future::Future::poll(flush.as_mut(), cx))
-    })
-    .await
-    {
-        return r.map_err(|_| WriteFail::Gone);
-    }
-    Box::pin(flush_stalled(flush, bound)).await
-}
-
-/// The slow half of [`write_all`]: the socket did not take everything at once.
-async fn flush_stalled<W>(
-    mut flush: std::pin::Pin<&mut W>,
-    bound: &WriteBound<'_>,
-) -> Result<(), WriteFail>
-where
-    W: std::future::Future<Output = Result<(), switchboard_websocket::Error>>,
-{
-    let deadline = tokio::time::sleep(bound.stall);
-    tokio::pin!(deadline);
-    let stop = bound.token.triggered();
-    tokio::pin!(stop);
-    let mut check = tokio::time::interval(STALL_CHECK);
-    loop {
-        tokio::select! {
-            r = &mut flush => return r.map_err(|_| WriteFail::Gone),
-            _ = &mut deadline => return Err(WriteFail::Stalled),
-            _ = &mut stop => return Err(WriteFail::Shutdown),
-            _ = check.tick() => {
-                if let Some(reason) = bound.outbox.and_then(Outbox::close_reason) {
-                    return Err(WriteFail::Closed(reason));
-                }
-            }
-        }
-    }
-}
-
-/// A timer that fires one second after a Unix time (never without one), re-armed only when
-/// that time changes.
-///
-/// The deadline is absolute: rebuilding a relative "remaining + grace" sleep on every turn of
-/// the connection loop would push it back with every message, so a busy connection would
-/// never expire. The extra second lets a client that refreshes right at the expiry keep its
-/// connection or subscription.
-struct ExpiryTimer {
-    at: Option<u64>,
-    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
-}
-
-impl ExpiryTimer {
-    fn new() -> ExpiryTimer {
-        ExpiryTimer {
-            at: None,
-            sleep: Box::pin(sleep_past_expiry(None)),
-        }
-    }
-
-    /// Fires one second after `at` from now on (never for `None`).
-    fn set(&mut self, at: Option<u64>) {
-        if at != self.at {
-            self.at = at;
-            self.sleep.set(sleep_past_expiry(at));
-        }
-    }
-
-    /// Resolves when the timer fires.
-    fn elapsed(&mut self) -> &mut std::pin::Pin<Box<tokio::time::Sleep>> {
-        &mut self.sleep
-    }
-
-    /// Called once the sleep ended: whether the time really passed. A sleep is at most
-    /// [`FAR_FUTURE`] long, so for a later (or no) time it ends early; it is then re-armed
-    /// and `false` returned.
-    fn passed(&mut self) -> bool {
-        if self.at.is_some_and(|at| at < unix_now()) {
-            return true;
-        }
-        self.sleep.set(sleep_past_expiry(self.at));
-        false
-    }
-}
-
 /// Longest sleep armed for an expiry: a year. Tokens claiming a later time (up to
-/// `u64::MAX` seconds, far past what `SystemTime` holds) simply never fire; the loop re-arms
-/// the timer only when the expiry changes, so such a connection sleeps a year at a time.
+/// `u64::MAX` seconds, far past what `SystemTime` holds) simply never fire; the timer is re-armed
+/// when it ends early, so such a connection sleeps a year at a time.
 const FAR_FUTURE: Duration = Duration::from_secs(365 * 24 * 3600);
-
-/// A sleep that ends one second after the Unix time `at` (never when `None`).
-fn sleep_past_expiry(at: Option<u64>) -> tokio::time::Sleep {
-    tokio::time::sleep(time_until_expiry(at, crate::auth::unix_now()))
-}
 
 /// How long from `now` (Unix seconds) until one second after `at`, at most
 /// [`FAR_FUTURE`]. Integer arithmetic only: any `u64` a token carries is accepted.
@@ -1204,30 +1192,4 @@ fn time_until_expiry(at: Option<u64>, now: u64) -> Duration {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn expiry_sleeps_are_capped_and_never_overflow() {
-        let now = 1_700_000_000;
-        assert_eq!(time_until_expiry(None, now), FAR_FUTURE);
-        assert_eq!(time_until_expiry(Some(now), now), Duration::from_secs(1));
-        assert_eq!(time_until_expiry(Some(now - 10), now), Duration::ZERO);
-        assert_eq!(
-            time_until_expiry(Some(now + 59), now),
-            Duration::from_secs(60)
-        );
-        for at in [10_000_000_000_000_000_000, i64::MAX as u64, u64::MAX] {
-            assert_eq!(time_until_expiry(Some(at), now), FAR_FUTURE);
-        }
-    }
-
-    #[tokio::test]
-    async fn a_far_future_timer_re_arms_instead_of_firing() {
-        let mut timer = ExpiryTimer::new();
-        timer.set(Some(u64::MAX));
-        assert!(!timer.passed(), "not due: re-armed");
-        timer.set(Some(1));
-        assert!(timer.passed(), "long past");
-    }
-}
+mod tests;
