@@ -956,6 +956,90 @@ mod tests {
             .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
     }
 
+    fn polling_session(max: usize) -> (Arc<Session>, PollingTransport) {
+        let counters = Arc::new(crate::conn::stats::ServerCounters::default());
+        let slot = counters.try_acquire_slot(None).unwrap();
+        let (tx, rx) = mpsc::channel(INBOUND);
+        let session = Arc::new(Session {
+            sid: "s".into(),
+            poll: Mutex::new(PollState {
+                queue: VecDeque::new(),
+                bytes: 0,
+                get_active: false,
+                post_active: false,
+                mode: Mode::Polling,
+                handover: None,
+                refused: None,
+            }),
+            wake_get: Notify::new(),
+            drained: Notify::new(),
+            inbound: tx,
+            _slot: slot,
+        });
+        let transport = PollingTransport::new(Arc::clone(&session), rx, max);
+        (session, transport)
+    }
+
+    fn next(t: &mut PollingTransport) -> Poll<Option<Result<Message, WsError>>> {
+        t.poll_next(&mut Context::from_waker(std::task::Waker::noop()))
+    }
+
+    #[tokio::test]
+    async fn a_post_is_answered_once_its_packets_were_taken() {
+        let (session, mut t) = polling_session(1 << 20);
+        let (done, mut answer) = oneshot::channel();
+        let packets = vec![
+            EnginePacket::Pong(Bytes::new()),
+            EnginePacket::Binary(Bytes::from_static(&[1])),
+        ];
+        session
+            .inbound
+            .try_send(Inbound::Post(packets, done))
+            .unwrap();
+        assert!(matches!(next(&mut t), Poll::Ready(Some(Ok(Message::Text(m)))) if &m[..] == b"3"));
+        assert!(matches!(next(&mut t), Poll::Ready(Some(Ok(Message::Binary(m)))) if m[..] == [1]));
+        assert!(
+            answer.try_recv().is_err(),
+            "not before the last packet was handled"
+        );
+        assert!(next(&mut t).is_pending());
+        assert_eq!(answer.try_recv().unwrap(), Ok(()));
+        assert!(
+            t.activity().last_heard().is_some(),
+            "a POST counts as liveness"
+        );
+        // A POST whose packet ends the session gets the reason.
+        let (done, mut answer) = oneshot::channel();
+        session
+            .inbound
+            .try_send(Inbound::Post(vec![EnginePacket::Close], done))
+            .unwrap();
+        assert!(next(&mut t).is_ready());
+        session.refuse("bad packet");
+        drop(t);
+        assert_eq!(answer.try_recv().unwrap(), Err("bad packet"));
+    }
+
+    #[tokio::test]
+    async fn writes_queue_for_the_get_and_move_to_the_websocket_at_the_upgrade() {
+        let (session, mut t) = polling_session(1 << 20);
+        t.feed(&OutFrame::Message(Message::text("42[\"a\"]")))
+            .unwrap();
+        t.flush().await.unwrap();
+        assert_eq!(session.lock().queue.len(), 1);
+        let got = poll(&session).await;
+        assert_eq!(got.status(), StatusCode::OK);
+        assert_eq!(session.lock().bytes, 0);
+        t.feed(&OutFrame::Message(Message::text("42[\"b\"]")))
+            .unwrap();
+        assert!(session.hand_over());
+        let handed = session.take_handover().unwrap();
+        assert!(matches!(&handed[..], [Frame::Text(b)] if &b[..] == b"42[\"b\"]"));
+        assert!(session.take_handover().is_none(), "once");
+        // Polling is over: a GET is refused.
+        assert_eq!(poll(&session).await.status(), StatusCode::BAD_REQUEST);
+    }
+
     #[test]
     fn polling_payloads() {
         let body = encode_frames(&[
