@@ -148,7 +148,7 @@ fn endpoints(config: &ServerConfig, on_message: Option<MessageHook>) -> Router {
         .register(Arc::new(Health))
         .register(Arc::new(crate::api::Api))
         .register(Arc::new(crate::protocol::centrifugo::Centrifugo))
-        .register(Arc::new(crate::protocol::socketio::SocketIo))
+        .register(Arc::new(crate::protocol::socketio::SocketIo::new()))
         .register(Arc::new(Arc::new(RawRooms::new(
             config.welcome.clone(),
             on_message,

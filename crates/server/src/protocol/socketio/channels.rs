@@ -84,9 +84,12 @@ pub(crate) async fn join_namespace(
     token_channels: &[String],
 ) -> Result<Vec<(String, StreamPosition)>, ChanError> {
     let ns_channel = namespace_channel(nsp);
-    let mut joined = vec![(ns_channel.clone(), join(shared, handle, &ns_channel).await?)];
+    let mut joined = vec![(
+        ns_channel.clone(),
+        join_channel(shared, handle, &ns_channel).await?,
+    )];
     for channel in token_channels {
-        match join(shared, handle, channel).await {
+        match join_channel(shared, handle, channel).await {
             Ok(position) => joined.push((channel.clone(), position)),
             Err(e) => tracing::debug!(%channel, "socket.io: token channel not joined: {e:?}"),
         }
@@ -94,7 +97,9 @@ pub(crate) async fn join_namespace(
     Ok(joined)
 }
 
-async fn join(
+/// Joins `channel` without a permission check (a server-side subscription). Returns the
+/// position the join reported (see [`subscribe`]).
+pub(crate) async fn join_channel(
     shared: &Shared,
     handle: &ConnHandle,
     channel: &str,
@@ -120,7 +125,7 @@ pub(crate) async fn subscribe(
         .hub
         .check_subscribe(&ctx, channel)
         .map_err(permission_error)?;
-    join(shared, handle, channel).await
+    join_channel(shared, handle, channel).await
 }
 
 /// A client's `unsubscribe`. Returns whether it was subscribed.

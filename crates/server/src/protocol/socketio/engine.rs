@@ -1,36 +1,37 @@
 //! Engine.IO v4 sessions: the WebSocket and HTTP long-polling transports, the upgrade from
-//! one to the other, heartbeats, and the HTTP errors.
+//! one to the other, and the HTTP errors.
 //!
-//! One task per session (the *engine task*) owns all of its state: the Socket.IO layer,
-//! the current transport and the heartbeat. Everything the client sends reaches it through
-//! one bounded channel of [`Inbound`] items: decoded packets from the WebSocket reader task
-//! or from a polling `POST`, the upgraded WebSocket, transport errors. What it sends goes
-//! straight to the WebSocket writer, or into the session's polling queue, which the
-//! pending `GET` takes in one payload.
+//! Every session runs on the connection runtime ([`crate::conn::runtime`]): one task per
+//! session, with the [`SocketIoDriver`] as its state machine. A WebSocket session's
+//! transport is the WebSocket itself; a polling session's is a [`PollingTransport`]: what
+//! the client `POST`s reaches it through one bounded channel of [`Inbound`] items (the
+//! packets, the upgraded WebSocket, a broken request), and what the session sends is queued
+//! for the pending `GET`, which takes it in one payload.
 //!
 //! * Handshake: `GET ?EIO=4&transport=polling` answers the open packet in the body;
 //!   a WebSocket upgrade with `transport=websocket` and no `sid` sends it as first message
 //!   (with `upgrades: []`).
 //! * Upgrade: a WebSocket upgrade with the `sid` of a polling session: the client sends
 //!   `2probe`, we answer `3probe`, a pending `GET` is ended with a noop so the client can
-//!   pause polling, the client sends `5` and the session moves to the WebSocket; packets
-//!   still queued for polling are written there first. Later polling requests for the
-//!   session are refused with "Bad request".
-//! * Heartbeat: the server sends `2` every ping interval; no `3` within the ping timeout
-//!   ends the session.
+//!   pause polling, the client sends `5` and the session moves to the WebSocket (its
+//!   transport switches over); packets still queued for polling are written there first.
+//!   Later polling requests for the session are refused with "Bad request".
+//! * Heartbeat: the runtime's: the server sends `2` every ping interval; a client that
+//!   sends nothing (a `3`, a `POST`, anything) within the ping timeout after it is dropped.
 //! * Polling: one `GET` at a time (a second concurrent one is a protocol error that closes
 //!   the session, as is a concurrent `POST`); bodies over `max_payload` get 413 and close
-//!   the session; the queue for a polling client is bounded by `polling_buffer`, after
-//!   which the session stops draining its outboxes (whose own bounds and slow-consumer
+//!   the session; the queue for a polling client is bounded by `polling_buffer`: a write
+//!   that finds it over waits for a `GET` to drain it (bounded like a stalled socket, and
+//!   the session stops draining its outboxes meanwhile, whose own bounds and slow-consumer
 //!   policy then apply, as for every other protocol).
-//! * A polling `POST` is answered once the engine task has handled its packets: `ok`, or
+//! * A polling `POST` is answered once the session has handled its packets: `ok`, or
 //!   400 with the reason when one breaks the protocol (the session is then closed). Its body
 //!   must arrive within the body timeout, else 408 and the session is closed.
 //! * Connection slots: a WebSocket session holds one for its lifetime; a polling session's
 //!   slot belongs to the session record, which every request in flight for it holds, so a
 //!   request still reading its body keeps counting against `max_connections` after the
 //!   session ended.
-//! * A panic in the engine task (a bug) ends the session: WebSocket close 1011, counted as
+//! * A panic while serving the session (a bug) ends it: WebSocket close 1011, counted as
 //!   `closed_panic`.
 //!
 //! Session ids: 22 URL-safe characters of randomness; with a shared broker they are prefixed
@@ -40,9 +41,11 @@
 //! a load balancer without sticky sessions. A WebSocket upgrade that reaches the wrong node is
 //! forwarded the same way and the two connections are spliced, so the session still moves to
 //! WebSocket (its bytes then pass through the node that received the upgrade).
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -52,14 +55,15 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use switchboard_protocols::socketio::engine::{Handshake, HttpError, Packet as EnginePacket};
-use switchboard_websocket::stream::{WebSocket, WsReader, WsWriter};
-use switchboard_websocket::{CloseCode, Message};
+use switchboard_websocket::stream::{PingTracker, WebSocket, WsReader, WsWriter};
+use switchboard_websocket::{CloseCode, Error as WsError, Message};
 use tokio::sync::{mpsc, oneshot, Notify};
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
-use super::socket::{Sockets, Step};
-use super::{error, status_only, Query};
+use super::driver::SocketIoDriver;
+use super::{error, status_only, Query, SocketIo};
+use crate::conn::driver::OutFrame;
+use crate::conn::heartbeat::{Liveness, PeerActivity};
+use crate::conn::runtime::{self, Identity, Transport, WsTransport};
 use crate::conn::shutdown::ShutdownToken;
 use crate::conn::stats::{ConnectionSlot, Counter};
 use crate::state::Shared;
@@ -68,31 +72,23 @@ use crate::transport::http::{Body, BodyError};
 /// The upgraded connection type.
 pub(crate) type Io = TokioIo<hyper::upgrade::Upgraded>;
 
-/// Inbound items queued ahead of the engine task (back-pressure on a flooding client).
+/// Inbound items queued ahead of a polling session (back-pressure on a flooding client).
 const INBOUND: usize = 64;
-/// A session that joins no namespace within this time is closed (Socket.IO's default
-/// `connectTimeout`): an open Engine.IO session costs memory and a connection slot.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(45);
-/// How long to wait for the peer's close reply once ours is sent.
-const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
-/// One outgoing Engine.IO packet as bytes: a text packet with its type character (the same
-/// bytes serve as a WebSocket text frame and as a polling packet), or binary data.
+/// One outgoing Engine.IO packet as polling bytes: a text packet with its type character,
+/// or binary data.
 #[derive(Debug, Clone)]
 pub(crate) enum Frame {
     /// A text packet, type character included.
     Text(Bytes),
     /// A binary message.
     Binary(Bytes),
-    /// An event shared with other sockets (its text packet and attachments).
-    Event(Arc<switchboard_protocols::socketio::EncodedEvent>),
 }
 
 impl Frame {
     fn len(&self) -> usize {
         match self {
             Frame::Text(b) | Frame::Binary(b) => b.len(),
-            Frame::Event(ev) => ev.len(),
         }
     }
 
@@ -102,21 +98,29 @@ impl Frame {
             (false, b) => Frame::Text(b),
         }
     }
+
+    /// What the runtime asked to send, as a polling packet (WebSocket control frames have
+    /// no polling form).
+    fn from_out(frame: &OutFrame) -> Option<Frame> {
+        match frame {
+            OutFrame::Message(Message::Text(t)) => Some(Frame::Text(t.clone())),
+            OutFrame::Message(Message::Binary(b)) => Some(Frame::Binary(b.clone())),
+            OutFrame::Message(_) => None,
+            OutFrame::Prepared(p) if p.is_text() => Some(Frame::Text(p.payload().clone())),
+            OutFrame::Prepared(p) => Some(Frame::Binary(p.payload().clone())),
+        }
+    }
 }
 
-/// What the engine task receives.
+/// What a polling session's transport receives from the HTTP requests.
 pub(crate) enum Inbound {
-    /// A packet from the client.
-    Packet(EnginePacket),
-    /// The packets of a polling `POST`; the engine answers once they are handled: `Err`
-    /// with the reason when one broke the protocol (the session then ends).
+    /// The packets of a polling `POST`; answered once they are handled: `Err` with the
+    /// reason when one broke the protocol (the session then ends).
     Post(Vec<EnginePacket>, oneshot::Sender<Result<(), &'static str>>),
     /// The upgrade completed: the session moves to this WebSocket.
     Upgrade(Box<(WsReader<Io>, WsWriter<Io>)>),
     /// The client broke the protocol; the session ends.
     Error(&'static str),
-    /// The transport closed.
-    Closed,
 }
 
 /// Where a polling session is in its life.
@@ -135,20 +139,23 @@ struct PollState {
     get_active: bool,
     post_active: bool,
     mode: Mode,
+    /// What was queued for polling when the WebSocket took over, for the driver to send
+    /// there first.
+    handover: Option<Vec<Frame>>,
+    /// Why the client's last packet was refused, for the `POST` that carried it.
+    refused: Option<&'static str>,
 }
 
 /// A session reachable by its sid (polling sessions, until they end).
 pub(crate) struct Session {
     sid: String,
-    /// Identifies the server the session belongs to (several servers may share a process).
-    server: usize,
     poll: Mutex<PollState>,
     /// Wakes the pending `GET`.
     wake_get: Notify,
-    /// Wakes the engine task when a `GET` drained the queue.
+    /// Wakes a write waiting for a `GET` to drain the queue.
     drained: Notify,
     inbound: mpsc::Sender<Inbound>,
-    /// The session's connection slot: freed when the last holder of the session (the engine
+    /// The session's connection slot: freed when the last holder of the session (its
     /// task, or a request still in flight) lets go of it.
     _slot: ConnectionSlot,
 }
@@ -158,22 +165,56 @@ impl Session {
         self.poll.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The session's id.
+    pub(crate) fn sid(&self) -> &str {
+        &self.sid
+    }
+
     fn set_mode(&self, mode: Mode) {
         self.lock().mode = mode;
         self.wake_get.notify_one();
     }
+
+    /// Remembers why the client's packet was refused, for its `POST`'s answer.
+    pub(crate) fn refuse(&self, why: &'static str) {
+        self.lock().refused = Some(why);
+    }
+
+    /// The frames queued for polling when the WebSocket took over (once).
+    pub(crate) fn take_handover(&self) -> Option<Vec<Frame>> {
+        self.lock().handover.take()
+    }
+
+    /// The WebSocket takes over: what is queued is kept for the driver, polling ends.
+    /// False when the session is already closed.
+    fn hand_over(&self) -> bool {
+        let mut st = self.lock();
+        if st.mode == Mode::Closed {
+            return false;
+        }
+        let queued: Vec<Frame> = st.queue.drain(..).collect();
+        st.bytes = 0;
+        st.mode = Mode::Upgraded;
+        st.handover = Some(queued);
+        drop(st);
+        // A pending GET ends (with a noop).
+        self.wake_get.notify_one();
+        true
+    }
+
+    /// The session ended: a pending `GET` gets what is queued, then the close packet
+    /// (queued explicitly at shutdown, so it follows what is queued).
+    pub(crate) fn close(&self, shutdown: bool) {
+        let mut st = self.lock();
+        if shutdown {
+            st.queue.push_back(Frame::Text(Bytes::from_static(b"1")));
+        }
+        st.mode = Mode::Closed;
+        drop(st);
+        self.wake_get.notify_one();
+        self.drained.notify_one();
+    }
 }
-
-/// Live polling sessions by sid. Process-wide (sids are random, so sessions of several
-/// servers in one process never collide); each session records its server.
-static SESSIONS: LazyLock<Mutex<HashMap<String, Arc<Session>>>> = LazyLock::new(Default::default);
-
-fn sessions() -> std::sync::MutexGuard<'static, HashMap<String, Arc<Session>>> {
-    SESSIONS.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Forwards polling requests to the nodes owning their sessions.
-static FORWARDER: LazyLock<crate::transport::forward::Forwarder> = LazyLock::new(Default::default);
 
 /// A new session id: random, prefixed with this node's id when several nodes share a broker.
 fn new_sid(shared: &Shared) -> String {
@@ -210,7 +251,12 @@ async fn owner_address(shared: &Shared, owner: &str) -> Result<String, Response<
 }
 
 /// Sends a polling request on to the node that owns its session, and relays the answer.
-async fn forward(req: Request<Incoming>, shared: &Shared, owner: &str) -> Response<Body> {
+async fn forward(
+    io: &SocketIo,
+    req: Request<Incoming>,
+    shared: &Shared,
+    owner: &str,
+) -> Response<Body> {
     let target = match owner_address(shared, owner).await {
         Ok(target) => target,
         Err(reply) => return reply,
@@ -226,7 +272,7 @@ async fn forward(req: Request<Incoming>, shared: &Shared, owner: &str) -> Respon
     };
     // A pending GET lasts up to a ping interval; allow the ping timeout on top.
     let timeout = shared.config.ping_interval + shared.config.ping_timeout;
-    match FORWARDER.forward(parts, body, &target, timeout).await {
+    match io.forwarder().forward(parts, body, &target, timeout).await {
         Ok(response) => response,
         Err(e) => {
             tracing::debug!(owner, "socket.io: forwarding failed: {e}");
@@ -237,30 +283,24 @@ async fn forward(req: Request<Incoming>, shared: &Shared, owner: &str) -> Respon
 
 /// Sends the WebSocket upgrade of a polling session to the node that owns it and splices the
 /// two connections once the owner switches protocols: the session moves to WebSocket there.
-async fn forward_upgrade(req: Request<Incoming>, shared: &Shared, owner: &str) -> Response<Body> {
+async fn forward_upgrade(
+    io: &SocketIo,
+    req: Request<Incoming>,
+    shared: &Shared,
+    owner: &str,
+) -> Response<Body> {
     let target = match owner_address(shared, owner).await {
         Ok(target) => target,
         Err(reply) => return reply,
     };
     let timeout = shared.config.socketio.upgrade_timeout;
-    match FORWARDER.forward_upgrade(req, &target, timeout).await {
+    match io.forwarder().forward_upgrade(req, &target, timeout).await {
         Ok(response) => response,
         Err(e) => {
             tracing::debug!(owner, "socket.io: forwarding an upgrade failed: {e}");
             status_only(e.status())
         }
     }
-}
-
-fn server_id(shared: &Arc<Shared>) -> usize {
-    Arc::as_ptr(shared) as usize
-}
-
-fn find(shared: &Arc<Shared>, sid: &str) -> Option<Arc<Session>> {
-    sessions()
-        .get(sid)
-        .filter(|s| s.server == server_id(shared))
-        .cloned()
 }
 
 /// A random URL-safe id (128 bits from the OS-seeded SipHash keys of `RandomState`, fed a
@@ -279,6 +319,7 @@ pub(crate) fn random_id() -> String {
 
 /// Routes a non-preflight request: validation, then handshake, poll, post or upgrade.
 pub(crate) async fn route(
+    io: &Arc<SocketIo>,
     req: Request<Incoming>,
     shared: Arc<Shared>,
     peer: SocketAddr,
@@ -291,12 +332,12 @@ pub(crate) async fn route(
     let upgrade = switchboard_websocket::handshake::is_upgrade_request(req.headers());
     match (q.transport.as_deref(), upgrade) {
         (Some("websocket"), true) => match q.sid {
-            None => websocket_handshake(req, shared, peer, token),
-            Some(sid) => match find(&shared, &sid) {
+            None => websocket_handshake(io, req, shared, peer, token),
+            Some(sid) => match io.find(&sid) {
                 None => match foreign_owner(&shared, &sid) {
                     Some(owner) if !crate::transport::forward::is_forwarded(&req) => {
                         let owner = owner.to_string();
-                        forward_upgrade(req, &shared, &owner).await
+                        forward_upgrade(io, req, &shared, &owner).await
                     }
                     _ => error(HttpError::UnknownSid),
                 },
@@ -306,13 +347,13 @@ pub(crate) async fn route(
         // A WebSocket request without the upgrade, or an upgrade on the polling transport.
         (Some("websocket"), false) | (Some("polling"), true) => error(HttpError::BadRequest),
         (Some("polling"), false) => match q.sid {
-            None if req.method() == Method::GET => polling_handshake(shared, peer, token),
+            None if req.method() == Method::GET => polling_handshake(io, shared, peer, token),
             None => error(HttpError::BadHandshakeMethod),
-            Some(sid) => match find(&shared, &sid) {
+            Some(sid) => match io.find(&sid) {
                 None => match foreign_owner(&shared, &sid) {
                     Some(owner) if !crate::transport::forward::is_forwarded(&req) => {
                         let owner = owner.to_string();
-                        forward(req, &shared, &owner).await
+                        forward(io, req, &shared, &owner).await
                     }
                     _ => error(HttpError::UnknownSid),
                 },
@@ -338,8 +379,19 @@ fn handshake(shared: &Shared, sid: &str, upgrades: Vec<&'static str>) -> EngineP
     .packet()
 }
 
+/// Who a session is, for the runtime's logs (a session has one hub connection per
+/// namespace, so no one id).
+fn identity(peer: SocketAddr) -> Identity {
+    Identity {
+        peer,
+        id: 0,
+        protocol: switchboard_protocols::socketio::PROTOCOL,
+    }
+}
+
 /// A new session on the polling transport: the open packet is the answer.
 fn polling_handshake(
+    io: &Arc<SocketIo>,
     shared: Arc<Shared>,
     peer: SocketAddr,
     token: ShutdownToken,
@@ -358,28 +410,52 @@ fn polling_handshake(
     let (tx, rx) = mpsc::channel(INBOUND);
     let session = Arc::new(Session {
         sid: sid.clone(),
-        server: server_id(&shared),
         poll: Mutex::new(PollState {
             queue: VecDeque::new(),
             bytes: 0,
             get_active: false,
             post_active: false,
             mode: Mode::Polling,
+            handover: None,
+            refused: None,
         }),
         wake_get: Notify::new(),
         drained: Notify::new(),
-        inbound: tx.clone(),
+        inbound: tx,
         _slot: slot,
     });
-    sessions().insert(sid.clone(), Arc::clone(&session));
+    io.insert(Arc::clone(&session));
     let open = handshake(&shared, &sid, vec!["websocket"]);
-    let engine = Engine::new(Arc::clone(&shared), peer, sid, Some(session), None, tx);
-    tokio::spawn(engine.run(rx, token, None));
+    let transport = PollingTransport::new(
+        Arc::clone(&session),
+        rx,
+        shared.config.socketio.polling_buffer,
+    );
+    let driver = SocketIoDriver::new(
+        Arc::clone(io),
+        Arc::clone(&shared),
+        peer,
+        &sid,
+        None,
+        Some(session),
+    );
+    runtime::spawn(
+        transport,
+        driver,
+        crate::transport::upgrade::limits(&shared),
+        identity(peer),
+        Arc::clone(&shared.counters),
+        token,
+        // The session record holds the slot.
+        None,
+    );
     polling_response(encode_frames(&[Frame::packet(&open)]))
 }
 
-/// A new session on a WebSocket (no polling first).
+/// A new session on a WebSocket (no polling first): one task, the runtime's, over the
+/// WebSocket.
 fn websocket_handshake(
+    io: &Arc<SocketIo>,
     mut req: Request<Incoming>,
     shared: Arc<Shared>,
     peer: SocketAddr,
@@ -392,16 +468,22 @@ fn websocket_handshake(
     let timeout = shared.config.handshake_timeout;
     let max = shared.config.socketio.max_payload;
     let conn_shared = Arc::clone(&shared);
+    let io = Arc::clone(io);
     admitted.accept(&mut req, &shared, peer, timeout, max, move |ws, slot| {
         let shared = conn_shared;
         let (reader, writer) = ws.split();
         let sid = new_sid(&shared);
-        let (tx, rx) = mpsc::channel(INBOUND);
-        let open = handshake(&shared, &sid, Vec::new());
-        let mut engine = Engine::new(Arc::clone(&shared), peer, sid, None, None, tx.clone());
-        engine.out.push(Frame::packet(&open));
-        engine.attach(reader, writer);
-        tokio::spawn(engine.run(rx, token, Some(slot)));
+        let open = handshake(&shared, &sid, Vec::new()).to_ws_frame().1;
+        let driver = SocketIoDriver::new(io, Arc::clone(&shared), peer, &sid, Some(open), None);
+        runtime::spawn(
+            WsTransport::new(reader, writer),
+            driver,
+            crate::transport::upgrade::limits(&shared),
+            identity(peer),
+            Arc::clone(&shared.counters),
+            token,
+            Some(slot),
+        );
     })
 }
 
@@ -443,45 +525,229 @@ async fn probe(
     peer: SocketAddr,
     timeout: Duration,
 ) {
-    {
-        let (mut reader, mut writer) = ws.split();
-        let probed = tokio::time::timeout(timeout, async {
-            // `2probe` → `3probe`, then the client pauses polling and sends `5`.
+    let (mut reader, mut writer) = ws.split();
+    let probed = tokio::time::timeout(timeout, async {
+        // `2probe` → `3probe`, then the client pauses polling and sends `5`.
+        match reader.next().await {
+            Some(Ok(Message::Text(t))) if &t[..] == b"2probe" => {}
+            _ => return false,
+        }
+        if writer.send(Message::text("3probe")).await.is_err() {
+            return false;
+        }
+        session.set_mode(Mode::Probing);
+        loop {
             match reader.next().await {
-                Some(Ok(Message::Text(t))) if &t[..] == b"2probe" => {}
+                Some(Ok(Message::Text(t))) if &t[..] == b"5" => return true,
+                // Heartbeat answers may arrive on the probe before the upgrade.
+                Some(Ok(Message::Text(t))) if &t[..] == b"3" || &t[..] == b"6" => {}
                 _ => return false,
             }
-            if writer.send(Message::text("3probe")).await.is_err() {
-                return false;
-            }
-            session.set_mode(Mode::Probing);
-            loop {
-                match reader.next().await {
-                    Some(Ok(Message::Text(t))) if &t[..] == b"5" => return true,
-                    // Heartbeat answers may arrive on the probe before the upgrade.
-                    Some(Ok(Message::Text(t))) if &t[..] == b"3" || &t[..] == b"6" => {}
-                    _ => return false,
-                }
-            }
-        })
-        .await
-        .unwrap_or(false);
-        drop(slot);
-        if !probed {
-            {
-                let mut st = session.lock();
-                if st.mode == Mode::Probing {
-                    st.mode = Mode::Polling;
-                }
-            }
-            tracing::debug!(%peer, sid = %session.sid, "socket.io upgrade abandoned");
-            let _ = writer.close(CloseCode(1000), "").await;
-            return;
         }
-        let _ = session
-            .inbound
-            .send(Inbound::Upgrade(Box::new((reader, writer))))
-            .await;
+    })
+    .await
+    .unwrap_or(false);
+    drop(slot);
+    if !probed {
+        {
+            let mut st = session.lock();
+            if st.mode == Mode::Probing {
+                st.mode = Mode::Polling;
+            }
+        }
+        tracing::debug!(%peer, sid = %session.sid, "socket.io upgrade abandoned");
+        let _ = writer.close(CloseCode(1000), "").await;
+        return;
+    }
+    let _ = session
+        .inbound
+        .send(Inbound::Upgrade(Box::new((reader, writer))))
+        .await;
+}
+
+/// When a session's client was last heard from: any `POST` while polling, then the
+/// WebSocket's own clock once it took over.
+#[derive(Default)]
+struct SessionActivity {
+    polling: Liveness,
+    websocket: OnceLock<PingTracker>,
+}
+
+impl PeerActivity for SessionActivity {
+    fn last_heard(&self) -> Option<std::time::Instant> {
+        let polling = self.polling.last_heard();
+        let ws = self.websocket.get().and_then(PeerActivity::last_heard);
+        polling.max(ws)
+    }
+}
+
+/// The answer a `POST` waits for, and the packets of it not yet handed on.
+struct PendingPost {
+    packets: std::vec::IntoIter<EnginePacket>,
+    done: oneshot::Sender<Result<(), &'static str>>,
+}
+
+/// A polling session as a [`Transport`]: the packets `POST`ed by the client come in through
+/// the session's channel, one message at a time; what the runtime writes is queued for the
+/// pending `GET`. Once the probed WebSocket takes over ([`Inbound::Upgrade`]) everything
+/// goes to the WebSocket.
+pub(crate) struct PollingTransport {
+    session: Arc<Session>,
+    inbound: mpsc::Receiver<Inbound>,
+    /// The `POST` whose packets are being handled.
+    post: Option<PendingPost>,
+    /// Bytes queued for the `GET` above which a write waits for it.
+    polling_buffer: usize,
+    activity: Arc<SessionActivity>,
+    /// The WebSocket, after the upgrade.
+    ws: Option<WsTransport<Io>>,
+}
+
+impl PollingTransport {
+    fn new(session: Arc<Session>, inbound: mpsc::Receiver<Inbound>, polling_buffer: usize) -> Self {
+        PollingTransport {
+            session,
+            inbound,
+            post: None,
+            polling_buffer,
+            activity: Arc::default(),
+            ws: None,
+        }
+    }
+
+    /// Answers the `POST` whose packets ended the session (its reason, or "session
+    /// closed").
+    fn refuse_post(&mut self) {
+        if let Some(post) = self.post.take() {
+            let why = self
+                .session
+                .lock()
+                .refused
+                .take()
+                .unwrap_or("session closed");
+            let _ = post.done.send(Err(why));
+        }
+    }
+}
+
+/// A packet as the message the driver takes.
+fn message(p: &EnginePacket) -> Message {
+    match p.to_ws_frame() {
+        (true, b) => Message::Binary(b),
+        (false, b) => Message::Text(b),
+    }
+}
+
+impl Transport for PollingTransport {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, WsError>>> {
+        loop {
+            if let Some(ws) = &mut self.ws {
+                return ws.poll_next(cx);
+            }
+            if let Some(post) = &mut self.post {
+                if let Some(p) = post.packets.next() {
+                    return Poll::Ready(Some(Ok(message(&p))));
+                }
+                // The runtime asks for the next message once the last one was handled.
+                if let Some(post) = self.post.take() {
+                    let _ = post.done.send(Ok(()));
+                }
+            }
+            match std::task::ready!(self.inbound.poll_recv(cx)) {
+                None => return Poll::Ready(None),
+                Some(Inbound::Post(packets, done)) => {
+                    self.activity.polling.touch();
+                    self.post = Some(PendingPost {
+                        packets: packets.into_iter(),
+                        done,
+                    });
+                }
+                Some(Inbound::Error(why)) => {
+                    tracing::debug!(sid = %self.session.sid, "socket.io: {why}");
+                    // An empty message is no Engine.IO packet: the driver ends the session
+                    // as a protocol error (the request was answered already).
+                    return Poll::Ready(Some(Ok(Message::Text(Bytes::new()))));
+                }
+                Some(Inbound::Upgrade(pair)) => {
+                    let (reader, writer) = *pair;
+                    if !self.session.hand_over() {
+                        continue;
+                    }
+                    let _ = self.activity.websocket.set(reader.tracker());
+                    self.ws = Some(WsTransport::new(reader, writer));
+                    // The driver takes this `5` as the switch and writes what was queued
+                    // for polling first.
+                    return Poll::Ready(Some(Ok(Message::Text(Bytes::from_static(b"5")))));
+                }
+            }
+        }
+    }
+
+    fn feed(&mut self, frame: &OutFrame) -> Result<(), WsError> {
+        if let Some(ws) = &mut self.ws {
+            return ws.feed(frame);
+        }
+        if let Some(f) = Frame::from_out(frame) {
+            let mut st = self.session.lock();
+            st.bytes += f.len();
+            st.queue.push_back(f);
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), WsError> {
+        if let Some(ws) = &mut self.ws {
+            return ws.flush().await;
+        }
+        self.session.wake_get.notify_one();
+        // Over the buffer: wait for a GET to take the queue (the runtime bounds the wait
+        // like a stalled socket's, and gives up when the hub closes an outbox).
+        loop {
+            {
+                let st = self.session.lock();
+                if st.bytes <= self.polling_buffer || st.mode != Mode::Polling {
+                    return Ok(());
+                }
+            }
+            self.session.drained.notified().await;
+        }
+    }
+
+    fn close(
+        &mut self,
+        code: CloseCode,
+        reason: &str,
+    ) -> impl Future<Output = Result<(), WsError>> + Send {
+        let reason = reason.to_string();
+        async move {
+            if let Some(ws) = &mut self.ws {
+                return ws.close(code, &reason).await;
+            }
+            self.refuse_post();
+            Ok(())
+        }
+    }
+
+    async fn linger(&mut self, limit: Duration) {
+        if let Some(ws) = &mut self.ws {
+            ws.linger(limit).await;
+        }
+    }
+
+    async fn drain(&mut self, limit: Duration) {
+        if let Some(ws) = &mut self.ws {
+            ws.drain(limit).await;
+        }
+    }
+
+    fn activity(&self) -> Arc<dyn PeerActivity> {
+        Arc::clone(&self.activity) as Arc<dyn PeerActivity>
+    }
+}
+
+impl Drop for PollingTransport {
+    fn drop(&mut self) {
+        self.refuse_post();
     }
 }
 
@@ -670,372 +936,9 @@ fn encode_frames(frames: &[Frame]) -> Bytes {
         match f {
             Frame::Text(t) => put(&mut b, false, t),
             Frame::Binary(d) => put(&mut b, true, d),
-            Frame::Event(ev) => {
-                put(&mut b, false, &ev.text);
-                for a in &ev.attachments {
-                    put(&mut b, true, a);
-                }
-            }
         }
     }
     b.freeze()
-}
-
-/// Why a session ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum End {
-    /// The transport closed or failed (the client may recover its sockets).
-    TransportClose,
-    /// No pong in time (the client may recover its sockets).
-    PingTimeout,
-    /// The client broke the protocol.
-    ProtocolError,
-    /// The client closed the session (close packet).
-    ClientClose,
-    /// An outbox overflowed under the close policy.
-    SlowConsumer,
-    /// The server is shutting down.
-    Shutdown,
-    /// A channel of the session lost publications the node could not deliver (WebSocket
-    /// close 4500; the sockets are not kept, so the client's reconnect is not recovered).
-    MissedPublications,
-    /// The engine task panicked (a bug).
-    InternalError,
-}
-
-impl End {
-    /// Whether the sockets are kept for recovery. A client's close packet counts: the
-    /// client sends one when its transport is torn down (e.g. a network change), and a
-    /// deliberate `socket.disconnect()` leaves the namespace with DISCONNECT first.
-    fn recoverable(self) -> bool {
-        matches!(
-            self,
-            End::TransportClose | End::PingTimeout | End::ClientClose
-        )
-    }
-}
-
-/// The state of one session, owned by its engine task.
-struct Engine {
-    shared: Arc<Shared>,
-    peer: SocketAddr,
-    sid: String,
-    /// Set for sessions that started with polling.
-    session: Option<Arc<Session>>,
-    writer: Option<WsWriter<Io>>,
-    reader_task: Option<JoinHandle<()>>,
-    inbound_tx: mpsc::Sender<Inbound>,
-    sockets: Sockets,
-    out: Vec<Frame>,
-    pong_deadline: Option<Instant>,
-    /// Why the client's last packet was refused, for the polling `POST` that carried it.
-    refused: Option<&'static str>,
-}
-
-impl Engine {
-    fn new(
-        shared: Arc<Shared>,
-        peer: SocketAddr,
-        sid: String,
-        session: Option<Arc<Session>>,
-        writer: Option<WsWriter<Io>>,
-        inbound_tx: mpsc::Sender<Inbound>,
-    ) -> Engine {
-        let sockets = Sockets::new(Arc::clone(&shared), peer);
-        Engine {
-            shared,
-            peer,
-            sid,
-            session,
-            writer,
-            reader_task: None,
-            inbound_tx,
-            sockets,
-            out: Vec::new(),
-            pong_deadline: None,
-            refused: None,
-        }
-    }
-
-    /// Moves the session onto a WebSocket.
-    fn attach(&mut self, reader: WsReader<Io>, writer: WsWriter<Io>) {
-        self.writer = Some(writer);
-        let tx = self.inbound_tx.clone();
-        self.reader_task = Some(tokio::spawn(read_ws(reader, tx)));
-    }
-
-    /// Whether more may be taken from the outboxes now.
-    fn can_send(&self) -> bool {
-        if self.writer.is_some() {
-            return true;
-        }
-        match &self.session {
-            Some(s) => s.lock().bytes < self.shared.config.socketio.polling_buffer,
-            None => true,
-        }
-    }
-
-    /// Runs the session to its end. `slot` is the connection slot of a WebSocket session
-    /// (a polling session's belongs to its [`Session`]).
-    async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<Inbound>,
-        token: ShutdownToken,
-        slot: Option<ConnectionSlot>,
-    ) {
-        let end = match crate::conn::crash::CatchPanic::new(self.serve(&mut rx, &token)).await {
-            Ok(end) => end,
-            Err(p) => {
-                self.shared.counters.bump(Counter::ClosedPanic);
-                tracing::error!(peer = %self.peer, sid = %self.sid, "panic in socket.io session: {p}");
-                End::InternalError
-            }
-        };
-        tracing::debug!(peer = %self.peer, sid = %self.sid, ?end, "socket.io session ends");
-        self.finish(end).await;
-        drop(slot);
-        drop(token);
-    }
-
-    async fn serve(&mut self, rx: &mut mpsc::Receiver<Inbound>, token: &ShutdownToken) -> End {
-        let interval = self.shared.config.ping_interval;
-        let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let stop = token.triggered();
-        tokio::pin!(stop);
-        let connect_by = Instant::now() + CONNECT_TIMEOUT;
-        let end = loop {
-            if let Err(end) = self.flush().await {
-                break end;
-            }
-            let can_send = self.can_send();
-            let deadline = self.pong_deadline;
-            let drained = self.session.clone();
-            let waiting_connect = !self.sockets.ever_connected();
-            let expiry = self.sockets.next_expiry();
-            let step = tokio::select! {
-                m = rx.recv() => match m {
-                    Some(Inbound::Packet(p)) => self.on_packet(p).await,
-                    Some(Inbound::Post(packets, done)) => {
-                        let mut result = Ok(());
-                        for p in packets {
-                            result = self.on_packet(p).await;
-                            if result.is_err() {
-                                break;
-                            }
-                        }
-                        let answer = match result {
-                            Ok(()) => Ok(()),
-                            Err(End::ProtocolError) => {
-                                Err(self.refused.take().unwrap_or("protocol error"))
-                            }
-                            Err(_) => Err("session closed"),
-                        };
-                        let _ = done.send(answer);
-                        result
-                    }
-                    Some(Inbound::Upgrade(pair)) => {
-                        let (reader, writer) = *pair;
-                        self.upgrade(reader, writer);
-                        Ok(())
-                    }
-                    Some(Inbound::Error(why)) => {
-                        tracing::debug!(peer = %self.peer, sid = %self.sid, "socket.io: {why}");
-                        Err(End::ProtocolError)
-                    }
-                    Some(Inbound::Closed) | None => Err(End::TransportClose),
-                },
-                got = self.sockets.next_delivery(), if can_send => {
-                    let step = self.sockets.on_delivery(got, &mut self.out);
-                    self.step(step)
-                }
-                _ = ping.tick() => {
-                    self.out.push(Frame::Text(Bytes::from_static(b"2")));
-                    if self.pong_deadline.is_none() {
-                        self.pong_deadline = Some(Instant::now() + self.shared.config.ping_timeout);
-                    }
-                    Ok(())
-                }
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                    Err(End::PingTimeout)
-                }
-                // Only a polling session (`drained` set) ever cannot send.
-                _ = async {
-                    match drained.as_ref() {
-                        Some(session) => session.drained.notified().await,
-                        None => std::future::pending().await,
-                    }
-                }, if !can_send => Ok(()),
-                _ = expiry_sleep(expiry), if expiry.is_some() => {
-                    self.sockets.expire(&mut self.out);
-                    Ok(())
-                }
-                _ = tokio::time::sleep_until(connect_by), if waiting_connect => {
-                    tracing::debug!(peer = %self.peer, sid = %self.sid, "socket.io: no CONNECT in time");
-                    Err(End::ProtocolError)
-                }
-                _ = &mut stop => Err(End::Shutdown),
-            };
-            if let Err(end) = step {
-                break end;
-            }
-        };
-        end
-    }
-
-    async fn on_packet(&mut self, p: EnginePacket) -> Result<(), End> {
-        match p {
-            EnginePacket::Pong(_) => {
-                self.pong_deadline = None;
-                Ok(())
-            }
-            EnginePacket::Text(t) => {
-                let step = self.sockets.on_text(&t, &mut self.out).await;
-                self.step(step)
-            }
-            EnginePacket::Binary(b) => {
-                let step = self.sockets.on_binary(b, &mut self.out).await;
-                self.step(step)
-            }
-            EnginePacket::Close => Err(End::ClientClose),
-            EnginePacket::Noop => Ok(()),
-            // Ping from a client, open, or an upgrade outside of a probe: not allowed.
-            EnginePacket::Ping(_) | EnginePacket::Open(_) | EnginePacket::Upgrade => {
-                self.refused = Some("unexpected Engine.IO packet type");
-                Err(End::ProtocolError)
-            }
-        }
-    }
-
-    fn step(&mut self, step: Step) -> Result<(), End> {
-        match step {
-            Step::Continue => Ok(()),
-            Step::ProtocolError(why) => {
-                tracing::debug!(peer = %self.peer, sid = %self.sid, "socket.io: {why}");
-                self.refused = Some(why);
-                Err(End::ProtocolError)
-            }
-            Step::SlowConsumer => Err(End::SlowConsumer),
-            Step::Shutdown => Err(End::Shutdown),
-            Step::MissedPublications => Err(End::MissedPublications),
-        }
-    }
-
-    /// The probed WebSocket takes over from polling.
-    fn upgrade(&mut self, reader: WsReader<Io>, writer: WsWriter<Io>) {
-        if let Some(session) = &self.session {
-            let mut st = session.lock();
-            let queued: Vec<Frame> = st.queue.drain(..).collect();
-            st.bytes = 0;
-            st.mode = Mode::Upgraded;
-            drop(st);
-            session.wake_get.notify_one();
-            // Queued for polling before the switch: they go first.
-            let later = std::mem::take(&mut self.out);
-            self.out = queued;
-            self.out.extend(later);
-        }
-        tracing::debug!(peer = %self.peer, sid = %self.sid, "socket.io upgraded to websocket");
-        self.attach(reader, writer);
-    }
-
-    /// Writes what is pending to the transport.
-    async fn flush(&mut self) -> Result<(), End> {
-        if self.out.is_empty() {
-            return Ok(());
-        }
-        if let Some(w) = &mut self.writer {
-            for f in self.out.drain(..) {
-                let r = match f {
-                    Frame::Text(t) => w.feed(Message::Text(t)),
-                    Frame::Binary(b) => w.feed(Message::Binary(b)),
-                    Frame::Event(ev) => ev.prepared().iter().try_for_each(|m| w.feed_prepared(m)),
-                };
-                if r.is_err() {
-                    return Err(End::TransportClose);
-                }
-            }
-            // A peer that stops reading would hold the flush forever (and with it the
-            // heartbeat, which runs in the same loop): give it as long as a silent peer gets.
-            let limit = self.shared.config.ping_interval + self.shared.config.ping_timeout;
-            return match tokio::time::timeout(limit, w.flush()).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) | Err(_) => Err(End::TransportClose),
-            };
-        }
-        if let Some(session) = &self.session {
-            let mut st = session.lock();
-            for f in self.out.drain(..) {
-                st.bytes += f.len();
-                st.queue.push_back(f);
-            }
-            drop(st);
-            session.wake_get.notify_one();
-        }
-        Ok(())
-    }
-
-    async fn finish(mut self, end: End) {
-        self.sockets.close(end.recoverable());
-        if let Some(session) = &self.session {
-            sessions().remove(&session.sid);
-            let mut st = session.lock();
-            if end == End::Shutdown {
-                st.queue.push_back(Frame::Text(Bytes::from_static(b"1")));
-            }
-            st.mode = Mode::Closed;
-            drop(st);
-            session.wake_get.notify_one();
-        }
-        if let Some(mut w) = self.writer.take() {
-            let (code, reason) = match end {
-                End::Shutdown => (1001, "server shutting down"),
-                End::SlowConsumer => (1008, "slow consumer"),
-                End::ProtocolError => (1002, "protocol error"),
-                End::MissedPublications => (4500, "missed publications"),
-                End::InternalError => (1011, "internal server error"),
-                _ => (1000, ""),
-            };
-            if end != End::TransportClose {
-                let _ = w.close(CloseCode(code), reason).await;
-                if let Some(task) = &mut self.reader_task {
-                    let _ = tokio::time::timeout(CLOSE_LINGER, task).await;
-                }
-            }
-        }
-        if let Some(task) = self.reader_task.take() {
-            task.abort();
-        }
-    }
-}
-
-/// Sleeps until one second after unix time `at` (the same grace as for Centrifugo tokens).
-/// The future is made again on every turn of the engine loop, so the grace is part of the
-/// deadline (not added to what remains), or frequent turns would push it back for ever.
-async fn expiry_sleep(at: Option<u64>) {
-    let deadline = at.unwrap_or(u64::MAX / 4).saturating_add(1);
-    let secs = deadline.saturating_sub(crate::auth::unix_now());
-    tokio::time::sleep(Duration::from_secs(secs.min(365 * 24 * 3600))).await;
-}
-
-/// The WebSocket reader task: decodes frames into packets for the engine task.
-async fn read_ws(mut reader: WsReader<Io>, tx: mpsc::Sender<Inbound>) {
-    while let Some(msg) = reader.next().await {
-        let item = match msg {
-            Ok(Message::Text(t)) => match EnginePacket::decode_text_bytes(&t) {
-                Ok(p) => Inbound::Packet(p),
-                Err(_) => Inbound::Error("bad packet"),
-            },
-            Ok(Message::Binary(b)) => Inbound::Packet(EnginePacket::Binary(b)),
-            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-            Ok(Message::Close(_)) | Err(_) => break,
-        };
-        let fatal = matches!(item, Inbound::Error(_));
-        if tx.send(item).await.is_err() || fatal {
-            return;
-        }
-    }
-    let _ = tx.send(Inbound::Closed).await;
 }
 
 #[cfg(test)]
@@ -1053,17 +956,99 @@ mod tests {
             .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
     }
 
+    fn polling_session(max: usize) -> (Arc<Session>, PollingTransport) {
+        let counters = Arc::new(crate::conn::stats::ServerCounters::default());
+        let slot = counters.try_acquire_slot(None).unwrap();
+        let (tx, rx) = mpsc::channel(INBOUND);
+        let session = Arc::new(Session {
+            sid: "s".into(),
+            poll: Mutex::new(PollState {
+                queue: VecDeque::new(),
+                bytes: 0,
+                get_active: false,
+                post_active: false,
+                mode: Mode::Polling,
+                handover: None,
+                refused: None,
+            }),
+            wake_get: Notify::new(),
+            drained: Notify::new(),
+            inbound: tx,
+            _slot: slot,
+        });
+        let transport = PollingTransport::new(Arc::clone(&session), rx, max);
+        (session, transport)
+    }
+
+    fn next(t: &mut PollingTransport) -> Poll<Option<Result<Message, WsError>>> {
+        t.poll_next(&mut Context::from_waker(std::task::Waker::noop()))
+    }
+
+    #[tokio::test]
+    async fn a_post_is_answered_once_its_packets_were_taken() {
+        let (session, mut t) = polling_session(1 << 20);
+        let (done, mut answer) = oneshot::channel();
+        let packets = vec![
+            EnginePacket::Pong(Bytes::new()),
+            EnginePacket::Binary(Bytes::from_static(&[1])),
+        ];
+        session
+            .inbound
+            .try_send(Inbound::Post(packets, done))
+            .unwrap();
+        assert!(matches!(next(&mut t), Poll::Ready(Some(Ok(Message::Text(m)))) if &m[..] == b"3"));
+        assert!(matches!(next(&mut t), Poll::Ready(Some(Ok(Message::Binary(m)))) if m[..] == [1]));
+        assert!(
+            answer.try_recv().is_err(),
+            "not before the last packet was handled"
+        );
+        assert!(next(&mut t).is_pending());
+        assert_eq!(answer.try_recv().unwrap(), Ok(()));
+        assert!(
+            t.activity().last_heard().is_some(),
+            "a POST counts as liveness"
+        );
+        // A POST whose packet ends the session gets the reason.
+        let (done, mut answer) = oneshot::channel();
+        session
+            .inbound
+            .try_send(Inbound::Post(vec![EnginePacket::Close], done))
+            .unwrap();
+        assert!(next(&mut t).is_ready());
+        session.refuse("bad packet");
+        drop(t);
+        assert_eq!(answer.try_recv().unwrap(), Err("bad packet"));
+    }
+
+    #[tokio::test]
+    async fn writes_queue_for_the_get_and_move_to_the_websocket_at_the_upgrade() {
+        let (session, mut t) = polling_session(1 << 20);
+        t.feed(&OutFrame::Message(Message::text("42[\"a\"]")))
+            .unwrap();
+        t.flush().await.unwrap();
+        assert_eq!(session.lock().queue.len(), 1);
+        let got = poll(&session).await;
+        assert_eq!(got.status(), StatusCode::OK);
+        assert_eq!(session.lock().bytes, 0);
+        t.feed(&OutFrame::Message(Message::text("42[\"b\"]")))
+            .unwrap();
+        assert!(session.hand_over());
+        let handed = session.take_handover().unwrap();
+        assert!(matches!(&handed[..], [Frame::Text(b)] if &b[..] == b"42[\"b\"]"));
+        assert!(session.take_handover().is_none(), "once");
+        // Polling is over: a GET is refused.
+        assert_eq!(poll(&session).await.status(), StatusCode::BAD_REQUEST);
+    }
+
     #[test]
     fn polling_payloads() {
         let body = encode_frames(&[
             Frame::Text(Bytes::from_static(b"42[\"a\"]")),
             Frame::Binary(Bytes::from_static(&[1, 2, 3, 4])),
-            Frame::Event(Arc::new(
-                switchboard_protocols::socketio::EncodedEvent::new(
-                    Bytes::from_static(b"451-[\"b\",{\"_placeholder\":true,\"num\":0}]"),
-                    vec![Bytes::from_static(&[5])],
-                ),
+            Frame::Text(Bytes::from_static(
+                b"451-[\"b\",{\"_placeholder\":true,\"num\":0}]",
             )),
+            Frame::Binary(Bytes::from_static(&[5])),
         ]);
         assert_eq!(
             &body[..],

@@ -2,7 +2,9 @@
 //! (and other v5 clients) can connect, over a WebSocket directly or over HTTP long-polling
 //! with the upgrade to a WebSocket.
 //!
-//! * [`engine`]: sessions, the two transports, the upgrade, heartbeats, HTTP errors.
+//! * [`engine`]: sessions, the two transports, the upgrade, HTTP errors.
+//! * `driver`: the state machine of one session on the connection runtime (Engine.IO
+//!   packets, pings, the connect deadline, token expiry, endings).
 //! * `socket`: the Socket.IO layer of one session: namespaces, CONNECT with `auth`,
 //!   events and acks, binary attachments, the reserved events, recovery.
 //! * `channels`: every hub operation the driver makes, in one file.
@@ -12,8 +14,9 @@
 //! The protocol semantics (reserved events, data mapping, recovery) are documented in
 //! `docs/protocols.md`, section "Socket.IO".
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -22,10 +25,12 @@ use switchboard_protocols::socketio::engine::HttpError;
 
 use crate::conn::shutdown::ShutdownToken;
 use crate::state::Shared;
+use crate::transport::forward::Forwarder;
 use crate::transport::http::Body;
 use crate::transport::{Endpoint, RequestCtx, ResponseFuture, Route};
 
 mod channels;
+mod driver;
 pub mod engine;
 mod recovery;
 mod socket;
@@ -87,10 +92,58 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The Socket.IO endpoint: every request on [`PATH`] (long-polling and WebSocket).
-pub(crate) struct SocketIo;
+/// The Socket.IO endpoint: every request on [`PATH`] (long-polling and WebSocket), and what
+/// its sessions share: the polling sessions by sid, the forwarder to other nodes, the
+/// sockets kept for recovery. One per server.
+pub(crate) struct SocketIo {
+    /// Live polling sessions by sid (until they end).
+    sessions: Mutex<HashMap<String, Arc<engine::Session>>>,
+    /// Forwards polling requests to the nodes owning their sessions.
+    forwarder: Forwarder,
+    /// Sockets kept for connection state recovery.
+    store: Arc<recovery::Store>,
+}
 
-impl Endpoint for SocketIo {
+impl SocketIo {
+    /// The endpoint of one server, with no session yet.
+    pub(crate) fn new() -> Arc<SocketIo> {
+        Arc::new(SocketIo {
+            sessions: Mutex::default(),
+            forwarder: Forwarder::default(),
+            store: Arc::default(),
+        })
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<engine::Session>>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The live polling session `sid`.
+    fn find(&self, sid: &str) -> Option<Arc<engine::Session>> {
+        self.sessions().get(sid).cloned()
+    }
+
+    fn insert(&self, session: Arc<engine::Session>) {
+        self.sessions().insert(session.sid().to_string(), session);
+    }
+
+    /// The session ended: its sid is unknown from now on.
+    fn forget(&self, session: &engine::Session) {
+        let removed = self.sessions().remove(session.sid());
+        // Dropped outside the lock (it may hold the last reference).
+        drop(removed);
+    }
+
+    fn forwarder(&self) -> &Forwarder {
+        &self.forwarder
+    }
+
+    fn store(&self) -> &Arc<recovery::Store> {
+        &self.store
+    }
+}
+
+impl Endpoint for Arc<SocketIo> {
     fn route(&self) -> Route {
         Route::Paths {
             paths: &[PATH, "/socket.io"],
@@ -99,12 +152,19 @@ impl Endpoint for SocketIo {
     }
 
     fn handle(&self, req: Request<Incoming>, ctx: RequestCtx) -> ResponseFuture {
-        Box::pin(handle(req, ctx.shared, ctx.peer, ctx.token))
+        Box::pin(handle(
+            Arc::clone(self),
+            req,
+            ctx.shared,
+            ctx.peer,
+            ctx.token,
+        ))
     }
 }
 
 /// Answers one request on [`PATH`]: a WebSocket upgrade or a long-polling request.
 pub(crate) async fn handle(
+    io: Arc<SocketIo>,
     req: Request<Incoming>,
     shared: Arc<Shared>,
     peer: SocketAddr,
@@ -123,7 +183,7 @@ pub(crate) async fn handle(
     let mut response = if req.method() == Method::OPTIONS {
         preflight(&req)
     } else {
-        engine::route(req, shared, peer, token).await
+        engine::route(&io, req, shared, peer, token).await
     };
     if let Some(origin) = origin {
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {

@@ -8,7 +8,8 @@
 //! may never have reached the client. On recovery the events after the client's last
 //! offset are sent again, then the outbox continues — every event once, in order.
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use switchboard_protocols::socketio::EncodedEvent;
@@ -67,52 +68,54 @@ impl Ring {
 
 struct Kept {
     socket: NsSocket,
-    server: usize,
     generation: u64,
 }
 
-static KEPT: LazyLock<Mutex<HashMap<String, Kept>>> = LazyLock::new(Default::default);
-
-fn kept() -> std::sync::MutexGuard<'static, HashMap<String, Kept>> {
-    KEPT.lock().unwrap_or_else(|e| e.into_inner())
+/// The sockets kept for recovery by one server's Socket.IO endpoint, by pid.
+#[derive(Default)]
+pub(crate) struct Store {
+    kept: Mutex<HashMap<String, Kept>>,
+    generation: AtomicU64,
 }
 
-/// Keeps `socket` (which has a pid) for `ttl`; after that it is dropped (leaving the hub).
-pub(crate) fn keep(socket: NsSocket, server: usize, ttl: Duration) {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static GENERATION: AtomicU64 = AtomicU64::new(0);
-    let Some(pid) = socket.pid.clone() else {
-        return;
-    };
-    let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
-    kept().insert(
-        pid.clone(),
-        Kept {
-            socket,
-            server,
-            generation,
-        },
-    );
-    tokio::spawn(async move {
-        tokio::time::sleep(ttl).await;
-        let expired = {
-            let mut map = kept();
-            match map.get(&pid) {
-                Some(k) if k.generation == generation => map.remove(&pid),
-                _ => None,
-            }
+impl Store {
+    fn kept(&self) -> std::sync::MutexGuard<'_, HashMap<String, Kept>> {
+        self.kept.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps `socket` (which has a pid) for `ttl`; after that it is dropped (leaving the
+    /// hub).
+    pub(crate) fn keep(self: &Arc<Self>, socket: NsSocket, ttl: Duration) {
+        let Some(pid) = socket.pid.clone() else {
+            return;
         };
-        // Dropped outside the lock: leaving the hub takes the hub's locks.
-        drop(expired);
-    });
-}
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        self.kept().insert(pid.clone(), Kept { socket, generation });
+        let store = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(ttl).await;
+            let Some(store) = store.upgrade() else {
+                return;
+            };
+            let expired = {
+                let mut map = store.kept();
+                match map.get(&pid) {
+                    Some(k) if k.generation == generation => map.remove(&pid),
+                    _ => None,
+                }
+            };
+            // Dropped outside the lock: leaving the hub takes the hub's locks.
+            drop(expired);
+        });
+    }
 
-/// Takes back the socket kept under `pid` for namespace `nsp` of this server, if any.
-pub(crate) fn take(pid: &str, server: usize, nsp: &str) -> Option<NsSocket> {
-    let mut map = kept();
-    match map.get(pid) {
-        Some(k) if k.server == server && k.socket.nsp == nsp => map.remove(pid).map(|k| k.socket),
-        _ => None,
+    /// Takes back the socket kept under `pid` for namespace `nsp`, if any.
+    pub(crate) fn take(&self, pid: &str, nsp: &str) -> Option<NsSocket> {
+        let mut map = self.kept();
+        match map.get(pid) {
+            Some(k) if k.socket.nsp == nsp => map.remove(pid).map(|k| k.socket),
+            _ => None,
+        }
     }
 }
 

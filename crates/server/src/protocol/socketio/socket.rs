@@ -3,28 +3,30 @@
 //! connection state recovery.
 //!
 //! Each socket is a connection of its own in the hub (its own subscriptions and outbox),
-//! so the same channel joined in two namespaces is delivered once to each. The engine task
-//! waits on all of their outboxes at once ([`Sockets::next_delivery`]).
+//! so the same channel joined in two namespaces is delivered once to each. The driver
+//! polls all of their outboxes at once ([`Sockets::poll_delivery`]).
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use serde_json::{json, Value};
 use switchboard_core::{
-    CloseReason, ConnHandle, ConnInfo, Delivery, Outbox, OutboxClosed, StreamPosition,
+    CloseReason, ConnHandle, ConnId, ConnInfo, Control, Delivery, Outbox, OutboxClosed,
+    StreamPosition,
 };
 use switchboard_protocols::socketio::mapping::{encode_broadcast, offset_of, publish_payload};
 use switchboard_protocols::socketio::{
     encode_publication, is_namespace_channel, Decoder, EncodedEvent, Packet, PacketType, PROTOCOL,
 };
 
+use switchboard_websocket::Message;
+
 use super::channels::{self, ChanError};
-use super::engine::{random_id, Frame};
-use super::recovery::{self, Ring};
+use super::engine::random_id;
+use super::recovery::{Ring, Store};
+use crate::conn::driver::Out;
 use crate::state::Shared;
 
 /// Most outbox deliveries taken at once.
@@ -48,9 +50,6 @@ pub(crate) enum Step {
     MissedPublications,
 }
 
-type RecvFuture =
-    Pin<Box<dyn Future<Output = (Vec<Delivery>, Result<usize, OutboxClosed>)> + Send>>;
-
 /// One socket: a namespace joined by the client.
 pub(crate) struct NsSocket {
     /// The namespace, `/` by default.
@@ -60,12 +59,9 @@ pub(crate) struct NsSocket {
     /// The private session id, with recovery on.
     pub(crate) pid: Option<String>,
     handle: ConnHandle,
-    /// Behind an async mutex so a wait on it can be dropped and taken up again (by another
-    /// session, after recovery) without losing the outbox.
-    outbox: Arc<tokio::sync::Mutex<Outbox>>,
-    /// The pending wait on the outbox. In a `Mutex` only to make the socket `Sync` (it is
-    /// only ever reached through `&mut`, so the lock is never taken).
-    recv: Option<std::sync::Mutex<RecvFuture>>,
+    /// Polled by the session's driver; kept with the socket for recovery (publications
+    /// keep being queued meanwhile).
+    outbox: Outbox,
     ring: Ring,
     exclude_sender: bool,
     /// Per channel, the position its join reported: queued publications at or below it
@@ -74,18 +70,6 @@ pub(crate) struct NsSocket {
     skip: HashMap<String, StreamPosition>,
     /// Unix time at which the connection token expires; the socket is then disconnected.
     expires_at: Option<u64>,
-}
-
-impl NsSocket {
-    fn recv_future(&self) -> RecvFuture {
-        let outbox = Arc::clone(&self.outbox);
-        Box::pin(async move {
-            let mut ob = outbox.lock_owned().await;
-            let mut batch = Vec::new();
-            let r = ob.recv_batch(&mut batch, BATCH).await;
-            (batch, r)
-        })
-    }
 }
 
 /// The sockets of one session.
@@ -98,20 +82,33 @@ pub(crate) struct Sockets {
     list: Vec<NsSocket>,
     /// Whether a namespace was ever joined (for the connect timeout).
     connected_once: bool,
+    /// Where sockets are kept for recovery (the endpoint's).
+    store: Arc<Store>,
+    /// The socket whose outbox is polled first next time (round robin, so one busy
+    /// namespace does not hold up the others).
+    next: usize,
+    /// Server-side subscribe / unsubscribe requests received, for [`Self::apply_controls`].
+    controls: Vec<(ConnId, Arc<Control>)>,
 }
 
-fn push_event(out: &mut Vec<Frame>, ev: &Arc<EncodedEvent>) {
-    out.push(Frame::Event(Arc::clone(ev)));
+/// Queues an event shared with other sockets: its frames are made once for all of them.
+fn push_event(out: &mut Out, ev: &EncodedEvent) {
+    for m in ev.prepared() {
+        out.prepared(m);
+    }
 }
 
-fn push_packet(out: &mut Vec<Frame>, p: &Packet) {
+/// Queues a packet for this socket only.
+fn push_packet(out: &mut Out, p: &Packet) {
     let ev = EncodedEvent::from_packet(p);
-    out.push(Frame::Text(ev.text));
-    out.extend(ev.attachments.into_iter().map(Frame::Binary));
+    out.message(Message::Text(ev.text));
+    for a in ev.attachments {
+        out.message(Message::Binary(a));
+    }
 }
 
 impl Sockets {
-    pub(crate) fn new(shared: Arc<Shared>, peer: SocketAddr) -> Sockets {
+    pub(crate) fn new(shared: Arc<Shared>, peer: SocketAddr, store: Arc<Store>) -> Sockets {
         let limits = &shared.config.socketio;
         let decoder = Decoder::with_limits(limits.max_attachments, limits.max_attachment_bytes);
         Sockets {
@@ -121,6 +118,9 @@ impl Sockets {
             reserved: 0,
             list: Vec::new(),
             connected_once: false,
+            store,
+            next: 0,
+            controls: Vec::new(),
         }
     }
 
@@ -132,7 +132,7 @@ impl Sockets {
     /// Disconnects the sockets whose token expired: the client gets DISCONNECT (its
     /// `disconnect` event with "io server disconnect", after which it does not reconnect by
     /// itself) and has to connect again with a fresh token.
-    pub(crate) fn expire(&mut self, out: &mut Vec<Frame>) {
+    pub(crate) fn expire(&mut self, out: &mut Out) {
         let now = crate::auth::unix_now();
         self.list.retain(|s| {
             let expired = s.expires_at.is_some_and(|at| at < now);
@@ -144,6 +144,12 @@ impl Sockets {
         });
     }
 
+    /// The hub connections of the sockets, in order.
+    #[cfg(test)]
+    pub(crate) fn conn_ids(&self) -> Vec<ConnId> {
+        self.list.iter().map(|s| s.handle.id()).collect()
+    }
+
     /// Whether the client ever joined a namespace in this session.
     pub(crate) fn ever_connected(&self) -> bool {
         self.connected_once
@@ -153,40 +159,39 @@ impl Sockets {
         self.shared.config.socketio.recovery
     }
 
-    fn server(&self) -> usize {
-        Arc::as_ptr(&self.shared) as usize
-    }
-
-    /// Waits until one socket's outbox has deliveries (forever when there is no socket).
-    pub(crate) async fn next_delivery(
+    /// Whether a socket's outbox has deliveries (moved into `batch`), or was closed: the
+    /// socket's index and the outcome. Pending (with every outbox's waker stored) when
+    /// none has; always when there is no socket.
+    pub(crate) fn poll_delivery(
         &mut self,
-    ) -> (usize, Vec<Delivery>, Result<usize, OutboxClosed>) {
-        std::future::poll_fn(|cx| {
-            for (i, s) in self.list.iter_mut().enumerate() {
-                if s.recv.is_none() {
-                    s.recv = Some(std::sync::Mutex::new(s.recv_future()));
-                }
-                let Some(fut) = s.recv.as_mut() else {
-                    continue;
-                };
-                let fut = fut.get_mut().unwrap_or_else(|e| e.into_inner());
-                if let Poll::Ready((batch, r)) = fut.as_mut().poll(cx) {
-                    s.recv = None;
-                    return Poll::Ready((i, batch, r));
-                }
+        cx: &mut Context<'_>,
+        batch: &mut Vec<Delivery>,
+    ) -> Poll<(usize, Result<usize, OutboxClosed>)> {
+        let n = self.list.len();
+        for k in 0..n {
+            let i = (self.next + k) % n;
+            if let Poll::Ready(r) = self.list[i].outbox.poll_recv_batch(cx, batch, BATCH) {
+                self.next = i + 1;
+                return Poll::Ready((i, r));
             }
-            Poll::Pending
-        })
-        .await
+        }
+        Poll::Pending
     }
 
-    /// Turns deliveries of socket `i` into frames.
+    /// Why the hub closed one of the outboxes, if it did (slow consumer, shutdown).
+    pub(crate) fn hub_verdict(&self) -> Option<CloseReason> {
+        self.list.iter().find_map(|s| s.outbox.close_reason())
+    }
+
+    /// Turns the deliveries of socket `i` (`batch`, emptied) into frames. Server-side
+    /// subscribe / unsubscribe requests among them are kept for [`Self::apply_controls`].
     pub(crate) fn on_delivery(
         &mut self,
-        got: (usize, Vec<Delivery>, Result<usize, OutboxClosed>),
-        out: &mut Vec<Frame>,
+        i: usize,
+        batch: &mut Vec<Delivery>,
+        r: Result<usize, OutboxClosed>,
+        out: &mut Out,
     ) -> Step {
-        let (i, batch, r) = got;
         let recovery = self.recovery();
         let Some(s) = self.list.get_mut(i) else {
             return Step::Continue;
@@ -204,26 +209,83 @@ impl Sockets {
             push_packet(out, &Packet::new(PacketType::Disconnect, s.nsp.clone()));
             return Step::Continue;
         }
-        for d in batch {
-            if let Delivery::Publication(p) = d {
-                if s.skip
-                    .get(&*p.channel)
-                    .is_some_and(|pos| p.epoch == pos.epoch && p.offset <= pos.offset)
-                {
-                    continue;
+        let mut step = Step::Continue;
+        for d in batch.drain(..) {
+            match d {
+                Delivery::Publication(p) => {
+                    if s.skip
+                        .get(&*p.channel)
+                        .is_some_and(|pos| p.epoch == pos.epoch && p.offset <= pos.offset)
+                    {
+                        continue;
+                    }
+                    let ev = encode_publication(&p, &s.nsp, recovery);
+                    push_event(out, &ev);
+                    if recovery {
+                        s.ring.push(offset_of(&p), ev);
+                    }
                 }
-                let ev = encode_publication(&p, &s.nsp, recovery);
-                push_event(out, &ev);
-                if recovery {
-                    s.ring.push(offset_of(&p), ev);
-                }
+                Delivery::Control(c) => match &*c {
+                    Control::MissedPublications(channel) => {
+                        tracing::warn!(peer = %self.peer, nsp = %s.nsp, %channel, "socket.io: missed publications, closing (4500)");
+                        // What came before the report was framed; nothing after it is.
+                        step = Step::MissedPublications;
+                        break;
+                    }
+                    Control::Subscribe(_) | Control::Unsubscribe(_) => {
+                        self.controls.push((s.handle.id(), c));
+                    }
+                },
+                // Socket.IO has no join/leave events; direct messages are not addressed
+                // to Socket.IO sockets.
+                Delivery::Direct(_) | Delivery::Join(_) | Delivery::Leave(_) => {}
             }
         }
-        Step::Continue
+        batch.clear();
+        if batch.capacity() > 2 * BATCH {
+            // Do not keep a burst's capacity on a session that goes idle.
+            *batch = Vec::new();
+        }
+        step
+    }
+
+    /// Whether server-side subscribe / unsubscribe requests wait for
+    /// [`Self::apply_controls`].
+    pub(crate) fn has_controls(&self) -> bool {
+        !self.controls.is_empty()
+    }
+
+    /// Applies the server-side subscribe / unsubscribe requests received (the HTTP API's
+    /// subscribe by user): the socket joins or leaves the channel as if it had sent the
+    /// event, without the permission check (the server asked). Socket.IO has no packet to
+    /// tell the client.
+    pub(crate) async fn apply_controls(&mut self) {
+        for (id, c) in std::mem::take(&mut self.controls) {
+            let Some(s) = self.list.iter_mut().find(|s| s.handle.id() == id) else {
+                continue;
+            };
+            match &*c {
+                Control::Subscribe(channel) => {
+                    match channels::join_channel(&self.shared, &s.handle, channel).await {
+                        Ok(position) => {
+                            s.skip.insert(channel.clone(), position);
+                        }
+                        Err(e) => {
+                            tracing::debug!(nsp = %s.nsp, %channel, "socket.io: server-side subscribe failed: {e:?}")
+                        }
+                    }
+                }
+                Control::Unsubscribe(channel) => {
+                    channels::unsubscribe(&self.shared, &s.handle, channel).await;
+                    s.skip.remove(channel);
+                }
+                Control::MissedPublications(_) => {}
+            }
+        }
     }
 
     /// A text message (a Socket.IO packet, or the start of a binary one).
-    pub(crate) async fn on_text(&mut self, t: &Bytes, out: &mut Vec<Frame>) -> Step {
+    pub(crate) async fn on_text(&mut self, t: &Bytes, out: &mut Out) -> Step {
         let Ok(s) = std::str::from_utf8(t) else {
             return Step::ProtocolError("text packet is not UTF-8");
         };
@@ -240,7 +302,7 @@ impl Sockets {
 
     /// A binary message: an attachment of the pending binary packet. Its bytes count
     /// against the server-wide bound until the packet is complete (or the session ends).
-    pub(crate) async fn on_binary(&mut self, b: Bytes, out: &mut Vec<Frame>) -> Step {
+    pub(crate) async fn on_binary(&mut self, b: Bytes, out: &mut Out) -> Step {
         if self.decoder.is_waiting() {
             let max = self.shared.config.socketio.max_attachment_bytes_total;
             if !self
@@ -277,7 +339,7 @@ impl Sockets {
         }
     }
 
-    async fn on_packet(&mut self, p: Packet, out: &mut Vec<Frame>) -> Step {
+    async fn on_packet(&mut self, p: Packet, out: &mut Out) -> Step {
         match p.kind {
             PacketType::Connect => {
                 self.connect(p, out).await;
@@ -309,7 +371,7 @@ impl Sockets {
             && (allowed.is_empty() || allowed.iter().any(|a| a == nsp))
     }
 
-    async fn connect(&mut self, p: Packet, out: &mut Vec<Frame>) {
+    async fn connect(&mut self, p: Packet, out: &mut Out) {
         let nsp = p.nsp.clone();
         if self.list.iter().any(|s| s.nsp == nsp) {
             // Already connected: answer as before (a client never does this on purpose).
@@ -322,7 +384,9 @@ impl Sockets {
         let auth = p.data.unwrap_or(Value::Null);
         if self.recovery() {
             if let Some(pid) = auth.get("pid").and_then(Value::as_str) {
-                if let Some(socket) = recovery::take(pid, self.server(), &nsp)
+                if let Some(socket) = self
+                    .store
+                    .take(pid, &nsp)
                     .filter(|s| s.expires_at.is_none_or(|at| at >= crate::auth::unix_now()))
                 {
                     let offset = auth.get("offset").and_then(Value::as_str);
@@ -402,8 +466,7 @@ impl Sockets {
             sid,
             pid,
             handle,
-            outbox: Arc::new(tokio::sync::Mutex::new(outbox)),
-            recv: None,
+            outbox,
             ring: Ring::new(self.shared.config.socketio.recovery_buffer),
             exclude_sender,
             skip: joined.into_iter().collect(),
@@ -412,7 +475,7 @@ impl Sockets {
         self.connected_once = true;
     }
 
-    async fn event(&mut self, i: usize, p: Packet, out: &mut Vec<Frame>) {
+    async fn event(&mut self, i: usize, p: Packet, out: &mut Out) {
         let shared = &self.shared;
         let s = &mut self.list[i];
         let name = p.event_name().unwrap_or_default();
@@ -477,12 +540,9 @@ impl Sockets {
         self.decoder.reset();
         self.release_attachments();
         let ttl = self.shared.config.socketio.max_disconnection_duration;
-        let server = self.server();
-        for mut s in self.list.drain(..) {
-            // Stop waiting on the outbox (the wait may be taken up again after recovery).
-            s.recv = None;
+        for s in self.list.drain(..) {
             if recoverable && s.pid.is_some() && !s.handle.is_closed() {
-                recovery::keep(s, server, ttl);
+                self.store.keep(s, ttl);
             }
         }
     }
