@@ -52,8 +52,19 @@ impl Out {
     }
 
     /// Takes the queued frames, in order.
+    #[cfg(test)]
     pub(crate) fn drain(&mut self) -> std::vec::Drain<'_, OutFrame> {
         self.frames.drain(..)
+    }
+
+    /// The queued frames, in order.
+    pub(crate) fn pending(&self) -> &[OutFrame] {
+        &self.frames
+    }
+
+    /// Drops the first `n` queued frames (they were handed to the transport).
+    pub(crate) fn consume(&mut self, n: usize) {
+        self.frames.drain(..n);
     }
 
     /// The queued frames (for tests and inspection).

@@ -436,7 +436,9 @@ async fn drive<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Ending {
     }
 }
 
-/// Writes what the driver queued, bounded (see [`flush_bounded`]).
+/// Writes what the driver queued, bounded (see [`flush_bounded`]). The frames are fed by a
+/// plain function and only the flush is awaited, so this future (which every connection's
+/// state is sized for) holds little more than the flush.
 async fn write_out<T: Transport, D: Driver, F: Future<Output = ()>>(
     conn: &mut Running<T, D>,
     stop: &mut Pin<&mut F>,
@@ -445,24 +447,41 @@ async fn write_out<T: Transport, D: Driver, F: Future<Output = ()>>(
     if conn.out.is_empty() {
         return Ok(());
     }
-    let mut frames = std::mem::take(&mut conn.out);
-    for frame in frames.drain() {
-        match conn.transport.feed(&frame) {
-            Ok(()) => {}
+    let mut flushed_for_room = false;
+    loop {
+        let (fed, all) = feed_out(conn)?;
+        if !all && fed == 0 && flushed_for_room {
+            // Not even an empty write buffer takes the next frame.
+            return Err(Ending::WriteFailed);
+        }
+        flush_bounded(conn, stop, stall).await?;
+        if all {
+            break;
+        }
+        // The write buffer was full mid-batch: it was pushed out, the rest goes now.
+        flushed_for_room = true;
+    }
+    conn.out.shrink();
+    Ok(())
+}
+
+/// Hands the queued frames to the transport until they are all taken or its write buffer is
+/// full; returns how many were taken and whether that was all.
+fn feed_out<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Result<(usize, bool), Ending> {
+    let mut fed = 0;
+    let mut all = true;
+    for frame in conn.out.pending() {
+        match conn.transport.feed(frame) {
+            Ok(()) => fed += 1,
             Err(WsError::WouldOverflow) => {
-                // The write buffer is full mid-batch: push it out, then retry once.
-                flush_bounded(conn, stop, stall).await?;
-                conn.transport
-                    .feed(&frame)
-                    .map_err(|_| Ending::WriteFailed)?;
+                all = false;
+                break;
             }
             Err(_) => return Err(Ending::WriteFailed),
         }
     }
-    // Keep the (empty) queue's capacity for the next step unless it grew for a burst.
-    frames.shrink();
-    conn.out = frames;
-    flush_bounded(conn, stop, stall).await
+    conn.out.consume(fed);
+    Ok((fed, all))
 }
 
 /// The reading side: the transport, unless the driver paused reading.
@@ -613,4 +632,70 @@ async fn finish<T: Transport, D: Driver>(conn: Running<T, D>, end: Ending) {
     // The driver's last step (leaving the hub, keeping state for recovery), bounded.
     let _ = tokio::time::timeout(CLOSE_LINGER, crash::CatchPanic::new(driver.finish(&end))).await;
     tracing::debug!(%peer, id, protocol, ending = ?end, "disconnected");
+}
+
+#[cfg(test)]
+/// The size of the future a connection's task keeps, for memory tests.
+pub(crate) fn connection_future_size<T: Transport, D: Driver>(transport: T, driver: D) -> usize {
+    let start = Box::new(Start {
+        transport,
+        driver,
+        limits: Limits {
+            ping_interval: Duration::from_secs(25),
+            ping_timeout: Duration::from_secs(20),
+            shutdown_timeout: Duration::from_secs(1),
+        },
+        who: Identity {
+            peer: ([127, 0, 0, 1], 0).into(),
+            id: 0,
+            protocol: "test",
+        },
+        counters: Arc::default(),
+        token: super::shutdown::Shutdown::new().token(),
+    });
+    let (mut conn, _) = open(*start);
+    {
+        let stop = conn.token.triggered();
+        eprintln!("stop future {} B", std::mem::size_of_val(&stop));
+        eprintln!(
+            "Wake {} B, Ending {} B, Message {} B, WsError {} B",
+            std::mem::size_of::<Wake<D::Event>>(),
+            std::mem::size_of::<Ending>(),
+            std::mem::size_of::<Message>(),
+            std::mem::size_of::<WsError>()
+        );
+        tokio::pin!(stop);
+        let w = write_out(&mut conn, &mut stop, Duration::from_secs(1));
+        eprintln!("write_out future {} B", std::mem::size_of_val(&w));
+    }
+    {
+        let d = drive(&mut conn);
+        eprintln!("drive future {} B", std::mem::size_of_val(&d));
+    }
+    let token = conn.token.clone();
+    let Running {
+        transport,
+        driver,
+        limits,
+        who,
+        counters,
+        ..
+    } = conn;
+    let fut = run(Box::new(Start {
+        transport,
+        driver,
+        limits,
+        who,
+        counters,
+        token,
+    }));
+    eprintln!(
+        "sizes: run future {} B, Running {} B, transport {} B, driver {} B, heartbeat {} B",
+        std::mem::size_of_val(&fut),
+        std::mem::size_of::<Running<T, D>>(),
+        std::mem::size_of::<T>(),
+        std::mem::size_of::<D>(),
+        std::mem::size_of::<Heartbeat>()
+    );
+    std::mem::size_of_val(&fut)
 }

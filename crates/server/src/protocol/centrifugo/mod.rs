@@ -48,7 +48,7 @@
 //! `closed_panic`.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -74,6 +74,7 @@ use switchboard_protocols::centrifugo::{
 use switchboard_websocket::{CloseCode, Message};
 use tokio::time::Instant;
 
+use self::subs::Subscriptions;
 use crate::auth::{unix_now, TokenError};
 use crate::conn::driver::{Driver, Ending, Out};
 use crate::conn::runtime::{self, Identity, WsTransport};
@@ -204,19 +205,9 @@ pub(crate) struct CentrifugoDriver {
     handle: Option<ConnHandle>,
     /// Set once `connect` succeeded; until then nothing is delivered.
     outbox: Option<Outbox>,
-    /// Channels this client subscribed to (client- and server-side).
-    subs: HashSet<String>,
-    /// Subscriptions whose client tracks stream positions (told about gaps).
-    positioned: HashMap<String, Epoch>,
-    /// Per channel, the position a subscribe reply reported: queued publications at or
-    /// below it were already recovered (or predate the subscription) and are skipped.
-    /// Only happens with a shared broker (see `switchboard_core::Node`); removed once a
-    /// later publication passes.
-    live_from: HashMap<String, CorePosition>,
-    /// Unix time at which each subscription made with an expiring token ends unless
-    /// `sub_refresh` moves it. Checked against one deadline (the earliest), so no timer per
-    /// subscription.
-    sub_expiry: HashMap<String, u64>,
+    /// Channels this client subscribed to (client- and server-side), with what is kept
+    /// per subscription: stream positions, where live delivery starts, token expiry.
+    subs: Subscriptions,
     /// Unix time at which the connection token expires.
     expires_at: Option<u64>,
     /// The expiry timer once connected: the earliest of the expiries above (Unix time) and
@@ -239,10 +230,7 @@ impl CentrifugoDriver {
             phase: Phase::AwaitConnect(handshake),
             handle: None,
             outbox: None,
-            subs: HashSet::new(),
-            positioned: HashMap::new(),
-            live_from: HashMap::new(),
-            sub_expiry: HashMap::new(),
+            subs: Subscriptions::default(),
             expires_at: None,
             expiry_timer: None,
             lines: Vec::new(),
@@ -263,7 +251,7 @@ impl CentrifugoDriver {
             // Do not keep a burst's capacity on a connection that goes quiet.
             *lines = Vec::new();
         }
-        let at = match (self.expires_at, self.sub_expiry.values().min().copied()) {
+        let at = match (self.expires_at, self.subs.earliest_expiry()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -441,7 +429,7 @@ impl CentrifugoDriver {
     /// Whether `p` may belong to a new epoch of a positioned subscription's stream (see
     /// [`Self::stream_moved`]), without changing anything.
     fn may_move(&self, p: &switchboard_core::Publication) -> bool {
-        self.shared.node.is_shared() && self.positioned.contains_key(&*p.channel)
+        self.shared.node.is_shared() && self.subs.is_positioned(&p.channel)
     }
 }
 
@@ -546,7 +534,7 @@ impl CentrifugoDriver {
         match control {
             Control::Subscribe(channel) => self.server_subscribe(channel.clone(), out).await,
             Control::MissedPublications(channel) => {
-                if self.positioned.contains_key(channel) && self.subs.contains(channel) {
+                if self.subs.is_positioned(channel) {
                     self.insufficient_state(channel, out).await;
                 }
             }
@@ -573,13 +561,13 @@ impl CentrifugoDriver {
         let Delivery::Publication(p) = delivery else {
             return false;
         };
-        let Some(from) = self.live_from.get(&*p.channel) else {
+        let Some(from) = self.subs.live_from(&p.channel) else {
             return false;
         };
         if p.epoch == from.epoch && p.offset <= from.offset {
             return true;
         }
-        self.live_from.remove(&*p.channel);
+        self.subs.set_live_from(&p.channel, None);
         false
     }
 
@@ -592,7 +580,7 @@ impl CentrifugoDriver {
             // subscribers keep receiving as before (there is no store to lose data).
             return false;
         }
-        match self.positioned.get_mut(&*p.channel) {
+        match self.subs.positioned_mut(&p.channel) {
             Some(epoch) if *epoch == Epoch::EMPTY => {
                 *epoch = p.epoch;
                 false
@@ -626,9 +614,6 @@ impl CentrifugoDriver {
     /// Ends this connection's subscription to `channel` (no message to the client).
     async fn forget(&mut self, channel: &str) {
         self.subs.remove(channel);
-        self.positioned.remove(channel);
-        self.live_from.remove(channel);
-        self.sub_expiry.remove(channel);
         self.shared.node.unsubscribe(self.handle(), channel).await;
     }
 
@@ -637,17 +622,8 @@ impl CentrifugoDriver {
     /// token). The connection stays open.
     fn drop_expired_subs(&mut self, out: &mut Vec<Bytes>) {
         let now = unix_now();
-        let expired: Vec<String> = self
-            .sub_expiry
-            .iter()
-            .filter(|(_, at)| **at < now)
-            .map(|(channel, _)| channel.clone())
-            .collect();
-        for channel in expired {
-            self.sub_expiry.remove(&channel);
+        for channel in self.subs.expired(now) {
             if self.subs.remove(&channel) {
-                self.positioned.remove(&channel);
-                self.live_from.remove(&channel);
                 self.shared.hub.unsubscribe(self.handle(), &channel);
                 tracing::debug!(peer = %self.peer, %channel, "subscription expired");
                 out.push(
@@ -885,8 +861,8 @@ impl CentrifugoDriver {
                         let exp = claims.expire_at.or(claims.exp);
                         // The new token moves (or lifts) this subscription's expiry.
                         match exp {
-                            Some(at) => self.sub_expiry.insert(req.channel.clone(), at),
-                            None => self.sub_expiry.remove(&req.channel),
+                            Some(at) => self.subs.set_expiry(&req.channel, Some(at)),
+                            None => self.subs.set_expiry(&req.channel, None),
                         };
                         Ok(ReplyResult::SubRefresh(SubRefreshResult {
                             expires: exp.is_some(),
@@ -942,7 +918,7 @@ impl CentrifugoDriver {
         if let Some(at) = expires_at {
             // The SDK schedules `sub_refresh` `ttl` seconds on; without it the
             // subscription ends when the token does.
-            self.sub_expiry.insert(req.channel.clone(), at);
+            self.subs.set_expiry(&req.channel, Some(at));
             result.expires = true;
             result.ttl = u32::try_from(at.saturating_sub(unix_now())).unwrap_or(u32::MAX);
         }
@@ -975,10 +951,10 @@ impl CentrifugoDriver {
                 }
                 e => node_error(&e),
             })?;
-        self.subs.insert(req.channel.clone());
+        self.subs.insert(&req.channel);
         // Publications queued meanwhile up to the reported top were recovered already.
         if r.position.offset > 0 {
-            self.live_from.insert(req.channel.clone(), r.position);
+            self.subs.set_live_from(&req.channel, Some(r.position));
         }
         let history = r.options.history_enabled();
         let recoverable = history && (req.recoverable || req.recover || r.options.force_recovery);
@@ -990,8 +966,7 @@ impl CentrifugoDriver {
             ..Default::default()
         };
         if result.positioned || result.recoverable {
-            self.positioned
-                .insert(req.channel.clone(), r.position.epoch);
+            self.subs.set_positioned(&req.channel, r.position.epoch);
         }
         if let Some(recovery) = r.recovery {
             result.was_recovering = true;
@@ -1191,5 +1166,6 @@ fn time_until_expiry(at: Option<u64>, now: u64) -> Duration {
     }
 }
 
+mod subs;
 #[cfg(test)]
 mod tests;

@@ -585,6 +585,25 @@ mod tests {
         assert!(matches!(r, Err(Ending::Panic(m)) if m.contains("hook bug")));
     }
 
+    #[tokio::test]
+    async fn the_connection_future_stays_small() {
+        let node = node();
+        let d = driver(&node, "r", true, None).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (io, _) = listener.accept().await.unwrap();
+        let ws = switchboard_websocket::stream::WebSocket::new(
+            io,
+            switchboard_websocket::Role::Server,
+            Default::default(),
+            Default::default(),
+        );
+        let (r, w) = ws.split();
+        let size = runtime::connection_future_size(WsTransport::new(r, w), d);
+        assert!(size > 0);
+    }
+
     #[test]
     fn rooms_from_paths() {
         assert_eq!(room_for_path("/"), "lobby");
