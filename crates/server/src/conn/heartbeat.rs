@@ -70,6 +70,49 @@ impl PeerActivity for Liveness {
     }
 }
 
+/// Where a heartbeat reads when the peer was last heard from. The WebSocket's own tracker is
+/// held as it is (it is a shared pointer already); anything else behind one more.
+#[derive(Clone)]
+pub enum Activity {
+    /// A WebSocket's stamp of its last received frame.
+    Tracker(PingTracker),
+    /// Any other clock (a long-polling session's, a test's).
+    Other(Arc<dyn PeerActivity>),
+}
+
+impl std::fmt::Debug for Activity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Activity").field(&self.last_heard()).finish()
+    }
+}
+
+impl PeerActivity for Activity {
+    fn last_heard(&self) -> Option<std::time::Instant> {
+        match self {
+            Activity::Tracker(t) => t.last_heard(),
+            Activity::Other(a) => a.last_heard(),
+        }
+    }
+}
+
+impl From<PingTracker> for Activity {
+    fn from(t: PingTracker) -> Self {
+        Activity::Tracker(t)
+    }
+}
+
+impl<A: PeerActivity> From<Arc<A>> for Activity {
+    fn from(a: Arc<A>) -> Self {
+        Activity::Other(a)
+    }
+}
+
+impl From<Arc<dyn PeerActivity>> for Activity {
+    fn from(a: Arc<dyn PeerActivity>) -> Self {
+        Activity::Other(a)
+    }
+}
+
 /// What the connection's task must do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Beat {
@@ -83,7 +126,7 @@ pub enum Beat {
 pub struct Heartbeat {
     interval: Duration,
     timeout: Duration,
-    activity: Arc<dyn PeerActivity>,
+    activity: Activity,
     /// When the unanswered ping was sent, if any.
     pending: Option<std::time::Instant>,
     /// When the next ping is due.
@@ -97,11 +140,8 @@ pub struct Heartbeat {
 
 impl Heartbeat {
     /// Timers for one connection: the first ping goes out one `interval` from now.
-    pub fn new(
-        interval: Duration,
-        timeout: Duration,
-        activity: Arc<dyn PeerActivity>,
-    ) -> Heartbeat {
+    pub fn new(interval: Duration, timeout: Duration, activity: impl Into<Activity>) -> Heartbeat {
+        let activity = activity.into();
         let first = Instant::now() + interval;
         Heartbeat {
             interval,
@@ -113,6 +153,11 @@ impl Heartbeat {
             timer: Box::pin(tokio::time::sleep_until(first)),
             armed: first,
         }
+    }
+
+    /// How long the peer may stay silent after a ping.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Wait for the next heartbeat action. Cancel-safe: meant for a `select!` branch (state

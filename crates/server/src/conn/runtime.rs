@@ -42,7 +42,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::crash;
 use super::driver::{Driver, Ending, Out, OutFrame};
-use super::heartbeat::{Beat, Heartbeat, PeerActivity};
+use super::heartbeat::{Activity, Beat, Heartbeat};
 use super::shutdown::ShutdownToken;
 use super::stats::{ConnectionSlot, Counter, ServerCounters};
 
@@ -78,7 +78,7 @@ pub(crate) trait Transport: Send + 'static {
     /// close code the codec sent is not destroyed by a reset.
     fn drain(&mut self, limit: Duration) -> impl Future<Output = ()> + Send + '_;
     /// When the peer was last heard from, for the heartbeat.
-    fn activity(&self) -> Arc<dyn PeerActivity>;
+    fn activity(&self) -> Activity;
 }
 
 /// A WebSocket as a [`Transport`].
@@ -139,8 +139,8 @@ where
         self.reader.drain(limit)
     }
 
-    fn activity(&self) -> Arc<dyn PeerActivity> {
-        Arc::new(self.reader.tracker())
+    fn activity(&self) -> Activity {
+        Activity::Tracker(self.reader.tracker())
     }
 }
 
@@ -177,8 +177,6 @@ pub(crate) fn spawn<T: Transport, D: Driver>(
     slot: Option<ConnectionSlot>,
 ) {
     let task = ConnTask {
-        peer: who.peer,
-        id: who.id,
         counters: Arc::clone(&counters),
         slot,
         conn: run(Box::new(Start {
@@ -198,12 +196,12 @@ pin_project_lite::pin_project! {
     ///
     /// A plain struct rather than an `async` block around the future on purpose: an `async`
     /// block that awaits (or pins) a future it captured keeps the captured copy as well as
-    /// the one it polls, which doubled every idle connection's largest allocation.
+    /// the one it polls, which doubled every idle connection's largest allocation. It keeps
+    /// nothing else the connection's future has (the peer, the id): every idle connection
+    /// pays for each byte here, and the future logs its own endings, panics included.
     struct ConnTask<F> {
         #[pin]
         conn: F,
-        peer: SocketAddr,
-        id: ConnId,
         counters: Arc<ServerCounters>,
         // Released when the connection ends, whichever way.
         slot: Option<ConnectionSlot>,
@@ -223,9 +221,8 @@ impl<F: Future<Output = ()>> Future for ConnTask<F> {
             Ok(Poll::Ready(())) => {}
             Err(p) => {
                 this.counters.bump(Counter::ClosedPanic);
-                let (peer, id) = (*this.peer, *this.id);
                 let p = crash::panic_message(p.as_ref());
-                tracing::error!(%peer, id, "panic in connection task: {p}");
+                tracing::error!("panic in a connection's runtime: {p}");
             }
         }
         this.slot.take();
@@ -276,7 +273,9 @@ struct Running<T, D> {
     driver: D,
     out: Out,
     heartbeat: Heartbeat,
-    limits: Limits,
+    /// How long the peer's close reply is awaited at shutdown (the other limits live in the
+    /// heartbeat: every byte here is paid by every idle connection).
+    shutdown_timeout: Duration,
     who: Identity,
     counters: Arc<ServerCounters>,
     token: ShutdownToken,
@@ -286,12 +285,24 @@ struct Running<T, D> {
 /// open; the opening and the ending run boxed, so an idle connection does not carry their
 /// (larger) state.
 async fn run<T: Transport, D: Driver>(start: Box<Start<T, D>>) {
-    let (mut conn, opened) = open(*start);
+    // Moved out by a function, so the box itself is freed now: a box only moved out of
+    // (`*start`) in this `async fn` would be freed at its end, i.e. kept for the
+    // connection's whole life.
+    let (mut conn, opened) = open(unbox(start));
     let end = match opened {
         Ok(()) => drive(&mut conn).await,
         Err(end) => end,
     };
     Box::pin(finish(conn, end)).await;
+}
+
+/// The value in `b`, the box freed.
+#[allow(
+    clippy::boxed_local,
+    reason = "taking the box is the point: it is freed when this returns"
+)]
+fn unbox<T>(b: Box<T>) -> T {
+    *b
 }
 
 /// Opening: the driver's first frames are queued; the loop writes them first.
@@ -320,7 +331,7 @@ fn open<T: Transport, D: Driver>(start: Start<T, D>) -> (Running<T, D>, Result<(
         driver,
         out,
         heartbeat,
-        limits,
+        shutdown_timeout: limits.shutdown_timeout,
         who,
         counters,
         token,
@@ -344,7 +355,8 @@ enum Wake<E> {
 /// than with `select!`: this future is what every idle connection keeps, and polling by hand
 /// keeps it to the shutdown future, the timer and a few references.
 async fn drive<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Ending {
-    let stall = conn.limits.ping_timeout;
+    // A peer that accepts no bytes for as long as it may stay silent is gone.
+    let stall = conn.heartbeat.timeout();
     let stop = conn.token.triggered();
     tokio::pin!(stop);
     // The driver's one timer, allocated only once it asks for one.
@@ -579,7 +591,7 @@ async fn finish<T: Transport, D: Driver>(conn: Running<T, D>, end: Ending) {
     let Running {
         mut transport,
         mut driver,
-        limits,
+        shutdown_timeout,
         who,
         counters,
         ..
@@ -622,7 +634,7 @@ async fn finish<T: Transport, D: Driver>(conn: Running<T, D>, end: Ending) {
         (_, Some((code, reason))) => {
             let _ = tokio::time::timeout(CLOSE_LINGER, transport.close(code, &reason)).await;
             let wait = if end == Ending::Shutdown {
-                limits.shutdown_timeout
+                shutdown_timeout
             } else {
                 CLOSE_LINGER
             };
@@ -653,49 +665,13 @@ pub(crate) fn connection_future_size<T: Transport, D: Driver>(transport: T, driv
         counters: Arc::default(),
         token: super::shutdown::Shutdown::new().token(),
     });
-    let (mut conn, _) = open(*start);
-    {
-        let stop = conn.token.triggered();
-        eprintln!("stop future {} B", std::mem::size_of_val(&stop));
-        eprintln!(
-            "Wake {} B, Ending {} B, Message {} B, WsError {} B",
-            std::mem::size_of::<Wake<D::Event>>(),
-            std::mem::size_of::<Ending>(),
-            std::mem::size_of::<Message>(),
-            std::mem::size_of::<WsError>()
-        );
-        tokio::pin!(stop);
-        let w = write_out(&mut conn, &mut stop, Duration::from_secs(1));
-        eprintln!("write_out future {} B", std::mem::size_of_val(&w));
-    }
-    {
-        let d = drive(&mut conn);
-        eprintln!("drive future {} B", std::mem::size_of_val(&d));
-    }
-    let token = conn.token.clone();
-    let Running {
-        transport,
-        driver,
-        limits,
-        who,
-        counters,
-        ..
-    } = conn;
-    let fut = run(Box::new(Start {
-        transport,
-        driver,
-        limits,
-        who,
-        counters,
-        token,
-    }));
+    let fut = run(start);
     eprintln!(
-        "sizes: run future {} B, Running {} B, transport {} B, driver {} B, heartbeat {} B",
+        "sizes: run future {} B, Running {} B, transport {} B, driver {} B",
         std::mem::size_of_val(&fut),
         std::mem::size_of::<Running<T, D>>(),
         std::mem::size_of::<T>(),
         std::mem::size_of::<D>(),
-        std::mem::size_of::<Heartbeat>()
     );
     std::mem::size_of_val(&fut)
 }

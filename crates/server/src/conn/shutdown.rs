@@ -1,18 +1,30 @@
 //! Graceful shutdown: one signal observed by every task, and a way to wait until every
 //! connection has finished its close handshake.
 //!
-//! The signal is a `watch` channel (cheap to clone, every receiver sees the change even if it
-//! subscribes late). Connection liveness is tracked with an `mpsc` sender clone held by each
+//! The signal is a flag with a [`Notify`] (cheap to clone; a token that looks after the
+//! trigger sees the flag, one that waits is woken). Every connection's task waits on it for
+//! its whole life, so the wait is a small future: the flag is checked, then one `Notified`
+//! is awaited. Connection liveness is tracked with an `mpsc` sender clone held by each
 //! connection: when the last clone is dropped the receiver wakes up, so waiting for "all
 //! connections gone" needs no counting loop.
 use std::future::Future;
 
-use tokio::sync::{mpsc, watch};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, Notify};
+
+/// The shared flag and its wake-up.
+#[derive(Debug, Default)]
+struct Signal {
+    triggered: AtomicBool,
+    notify: Notify,
+}
 
 /// The shutdown switch, owned by the server.
 #[derive(Debug)]
 pub struct Shutdown {
-    trigger: watch::Sender<bool>,
+    signal: Arc<Signal>,
     tracker_tx: mpsc::Sender<()>,
     tracker_rx: mpsc::Receiver<()>,
 }
@@ -21,7 +33,7 @@ pub struct Shutdown {
 /// waiting until it is dropped.
 #[derive(Debug, Clone)]
 pub struct ShutdownToken {
-    signal: watch::Receiver<bool>,
+    signal: Arc<Signal>,
     _alive: mpsc::Sender<()>,
 }
 
@@ -34,10 +46,9 @@ impl Default for Shutdown {
 impl Shutdown {
     /// A new, not yet triggered, shutdown switch.
     pub fn new() -> Shutdown {
-        let (trigger, _) = watch::channel(false);
         let (tracker_tx, tracker_rx) = mpsc::channel(1);
         Shutdown {
-            trigger,
+            signal: Arc::default(),
             tracker_tx,
             tracker_rx,
         }
@@ -46,43 +57,49 @@ impl Shutdown {
     /// A token for a task; the server's [`Shutdown::drain`] waits for every token to drop.
     pub fn token(&self) -> ShutdownToken {
         ShutdownToken {
-            signal: self.trigger.subscribe(),
+            signal: Arc::clone(&self.signal),
             _alive: self.tracker_tx.clone(),
         }
     }
 
     /// Tell every token holder to wind down.
     pub fn trigger(&self) {
-        self.trigger.send_replace(true);
+        self.signal.triggered.store(true, Ordering::SeqCst);
+        self.signal.notify.notify_waiters();
     }
 
     /// Wait until every token has been dropped (after [`Shutdown::trigger`]).
     pub async fn drain(self) {
         let Shutdown {
-            trigger,
+            signal,
             tracker_tx,
             mut tracker_rx,
         } = self;
         drop(tracker_tx);
         // Returns None once every sender (token) is gone; nothing is ever sent.
         let _ = tracker_rx.recv().await;
-        drop(trigger);
+        drop(signal);
     }
 }
 
 impl ShutdownToken {
     /// Whether shutdown has been requested.
     pub fn is_triggered(&self) -> bool {
-        *self.signal.borrow()
+        self.signal.triggered.load(Ordering::SeqCst)
     }
 
     /// Resolves once shutdown is requested (at once if it already was).
     pub fn triggered(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut rx = self.signal.clone();
+        let signal = Arc::clone(&self.signal);
         async move {
-            // An Err means the switch was dropped, which only happens at the very end: treat
-            // it as a shutdown too.
-            let _ = rx.wait_for(|v| *v).await;
+            loop {
+                // Registered before the flag is read, so a trigger in between still wakes it.
+                let notified = signal.notify.notified();
+                if signal.triggered.load(Ordering::SeqCst) {
+                    return;
+                }
+                notified.await;
+            }
         }
     }
 }

@@ -62,7 +62,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use super::driver::SocketIoDriver;
 use super::{error, status_only, Query, SocketIo};
 use crate::conn::driver::OutFrame;
-use crate::conn::heartbeat::{Liveness, PeerActivity};
+use crate::conn::heartbeat::{Activity, Liveness, PeerActivity};
 use crate::conn::runtime::{self, Identity, Transport, WsTransport};
 use crate::conn::shutdown::ShutdownToken;
 use crate::conn::stats::{ConnectionSlot, Counter};
@@ -740,8 +740,8 @@ impl Transport for PollingTransport {
         }
     }
 
-    fn activity(&self) -> Arc<dyn PeerActivity> {
-        Arc::clone(&self.activity) as Arc<dyn PeerActivity>
+    fn activity(&self) -> Activity {
+        Activity::from(Arc::clone(&self.activity))
     }
 }
 
