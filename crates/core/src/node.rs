@@ -1313,6 +1313,7 @@ mod tests {
             BrokerStatus {
                 kind: "fake",
                 connected: true,
+                masters: Vec::new(),
             }
         }
         fn start(&self, handler: Arc<dyn BrokerHandler>) {

@@ -3,12 +3,15 @@
 //! are in `switchboard-core`; this module holds the implementations that need the network.
 //!
 //! `--broker` picks one: absent or `memory` for a single node, `redis://host:port/db` for
-//! Redis (`rediss://` over TLS, with the `broker_tls_*` settings). See `docs/scaling.md` for the topology and what is stored. [`control`] holds what
+//! Redis (`rediss://` over TLS, with the `broker_tls_*` settings),
+//! `redis+sentinel://h1:p1,h2:p2,h3:p3/master-name` for a master found through Redis
+//! Sentinel ([`topology`]). See `docs/scaling.md` for the topology and what is stored. [`control`] holds what
 //! nodes ask of each other for the HTTP API (cluster-wide disconnect, server-side
 //! subscriptions, channel listing).
 pub mod codec;
 pub mod control;
 pub mod redis;
+pub mod topology;
 
 use std::time::Duration;
 
@@ -27,11 +30,23 @@ pub enum BrokerKind {
 pub fn parse(spec: Option<&str>) -> Result<BrokerKind, String> {
     match spec.map(str::trim) {
         None | Some("") | Some("memory") => Ok(BrokerKind::Memory),
-        Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
+        Some(url)
+            if [
+                "redis://",
+                "rediss://",
+                "redis+sentinel://",
+                "rediss+sentinel://",
+            ]
+            .iter()
+            .any(|s| url.starts_with(s)) =>
+        {
+            topology::parse(url)?;
             Ok(BrokerKind::Redis(url.to_string()))
         }
         Some(other) => Err(format!(
-            "unknown broker {other:?} (expected memory, redis://host:port/db or rediss://…)"
+            "unknown broker {:?} (expected memory, redis://host:port/db, rediss://…, \
+             redis+sentinel://h1:p1,h2:p2/master or rediss+sentinel://…)",
+            redacted(other)
         )),
     }
 }
@@ -83,6 +98,11 @@ mod tests {
             Ok(BrokerKind::Redis("rediss://127.0.0.1:6380/0".into()))
         );
         assert!(parse(Some("nats://x")).is_err());
+        assert!(matches!(
+            parse(Some("redis+sentinel://a:1,b:2/mymaster?db=1")),
+            Ok(BrokerKind::Redis(_))
+        ));
+        assert!(parse(Some("redis+sentinel://a:1,b:2")).is_err());
     }
 
     #[test]
@@ -93,5 +113,9 @@ mod tests {
         );
         assert_eq!(redacted("rediss://:pw@h:1"), "rediss://:***@h:1");
         assert_eq!(redacted("redis://h:6379/0"), "redis://h:6379/0");
+        assert_eq!(
+            redacted("redis+sentinel://u:pw@a:1,b:2/mymaster"),
+            "redis+sentinel://u:***@a:1,b:2/mymaster"
+        );
     }
 }

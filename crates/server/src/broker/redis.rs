@@ -30,6 +30,15 @@
 //! timeout; while Redis is unreachable operations fail at once with
 //! [`BrokerError::Unavailable`] instead of queueing.
 //!
+//! With `redis+sentinel://` ([`topology`]) the two connections go to the master the
+//! sentinels name (checked with `ROLE`). The maintenance task asks the sentinels again when
+//! Redis becomes unreachable, answers `READONLY`, or a sentinel announces `+switch-master`;
+//! when they name another node it connects both connections there and runs the same resync
+//! as after a Redis restart (re-subscribe, report each channel's top, rewrite presence), so
+//! what a node missed is filled from history. Meanwhile publishes fail at once with
+//! [`BrokerError::Unavailable`]. While the master has replicas a publication is
+//! acknowledged only once one of them has it (`WAIT 1 <wait>`), so a promotion keeps it.
+//!
 //! Control traffic ([`Broker::control`], [`Broker::survey`]) uses the same pub/sub mode as
 //! channels: every node listens to `sb:ctl` and to its own `sb:ctl:<node>` from its first
 //! connection on (and again after each reconnect), and marks its registry entry with
@@ -38,8 +47,8 @@
 //! commands and questions. Each question is answered on a task of its own, so answering
 //! never delays the delivery of publications.
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -53,12 +62,13 @@ use switchboard_core::{
 use tokio::sync::{mpsc, Notify};
 
 use super::codec::{self, ControlFrame, Envelope};
+use super::topology::{self, SentinelSpec, Topology};
 
 /// Default lease of a node: its presence entries disappear at most this long (plus one
 /// renewal period) after it dies.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
 /// Bound on every Redis operation.
-const OP_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the stream position of a channel without history is kept (for gap detection).
 const NO_HISTORY_META_TTL: Duration = Duration::from_secs(3600);
 /// Longest wait between reconnection attempts.
@@ -143,13 +153,30 @@ pub struct RedisConfig {
 /// The Redis broker. See the module documentation.
 pub struct RedisBroker {
     inner: Arc<Inner>,
-    /// For [`probe`](RedisBroker::probe).
-    client: redis::Client,
+    /// For [`probe`](RedisBroker::probe) (standalone Redis).
+    client: Option<redis::Client>,
+}
+
+/// The two connections to the Redis in use (replaced when Sentinel names another master).
+struct Conns {
+    cmd: ConnectionManager,
+    sub: ConnectionManager,
+    /// `host:port` of the master (Sentinel), for `/health` and logs.
+    addr: Option<String>,
 }
 
 struct Inner {
-    cmd: ConnectionManager,
-    sub: ConnectionManager,
+    /// `None` until Sentinel named a master.
+    conns: RwLock<Option<Conns>>,
+    /// The sentinels to ask for the master, with a `redis+sentinel://` URL.
+    sentinel: Option<SentinelSpec>,
+    tls: RedisTls,
+    /// Where every subscription connection sends its pushes.
+    push_tx: mpsc::UnboundedSender<PushInfo>,
+    /// Ask the sentinels again (a failover was announced or suspected).
+    reresolve: AtomicBool,
+    /// Replicas the master streams to (Sentinel): publications wait for one of them.
+    replicas: AtomicUsize,
     node: NodeInfo,
     lease: Duration,
     /// Sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`) works on this server.
@@ -251,6 +278,11 @@ fn unavailable(e: impl std::fmt::Display) -> BrokerError {
 }
 
 fn map_err(e: RedisError) -> BrokerError {
+    // A demoted master (`READONLY`), a replica that lost its master, a Redis loading its
+    // data: all pass.
+    if matches!(e.code(), Some("READONLY" | "MASTERDOWN" | "LOADING")) {
+        return BrokerError::Unavailable(e.to_string());
+    }
     if e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()
@@ -345,7 +377,7 @@ fn publication(channel: &str, offset: u64, epoch: Epoch, env: Envelope) -> Publi
 
 /// The Redis client for `url` (with `?protocol=resp3`), with the TLS settings for a
 /// `rediss://` URL.
-fn client(url: &str, tls: &RedisTls) -> Result<redis::Client, BrokerError> {
+pub(crate) fn client(url: &str, tls: &RedisTls) -> Result<redis::Client, BrokerError> {
     let bad = |e: &dyn std::fmt::Display| BrokerError::Protocol(format!("bad broker URL: {e}"));
     if !url.starts_with("rediss://") {
         if tls.ca.is_some() || tls.client.is_some() || tls.insecure {
@@ -403,26 +435,33 @@ impl RedisBroker {
     /// `/health`) and starts the maintenance and subscription tasks on the current tokio
     /// runtime.
     pub fn start(config: RedisConfig) -> Result<RedisBroker, BrokerError> {
-        let url = if config.url.contains('?') {
-            format!("{}&protocol=resp3", config.url)
-        } else {
-            format!("{}?protocol=resp3", config.url)
-        };
-        let client = client(&url, &config.tls)?;
-        let probe_client = client.clone();
-        let base = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(OP_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(MAX_BACKOFF);
-        let cmd = ConnectionManager::new_lazy_with_config(client.clone(), base.clone())
-            .map_err(|e| BrokerError::Protocol(e.to_string()))?;
+        let topology = topology::parse(&config.url).map_err(BrokerError::Protocol)?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let sub = ConnectionManager::new_lazy_with_config(client, base.set_push_sender(tx))
-            .map_err(|e| BrokerError::Protocol(e.to_string()))?;
+        let (conns, sentinel, probe_client) = match topology {
+            Topology::Standalone(url) => {
+                let url = if url.contains('?') {
+                    format!("{url}&protocol=resp3")
+                } else {
+                    format!("{url}?protocol=resp3")
+                };
+                let client = client(&url, &config.tls)?;
+                let conns = Conns::new(&client, tx.clone(), None)?;
+                (Some(conns), None, Some(client))
+            }
+            Topology::Sentinel(spec) => {
+                // Checked now rather than at the first resolution.
+                client(&spec.sentinel_url(&spec.sentinels[0]), &config.tls)?;
+                (None, Some(spec), None)
+            }
+        };
+        let watch = sentinel.clone();
         let inner = Arc::new(Inner {
-            cmd,
-            sub,
+            conns: RwLock::new(conns),
+            sentinel,
+            tls: config.tls.clone(),
+            push_tx: tx,
+            reresolve: AtomicBool::new(true),
+            replicas: AtomicUsize::new(0),
             node: config.node.clone(),
             lease: config.lease.max(Duration::from_millis(300)),
             sharded: AtomicBool::new(true),
@@ -443,6 +482,16 @@ impl RedisBroker {
             next_survey: AtomicU64::new(1),
         });
         tokio::spawn(maintain(Arc::downgrade(&inner)));
+        if let Some(spec) = watch {
+            let weak = Arc::downgrade(&inner);
+            tokio::spawn(topology::watch(spec, config.tls, move || {
+                let Some(inner) = weak.upgrade() else {
+                    return false;
+                };
+                inner.suspect_failover();
+                true
+            }));
+        }
         Ok(RedisBroker {
             inner,
             client: probe_client,
@@ -454,8 +503,16 @@ impl RedisBroker {
     /// not Redis being down or slow — a certificate that does not verify, a refused TLS
     /// handshake, a wrong password — is reported as [`BrokerError::Protocol`].
     pub async fn probe(&self) -> Result<(), BrokerError> {
+        let (Some(client), None) = (&self.client, &self.inner.sentinel) else {
+            let spec = self
+                .inner
+                .sentinel
+                .as_ref()
+                .ok_or_else(|| unavailable("no Redis"))?;
+            return topology::resolve(spec, &self.inner.tls).await.map(|_| ());
+        };
         let attempt = async {
-            let mut conn = self.client.get_multiplexed_async_connection().await?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
             redis::cmd("PING").query_async::<()>(&mut conn).await
         };
         match tokio::time::timeout(OP_TIMEOUT, attempt).await {
@@ -483,7 +540,9 @@ impl Drop for RedisBroker {
     fn drop(&mut self) {
         // Tell the tasks to stop (they hold the inner state weakly) and leave the registry
         // at once rather than when the lease runs out.
-        let mut cmd = self.inner.cmd.clone();
+        let Ok(mut cmd) = self.inner.cmd() else {
+            return;
+        };
         let id = self.inner.node.id.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
@@ -499,7 +558,90 @@ impl Drop for RedisBroker {
     }
 }
 
+impl Conns {
+    /// Lazy connection managers for `client` (they connect at their first command).
+    fn new(
+        client: &redis::Client,
+        pushes: mpsc::UnboundedSender<PushInfo>,
+        addr: Option<String>,
+    ) -> Result<Conns, BrokerError> {
+        let base = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(OP_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(MAX_BACKOFF);
+        let cmd = ConnectionManager::new_lazy_with_config(client.clone(), base.clone())
+            .map_err(|e| BrokerError::Protocol(e.to_string()))?;
+        let sub =
+            ConnectionManager::new_lazy_with_config(client.clone(), base.set_push_sender(pushes))
+                .map_err(|e| BrokerError::Protocol(e.to_string()))?;
+        Ok(Conns { cmd, sub, addr })
+    }
+}
+
 impl Inner {
+    /// The command connection (an error while Sentinel has not named a master).
+    fn cmd(&self) -> Result<ConnectionManager, BrokerError> {
+        let conns = self.conns.read().unwrap_or_else(|e| e.into_inner());
+        conns
+            .as_ref()
+            .map(|c| c.cmd.clone())
+            .ok_or_else(|| unavailable("no Redis master known yet"))
+    }
+
+    /// The subscription connection.
+    fn sub(&self) -> Result<ConnectionManager, BrokerError> {
+        let conns = self.conns.read().unwrap_or_else(|e| e.into_inner());
+        conns
+            .as_ref()
+            .map(|c| c.sub.clone())
+            .ok_or_else(|| unavailable("no Redis master known yet"))
+    }
+
+    /// The master in use (Sentinel), as `host:port`.
+    fn master_addr(&self) -> Option<String> {
+        let conns = self.conns.read().unwrap_or_else(|e| e.into_inner());
+        conns.as_ref().and_then(|c| c.addr.clone())
+    }
+
+    /// With Sentinel: the master may have changed; stop publishing until it is known, and
+    /// ask the sentinels at once.
+    fn suspect_failover(&self) {
+        if self.sentinel.is_some() {
+            self.reresolve.store(true, Ordering::Relaxed);
+            self.wake.notify_one();
+        }
+    }
+
+    /// With Sentinel: asks the sentinels for the master and, when it is another node than
+    /// the one in use, connects both connections to it (the subscriptions are then restored
+    /// and every channel resynchronised by the maintenance task). Returns whether it
+    /// switched.
+    async fn follow_master(&self) -> Result<bool, BrokerError> {
+        let Some(spec) = &self.sentinel else {
+            return Ok(false);
+        };
+        let master = topology::resolve(spec, &self.tls).await?;
+        self.replicas.store(master.replicas, Ordering::Relaxed);
+        if self.master_addr().as_deref() == Some(master.addr.as_str()) {
+            return Ok(false);
+        }
+        let client = client(&master.url, &self.tls)?;
+        let conns = Conns::new(&client, self.push_tx.clone(), Some(master.addr.clone()))?;
+        let old = self
+            .conns
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(conns);
+        tracing::info!(
+            master = %master.addr,
+            previous = old.as_ref().and_then(|c| c.addr.as_deref()).unwrap_or("none"),
+            replicas = master.replicas,
+            "Redis master (from Sentinel)"
+        );
+        Ok(true)
+    }
+
     /// Publishing is refused at once (a temporary error) while Redis is known to be
     /// unreachable, rather than after the connection's reconnection attempts. (Publishes
     /// are accepted while the subscriptions are being restored: what this node misses
@@ -519,6 +661,8 @@ impl Inner {
             if self.reachable.swap(false, Ordering::Relaxed) {
                 self.wake.notify_one();
             }
+            // The master may be gone or demoted (`READONLY`).
+            self.suspect_failover();
         }
         r
     }
@@ -531,8 +675,26 @@ impl Inner {
     /// arrived is answered in a later pass, when the whole earlier one is in the sockets.
     /// If it is not answered the publication is not acknowledged (a temporary error: it may
     /// or may not have been published).
+    ///
+    /// With Sentinel and a master that has replicas, `WAIT 1 <wait>` takes the place of the
+    /// `PING` (it is answered after that pass too): the publication is acknowledged once a
+    /// replica has it, so a promotion keeps it. A replica that does not confirm in time
+    /// makes the publication fail with a temporary error, and the following ones wait
+    /// again only once the master reports a replica again (see `heartbeat`).
     async fn flushed(&self, cmd: &mut ConnectionManager) -> Result<(), BrokerError> {
-        self.note(bounded(redis::cmd("PING").query_async::<()>(cmd)).await)
+        let wait_ms = self.sentinel.as_ref().map_or(0, |s| s.wait_ms);
+        if wait_ms == 0 || self.replicas.load(Ordering::Relaxed) == 0 {
+            return self.note(bounded(redis::cmd("PING").query_async::<()>(cmd)).await);
+        }
+        let acked: i64 =
+            self.note(bounded(redis::cmd("WAIT").arg(1).arg(wait_ms).query_async(cmd)).await)?;
+        if acked < 1 {
+            self.replicas.store(0, Ordering::Relaxed);
+            return Err(unavailable(
+                "no replica confirmed the publication in time (it may have been published)",
+            ));
+        }
+        Ok(())
     }
 
     /// Presence is not read before this node wrote its own entries again after a
@@ -570,7 +732,7 @@ impl Inner {
     /// Subscribes the subscription connection to these pub/sub names (sharded when the
     /// server has it).
     async fn subscribe_names(&self, names: &[String]) -> Result<(), BrokerError> {
-        let mut sub = self.sub.clone();
+        let mut sub = self.sub()?;
         if self.sharded.load(Ordering::Relaxed) {
             let r = bounded(redis::cmd("SSUBSCRIBE").arg(names).exec_async(&mut sub)).await;
             match r {
@@ -603,7 +765,7 @@ impl Inner {
             "ctl": u8::from(self.control_ready.load(Ordering::Relaxed)),
         })
         .to_string();
-        let mut cmd = self.cmd.clone();
+        let mut cmd = self.cmd()?;
         bounded(
             redis::pipe()
                 .cmd("SET")
@@ -616,7 +778,19 @@ impl Inner {
                 .ignore()
                 .exec_async(&mut cmd),
         )
-        .await
+        .await?;
+        if self.sentinel.is_some() {
+            // Still the master (a demoted one answers reads), and with how many replicas.
+            let role: Value = bounded(redis::cmd("ROLE").query_async(&mut cmd)).await?;
+            match topology::parse_role(&role) {
+                Some((true, replicas)) => self.replicas.store(replicas, Ordering::Relaxed),
+                _ => {
+                    self.suspect_failover();
+                    return Err(unavailable("the Redis in use is no longer a master"));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Listens to the control channels (after every (re)connect), and advertises it in the
@@ -634,7 +808,7 @@ impl Inner {
 
     /// The live nodes, each with whether it answers control traffic.
     async fn registry(&self) -> Result<Vec<(NodeInfo, bool)>, BrokerError> {
-        let mut cmd = self.cmd.clone();
+        let mut cmd = self.cmd()?;
         let raw: HashMap<String, String> =
             bounded(redis::cmd("HGETALL").arg(NODES_KEY).query_async(&mut cmd)).await?;
         let ids: Vec<String> = raw.keys().cloned().collect();
@@ -659,7 +833,7 @@ impl Inner {
 
     /// Publishes a control frame on `channel`.
     async fn send_control(&self, channel: &str, frame: &ControlFrame) -> Result<(), BrokerError> {
-        let mut cmd = self.cmd.clone();
+        let mut cmd = self.cmd()?;
         bounded(
             redis::cmd(self.publish_cmd())
                 .arg(channel)
@@ -727,7 +901,7 @@ impl Inner {
             return Ok(());
         };
         for channel in &channels {
-            let mut cmd = self.cmd.clone();
+            let mut cmd = self.cmd()?;
             let (epoch, offset): (Option<String>, Option<u64>) = bounded(
                 redis::cmd("HMGET")
                     .arg(meta_key(channel))
@@ -768,7 +942,7 @@ impl Inner {
                 .ignore();
         }
         pipe.sadd(node_channels_key(node), channel).ignore();
-        let mut cmd = self.cmd.clone();
+        let mut cmd = self.cmd()?;
         bounded(pipe.exec_async(&mut cmd)).await
     }
 
@@ -781,7 +955,7 @@ impl Inner {
         for n in nodes {
             pipe.exists(lease_key(n));
         }
-        let mut cmd = self.cmd.clone();
+        let mut cmd = self.cmd()?;
         let flags: Vec<bool> = bounded(pipe.query_async(&mut cmd)).await?;
         Ok(nodes
             .iter()
@@ -794,7 +968,7 @@ impl Inner {
     /// Removes the registry entries and presence of nodes whose lease expired, sending
     /// leave events for their members. One node does it per dead node (a short lock).
     async fn reap(&self) -> Result<(), BrokerError> {
-        let mut cmd = self.cmd.clone();
+        let mut cmd = self.cmd()?;
         let ids: Vec<String> =
             bounded(redis::cmd("HKEYS").arg(NODES_KEY).query_async(&mut cmd)).await?;
         let alive = self.alive(&ids).await?;
@@ -980,6 +1154,21 @@ async fn maintain(weak: std::sync::Weak<Inner>) {
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let period = inner.lease / 3;
+        if inner.reresolve.swap(false, Ordering::Relaxed) && inner.sentinel.is_some() {
+            match inner.follow_master().await {
+                Ok(true) => {
+                    // New connections: nothing is subscribed on them yet.
+                    inner.reachable.store(false, Ordering::Relaxed);
+                    inner.connected.store(false, Ordering::Relaxed);
+                    inner.resync.store(true, Ordering::Relaxed);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!("Redis master not resolved: {e}");
+                    inner.reresolve.store(true, Ordering::Relaxed);
+                }
+            }
+        }
         let ok = match inner.heartbeat().await {
             Ok(()) => {
                 inner.reachable.store(true, Ordering::Relaxed);
@@ -990,8 +1179,10 @@ async fn maintain(weak: std::sync::Weak<Inner>) {
                     // restore every subscription. `resync` is cleared first so a
                     // disconnect during the restore triggers another one.
                     let was_resync = inner.resync.swap(false, Ordering::Relaxed);
-                    let mut sub = inner.sub.clone();
-                    let ping = bounded(redis::cmd("PING").exec_async(&mut sub)).await;
+                    let ping = match inner.sub() {
+                        Ok(mut sub) => bounded(redis::cmd("PING").exec_async(&mut sub)).await,
+                        Err(e) => Err(e),
+                    };
                     let restored = match ping {
                         Ok(()) => match inner.subscribe_control().await {
                             Ok(()) if was_resync => inner.resubscribe().await,
@@ -1020,6 +1211,7 @@ async fn maintain(weak: std::sync::Weak<Inner>) {
             }
             Err(e) => {
                 inner.reachable.store(false, Ordering::Relaxed);
+                inner.suspect_failover();
                 if inner.connected.swap(false, Ordering::Relaxed) {
                     tracing::warn!("Redis unreachable: {e}");
                 }
@@ -1060,9 +1252,11 @@ impl Broker for RedisBroker {
     }
 
     fn status(&self) -> BrokerStatus {
+        let sentinel = self.inner.sentinel.is_some();
         BrokerStatus {
-            kind: "redis",
+            kind: if sentinel { "redis-sentinel" } else { "redis" },
             connected: self.inner.connected.load(Ordering::Relaxed),
+            masters: self.inner.master_addr().into_iter().collect(),
         }
     }
 
@@ -1091,7 +1285,7 @@ impl Broker for RedisBroker {
             } else {
                 0
             };
-            let mut cmd = inner.cmd.clone();
+            let mut cmd = inner.cmd()?;
             let (offset, epoch): (u64, String) = inner.note(
                 bounded(
                     inner
@@ -1155,7 +1349,7 @@ impl Broker for RedisBroker {
                     .arg(ms(meta_ttl(options)))
                     .arg(inner.publish_cmd());
             }
-            let mut cmd = inner.cmd.clone();
+            let mut cmd = inner.cmd()?;
             let answers: Vec<(u64, String)> =
                 inner.note(bounded(pipe.query_async(&mut cmd)).await)?;
             inner.flushed(&mut cmd).await?;
@@ -1188,7 +1382,7 @@ impl Broker for RedisBroker {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(channel);
-            let mut sub = self.inner.sub.clone();
+            let mut sub = self.inner.sub()?;
             let cmd = if self.inner.sharded.load(Ordering::Relaxed) {
                 "SUNSUBSCRIBE"
             } else {
@@ -1222,7 +1416,7 @@ impl Broker for RedisBroker {
                 Some(n) => i64::try_from(n).unwrap_or(i64::MAX),
                 None => -1,
             };
-            let mut cmd = inner.cmd.clone();
+            let mut cmd = inner.cmd()?;
             let v: Value = bounded(
                 inner
                     .read
@@ -1271,7 +1465,7 @@ impl Broker for RedisBroker {
         options: &'a ChannelOptions,
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
-            let mut cmd = self.inner.cmd.clone();
+            let mut cmd = self.inner.cmd()?;
             let _: i64 = bounded(
                 self.inner
                     .remove
@@ -1304,7 +1498,7 @@ impl Broker for RedisBroker {
         client: &'a str,
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
-            let mut cmd = self.inner.cmd.clone();
+            let mut cmd = self.inner.cmd()?;
             bounded(
                 redis::cmd("HDEL")
                     .arg(presence_key(channel))
@@ -1321,7 +1515,7 @@ impl Broker for RedisBroker {
     ) -> BoxFuture<'a, Result<HashMap<String, ClientInfo>, BrokerError>> {
         Box::pin(async move {
             self.inner.ready_for_presence()?;
-            let mut cmd = self.inner.cmd.clone();
+            let mut cmd = self.inner.cmd()?;
             let raw: HashMap<String, Vec<u8>> = bounded(
                 redis::cmd("HGETALL")
                     .arg(presence_key(channel))
@@ -1362,7 +1556,7 @@ impl Broker for RedisBroker {
             let mut msg =
                 format!("{}{}\n", if join { 'j' } else { 'l' }, inner.node.id).into_bytes();
             msg.extend_from_slice(&codec::encode_info(&info));
-            let mut cmd = inner.cmd.clone();
+            let mut cmd = inner.cmd()?;
             bounded(
                 redis::cmd(inner.publish_cmd())
                     .arg(pubsub_channel(channel))

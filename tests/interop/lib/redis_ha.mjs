@@ -1,0 +1,173 @@
+// Private Redis deployments with failover for the broker suites, on free loopback ports in
+// temporary directories, no persistence: a master, its replicas and three sentinels
+// (`startSentinels`). Every process is killed by `close()`; nothing already running on the
+// machine is touched.
+
+import { execFile, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { freePort } from './redis.mjs';
+import { WAIT_MS } from './harness.mjs';
+
+const execFileP = promisify(execFile);
+
+/** Whether `program --version` runs here. */
+export function available(program) {
+  return new Promise((resolve) => {
+    const p = spawn(program, ['--version'], { stdio: 'ignore' });
+    p.on('error', () => resolve(false));
+    p.on('exit', (code) => resolve(code === 0));
+  });
+}
+
+/** One `redis-cli -p port ...args` (async: publishers keep running); resolves to its output. */
+export async function cli(port, ...args) {
+  const { stdout } = await execFileP('redis-cli', ['-p', String(port), ...args], {
+    encoding: 'utf8',
+    timeout: 5_000,
+  });
+  return stdout.trim();
+}
+
+/** Polls `check` every 100 ms until it returns a truthy value, at most `ms`. */
+export async function poll(check, what, ms = WAIT_MS) {
+  const deadline = Date.now() + ms;
+  let last;
+  for (;;) {
+    try {
+      const v = await check();
+      if (v) return v;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${ms} ms waiting for ${what}${last ? ` (${last.message})` : ''}`);
+    }
+    await sleep(100);
+  }
+}
+
+/** A started process: { port, proc, kill(signal), exited, output() }. */
+function launch(program, args, port) {
+  const proc = spawn(program, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  const keep = (d) => {
+    out = (out + d).slice(-20_000);
+  };
+  proc.stdout.setEncoding('utf8');
+  proc.stdout.on('data', keep);
+  proc.stderr.setEncoding('utf8');
+  proc.stderr.on('data', keep);
+  const exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
+  return {
+    port,
+    proc,
+    exited,
+    output: () => out,
+    async kill(signal = 'SIGKILL') {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
+      await exited;
+    },
+  };
+}
+
+/** A `redis-server` on `port` (extra `args`), answering PING. */
+export async function startServerProcess(port, dir, args = []) {
+  const p = launch(
+    'redis-server',
+    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, ...args],
+    port,
+  );
+  await poll(async () => (await cli(port, 'PING')) === 'PONG', `redis-server on ${port}`).catch((e) => {
+    throw new Error(`${e.message}\n${p.output()}`);
+  });
+  return p;
+}
+
+/**
+ * A master, `replicas` replicas of it, and three sentinels watching it as `name` (quorum
+ * 2, down after `downAfterMs`, failover timeout `failoverTimeoutMs`). Resolves once the
+ * replicas are in sync and every sentinel knows the other two and the replicas. Returns
+ * { name, master, replicas, sentinels, url(query), masterPort(), close() }.
+ */
+export async function startSentinels({ name = 'sbmaster', replicas = 1, downAfterMs = 1000, failoverTimeoutMs = 3000 } = {}) {
+  const dir = mkdtempSync(path.join(tmpdir(), 'sb-sentinel-'));
+  const procs = [];
+  const res = {
+    name,
+    replicas: [],
+    sentinels: [],
+    async close() {
+      for (const p of procs) await p.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  try {
+    const mdir = mkdtempSync(path.join(dir, 'master-'));
+    res.master = await startServerProcess(await freePort(), mdir);
+    procs.push(res.master);
+    for (let i = 0; i < replicas; i++) {
+      const rdir = mkdtempSync(path.join(dir, `replica${i}-`));
+      const r = await startServerProcess(await freePort(), rdir, ['--replicaof', '127.0.0.1', String(res.master.port)]);
+      procs.push(r);
+      res.replicas.push(r);
+    }
+    for (const r of res.replicas) {
+      await poll(async () => /master_link_status:up/.test(await cli(r.port, 'INFO', 'replication')), `replica ${r.port} in sync`);
+    }
+    for (let i = 0; i < 3; i++) {
+      const port = await freePort();
+      const sdir = mkdtempSync(path.join(dir, `sentinel${i}-`));
+      const conf = path.join(sdir, 'sentinel.conf');
+      writeFileSync(
+        conf,
+        [
+          `port ${port}`,
+          'bind 127.0.0.1',
+          `dir ${sdir}`,
+          `sentinel monitor ${name} 127.0.0.1 ${res.master.port} 2`,
+          `sentinel down-after-milliseconds ${name} ${downAfterMs}`,
+          `sentinel failover-timeout ${name} ${failoverTimeoutMs}`,
+          `sentinel parallel-syncs ${name} 1`,
+          '',
+        ].join('\n'),
+      );
+      const s = launch('redis-sentinel', [conf], port);
+      procs.push(s);
+      res.sentinels.push(s);
+      await poll(async () => (await cli(port, 'PING')) === 'PONG', `redis-sentinel on ${port}`).catch((e) => {
+        throw new Error(`${e.message}\n${s.output()}`);
+      });
+    }
+    for (const s of res.sentinels) {
+      await poll(async () => {
+        const others = await cli(s.port, 'SENTINEL', 'sentinels', name);
+        const known = await cli(s.port, 'SENTINEL', 'replicas', name);
+        const peers = (others.match(/^runid$/gm) ?? []).length;
+        const reps = (known.match(/^runid$/gm) ?? []).length;
+        return peers === 2 && reps === replicas;
+      }, `sentinel ${s.port} to know its peers and the replicas`, 30_000);
+    }
+  } catch (e) {
+    await res.close();
+    throw e;
+  }
+  res.url = (query = '') =>
+    `redis+sentinel://${res.sentinels.map((s) => `127.0.0.1:${s.port}`).join(',')}/${name}${query}`;
+  /** The master's port as the first sentinel that answers reports it. */
+  res.masterPort = async () => {
+    for (const s of res.sentinels) {
+      try {
+        const out = (await cli(s.port, 'SENTINEL', 'get-master-addr-by-name', name)).split('\n');
+        return Number(out[1]);
+      } catch {
+        // that sentinel is gone: ask the next
+      }
+    }
+    throw new Error('no sentinel answered');
+  };
+  return res;
+}
