@@ -293,6 +293,8 @@ if wanted interop; then
       node_suite redis_tls.test.mjs
       # A master, a replica and three sentinels; the master is killed under publishing.
       node_suite redis_sentinel.test.mjs
+      # Three masters + three replicas; channels on every master; a master killed.
+      node_suite redis_cluster.test.mjs
       if skip_requested SKIP_PYTHON; then
         skip_suite "interop: python_client.py" "SKIP_PYTHON=1"
       elif [[ ! -x "$INTEROP/.venv/bin/python" ]]; then

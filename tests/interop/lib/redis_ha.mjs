@@ -171,3 +171,83 @@ export async function startSentinels({ name = 'sbmaster', replicas = 1, downAfte
   };
   return res;
 }
+
+/**
+ * A Redis Cluster of `masters` masters with `replicas` replicas each (`--cluster-enabled
+ * yes`, `cluster-node-timeout` `nodeTimeoutMs`), created with `redis-cli --cluster create`.
+ * Resolves once every node reports `cluster_state:ok` and knows every other node. Returns
+ * { nodes, url(query), slots(), masterOf(key), close() }: `slots()` is the slot layout
+ * as a live node reports it ([{ start, end, master: port, replicas: [port] }]).
+ */
+export async function startRedisCluster({ masters = 3, replicas = 1, nodeTimeoutMs = 1000 } = {}) {
+  const dir = mkdtempSync(path.join(tmpdir(), 'sb-rcluster-'));
+  const nodes = [];
+  const res = {
+    nodes,
+    async close() {
+      for (const n of nodes) await n.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  res.url = (query = '') => `redis+cluster://${nodes.slice(0, 2).map((n) => `127.0.0.1:${n.port}`).join(',')}${query}`;
+  /** The slot layout, asked of the first live node that answers. */
+  res.slots = async () => {
+    for (const n of nodes) {
+      if (n.proc.exitCode !== null || n.proc.signalCode !== null) continue;
+      try {
+        const { stdout } = await execFileP('redis-cli', ['-p', String(n.port), '--json', 'CLUSTER', 'SLOTS'], {
+          encoding: 'utf8',
+          timeout: 5_000,
+        });
+        return JSON.parse(stdout).map((r) => ({
+          start: r[0],
+          end: r[1],
+          master: Number(r[2][1]),
+          replicas: r.slice(3).map((x) => Number(x[1])),
+        }));
+      } catch {
+        // that node is gone: ask the next
+      }
+    }
+    throw new Error('no cluster node answered');
+  };
+  /** The port of the master that owns `key`'s slot. */
+  res.masterOf = async (key) => {
+    const live = nodes.find((n) => n.proc.exitCode === null && n.proc.signalCode === null);
+    const slot = Number(await cli(live.port, 'CLUSTER', 'KEYSLOT', key));
+    const r = (await res.slots()).find((x) => x.start <= slot && slot <= x.end);
+    return r?.master;
+  };
+  try {
+    const total = masters * (1 + replicas);
+    for (let i = 0; i < total; i++) {
+      const ndir = mkdtempSync(path.join(dir, `node${i}-`));
+      nodes.push(
+        await startServerProcess(await freePort(), ndir, [
+          '--cluster-enabled', 'yes',
+          '--cluster-config-file', path.join(ndir, 'nodes.conf'),
+          '--cluster-node-timeout', String(nodeTimeoutMs),
+        ]),
+      );
+    }
+    await execFileP(
+      'redis-cli',
+      ['--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', String(replicas), '--cluster-yes'],
+      { encoding: 'utf8', timeout: 60_000 },
+    );
+    for (const n of nodes) {
+      await poll(async () => {
+        const info = await cli(n.port, 'CLUSTER', 'INFO');
+        return /cluster_state:ok/.test(info) && new RegExp(`cluster_known_nodes:${total}\\b`).test(info);
+      }, `cluster node ${n.port} to be ready`, 30_000);
+    }
+    await poll(async () => {
+      const s = await res.slots();
+      return s.length >= masters && s.every((r) => r.replicas.length === replicas);
+    }, 'every master to have its replicas', 30_000);
+  } catch (e) {
+    await res.close();
+    throw e;
+  }
+  return res;
+}

@@ -5,7 +5,7 @@
 //! `--broker` picks one: absent or `memory` for a single node, `redis://host:port/db` for
 //! Redis (`rediss://` over TLS, with the `broker_tls_*` settings),
 //! `redis+sentinel://h1:p1,h2:p2,h3:p3/master-name` for a master found through Redis
-//! Sentinel ([`topology`]). See `docs/scaling.md` for the topology and what is stored. [`control`] holds what
+//! Sentinel, `redis+cluster://h1:p1,h2:p2,…` for a Redis Cluster ([`topology`]). See `docs/scaling.md` for the topology and what is stored. [`control`] holds what
 //! nodes ask of each other for the HTTP API (cluster-wide disconnect, server-side
 //! subscriptions, channel listing).
 pub mod codec;
@@ -36,6 +36,8 @@ pub fn parse(spec: Option<&str>) -> Result<BrokerKind, String> {
                 "rediss://",
                 "redis+sentinel://",
                 "rediss+sentinel://",
+                "redis+cluster://",
+                "rediss+cluster://",
             ]
             .iter()
             .any(|s| url.starts_with(s)) =>
@@ -45,7 +47,8 @@ pub fn parse(spec: Option<&str>) -> Result<BrokerKind, String> {
         }
         Some(other) => Err(format!(
             "unknown broker {:?} (expected memory, redis://host:port/db, rediss://…, \
-             redis+sentinel://h1:p1,h2:p2/master or rediss+sentinel://…)",
+             redis+sentinel://h1:p1,h2:p2/master, redis+cluster://h1:p1,h2:p2 or their \
+             rediss+ forms)",
             redacted(other)
         )),
     }
@@ -103,6 +106,10 @@ mod tests {
             Ok(BrokerKind::Redis(_))
         ));
         assert!(parse(Some("redis+sentinel://a:1,b:2")).is_err());
+        assert!(matches!(
+            parse(Some("rediss+cluster://a:1,b:2")),
+            Ok(BrokerKind::Redis(_))
+        ));
     }
 
     #[test]

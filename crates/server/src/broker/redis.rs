@@ -39,6 +39,15 @@
 //! [`BrokerError::Unavailable`]. While the master has replicas a publication is
 //! acknowledged only once one of them has it (`WAIT 1 <wait>`), so a promotion keeps it.
 //!
+//! With `redis+cluster://` both connections are the `redis` crate's cluster connections
+//! (one connection per master each, commands routed by slot, `MOVED`/`ASK` followed). Every
+//! key of a channel has the hash tag `{C}`; what belongs to no channel is named `sb:{sb}:…`
+//! instead of `sb:…` (one slot). Subscriptions are sharded, each on the master of its
+//! channel's slot; the acknowledgement round trip (`PING` or `WAIT`) goes to the master
+//! that ran the script. The layout (`CLUSTER SLOTS`) is read at every heartbeat; a master
+//! that fails a publication pauses only its own channels' publishes ([`MASTER_PAUSE`]).
+//! Losing the subscription connection to a master resyncs every channel, as above.
+//!
 //! Control traffic ([`Broker::control`], [`Broker::survey`]) uses the same pub/sub mode as
 //! channels: every node listens to `sb:ctl` and to its own `sb:ctl:<node>` from its first
 //! connection on (and again after each reconnect), and marks its registry entry with
@@ -53,6 +62,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{ConnectionAddr, IntoConnectionInfo, PushInfo, PushKind, RedisError, Script, Value};
 use switchboard_core::{
     BoxFuture, Broker, BrokerError, BrokerHandler, BrokerPublication, BrokerStatus, ChannelOptions,
@@ -62,7 +73,7 @@ use switchboard_core::{
 use tokio::sync::{mpsc, Notify};
 
 use super::codec::{self, ControlFrame, Envelope};
-use super::topology::{self, SentinelSpec, Topology};
+use super::topology::{self, ClusterSpec, SentinelSpec, Topology};
 
 /// Default lease of a node: its presence entries disappear at most this long (plus one
 /// renewal period) after it dies.
@@ -73,6 +84,9 @@ pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(3);
 const NO_HISTORY_META_TTL: Duration = Duration::from_secs(3600);
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long publishes to the channels of a Redis Cluster master that failed are refused at
+/// once before one is tried again.
+const MASTER_PAUSE: Duration = Duration::from_millis(500);
 /// How long a survey waits for the other nodes' answers.
 pub const SURVEY_WAIT: Duration = Duration::from_secs(2);
 
@@ -157,10 +171,76 @@ pub struct RedisBroker {
     client: Option<redis::Client>,
 }
 
+/// A connection to one Redis (reconnecting by itself) or to a Redis Cluster (routing each
+/// command to the master of its slot, following `MOVED`/`ASK` and failovers).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Conn {
+    /// Runs `cmd` on the master of `channel`'s slot (a Redis Cluster), or on the one Redis.
+    async fn on_channel_master(
+        &mut self,
+        channel: &str,
+        cmd: redis::Cmd,
+    ) -> Result<Value, RedisError> {
+        match self {
+            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => {
+                let route = Route::new(slot_number(&meta_key(channel)), SlotAddr::Master);
+                c.route_command(
+                    cmd,
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                )
+                .await
+            }
+        }
+    }
+}
+
+/// One range of hash slots and its master (Redis Cluster).
+#[derive(Debug, Clone)]
+struct SlotRange {
+    start: u16,
+    end: u16,
+    master: String,
+    replicas: usize,
+}
+
 /// The two connections to the Redis in use (replaced when Sentinel names another master).
 struct Conns {
-    cmd: ConnectionManager,
-    sub: ConnectionManager,
+    cmd: Conn,
+    sub: Conn,
     /// `host:port` of the master (Sentinel), for `/health` and logs.
     addr: Option<String>,
 }
@@ -170,6 +250,13 @@ struct Inner {
     conns: RwLock<Option<Conns>>,
     /// The sentinels to ask for the master, with a `redis+sentinel://` URL.
     sentinel: Option<SentinelSpec>,
+    /// The seed nodes of a Redis Cluster, with a `redis+cluster://` URL.
+    cluster: Option<ClusterSpec>,
+    /// The cluster's slot ranges and their masters, as last asked (`CLUSTER SLOTS`).
+    slots: RwLock<Vec<SlotRange>>,
+    /// Cluster masters found unreachable by a publication, until when their channels'
+    /// publishes are refused at once.
+    down: Mutex<HashMap<String, Instant>>,
     tls: RedisTls,
     /// Where every subscription connection sends its pushes.
     push_tx: mpsc::UnboundedSender<PushInfo>,
@@ -201,6 +288,10 @@ struct Inner {
     control_ready: AtomicBool,
     /// `sb:ctl:<node>`, computed once: every pushed message is compared with it.
     answers: String,
+    /// `sb:ctl`: commands and questions for every node.
+    control: String,
+    /// [`PREFIX`] or [`CLUSTER_PREFIX`].
+    prefix: &'static str,
     /// Surveys waiting for answers, by question id.
     surveys: Mutex<HashMap<u64, mpsc::UnboundedSender<(String, Bytes)>>>,
     next_survey: AtomicU64,
@@ -224,18 +315,26 @@ fn channel_of(pubsub: &[u8]) -> Option<&str> {
         .strip_prefix("sb:{")?
         .strip_suffix("}:c")
 }
-const NODES_KEY: &str = "sb:nodes";
+/// Where the keys and pub/sub names that belong to no channel start: `sb:`, or `sb:{sb}:`
+/// on a Redis Cluster (one hash slot for all of them, so pipelines over them work).
+const PREFIX: &str = "sb:";
+const CLUSTER_PREFIX: &str = "sb:{sb}:";
+fn nodes_key(p: &str) -> String {
+    format!("{p}nodes")
+}
 /// The pub/sub channel every node listens to for commands and questions.
-const CONTROL_CHANNEL: &str = "sb:ctl";
+fn control_channel(p: &str) -> String {
+    format!("{p}ctl")
+}
 /// The pub/sub channel a node listens to for answers to its questions.
-fn answers_channel(node: &str) -> String {
-    format!("sb:ctl:{node}")
+fn answers_channel(p: &str, node: &str) -> String {
+    format!("{p}ctl:{node}")
 }
-fn lease_key(node: &str) -> String {
-    format!("sb:lease:{node}")
+fn lease_key(p: &str, node: &str) -> String {
+    format!("{p}lease:{node}")
 }
-fn node_channels_key(node: &str) -> String {
-    format!("sb:node:{node}:ch")
+fn node_channels_key(p: &str, node: &str) -> String {
+    format!("{p}node:{node}:ch")
 }
 
 /// A fresh random 8-character epoch.
@@ -280,7 +379,11 @@ fn unavailable(e: impl std::fmt::Display) -> BrokerError {
 fn map_err(e: RedisError) -> BrokerError {
     // A demoted master (`READONLY`), a replica that lost its master, a Redis loading its
     // data: all pass.
-    if matches!(e.code(), Some("READONLY" | "MASTERDOWN" | "LOADING")) {
+    if matches!(
+        e.code(),
+        Some("READONLY" | "MASTERDOWN" | "LOADING" | "CLUSTERDOWN" | "TRYAGAIN" | "MOVED" | "ASK")
+    ) || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
+    {
         return BrokerError::Unavailable(e.to_string());
     }
     if e.is_io_error()
@@ -404,6 +507,12 @@ pub(crate) fn client(url: &str, tls: &RedisTls) -> Result<redis::Client, BrokerE
             });
         }
     }
+    redis::Client::build_with_tls(info, certificates(tls)?)
+        .map_err(|e| BrokerError::Protocol(format!("broker TLS settings: {e}")))
+}
+
+/// The CA and client certificate of the TLS settings, read from their files.
+fn certificates(tls: &RedisTls) -> Result<redis::TlsCertificates, BrokerError> {
     let read = |what: &str, path: &std::path::Path| {
         std::fs::read(path).map_err(|e| {
             BrokerError::Protocol(format!(
@@ -420,14 +529,10 @@ pub(crate) fn client(url: &str, tls: &RedisTls) -> Result<redis::Client, BrokerE
         }),
         None => None,
     };
-    redis::Client::build_with_tls(
-        info,
-        redis::TlsCertificates {
-            client_tls,
-            root_cert,
-        },
-    )
-    .map_err(|e| BrokerError::Protocol(format!("broker TLS settings: {e}")))
+    Ok(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    })
 }
 
 impl RedisBroker {
@@ -437,6 +542,7 @@ impl RedisBroker {
     pub fn start(config: RedisConfig) -> Result<RedisBroker, BrokerError> {
         let topology = topology::parse(&config.url).map_err(BrokerError::Protocol)?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let mut cluster = None;
         let (conns, sentinel, probe_client) = match topology {
             Topology::Standalone(url) => {
                 let url = if url.contains('?') {
@@ -453,11 +559,24 @@ impl RedisBroker {
                 client(&spec.sentinel_url(&spec.sentinels[0]), &config.tls)?;
                 (None, Some(spec), None)
             }
+            Topology::Cluster(spec) => {
+                // Connected by the maintenance task (the cluster's layout is asked first).
+                cluster = Some(spec);
+                (None, None, None)
+            }
+        };
+        let prefix = if cluster.is_some() {
+            CLUSTER_PREFIX
+        } else {
+            PREFIX
         };
         let watch = sentinel.clone();
         let inner = Arc::new(Inner {
             conns: RwLock::new(conns),
             sentinel,
+            cluster,
+            slots: RwLock::new(Vec::new()),
+            down: Mutex::new(HashMap::new()),
             tls: config.tls.clone(),
             push_tx: tx,
             reresolve: AtomicBool::new(true),
@@ -477,7 +596,9 @@ impl RedisBroker {
             remove: Script::new(REMOVE_LUA),
             pushes: Mutex::new(Some(rx)),
             control_ready: AtomicBool::new(false),
-            answers: answers_channel(&config.node.id),
+            answers: answers_channel(prefix, &config.node.id),
+            control: control_channel(prefix),
+            prefix,
             surveys: Mutex::new(HashMap::new()),
             next_survey: AtomicU64::new(1),
         });
@@ -503,6 +624,11 @@ impl RedisBroker {
     /// not Redis being down or slow — a certificate that does not verify, a refused TLS
     /// handshake, a wrong password — is reported as [`BrokerError::Protocol`].
     pub async fn probe(&self) -> Result<(), BrokerError> {
+        if let Some(spec) = &self.inner.cluster {
+            let (tx, _rx) = mpsc::unbounded_channel();
+            let mut conns = Conns::cluster(spec, &self.inner.tls, tx).await?;
+            return bounded(redis::cmd("PING").exec_async(&mut conns.cmd)).await;
+        }
         let (Some(client), None) = (&self.client, &self.inner.sentinel) else {
             let spec = self
                 .inner
@@ -544,12 +670,16 @@ impl Drop for RedisBroker {
             return;
         };
         let id = self.inner.node.id.clone();
+        let (nodes, lease) = (
+            nodes_key(self.inner.prefix),
+            lease_key(self.inner.prefix, &id),
+        );
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 let _ = bounded(
                     redis::pipe()
-                        .hdel(NODES_KEY, &id)
-                        .del(lease_key(&id))
+                        .hdel(nodes, &id)
+                        .del(lease)
                         .exec_async(&mut cmd),
                 )
                 .await;
@@ -575,13 +705,55 @@ impl Conns {
         let sub =
             ConnectionManager::new_lazy_with_config(client.clone(), base.set_push_sender(pushes))
                 .map_err(|e| BrokerError::Protocol(e.to_string()))?;
-        Ok(Conns { cmd, sub, addr })
+        Ok(Conns {
+            cmd: Conn::Single(cmd),
+            sub: Conn::Single(sub),
+            addr,
+        })
+    }
+
+    /// Connects to a Redis Cluster: one connection for commands, one (with its own
+    /// connection to each master) for the sharded subscriptions.
+    async fn cluster(
+        spec: &ClusterSpec,
+        tls: &RedisTls,
+        pushes: mpsc::UnboundedSender<PushInfo>,
+    ) -> Result<Conns, BrokerError> {
+        let build = |pushes: Option<mpsc::UnboundedSender<PushInfo>>| {
+            let mut b = redis::cluster::ClusterClient::builder(spec.node_urls())
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .retries(2)
+                .connection_timeout(Duration::from_secs(1))
+                .response_timeout(OP_TIMEOUT);
+            if spec.tls {
+                b = b.certs(certificates(tls)?);
+                if tls.insecure {
+                    b = b.tls(redis::TlsMode::Insecure);
+                }
+            } else if tls.ca.is_some() || tls.client.is_some() || tls.insecure {
+                return Err(BrokerError::Protocol(
+                    "broker TLS settings need a rediss+cluster:// URL".into(),
+                ));
+            }
+            if let Some(tx) = pushes {
+                b = b.push_sender(tx);
+            }
+            b.build()
+                .map_err(|e| BrokerError::Protocol(format!("bad broker URL: {e}")))
+        };
+        let cmd = bounded(build(None)?.get_async_connection()).await?;
+        let sub = bounded(build(Some(pushes))?.get_async_connection()).await?;
+        Ok(Conns {
+            cmd: Conn::Cluster(cmd),
+            sub: Conn::Cluster(sub),
+            addr: None,
+        })
     }
 }
 
 impl Inner {
     /// The command connection (an error while Sentinel has not named a master).
-    fn cmd(&self) -> Result<ConnectionManager, BrokerError> {
+    fn cmd(&self) -> Result<Conn, BrokerError> {
         let conns = self.conns.read().unwrap_or_else(|e| e.into_inner());
         conns
             .as_ref()
@@ -590,12 +762,39 @@ impl Inner {
     }
 
     /// The subscription connection.
-    fn sub(&self) -> Result<ConnectionManager, BrokerError> {
+    fn sub(&self) -> Result<Conn, BrokerError> {
         let conns = self.conns.read().unwrap_or_else(|e| e.into_inner());
         conns
             .as_ref()
             .map(|c| c.sub.clone())
             .ok_or_else(|| unavailable("no Redis master known yet"))
+    }
+
+    /// Replicas of the master of `channel`'s slot at the last look (Redis Cluster).
+    fn slot_replicas(&self, channel: &str) -> usize {
+        let slot = slot_number(&meta_key(channel));
+        let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
+        slots
+            .iter()
+            .find(|r| r.start <= slot && slot <= r.end)
+            .map_or(0, |r| r.replicas)
+    }
+
+    /// A replica of `channel`'s master did not confirm: do not wait for it until the next
+    /// look at the cluster's layout finds it again.
+    fn forget_replicas(&self, channel: &str) {
+        let slot = slot_number(&meta_key(channel));
+        let mut slots = self.slots.write().unwrap_or_else(|e| e.into_inner());
+        let Some(master) = slots
+            .iter()
+            .find(|r| r.start <= slot && slot <= r.end)
+            .map(|r| r.master.clone())
+        else {
+            return;
+        };
+        for r in slots.iter_mut().filter(|r| r.master == master) {
+            r.replicas = 0;
+        }
     }
 
     /// The master in use (Sentinel), as `host:port`.
@@ -646,12 +845,57 @@ impl Inner {
     /// unreachable, rather than after the connection's reconnection attempts. (Publishes
     /// are accepted while the subscriptions are being restored: what this node misses
     /// meanwhile it fills from history when it listens again.)
-    fn ready_to_publish(&self) -> Result<(), BrokerError> {
+    ///
+    /// On a Redis Cluster this holds per master: publishes to the channels of a master that
+    /// just failed are refused at once for [`MASTER_PAUSE`], the other masters' channels are
+    /// not affected (nor by the node registry's master being down).
+    fn ready_to_publish(&self, channel: &str) -> Result<(), BrokerError> {
+        if self.cluster.is_some() {
+            let Some(master) = self.master_of(channel) else {
+                return Ok(());
+            };
+            let down = self.down.lock().unwrap_or_else(|e| e.into_inner());
+            return match down.get(&master) {
+                Some(until) if Instant::now() < *until => Err(unavailable(format!(
+                    "the Redis Cluster master {master} is unreachable"
+                ))),
+                _ => Ok(()),
+            };
+        }
         if self.reachable.load(Ordering::Relaxed) {
             Ok(())
         } else {
             Err(unavailable("Redis is unreachable"))
         }
+    }
+
+    /// [`note`](Inner::note) for a publication to `channel`: on a Redis Cluster an
+    /// unreachable master pauses the publishes to its channels only.
+    fn note_for<T>(&self, channel: &str, r: Result<T, BrokerError>) -> Result<T, BrokerError> {
+        if self.cluster.is_none() {
+            return self.note(r);
+        }
+        if let Err(BrokerError::Unavailable(_)) = &r {
+            if let Some(master) = self.master_of(channel) {
+                self.down
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(master, Instant::now() + MASTER_PAUSE);
+            }
+            // Look at the cluster's layout again at once.
+            self.wake.notify_one();
+        }
+        r
+    }
+
+    /// The master of `channel`'s slot at the last look (Redis Cluster).
+    fn master_of(&self, channel: &str) -> Option<String> {
+        let slot = slot_number(&meta_key(channel));
+        let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
+        slots
+            .iter()
+            .find(|r| r.start <= slot && slot <= r.end)
+            .map(|r| r.master.clone())
     }
 
     /// Notes an operation's outcome: an unreachable Redis makes the next publishes fail at
@@ -681,14 +925,26 @@ impl Inner {
     /// replica has it, so a promotion keeps it. A replica that does not confirm in time
     /// makes the publication fail with a temporary error, and the following ones wait
     /// again only once the master reports a replica again (see `heartbeat`).
-    async fn flushed(&self, cmd: &mut ConnectionManager) -> Result<(), BrokerError> {
-        let wait_ms = self.sentinel.as_ref().map_or(0, |s| s.wait_ms);
-        if wait_ms == 0 || self.replicas.load(Ordering::Relaxed) == 0 {
-            return self.note(bounded(redis::cmd("PING").query_async::<()>(cmd)).await);
+    ///
+    /// On a Redis Cluster both go to the master of the channel's slot, the one that ran the
+    /// script, and `WAIT` is used when that master had replicas at the last look.
+    async fn flushed(&self, cmd: &mut Conn, channel: &str) -> Result<(), BrokerError> {
+        let wait_ms = match (&self.sentinel, &self.cluster) {
+            (Some(s), _) if self.replicas.load(Ordering::Relaxed) > 0 => s.wait_ms,
+            (_, Some(c)) if self.slot_replicas(channel) > 0 => c.wait_ms,
+            _ => 0,
+        };
+        if wait_ms == 0 {
+            let ping = cmd.on_channel_master(channel, redis::cmd("PING"));
+            return self.note_for(channel, bounded(ping).await).map(|_| ());
         }
-        let acked: i64 =
-            self.note(bounded(redis::cmd("WAIT").arg(1).arg(wait_ms).query_async(cmd)).await)?;
-        if acked < 1 {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(1).arg(wait_ms);
+        let acked = self.note_for(channel, bounded(cmd.on_channel_master(channel, wait)).await)?;
+        if u64_of(&acked).unwrap_or(0) < 1 {
+            if self.cluster.is_some() {
+                self.forget_replicas(channel);
+            }
             self.replicas.store(0, Ordering::Relaxed);
             return Err(unavailable(
                 "no replica confirmed the publication in time (it may have been published)",
@@ -733,6 +989,13 @@ impl Inner {
     /// server has it).
     async fn subscribe_names(&self, names: &[String]) -> Result<(), BrokerError> {
         let mut sub = self.sub()?;
+        if self.cluster.is_some() {
+            // Each name to the master of its slot.
+            for name in names {
+                bounded(redis::cmd("SSUBSCRIBE").arg(name).exec_async(&mut sub)).await?;
+            }
+            return Ok(());
+        }
         if self.sharded.load(Ordering::Relaxed) {
             let r = bounded(redis::cmd("SSUBSCRIBE").arg(names).exec_async(&mut sub)).await;
             match r {
@@ -769,16 +1032,29 @@ impl Inner {
         bounded(
             redis::pipe()
                 .cmd("SET")
-                .arg(lease_key(&self.node.id))
+                .arg(lease_key(self.prefix, &self.node.id))
                 .arg(1)
                 .arg("PX")
                 .arg(self.lease_ms())
                 .ignore()
-                .hset(NODES_KEY, &self.node.id, entry)
+                .hset(nodes_key(self.prefix), &self.node.id, entry)
                 .ignore()
                 .exec_async(&mut cmd),
         )
         .await?;
+        if self.cluster.is_some() {
+            let v: Value =
+                bounded(redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut cmd)).await?;
+            let ranges = slot_ranges(&v);
+            if !ranges.is_empty() {
+                let masters: HashSet<&str> = ranges.iter().map(|r| r.master.as_str()).collect();
+                self.down
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .retain(|m, _| masters.contains(m.as_str()));
+                *self.slots.write().unwrap_or_else(|e| e.into_inner()) = ranges;
+            }
+        }
         if self.sentinel.is_some() {
             // Still the master (a demoted one answers reads), and with how many replicas.
             let role: Value = bounded(redis::cmd("ROLE").query_async(&mut cmd)).await?;
@@ -797,7 +1073,8 @@ impl Inner {
     /// registry the first time.
     async fn subscribe_control(&self) -> Result<(), BrokerError> {
         // One name per command: they hash to different slots.
-        self.subscribe_names(&[CONTROL_CHANNEL.to_string()]).await?;
+        self.subscribe_names(std::slice::from_ref(&self.control))
+            .await?;
         self.subscribe_names(std::slice::from_ref(&self.answers))
             .await?;
         if !self.control_ready.swap(true, Ordering::Relaxed) {
@@ -809,8 +1086,12 @@ impl Inner {
     /// The live nodes, each with whether it answers control traffic.
     async fn registry(&self) -> Result<Vec<(NodeInfo, bool)>, BrokerError> {
         let mut cmd = self.cmd()?;
-        let raw: HashMap<String, String> =
-            bounded(redis::cmd("HGETALL").arg(NODES_KEY).query_async(&mut cmd)).await?;
+        let raw: HashMap<String, String> = bounded(
+            redis::cmd("HGETALL")
+                .arg(nodes_key(self.prefix))
+                .query_async(&mut cmd),
+        )
+        .await?;
         let ids: Vec<String> = raw.keys().cloned().collect();
         let alive = self.alive(&ids).await?;
         Ok(raw
@@ -870,7 +1151,10 @@ impl Inner {
                         id,
                         body: handler.on_survey(body),
                     };
-                    if let Err(e) = inner.send_control(&answers_channel(&origin), &answer).await {
+                    if let Err(e) = inner
+                        .send_control(&answers_channel(inner.prefix, &origin), &answer)
+                        .await
+                    {
                         tracing::debug!(node = %origin, "survey answer not sent: {e}");
                     }
                 });
@@ -933,16 +1217,29 @@ impl Inner {
         members: &[ClientInfo],
     ) -> Result<(), BrokerError> {
         let node = &self.node.id;
+        let mut cmd = self.cmd()?;
         let mut pipe = redis::pipe();
-        pipe.atomic();
+        if self.cluster.is_some() {
+            // The node's channel set is in another slot than the channel's presence: noted
+            // first, so the entries can always be found for reaping.
+            bounded(
+                redis::cmd("SADD")
+                    .arg(node_channels_key(self.prefix, node))
+                    .arg(channel)
+                    .exec_async(&mut cmd),
+            )
+            .await?;
+        } else {
+            pipe.atomic();
+            pipe.sadd(node_channels_key(self.prefix, node), channel)
+                .ignore();
+        }
         for info in members {
             let mut value = format!("{node}\n").into_bytes();
             value.extend_from_slice(&codec::encode_info(info));
             pipe.hset(presence_key(channel), &info.client, value)
                 .ignore();
         }
-        pipe.sadd(node_channels_key(node), channel).ignore();
-        let mut cmd = self.cmd()?;
         bounded(pipe.exec_async(&mut cmd)).await
     }
 
@@ -953,7 +1250,7 @@ impl Inner {
         }
         let mut pipe = redis::pipe();
         for n in nodes {
-            pipe.exists(lease_key(n));
+            pipe.exists(lease_key(self.prefix, n));
         }
         let mut cmd = self.cmd()?;
         let flags: Vec<bool> = bounded(pipe.query_async(&mut cmd)).await?;
@@ -969,8 +1266,12 @@ impl Inner {
     /// leave events for their members. One node does it per dead node (a short lock).
     async fn reap(&self) -> Result<(), BrokerError> {
         let mut cmd = self.cmd()?;
-        let ids: Vec<String> =
-            bounded(redis::cmd("HKEYS").arg(NODES_KEY).query_async(&mut cmd)).await?;
+        let ids: Vec<String> = bounded(
+            redis::cmd("HKEYS")
+                .arg(nodes_key(self.prefix))
+                .query_async(&mut cmd),
+        )
+        .await?;
         let alive = self.alive(&ids).await?;
         for dead in ids
             .iter()
@@ -978,7 +1279,7 @@ impl Inner {
         {
             let won: Option<String> = bounded(
                 redis::cmd("SET")
-                    .arg(format!("sb:reap:{dead}"))
+                    .arg(format!("{}reap:{dead}", self.prefix))
                     .arg(&self.node.id)
                     .arg("NX")
                     .arg("PX")
@@ -991,7 +1292,7 @@ impl Inner {
             }
             let channels: Vec<String> = bounded(
                 redis::cmd("SMEMBERS")
-                    .arg(node_channels_key(dead))
+                    .arg(node_channels_key(self.prefix, dead))
                     .query_async(&mut cmd),
             )
             .await?;
@@ -1034,8 +1335,8 @@ impl Inner {
             }
             let _: () = bounded(
                 redis::pipe()
-                    .del(node_channels_key(dead))
-                    .hdel(NODES_KEY, dead)
+                    .del(node_channels_key(self.prefix, dead))
+                    .hdel(nodes_key(self.prefix), dead)
                     .query_async(&mut cmd),
             )
             .await?;
@@ -1062,7 +1363,7 @@ impl Inner {
                 let Some(handler) = self.handler.get() else {
                     return;
                 };
-                if ch == CONTROL_CHANNEL.as_bytes() || ch == self.answers.as_bytes() {
+                if ch == self.control.as_bytes() || ch == self.answers.as_bytes() {
                     self.on_control_frame(handler, &msg);
                     return;
                 }
@@ -1117,6 +1418,54 @@ impl Inner {
     }
 }
 
+/// The hash slot of `key`: CRC16 (XMODEM) of its hash tag (the first non-empty `{…}`), or
+/// of the whole key, modulo 16384.
+fn slot_number(key: &str) -> u16 {
+    let k = key.as_bytes();
+    let tagged = k
+        .iter()
+        .position(|&c| c == b'{')
+        .and_then(|open| {
+            let len = k[open + 1..].iter().position(|&c| c == b'}')?;
+            (len > 0).then(|| &k[open + 1..open + 1 + len])
+        })
+        .unwrap_or(k);
+    let mut crc: u16 = 0;
+    for &b in tagged {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+/// `CLUSTER SLOTS`: `[[start, end, [host, port, id, …] (master), [host, port, …]
+/// (replicas)…], …]`.
+fn slot_ranges(v: &Value) -> Vec<SlotRange> {
+    array_of(v)
+        .iter()
+        .filter_map(|range| {
+            let r = array_of(range);
+            let start = u16::try_from(u64_of(r.first()?)?).ok()?;
+            let end = u16::try_from(u64_of(r.get(1)?)?).ok()?;
+            let master = array_of(r.get(2)?);
+            let host = bytes_of(master.first()?)?;
+            let port = u64_of(master.get(1)?)?;
+            Some(SlotRange {
+                start,
+                end,
+                master: format!("{}:{port}", String::from_utf8_lossy(&host)),
+                replicas: r.len().saturating_sub(3),
+            })
+        })
+        .collect()
+}
+
 /// `a\nrest` → (`a`, `rest`).
 fn split_line(b: &Bytes) -> Option<(Bytes, Bytes)> {
     let i = b.iter().position(|&c| c == b'\n')?;
@@ -1154,6 +1503,21 @@ async fn maintain(weak: std::sync::Weak<Inner>) {
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let period = inner.lease / 3;
+        if let Some(spec) = &inner.cluster {
+            let none = inner
+                .conns
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_none();
+            if none {
+                match Conns::cluster(spec, &inner.tls, inner.push_tx.clone()).await {
+                    Ok(conns) => {
+                        *inner.conns.write().unwrap_or_else(|e| e.into_inner()) = Some(conns);
+                    }
+                    Err(e) => tracing::debug!("Redis Cluster not reached yet: {e}"),
+                }
+            }
+        }
         if inner.reresolve.swap(false, Ordering::Relaxed) && inner.sentinel.is_some() {
             match inner.follow_master().await {
                 Ok(true) => {
@@ -1252,11 +1616,22 @@ impl Broker for RedisBroker {
     }
 
     fn status(&self) -> BrokerStatus {
-        let sentinel = self.inner.sentinel.is_some();
+        let inner = &self.inner;
+        let (kind, masters) = if inner.cluster.is_some() {
+            let slots = inner.slots.read().unwrap_or_else(|e| e.into_inner());
+            let mut masters: Vec<String> = slots.iter().map(|r| r.master.clone()).collect();
+            masters.sort();
+            masters.dedup();
+            ("redis-cluster", masters)
+        } else if inner.sentinel.is_some() {
+            ("redis-sentinel", inner.master_addr().into_iter().collect())
+        } else {
+            ("redis", Vec::new())
+        };
         BrokerStatus {
-            kind: if sentinel { "redis-sentinel" } else { "redis" },
-            connected: self.inner.connected.load(Ordering::Relaxed),
-            masters: self.inner.master_addr().into_iter().collect(),
+            kind,
+            connected: inner.connected.load(Ordering::Relaxed),
+            masters,
         }
     }
 
@@ -1272,7 +1647,7 @@ impl Broker for RedisBroker {
     ) -> BoxFuture<'a, Result<StreamPosition, BrokerError>> {
         Box::pin(async move {
             let inner = &*self.inner;
-            inner.ready_to_publish()?;
+            inner.ready_to_publish(channel)?;
             let env = Envelope {
                 origin: inner.node.id.clone(),
                 exclude: p.exclude,
@@ -1286,7 +1661,8 @@ impl Broker for RedisBroker {
                 0
             };
             let mut cmd = inner.cmd()?;
-            let (offset, epoch): (u64, String) = inner.note(
+            let (offset, epoch): (u64, String) = inner.note_for(
+                channel,
                 bounded(
                     inner
                         .publish
@@ -1303,7 +1679,7 @@ impl Broker for RedisBroker {
                 )
                 .await,
             )?;
-            inner.flushed(&mut cmd).await?;
+            inner.flushed(&mut cmd, channel).await?;
             Ok(StreamPosition::new(offset, Epoch::from_client(&epoch)))
         })
     }
@@ -1319,7 +1695,7 @@ impl Broker for RedisBroker {
             if publications.is_empty() {
                 return Ok(Vec::new());
             }
-            inner.ready_to_publish()?;
+            inner.ready_to_publish(channel)?;
             let size = if options.history_enabled() {
                 options.history_size
             } else {
@@ -1351,8 +1727,8 @@ impl Broker for RedisBroker {
             }
             let mut cmd = inner.cmd()?;
             let answers: Vec<(u64, String)> =
-                inner.note(bounded(pipe.query_async(&mut cmd)).await)?;
-            inner.flushed(&mut cmd).await?;
+                inner.note_for(channel, bounded(pipe.query_async(&mut cmd)).await)?;
+            inner.flushed(&mut cmd, channel).await?;
             Ok(answers
                 .into_iter()
                 .map(|(offset, epoch)| StreamPosition::new(offset, Epoch::from_client(&epoch)))
@@ -1591,7 +1967,7 @@ impl Broker for RedisBroker {
                 origin: inner.node.id.clone(),
                 body: command,
             };
-            inner.send_control(CONTROL_CHANNEL, &frame).await
+            inner.send_control(&inner.control, &frame).await
         })
     }
 
@@ -1622,7 +1998,7 @@ impl Broker for RedisBroker {
                 id,
                 body: request,
             };
-            inner.send_control(CONTROL_CHANNEL, &question).await?;
+            inner.send_control(&inner.control, &question).await?;
             let mut answers: HashMap<String, Bytes> = HashMap::new();
             while !waiting.is_empty() {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -1690,6 +2066,23 @@ mod tests {
     }
 
     #[test]
+    fn hash_slots_match_redis() {
+        // Values from CLUSTER KEYSLOT.
+        assert_eq!(slot_number("foo"), 12182);
+        assert_eq!(slot_number("{user1000}.following"), slot_number("user1000"));
+        assert_eq!(slot_number("foo{}{bar}"), slot_number("foo{}{bar}"));
+        assert_eq!(
+            slot_number(&meta_key("c")),
+            slot_number(&pubsub_channel("c"))
+        );
+        assert_eq!(slot_number(&meta_key("c")), slot_number("c"));
+        assert_eq!(
+            slot_number(&lease_key(CLUSTER_PREFIX, "n1")),
+            slot_number(&nodes_key(CLUSTER_PREFIX))
+        );
+    }
+
+    #[test]
     fn epochs_and_ids_look_right() {
         let e = new_epoch();
         assert_eq!(e.len(), 8);
@@ -1746,13 +2139,13 @@ mod tests {
             origin: origin.into(),
             body: Bytes::from_static(body),
         };
-        inner.on_push(push(CONTROL_CHANNEL, &command("me", b"mine")));
-        inner.on_push(push(CONTROL_CHANNEL, &command("other", b"theirs")));
+        inner.on_push(push("sb:ctl", &command("me", b"mine")));
+        inner.on_push(push("sb:ctl", &command("other", b"theirs")));
         // A frame kind from a later version, and a command on a channel's pub/sub name.
         inner.on_push(PushInfo {
             kind: PushKind::Message,
             data: vec![
-                Value::BulkString(CONTROL_CHANNEL.as_bytes().to_vec()),
+                Value::BulkString(b"sb:ctl".to_vec()),
                 Value::BulkString(b"zother\nlater".to_vec()),
             ],
         });
@@ -1770,8 +2163,8 @@ mod tests {
             id,
             body: Bytes::from_static(b"{}"),
         };
-        inner.on_push(push(&answers_channel("me"), &answer(41)));
-        inner.on_push(push(&answers_channel("me"), &answer(40)));
+        inner.on_push(push(&answers_channel(PREFIX, "me"), &answer(41)));
+        inner.on_push(push(&answers_channel(PREFIX, "me"), &answer(40)));
         assert_eq!(
             rx.try_recv().unwrap(),
             ("other".to_string(), Bytes::from_static(b"{}"))

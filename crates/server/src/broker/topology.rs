@@ -7,6 +7,9 @@
 //!   sentinels are asked without them. `wait` bounds how long a publication waits for a
 //!   replica to confirm it (`WAIT 1 MS`, default 1000; `wait=0` acknowledges once the master
 //!   has it).
+//! - `redis+cluster://[user:pass@]h1:p1,h2:p2,…[?wait=MS]` (and `rediss+cluster://`): a Redis
+//!   Cluster, reached through any of the nodes given (the others are discovered). `wait` as
+//!   for Sentinel, per master.
 use super::redis::RedisTls;
 use redis::{PushKind, Value};
 use switchboard_core::BrokerError;
@@ -24,6 +27,48 @@ pub enum Topology {
     Standalone(String),
     /// A master found through Redis Sentinel.
     Sentinel(SentinelSpec),
+    /// A Redis Cluster.
+    Cluster(ClusterSpec),
+}
+
+/// What a `redis+cluster://` URL says.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterSpec {
+    /// `rediss+cluster://`: TLS to every node.
+    pub tls: bool,
+    /// `user:password` (percent-encoding kept).
+    pub credentials: Option<String>,
+    /// Nodes to discover the cluster from.
+    pub nodes: Vec<(String, u16)>,
+    /// Bound of `WAIT 1` after a publication, in milliseconds (0: no wait).
+    pub wait_ms: u64,
+}
+
+impl std::fmt::Debug for ClusterSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSpec")
+            .field("tls", &self.tls)
+            .field("credentials", &self.credentials.as_ref().map(|_| "***"))
+            .field("nodes", &self.nodes)
+            .field("wait_ms", &self.wait_ms)
+            .finish()
+    }
+}
+
+impl ClusterSpec {
+    /// The URLs of the seed nodes, with the credentials (RESP3).
+    pub fn node_urls(&self) -> Vec<String> {
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        let creds = self
+            .credentials
+            .as_deref()
+            .map(|c| format!("{c}@"))
+            .unwrap_or_default();
+        self.nodes
+            .iter()
+            .map(|(h, p)| format!("{scheme}://{creds}{h}:{p}/?protocol=resp3"))
+            .collect()
+    }
 }
 
 /// What a `redis+sentinel://` URL says.
@@ -104,6 +149,10 @@ pub fn parse(url: &str) -> Result<Topology, String> {
         (true, r)
     } else if url.starts_with("redis://") || url.starts_with("rediss://") {
         return Ok(Topology::Standalone(url.to_string()));
+    } else if let Some(r) = url.strip_prefix("redis+cluster://") {
+        return parse_cluster(false, r);
+    } else if let Some(r) = url.strip_prefix("rediss+cluster://") {
+        return parse_cluster(true, r);
     } else {
         return Err(format!(
             "unknown Redis URL scheme in {:?}",
@@ -135,6 +184,31 @@ pub fn parse(url: &str) -> Result<Topology, String> {
         sentinels,
         master,
         db,
+        wait_ms,
+    }))
+}
+
+fn parse_cluster(tls: bool, rest: &str) -> Result<Topology, String> {
+    let (credentials, hosts, path, query) = split(rest);
+    let nodes = hosts
+        .split(',')
+        .map(|h| host_port(h, 6379))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !path.trim_matches('/').is_empty() && path.trim_matches('/') != "0" {
+        return Err("Redis Cluster has only database 0".into());
+    }
+    let mut wait_ms = DEFAULT_WAIT_MS;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "wait" => wait_ms = v.parse().map_err(|_| format!("bad wait {v:?}"))?,
+            other => return Err(format!("unknown parameter {other:?} in the cluster URL")),
+        }
+    }
+    Ok(Topology::Cluster(ClusterSpec {
+        tls,
+        credentials,
+        nodes,
         wait_ms,
     }))
 }
@@ -384,6 +458,19 @@ mod tests {
         assert!(parse("redis+sentinel://h:1/m?nope=1").is_err());
         assert!(parse("redis+sentinel://h:x/m").is_err());
         assert!(parse("redis+sentinel://h:1,,h:2/m").is_err());
+        let Topology::Cluster(c) = parse("redis+cluster://:pw@a:7000,b?wait=5").unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            c.node_urls(),
+            vec![
+                "redis://:pw@a:7000/?protocol=resp3".to_string(),
+                "redis://:pw@b:6379/?protocol=resp3".to_string()
+            ]
+        );
+        assert_eq!(c.wait_ms, 5);
+        assert!(!format!("{c:?}").contains("pw"));
+        assert!(parse("redis+cluster://a:1/3").is_err(), "no database but 0");
         assert_eq!(
             parse("redis://h:1/0").unwrap(),
             Topology::Standalone("redis://h:1/0".into())
