@@ -31,7 +31,7 @@
 //! [`BrokerError::Unavailable`] instead of queueing.
 //!
 //! With `redis+sentinel://` ([`topology`]) the two connections go to the master the
-//! sentinels name (checked with `ROLE`). The maintenance task asks the sentinels again when
+//! sentinels name (checked with `INFO replication`). The maintenance task asks the sentinels again when
 //! Redis becomes unreachable, answers `READONLY`, or a sentinel announces `+switch-master`;
 //! when they name another node it connects both connections there and runs the same resync
 //! as after a Redis restart (re-subscribe, report each channel's top, rewrite presence), so
@@ -45,7 +45,7 @@
 //! instead of `sb:…` (one slot). Subscriptions are sharded, each on the master of its
 //! channel's slot; the acknowledgement round trip (`PING` or `WAIT`) goes to the master
 //! that ran the script. The layout (`CLUSTER SLOTS`) is read at every heartbeat; a master
-//! that fails a publication pauses only its own channels' publishes ([`MASTER_PAUSE`]).
+//! that fails a publication pauses only its own channels' publishes (`MASTER_PAUSE`).
 //! Losing the subscription connection to a master resyncs every channel, as above.
 //!
 //! Control traffic ([`Broker::control`], [`Broker::survey`]) uses the same pub/sub mode as
@@ -1057,8 +1057,7 @@ impl Inner {
         }
         if self.sentinel.is_some() {
             // Still the master (a demoted one answers reads), and with how many replicas.
-            let role: Value = bounded(redis::cmd("ROLE").query_async(&mut cmd)).await?;
-            match topology::parse_role(&role) {
+            match topology::replication(&mut cmd).await? {
                 Some((true, replicas)) => self.replicas.store(replicas, Ordering::Relaxed),
                 _ => {
                     self.suspect_failover();

@@ -239,7 +239,7 @@ pub struct Master {
     pub addr: String,
     /// The master's URL (with credentials: never logged).
     pub url: String,
-    /// Replicas connected to it (from `ROLE`).
+    /// Replicas online and acknowledging (from `INFO replication`).
     pub replicas: usize,
 }
 
@@ -273,21 +273,45 @@ async fn bounded<T>(
     }
 }
 
-/// `ROLE` on a connection: whether it is a master, and how many replicas it has.
-pub fn parse_role(v: &Value) -> Option<(bool, usize)> {
-    let Value::Array(parts) = v else {
-        return None;
-    };
-    let role = match parts.first()? {
-        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::SimpleString(s) => s.clone(),
-        _ => return None,
-    };
-    let replicas = match parts.get(2) {
-        Some(Value::Array(r)) => r.len(),
-        _ => 0,
-    };
-    Some((role == "master", replicas))
+/// Replicas whose last acknowledgement is older than this (seconds) are not counted: a
+/// publication would wait for them in vain.
+const MAX_LAG: u64 = 3;
+
+/// `INFO replication`: whether the server is a master, and how many of its replicas are
+/// online and acknowledged within the last [`MAX_LAG`] seconds.
+pub fn parse_replication(info: &str) -> Option<(bool, usize)> {
+    let mut role = None;
+    let mut replicas = 0;
+    for line in info.lines().map(str::trim) {
+        if let Some(r) = line.strip_prefix("role:") {
+            role = Some(r == "master");
+        } else if let Some((name, fields)) = line.split_once(':') {
+            if !name.starts_with("slave") || !fields.contains("ip=") {
+                continue;
+            }
+            let online = fields.split(',').any(|f| f == "state=online");
+            let lag = fields
+                .split(',')
+                .find_map(|f| f.strip_prefix("lag="))
+                .and_then(|l| l.parse::<u64>().ok());
+            if online && lag.is_some_and(|l| l <= MAX_LAG) {
+                replicas += 1;
+            }
+        }
+    }
+    role.map(|master| (master, replicas))
+}
+
+/// `INFO replication` of a connection, parsed.
+pub async fn replication(
+    conn: &mut impl redis::aio::ConnectionLike,
+) -> Result<Option<(bool, usize)>, BrokerError> {
+    let info: String = bounded(
+        "INFO replication",
+        redis::cmd("INFO").arg("replication").query_async(conn),
+    )
+    .await?;
+    Ok(parse_replication(&info))
 }
 
 /// Asks the sentinels, in turn, where the master is, and checks that the node they name
@@ -333,8 +357,7 @@ async fn resolve_via(
     let url = spec.master_url(&host, port);
     let client = super::redis::client(&url, tls)?;
     let mut conn = bounded("master", client.get_multiplexed_async_connection()).await?;
-    let role: Value = bounded("master", redis::cmd("ROLE").query_async(&mut conn)).await?;
-    match parse_role(&role) {
+    match replication(&mut conn).await? {
         Some((true, replicas)) => Ok(Master {
             addr: format!("{host}:{port}"),
             url,
@@ -478,15 +501,20 @@ mod tests {
     }
 
     #[test]
-    fn roles() {
-        let master = Value::Array(vec![
-            Value::BulkString(b"master".to_vec()),
-            Value::Int(10),
-            Value::Array(vec![Value::Array(vec![])]),
-        ]);
-        assert_eq!(parse_role(&master), Some((true, 1)));
-        let replica = Value::Array(vec![Value::BulkString(b"slave".to_vec())]);
-        assert_eq!(parse_role(&replica), Some((false, 0)));
-        assert_eq!(parse_role(&Value::Nil), None);
+    fn replication_info() {
+        let master = "# Replication\r\nrole:master\r\nconnected_slaves:3\r\n\
+            slave0:ip=127.0.0.1,port=6380,state=online,offset=42,lag=0\r\n\
+            slave1:ip=127.0.0.1,port=6381,state=online,offset=40,lag=9\r\n\
+            slave2:ip=127.0.0.1,port=6382,state=wait_bgsave,offset=0,lag=0\r\n\
+            master_failover_state:no-failover\r\n";
+        assert_eq!(
+            parse_replication(master),
+            Some((true, 1)),
+            "only the online replica that acknowledged lately"
+        );
+        let replica = "# Replication\r\nrole:slave\r\nmaster_host:127.0.0.1\r\n\
+            slave_read_only:1\r\nconnected_slaves:0\r\n";
+        assert_eq!(parse_replication(replica), Some((false, 0)));
+        assert_eq!(parse_replication(""), None);
     }
 }
