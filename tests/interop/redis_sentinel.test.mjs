@@ -14,6 +14,9 @@
 // (first to last 503, and from the kill to the first acknowledgement after it), and the
 // publish latency through the API with and without the replica confirmation.
 //
+// Also: a node given a master name the sentinels do not know exits at start with a clear
+// error that shows the URL's password as `***`; /health names the master in use.
+//
 // Run: node --test --test-concurrency=1 tests/interop/redis_sentinel.test.mjs
 // (SWITCHBOARD_BIN=/abs/path/to/switchboard to test another binary). Skipped when
 // redis-server or redis-sentinel is not installed.
@@ -24,7 +27,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { startServer, join, withTimeout } from './lib/harness.mjs';
+import { spawn } from 'node:child_process';
+import { startServer, join, withTimeout, binaryPath } from './lib/harness.mjs';
 import { CONFIG, API_KEY, health, connect, once } from './lib/cluster.mjs';
 import { available, cli, poll, startSentinels } from './lib/redis_ha.mjs';
 
@@ -114,7 +118,41 @@ function tally(received, pub) {
   return { lost: missing.length, duplicated, reordered, missing };
 }
 
+/** Runs `switchboard serve` expecting it to exit on its own; resolves to { code, stderr }. */
+function startExpectingExit(args) {
+  return withTimeout(
+    new Promise((resolve) => {
+      const p = spawn(binaryPath(), ['serve', '--listen', '127.0.0.1:0', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+      let stderr = '';
+      p.stderr.setEncoding('utf8');
+      p.stderr.on('data', (d) => {
+        stderr = (stderr + d).slice(-20_000);
+      });
+      p.on('exit', (code) => resolve({ code, stderr }));
+    }),
+    'switchboard to refuse to start',
+  );
+}
+
 describe('the Redis broker behind Redis Sentinel', { skip }, () => {
+  it('refuses to start on a master name the sentinels do not know, without showing the password', async () => {
+    const ha = await startSentinels({ replicas: 0 });
+    live.push(() => ha.close());
+    const url = `redis+sentinel://alice:s3cret@${ha.sentinels.map((x) => `127.0.0.1:${x.port}`).join(',')}/nosuchmaster`;
+    const { code, stderr } = await startExpectingExit(['--broker', url]);
+    assert.notEqual(code, 0, 'exits with an error');
+    assert.match(stderr, /cannot use the broker redis\+sentinel:\/\/alice:\*\*\*@127\.0\.0\.1:\d+/, stderr);
+    assert.match(stderr, /does not know a master named "nosuchmaster"/, stderr);
+    assert.doesNotMatch(stderr, /s3cret/, 'the password is not shown');
+    // The master the sentinels do know is used, and /health does not show credentials.
+    const node = await startServer(['--broker', ha.url()]);
+    live.push(() => node.stop('SIGKILL'));
+    await poll(async () => (await health(node)).broker.connected, 'the node on the master');
+    const h = await health(node);
+    assert.equal(h.broker.kind, 'redis-sentinel');
+    assert.deepEqual(h.broker.masters, [`127.0.0.1:${ha.master.port}`]);
+  });
+
   it('follows a failover: nothing acknowledged is lost or doubled, publishers get only 503s meanwhile', async (t) => {
     const ha = await startSentinels({ replicas: 1, downAfterMs: 1000, failoverTimeoutMs: 3000 });
     live.push(() => ha.close());
