@@ -27,7 +27,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { startServer, join, withTimeout, binaryPath } from './lib/harness.mjs';
 import { CONFIG, API_KEY, health, connect, once } from './lib/cluster.mjs';
 import { available, cli, poll, startSentinels } from './lib/redis_ha.mjs';
@@ -35,6 +35,15 @@ import { available, cli, poll, startSentinels } from './lib/redis_ha.mjs';
 const skip =
   (!(await available('redis-server')) && 'redis-server is not installed') ||
   (!(await available('redis-sentinel')) && 'redis-sentinel is not installed');
+
+const haveOpenssl = (() => {
+  try {
+    execFileSync('openssl', ['version'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+})();
 
 const RATE = 100; // per publisher, per second
 const PUBLISH_TIMEOUT_MS = 5_000;
@@ -151,6 +160,52 @@ describe('the Redis broker behind Redis Sentinel', { skip }, () => {
     const h = await health(node);
     assert.equal(h.broker.kind, 'redis-sentinel');
     assert.deepEqual(h.broker.masters, [`127.0.0.1:${ha.master.port}`]);
+  });
+
+  it('over TLS (rediss+sentinel://): sentinels and master reached with the broker TLS settings', { skip: !haveOpenssl && 'openssl is not installed' }, async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'sb-sentinel-tls-'));
+    live.push(async () => rmSync(dir, { recursive: true, force: true }));
+    const f = (n) => path.join(dir, n);
+    const quiet = { stdio: 'ignore' };
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', f('ca.key'), '-out', f('ca.crt'),
+      '-days', '1', '-subj', '/CN=sentinel-test-ca'], quiet);
+    execFileSync('openssl', ['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', f('redis.key'), '-out', f('redis.csr'),
+      '-subj', '/CN=127.0.0.1'], quiet);
+    writeFileSync(f('redis.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
+    execFileSync('openssl', ['x509', '-req', '-in', f('redis.csr'), '-CA', f('ca.crt'), '-CAkey', f('ca.key'),
+      '-CAcreateserial', '-out', f('redis.crt'), '-days', '1', '-extfile', f('redis.ext')], quiet);
+    const tls = { cert: f('redis.crt'), key: f('redis.key'), ca: f('ca.crt') };
+    const ha = await startSentinels({ replicas: 1, tls });
+    live.push(() => ha.close());
+    assert.match(ha.url(), /^rediss\+sentinel:\/\//);
+
+    // Without the test CA the certificates do not verify: refused at start.
+    const refused = await startExpectingExit(['--broker', ha.url()]);
+    assert.notEqual(refused.code, 0);
+    assert.match(refused.stderr, /cannot use the broker rediss\+sentinel:/, refused.stderr);
+    assert.match(refused.stderr, /certificate|UnknownIssuer/i, refused.stderr);
+
+    const config = f('switchboard.toml');
+    writeFileSync(config, CONFIG);
+    const pair = [];
+    for (let i = 0; i < 2; i++) {
+      const n = await startServer(['--config', config, '--broker', ha.url(), '--broker-tls-ca', tls.ca]);
+      live.push(() => n.stop('SIGKILL'));
+      pair.push(n);
+      await poll(async () => {
+        const h = await health(n);
+        return h.broker.connected && h.broker.masters?.[0] === `127.0.0.1:${ha.master.port}`;
+      }, 'a node on the TLS master');
+    }
+    const inbox = await join(pair[1].wsUrl('/tls-room'));
+    live.push(async () => inbox.ws.terminate());
+    const r = await fetch(`${pair[0].httpUrl}/api/publish`, {
+      method: 'POST',
+      headers: { 'x-api-key': API_KEY, 'content-type': 'application/json' },
+      body: JSON.stringify({ channel: 'tls-room', data: { over: 'tls' } }),
+    });
+    assert.equal(r.status, 200, await r.text());
+    assert.deepEqual(JSON.parse((await inbox.next('the publication from the other node')).text), { over: 'tls' });
   });
 
   it('follows a failover: nothing acknowledged is lost or doubled, publishers get only 503s meanwhile', async (t) => {

@@ -25,7 +25,13 @@ export function available(program) {
 
 /** One `redis-cli -p port ...args` (async: publishers keep running); resolves to its output. */
 export async function cli(port, ...args) {
-  const { stdout } = await execFileP('redis-cli', ['-p', String(port), ...args], {
+  return cliTls(null, port, ...args);
+}
+
+/** `cli` over TLS when `tls` ({ cert, key, ca }) is given. */
+export async function cliTls(tls, port, ...args) {
+  const t = tls ? ['--tls', '--cacert', tls.ca] : [];
+  const { stdout } = await execFileP('redis-cli', [...t, '-p', String(port), ...args], {
     encoding: 'utf8',
     timeout: 5_000,
   });
@@ -74,14 +80,22 @@ function launch(program, args, port) {
   };
 }
 
-/** A `redis-server` on `port` (extra `args`), answering PING. */
-export async function startServerProcess(port, dir, args = []) {
+/** `redis-server` arguments to listen on `port` only over TLS (`tls`: { cert, key, ca }), or in the clear. */
+function listenArgs(port, tls) {
+  return tls
+    ? ['--port', '0', '--tls-port', String(port), '--tls-cert-file', tls.cert, '--tls-key-file', tls.key,
+        '--tls-ca-cert-file', tls.ca, '--tls-auth-clients', 'no', '--tls-replication', 'yes']
+    : ['--port', String(port)];
+}
+
+/** A `redis-server` on `port` (extra `args`; TLS only with `tls`), answering PING. */
+export async function startServerProcess(port, dir, args = [], tls = null) {
   const p = launch(
     'redis-server',
-    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, ...args],
+    [...listenArgs(port, tls), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, ...args],
     port,
   );
-  await poll(async () => (await cli(port, 'PING')) === 'PONG', `redis-server on ${port}`).catch((e) => {
+  await poll(async () => (await cliTls(tls, port, 'PING')) === 'PONG', `redis-server on ${port}`).catch((e) => {
     throw new Error(`${e.message}\n${p.output()}`);
   });
   return p;
@@ -90,10 +104,13 @@ export async function startServerProcess(port, dir, args = []) {
 /**
  * A master, `replicas` replicas of it, and three sentinels watching it as `name` (quorum
  * 2, down after `downAfterMs`, failover timeout `failoverTimeoutMs`). Resolves once the
- * replicas are in sync and every sentinel knows the other two and the replicas. Returns
+ * replicas are in sync and every sentinel knows the other two and the replicas. With `tls`
+ * ({ cert, key, ca }: PEM files) every server and sentinel listens only over TLS and
+ * replicates over TLS, and `url()` is `rediss+sentinel://…`. Returns
  * { name, master, replicas, sentinels, url(query), masterPort(), close() }.
  */
-export async function startSentinels({ name = 'sbmaster', replicas = 1, downAfterMs = 1000, failoverTimeoutMs = 3000 } = {}) {
+export async function startSentinels({ name = 'sbmaster', replicas = 1, downAfterMs = 1000, failoverTimeoutMs = 3000, tls = null } = {}) {
+  const cli = (port, ...args) => cliTls(tls, port, ...args);
   const dir = mkdtempSync(path.join(tmpdir(), 'sb-sentinel-'));
   const procs = [];
   const res = {
@@ -107,11 +124,11 @@ export async function startSentinels({ name = 'sbmaster', replicas = 1, downAfte
   };
   try {
     const mdir = mkdtempSync(path.join(dir, 'master-'));
-    res.master = await startServerProcess(await freePort(), mdir);
+    res.master = await startServerProcess(await freePort(), mdir, [], tls);
     procs.push(res.master);
     for (let i = 0; i < replicas; i++) {
       const rdir = mkdtempSync(path.join(dir, `replica${i}-`));
-      const r = await startServerProcess(await freePort(), rdir, ['--replicaof', '127.0.0.1', String(res.master.port)]);
+      const r = await startServerProcess(await freePort(), rdir, ['--replicaof', '127.0.0.1', String(res.master.port)], tls);
       procs.push(r);
       res.replicas.push(r);
     }
@@ -125,7 +142,10 @@ export async function startSentinels({ name = 'sbmaster', replicas = 1, downAfte
       writeFileSync(
         conf,
         [
-          `port ${port}`,
+          ...(tls
+            ? ['port 0', `tls-port ${port}`, `tls-cert-file ${tls.cert}`, `tls-key-file ${tls.key}`,
+                `tls-ca-cert-file ${tls.ca}`, 'tls-auth-clients no', 'tls-replication yes']
+            : [`port ${port}`]),
           'bind 127.0.0.1',
           `dir ${sdir}`,
           `sentinel monitor ${name} 127.0.0.1 ${res.master.port} 2`,
@@ -156,7 +176,7 @@ export async function startSentinels({ name = 'sbmaster', replicas = 1, downAfte
     throw e;
   }
   res.url = (query = '') =>
-    `redis+sentinel://${res.sentinels.map((s) => `127.0.0.1:${s.port}`).join(',')}/${name}${query}`;
+    `${tls ? 'rediss' : 'redis'}+sentinel://${res.sentinels.map((s) => `127.0.0.1:${s.port}`).join(',')}/${name}${query}`;
   /** The master's port as the first sentinel that answers reports it. */
   res.masterPort = async () => {
     for (const s of res.sentinels) {

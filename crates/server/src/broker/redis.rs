@@ -511,6 +511,35 @@ pub(crate) fn client(url: &str, tls: &RedisTls) -> Result<redis::Client, BrokerE
         .map_err(|e| BrokerError::Protocol(format!("broker TLS settings: {e}")))
 }
 
+/// The cluster client for a `redis+cluster://` URL (RESP3, bounded connection attempts),
+/// sending its pushes to `pushes` when given.
+fn cluster_client(
+    spec: &ClusterSpec,
+    tls: &RedisTls,
+    pushes: Option<mpsc::UnboundedSender<PushInfo>>,
+) -> Result<redis::cluster::ClusterClient, BrokerError> {
+    let mut b = redis::cluster::ClusterClient::builder(spec.node_urls())
+        .use_protocol(redis::ProtocolVersion::RESP3)
+        .retries(2)
+        .connection_timeout(Duration::from_secs(1))
+        .response_timeout(OP_TIMEOUT);
+    if spec.tls {
+        b = b.certs(certificates(tls)?);
+        if tls.insecure {
+            b = b.tls(redis::TlsMode::Insecure);
+        }
+    } else if tls.ca.is_some() || tls.client.is_some() || tls.insecure {
+        return Err(BrokerError::Protocol(
+            "broker TLS settings need a rediss+cluster:// URL".into(),
+        ));
+    }
+    if let Some(tx) = pushes {
+        b = b.push_sender(tx);
+    }
+    b.build()
+        .map_err(|e| BrokerError::Protocol(format!("bad broker URL: {e}")))
+}
+
 /// The CA and client certificate of the TLS settings, read from their files.
 fn certificates(tls: &RedisTls) -> Result<redis::TlsCertificates, BrokerError> {
     let read = |what: &str, path: &std::path::Path| {
@@ -624,26 +653,26 @@ impl RedisBroker {
     /// not Redis being down or slow — a certificate that does not verify, a refused TLS
     /// handshake, a wrong password — is reported as [`BrokerError::Protocol`].
     pub async fn probe(&self) -> Result<(), BrokerError> {
-        if let Some(spec) = &self.inner.cluster {
-            let (tx, _rx) = mpsc::unbounded_channel();
-            let mut conns = Conns::cluster(spec, &self.inner.tls, tx).await?;
-            return bounded(redis::cmd("PING").exec_async(&mut conns.cmd)).await;
+        if let Some(spec) = &self.inner.sentinel {
+            return topology::check(spec, &self.inner.tls).await;
         }
-        let (Some(client), None) = (&self.client, &self.inner.sentinel) else {
-            let spec = self
-                .inner
-                .sentinel
-                .as_ref()
-                .ok_or_else(|| unavailable("no Redis"))?;
-            return topology::resolve(spec, &self.inner.tls).await.map(|_| ());
-        };
         let attempt = async {
+            if let Some(spec) = &self.inner.cluster {
+                let client = cluster_client(spec, &self.inner.tls, None).map_err(|e| {
+                    RedisError::from((redis::ErrorKind::InvalidClientConfig, "", e.to_string()))
+                })?;
+                let mut conn = client.get_async_connection().await?;
+                return redis::cmd("PING").query_async::<()>(&mut conn).await;
+            }
+            let Some(client) = &self.client else {
+                return Ok(());
+            };
             let mut conn = client.get_multiplexed_async_connection().await?;
             redis::cmd("PING").query_async::<()>(&mut conn).await
         };
         match tokio::time::timeout(OP_TIMEOUT, attempt).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) if e.is_connection_refusal() || e.is_timeout() => Err(unavailable(e)),
+            Ok(Err(e)) if topology::temporary_at_start(&e) => Err(unavailable(e)),
             Ok(Err(e)) => Err(BrokerError::Protocol(e.to_string())),
             Err(_) => Err(unavailable("Redis did not answer in time")),
         }
@@ -719,30 +748,8 @@ impl Conns {
         tls: &RedisTls,
         pushes: mpsc::UnboundedSender<PushInfo>,
     ) -> Result<Conns, BrokerError> {
-        let build = |pushes: Option<mpsc::UnboundedSender<PushInfo>>| {
-            let mut b = redis::cluster::ClusterClient::builder(spec.node_urls())
-                .use_protocol(redis::ProtocolVersion::RESP3)
-                .retries(2)
-                .connection_timeout(Duration::from_secs(1))
-                .response_timeout(OP_TIMEOUT);
-            if spec.tls {
-                b = b.certs(certificates(tls)?);
-                if tls.insecure {
-                    b = b.tls(redis::TlsMode::Insecure);
-                }
-            } else if tls.ca.is_some() || tls.client.is_some() || tls.insecure {
-                return Err(BrokerError::Protocol(
-                    "broker TLS settings need a rediss+cluster:// URL".into(),
-                ));
-            }
-            if let Some(tx) = pushes {
-                b = b.push_sender(tx);
-            }
-            b.build()
-                .map_err(|e| BrokerError::Protocol(format!("bad broker URL: {e}")))
-        };
-        let cmd = bounded(build(None)?.get_async_connection()).await?;
-        let sub = bounded(build(Some(pushes))?.get_async_connection()).await?;
+        let cmd = bounded(cluster_client(spec, tls, None)?.get_async_connection()).await?;
+        let sub = bounded(cluster_client(spec, tls, Some(pushes))?.get_async_connection()).await?;
         Ok(Conns {
             cmd: Conn::Cluster(cmd),
             sub: Conn::Cluster(sub),

@@ -253,8 +253,22 @@ fn temporary(e: &redis::RedisError) -> bool {
         || matches!(e.code(), Some("LOADING" | "MASTERDOWN" | "READONLY"))
 }
 
-fn classify(what: &str, e: redis::RedisError) -> BrokerError {
-    if temporary(&e) {
+/// At start-up only Redis being down or slow is worth waiting for: anything else (a
+/// certificate that does not verify, a refused handshake, a wrong password) will not get
+/// better by itself.
+pub(crate) fn temporary_at_start(e: &redis::RedisError) -> bool {
+    e.is_connection_refusal()
+        || e.is_timeout()
+        || matches!(e.code(), Some("LOADING" | "MASTERDOWN" | "READONLY"))
+}
+
+fn classify(what: &str, e: redis::RedisError, at_start: bool) -> BrokerError {
+    let temporary = if at_start {
+        temporary_at_start(&e)
+    } else {
+        temporary(&e)
+    };
+    if temporary {
         BrokerError::Unavailable(format!("{what}: {e}"))
     } else {
         BrokerError::Protocol(format!("{what}: {e}"))
@@ -265,8 +279,16 @@ async fn bounded<T>(
     what: &str,
     fut: impl std::future::Future<Output = Result<T, redis::RedisError>>,
 ) -> Result<T, BrokerError> {
+    bounded_as(what, false, fut).await
+}
+
+async fn bounded_as<T>(
+    what: &str,
+    at_start: bool,
+    fut: impl std::future::Future<Output = Result<T, redis::RedisError>>,
+) -> Result<T, BrokerError> {
     match tokio::time::timeout(super::redis::OP_TIMEOUT, fut).await {
-        Ok(r) => r.map_err(|e| classify(what, e)),
+        Ok(r) => r.map_err(|e| classify(what, e, at_start)),
         Err(_) => Err(BrokerError::Unavailable(format!(
             "{what}: no answer in time"
         ))),
@@ -317,26 +339,51 @@ pub async fn replication(
 /// Asks the sentinels, in turn, where the master is, and checks that the node they name
 /// says it is a master. The error of the last attempt is returned when none worked.
 pub async fn resolve(spec: &SentinelSpec, tls: &RedisTls) -> Result<Master, BrokerError> {
+    resolve_as(spec, tls, false).await
+}
+
+/// [`resolve`] for the start-up check: an error that is not Redis being down or slow (see
+/// [`temporary_at_start`]) is a [`BrokerError::Protocol`], and wins over the others.
+pub async fn check(spec: &SentinelSpec, tls: &RedisTls) -> Result<(), BrokerError> {
+    resolve_as(spec, tls, true).await.map(|_| ())
+}
+
+async fn resolve_as(
+    spec: &SentinelSpec,
+    tls: &RedisTls,
+    at_start: bool,
+) -> Result<Master, BrokerError> {
     let mut last = BrokerError::Unavailable("no sentinel configured".into());
+    let mut fatal = None;
     for sentinel in &spec.sentinels {
-        match resolve_via(spec, tls, sentinel).await {
+        match resolve_via(spec, tls, sentinel, at_start).await {
             Ok(m) => return Ok(m),
             Err(e) => {
                 tracing::debug!(sentinel = %format!("{}:{}", sentinel.0, sentinel.1), "master not resolved: {e}");
-                last = e;
+                if let BrokerError::Protocol(_) = e {
+                    fatal.get_or_insert(e);
+                } else {
+                    last = e;
+                }
             }
         }
     }
-    Err(last)
+    Err(fatal.unwrap_or(last))
 }
 
 async fn resolve_via(
     spec: &SentinelSpec,
     tls: &RedisTls,
     sentinel: &(String, u16),
+    at_start: bool,
 ) -> Result<Master, BrokerError> {
     let client = super::redis::client(&spec.sentinel_url(sentinel), tls)?;
-    let mut conn = bounded("sentinel", client.get_multiplexed_async_connection()).await?;
+    let mut conn = bounded_as(
+        "sentinel",
+        at_start,
+        client.get_multiplexed_async_connection(),
+    )
+    .await?;
     let addr: Option<(String, String)> = bounded(
         "sentinel",
         redis::cmd("SENTINEL")
@@ -356,7 +403,12 @@ async fn resolve_via(
         .map_err(|_| BrokerError::Protocol(format!("sentinel gave a bad port {port:?}")))?;
     let url = spec.master_url(&host, port);
     let client = super::redis::client(&url, tls)?;
-    let mut conn = bounded("master", client.get_multiplexed_async_connection()).await?;
+    let mut conn = bounded_as(
+        "master",
+        at_start,
+        client.get_multiplexed_async_connection(),
+    )
+    .await?;
     match replication(&mut conn).await? {
         Some((true, replicas)) => Ok(Master {
             addr: format!("{host}:{port}"),
