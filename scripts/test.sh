@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs Switchboard's whole test suite on a Debian machine, installing what is
 # missing first (only when missing, so a second run goes straight to the tests):
-#   - Debian packages: chromium (browser tests), redis-server
+#   - Debian packages: chromium (browser tests), redis-server, redis-sentinel
 #   - npm packages into tests/interop/node_modules (and crates/websocket/interop)
 #   - Python packages into tests/interop/.venv (and crates/websocket/interop/.venv)
 # Then: cargo fmt --check, clippy -D warnings, release build, cargo tests,
@@ -123,6 +123,7 @@ install_apt_packages() {
   local missing=()
   command -v chromium >/dev/null 2>&1 || [[ -x /usr/bin/chromium ]] || missing+=(chromium)
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
   [[ ${#missing[@]} -eq 0 ]] && return 0
   if ! command -v apt-get >/dev/null 2>&1; then
     warn "apt-get not found; cannot install ${missing[*]}"
@@ -290,6 +291,10 @@ if wanted interop; then
       # client kind: nothing acknowledged may be lost.
       node_suite chaos.test.mjs
       node_suite redis_tls.test.mjs
+      # A master, a replica and three sentinels; the master is killed under publishing.
+      node_suite redis_sentinel.test.mjs
+      # Three masters + three replicas; channels on every master; a master killed.
+      node_suite redis_cluster.test.mjs
       if skip_requested SKIP_PYTHON; then
         skip_suite "interop: python_client.py" "SKIP_PYTHON=1"
       elif [[ ! -x "$INTEROP/.venv/bin/python" ]]; then

@@ -61,10 +61,13 @@ impl BrokerError {
 /// Whether the broker works, for `/health`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerStatus {
-    /// `memory` or `redis`.
+    /// `memory`, `redis`, `redis-sentinel` or `redis-cluster`.
     pub kind: &'static str,
     /// Whether the shared store is reachable (always true in memory).
     pub connected: bool,
+    /// The Redis masters in use (`host:port`) when the broker finds them itself (Sentinel,
+    /// Cluster); empty otherwise.
+    pub masters: Vec<String>,
 }
 
 /// One live node, as registered with the broker.

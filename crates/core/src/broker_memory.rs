@@ -59,6 +59,7 @@ impl Broker for MemoryBroker {
         BrokerStatus {
             kind: "memory",
             connected: true,
+            masters: Vec::new(),
         }
     }
 

@@ -1385,6 +1385,7 @@ mod tests {
             BrokerStatus {
                 kind: "fake",
                 connected: true,
+                masters: Vec::new(),
             }
         }
         fn start(&self, handler: Arc<dyn BrokerHandler>) {

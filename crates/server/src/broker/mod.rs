@@ -3,12 +3,15 @@
 //! are in `switchboard-core`; this module holds the implementations that need the network.
 //!
 //! `--broker` picks one: absent or `memory` for a single node, `redis://host:port/db` for
-//! Redis (`rediss://` over TLS, with the `broker_tls_*` settings). See `docs/scaling.md` for the topology and what is stored. [`control`] holds what
+//! Redis (`rediss://` over TLS, with the `broker_tls_*` settings),
+//! `redis+sentinel://h1:p1,h2:p2,h3:p3/master-name` for a master found through Redis
+//! Sentinel, `redis+cluster://h1:p1,h2:p2,…` for a Redis Cluster ([`topology`]). See `docs/scaling.md` for the topology and what is stored. [`control`] holds what
 //! nodes ask of each other for the HTTP API (cluster-wide disconnect, server-side
 //! subscriptions, channel listing).
 pub mod codec;
 pub mod control;
 pub mod redis;
+pub mod topology;
 
 use std::time::Duration;
 
@@ -27,11 +30,26 @@ pub enum BrokerKind {
 pub fn parse(spec: Option<&str>) -> Result<BrokerKind, String> {
     match spec.map(str::trim) {
         None | Some("") | Some("memory") => Ok(BrokerKind::Memory),
-        Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
+        Some(url)
+            if [
+                "redis://",
+                "rediss://",
+                "redis+sentinel://",
+                "rediss+sentinel://",
+                "redis+cluster://",
+                "rediss+cluster://",
+            ]
+            .iter()
+            .any(|s| url.starts_with(s)) =>
+        {
+            topology::parse(url)?;
             Ok(BrokerKind::Redis(url.to_string()))
         }
         Some(other) => Err(format!(
-            "unknown broker {other:?} (expected memory, redis://host:port/db or rediss://…)"
+            "unknown broker {:?} (expected memory, redis://host:port/db, rediss://…, \
+             redis+sentinel://h1:p1,h2:p2/master, redis+cluster://h1:p1,h2:p2 or their \
+             rediss+ forms)",
+            redacted(other)
         )),
     }
 }
@@ -83,6 +101,15 @@ mod tests {
             Ok(BrokerKind::Redis("rediss://127.0.0.1:6380/0".into()))
         );
         assert!(parse(Some("nats://x")).is_err());
+        assert!(matches!(
+            parse(Some("redis+sentinel://a:1,b:2/mymaster?db=1")),
+            Ok(BrokerKind::Redis(_))
+        ));
+        assert!(parse(Some("redis+sentinel://a:1,b:2")).is_err());
+        assert!(matches!(
+            parse(Some("rediss+cluster://a:1,b:2")),
+            Ok(BrokerKind::Redis(_))
+        ));
     }
 
     #[test]
@@ -93,5 +120,9 @@ mod tests {
         );
         assert_eq!(redacted("rediss://:pw@h:1"), "rediss://:***@h:1");
         assert_eq!(redacted("redis://h:6379/0"), "redis://h:6379/0");
+        assert_eq!(
+            redacted("redis+sentinel://u:pw@a:1,b:2/mymaster"),
+            "redis+sentinel://u:***@a:1,b:2/mymaster"
+        );
     }
 }

@@ -30,6 +30,24 @@
 //! timeout; while Redis is unreachable operations fail at once with
 //! [`BrokerError::Unavailable`] instead of queueing.
 //!
+//! With `redis+sentinel://` ([`topology`]) the two connections go to the master the
+//! sentinels name (checked with `INFO replication`). The maintenance task asks the sentinels again when
+//! Redis becomes unreachable, answers `READONLY`, or a sentinel announces `+switch-master`;
+//! when they name another node it connects both connections there and runs the same resync
+//! as after a Redis restart (re-subscribe, report each channel's top, rewrite presence), so
+//! what a node missed is filled from history. Meanwhile publishes fail at once with
+//! [`BrokerError::Unavailable`]. While the master has replicas a publication is
+//! acknowledged only once one of them has it (`WAIT 1 <wait>`), so a promotion keeps it.
+//!
+//! With `redis+cluster://` both connections are the `redis` crate's cluster connections
+//! (one connection per master each, commands routed by slot, `MOVED`/`ASK` followed). Every
+//! key of a channel has the hash tag `{C}`; what belongs to no channel is named `sb:{sb}:…`
+//! instead of `sb:…` (one slot). Subscriptions are sharded, each on the master of its
+//! channel's slot; the acknowledgement round trip (`PING` or `WAIT`) goes to the master
+//! that ran the script. The layout (`CLUSTER SLOTS`) is read at every heartbeat; a master
+//! that fails a publication pauses only its own channels' publishes (`MASTER_PAUSE`).
+//! Losing the subscription connection to a master resyncs every channel, as above.
+//!
 //! Control traffic ([`Broker::control`], [`Broker::survey`]) uses the same pub/sub mode as
 //! channels: every node listens to `sb:ctl` and to its own `sb:ctl:<node>` from its first
 //! connection on (and again after each reconnect), and marks its registry entry with
@@ -38,12 +56,14 @@
 //! commands and questions. Each question is answered on a task of its own, so answering
 //! never delays the delivery of publications.
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{ConnectionAddr, IntoConnectionInfo, PushInfo, PushKind, RedisError, Script, Value};
 use switchboard_core::{
     BoxFuture, Broker, BrokerError, BrokerHandler, BrokerPublication, BrokerStatus, ChannelOptions,
@@ -53,16 +73,20 @@ use switchboard_core::{
 use tokio::sync::{mpsc, Notify};
 
 use super::codec::{self, ControlFrame, Envelope};
+use super::topology::{self, ClusterSpec, SentinelSpec, Topology};
 
 /// Default lease of a node: its presence entries disappear at most this long (plus one
 /// renewal period) after it dies.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
 /// Bound on every Redis operation.
-const OP_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the stream position of a channel without history is kept (for gap detection).
 const NO_HISTORY_META_TTL: Duration = Duration::from_secs(3600);
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long publishes to the channels of a Redis Cluster master that failed are refused at
+/// once before one is tried again.
+const MASTER_PAUSE: Duration = Duration::from_millis(500);
 /// How long a survey waits for the other nodes' answers.
 pub const SURVEY_WAIT: Duration = Duration::from_secs(2);
 
@@ -143,13 +167,103 @@ pub struct RedisConfig {
 /// The Redis broker. See the module documentation.
 pub struct RedisBroker {
     inner: Arc<Inner>,
-    /// For [`probe`](RedisBroker::probe).
-    client: redis::Client,
+    /// For [`probe`](RedisBroker::probe) (standalone Redis).
+    client: Option<redis::Client>,
+}
+
+/// A connection to one Redis (reconnecting by itself) or to a Redis Cluster (routing each
+/// command to the master of its slot, following `MOVED`/`ASK` and failovers).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Conn {
+    /// Runs `cmd` on the master of `channel`'s slot (a Redis Cluster), or on the one Redis.
+    async fn on_channel_master(
+        &mut self,
+        channel: &str,
+        cmd: redis::Cmd,
+    ) -> Result<Value, RedisError> {
+        match self {
+            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => {
+                let route = Route::new(slot_number(&meta_key(channel)), SlotAddr::Master);
+                c.route_command(
+                    cmd,
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                )
+                .await
+            }
+        }
+    }
+}
+
+/// One range of hash slots and its master (Redis Cluster).
+#[derive(Debug, Clone)]
+struct SlotRange {
+    start: u16,
+    end: u16,
+    master: String,
+    replicas: usize,
+}
+
+/// The two connections to the Redis in use (replaced when Sentinel names another master).
+struct Conns {
+    cmd: Conn,
+    sub: Conn,
+    /// `host:port` of the master (Sentinel), for `/health` and logs.
+    addr: Option<String>,
 }
 
 struct Inner {
-    cmd: ConnectionManager,
-    sub: ConnectionManager,
+    /// `None` until Sentinel named a master.
+    conns: RwLock<Option<Conns>>,
+    /// The sentinels to ask for the master, with a `redis+sentinel://` URL.
+    sentinel: Option<SentinelSpec>,
+    /// The seed nodes of a Redis Cluster, with a `redis+cluster://` URL.
+    cluster: Option<ClusterSpec>,
+    /// The cluster's slot ranges and their masters, as last asked (`CLUSTER SLOTS`).
+    slots: RwLock<Vec<SlotRange>>,
+    /// Cluster masters found unreachable by a publication, until when their channels'
+    /// publishes are refused at once.
+    down: Mutex<HashMap<String, Instant>>,
+    tls: RedisTls,
+    /// Where every subscription connection sends its pushes.
+    push_tx: mpsc::UnboundedSender<PushInfo>,
+    /// Ask the sentinels again (a failover was announced or suspected).
+    reresolve: AtomicBool,
+    /// Replicas the master streams to (Sentinel): publications wait for one of them.
+    replicas: AtomicUsize,
     node: NodeInfo,
     lease: Duration,
     /// Sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`) works on this server.
@@ -174,6 +288,10 @@ struct Inner {
     control_ready: AtomicBool,
     /// `sb:ctl:<node>`, computed once: every pushed message is compared with it.
     answers: String,
+    /// `sb:ctl`: commands and questions for every node.
+    control: String,
+    /// [`PREFIX`] or [`CLUSTER_PREFIX`].
+    prefix: &'static str,
     /// Surveys waiting for answers, by question id.
     surveys: Mutex<HashMap<u64, mpsc::UnboundedSender<(String, Bytes)>>>,
     next_survey: AtomicU64,
@@ -197,18 +315,26 @@ fn channel_of(pubsub: &[u8]) -> Option<&str> {
         .strip_prefix("sb:{")?
         .strip_suffix("}:c")
 }
-const NODES_KEY: &str = "sb:nodes";
+/// Where the keys and pub/sub names that belong to no channel start: `sb:`, or `sb:{sb}:`
+/// on a Redis Cluster (one hash slot for all of them, so pipelines over them work).
+const PREFIX: &str = "sb:";
+const CLUSTER_PREFIX: &str = "sb:{sb}:";
+fn nodes_key(p: &str) -> String {
+    format!("{p}nodes")
+}
 /// The pub/sub channel every node listens to for commands and questions.
-const CONTROL_CHANNEL: &str = "sb:ctl";
+fn control_channel(p: &str) -> String {
+    format!("{p}ctl")
+}
 /// The pub/sub channel a node listens to for answers to its questions.
-fn answers_channel(node: &str) -> String {
-    format!("sb:ctl:{node}")
+fn answers_channel(p: &str, node: &str) -> String {
+    format!("{p}ctl:{node}")
 }
-fn lease_key(node: &str) -> String {
-    format!("sb:lease:{node}")
+fn lease_key(p: &str, node: &str) -> String {
+    format!("{p}lease:{node}")
 }
-fn node_channels_key(node: &str) -> String {
-    format!("sb:node:{node}:ch")
+fn node_channels_key(p: &str, node: &str) -> String {
+    format!("{p}node:{node}:ch")
 }
 
 /// A fresh random 8-character epoch.
@@ -251,6 +377,15 @@ fn unavailable(e: impl std::fmt::Display) -> BrokerError {
 }
 
 fn map_err(e: RedisError) -> BrokerError {
+    // A demoted master (`READONLY`), a replica that lost its master, a Redis loading its
+    // data: all pass.
+    if matches!(
+        e.code(),
+        Some("READONLY" | "MASTERDOWN" | "LOADING" | "CLUSTERDOWN" | "TRYAGAIN" | "MOVED" | "ASK")
+    ) || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
+    {
+        return BrokerError::Unavailable(e.to_string());
+    }
     if e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()
@@ -345,7 +480,7 @@ fn publication(channel: &str, offset: u64, epoch: Epoch, env: Envelope) -> Publi
 
 /// The Redis client for `url` (with `?protocol=resp3`), with the TLS settings for a
 /// `rediss://` URL.
-fn client(url: &str, tls: &RedisTls) -> Result<redis::Client, BrokerError> {
+pub(crate) fn client(url: &str, tls: &RedisTls) -> Result<redis::Client, BrokerError> {
     let bad = |e: &dyn std::fmt::Display| BrokerError::Protocol(format!("bad broker URL: {e}"));
     if !url.starts_with("rediss://") {
         if tls.ca.is_some() || tls.client.is_some() || tls.insecure {
@@ -372,6 +507,41 @@ fn client(url: &str, tls: &RedisTls) -> Result<redis::Client, BrokerError> {
             });
         }
     }
+    redis::Client::build_with_tls(info, certificates(tls)?)
+        .map_err(|e| BrokerError::Protocol(format!("broker TLS settings: {e}")))
+}
+
+/// The cluster client for a `redis+cluster://` URL (RESP3, bounded connection attempts),
+/// sending its pushes to `pushes` when given.
+fn cluster_client(
+    spec: &ClusterSpec,
+    tls: &RedisTls,
+    pushes: Option<mpsc::UnboundedSender<PushInfo>>,
+) -> Result<redis::cluster::ClusterClient, BrokerError> {
+    let mut b = redis::cluster::ClusterClient::builder(spec.node_urls())
+        .use_protocol(redis::ProtocolVersion::RESP3)
+        .retries(2)
+        .connection_timeout(Duration::from_secs(1))
+        .response_timeout(OP_TIMEOUT);
+    if spec.tls {
+        b = b.certs(certificates(tls)?);
+        if tls.insecure {
+            b = b.tls(redis::TlsMode::Insecure);
+        }
+    } else if tls.ca.is_some() || tls.client.is_some() || tls.insecure {
+        return Err(BrokerError::Protocol(
+            "broker TLS settings need a rediss+cluster:// URL".into(),
+        ));
+    }
+    if let Some(tx) = pushes {
+        b = b.push_sender(tx);
+    }
+    b.build()
+        .map_err(|e| BrokerError::Protocol(format!("bad broker URL: {e}")))
+}
+
+/// The CA and client certificate of the TLS settings, read from their files.
+fn certificates(tls: &RedisTls) -> Result<redis::TlsCertificates, BrokerError> {
     let read = |what: &str, path: &std::path::Path| {
         std::fs::read(path).map_err(|e| {
             BrokerError::Protocol(format!(
@@ -388,14 +558,10 @@ fn client(url: &str, tls: &RedisTls) -> Result<redis::Client, BrokerError> {
         }),
         None => None,
     };
-    redis::Client::build_with_tls(
-        info,
-        redis::TlsCertificates {
-            client_tls,
-            root_cert,
-        },
-    )
-    .map_err(|e| BrokerError::Protocol(format!("broker TLS settings: {e}")))
+    Ok(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    })
 }
 
 impl RedisBroker {
@@ -403,26 +569,47 @@ impl RedisBroker {
     /// `/health`) and starts the maintenance and subscription tasks on the current tokio
     /// runtime.
     pub fn start(config: RedisConfig) -> Result<RedisBroker, BrokerError> {
-        let url = if config.url.contains('?') {
-            format!("{}&protocol=resp3", config.url)
-        } else {
-            format!("{}?protocol=resp3", config.url)
-        };
-        let client = client(&url, &config.tls)?;
-        let probe_client = client.clone();
-        let base = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(OP_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(MAX_BACKOFF);
-        let cmd = ConnectionManager::new_lazy_with_config(client.clone(), base.clone())
-            .map_err(|e| BrokerError::Protocol(e.to_string()))?;
+        let topology = topology::parse(&config.url).map_err(BrokerError::Protocol)?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let sub = ConnectionManager::new_lazy_with_config(client, base.set_push_sender(tx))
-            .map_err(|e| BrokerError::Protocol(e.to_string()))?;
+        let mut cluster = None;
+        let (conns, sentinel, probe_client) = match topology {
+            Topology::Standalone(url) => {
+                let url = if url.contains('?') {
+                    format!("{url}&protocol=resp3")
+                } else {
+                    format!("{url}?protocol=resp3")
+                };
+                let client = client(&url, &config.tls)?;
+                let conns = Conns::new(&client, tx.clone(), None)?;
+                (Some(conns), None, Some(client))
+            }
+            Topology::Sentinel(spec) => {
+                // Checked now rather than at the first resolution.
+                client(&spec.sentinel_url(&spec.sentinels[0]), &config.tls)?;
+                (None, Some(spec), None)
+            }
+            Topology::Cluster(spec) => {
+                // Connected by the maintenance task (the cluster's layout is asked first).
+                cluster = Some(spec);
+                (None, None, None)
+            }
+        };
+        let prefix = if cluster.is_some() {
+            CLUSTER_PREFIX
+        } else {
+            PREFIX
+        };
+        let watch = sentinel.clone();
         let inner = Arc::new(Inner {
-            cmd,
-            sub,
+            conns: RwLock::new(conns),
+            sentinel,
+            cluster,
+            slots: RwLock::new(Vec::new()),
+            down: Mutex::new(HashMap::new()),
+            tls: config.tls.clone(),
+            push_tx: tx,
+            reresolve: AtomicBool::new(true),
+            replicas: AtomicUsize::new(0),
             node: config.node.clone(),
             lease: config.lease.max(Duration::from_millis(300)),
             sharded: AtomicBool::new(true),
@@ -438,11 +625,23 @@ impl RedisBroker {
             remove: Script::new(REMOVE_LUA),
             pushes: Mutex::new(Some(rx)),
             control_ready: AtomicBool::new(false),
-            answers: answers_channel(&config.node.id),
+            answers: answers_channel(prefix, &config.node.id),
+            control: control_channel(prefix),
+            prefix,
             surveys: Mutex::new(HashMap::new()),
             next_survey: AtomicU64::new(1),
         });
         tokio::spawn(maintain(Arc::downgrade(&inner)));
+        if let Some(spec) = watch {
+            let weak = Arc::downgrade(&inner);
+            tokio::spawn(topology::watch(spec, config.tls, move || {
+                let Some(inner) = weak.upgrade() else {
+                    return false;
+                };
+                inner.suspect_failover();
+                true
+            }));
+        }
         Ok(RedisBroker {
             inner,
             client: probe_client,
@@ -454,13 +653,26 @@ impl RedisBroker {
     /// not Redis being down or slow — a certificate that does not verify, a refused TLS
     /// handshake, a wrong password — is reported as [`BrokerError::Protocol`].
     pub async fn probe(&self) -> Result<(), BrokerError> {
+        if let Some(spec) = &self.inner.sentinel {
+            return topology::check(spec, &self.inner.tls).await;
+        }
         let attempt = async {
-            let mut conn = self.client.get_multiplexed_async_connection().await?;
+            if let Some(spec) = &self.inner.cluster {
+                let client = cluster_client(spec, &self.inner.tls, None).map_err(|e| {
+                    RedisError::from((redis::ErrorKind::InvalidClientConfig, "", e.to_string()))
+                })?;
+                let mut conn = client.get_async_connection().await?;
+                return redis::cmd("PING").query_async::<()>(&mut conn).await;
+            }
+            let Some(client) = &self.client else {
+                return Ok(());
+            };
+            let mut conn = client.get_multiplexed_async_connection().await?;
             redis::cmd("PING").query_async::<()>(&mut conn).await
         };
         match tokio::time::timeout(OP_TIMEOUT, attempt).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) if e.is_connection_refusal() || e.is_timeout() => Err(unavailable(e)),
+            Ok(Err(e)) if topology::temporary_at_start(&e) => Err(unavailable(e)),
             Ok(Err(e)) => Err(BrokerError::Protocol(e.to_string())),
             Err(_) => Err(unavailable("Redis did not answer in time")),
         }
@@ -483,14 +695,20 @@ impl Drop for RedisBroker {
     fn drop(&mut self) {
         // Tell the tasks to stop (they hold the inner state weakly) and leave the registry
         // at once rather than when the lease runs out.
-        let mut cmd = self.inner.cmd.clone();
+        let Ok(mut cmd) = self.inner.cmd() else {
+            return;
+        };
         let id = self.inner.node.id.clone();
+        let (nodes, lease) = (
+            nodes_key(self.inner.prefix),
+            lease_key(self.inner.prefix, &id),
+        );
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 let _ = bounded(
                     redis::pipe()
-                        .hdel(NODES_KEY, &id)
-                        .del(lease_key(&id))
+                        .hdel(nodes, &id)
+                        .del(lease)
                         .exec_async(&mut cmd),
                 )
                 .await;
@@ -499,17 +717,192 @@ impl Drop for RedisBroker {
     }
 }
 
+impl Conns {
+    /// Lazy connection managers for `client` (they connect at their first command).
+    fn new(
+        client: &redis::Client,
+        pushes: mpsc::UnboundedSender<PushInfo>,
+        addr: Option<String>,
+    ) -> Result<Conns, BrokerError> {
+        let base = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(OP_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(MAX_BACKOFF);
+        let cmd = ConnectionManager::new_lazy_with_config(client.clone(), base.clone())
+            .map_err(|e| BrokerError::Protocol(e.to_string()))?;
+        let sub =
+            ConnectionManager::new_lazy_with_config(client.clone(), base.set_push_sender(pushes))
+                .map_err(|e| BrokerError::Protocol(e.to_string()))?;
+        Ok(Conns {
+            cmd: Conn::Single(cmd),
+            sub: Conn::Single(sub),
+            addr,
+        })
+    }
+
+    /// Connects to a Redis Cluster: one connection for commands, one (with its own
+    /// connection to each master) for the sharded subscriptions.
+    async fn cluster(
+        spec: &ClusterSpec,
+        tls: &RedisTls,
+        pushes: mpsc::UnboundedSender<PushInfo>,
+    ) -> Result<Conns, BrokerError> {
+        let cmd = bounded(cluster_client(spec, tls, None)?.get_async_connection()).await?;
+        let sub = bounded(cluster_client(spec, tls, Some(pushes))?.get_async_connection()).await?;
+        Ok(Conns {
+            cmd: Conn::Cluster(cmd),
+            sub: Conn::Cluster(sub),
+            addr: None,
+        })
+    }
+}
+
 impl Inner {
+    /// The command connection (an error while Sentinel has not named a master).
+    fn cmd(&self) -> Result<Conn, BrokerError> {
+        let conns = self.conns.read().unwrap_or_else(|e| e.into_inner());
+        conns
+            .as_ref()
+            .map(|c| c.cmd.clone())
+            .ok_or_else(|| unavailable("no Redis master known yet"))
+    }
+
+    /// The subscription connection.
+    fn sub(&self) -> Result<Conn, BrokerError> {
+        let conns = self.conns.read().unwrap_or_else(|e| e.into_inner());
+        conns
+            .as_ref()
+            .map(|c| c.sub.clone())
+            .ok_or_else(|| unavailable("no Redis master known yet"))
+    }
+
+    /// Replicas of the master of `channel`'s slot at the last look (Redis Cluster).
+    fn slot_replicas(&self, channel: &str) -> usize {
+        let slot = slot_number(&meta_key(channel));
+        let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
+        slots
+            .iter()
+            .find(|r| r.start <= slot && slot <= r.end)
+            .map_or(0, |r| r.replicas)
+    }
+
+    /// A replica of `channel`'s master did not confirm: do not wait for it until the next
+    /// look at the cluster's layout finds it again.
+    fn forget_replicas(&self, channel: &str) {
+        let slot = slot_number(&meta_key(channel));
+        let mut slots = self.slots.write().unwrap_or_else(|e| e.into_inner());
+        let Some(master) = slots
+            .iter()
+            .find(|r| r.start <= slot && slot <= r.end)
+            .map(|r| r.master.clone())
+        else {
+            return;
+        };
+        for r in slots.iter_mut().filter(|r| r.master == master) {
+            r.replicas = 0;
+        }
+    }
+
+    /// The master in use (Sentinel), as `host:port`.
+    fn master_addr(&self) -> Option<String> {
+        let conns = self.conns.read().unwrap_or_else(|e| e.into_inner());
+        conns.as_ref().and_then(|c| c.addr.clone())
+    }
+
+    /// With Sentinel: the master may have changed; stop publishing until it is known, and
+    /// ask the sentinels at once.
+    fn suspect_failover(&self) {
+        if self.sentinel.is_some() {
+            self.reresolve.store(true, Ordering::Relaxed);
+            self.wake.notify_one();
+        }
+    }
+
+    /// With Sentinel: asks the sentinels for the master and, when it is another node than
+    /// the one in use, connects both connections to it (the subscriptions are then restored
+    /// and every channel resynchronised by the maintenance task). Returns whether it
+    /// switched.
+    async fn follow_master(&self) -> Result<bool, BrokerError> {
+        let Some(spec) = &self.sentinel else {
+            return Ok(false);
+        };
+        let master = topology::resolve(spec, &self.tls).await?;
+        self.replicas.store(master.replicas, Ordering::Relaxed);
+        if self.master_addr().as_deref() == Some(master.addr.as_str()) {
+            return Ok(false);
+        }
+        let client = client(&master.url, &self.tls)?;
+        let conns = Conns::new(&client, self.push_tx.clone(), Some(master.addr.clone()))?;
+        let old = self
+            .conns
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(conns);
+        tracing::info!(
+            master = %master.addr,
+            previous = old.as_ref().and_then(|c| c.addr.as_deref()).unwrap_or("none"),
+            replicas = master.replicas,
+            "Redis master (from Sentinel)"
+        );
+        Ok(true)
+    }
+
     /// Publishing is refused at once (a temporary error) while Redis is known to be
     /// unreachable, rather than after the connection's reconnection attempts. (Publishes
     /// are accepted while the subscriptions are being restored: what this node misses
     /// meanwhile it fills from history when it listens again.)
-    fn ready_to_publish(&self) -> Result<(), BrokerError> {
+    ///
+    /// On a Redis Cluster this holds per master: publishes to the channels of a master that
+    /// just failed are refused at once for [`MASTER_PAUSE`], the other masters' channels are
+    /// not affected (nor by the node registry's master being down).
+    fn ready_to_publish(&self, channel: &str) -> Result<(), BrokerError> {
+        if self.cluster.is_some() {
+            let Some(master) = self.master_of(channel) else {
+                return Ok(());
+            };
+            let down = self.down.lock().unwrap_or_else(|e| e.into_inner());
+            return match down.get(&master) {
+                Some(until) if Instant::now() < *until => Err(unavailable(format!(
+                    "the Redis Cluster master {master} is unreachable"
+                ))),
+                _ => Ok(()),
+            };
+        }
         if self.reachable.load(Ordering::Relaxed) {
             Ok(())
         } else {
             Err(unavailable("Redis is unreachable"))
         }
+    }
+
+    /// [`note`](Inner::note) for a publication to `channel`: on a Redis Cluster an
+    /// unreachable master pauses the publishes to its channels only.
+    fn note_for<T>(&self, channel: &str, r: Result<T, BrokerError>) -> Result<T, BrokerError> {
+        if self.cluster.is_none() {
+            return self.note(r);
+        }
+        if let Err(BrokerError::Unavailable(_)) = &r {
+            if let Some(master) = self.master_of(channel) {
+                self.down
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(master, Instant::now() + MASTER_PAUSE);
+            }
+            // Look at the cluster's layout again at once.
+            self.wake.notify_one();
+        }
+        r
+    }
+
+    /// The master of `channel`'s slot at the last look (Redis Cluster).
+    fn master_of(&self, channel: &str) -> Option<String> {
+        let slot = slot_number(&meta_key(channel));
+        let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
+        slots
+            .iter()
+            .find(|r| r.start <= slot && slot <= r.end)
+            .map(|r| r.master.clone())
     }
 
     /// Notes an operation's outcome: an unreachable Redis makes the next publishes fail at
@@ -519,6 +912,8 @@ impl Inner {
             if self.reachable.swap(false, Ordering::Relaxed) {
                 self.wake.notify_one();
             }
+            // The master may be gone or demoted (`READONLY`).
+            self.suspect_failover();
         }
         r
     }
@@ -531,8 +926,38 @@ impl Inner {
     /// arrived is answered in a later pass, when the whole earlier one is in the sockets.
     /// If it is not answered the publication is not acknowledged (a temporary error: it may
     /// or may not have been published).
-    async fn flushed(&self, cmd: &mut ConnectionManager) -> Result<(), BrokerError> {
-        self.note(bounded(redis::cmd("PING").query_async::<()>(cmd)).await)
+    ///
+    /// With Sentinel and a master that has replicas, `WAIT 1 <wait>` takes the place of the
+    /// `PING` (it is answered after that pass too): the publication is acknowledged once a
+    /// replica has it, so a promotion keeps it. A replica that does not confirm in time
+    /// makes the publication fail with a temporary error, and the following ones wait
+    /// again only once the master reports a replica again (see `heartbeat`).
+    ///
+    /// On a Redis Cluster both go to the master of the channel's slot, the one that ran the
+    /// script, and `WAIT` is used when that master had replicas at the last look.
+    async fn flushed(&self, cmd: &mut Conn, channel: &str) -> Result<(), BrokerError> {
+        let wait_ms = match (&self.sentinel, &self.cluster) {
+            (Some(s), _) if self.replicas.load(Ordering::Relaxed) > 0 => s.wait_ms,
+            (_, Some(c)) if self.slot_replicas(channel) > 0 => c.wait_ms,
+            _ => 0,
+        };
+        if wait_ms == 0 {
+            let ping = cmd.on_channel_master(channel, redis::cmd("PING"));
+            return self.note_for(channel, bounded(ping).await).map(|_| ());
+        }
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(1).arg(wait_ms);
+        let acked = self.note_for(channel, bounded(cmd.on_channel_master(channel, wait)).await)?;
+        if u64_of(&acked).unwrap_or(0) < 1 {
+            if self.cluster.is_some() {
+                self.forget_replicas(channel);
+            }
+            self.replicas.store(0, Ordering::Relaxed);
+            return Err(unavailable(
+                "no replica confirmed the publication in time (it may have been published)",
+            ));
+        }
+        Ok(())
     }
 
     /// Presence is not read before this node wrote its own entries again after a
@@ -570,7 +995,14 @@ impl Inner {
     /// Subscribes the subscription connection to these pub/sub names (sharded when the
     /// server has it).
     async fn subscribe_names(&self, names: &[String]) -> Result<(), BrokerError> {
-        let mut sub = self.sub.clone();
+        let mut sub = self.sub()?;
+        if self.cluster.is_some() {
+            // Each name to the master of its slot.
+            for name in names {
+                bounded(redis::cmd("SSUBSCRIBE").arg(name).exec_async(&mut sub)).await?;
+            }
+            return Ok(());
+        }
         if self.sharded.load(Ordering::Relaxed) {
             let r = bounded(redis::cmd("SSUBSCRIBE").arg(names).exec_async(&mut sub)).await;
             match r {
@@ -603,27 +1035,52 @@ impl Inner {
             "ctl": u8::from(self.control_ready.load(Ordering::Relaxed)),
         })
         .to_string();
-        let mut cmd = self.cmd.clone();
+        let mut cmd = self.cmd()?;
         bounded(
             redis::pipe()
                 .cmd("SET")
-                .arg(lease_key(&self.node.id))
+                .arg(lease_key(self.prefix, &self.node.id))
                 .arg(1)
                 .arg("PX")
                 .arg(self.lease_ms())
                 .ignore()
-                .hset(NODES_KEY, &self.node.id, entry)
+                .hset(nodes_key(self.prefix), &self.node.id, entry)
                 .ignore()
                 .exec_async(&mut cmd),
         )
-        .await
+        .await?;
+        if self.cluster.is_some() {
+            let v: Value =
+                bounded(redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut cmd)).await?;
+            let ranges = slot_ranges(&v);
+            if !ranges.is_empty() {
+                let masters: HashSet<&str> = ranges.iter().map(|r| r.master.as_str()).collect();
+                self.down
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .retain(|m, _| masters.contains(m.as_str()));
+                *self.slots.write().unwrap_or_else(|e| e.into_inner()) = ranges;
+            }
+        }
+        if self.sentinel.is_some() {
+            // Still the master (a demoted one answers reads), and with how many replicas.
+            match topology::replication(&mut cmd).await? {
+                Some((true, replicas)) => self.replicas.store(replicas, Ordering::Relaxed),
+                _ => {
+                    self.suspect_failover();
+                    return Err(unavailable("the Redis in use is no longer a master"));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Listens to the control channels (after every (re)connect), and advertises it in the
     /// registry the first time.
     async fn subscribe_control(&self) -> Result<(), BrokerError> {
         // One name per command: they hash to different slots.
-        self.subscribe_names(&[CONTROL_CHANNEL.to_string()]).await?;
+        self.subscribe_names(std::slice::from_ref(&self.control))
+            .await?;
         self.subscribe_names(std::slice::from_ref(&self.answers))
             .await?;
         if !self.control_ready.swap(true, Ordering::Relaxed) {
@@ -634,9 +1091,13 @@ impl Inner {
 
     /// The live nodes, each with whether it answers control traffic.
     async fn registry(&self) -> Result<Vec<(NodeInfo, bool)>, BrokerError> {
-        let mut cmd = self.cmd.clone();
-        let raw: HashMap<String, String> =
-            bounded(redis::cmd("HGETALL").arg(NODES_KEY).query_async(&mut cmd)).await?;
+        let mut cmd = self.cmd()?;
+        let raw: HashMap<String, String> = bounded(
+            redis::cmd("HGETALL")
+                .arg(nodes_key(self.prefix))
+                .query_async(&mut cmd),
+        )
+        .await?;
         let ids: Vec<String> = raw.keys().cloned().collect();
         let alive = self.alive(&ids).await?;
         Ok(raw
@@ -659,7 +1120,7 @@ impl Inner {
 
     /// Publishes a control frame on `channel`.
     async fn send_control(&self, channel: &str, frame: &ControlFrame) -> Result<(), BrokerError> {
-        let mut cmd = self.cmd.clone();
+        let mut cmd = self.cmd()?;
         bounded(
             redis::cmd(self.publish_cmd())
                 .arg(channel)
@@ -696,7 +1157,10 @@ impl Inner {
                         id,
                         body: handler.on_survey(body),
                     };
-                    if let Err(e) = inner.send_control(&answers_channel(&origin), &answer).await {
+                    if let Err(e) = inner
+                        .send_control(&answers_channel(inner.prefix, &origin), &answer)
+                        .await
+                    {
                         tracing::debug!(node = %origin, "survey answer not sent: {e}");
                     }
                 });
@@ -727,7 +1191,7 @@ impl Inner {
             return Ok(());
         };
         for channel in &channels {
-            let mut cmd = self.cmd.clone();
+            let mut cmd = self.cmd()?;
             let (epoch, offset): (Option<String>, Option<u64>) = bounded(
                 redis::cmd("HMGET")
                     .arg(meta_key(channel))
@@ -759,16 +1223,29 @@ impl Inner {
         members: &[ClientInfo],
     ) -> Result<(), BrokerError> {
         let node = &self.node.id;
+        let mut cmd = self.cmd()?;
         let mut pipe = redis::pipe();
-        pipe.atomic();
+        if self.cluster.is_some() {
+            // The node's channel set is in another slot than the channel's presence: noted
+            // first, so the entries can always be found for reaping.
+            bounded(
+                redis::cmd("SADD")
+                    .arg(node_channels_key(self.prefix, node))
+                    .arg(channel)
+                    .exec_async(&mut cmd),
+            )
+            .await?;
+        } else {
+            pipe.atomic();
+            pipe.sadd(node_channels_key(self.prefix, node), channel)
+                .ignore();
+        }
         for info in members {
             let mut value = format!("{node}\n").into_bytes();
             value.extend_from_slice(&codec::encode_info(info));
             pipe.hset(presence_key(channel), &info.client, value)
                 .ignore();
         }
-        pipe.sadd(node_channels_key(node), channel).ignore();
-        let mut cmd = self.cmd.clone();
         bounded(pipe.exec_async(&mut cmd)).await
     }
 
@@ -779,9 +1256,9 @@ impl Inner {
         }
         let mut pipe = redis::pipe();
         for n in nodes {
-            pipe.exists(lease_key(n));
+            pipe.exists(lease_key(self.prefix, n));
         }
-        let mut cmd = self.cmd.clone();
+        let mut cmd = self.cmd()?;
         let flags: Vec<bool> = bounded(pipe.query_async(&mut cmd)).await?;
         Ok(nodes
             .iter()
@@ -794,9 +1271,13 @@ impl Inner {
     /// Removes the registry entries and presence of nodes whose lease expired, sending
     /// leave events for their members. One node does it per dead node (a short lock).
     async fn reap(&self) -> Result<(), BrokerError> {
-        let mut cmd = self.cmd.clone();
-        let ids: Vec<String> =
-            bounded(redis::cmd("HKEYS").arg(NODES_KEY).query_async(&mut cmd)).await?;
+        let mut cmd = self.cmd()?;
+        let ids: Vec<String> = bounded(
+            redis::cmd("HKEYS")
+                .arg(nodes_key(self.prefix))
+                .query_async(&mut cmd),
+        )
+        .await?;
         let alive = self.alive(&ids).await?;
         for dead in ids
             .iter()
@@ -804,7 +1285,7 @@ impl Inner {
         {
             let won: Option<String> = bounded(
                 redis::cmd("SET")
-                    .arg(format!("sb:reap:{dead}"))
+                    .arg(format!("{}reap:{dead}", self.prefix))
                     .arg(&self.node.id)
                     .arg("NX")
                     .arg("PX")
@@ -817,7 +1298,7 @@ impl Inner {
             }
             let channels: Vec<String> = bounded(
                 redis::cmd("SMEMBERS")
-                    .arg(node_channels_key(dead))
+                    .arg(node_channels_key(self.prefix, dead))
                     .query_async(&mut cmd),
             )
             .await?;
@@ -860,8 +1341,8 @@ impl Inner {
             }
             let _: () = bounded(
                 redis::pipe()
-                    .del(node_channels_key(dead))
-                    .hdel(NODES_KEY, dead)
+                    .del(node_channels_key(self.prefix, dead))
+                    .hdel(nodes_key(self.prefix), dead)
                     .query_async(&mut cmd),
             )
             .await?;
@@ -888,7 +1369,7 @@ impl Inner {
                 let Some(handler) = self.handler.get() else {
                     return;
                 };
-                if ch == CONTROL_CHANNEL.as_bytes() || ch == self.answers.as_bytes() {
+                if ch == self.control.as_bytes() || ch == self.answers.as_bytes() {
                     self.on_control_frame(handler, &msg);
                     return;
                 }
@@ -943,6 +1424,54 @@ impl Inner {
     }
 }
 
+/// The hash slot of `key`: CRC16 (XMODEM) of its hash tag (the first non-empty `{…}`), or
+/// of the whole key, modulo 16384.
+fn slot_number(key: &str) -> u16 {
+    let k = key.as_bytes();
+    let tagged = k
+        .iter()
+        .position(|&c| c == b'{')
+        .and_then(|open| {
+            let len = k[open + 1..].iter().position(|&c| c == b'}')?;
+            (len > 0).then(|| &k[open + 1..open + 1 + len])
+        })
+        .unwrap_or(k);
+    let mut crc: u16 = 0;
+    for &b in tagged {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+/// `CLUSTER SLOTS`: `[[start, end, [host, port, id, …] (master), [host, port, …]
+/// (replicas)…], …]`.
+fn slot_ranges(v: &Value) -> Vec<SlotRange> {
+    array_of(v)
+        .iter()
+        .filter_map(|range| {
+            let r = array_of(range);
+            let start = u16::try_from(u64_of(r.first()?)?).ok()?;
+            let end = u16::try_from(u64_of(r.get(1)?)?).ok()?;
+            let master = array_of(r.get(2)?);
+            let host = bytes_of(master.first()?)?;
+            let port = u64_of(master.get(1)?)?;
+            Some(SlotRange {
+                start,
+                end,
+                master: format!("{}:{port}", String::from_utf8_lossy(&host)),
+                replicas: r.len().saturating_sub(3),
+            })
+        })
+        .collect()
+}
+
 /// `a\nrest` → (`a`, `rest`).
 fn split_line(b: &Bytes) -> Option<(Bytes, Bytes)> {
     let i = b.iter().position(|&c| c == b'\n')?;
@@ -980,6 +1509,36 @@ async fn maintain(weak: std::sync::Weak<Inner>) {
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let period = inner.lease / 3;
+        if let Some(spec) = &inner.cluster {
+            let none = inner
+                .conns
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_none();
+            if none {
+                match Conns::cluster(spec, &inner.tls, inner.push_tx.clone()).await {
+                    Ok(conns) => {
+                        *inner.conns.write().unwrap_or_else(|e| e.into_inner()) = Some(conns);
+                    }
+                    Err(e) => tracing::debug!("Redis Cluster not reached yet: {e}"),
+                }
+            }
+        }
+        if inner.reresolve.swap(false, Ordering::Relaxed) && inner.sentinel.is_some() {
+            match inner.follow_master().await {
+                Ok(true) => {
+                    // New connections: nothing is subscribed on them yet.
+                    inner.reachable.store(false, Ordering::Relaxed);
+                    inner.connected.store(false, Ordering::Relaxed);
+                    inner.resync.store(true, Ordering::Relaxed);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!("Redis master not resolved: {e}");
+                    inner.reresolve.store(true, Ordering::Relaxed);
+                }
+            }
+        }
         let ok = match inner.heartbeat().await {
             Ok(()) => {
                 inner.reachable.store(true, Ordering::Relaxed);
@@ -990,8 +1549,10 @@ async fn maintain(weak: std::sync::Weak<Inner>) {
                     // restore every subscription. `resync` is cleared first so a
                     // disconnect during the restore triggers another one.
                     let was_resync = inner.resync.swap(false, Ordering::Relaxed);
-                    let mut sub = inner.sub.clone();
-                    let ping = bounded(redis::cmd("PING").exec_async(&mut sub)).await;
+                    let ping = match inner.sub() {
+                        Ok(mut sub) => bounded(redis::cmd("PING").exec_async(&mut sub)).await,
+                        Err(e) => Err(e),
+                    };
                     let restored = match ping {
                         Ok(()) => match inner.subscribe_control().await {
                             Ok(()) if was_resync => inner.resubscribe().await,
@@ -1020,6 +1581,7 @@ async fn maintain(weak: std::sync::Weak<Inner>) {
             }
             Err(e) => {
                 inner.reachable.store(false, Ordering::Relaxed);
+                inner.suspect_failover();
                 if inner.connected.swap(false, Ordering::Relaxed) {
                     tracing::warn!("Redis unreachable: {e}");
                 }
@@ -1060,9 +1622,22 @@ impl Broker for RedisBroker {
     }
 
     fn status(&self) -> BrokerStatus {
+        let inner = &self.inner;
+        let (kind, masters) = if inner.cluster.is_some() {
+            let slots = inner.slots.read().unwrap_or_else(|e| e.into_inner());
+            let mut masters: Vec<String> = slots.iter().map(|r| r.master.clone()).collect();
+            masters.sort();
+            masters.dedup();
+            ("redis-cluster", masters)
+        } else if inner.sentinel.is_some() {
+            ("redis-sentinel", inner.master_addr().into_iter().collect())
+        } else {
+            ("redis", Vec::new())
+        };
         BrokerStatus {
-            kind: "redis",
-            connected: self.inner.connected.load(Ordering::Relaxed),
+            kind,
+            connected: inner.connected.load(Ordering::Relaxed),
+            masters,
         }
     }
 
@@ -1078,7 +1653,7 @@ impl Broker for RedisBroker {
     ) -> BoxFuture<'a, Result<StreamPosition, BrokerError>> {
         Box::pin(async move {
             let inner = &*self.inner;
-            inner.ready_to_publish()?;
+            inner.ready_to_publish(channel)?;
             let env = Envelope {
                 origin: inner.node.id.clone(),
                 exclude: p.exclude,
@@ -1091,8 +1666,9 @@ impl Broker for RedisBroker {
             } else {
                 0
             };
-            let mut cmd = inner.cmd.clone();
-            let (offset, epoch): (u64, String) = inner.note(
+            let mut cmd = inner.cmd()?;
+            let (offset, epoch): (u64, String) = inner.note_for(
+                channel,
                 bounded(
                     inner
                         .publish
@@ -1109,7 +1685,7 @@ impl Broker for RedisBroker {
                 )
                 .await,
             )?;
-            inner.flushed(&mut cmd).await?;
+            inner.flushed(&mut cmd, channel).await?;
             Ok(StreamPosition::new(offset, Epoch::from_client(&epoch)))
         })
     }
@@ -1125,7 +1701,7 @@ impl Broker for RedisBroker {
             if publications.is_empty() {
                 return Ok(Vec::new());
             }
-            inner.ready_to_publish()?;
+            inner.ready_to_publish(channel)?;
             let size = if options.history_enabled() {
                 options.history_size
             } else {
@@ -1155,10 +1731,10 @@ impl Broker for RedisBroker {
                     .arg(ms(meta_ttl(options)))
                     .arg(inner.publish_cmd());
             }
-            let mut cmd = inner.cmd.clone();
+            let mut cmd = inner.cmd()?;
             let answers: Vec<(u64, String)> =
-                inner.note(bounded(pipe.query_async(&mut cmd)).await)?;
-            inner.flushed(&mut cmd).await?;
+                inner.note_for(channel, bounded(pipe.query_async(&mut cmd)).await)?;
+            inner.flushed(&mut cmd, channel).await?;
             Ok(answers
                 .into_iter()
                 .map(|(offset, epoch)| StreamPosition::new(offset, Epoch::from_client(&epoch)))
@@ -1188,7 +1764,7 @@ impl Broker for RedisBroker {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(channel);
-            let mut sub = self.inner.sub.clone();
+            let mut sub = self.inner.sub()?;
             let cmd = if self.inner.sharded.load(Ordering::Relaxed) {
                 "SUNSUBSCRIBE"
             } else {
@@ -1222,7 +1798,7 @@ impl Broker for RedisBroker {
                 Some(n) => i64::try_from(n).unwrap_or(i64::MAX),
                 None => -1,
             };
-            let mut cmd = inner.cmd.clone();
+            let mut cmd = inner.cmd()?;
             let v: Value = bounded(
                 inner
                     .read
@@ -1271,7 +1847,7 @@ impl Broker for RedisBroker {
         options: &'a ChannelOptions,
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
-            let mut cmd = self.inner.cmd.clone();
+            let mut cmd = self.inner.cmd()?;
             let _: i64 = bounded(
                 self.inner
                     .remove
@@ -1304,7 +1880,7 @@ impl Broker for RedisBroker {
         client: &'a str,
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
-            let mut cmd = self.inner.cmd.clone();
+            let mut cmd = self.inner.cmd()?;
             bounded(
                 redis::cmd("HDEL")
                     .arg(presence_key(channel))
@@ -1321,7 +1897,7 @@ impl Broker for RedisBroker {
     ) -> BoxFuture<'a, Result<HashMap<String, ClientInfo>, BrokerError>> {
         Box::pin(async move {
             self.inner.ready_for_presence()?;
-            let mut cmd = self.inner.cmd.clone();
+            let mut cmd = self.inner.cmd()?;
             let raw: HashMap<String, Vec<u8>> = bounded(
                 redis::cmd("HGETALL")
                     .arg(presence_key(channel))
@@ -1362,7 +1938,7 @@ impl Broker for RedisBroker {
             let mut msg =
                 format!("{}{}\n", if join { 'j' } else { 'l' }, inner.node.id).into_bytes();
             msg.extend_from_slice(&codec::encode_info(&info));
-            let mut cmd = inner.cmd.clone();
+            let mut cmd = inner.cmd()?;
             bounded(
                 redis::cmd(inner.publish_cmd())
                     .arg(pubsub_channel(channel))
@@ -1397,7 +1973,7 @@ impl Broker for RedisBroker {
                 origin: inner.node.id.clone(),
                 body: command,
             };
-            inner.send_control(CONTROL_CHANNEL, &frame).await
+            inner.send_control(&inner.control, &frame).await
         })
     }
 
@@ -1428,7 +2004,7 @@ impl Broker for RedisBroker {
                 id,
                 body: request,
             };
-            inner.send_control(CONTROL_CHANNEL, &question).await?;
+            inner.send_control(&inner.control, &question).await?;
             let mut answers: HashMap<String, Bytes> = HashMap::new();
             while !waiting.is_empty() {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -1496,6 +2072,23 @@ mod tests {
     }
 
     #[test]
+    fn hash_slots_match_redis() {
+        // Values from CLUSTER KEYSLOT.
+        assert_eq!(slot_number("foo"), 12182);
+        assert_eq!(slot_number("{user1000}.following"), slot_number("user1000"));
+        assert_eq!(slot_number("foo{}{bar}"), slot_number("foo{}{bar}"));
+        assert_eq!(
+            slot_number(&meta_key("c")),
+            slot_number(&pubsub_channel("c"))
+        );
+        assert_eq!(slot_number(&meta_key("c")), slot_number("c"));
+        assert_eq!(
+            slot_number(&lease_key(CLUSTER_PREFIX, "n1")),
+            slot_number(&nodes_key(CLUSTER_PREFIX))
+        );
+    }
+
+    #[test]
     fn epochs_and_ids_look_right() {
         let e = new_epoch();
         assert_eq!(e.len(), 8);
@@ -1552,13 +2145,13 @@ mod tests {
             origin: origin.into(),
             body: Bytes::from_static(body),
         };
-        inner.on_push(push(CONTROL_CHANNEL, &command("me", b"mine")));
-        inner.on_push(push(CONTROL_CHANNEL, &command("other", b"theirs")));
+        inner.on_push(push("sb:ctl", &command("me", b"mine")));
+        inner.on_push(push("sb:ctl", &command("other", b"theirs")));
         // A frame kind from a later version, and a command on a channel's pub/sub name.
         inner.on_push(PushInfo {
             kind: PushKind::Message,
             data: vec![
-                Value::BulkString(CONTROL_CHANNEL.as_bytes().to_vec()),
+                Value::BulkString(b"sb:ctl".to_vec()),
                 Value::BulkString(b"zother\nlater".to_vec()),
             ],
         });
@@ -1576,8 +2169,8 @@ mod tests {
             id,
             body: Bytes::from_static(b"{}"),
         };
-        inner.on_push(push(&answers_channel("me"), &answer(41)));
-        inner.on_push(push(&answers_channel("me"), &answer(40)));
+        inner.on_push(push(&answers_channel(PREFIX, "me"), &answer(41)));
+        inner.on_push(push(&answers_channel(PREFIX, "me"), &answer(40)));
         assert_eq!(
             rx.try_recv().unwrap(),
             ("other".to_string(), Bytes::from_static(b"{}"))

@@ -221,7 +221,7 @@ fn health(shared: &Shared) -> Response<Body> {
     let hub = shared.hub.stats();
     let server = shared.counters.snapshot();
     let broker = shared.node.broker_status();
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "status": if broker.connected { "ok" } else { "degraded" },
         "broker": {
             "kind": broker.kind,
@@ -248,6 +248,9 @@ fn health(shared: &Shared) -> Response<Body> {
             "rss_bytes": crate::memory::rss_bytes(),
         },
     });
+    if !broker.masters.is_empty() {
+        body["broker"]["masters"] = serde_json::json!(broker.masters);
+    }
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
