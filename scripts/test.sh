@@ -279,6 +279,7 @@ if wanted interop; then
       node_suite cli_connect.test.mjs
       node_suite centrifugo.test.mjs
       node_suite http_api.test.mjs
+      node_suite pusher.test.mjs
       node_suite socketio.test.mjs
       # Attacks replayed while canary clients check that nothing else is disturbed.
       node_suite hostile.test.mjs

@@ -172,6 +172,19 @@ pub struct ServeArgs {
     #[arg(long, env = "SWITCHBOARD_BROKER_TLS_INSECURE", value_name = "BOOL", num_args = 0..=1,
           default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub broker_tls_insecure: Option<bool>,
+
+    /// Id of a Pusher Channels app (with --pusher-app-key and --pusher-app-secret; more
+    /// apps: `[[pusher.apps]]` in the config file).
+    #[arg(long, env = "SWITCHBOARD_PUSHER_APP_ID", value_name = "ID")]
+    pub pusher_app_id: Option<String>,
+
+    /// Key of the Pusher app given by --pusher-app-id (clients connect to `/app/{key}`).
+    #[arg(long, env = "SWITCHBOARD_PUSHER_APP_KEY", value_name = "KEY")]
+    pub pusher_app_key: Option<String>,
+
+    /// Secret of the Pusher app given by --pusher-app-id.
+    #[arg(long, env = "SWITCHBOARD_PUSHER_APP_SECRET", value_name = "SECRET")]
+    pub pusher_app_secret: Option<String>,
 }
 
 impl ServeArgs {
@@ -181,6 +194,17 @@ impl ServeArgs {
             Some(path) => load_file(path)?,
             None => ServerConfig::default(),
         };
+        if self.pusher_app_id.is_some()
+            || self.pusher_app_key.is_some()
+            || self.pusher_app_secret.is_some()
+        {
+            anyhow::ensure!(
+                self.pusher_app_id.is_some()
+                    && self.pusher_app_key.is_some()
+                    && self.pusher_app_secret.is_some(),
+                "--pusher-app-id, --pusher-app-key and --pusher-app-secret go together"
+            );
+        }
         let config = self.apply(base);
         config.validate().map_err(anyhow::Error::msg)?;
         Ok(config)
@@ -288,6 +312,23 @@ impl ServeArgs {
         if let Some(v) = self.broker_tls_insecure {
             c.broker_tls_insecure = v;
         }
+        if let (Some(id), Some(key), Some(secret)) = (
+            &self.pusher_app_id,
+            &self.pusher_app_key,
+            &self.pusher_app_secret,
+        ) {
+            let webhooks = c
+                .pusher
+                .app_by_id(id)
+                .map(|a| a.webhooks.clone())
+                .unwrap_or_default();
+            c.pusher.set_app(switchboard_server::config::PusherApp {
+                id: id.clone(),
+                key: key.clone(),
+                secret: secret.clone(),
+                webhooks,
+            });
+        }
         c
     }
 }
@@ -355,6 +396,24 @@ mod tests {
         let c = with_env(&[], || resolve(&["--broker", "redis://flag:1/0"])).unwrap();
         assert_eq!(c.broker.as_deref(), Some("redis://flag:1/0"));
         assert!(with_env(&[], || resolve(&["--broker", "nats://x"])).is_err());
+    }
+
+    #[test]
+    fn a_pusher_app_from_flags_env_or_file() {
+        let file = write_file("[[pusher.apps]]\nid = \"1\"\nkey = \"k1\"\nsecret = \"s1\"\n");
+        let path = file.path().to_str().unwrap();
+        let c = with_env(
+            &[
+                ("SWITCHBOARD_PUSHER_APP_ID", "2"),
+                ("SWITCHBOARD_PUSHER_APP_KEY", "k2"),
+            ],
+            || resolve(&["--config", path, "--pusher-app-secret", "s2"]),
+        )
+        .unwrap();
+        assert_eq!(c.pusher.apps.len(), 2);
+        assert_eq!(c.pusher.app_by_key("k2").unwrap().secret, "s2");
+        assert_eq!(c.pusher.app_by_key("k1").unwrap().id, "1");
+        assert!(with_env(&[], || resolve(&["--pusher-app-id", "x"])).is_err());
     }
 
     #[test]

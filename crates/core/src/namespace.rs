@@ -102,6 +102,11 @@ pub struct Namespaces {
     /// exceeded, the histories of the channels that published least recently
     /// are dropped (their epoch changes) until usage is below 90% of the cap.
     pub history_max_bytes: usize,
+    /// Options of default-namespace channels whose name starts with a prefix, set by the
+    /// server rather than the configuration file (e.g. Pusher's `presence-` channels, which
+    /// need presence and join/leave events). The first matching prefix wins.
+    #[serde(skip)]
+    pub prefixed: Vec<(String, Arc<ChannelOptions>)>,
 }
 
 fn arc_options<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<ChannelOptions>, D::Error> {
@@ -130,6 +135,7 @@ impl Default for Namespaces {
             namespaces: BTreeMap::new(),
             max_channel_length: Self::DEFAULT_MAX_CHANNEL_LENGTH,
             history_max_bytes: Self::DEFAULT_HISTORY_MAX_BYTES,
+            prefixed: Vec::new(),
         }
     }
 }
@@ -163,6 +169,14 @@ impl Namespaces {
         self
     }
 
+    /// Gives default-namespace channels starting with `prefix` these options (see
+    /// [`prefixed`](Self::prefixed)).
+    pub fn with_prefix(mut self, prefix: &str, options: ChannelOptions) -> Namespaces {
+        self.prefixed.retain(|(p, _)| p != prefix);
+        self.prefixed.push((prefix.to_owned(), Arc::new(options)));
+        self
+    }
+
     /// Checks `channel` and returns its namespace (`""` for the default one)
     /// and options.
     ///
@@ -181,7 +195,13 @@ impl Namespaces {
             return Err(ChannelError::InvalidName);
         }
         match channel.split_once(NAMESPACE_SEPARATOR) {
-            None => Ok(("", &self.default)),
+            None => Ok((
+                "",
+                self.prefixed
+                    .iter()
+                    .find(|(p, _)| channel.starts_with(p.as_str()))
+                    .map_or(&self.default, |(_, o)| o),
+            )),
             Some((ns, _)) => match self.namespaces.get(ns) {
                 Some(opts) => Ok((ns, opts)),
                 None => Err(ChannelError::UnknownNamespace(ns.to_owned())),
@@ -205,6 +225,19 @@ fn valid_namespace_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefixed_default_channels_get_their_own_options() {
+        let ns = Namespaces::default().with_prefix(
+            "presence-",
+            ChannelOptions {
+                presence: true,
+                ..Default::default()
+            },
+        );
+        assert!(ns.options("presence-room").unwrap().presence);
+        assert!(!ns.options("room").unwrap().presence);
+    }
 
     fn ns() -> Namespaces {
         Namespaces::default().with(

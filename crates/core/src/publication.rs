@@ -89,6 +89,8 @@ impl WireFormat {
     pub const CENTRIFUGO_PROTOBUF: WireFormat = WireFormat(2);
     /// Socket.IO / Engine.IO event packet.
     pub const SOCKET_IO: WireFormat = WireFormat(3);
+    /// Pusher Channels event frame.
+    pub const PUSHER: WireFormat = WireFormat(4);
 }
 
 /// One cached encoding per wire format, filled on first use.

@@ -10,5 +10,6 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod centrifugo;
+pub mod pusher;
 pub mod raw;
 pub mod socketio;

@@ -174,6 +174,8 @@ pub struct ServerConfig {
     pub channel: Namespaces,
     /// Socket.IO options: the `[socketio]` table.
     pub socketio: SocketIoConfig,
+    /// Pusher Channels apps: the `[[pusher.apps]]` tables.
+    pub pusher: PusherConfig,
     /// What several nodes share: `memory` (one node, the default) or
     /// `redis://host:port/db`.
     pub broker: Option<String>,
@@ -238,6 +240,7 @@ impl Default for ServerConfig {
             api_key: None,
             channel: Namespaces::default(),
             socketio: Default::default(),
+            pusher: Default::default(),
             broker: None,
             broker_lease: DEFAULT_BROKER_LEASE,
             advertise_url: None,
@@ -498,4 +501,88 @@ fn socketio_secs<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> 
         ));
     }
     Ok(Duration::from_secs_f64(v))
+}
+
+/// Pusher Channels settings: the `[pusher]` table. Without an app the Pusher endpoints
+/// (`/app/{key}`, `/apps/{id}/…`) answer 404.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PusherConfig {
+    /// The apps (`[[pusher.apps]]`).
+    pub apps: Vec<PusherApp>,
+}
+
+/// One Pusher app: clients connect with its key; its secret signs channel authorizations,
+/// HTTP API requests and webhooks.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PusherApp {
+    /// The app id (HTTP API paths `/apps/{id}/…`).
+    pub id: String,
+    /// The public key (`/app/{key}`, `auth_key`).
+    pub key: String,
+    /// The secret.
+    pub secret: String,
+    /// Where to send webhooks (`[[pusher.apps.webhooks]]`).
+    #[serde(default)]
+    pub webhooks: Vec<PusherWebhook>,
+}
+
+/// A webhook target of a Pusher app.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PusherWebhook {
+    /// The URL events are POSTed to.
+    pub url: String,
+    /// Which events: `channel_occupied`, `channel_vacated`, `member_added`,
+    /// `member_removed`, `client_event`.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+}
+
+impl PusherConfig {
+    /// The app whose key is `key`.
+    pub fn app_by_key(&self, key: &str) -> Option<&PusherApp> {
+        self.apps.iter().find(|a| a.key == key)
+    }
+
+    /// The app whose id is `id`.
+    pub fn app_by_id(&self, id: &str) -> Option<&PusherApp> {
+        self.apps.iter().find(|a| a.id == id)
+    }
+
+    /// Adds `app`, replacing an app with the same id.
+    pub fn set_app(&mut self, app: PusherApp) {
+        self.apps.retain(|a| a.id != app.id);
+        self.apps.push(app);
+    }
+}
+
+#[cfg(test)]
+mod pusher_tests {
+    use super::*;
+
+    #[test]
+    fn pusher_apps_from_toml() {
+        let c: ServerConfig = toml::from_str(
+            r#"
+[[pusher.apps]]
+id = "app-id"
+key = "app-key"
+secret = "app-secret"
+[[pusher.apps.webhooks]]
+url = "http://127.0.0.1:9000/pusher/webhooks"
+event_types = ["channel_occupied", "channel_vacated", "member_added", "member_removed", "client_event"]
+"#,
+        )
+        .unwrap();
+        let app = c.pusher.app_by_key("app-key").unwrap();
+        assert_eq!(
+            (app.id.as_str(), app.secret.as_str()),
+            ("app-id", "app-secret")
+        );
+        assert_eq!(app.webhooks[0].event_types.len(), 5);
+        assert!(c.pusher.app_by_id("app-id").is_some());
+        assert!(ServerConfig::default().pusher.apps.is_empty());
+    }
 }

@@ -99,8 +99,12 @@ impl ServerBuilder {
             (None, Some(cert), Some(key)) => Some(tls::load_acceptor(cert, key)?),
             _ => None,
         };
-        let hub = hub
-            .unwrap_or_else(|| Hub::with_namespaces(hub_limits(&config), config.channel.clone()));
+        let hub = hub.unwrap_or_else(|| {
+            Hub::with_namespaces(
+                hub_limits(&config),
+                crate::protocol::pusher::namespaces(&config),
+            )
+        });
         let verifier = config
             .token_config()
             .verifier()
@@ -143,12 +147,17 @@ impl ServerBuilder {
 /// new protocol is one more `register` line here (and its folder under `protocol/`).
 fn endpoints(config: &ServerConfig, on_message: Option<MessageHook>) -> Router {
     let mut router = Router::default();
+    let pusher = crate::protocol::pusher::PusherState::new(&config.pusher.apps);
     router
         .register(Arc::new(Page))
         .register(Arc::new(Health))
         .register(Arc::new(crate::api::Api))
         .register(Arc::new(crate::protocol::centrifugo::Centrifugo))
         .register(Arc::new(crate::protocol::socketio::SocketIo::new()))
+        .register(Arc::new(crate::protocol::pusher::PusherSocket(
+            pusher.clone(),
+        )))
+        .register(Arc::new(crate::protocol::pusher::api::PusherApi(pusher)))
         .register(Arc::new(Arc::new(RawRooms::new(
             config.welcome.clone(),
             on_message,

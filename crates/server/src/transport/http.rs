@@ -44,6 +44,7 @@ pub const RESERVED_PREFIXES: &[&str] = &[
     "/connection/",
     "/socket.io/",
     "/app/",
+    "/apps/",
     "/health",
     "/metrics",
 ];

@@ -52,6 +52,8 @@ pub(crate) enum Route {
     },
     /// WebSocket upgrades on exactly this path.
     Upgrade(&'static str),
+    /// WebSocket upgrades on any path under this prefix (ending in `/`).
+    UpgradePrefix(&'static str),
     /// WebSocket upgrades on any path nothing else claims and no reserved prefix covers
     /// (raw rooms).
     AnyUpgrade,
@@ -90,6 +92,7 @@ impl Router {
         let claimed = routes().find(|(_, r)| match r {
             Route::Paths { paths, upgrades } => (!upgrade || *upgrades) && paths.contains(&path),
             Route::Prefix(prefix) => !upgrade && path.starts_with(prefix),
+            Route::UpgradePrefix(prefix) => upgrade && path.starts_with(prefix),
             _ => false,
         });
         if let Some((e, _)) = claimed {

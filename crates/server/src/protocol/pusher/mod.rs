@@ -1,0 +1,611 @@
+//! Pusher Channels protocol 7: `/app/{key}` (the WebSocket, [`PusherSocket`] and
+//! [`PusherDriver`]) and the signed HTTP API `/apps/{id}/…` ([`api`]).
+//!
+//! A Pusher channel is the core channel of the same name (Pusher names have no `:`, so
+//! they live in the default namespace; `presence-` channels get presence and join/leave
+//! events, see [`presence_options`]). Subscriptions are authorized by the app's
+//! signatures, not by tokens: the hub's anonymous-subscribe rule does not apply.
+//!
+//! Endings and what the peer sees: unknown key → `pusher:error` 4001 and close 4001;
+//! protocol below 7 → 4007; shutdown, slow consumer, missed publications → 4200 (reconnect
+//! at once); no pong → 4201; terminated through the API → 4009; a panic → 1011.
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use http::{Request, StatusCode};
+use hyper::body::Incoming;
+use switchboard_core::{
+    ChannelOptions, CloseReason, ConnHandle, ConnId, ConnInfo, Control, Delivery, MemberEvent,
+    Node, Outbox, PublishOptions, SubscribeOptions,
+};
+use switchboard_protocols::pusher::{self as wire, auth, code, ChannelKind};
+use switchboard_websocket::{CloseCode, Message};
+use tokio::time::Instant;
+
+use crate::config::PusherApp;
+use crate::conn::driver::{Driver, Ending, Out};
+use crate::conn::runtime::{self, Identity, WsTransport};
+use crate::transport::http::text;
+use crate::transport::upgrade;
+use crate::transport::{Endpoint, RequestCtx, ResponseFuture, Route};
+
+pub(crate) mod api;
+
+/// Most deliveries taken from the outbox per step.
+const BATCH: usize = 64;
+/// Client events a connection may send per second (Pusher's documented limit).
+const CLIENT_EVENTS_PER_SEC: u32 = 10;
+
+/// Options of `presence-` channels: the default namespace's, with presence and join/leave
+/// events on (members are listed and announced).
+pub fn presence_options(default: &ChannelOptions) -> ChannelOptions {
+    ChannelOptions {
+        presence: true,
+        join_leave: true,
+        ..default.clone()
+    }
+}
+
+/// The hub's namespaces for `config`: the configured ones, plus [`presence_options`] for
+/// `presence-` channels when a Pusher app is configured.
+pub fn namespaces(config: &crate::config::ServerConfig) -> switchboard_core::Namespaces {
+    let ns = config.channel.clone();
+    if config.pusher.apps.is_empty() {
+        return ns;
+    }
+    let options = presence_options(&ns.default);
+    ns.with_prefix(PRESENCE_PREFIX, options)
+}
+
+/// The prefix of presence channels.
+pub const PRESENCE_PREFIX: &str = "presence-";
+
+/// What the Pusher endpoints share: the apps, and which connections signed in as which user
+/// (for `terminate_connections`).
+#[derive(Default)]
+pub struct PusherState {
+    apps: Vec<Arc<PusherApp>>,
+    users: Mutex<HashMap<(String, String), HashSet<ConnId>>>,
+}
+
+impl PusherState {
+    /// The state for these apps.
+    pub fn new(apps: &[PusherApp]) -> Arc<PusherState> {
+        Arc::new(PusherState {
+            apps: apps.iter().cloned().map(Arc::new).collect(),
+            users: Mutex::default(),
+        })
+    }
+
+    fn by_key(&self, key: &str) -> Option<&Arc<PusherApp>> {
+        self.apps.iter().find(|a| a.key == key)
+    }
+
+    fn by_id(&self, id: &str) -> Option<&Arc<PusherApp>> {
+        self.apps.iter().find(|a| a.id == id)
+    }
+
+    fn signed_in(&self, app: &str, user: &str, id: ConnId, on: bool) {
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        let k = (app.to_string(), user.to_string());
+        if on {
+            users.entry(k).or_default().insert(id);
+        } else if let Some(set) = users.get_mut(&k) {
+            set.remove(&id);
+            if set.is_empty() {
+                users.remove(&k);
+            }
+        }
+    }
+
+    fn connections_of(&self, app: &str, user: &str) -> Vec<ConnId> {
+        let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        users
+            .get(&(app.to_string(), user.to_string()))
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The WebSocket endpoint `/app/{key}`.
+pub(crate) struct PusherSocket(pub(crate) Arc<PusherState>);
+
+impl Endpoint for PusherSocket {
+    fn route(&self) -> Route {
+        Route::UpgradePrefix("/app/")
+    }
+
+    fn handle(&self, req: Request<Incoming>, ctx: RequestCtx) -> ResponseFuture {
+        let state = Arc::clone(&self.0);
+        Box::pin(std::future::ready(upgrade_socket(state, req, ctx)))
+    }
+}
+
+/// The connection's `socket_id`: its hub id, a dot, a random number (so ids are not
+/// guessable from each other).
+pub fn socket_id(id: ConnId) -> String {
+    format!("{id}.{}", rand::random::<u32>() % 1_000_000_000)
+}
+
+/// The hub id inside a `socket_id`.
+pub fn conn_of_socket(socket_id: &str) -> Option<ConnId> {
+    let (id, rest) = socket_id.split_once('.')?;
+    if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    id.parse().ok()
+}
+
+fn upgrade_socket(
+    state: Arc<PusherState>,
+    mut req: Request<Incoming>,
+    ctx: RequestCtx,
+) -> http::Response<crate::transport::http::Body> {
+    let RequestCtx {
+        shared,
+        peer,
+        token,
+    } = ctx;
+    if state.apps.is_empty() {
+        return text(StatusCode::NOT_FOUND, "not found");
+    }
+    let key = req
+        .uri()
+        .path()
+        .trim_start_matches("/app/")
+        .trim_end_matches('/')
+        .to_string();
+    let version: u32 = req
+        .uri()
+        .query()
+        .map(auth::parse_query)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|(k, _)| k == "protocol")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let admitted = match upgrade::admit(&req, &shared, peer) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return *refusal,
+    };
+    let app = state.by_key(&key).cloned();
+    let refusal = match (&app, version) {
+        (None, _) => Some((code::APP_NOT_FOUND, "App key not in this cluster")),
+        (_, v) if v < wire::MIN_PROTOCOL_VERSION => {
+            Some((code::UNSUPPORTED_PROTOCOL, "Unsupported protocol version"))
+        }
+        _ => None,
+    };
+    let (handle, outbox) = match shared
+        .hub
+        .register(ConnInfo::new(peer.to_string(), wire::PROTOCOL))
+    {
+        Ok(pair) => pair,
+        Err(_) => return text(StatusCode::SERVICE_UNAVAILABLE, "too many connections"),
+    };
+    let id = handle.id();
+    let driver = PusherDriver {
+        state,
+        app: app.unwrap_or_default(),
+        node: shared.node.clone(),
+        socket_id: socket_id(id),
+        handle,
+        outbox,
+        activity_timeout: shared.config.ping_interval.as_secs().max(1),
+        refusal,
+        channels: HashMap::new(),
+        user: None,
+        bucket: (Instant::now(), 0),
+        batch: Vec::new(),
+    };
+    let limits = upgrade::limits(&shared);
+    let counters = Arc::clone(&shared.counters);
+    let timeout = shared.config.handshake_timeout;
+    let max = shared.config.max_message_size;
+    admitted.accept(&mut req, &shared, peer, timeout, max, move |ws, slot| {
+        let (reader, writer) = ws.split();
+        let who = Identity {
+            peer,
+            id,
+            protocol: wire::PROTOCOL,
+        };
+        runtime::spawn(
+            WsTransport::new(reader, writer),
+            driver,
+            limits,
+            who,
+            counters,
+            token,
+            Some(slot),
+        );
+    })
+}
+
+/// One subscription of a connection.
+struct Sub {
+    kind: ChannelKind,
+    /// Presence: this connection's member, and every user's connections (client ids).
+    member: Option<wire::Member>,
+    users: HashMap<String, HashSet<String>>,
+}
+
+/// One Pusher connection's state machine.
+pub(crate) struct PusherDriver {
+    state: Arc<PusherState>,
+    app: Arc<PusherApp>,
+    node: Node,
+    handle: ConnHandle,
+    outbox: Outbox,
+    socket_id: String,
+    activity_timeout: u64,
+    /// Set when the connection is refused (unknown key, old protocol): sent by `open`.
+    refusal: Option<(u16, &'static str)>,
+    channels: HashMap<String, Sub>,
+    /// The signed-in user.
+    user: Option<String>,
+    /// Client events: the current second's start and how many were sent in it.
+    bucket: (Instant, u32),
+    batch: Vec<Delivery>,
+}
+
+impl PusherDriver {
+    async fn message(&mut self, frame: &[u8], out: &mut Out) -> Result<(), Ending> {
+        let Ok(f) = wire::decode(frame) else {
+            out.message(wire::error(None, "Invalid JSON"));
+            return Ok(());
+        };
+        match f.event.as_str() {
+            "pusher:ping" => out.message(wire::pong()),
+            "pusher:pong" => {}
+            "pusher:subscribe" => match wire::data_object::<wire::Subscribe>(&f.data) {
+                Some(s) => self.subscribe(s, out).await,
+                None => out.message(wire::error(None, "Invalid subscribe data")),
+            },
+            "pusher:unsubscribe" => {
+                if let Some(s) = wire::data_object::<wire::Subscribe>(&f.data) {
+                    if self.channels.remove(&s.channel).is_some() {
+                        self.node.unsubscribe(&self.handle, &s.channel).await;
+                    }
+                }
+            }
+            "pusher:signin" => match wire::data_object::<wire::Signin>(&f.data) {
+                Some(s) => self.signin(s, out),
+                None => out.message(wire::error(None, "Invalid signin data")),
+            },
+            name if name.starts_with("client-") => {
+                let data = wire::data_string(&f.data);
+                self.client_event(name, f.channel.as_deref(), &data, out)
+                    .await;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&mut self, s: wire::Subscribe, out: &mut Out) {
+        let channel = s.channel;
+        if !wire::valid_channel_name(&channel) {
+            out.message(wire::subscription_error(
+                &channel,
+                "Invalid channel name",
+                400,
+            ));
+            return;
+        }
+        let kind = ChannelKind::of(&channel);
+        let channel_data = s
+            .channel_data
+            .as_deref()
+            .filter(|_| kind == ChannelKind::Presence);
+        if kind.needs_auth() {
+            let ok = s.auth.as_deref().is_some_and(|a| {
+                auth::verify_channel_auth(
+                    &self.app.key,
+                    &self.app.secret,
+                    a,
+                    &self.socket_id,
+                    &channel,
+                    channel_data,
+                )
+            });
+            if !ok {
+                out.message(wire::subscription_error(&channel, "Invalid signature", 401));
+                return;
+            }
+        }
+        let member = match channel_data.map(|d| wire::parse_member(d.as_bytes())) {
+            Some(Some(m)) => Some(m),
+            Some(None) => {
+                out.message(wire::subscription_error(
+                    &channel,
+                    "Invalid channel_data: user_id is required",
+                    400,
+                ));
+                return;
+            }
+            None if kind == ChannelKind::Presence => {
+                out.message(wire::subscription_error(
+                    &channel,
+                    "channel_data is required",
+                    400,
+                ));
+                return;
+            }
+            None => None,
+        };
+        let opts = SubscribeOptions {
+            chan_info: channel_data.map(|d| bytes::Bytes::from(d.to_string())),
+            ..Default::default()
+        };
+        if let Err(e) = self.node.subscribe(&self.handle, &channel, opts).await {
+            tracing::debug!(%channel, "pusher subscribe failed: {e}");
+            out.message(wire::subscription_error(
+                &channel,
+                "Subscription failed",
+                500,
+            ));
+            return;
+        }
+        let mut sub = Sub {
+            kind,
+            member,
+            users: HashMap::new(),
+        };
+        if kind == ChannelKind::Presence {
+            let presence = self.node.presence(&channel).await.unwrap_or_default();
+            let mut members: BTreeMap<String, Option<serde_json::Value>> = BTreeMap::new();
+            for info in presence.values() {
+                let Some(m) = info.chan_info.as_deref().and_then(wire::parse_member) else {
+                    continue;
+                };
+                sub.users
+                    .entry(m.user_id.clone())
+                    .or_default()
+                    .insert(info.client.clone());
+                members.entry(m.user_id).or_insert(m.user_info);
+            }
+            if let Some(me) = &sub.member {
+                sub.users
+                    .entry(me.user_id.clone())
+                    .or_default()
+                    .insert(self.handle.id().to_string());
+                members
+                    .entry(me.user_id.clone())
+                    .or_insert(me.user_info.clone());
+            }
+            out.message(wire::presence_succeeded(&channel, &members));
+        } else {
+            out.message(wire::subscription_succeeded(&channel));
+        }
+        self.channels.insert(channel, sub);
+    }
+
+    fn signin(&mut self, s: wire::Signin, out: &mut Out) {
+        let user = wire::parse_user(&s.user_data);
+        let ok = user.is_some()
+            && auth::verify_user_auth(
+                &self.app.key,
+                &self.app.secret,
+                &s.auth,
+                &self.socket_id,
+                &s.user_data,
+            );
+        match user.filter(|_| ok) {
+            Some(user) => {
+                if let Some(old) = self.user.replace(user.clone()) {
+                    self.state
+                        .signed_in(&self.app.id, &old, self.handle.id(), false);
+                }
+                self.state
+                    .signed_in(&self.app.id, &user, self.handle.id(), true);
+                out.message(wire::signin_success(&s.user_data));
+            }
+            None => out.message(wire::error(Some(code::UNAUTHORIZED), "Invalid signin")),
+        }
+    }
+
+    async fn client_event(
+        &mut self,
+        event: &str,
+        channel: Option<&str>,
+        data: &str,
+        out: &mut Out,
+    ) {
+        let Some((channel, sub)) = channel.and_then(|c| self.channels.get_key_value(c)) else {
+            out.message(wire::error(
+                Some(code::CLIENT_EVENT_REJECTED),
+                "Client event rejected: not subscribed to the channel",
+            ));
+            return;
+        };
+        if !sub.kind.allows_client_events() {
+            out.message(wire::error(
+                Some(code::CLIENT_EVENT_REJECTED),
+                "Client events are only allowed on private and presence channels",
+            ));
+            return;
+        }
+        if data.len() > wire::MAX_EVENT_DATA {
+            out.message(wire::error(
+                Some(code::CLIENT_EVENT_REJECTED),
+                "Client event rejected: data too large",
+            ));
+            return;
+        }
+        let now = Instant::now();
+        if now.duration_since(self.bucket.0).as_secs() >= 1 {
+            self.bucket = (now, 0);
+        }
+        if self.bucket.1 >= CLIENT_EVENTS_PER_SEC {
+            out.message(wire::error(
+                Some(code::CLIENT_EVENT_REJECTED),
+                "Client event rejected: rate limit exceeded",
+            ));
+            return;
+        }
+        self.bucket.1 += 1;
+        let user_id = sub.member.as_ref().map(|m| m.user_id.clone());
+        let channel = channel.clone();
+        let payload = wire::envelope(event, data, user_id.as_deref());
+        let opts = PublishOptions::except_sender(self.handle.id());
+        if let Err(e) = self.node.publish(&channel, payload, opts, None).await {
+            tracing::debug!(%channel, "pusher client event not published: {e}");
+        }
+    }
+
+    fn member_event(&mut self, ev: &MemberEvent, join: bool, out: &mut Out) {
+        let Some(sub) = self.channels.get_mut(&*ev.channel) else {
+            return;
+        };
+        if ev.info.client == self.handle.id().to_string() {
+            return;
+        }
+        let Some(m) = ev.info.chan_info.as_deref().and_then(wire::parse_member) else {
+            return;
+        };
+        if join {
+            let conns = sub.users.entry(m.user_id.clone()).or_default();
+            let first = conns.is_empty();
+            if conns.insert(ev.info.client.clone()) && first {
+                out.message(wire::member_added(&ev.channel, &m));
+            }
+        } else if let Some(conns) = sub.users.get_mut(&m.user_id) {
+            if conns.remove(&ev.info.client) && conns.is_empty() {
+                sub.users.remove(&m.user_id);
+                out.message(wire::member_removed(&ev.channel, &m.user_id));
+            }
+        }
+    }
+
+    fn deliveries(&mut self, out: &mut Out) -> Result<(), Ending> {
+        let batch = std::mem::take(&mut self.batch);
+        let mut ending = Ok(());
+        for delivery in &batch {
+            match delivery {
+                Delivery::Publication(p) => {
+                    if self.channels.contains_key(&*p.channel) {
+                        out.prepared(wire::encode(p));
+                    }
+                }
+                Delivery::Join(ev) => self.member_event(ev, true, out),
+                Delivery::Leave(ev) => self.member_event(ev, false, out),
+                Delivery::Direct(_) => {}
+                Delivery::Control(c) => match &**c {
+                    Control::MissedPublications(_) => {
+                        ending = Err(Ending::Close(
+                            code::RECONNECT,
+                            Cow::Borrowed("Missed publications"),
+                        ));
+                        break;
+                    }
+                    Control::Unsubscribe(channel) => {
+                        self.channels.remove(channel);
+                        self.node.hub().unsubscribe(&self.handle, channel);
+                    }
+                    // Pusher has no server-side subscriptions.
+                    Control::Subscribe(_) => {}
+                },
+            }
+        }
+        self.batch = batch;
+        self.batch.clear();
+        if self.batch.capacity() > 8 {
+            self.batch = Vec::new();
+        }
+        ending
+    }
+}
+
+impl Driver for PusherDriver {
+    type Event = Result<(), CloseReason>;
+
+    fn open(&mut self, out: &mut Out) -> Result<(), Ending> {
+        if let Some((code, message)) = self.refusal {
+            // The error goes out first; the close follows at once, from the timer.
+            out.message(wire::error(Some(code), message));
+            return Ok(());
+        }
+        out.message(wire::connection_established(
+            &self.socket_id,
+            self.activity_timeout,
+        ));
+        Ok(())
+    }
+
+    async fn on_message(&mut self, msg: Message, out: &mut Out) -> Result<(), Ending> {
+        match msg {
+            Message::Text(frame) | Message::Binary(frame) => self.message(&frame, out).await,
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => Ok(()),
+        }
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Self::Event> {
+        self.outbox
+            .poll_recv_batch(cx, &mut self.batch, BATCH)
+            .map(|r| r.map(|_| ()).map_err(|closed| closed.reason))
+    }
+
+    fn on_event(
+        &mut self,
+        event: Self::Event,
+        out: &mut Out,
+    ) -> impl Future<Output = Result<(), Ending>> + Send {
+        std::future::ready(match event {
+            Ok(()) => self.deliveries(out),
+            Err(reason) => Err(Ending::Hub(reason)),
+        })
+    }
+
+    fn ping(&mut self, out: &mut Out) {
+        if self.refusal.is_none() {
+            out.message(wire::ping());
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.refusal.map(|_| self.bucket.0)
+    }
+
+    fn on_timer(&mut self, _out: &mut Out) -> impl Future<Output = Result<(), Ending>> + Send {
+        std::future::ready(match self.refusal {
+            Some((code, message)) => Err(Ending::Close(code, Cow::Borrowed(message))),
+            None => Ok(()),
+        })
+    }
+
+    fn hub_verdict(&self) -> Option<CloseReason> {
+        self.outbox.close_reason()
+    }
+
+    fn close_frame(&mut self, ending: &Ending) -> Option<(CloseCode, Cow<'static, str>)> {
+        let (code, reason): (u16, Cow<'static, str>) = match ending {
+            Ending::Shutdown => (code::RECONNECT, "Server closing".into()),
+            Ending::Hub(CloseReason::Kicked) => {
+                (code::UNAUTHORIZED, "Connection terminated".into())
+            }
+            Ending::Hub(CloseReason::Shutdown) => (code::RECONNECT, "Server closing".into()),
+            Ending::Hub(_) => (code::RECONNECT, "Reconnect".into()),
+            Ending::Dead => (code::PONG_TIMEOUT, "Pong reply not received".into()),
+            Ending::Panic(_) => (CloseCode::INTERNAL_ERROR.0, "Internal error".into()),
+            Ending::Close(code, reason) => (*code, reason.clone()),
+            Ending::PeerClosed(_)
+            | Ending::Lost
+            | Ending::ReadError
+            | Ending::Stalled
+            | Ending::WriteFailed => return None,
+        };
+        Some((CloseCode(code), reason))
+    }
+
+    fn finish(self, _ending: &Ending) -> impl Future<Output = ()> + Send {
+        if let Some(user) = &self.user {
+            self.state
+                .signed_in(&self.app.id, user, self.handle.id(), false);
+        }
+        // Leaving the channels and the hub happens when the handle drops.
+        async move { drop(self) }
+    }
+}

@@ -1,0 +1,261 @@
+// Pusher Channels protocol 7 with unmodified clients: `pusher-js` (8.x, its Node build) on
+// `/app/{key}` and the `pusher` server SDK (5.x) on the signed HTTP API `/apps/{id}/…`,
+// against the real binary; plus raw `ws` and `centrifuge` clients on the same channels.
+
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import PusherClient from 'pusher-js';
+import PusherServer from 'pusher';
+import WebSocket from 'ws';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Centrifuge } from 'centrifuge';
+import { startServer, withTimeout, Inbox } from './lib/harness.mjs';
+
+const APP = { appId: 'app-id', key: 'app-key', secret: 'app-secret' };
+
+let server;
+let api;
+const clients = [];
+
+function client(opts = {}) {
+  const c = new PusherClient(APP.key, {
+    wsHost: '127.0.0.1',
+    wsPort: server.port,
+    forceTLS: false,
+    enabledTransports: ['ws'],
+    cluster: 'mt1',
+    disableStats: true,
+    channelAuthorization: {
+      customHandler: ({ socketId, channelName }, cb) =>
+        cb(null, api.authorizeChannel(socketId, channelName, opts.presence)),
+    },
+    userAuthentication: {
+      customHandler: ({ socketId }, cb) => cb(null, api.authenticateUser(socketId, opts.user || { id: 'nobody' })),
+    },
+    ...opts.extra,
+  });
+  clients.push(c);
+  return c;
+}
+
+function connected(c) {
+  return withTimeout(new Promise((resolve) => {
+    if (c.connection.state === 'connected') return resolve();
+    c.connection.bind('connected', resolve);
+  }), 'pusher-js connected');
+}
+
+function subscribed(c, name) {
+  const ch = c.subscribe(name);
+  return withTimeout(new Promise((resolve, reject) => {
+    ch.bind('pusher:subscription_succeeded', (data) => resolve({ ch, data }));
+    ch.bind('pusher:subscription_error', (e) => reject(new Error(`subscription_error ${JSON.stringify(e)}`)));
+  }), `subscribed to ${name}`);
+}
+
+function next(ch, event) {
+  return withTimeout(new Promise((resolve) => ch.bind(event, function h(data, meta) {
+    ch.unbind(event, h);
+    resolve({ data, meta });
+  })), `event ${event}`);
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+describe('pusher-js and the pusher SDK', () => {
+  before(async () => {
+    // The app from the TOML file (the documented shape); anonymous Centrifugo clients for
+    // the cross-protocol test.
+    const dir = mkdtempSync(path.join(tmpdir(), 'sb-pusher-'));
+    const file = path.join(dir, 'config.toml');
+    writeFileSync(file, [
+      'allow_anonymous = true',
+      '[channel.default]',
+      'allow_subscribe_for_anonymous = true',
+      '[[pusher.apps]]',
+      `id = "${APP.appId}"`,
+      `key = "${APP.key}"`,
+      `secret = "${APP.secret}"`,
+      '',
+    ].join('\n'));
+    server = await startServer(['--config', file]);
+    api = new PusherServer({ ...APP, host: '127.0.0.1', port: String(server.port), useTLS: false });
+  });
+
+  after(async () => {
+    for (const c of clients) c.disconnect();
+    await server?.stop();
+  });
+
+  it('connects and gets a socket id', async () => {
+    const c = client();
+    await connected(c);
+    assert.match(c.connection.socket_id, /^\d+\.\d+$/);
+  });
+
+  it('public channel: trigger, triggerBatch and GET /channels', async () => {
+    const c = client();
+    await connected(c);
+    const { ch } = await subscribed(c, 'news');
+    const got = next(ch, 'my-event');
+    await api.trigger('news', 'my-event', { message: 'hello' });
+    assert.deepEqual((await got).data, { message: 'hello' });
+
+    const a = next(ch, 'a');
+    const b = next(ch, 'b');
+    await api.triggerBatch([
+      { channel: 'news', name: 'a', data: 'plain' },
+      { channel: 'news', name: 'b', data: { n: 2 } },
+    ]);
+    assert.equal((await a).data, 'plain');
+    assert.deepEqual((await b).data, { n: 2 });
+
+    const res = await api.get({ path: '/channels', params: { info: 'subscription_count' } });
+    assert.equal(res.status, 200);
+    const body = await res.json();
+    assert.ok(body.channels.news, JSON.stringify(body));
+    assert.ok(body.channels.news.subscription_count >= 1);
+    const one = await (await api.get({ path: '/channels/news', params: { info: 'subscription_count' } })).json();
+    assert.equal(one.occupied, true);
+  });
+
+  it('a request with a bad signature is refused with 401', async () => {
+    const forged = new PusherServer({ ...APP, secret: 'wrong', host: '127.0.0.1', port: String(server.port), useTLS: false });
+    await assert.rejects(forged.trigger('news', 'x', {}), (e) => e.status === 401);
+  });
+
+  it('private channel: authorized by the backend signature, a forged one refused', async () => {
+    const c = client();
+    await connected(c);
+    const { ch } = await subscribed(c, 'private-room');
+    const got = next(ch, 'secret');
+    await api.trigger('private-room', 'secret', { x: 1 });
+    assert.deepEqual((await got).data, { x: 1 });
+
+    const bad = client({
+      extra: {
+        channelAuthorization: { customHandler: (_p, cb) => cb(null, { auth: `${APP.key}:${'0'.repeat(64)}` }) },
+      },
+    });
+    await connected(bad);
+    await assert.rejects(subscribed(bad, 'private-room'), /subscription_error/);
+  });
+
+  it('client events reach the others, not the sender; only on private channels', async () => {
+    const a = client();
+    const b = client();
+    await Promise.all([connected(a), connected(b)]);
+    const { ch: cha } = await subscribed(a, 'private-chat');
+    const { ch: chb } = await subscribed(b, 'private-chat');
+    let echoed = false;
+    cha.bind('client-typing', () => { echoed = true; });
+    const got = next(chb, 'client-typing');
+    assert.equal(cha.trigger('client-typing', { who: 'a' }), true);
+    assert.deepEqual((await got).data, { who: 'a' });
+    await sleep(200);
+    assert.equal(echoed, false, 'not echoed to the sender');
+  });
+
+  it('socket_id excludes the triggering connection', async () => {
+    const a = client();
+    const b = client();
+    await Promise.all([connected(a), connected(b)]);
+    const { ch: cha } = await subscribed(a, 'excl');
+    const { ch: chb } = await subscribed(b, 'excl');
+    let aGot = false;
+    cha.bind('e', () => { aGot = true; });
+    const got = next(chb, 'e');
+    await api.trigger('excl', 'e', 'x', { socket_id: a.connection.socket_id });
+    await got;
+    await sleep(200);
+    assert.equal(aGot, false);
+  });
+
+  it('presence: members, member_added, member_removed, user_id on client events, /users', async () => {
+    const a = client({ presence: { user_id: 'alice', user_info: { name: 'Alice' } } });
+    await connected(a);
+    const { ch: cha, data } = await subscribed(a, 'presence-lobby');
+    assert.equal(data.count, 1);
+    assert.equal(data.me.id, 'alice');
+    const added = next(cha, 'pusher:member_added');
+    const b = client({ presence: { user_id: 'bob', user_info: { name: 'Bob' } } });
+    await connected(b);
+    const { ch: chb, data: bdata } = await subscribed(b, 'presence-lobby');
+    assert.equal(bdata.count, 2);
+    assert.deepEqual(bdata.members.alice, { name: 'Alice' });
+    const m = (await added).data;
+    assert.equal(m.id, 'bob');
+    assert.deepEqual(m.info, { name: 'Bob' });
+
+    const users = await (await api.get({ path: '/channels/presence-lobby/users' })).json();
+    assert.deepEqual(users.users.map((u) => u.id).sort(), ['alice', 'bob']);
+
+    const ev = next(cha, 'client-hi');
+    chb.trigger('client-hi', { n: 1 });
+    const { data: d, meta } = await ev;
+    assert.deepEqual(d, { n: 1 });
+    assert.equal(meta?.user_id, 'bob');
+
+    const removed = next(cha, 'pusher:member_removed');
+    b.disconnect();
+    assert.equal((await removed).data.id, 'bob');
+  });
+
+  it('terminate_connections closes a signed-in user\'s connections', async () => {
+    const c = client({ user: { id: 'carol' } });
+    await connected(c);
+    c.signin();
+    await withTimeout(new Promise((r) => c.user.signinDonePromise.then(r)), 'signed in');
+    const closed = withTimeout(new Promise((resolve) => {
+      c.connection.bind('state_change', (s) => { if (s.current !== 'connected') resolve(s.current); });
+    }), 'terminated');
+    await api.terminateUserConnections('carol');
+    await closed;
+  });
+
+  it('the same channel with a raw ws client and a centrifuge client', async () => {
+    const c = client();
+    await connected(c);
+    const { ch } = await subscribed(c, 'shared');
+    // A raw client's text becomes the Pusher event `message`.
+    const raw = new WebSocket(server.wsUrl('/shared?echo=false'));
+    const rawInbox = new Inbox(raw);
+    await withTimeout(new Promise((r) => raw.once('open', r)), 'raw open');
+    const got = next(ch, 'message');
+    raw.send('from raw');
+    assert.equal((await got).data, 'from raw');
+    // A Pusher event reaches the raw client as its envelope.
+    await api.trigger('shared', 'evt', { a: 1 });
+    const env = JSON.parse((await rawInbox.next()).data.toString());
+    assert.deepEqual(env, { event: 'evt', data: { a: 1 } });
+    raw.close();
+
+    const cf = new Centrifuge(server.wsUrl('/connection/websocket'), { websocket: WebSocket });
+    cf.connect();
+    const sub = cf.newSubscription('shared');
+    const pub = new Promise((resolve) => sub.on('publication', (ctx) => resolve(ctx.data)));
+    sub.subscribe();
+    await withTimeout(new Promise((r) => sub.on('subscribed', r)), 'centrifuge subscribed');
+    await api.trigger('shared', 'evt2', 'text');
+    assert.deepEqual(await withTimeout(pub, 'centrifuge publication'), { event: 'evt2', data: 'text' });
+    cf.disconnect();
+  });
+
+  it('an unknown key gets pusher:error 4001', async () => {
+    const ws = new WebSocket(server.wsUrl('/app/nope?protocol=7&client=js&version=8.4.0'));
+    const firstMsg = new Promise((r) => ws.once('message', (d) => r(d.toString())));
+    const first = JSON.parse(await withTimeout(firstMsg, 'pusher:error'));
+    assert.equal(first.event, 'pusher:error');
+    assert.equal(first.data.code, 4001);
+    const code = await withTimeout(new Promise((r) => ws.once('close', r)), 'close');
+    assert.equal(code, 4001);
+  });
+
+  it('protocol below 7 gets 4007', async () => {
+    const ws = new WebSocket(server.wsUrl(`/app/${APP.key}?protocol=6`));
+    const code = await withTimeout(new Promise((r) => ws.once('close', r)), 'close');
+    assert.equal(code, 4007);
+  });
+});
