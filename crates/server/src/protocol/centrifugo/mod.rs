@@ -60,8 +60,7 @@ use bytes::Bytes;
 use http::Request;
 use hyper::body::Incoming;
 use switchboard_core::{
-    ChannelError, ClientCtx, CloseReason, ConnHandle, ConnInfo, Control, Delivery, Epoch,
-    HistoryQuery, HubError, NodeError, Outbox, PermissionError, PublishOptions,
+    ClientCtx, CloseReason, ConnHandle, ConnInfo, Control, Delivery, Epoch, HistoryQuery, Outbox,
     StreamPosition as CorePosition, SubscribeOptions,
 };
 use switchboard_protocols::centrifugo::{
@@ -78,6 +77,7 @@ use self::subs::Subscriptions;
 use crate::auth::{unix_now, TokenError};
 use crate::conn::driver::{Driver, Ending, Out};
 use crate::conn::runtime::{self, Identity, WsTransport};
+use crate::protocol::channels::{self, ClientOps, OpError};
 use crate::state::Shared;
 use crate::transport::upgrade;
 use crate::transport::{Endpoint, RequestCtx, ResponseFuture, Route};
@@ -806,7 +806,7 @@ impl CentrifugoDriver {
             _ => None,
         };
         if let Some(channel) = channel {
-            if let Err(ChannelError::InvalidName) = self.shared.hub.namespaces().resolve(channel) {
+            if let Err(OpError::InvalidChannel) = channels::check_name(&self.shared, channel) {
                 out.push(Reply::error(id, CfError::INVALID_CHANNEL).encode());
                 return Step::Continue;
             }
@@ -910,10 +910,9 @@ impl CentrifugoDriver {
                 }
             }
         }
-        self.shared
-            .hub
-            .check_subscribe(&ctx, &req.channel)
-            .map_err(permission_error)?;
+        self.ops()
+            .check_subscribe(&req.channel, ctx.subscription_token)
+            .map_err(op_error)?;
         let mut result = self.join(req, chan_info).await?;
         if let Some(at) = expires_at {
             // The SDK schedules `sub_refresh` `ttl` seconds on; without it the
@@ -938,19 +937,10 @@ impl CentrifugoDriver {
                 .then(|| CorePosition::new(req.offset, Epoch::from_client(&req.epoch))),
         };
         let r = self
-            .shared
-            .node
-            .subscribe(self.handle(), &req.channel, opts)
+            .ops()
+            .join(&req.channel, opts)
             .await
-            .map_err(|e| match e {
-                NodeError::Hub(HubError::RoomFull { .. } | HubError::TooManyConnections { .. }) => {
-                    CfError::LIMIT_EXCEEDED
-                }
-                NodeError::Hub(HubError::InvalidChannel | HubError::UnknownNamespace(_)) => {
-                    CfError::UNKNOWN_CHANNEL
-                }
-                e => node_error(&e),
-            })?;
+            .map_err(op_error)?;
         self.subs.insert(&req.channel);
         // Publications queued meanwhile up to the reported top were recovered already.
         if r.position.offset > 0 {
@@ -981,45 +971,17 @@ impl CentrifugoDriver {
     }
 
     async fn publish(&self, req: cf::PublishRequest) -> Result<PublishResult, CfError> {
-        let ctx = ClientCtx::for_conn(self.handle());
-        self.shared
-            .hub
-            .check_publish(&ctx, &req.channel)
-            .map_err(permission_error)?;
         let channel = req.channel.clone();
         let payload = cf::publish_payload(req).ok_or(CfError::BAD_REQUEST)?;
-        let handle = self.handle();
-        let info = switchboard_core::ClientInfo {
-            client: handle.id().to_string(),
-            user: ctx.user,
-            conn_info: handle.info().conn_info.clone(),
-            chan_info: None,
-        };
-        self.shared
-            .node
-            .publish(
-                &channel,
-                payload,
-                PublishOptions::from_conn(handle.id()),
-                Some(Arc::new(info)),
-            )
+        self.ops()
+            .publish(&channel, payload)
             .await
-            .map_err(|e| node_error(&e))?;
+            .map_err(op_error)?;
         Ok(PublishResult {})
     }
 
     async fn presence(&self, channel: &str) -> Result<PresenceResult, CfError> {
-        let ctx = ClientCtx::for_conn(self.handle());
-        self.shared
-            .hub
-            .check_presence(&ctx, channel)
-            .map_err(permission_error)?;
-        let map = self
-            .shared
-            .node
-            .presence(channel)
-            .await
-            .map_err(|e| node_error(&e))?;
+        let map = self.ops().presence(channel).await.map_err(op_error)?;
         Ok(PresenceResult {
             presence: map
                 .into_iter()
@@ -1029,17 +991,7 @@ impl CentrifugoDriver {
     }
 
     async fn presence_stats(&self, channel: &str) -> Result<PresenceStatsResult, CfError> {
-        let ctx = ClientCtx::for_conn(self.handle());
-        self.shared
-            .hub
-            .check_presence(&ctx, channel)
-            .map_err(permission_error)?;
-        let stats = self
-            .shared
-            .node
-            .presence_stats(channel)
-            .await
-            .map_err(|e| node_error(&e))?;
+        let stats = self.ops().presence_stats(channel).await.map_err(op_error)?;
         Ok(PresenceStatsResult {
             num_clients: u32::try_from(stats.num_clients).unwrap_or(u32::MAX),
             num_users: u32::try_from(stats.num_users).unwrap_or(u32::MAX),
@@ -1047,11 +999,6 @@ impl CentrifugoDriver {
     }
 
     async fn history(&self, req: cf::HistoryRequest) -> Result<HistoryResult, CfError> {
-        let ctx = ClientCtx::for_conn(self.handle());
-        self.shared
-            .hub
-            .check_history(&ctx, &req.channel)
-            .map_err(permission_error)?;
         let query = HistoryQuery {
             since: req
                 .since
@@ -1062,11 +1009,10 @@ impl CentrifugoDriver {
             reverse: req.reverse,
         };
         let r = self
-            .shared
-            .node
+            .ops()
             .history(&req.channel, query)
             .await
-            .map_err(|e| node_error(&e))?;
+            .map_err(op_error)?;
         Ok(HistoryResult::new(
             r.publications.iter().map(|p| publication(p)).collect(),
             cf::StreamPosition {
@@ -1074,6 +1020,11 @@ impl CentrifugoDriver {
                 epoch: wire_epoch(r.position.epoch),
             },
         ))
+    }
+
+    /// The client operations of this (connected) client.
+    fn ops(&self) -> ClientOps<'_> {
+        ClientOps::new(&self.shared, self.handle())
     }
 }
 
@@ -1113,32 +1064,21 @@ fn encode_delivery(delivery: &Delivery) -> Option<Bytes> {
     }
 }
 
-/// The protocol error for a failed node operation; an unreachable broker is a temporary
-/// error (the SDK retries).
-fn node_error(e: &NodeError) -> CfError {
+/// The protocol's error for a refused client operation; an unreachable broker is a
+/// temporary error (the SDK retries).
+fn op_error(e: OpError) -> CfError {
     match e {
-        NodeError::Channel(switchboard_core::ChannelError::UnrecoverablePosition) => {
-            CfError::UNRECOVERABLE_POSITION
-        }
-        NodeError::Channel(switchboard_core::ChannelError::NotAvailable) => CfError::NOT_AVAILABLE,
-        NodeError::Channel(_)
-        | NodeError::Hub(HubError::InvalidChannel | HubError::UnknownNamespace(_)) => {
-            CfError::UNKNOWN_CHANNEL
-        }
-        e if e.is_temporary() => CfError {
+        OpError::InvalidChannel | OpError::UnknownChannel => CfError::UNKNOWN_CHANNEL,
+        OpError::PermissionDenied => CfError::PERMISSION_DENIED,
+        OpError::NotAvailable => CfError::NOT_AVAILABLE,
+        OpError::LimitExceeded => CfError::LIMIT_EXCEEDED,
+        OpError::UnrecoverablePosition => CfError::UNRECOVERABLE_POSITION,
+        OpError::Unavailable => CfError {
             code: CfError::INTERNAL.code,
             message: "broker unavailable, retry later".into(),
             temporary: true,
         },
-        _ => CfError::INTERNAL,
-    }
-}
-
-fn permission_error(e: PermissionError) -> CfError {
-    match e {
-        PermissionError::UnknownChannel => CfError::UNKNOWN_CHANNEL,
-        PermissionError::NotAvailable => CfError::NOT_AVAILABLE,
-        _ => CfError::PERMISSION_DENIED,
+        OpError::Closed => CfError::INTERNAL,
     }
 }
 

@@ -5,14 +5,14 @@
 //! Everything goes through the node facade ([`switchboard_core::Node`]), so with a shared
 //! broker a Socket.IO publication reaches every node, and a subscription makes this node
 //! listen to the channel. Permission checks are the hub's, as for the other protocols.
-use std::sync::Arc;
 
 use switchboard_core::{
-    ClientCtx, ClientInfo, ConnHandle, ConnInfo, HubError, NodeError, Outbox, Payload,
-    PermissionError, PublishOptions, StreamPosition, SubscribeOptions,
+    ConnHandle, ConnInfo, HubError, NodeError, Outbox, Payload, PublishOptions, StreamPosition,
+    SubscribeOptions,
 };
 use switchboard_protocols::socketio::namespace_channel;
 
+use crate::protocol::channels::{ClientOps, OpError};
 use crate::state::Shared;
 
 /// Why a channel operation was refused, as told to the client in the ack.
@@ -43,27 +43,23 @@ impl ChanError {
     }
 }
 
-fn hub_error(e: HubError) -> ChanError {
-    match e {
-        HubError::InvalidChannel | HubError::UnknownNamespace(_) => ChanError::UnknownChannel,
-        HubError::RoomFull { .. } | HubError::TooManyConnections { .. } => ChanError::LimitExceeded,
-        _ => ChanError::Closed,
+impl From<OpError> for ChanError {
+    fn from(e: OpError) -> Self {
+        match e {
+            OpError::InvalidChannel
+            | OpError::UnknownChannel
+            | OpError::NotAvailable
+            | OpError::UnrecoverablePosition => ChanError::UnknownChannel,
+            OpError::PermissionDenied => ChanError::PermissionDenied,
+            OpError::LimitExceeded => ChanError::LimitExceeded,
+            OpError::Closed => ChanError::Closed,
+            OpError::Unavailable => ChanError::Unavailable,
+        }
     }
 }
 
 fn node_error(e: NodeError) -> ChanError {
-    match e {
-        NodeError::Hub(e) => hub_error(e),
-        NodeError::Channel(_) => ChanError::UnknownChannel,
-        NodeError::Broker(_) => ChanError::Unavailable,
-    }
-}
-
-fn permission_error(e: PermissionError) -> ChanError {
-    match e {
-        PermissionError::UnknownChannel => ChanError::UnknownChannel,
-        _ => ChanError::PermissionDenied,
-    }
+    OpError::from(e).into()
 }
 
 /// Registers one Socket.IO socket (one namespace of one client) in the hub.
@@ -104,12 +100,10 @@ pub(crate) async fn join_channel(
     handle: &ConnHandle,
     channel: &str,
 ) -> Result<StreamPosition, ChanError> {
-    shared
-        .node
-        .subscribe(handle, channel, SubscribeOptions::default())
-        .await
-        .map(|r| r.position)
-        .map_err(node_error)
+    Ok(ClientOps::new(shared, handle)
+        .join(channel, SubscribeOptions::default())
+        .await?
+        .position)
 }
 
 /// A client's `subscribe`: the hub's permission check, then the join. Returns the
@@ -120,17 +114,15 @@ pub(crate) async fn subscribe(
     handle: &ConnHandle,
     channel: &str,
 ) -> Result<StreamPosition, ChanError> {
-    let ctx = ClientCtx::for_conn(handle);
-    shared
-        .hub
-        .check_subscribe(&ctx, channel)
-        .map_err(permission_error)?;
-    join_channel(shared, handle, channel).await
+    Ok(ClientOps::new(shared, handle)
+        .subscribe(channel, SubscribeOptions::default(), false)
+        .await?
+        .position)
 }
 
 /// A client's `unsubscribe`. Returns whether it was subscribed.
 pub(crate) async fn unsubscribe(shared: &Shared, handle: &ConnHandle, channel: &str) -> bool {
-    shared.node.unsubscribe(handle, channel).await
+    ClientOps::new(shared, handle).unsubscribe(channel).await
 }
 
 /// A client's `publish`: the hub's permission check, then the publication (delivered to the
@@ -142,28 +134,10 @@ pub(crate) async fn publish(
     channel: &str,
     payload: Payload,
 ) -> Result<(), ChanError> {
-    let ctx = ClientCtx::for_conn(handle);
-    shared
-        .hub
-        .check_publish(&ctx, channel)
-        .map_err(permission_error)?;
-    let info = ClientInfo {
-        client: handle.id().to_string(),
-        user: ctx.user,
-        conn_info: handle.info().conn_info.clone(),
-        chan_info: None,
-    };
-    shared
-        .node
-        .publish(
-            channel,
-            payload,
-            PublishOptions::from_conn(handle.id()),
-            Some(Arc::new(info)),
-        )
-        .await
-        .map(|_| ())
-        .map_err(node_error)
+    ClientOps::new(shared, handle)
+        .publish(channel, payload)
+        .await?;
+    Ok(())
 }
 
 /// An event broadcast to every socket of namespace `nsp` (the sender too, unless
