@@ -122,6 +122,15 @@ impl ServerBuilder {
             DeflatePolicy::disabled()
         };
         let router = Arc::new(endpoints(&config, on_message));
+        let counters = Arc::new(ServerCounters::default());
+        // Every protocol's series exist in `/metrics` from the start, at zero.
+        for protocol in [
+            switchboard_protocols::raw::PROTOCOL,
+            switchboard_protocols::centrifugo::PROTOCOL,
+            switchboard_protocols::socketio::PROTOCOL,
+        ] {
+            counters.protocol(protocol);
+        }
         Ok(Server {
             shared: Arc::new(Shared {
                 config,
@@ -130,7 +139,7 @@ impl ServerBuilder {
                 origins,
                 deflate,
                 tls,
-                counters: Arc::new(ServerCounters::default()),
+                counters,
                 started: Instant::now(),
                 verifier,
                 router,
@@ -146,6 +155,7 @@ fn endpoints(config: &ServerConfig, on_message: Option<MessageHook>) -> Router {
     router
         .register(Arc::new(Page))
         .register(Arc::new(Health))
+        .register(Arc::new(crate::transport::metrics::Metrics))
         .register(Arc::new(crate::api::Api))
         .register(Arc::new(crate::protocol::centrifugo::Centrifugo))
         .register(Arc::new(crate::protocol::socketio::SocketIo::new()))

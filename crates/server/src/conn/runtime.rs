@@ -44,7 +44,7 @@ use super::crash;
 use super::driver::{Driver, Ending, Out, OutFrame};
 use super::heartbeat::{Beat, Heartbeat, PeerActivity};
 use super::shutdown::ShutdownToken;
-use super::stats::{ConnectionSlot, Counter, ServerCounters};
+use super::stats::{CloseKind, ConnectionSlot, Counter, OpenConnection, ServerCounters};
 
 /// How long to wait for the peer's close reply after sending ours (outside shutdown), and
 /// at most for our close frame to be written.
@@ -279,6 +279,8 @@ struct Running<T, D> {
     limits: Limits,
     who: Identity,
     counters: Arc<ServerCounters>,
+    /// The protocol's traffic counters; counts the connection open while it lives.
+    traffic: OpenConnection,
     token: ShutdownToken,
 }
 
@@ -315,6 +317,7 @@ fn open<T: Transport, D: Driver>(start: Start<T, D>) -> (Running<T, D>, Result<(
         transport.activity(),
     );
     tracing::debug!(peer = %who.peer, id = who.id, protocol = who.protocol, "connected");
+    let traffic = counters.protocol(who.protocol).open();
     let conn = Running {
         transport,
         driver,
@@ -323,6 +326,7 @@ fn open<T: Transport, D: Driver>(start: Start<T, D>) -> (Running<T, D>, Result<(
         limits,
         who,
         counters,
+        traffic,
         token,
     };
     (conn, opened)
@@ -416,6 +420,7 @@ async fn drive<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Ending {
                 Message::Close(frame) => return Ending::PeerClosed(frame.map(|f| f.code.0)),
                 Message::Ping(_) | Message::Pong(_) => Ok(()),
                 msg @ (Message::Text(_) | Message::Binary(_)) => {
+                    conn.traffic.received.add(1, message_len(&msg) as u64);
                     contained(conn.driver.on_message(msg, &mut conn.out)).await
                 }
             },
@@ -469,10 +474,14 @@ async fn write_out<T: Transport, D: Driver, F: Future<Output = ()>>(
 /// full; returns how many were taken and whether that was all.
 fn feed_out<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Result<(usize, bool), Ending> {
     let mut fed = 0;
+    let mut bytes = 0;
     let mut all = true;
     for frame in conn.out.pending() {
         match conn.transport.feed(frame) {
-            Ok(()) => fed += 1,
+            Ok(()) => {
+                fed += 1;
+                bytes += frame_len(frame);
+            }
             Err(WsError::WouldOverflow) => {
                 all = false;
                 break;
@@ -481,7 +490,42 @@ fn feed_out<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Result<(usize,
         }
     }
     conn.out.consume(fed);
+    if fed > 0 {
+        conn.traffic.sent.add(fed as u64, bytes as u64);
+    }
     Ok((fed, all))
+}
+
+/// A message's payload length, as counted in `/metrics`.
+fn message_len(msg: &Message) -> usize {
+    match msg {
+        Message::Text(b) | Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
+        Message::Close(_) => 0,
+    }
+}
+
+/// A queued frame's payload length, as counted in `/metrics`.
+fn frame_len(frame: &OutFrame) -> usize {
+    match frame {
+        OutFrame::Message(m) => message_len(m),
+        OutFrame::Prepared(p) => p.payload().len(),
+    }
+}
+
+/// How `/metrics` labels an ending.
+fn close_kind(end: &Ending) -> CloseKind {
+    match end {
+        Ending::Shutdown | Ending::Hub(CloseReason::Shutdown) => CloseKind::Shutdown,
+        Ending::PeerClosed(_) => CloseKind::PeerClosed,
+        Ending::Lost => CloseKind::Lost,
+        Ending::ReadError => CloseKind::ReadError,
+        Ending::Dead => CloseKind::Heartbeat,
+        Ending::Stalled | Ending::Hub(CloseReason::SlowConsumer) => CloseKind::SlowConsumer,
+        Ending::WriteFailed => CloseKind::WriteFailed,
+        Ending::Hub(_) => CloseKind::Hub,
+        Ending::Panic(_) => CloseKind::Panic,
+        Ending::Close(..) => CloseKind::Protocol,
+    }
 }
 
 /// The reading side: the transport, unless the driver paused reading.
@@ -582,9 +626,11 @@ async fn finish<T: Transport, D: Driver>(conn: Running<T, D>, end: Ending) {
         limits,
         who,
         counters,
+        traffic,
         ..
     } = conn;
     let (peer, id, protocol) = (who.peer, who.id, who.protocol);
+    traffic.closed(close_kind(&end));
     match &end {
         Ending::Panic(msg) => {
             counters.bump(Counter::ClosedPanic);

@@ -3,7 +3,7 @@
 //! Every rejection is counted here (and logged once by the code that rejects), so `/health`
 //! shows why clients are being turned away without anyone grepping logs.
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -29,6 +29,9 @@ pub struct ServerCounters {
     http_panics: AtomicU64,
     rejected_fd_exhausted: AtomicU64,
     attachment_bytes: AtomicUsize,
+    /// Per-protocol traffic, one entry per protocol that has had a connection (looked up
+    /// once per connection, never per message).
+    protocols: Mutex<Vec<Arc<ProtocolCounters>>>,
 }
 
 /// A snapshot of [`ServerCounters`], serialised into `/health`.
@@ -199,6 +202,167 @@ impl ServerCounters {
     }
 }
 
+impl ServerCounters {
+    /// The traffic counters of `protocol`, created at its first connection.
+    pub(crate) fn protocol(&self, protocol: &'static str) -> Arc<ProtocolCounters> {
+        let mut all = self.protocols.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = all.iter().find(|p| p.name == protocol) {
+            return Arc::clone(p);
+        }
+        let p = Arc::new(ProtocolCounters::new(protocol));
+        all.push(Arc::clone(&p));
+        p
+    }
+
+    /// Every protocol's counters, for `/metrics`.
+    pub(crate) fn protocols(&self) -> Vec<Arc<ProtocolCounters>> {
+        self.protocols
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Why connections of one protocol ended, as `/metrics` labels them (`reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseKind {
+    /// The server shut down.
+    Shutdown,
+    /// The peer closed.
+    PeerClosed,
+    /// The socket ended without a close frame.
+    Lost,
+    /// The peer broke the WebSocket protocol or the message size limit.
+    ReadError,
+    /// No answer to pings.
+    Heartbeat,
+    /// The peer stopped reading (stalled flush) or its outbox overflowed.
+    SlowConsumer,
+    /// Writing failed.
+    WriteFailed,
+    /// Closed by the hub: kicked (API `disconnect`), missed publications, …
+    Hub,
+    /// A panic while serving it.
+    Panic,
+    /// The protocol ended it with its own code (auth failure, bad command, …).
+    Protocol,
+    /// It sent faster than `client_message_rate` / `client_bytes_rate` allow.
+    Flood,
+}
+
+impl CloseKind {
+    /// Every kind, in label order.
+    pub(crate) const ALL: [CloseKind; 11] = [
+        CloseKind::Shutdown,
+        CloseKind::PeerClosed,
+        CloseKind::Lost,
+        CloseKind::ReadError,
+        CloseKind::Heartbeat,
+        CloseKind::SlowConsumer,
+        CloseKind::WriteFailed,
+        CloseKind::Hub,
+        CloseKind::Panic,
+        CloseKind::Protocol,
+        CloseKind::Flood,
+    ];
+
+    /// The `reason` label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            CloseKind::Shutdown => "shutdown",
+            CloseKind::PeerClosed => "peer_closed",
+            CloseKind::Lost => "lost",
+            CloseKind::ReadError => "read_error",
+            CloseKind::Heartbeat => "heartbeat",
+            CloseKind::SlowConsumer => "slow_consumer",
+            CloseKind::WriteFailed => "write_failed",
+            CloseKind::Hub => "hub",
+            CloseKind::Panic => "panic",
+            CloseKind::Protocol => "protocol",
+            CloseKind::Flood => "flood",
+        }
+    }
+}
+
+/// Keeps counters bumped together on a cache line of their own, so connections of other
+/// protocols (and the other direction) do not contend for it.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub(crate) struct Traffic {
+    pub(crate) messages: AtomicU64,
+    pub(crate) bytes: AtomicU64,
+}
+
+impl Traffic {
+    /// Count `messages` messages of `bytes` bytes in all.
+    #[inline]
+    pub(crate) fn add(&self, messages: u64, bytes: u64) {
+        self.messages.fetch_add(messages, Relaxed);
+        self.bytes.fetch_add(bytes, Relaxed);
+    }
+}
+
+/// One protocol's connections and traffic: relaxed atomics, bumped by the runtime.
+#[derive(Debug)]
+pub(crate) struct ProtocolCounters {
+    /// The protocol's name (the `protocol` label).
+    pub(crate) name: &'static str,
+    /// Data messages read from peers (text and binary; not pings).
+    pub(crate) received: Traffic,
+    /// Frames written to peers (every frame the driver queued).
+    pub(crate) sent: Traffic,
+    /// Connections open now.
+    pub(crate) active: AtomicUsize,
+    /// Connections opened since start.
+    pub(crate) opened: AtomicU64,
+    /// Connections ended, by [`CloseKind`] (same order as [`CloseKind::ALL`]).
+    pub(crate) closed: [AtomicU64; CloseKind::ALL.len()],
+}
+
+impl ProtocolCounters {
+    fn new(name: &'static str) -> ProtocolCounters {
+        ProtocolCounters {
+            name,
+            received: Traffic::default(),
+            sent: Traffic::default(),
+            active: AtomicUsize::new(0),
+            opened: AtomicU64::new(0),
+            closed: Default::default(),
+        }
+    }
+
+    /// Count one connection ended for `kind`.
+    pub(crate) fn closed(&self, kind: CloseKind) {
+        self.closed[kind as usize].fetch_add(1, Relaxed);
+    }
+
+    /// A connection opened; the guard counts it open until dropped.
+    pub(crate) fn open(self: Arc<Self>) -> OpenConnection {
+        self.opened.fetch_add(1, Relaxed);
+        self.active.fetch_add(1, Relaxed);
+        OpenConnection(self)
+    }
+}
+
+/// A connection counted open in its protocol's [`ProtocolCounters::active`] until dropped
+/// (however the connection's task ends, panics included).
+#[derive(Debug)]
+pub(crate) struct OpenConnection(Arc<ProtocolCounters>);
+
+impl std::ops::Deref for OpenConnection {
+    type Target = ProtocolCounters;
+
+    fn deref(&self) -> &ProtocolCounters {
+        &self.0
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
+}
+
 /// One taken connection slot; dropping it frees the slot.
 #[derive(Debug)]
 pub struct ConnectionSlot {
@@ -244,6 +408,25 @@ mod tests {
             0,
             "never below zero"
         );
+    }
+
+    #[test]
+    fn protocol_counters_are_shared_by_name_and_count_open_connections() {
+        let c = ServerCounters::default();
+        let a = c.protocol("raw").open();
+        let b = c.protocol("raw").open();
+        let _x = c.protocol("other").open();
+        a.received.add(2, 10);
+        b.closed(CloseKind::Flood);
+        drop(a);
+        let all = c.protocols();
+        assert_eq!(all.len(), 2);
+        let raw = &all[0];
+        assert_eq!(raw.name, "raw");
+        assert_eq!(raw.active.load(Relaxed), 1);
+        assert_eq!(raw.opened.load(Relaxed), 2);
+        assert_eq!(raw.received.bytes.load(Relaxed), 10);
+        assert_eq!(raw.closed[CloseKind::Flood as usize].load(Relaxed), 1);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! | `GET /`                               | the chat page                            |
 //! | `POST /api/<method>`                  | the server HTTP API ([`crate::api`])      |
 //! | `GET /health`                         | JSON: status, uptime, connections, stats |
+//! | `GET /metrics`                        | Prometheus text format ([`super::metrics`]) |
 //! | anything else                         | 404                                      |
 //!
 //! Request bodies are read with [`read_body`]: bounded in size and in time (the body
@@ -177,7 +178,7 @@ impl Endpoint for Health {
 }
 
 /// 405 for a page that only answers `GET` and `HEAD`.
-fn method_not_allowed() -> Response<Body> {
+pub(crate) fn method_not_allowed() -> Response<Body> {
     let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
     r.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
