@@ -122,6 +122,11 @@ impl ServerBuilder {
             DeflatePolicy::disabled()
         };
         let router = Arc::new(endpoints(&config, on_message));
+        let admission = crate::conn::limits::Admission::new(
+            config.max_connections_per_ip,
+            crate::conn::limits::Rate::new(config.connection_rate_per_ip, None),
+            crate::conn::limits::Rate::new(config.accept_rate, None),
+        );
         let counters = Arc::new(ServerCounters::default());
         // Every protocol's series exist in `/metrics` from the start, at zero.
         for protocol in [
@@ -143,6 +148,7 @@ impl ServerBuilder {
                 started: Instant::now(),
                 verifier,
                 router,
+                admission: Arc::new(admission),
             }),
         })
     }
@@ -403,6 +409,7 @@ impl BoundServer {
         let sweeper = {
             let hub = shared.hub.clone();
             let counters = Arc::clone(&shared.counters);
+            let admission = Arc::clone(&shared.admission);
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(SWEEP_INTERVAL);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -410,6 +417,7 @@ impl BoundServer {
                 loop {
                     tick.tick().await;
                     hub.sweep();
+                    admission.sweep();
                     let peak = counters.take_peak_active();
                     if trimmer.after_sweep(peak, counters.active(), hub.channel_count()) {
                         tracing::debug!("burst over: free memory returned to the system");

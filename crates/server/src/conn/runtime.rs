@@ -43,6 +43,7 @@ use tokio::time::{Instant, Sleep};
 use super::crash;
 use super::driver::{Driver, Ending, Out, OutFrame};
 use super::heartbeat::{Beat, Heartbeat, PeerActivity};
+use super::limits::{Flood, FloodLimits, Verdict};
 use super::shutdown::ShutdownToken;
 use super::stats::{CloseKind, ConnectionSlot, Counter, OpenConnection, ServerCounters};
 
@@ -153,6 +154,8 @@ pub(crate) struct Limits {
     pub(crate) ping_timeout: Duration,
     /// How long the peer's close reply is awaited at shutdown.
     pub(crate) shutdown_timeout: Duration,
+    /// The message and byte rates a client may send at.
+    pub(crate) flood: FloodLimits,
 }
 
 /// Who the connection is, for logs and counters.
@@ -281,6 +284,8 @@ struct Running<T, D> {
     counters: Arc<ServerCounters>,
     /// The protocol's traffic counters; counts the connection open while it lives.
     traffic: OpenConnection,
+    /// The flood guard, when a client message or byte rate is configured.
+    flood: Option<Box<Flood>>,
     token: ShutdownToken,
 }
 
@@ -318,6 +323,10 @@ fn open<T: Transport, D: Driver>(start: Start<T, D>) -> (Running<T, D>, Result<(
     );
     tracing::debug!(peer = %who.peer, id = who.id, protocol = who.protocol, "connected");
     let traffic = counters.protocol(who.protocol).open();
+    let flood = limits
+        .flood
+        .is_on()
+        .then(|| Box::new(Flood::new(limits.flood)));
     let conn = Running {
         transport,
         driver,
@@ -327,6 +336,7 @@ fn open<T: Transport, D: Driver>(start: Start<T, D>) -> (Running<T, D>, Result<(
         who,
         counters,
         traffic,
+        flood,
         token,
     };
     (conn, opened)
@@ -420,8 +430,24 @@ async fn drive<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Ending {
                 Message::Close(frame) => return Ending::PeerClosed(frame.map(|f| f.code.0)),
                 Message::Ping(_) | Message::Pong(_) => Ok(()),
                 msg @ (Message::Text(_) | Message::Binary(_)) => {
-                    conn.traffic.received.add(1, message_len(&msg) as u64);
-                    contained(conn.driver.on_message(msg, &mut conn.out)).await
+                    let len = message_len(&msg);
+                    conn.traffic.received.add(1, len as u64);
+                    match conn.flood.as_mut().map_or(Verdict::Pass, |f| f.check(len)) {
+                        Verdict::Pass => {
+                            contained(conn.driver.on_message(msg, &mut conn.out)).await
+                        }
+                        Verdict::Drop { first } => {
+                            conn.counters.bump(Counter::FloodDropped);
+                            if first {
+                                tracing::warn!(peer = %conn.who.peer, id = conn.who.id, protocol = conn.who.protocol, "client over its message rate: dropping its messages");
+                            }
+                            Ok(())
+                        }
+                        Verdict::Close => {
+                            conn.counters.bump(Counter::ClosedFlood);
+                            return Ending::Flood;
+                        }
+                    }
                 }
             },
             Wake::Beat(Beat::Dead) => return Ending::Dead,
@@ -525,6 +551,7 @@ fn close_kind(end: &Ending) -> CloseKind {
         Ending::Hub(_) => CloseKind::Hub,
         Ending::Panic(_) => CloseKind::Panic,
         Ending::Close(..) => CloseKind::Protocol,
+        Ending::Flood => CloseKind::Flood,
     }
 }
 
@@ -690,6 +717,7 @@ pub(crate) fn connection_future_size<T: Transport, D: Driver>(transport: T, driv
             ping_interval: Duration::from_secs(25),
             ping_timeout: Duration::from_secs(20),
             shutdown_timeout: Duration::from_secs(1),
+            flood: FloodLimits::default(),
         },
         who: Identity {
             peer: ([127, 0, 0, 1], 0).into(),

@@ -28,6 +28,12 @@ pub struct ServerCounters {
     closed_panic: AtomicU64,
     http_panics: AtomicU64,
     rejected_fd_exhausted: AtomicU64,
+    rejected_ip_connections: AtomicU64,
+    rejected_ip_rate: AtomicU64,
+    rejected_accept_rate: AtomicU64,
+    rejected_user_connections: AtomicU64,
+    flood_dropped: AtomicU64,
+    closed_flood: AtomicU64,
     attachment_bytes: AtomicUsize,
     /// Per-protocol traffic, one entry per protocol that has had a connection (looked up
     /// once per connection, never per message).
@@ -70,6 +76,18 @@ pub struct ServerStats {
     /// Connections refused with `503` because the process had no file descriptor left to
     /// serve them (`accept` failed with EMFILE/ENFILE).
     pub rejected_fd_exhausted: u64,
+    /// Upgrades refused with 503 by `max_connections_per_ip`.
+    pub rejected_ip_connections: u64,
+    /// Upgrades refused with 429 by `connection_rate_per_ip`.
+    pub rejected_ip_rate: u64,
+    /// Upgrades refused with 503 by `accept_rate`.
+    pub rejected_accept_rate: u64,
+    /// Connections refused by `max_connections_per_user`.
+    pub rejected_user_connections: u64,
+    /// Client messages dropped for going over `client_message_rate`/`client_bytes_rate`.
+    pub flood_dropped: u64,
+    /// Connections closed for going on sending over those rates.
+    pub closed_flood: u64,
     /// Bytes of Socket.IO binary attachments buffered now, waiting for the rest of their
     /// packet (bounded by `socketio.max_attachment_bytes_total`).
     pub socketio_attachment_bytes: usize,
@@ -108,6 +126,18 @@ pub enum Counter {
     HttpPanic,
     /// See [`ServerStats::rejected_fd_exhausted`].
     RejectedFdExhausted,
+    /// See [`ServerStats::rejected_ip_connections`].
+    RejectedIpConnections,
+    /// See [`ServerStats::rejected_ip_rate`].
+    RejectedIpRate,
+    /// See [`ServerStats::rejected_accept_rate`].
+    RejectedAcceptRate,
+    /// See [`ServerStats::rejected_user_connections`].
+    RejectedUserConnections,
+    /// See [`ServerStats::flood_dropped`].
+    FloodDropped,
+    /// See [`ServerStats::closed_flood`].
+    ClosedFlood,
 }
 
 impl ServerCounters {
@@ -129,6 +159,12 @@ impl ServerCounters {
             Counter::ClosedPanic => &self.closed_panic,
             Counter::HttpPanic => &self.http_panics,
             Counter::RejectedFdExhausted => &self.rejected_fd_exhausted,
+            Counter::RejectedIpConnections => &self.rejected_ip_connections,
+            Counter::RejectedIpRate => &self.rejected_ip_rate,
+            Counter::RejectedAcceptRate => &self.rejected_accept_rate,
+            Counter::RejectedUserConnections => &self.rejected_user_connections,
+            Counter::FloodDropped => &self.flood_dropped,
+            Counter::ClosedFlood => &self.closed_flood,
         };
         c.fetch_add(1, Relaxed);
     }
@@ -149,6 +185,7 @@ impl ServerCounters {
                 self.peak_active.fetch_max(before + 1, Relaxed);
                 ConnectionSlot {
                     counters: Arc::clone(self),
+                    ip: None,
                 }
             })
     }
@@ -197,6 +234,12 @@ impl ServerCounters {
             closed_panic: self.closed_panic.load(Relaxed),
             http_panics: self.http_panics.load(Relaxed),
             rejected_fd_exhausted: self.rejected_fd_exhausted.load(Relaxed),
+            rejected_ip_connections: self.rejected_ip_connections.load(Relaxed),
+            rejected_ip_rate: self.rejected_ip_rate.load(Relaxed),
+            rejected_accept_rate: self.rejected_accept_rate.load(Relaxed),
+            rejected_user_connections: self.rejected_user_connections.load(Relaxed),
+            flood_dropped: self.flood_dropped.load(Relaxed),
+            closed_flood: self.closed_flood.load(Relaxed),
             socketio_attachment_bytes: self.attachment_bytes.load(Relaxed),
         }
     }
@@ -367,6 +410,16 @@ impl Drop for OpenConnection {
 #[derive(Debug)]
 pub struct ConnectionSlot {
     counters: Arc<ServerCounters>,
+    /// The connection's place under the per-address limits, when they are on.
+    ip: Option<super::limits::IpSlot>,
+}
+
+impl ConnectionSlot {
+    /// Also holds `ip` (released with the slot).
+    pub(crate) fn with_ip(mut self, ip: Option<super::limits::IpSlot>) -> ConnectionSlot {
+        self.ip = ip;
+        self
+    }
 }
 
 impl Drop for ConnectionSlot {

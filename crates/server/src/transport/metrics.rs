@@ -230,7 +230,22 @@ impl Collector for Scrape {
                 ),
                 (vec![("reason", "tls")], server.tls_failures),
                 (vec![("reason", "room_full")], server.rejected_room_full),
+                (
+                    vec![("reason", "ip_connections")],
+                    server.rejected_ip_connections,
+                ),
+                (vec![("reason", "ip_rate")], server.rejected_ip_rate),
+                (vec![("reason", "accept_rate")], server.rejected_accept_rate),
+                (
+                    vec![("reason", "user_connections")],
+                    server.rejected_user_connections,
+                ),
             ],
+        )?;
+        f.counter(
+            "flood_dropped_messages",
+            "Client messages dropped for going over client_message_rate or client_bytes_rate.",
+            &one(server.flood_dropped),
         )?;
         f.counter(
             "http_panics",

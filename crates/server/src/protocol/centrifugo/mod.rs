@@ -517,6 +517,7 @@ impl Driver for CentrifugoDriver {
                 Disconnect::new(CloseCode::INTERNAL_ERROR.0, "internal server error")
             }
             Ending::Close(code, reason) => Disconnect::new(*code, reason.clone()),
+            Ending::Flood => Disconnect::TOO_MANY_REQUESTS,
             // The peer is gone, takes no bytes, or the codec already sent its close code.
             Ending::PeerClosed(_)
             | Ending::Lost

@@ -53,6 +53,7 @@ fn shared() -> Arc<Shared> {
         started: std::time::Instant::now(),
         verifier,
         router: Arc::default(),
+        admission: Arc::default(),
     })
 }
 

@@ -378,6 +378,7 @@ impl Driver for RawDriver {
             )),
             Ending::Panic(_) => Some((CloseCode::INTERNAL_ERROR, Cow::Borrowed("internal error"))),
             Ending::Close(code, reason) => Some((CloseCode(*code), reason.clone())),
+            Ending::Flood => Some((CloseCode::POLICY, Cow::Borrowed("message rate exceeded"))),
             Ending::PeerClosed(_)
             | Ending::Lost
             | Ending::ReadError
