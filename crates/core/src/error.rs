@@ -85,6 +85,22 @@ pub enum HubError {
         /// The configured limit.
         limit: usize,
     },
+    /// `register` was refused because the user already has
+    /// [`HubLimits::max_connections_per_user`](crate::HubLimits::max_connections_per_user)
+    /// connections.
+    #[error("too many connections of this user (limit {limit})")]
+    TooManyUserConnections {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// `subscribe` was refused because the connection is already a member of
+    /// [`HubLimits::max_subscriptions_per_connection`](crate::HubLimits::max_subscriptions_per_connection)
+    /// channels.
+    #[error("too many subscriptions (limit {limit})")]
+    TooManySubscriptions {
+        /// The configured limit.
+        limit: usize,
+    },
     /// The connection has already been closed or removed from the hub.
     #[error("connection closed ({0})")]
     ConnectionClosed(CloseReason),

@@ -88,12 +88,16 @@ impl ServerBuilder {
     /// Check the configuration and load TLS material.
     pub fn build(self) -> Result<Server, ServerError> {
         let ServerBuilder {
-            config,
+            mut config,
             hub,
             on_message,
             tls,
         } = self;
         config.validate().map_err(ServerError::Config)?;
+        if let Some(max) = config.max_channel_length {
+            // The top-level key overrides `[channel] max_channel_length`.
+            config.channel.max_channel_length = max;
+        }
         let tls = match (tls, &config.tls_cert, &config.tls_key) {
             (Some(acceptor), _, _) => Some(acceptor),
             (None, Some(cert), Some(key)) => Some(tls::load_acceptor(cert, key)?),
@@ -184,6 +188,8 @@ pub fn hub_limits(config: &ServerConfig) -> HubLimits {
             SlowConsumer::Close => SlowConsumerPolicy::Close,
             SlowConsumer::DropOldest => SlowConsumerPolicy::DropOldest,
         },
+        max_connections_per_user: config.max_connections_per_user,
+        max_subscriptions_per_connection: config.max_subscriptions_per_connection,
     }
 }
 

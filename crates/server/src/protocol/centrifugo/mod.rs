@@ -688,7 +688,14 @@ impl CentrifugoDriver {
         }
         let (handle, outbox) = match self.shared.hub.register(conn_info) {
             Ok(pair) => pair,
-            Err(_) => return Err(Disconnect::CONNECTION_LIMIT),
+            Err(e) => {
+                if matches!(e, HubError::TooManyUserConnections { .. }) {
+                    self.shared
+                        .counters
+                        .bump(crate::conn::stats::Counter::RejectedUserConnections);
+                }
+                return Err(Disconnect::CONNECTION_LIMIT);
+            }
         };
         self.expires_at = exp;
         let mut result = ConnectResult {
@@ -944,9 +951,11 @@ impl CentrifugoDriver {
             .subscribe(self.handle(), &req.channel, opts)
             .await
             .map_err(|e| match e {
-                NodeError::Hub(HubError::RoomFull { .. } | HubError::TooManyConnections { .. }) => {
-                    CfError::LIMIT_EXCEEDED
-                }
+                NodeError::Hub(
+                    HubError::RoomFull { .. }
+                    | HubError::TooManyConnections { .. }
+                    | HubError::TooManySubscriptions { .. },
+                ) => CfError::LIMIT_EXCEEDED,
                 NodeError::Hub(HubError::InvalidChannel | HubError::UnknownNamespace(_)) => {
                     CfError::UNKNOWN_CHANNEL
                 }

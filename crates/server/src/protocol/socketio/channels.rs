@@ -46,7 +46,10 @@ impl ChanError {
 fn hub_error(e: HubError) -> ChanError {
     match e {
         HubError::InvalidChannel | HubError::UnknownNamespace(_) => ChanError::UnknownChannel,
-        HubError::RoomFull { .. } | HubError::TooManyConnections { .. } => ChanError::LimitExceeded,
+        HubError::RoomFull { .. }
+        | HubError::TooManyConnections { .. }
+        | HubError::TooManyUserConnections { .. }
+        | HubError::TooManySubscriptions { .. } => ChanError::LimitExceeded,
         _ => ChanError::Closed,
     }
 }
@@ -71,7 +74,13 @@ pub(crate) async fn register(
     shared: &Shared,
     info: ConnInfo,
 ) -> Result<(ConnHandle, Outbox), HubError> {
-    shared.hub.register(info)
+    let registered = shared.hub.register(info);
+    if let Err(HubError::TooManyUserConnections { .. }) = registered {
+        shared
+            .counters
+            .bump(crate::conn::stats::Counter::RejectedUserConnections);
+    }
+    registered
 }
 
 /// Makes the socket a member of its namespace's broadcast channel, and of the channels its
