@@ -801,6 +801,16 @@ impl Hub {
         self.channel(name).map_or(0, |c| c.member_count())
     }
 
+    /// Every registered connection (a scan: for shutdown and administration, not per
+    /// message).
+    pub fn connection_ids(&self) -> Vec<ConnId> {
+        let mut ids = Vec::new();
+        for shard in self.inner.conns.iter() {
+            ids.extend(shard.lock().keys().copied());
+        }
+        ids
+    }
+
     /// Closes connection `id` with `reason` (see [`ConnHandle::close`]).
     /// Returns false if no such connection is registered.
     pub fn disconnect(&self, id: ConnId, reason: CloseReason) -> bool {

@@ -346,6 +346,45 @@ impl Server {
     }
 }
 
+/// Drains the server over `window`: new connections are refused and `/health` answers 503
+/// "draining"; every connection is told to reconnect elsewhere (its protocol's signal for
+/// [`CloseReason::Restart`](switchboard_core::CloseReason::Restart): raw 1012, Centrifugo
+/// 3011, Socket.IO 1012) at a random moment in the first 90% of the window, so clients do
+/// not all reconnect at once. Returns when no connection is left or at the end of the
+/// window.
+async fn drain(shared: &Shared, window: std::time::Duration) {
+    use std::hash::BuildHasher;
+    shared.admission.start_draining();
+    let start = tokio::time::Instant::now();
+    let ids = shared.hub.connection_ids();
+    tracing::info!(
+        connections = ids.len(),
+        window_secs = window.as_secs_f64(),
+        "draining: telling connections to reconnect elsewhere"
+    );
+    // One random moment per connection: the closes are spread evenly over the window,
+    // in no particular order.
+    let seed = std::collections::hash_map::RandomState::new();
+    let mut plan: Vec<_> = ids
+        .into_iter()
+        .map(|id| {
+            let unit = (seed.hash_one(id) >> 11) as f64 / (1u64 << 53) as f64;
+            (window.mul_f64(0.9 * unit), id)
+        })
+        .collect();
+    plan.sort_unstable();
+    for (at, id) in plan {
+        tokio::time::sleep_until(start + at).await;
+        shared
+            .hub
+            .disconnect(id, switchboard_core::CloseReason::Restart);
+    }
+    let deadline = start + window;
+    while shared.counters.active() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// A server with its socket bound, ready to run.
 pub struct BoundServer {
     shared: Arc<Shared>,
@@ -385,9 +424,11 @@ impl BoundServer {
         self.shared.counters.snapshot()
     }
 
-    /// Serve until `shutdown` resolves, then shut down gracefully: stop accepting, send close
-    /// 1001 "going away" to every WebSocket, and wait up to `shutdown_timeout` for the close
-    /// handshakes. Returns once that is done.
+    /// Serve until `shutdown` resolves, then shut down gracefully: with a `drain_timeout`,
+    /// first drain (see `drain`: `/health` 503, connections told to reconnect elsewhere,
+    /// spread over the window); then stop accepting, send close 1001 "going away" to every
+    /// WebSocket left, and wait up to `shutdown_timeout` for the close handshakes. Returns
+    /// once that is done.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let BoundServer {
             shared,
@@ -435,7 +476,16 @@ impl BoundServer {
         tokio::pin!(accept);
         tokio::select! {
             _ = &mut accept => {}
-            _ = shutdown => {}
+            _ = shutdown => {
+                if !config.drain_timeout.is_zero() {
+                    // The listener stays open meanwhile: `/health` answers 503 "draining"
+                    // and upgrades are refused, so load balancers move clients elsewhere.
+                    tokio::select! {
+                        _ = &mut accept => {}
+                        _ = drain(&shared, config.drain_timeout) => {}
+                    }
+                }
+            }
         }
         tracing::info!(connections = shared.counters.active(), "shutting down");
         switch.trigger();

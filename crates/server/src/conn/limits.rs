@@ -84,6 +84,8 @@ pub(crate) enum Refusal {
     PerIpRate(u64),
     /// `accept_rate`: retry after this many seconds.
     AcceptRate(u64),
+    /// The server is draining before it stops.
+    Draining,
 }
 
 #[derive(Debug)]
@@ -100,6 +102,8 @@ pub(crate) struct Admission {
     accept_rate: Option<Rate>,
     accept: Mutex<Option<Bucket>>,
     table: Mutex<HashMap<IpAddr, Entry>>,
+    /// Set when the server starts draining: no new connection is admitted.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Admission {
@@ -121,7 +125,19 @@ impl Admission {
             accept_rate,
             accept: Mutex::new(None),
             table: Mutex::new(HashMap::new()),
+            draining: Default::default(),
         }
+    }
+
+    /// From now on every new connection is refused ([`Refusal::Draining`]).
+    pub(crate) fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the server is draining.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether any per-address limit is on (else [`Admission::admit`] needs no table).
@@ -132,6 +148,9 @@ impl Admission {
     /// Admits one connection from `ip`, or says why not. The returned slot (when per-address
     /// limits are on) counts the connection against `ip` until dropped.
     pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Option<IpSlot>, Refusal> {
+        if self.is_draining() {
+            return Err(Refusal::Draining);
+        }
         let now = Instant::now();
         if let Some(rate) = &self.accept_rate {
             let mut accept = self.accept.lock().unwrap_or_else(|e| e.into_inner());

@@ -541,7 +541,9 @@ fn frame_len(frame: &OutFrame) -> usize {
 /// How `/metrics` labels an ending.
 fn close_kind(end: &Ending) -> CloseKind {
     match end {
-        Ending::Shutdown | Ending::Hub(CloseReason::Shutdown) => CloseKind::Shutdown,
+        Ending::Shutdown
+        | Ending::Hub(CloseReason::Shutdown)
+        | Ending::Hub(CloseReason::Restart) => CloseKind::Shutdown,
         Ending::PeerClosed(_) => CloseKind::PeerClosed,
         Ending::Lost => CloseKind::Lost,
         Ending::ReadError => CloseKind::ReadError,

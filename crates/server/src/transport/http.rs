@@ -222,8 +222,16 @@ fn health(shared: &Shared) -> Response<Body> {
     let hub = shared.hub.stats();
     let server = shared.counters.snapshot();
     let broker = shared.node.broker_status();
+    let draining = shared.admission.is_draining();
+    let status = if draining {
+        "draining"
+    } else if broker.connected {
+        "ok"
+    } else {
+        "degraded"
+    };
     let body = serde_json::json!({
-        "status": if broker.connected { "ok" } else { "degraded" },
+        "status": status,
         "broker": {
             "kind": broker.kind,
             "connected": broker.connected,
@@ -250,6 +258,10 @@ fn health(shared: &Shared) -> Response<Body> {
         },
     });
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    if draining {
+        // Load balancers take the node out of rotation.
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    }
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

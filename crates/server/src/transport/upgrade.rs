@@ -255,6 +255,10 @@ pub(crate) fn take_slot<B>(
     let ip = client_ip(req, shared, peer);
     let ip_slot = match shared.admission.admit(ip) {
         Ok(slot) => slot,
+        Err(Refusal::Draining) => {
+            tracing::debug!(%peer, "upgrade refused: draining");
+            return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "draining", 1));
+        }
         Err(Refusal::AcceptRate(retry)) => {
             shared.counters.bump(Counter::RejectedAcceptRate);
             tracing::debug!(%peer, "upgrade refused: accept rate");
