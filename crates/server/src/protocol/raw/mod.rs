@@ -124,6 +124,14 @@ async fn upgrade_into_room(
     }
     let (handle, outbox) = match shared.hub.register(info) {
         Ok(pair) => pair,
+        Err(e @ HubError::TooManyUserConnections { .. }) => {
+            shared.counters.bump(Counter::RejectedUserConnections);
+            tracing::info!(%peer, "upgrade refused: {e}");
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many connections of this user",
+            );
+        }
         Err(e) => {
             // Only reachable when an embedder supplied a hub with its own connection limit.
             shared.counters.bump(Counter::RejectedMaxConnections);
