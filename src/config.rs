@@ -235,6 +235,11 @@ pub struct ServeArgs {
     /// [default: 0, all at once].
     #[arg(long, env = "SWITCHBOARD_DRAIN_TIMEOUT", value_name = "SECS", value_parser = parse_secs)]
     pub drain_timeout: Option<Duration>,
+
+    /// A second address serving only GET /metrics (plain HTTP) [default: none; /metrics is
+    /// on the main port anyway].
+    #[arg(long, env = "SWITCHBOARD_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -299,6 +304,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.drain_timeout {
             c.drain_timeout = v;
+        }
+        if let Some(v) = self.metrics_listen {
+            c.metrics_listen = Some(v);
         }
         if let Some(v) = self.max_message_size {
             c.max_message_size = v;

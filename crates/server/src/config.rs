@@ -245,6 +245,10 @@ pub struct ServerConfig {
     /// (spread with jitter) before the server exits; 0 closes them all at once.
     #[serde(alias = "drain-timeout", deserialize_with = "secs")]
     pub drain_timeout: Duration,
+    /// A second address serving only `GET /metrics` (plain HTTP), e.g. on an internal
+    /// interface; `/metrics` stays on the main port too.
+    #[serde(alias = "metrics-listen")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -298,6 +302,7 @@ impl Default for ServerConfig {
             accept_rate: None,
             trusted_proxy_header: None,
             drain_timeout: Duration::ZERO,
+            metrics_listen: None,
         }
     }
 }

@@ -333,10 +333,19 @@ impl Server {
                 )),
             );
         }
+        let metrics_listener = match shared.config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         Ok(BoundServer {
             shared,
             listener,
             local_addr,
+            metrics_listener,
         })
     }
 
@@ -390,6 +399,8 @@ pub struct BoundServer {
     shared: Arc<Shared>,
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// The `metrics_listen` socket, when configured.
+    metrics_listener: Option<TcpListener>,
 }
 
 impl BoundServer {
@@ -419,6 +430,13 @@ impl BoundServer {
         &self.shared.hub
     }
 
+    /// The address `GET /metrics` is served on alone (`metrics_listen`), if configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     /// The server's own counters.
     pub fn stats(&self) -> ServerStats {
         self.shared.counters.snapshot()
@@ -434,7 +452,14 @@ impl BoundServer {
             shared,
             listener,
             local_addr,
+            metrics_listener,
         } = self;
+        let metrics = metrics_listener.map(|l| {
+            tokio::spawn(crate::transport::metrics::serve_alone(
+                l,
+                Arc::clone(&shared),
+            ))
+        });
         let config = &shared.config;
         tracing::info!(
             url = %format!("{}://{}", if shared.tls.is_some() { "https" } else { "http" }, local_addr),
@@ -502,6 +527,9 @@ impl BoundServer {
             );
         }
         sweeper.abort();
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
         tracing::info!("stopped");
         Ok(())
     }

@@ -166,3 +166,29 @@ async fn metrics_count_a_scripted_load() {
     assert!(head.contains("no-store"), "{head}");
     let _ = tx.send(());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_listen_serves_metrics_alone_on_a_second_port() {
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..ServerConfig::default()
+    };
+    let bound = Server::builder()
+        .config(config)
+        .build()
+        .unwrap()
+        .bind()
+        .await
+        .unwrap();
+    let metrics = bound.metrics_addr().expect("a metrics port");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(bound.run_until(async move {
+        let _ = rx.await;
+    }));
+    let s = scrape(metrics).await;
+    assert_eq!(at(&s, "switchboard_connections{protocol=\"raw\"}"), 0.0);
+    let (head, _) = get(metrics, "/health").await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    let _ = tx.send(());
+}

@@ -48,6 +48,32 @@ impl Endpoint for Metrics {
     }
 }
 
+/// Serves `GET /metrics` alone on `listener` (the `metrics_listen` port) until the task is
+/// aborted; any other request is answered 404.
+pub(crate) async fn serve_alone(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            continue;
+        };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let r = match (req.method(), req.uri().path()) {
+                    (&Method::GET | &Method::HEAD, "/metrics") => response(&shared),
+                    _ => crate::transport::http::text(http::StatusCode::NOT_FOUND, "not found"),
+                };
+                std::future::ready(Ok::<_, std::convert::Infallible>(r))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
 /// The `/metrics` answer.
 pub(crate) fn response(shared: &Arc<Shared>) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(render(shared))));
