@@ -556,6 +556,14 @@ mod tests {
             4500
         );
         assert_eq!(code(&mut d, Ending::Panic("x".into())).unwrap().0, 1011);
+        assert_eq!(
+            code(&mut d, Ending::Flood).unwrap(),
+            (1008, "message rate exceeded".into())
+        );
+        assert_eq!(
+            code(&mut d, Ending::Hub(CloseReason::Restart)).unwrap(),
+            (1012, "service restart".into())
+        );
         assert_eq!(code(&mut d, Ending::Dead), None);
         assert_eq!(code(&mut d, Ending::Stalled), None);
         d.joined = false;

@@ -374,6 +374,21 @@ mod tests {
         })
     }
 
+    #[test]
+    fn flood_and_drain_close_the_websocket_with_their_codes() {
+        let shared = shared();
+        let mut d = driver(&shared);
+        assert_eq!(
+            d.close_frame(&Ending::Flood),
+            Some((CloseCode::POLICY, Cow::Borrowed("message rate exceeded")))
+        );
+        let mut d = driver(&shared);
+        assert_eq!(
+            d.close_frame(&Ending::Hub(CloseReason::Restart)),
+            Some((CloseCode(1012), Cow::Borrowed("service restart")))
+        );
+    }
+
     fn driver(shared: &Arc<Shared>) -> SocketIoDriver {
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let open = Bytes::from_static(b"0{\"sid\":\"s\"}");
