@@ -304,6 +304,7 @@ if wanted interop; then
       else
         run_suite "interop: python_client.py" 300 "$INTEROP/.venv/bin/python" "$INTEROP/python_client.py"
         run_suite "interop: cent_api.py" 120 "$INTEROP/.venv/bin/python" "$INTEROP/cent_api.py"
+        run_suite "interop: metrics_scrape.py" 120 "$INTEROP/.venv/bin/python" "$INTEROP/metrics_scrape.py"
       fi
       if skip_requested SKIP_BROWSER; then
         skip_suite "interop: ${BROWSER_SUITES[*]}" "SKIP_BROWSER=1"

@@ -185,6 +185,73 @@ pub struct ServeArgs {
     /// Secret of the Pusher app given by --pusher-app-id.
     #[arg(long, env = "SWITCHBOARD_PUSHER_APP_SECRET", value_name = "SECRET")]
     pub pusher_app_secret: Option<String>,
+    /// Most concurrent connections from one client address; further ones get HTTP 503
+    /// [default: unlimited].
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+
+    /// New connections per second from one client address; further ones get HTTP 429
+    /// [default: unlimited].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_CONNECTION_RATE_PER_IP",
+        value_name = "PER_SEC"
+    )]
+    pub connection_rate_per_ip: Option<f64>,
+
+    /// Most concurrent connections of one authenticated user [default: unlimited].
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS_PER_USER", value_name = "N")]
+    pub max_connections_per_user: Option<usize>,
+
+    /// Messages per second one connection may send; over it messages are dropped, then the
+    /// connection is closed with the protocol's policy code [default: unlimited].
+    #[arg(long, env = "SWITCHBOARD_CLIENT_MESSAGE_RATE", value_name = "PER_SEC")]
+    pub client_message_rate: Option<f64>,
+
+    /// Messages one connection may send at once above --client-message-rate [default: the
+    /// rate].
+    #[arg(long, env = "SWITCHBOARD_CLIENT_MESSAGE_BURST", value_name = "N")]
+    pub client_message_burst: Option<u32>,
+
+    /// Payload bytes per second one connection may send [default: unlimited].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_CLIENT_BYTES_RATE",
+        value_name = "BYTES_PER_SEC"
+    )]
+    pub client_bytes_rate: Option<f64>,
+
+    /// Most channels one connection may be subscribed to at once [default: unlimited].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_SUBSCRIPTIONS_PER_CONNECTION",
+        value_name = "N"
+    )]
+    pub max_subscriptions_per_connection: Option<usize>,
+
+    /// Longest channel name accepted from clients, in bytes [default: unlimited].
+    #[arg(long, env = "SWITCHBOARD_MAX_CHANNEL_LENGTH", value_name = "BYTES")]
+    pub max_channel_length: Option<usize>,
+
+    /// New connections per second the whole server accepts; further upgrades get HTTP 503
+    /// [default: unlimited].
+    #[arg(long, env = "SWITCHBOARD_ACCEPT_RATE", value_name = "PER_SEC")]
+    pub accept_rate: Option<f64>,
+
+    /// Request header with the client address set by a trusted reverse proxy (e.g.
+    /// X-Forwarded-For, last entry used) [default: none, the socket's peer address].
+    #[arg(long, env = "SWITCHBOARD_TRUSTED_PROXY_HEADER", value_name = "HEADER")]
+    pub trusted_proxy_header: Option<String>,
+
+    /// Seconds over which SIGTERM tells connections to reconnect elsewhere before exiting
+    /// [default: 0, all at once].
+    #[arg(long, env = "SWITCHBOARD_DRAIN_TIMEOUT", value_name = "SECS", value_parser = parse_secs)]
+    pub drain_timeout: Option<Duration>,
+
+    /// A second address serving only GET /metrics (plain HTTP) [default: none; /metrics is
+    /// on the main port anyway].
+    #[arg(long, env = "SWITCHBOARD_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -227,6 +294,42 @@ impl ServeArgs {
         }
         if let Some(v) = self.max_connections {
             c.max_connections = Some(v);
+        }
+        if let Some(v) = self.max_connections_per_ip {
+            c.max_connections_per_ip = Some(v);
+        }
+        if let Some(v) = self.connection_rate_per_ip {
+            c.connection_rate_per_ip = Some(v);
+        }
+        if let Some(v) = self.max_connections_per_user {
+            c.max_connections_per_user = Some(v);
+        }
+        if let Some(v) = self.client_message_rate {
+            c.client_message_rate = Some(v);
+        }
+        if let Some(v) = self.client_message_burst {
+            c.client_message_burst = Some(v);
+        }
+        if let Some(v) = self.client_bytes_rate {
+            c.client_bytes_rate = Some(v);
+        }
+        if let Some(v) = self.max_subscriptions_per_connection {
+            c.max_subscriptions_per_connection = Some(v);
+        }
+        if let Some(v) = self.max_channel_length {
+            c.max_channel_length = Some(v);
+        }
+        if let Some(v) = self.accept_rate {
+            c.accept_rate = Some(v);
+        }
+        if let Some(v) = &self.trusted_proxy_header {
+            c.trusted_proxy_header = Some(v.clone());
+        }
+        if let Some(v) = self.drain_timeout {
+            c.drain_timeout = v;
+        }
+        if let Some(v) = self.metrics_listen {
+            c.metrics_listen = Some(v);
         }
         if let Some(v) = self.max_message_size {
             c.max_message_size = v;

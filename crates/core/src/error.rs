@@ -24,6 +24,9 @@ pub enum CloseReason {
     /// (a gap in a shared stream that history no longer holds): the client must reload
     /// what it shows and reconnect.
     MissedPublications,
+    /// The server is draining before a restart: the client should reconnect (to
+    /// another node) at once.
+    Restart,
 }
 
 impl CloseReason {
@@ -39,6 +42,7 @@ impl CloseReason {
             CloseReason::Kicked => 1008,
             // Private-use range (RFC 6455 §7.4.2), documented in the README.
             CloseReason::MissedPublications => 4500,
+            CloseReason::Restart => 1012,
         }
     }
 
@@ -50,6 +54,7 @@ impl CloseReason {
             CloseReason::Shutdown => "server shutting down",
             CloseReason::Kicked => "disconnected",
             CloseReason::MissedPublications => "missed publications",
+            CloseReason::Restart => "service restart",
         }
     }
 }
@@ -62,6 +67,7 @@ impl std::fmt::Display for CloseReason {
             CloseReason::Shutdown => "shutdown",
             CloseReason::Kicked => "kicked",
             CloseReason::MissedPublications => "missed publications",
+            CloseReason::Restart => "restart",
         };
         f.write_str(s)
     }
@@ -82,6 +88,22 @@ pub enum HubError {
     /// [`HubLimits::max_room_members`](crate::HubLimits::max_room_members) members.
     #[error("room is full (limit {limit})")]
     RoomFull {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// `register` was refused because the user already has
+    /// [`HubLimits::max_connections_per_user`](crate::HubLimits::max_connections_per_user)
+    /// connections.
+    #[error("too many connections of this user (limit {limit})")]
+    TooManyUserConnections {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// `subscribe` was refused because the connection is already a member of
+    /// [`HubLimits::max_subscriptions_per_connection`](crate::HubLimits::max_subscriptions_per_connection)
+    /// channels.
+    #[error("too many subscriptions (limit {limit})")]
+    TooManySubscriptions {
         /// The configured limit.
         limit: usize,
     },

@@ -204,6 +204,8 @@ pub(crate) struct HubInner {
     pub(crate) history_bytes: AtomicUsize,
     /// Held by the one publisher enforcing the history memory cap.
     evicting: Mutex<()>,
+    /// Registered connections per user, kept only under a per-user limit.
+    per_user: Mutex<HashMap<String, usize>>,
 }
 
 impl HubInner {
@@ -261,6 +263,7 @@ impl Hub {
                 stats: StatsCounters::default(),
                 history_bytes: AtomicUsize::new(0),
                 evicting: Mutex::new(()),
+                per_user: Mutex::default(),
             }),
         }
     }
@@ -286,6 +289,18 @@ impl Hub {
             let limit = inner.limits.max_connections.unwrap_or(usize::MAX);
             tracing::debug!(limit, remote = %info.remote_addr, "connection refused: limit reached");
             return Err(HubError::TooManyConnections { limit });
+        }
+        if let (Some(limit), Some(user)) = (inner.limits.max_connections_per_user, &info.user) {
+            let mut per_user = inner.per_user.lock();
+            let n = per_user.entry(user.clone()).or_insert(0);
+            if *n >= limit {
+                drop(per_user);
+                inner.stats.remove_connection();
+                inner.stats.rejected_connection();
+                tracing::debug!(limit, user, "connection refused: user limit reached");
+                return Err(HubError::TooManyUserConnections { limit });
+            }
+            *n += 1;
         }
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let entry = Arc::new(ConnEntry {
@@ -357,6 +372,11 @@ impl Hub {
         if subs.removed {
             let reason = entry.outbox.close_reason().unwrap_or(CloseReason::Normal);
             return Err(HubError::ConnectionClosed(reason));
+        }
+        if let Some(max) = inner.limits.max_subscriptions_per_connection {
+            if subs.channels.len() >= max && !subs.channels.contains(channel) {
+                return Err(HubError::TooManySubscriptions { limit: max });
+            }
         }
         let limit = inner.limits.max_room_members;
         if limit == Some(0) && !subs.channels.contains(channel) {
@@ -781,6 +801,16 @@ impl Hub {
         self.channel(name).map_or(0, |c| c.member_count())
     }
 
+    /// Every registered connection (a scan: for shutdown and administration, not per
+    /// message).
+    pub fn connection_ids(&self) -> Vec<ConnId> {
+        let mut ids = Vec::new();
+        for shard in self.inner.conns.iter() {
+            ids.extend(shard.lock().keys().copied());
+        }
+        ids
+    }
+
     /// Closes connection `id` with `reason` (see [`ConnHandle::close`]).
     /// Returns false if no such connection is registered.
     pub fn disconnect(&self, id: ConnId, reason: CloseReason) -> bool {
@@ -1037,6 +1067,17 @@ impl Hub {
         }
         if self.conn_shard(entry.id).lock().remove(&entry.id).is_some() {
             self.inner.stats.remove_connection();
+            if let (Some(_), Some(user)) =
+                (self.inner.limits.max_connections_per_user, &entry.info.user)
+            {
+                let mut per_user = self.inner.per_user.lock();
+                if let Some(n) = per_user.get_mut(user.as_str()) {
+                    *n -= 1;
+                    if *n == 0 {
+                        per_user.remove(user.as_str());
+                    }
+                }
+            }
         }
         true
     }

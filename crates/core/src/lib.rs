@@ -204,7 +204,7 @@ pub use hub::{
 };
 pub use limits::{HubLimits, SlowConsumerPolicy};
 pub use namespace::{ChannelOptions, Namespaces, NAMESPACE_SEPARATOR};
-pub use node::{ControlHandler, GapHandler, Node, NodeError};
+pub use node::{ControlHandler, GapHandler, GapStats, Node, NodeError};
 pub use outbox::Outbox;
 pub use presence::{ClientInfo, MemberEvent, PresenceStats};
 pub use publication::{ConnId, Control, Delivery, Payload, PayloadKind, Publication, WireFormat};

@@ -36,6 +36,10 @@ pub struct HubLimits {
     pub outbox_max_bytes: usize,
     /// What to do when an outbox is full.
     pub slow_consumer: SlowConsumerPolicy,
+    /// Maximum registered connections of one authenticated user; `None` for no limit.
+    pub max_connections_per_user: Option<usize>,
+    /// Maximum channels one connection is a member of at once; `None` for no limit.
+    pub max_subscriptions_per_connection: Option<usize>,
 }
 
 impl HubLimits {
@@ -53,6 +57,8 @@ impl Default for HubLimits {
             outbox_max_messages: Self::DEFAULT_OUTBOX_MAX_MESSAGES,
             outbox_max_bytes: Self::DEFAULT_OUTBOX_MAX_BYTES,
             slow_consumer: SlowConsumerPolicy::Close,
+            max_connections_per_user: None,
+            max_subscriptions_per_connection: None,
         }
     }
 }

@@ -219,6 +219,15 @@ enum Task {
     },
 }
 
+/// Gap counters of a [`Node`] (see the module documentation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GapStats {
+    /// Gap fills started (offset jumps, resyncs, new epochs filled from history).
+    pub fills: u64,
+    /// Gaps that could not be filled: the gap handler was told.
+    pub unfilled: u64,
+}
+
 struct NodeInner {
     hub: Hub,
     broker: Arc<dyn Broker>,
@@ -231,6 +240,8 @@ struct NodeInner {
     fills: mpsc::UnboundedSender<(String, u64)>,
     fills_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, u64)>>>,
     next_fill: AtomicU64,
+    /// Gaps that could not be filled (the gap handler was told), since start.
+    gaps_unfilled: AtomicU64,
     /// Channels the broker listens to for this node. Held across the broker call that
     /// changes it, so a subscribe and an unsubscribe of one channel never interleave.
     listening: tokio::sync::Mutex<HashSet<String>>,
@@ -284,6 +295,7 @@ impl Node {
                 fills,
                 fills_rx: Mutex::new(Some(fills_rx)),
                 next_fill: AtomicU64::new(1),
+                gaps_unfilled: AtomicU64::new(0),
                 listening: tokio::sync::Mutex::new(HashSet::new()),
                 tasks: tx,
                 tasks_rx: Mutex::new(Some(rx)),
@@ -319,6 +331,15 @@ impl Node {
     /// The broker's kind and whether it is reachable.
     pub fn broker_status(&self) -> BrokerStatus {
         self.inner.broker.status()
+    }
+
+    /// Gap fills started and gaps that could not be filled, since start (both 0 with the
+    /// in-memory broker, which has no gaps).
+    pub fn gap_stats(&self) -> GapStats {
+        GapStats {
+            fills: self.inner.next_fill.load(Ordering::Relaxed) - 1,
+            unfilled: self.inner.gaps_unfilled.load(Ordering::Relaxed),
+        }
     }
 
     /// Sets the function told about channels whose subscribers may have missed
@@ -840,6 +861,7 @@ impl NodeInner {
 
     /// A gap that could not be filled: the subscribers are told.
     fn gap(&self, channel: &str, why: &str) {
+        self.gaps_unfilled.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             channel,
             reason = why,

@@ -66,3 +66,45 @@ fn zero_member_limit_creates_no_channel() {
     );
     assert_eq!(hub.channel_count(), 0);
 }
+
+#[test]
+fn max_connections_per_user_counts_each_user_apart_and_frees_on_drop() {
+    let hub = Hub::new(HubLimits {
+        max_connections_per_user: Some(2),
+        ..HubLimits::default()
+    });
+    let user = |u: &str| ConnInfo::new("a", "raw").with_user(u);
+    let a1 = hub.register(user("alice")).unwrap();
+    let _a2 = hub.register(user("alice")).unwrap();
+    assert_eq!(
+        hub.register(user("alice")).unwrap_err(),
+        HubError::TooManyUserConnections { limit: 2 }
+    );
+    assert!(hub.register(user("bob")).is_ok());
+    // Anonymous connections are not counted against anyone.
+    for _ in 0..3 {
+        assert!(hub.register(ConnInfo::new("a", "raw")).is_ok());
+    }
+    assert_eq!(hub.stats().rejections.connections, 1);
+    drop(a1);
+    assert!(hub.register(user("alice")).is_ok());
+}
+
+#[test]
+fn max_subscriptions_per_connection_refuses_the_next_channel_only() {
+    let hub = Hub::new(HubLimits {
+        max_subscriptions_per_connection: Some(2),
+        ..HubLimits::default()
+    });
+    let (conn, _outbox) = hub.register(ConnInfo::new("a", "raw")).unwrap();
+    hub.subscribe(&conn, "one").unwrap();
+    hub.subscribe(&conn, "two").unwrap();
+    assert_eq!(
+        hub.subscribe(&conn, "three").unwrap_err(),
+        HubError::TooManySubscriptions { limit: 2 }
+    );
+    // Subscribing again to a channel it is in is not a new subscription.
+    hub.subscribe(&conn, "two").unwrap();
+    hub.unsubscribe(&conn, "one");
+    hub.subscribe(&conn, "three").unwrap();
+}

@@ -206,6 +206,51 @@ pub struct ServerConfig {
     /// connection is encrypted but not authenticated).
     #[serde(alias = "broker-tls-insecure")]
     pub broker_tls_insecure: bool,
+    /// Most concurrent connections from one client address; further ones get HTTP 503.
+    #[serde(alias = "max-connections-per-ip")]
+    pub max_connections_per_ip: Option<usize>,
+    /// New connections per second allowed from one client address (bursts of as many);
+    /// further ones get HTTP 429 with `Retry-After`.
+    #[serde(alias = "connection-rate-per-ip")]
+    pub connection_rate_per_ip: Option<f64>,
+    /// Most concurrent connections of one authenticated user (every protocol together);
+    /// a further one is refused with the protocol's limit code.
+    #[serde(alias = "max-connections-per-user")]
+    pub max_connections_per_user: Option<usize>,
+    /// Messages per second one connection may send on average; over it messages are
+    /// dropped, and a client that keeps on is closed with the protocol's policy code.
+    #[serde(alias = "client-message-rate")]
+    pub client_message_rate: Option<f64>,
+    /// Messages one connection may send at once above `client_message_rate` [default: the
+    /// rate].
+    #[serde(alias = "client-message-burst")]
+    pub client_message_burst: Option<u32>,
+    /// Payload bytes per second one connection may send on average (bursts of one second's
+    /// worth); treated like `client_message_rate`.
+    #[serde(alias = "client-bytes-rate")]
+    pub client_bytes_rate: Option<f64>,
+    /// Most channels one connection may be subscribed to at once.
+    #[serde(alias = "max-subscriptions-per-connection")]
+    pub max_subscriptions_per_connection: Option<usize>,
+    /// Longest channel name accepted from clients, in bytes.
+    #[serde(alias = "max-channel-length")]
+    pub max_channel_length: Option<usize>,
+    /// New connections per second the whole server accepts (bursts of as many); further
+    /// upgrades get HTTP 503 with `Retry-After`.
+    #[serde(alias = "accept-rate")]
+    pub accept_rate: Option<f64>,
+    /// The request header holding the client's address as seen by a trusted reverse proxy
+    /// (e.g. `X-Forwarded-For`, last entry used); only honoured when set.
+    #[serde(alias = "trusted-proxy-header")]
+    pub trusted_proxy_header: Option<String>,
+    /// On SIGTERM: the window over which connections are told to reconnect elsewhere
+    /// (spread with jitter) before the server exits; 0 closes them all at once.
+    #[serde(alias = "drain-timeout", deserialize_with = "secs")]
+    pub drain_timeout: Duration,
+    /// A second address serving only `GET /metrics` (plain HTTP), e.g. on an internal
+    /// interface; `/metrics` stays on the main port too.
+    #[serde(alias = "metrics-listen")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -249,6 +294,18 @@ impl Default for ServerConfig {
             broker_tls_cert: None,
             broker_tls_key: None,
             broker_tls_insecure: false,
+            max_connections_per_ip: None,
+            connection_rate_per_ip: None,
+            max_connections_per_user: None,
+            client_message_rate: None,
+            client_message_burst: None,
+            client_bytes_rate: None,
+            max_subscriptions_per_connection: None,
+            max_channel_length: None,
+            accept_rate: None,
+            trusted_proxy_header: None,
+            drain_timeout: Duration::ZERO,
+            metrics_listen: None,
         }
     }
 }
@@ -301,6 +358,23 @@ impl ServerConfig {
         }
         if self.broker_tls_cert.is_some() != self.broker_tls_key.is_some() {
             return Err("broker_tls_cert and broker_tls_key go together".into());
+        }
+        for (name, rate) in [
+            ("connection_rate_per_ip", self.connection_rate_per_ip),
+            ("client_message_rate", self.client_message_rate),
+            ("client_bytes_rate", self.client_bytes_rate),
+            ("accept_rate", self.accept_rate),
+        ] {
+            if rate.is_some_and(|r| !(r.is_finite() && r >= 0.0)) {
+                return Err(format!("{name} must be a non-negative number"));
+            }
+        }
+        if self
+            .trusted_proxy_header
+            .as_deref()
+            .is_some_and(|h| http::HeaderName::from_bytes(h.as_bytes()).is_err())
+        {
+            return Err("trusted_proxy_header is not a valid header name".into());
         }
         if self.allowed_origins.is_empty() {
             return Err("allowed origins must not be empty (use * to allow any)".into());
@@ -410,6 +484,43 @@ mod tests {
         assert!(c.channel.default.presence);
         assert_eq!(c.channel.namespaces["chat"].history_size, 10);
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn abuse_limits_from_toml() {
+        let c: ServerConfig = toml::from_str(
+            r#"
+            max_connections_per_ip = 10
+            connection_rate_per_ip = 2.5
+            max_connections_per_user = 3
+            client_message_rate = 50
+            client_message_burst = 100
+            client_bytes_rate = 65536
+            max_subscriptions_per_connection = 20
+            max_channel_length = 64
+            accept_rate = 500
+            trusted_proxy_header = "X-Forwarded-For"
+            drain_timeout = 30
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.max_connections_per_ip, Some(10));
+        assert_eq!(c.connection_rate_per_ip, Some(2.5));
+        assert_eq!(c.max_connections_per_user, Some(3));
+        assert_eq!(c.client_message_rate, Some(50.0));
+        assert_eq!(c.client_message_burst, Some(100));
+        assert_eq!(c.client_bytes_rate, Some(65536.0));
+        assert_eq!(c.max_subscriptions_per_connection, Some(20));
+        assert_eq!(c.max_channel_length, Some(64));
+        assert_eq!(c.accept_rate, Some(500.0));
+        assert_eq!(c.trusted_proxy_header.as_deref(), Some("X-Forwarded-For"));
+        assert_eq!(c.drain_timeout, Duration::from_secs(30));
+        assert!(c.validate().is_ok());
+        let bad = ServerConfig {
+            client_message_rate: Some(-1.0),
+            ..Default::default()
+        };
+        assert!(bad.validate().is_err());
     }
 
     #[test]

@@ -73,6 +73,57 @@ pub fn rss_bytes() -> u64 {
     pages * u64::try_from(page).unwrap_or(4096)
 }
 
+/// What `/metrics` shows of the process besides its memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct ProcessStats {
+    /// User plus system CPU time (`/proc/self/stat`).
+    pub(crate) cpu_seconds: f64,
+    /// Open file descriptors (`/proc/self/fd`).
+    pub(crate) open_fds: usize,
+    /// The soft open-files limit.
+    pub(crate) max_fds: u64,
+}
+
+/// Reads [`ProcessStats`]; fields that cannot be read are 0.
+pub(crate) fn process_stats() -> ProcessStats {
+    let cpu_seconds = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            // The command name (field 2) may hold spaces: count fields after its `)`.
+            let rest = &stat[stat.rfind(')')? + 1..];
+            let mut fields = rest.split_whitespace();
+            // After `)`: state is field 3, utime field 14, stime field 15.
+            let utime: u64 = fields.nth(11)?.parse().ok()?;
+            let stime: u64 = fields.next()?.parse().ok()?;
+            // SAFETY: sysconf with a valid name has no preconditions.
+            let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+            let tick = if tick > 0 { tick as f64 } else { 100.0 };
+            Some((utime + stime) as f64 / tick)
+        })
+        .unwrap_or(0.0);
+    let open_fds = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    let max_fds = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        // `rlim_t` is `u64` on Linux, not everywhere.
+        #[allow(clippy::unnecessary_cast)]
+        let current = limit.rlim_cur as u64;
+        current
+    } else {
+        0
+    };
+    ProcessStats {
+        cpu_seconds,
+        open_fds,
+        max_fds,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +150,15 @@ mod tests {
     #[test]
     fn rss_is_read() {
         assert!(rss_bytes() > 0);
+    }
+
+    #[test]
+    fn process_stats_are_read() {
+        let p = process_stats();
+        if cfg!(target_os = "linux") {
+            assert!(p.open_fds > 0);
+            assert!(p.max_fds > 0);
+            assert!(p.cpu_seconds >= 0.0);
+        }
     }
 }

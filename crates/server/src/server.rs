@@ -88,12 +88,16 @@ impl ServerBuilder {
     /// Check the configuration and load TLS material.
     pub fn build(self) -> Result<Server, ServerError> {
         let ServerBuilder {
-            config,
+            mut config,
             hub,
             on_message,
             tls,
         } = self;
         config.validate().map_err(ServerError::Config)?;
+        if let Some(max) = config.max_channel_length {
+            // The top-level key overrides `[channel] max_channel_length`.
+            config.channel.max_channel_length = max;
+        }
         let tls = match (tls, &config.tls_cert, &config.tls_key) {
             (Some(acceptor), _, _) => Some(acceptor),
             (None, Some(cert), Some(key)) => Some(tls::load_acceptor(cert, key)?),
@@ -126,6 +130,20 @@ impl ServerBuilder {
             DeflatePolicy::disabled()
         };
         let router = Arc::new(endpoints(&config, on_message));
+        let admission = crate::conn::limits::Admission::new(
+            config.max_connections_per_ip,
+            crate::conn::limits::Rate::new(config.connection_rate_per_ip, None),
+            crate::conn::limits::Rate::new(config.accept_rate, None),
+        );
+        let counters = Arc::new(ServerCounters::default());
+        // Every protocol's series exist in `/metrics` from the start, at zero.
+        for protocol in [
+            switchboard_protocols::raw::PROTOCOL,
+            switchboard_protocols::centrifugo::PROTOCOL,
+            switchboard_protocols::socketio::PROTOCOL,
+        ] {
+            counters.protocol(protocol);
+        }
         Ok(Server {
             shared: Arc::new(Shared {
                 config,
@@ -134,10 +152,11 @@ impl ServerBuilder {
                 origins,
                 deflate,
                 tls,
-                counters: Arc::new(ServerCounters::default()),
+                counters,
                 started: Instant::now(),
                 verifier,
                 router,
+                admission: Arc::new(admission),
             }),
         })
     }
@@ -151,6 +170,7 @@ fn endpoints(config: &ServerConfig, on_message: Option<MessageHook>) -> Router {
     router
         .register(Arc::new(Page))
         .register(Arc::new(Health))
+        .register(Arc::new(crate::transport::metrics::Metrics))
         .register(Arc::new(crate::api::Api))
         .register(Arc::new(crate::protocol::centrifugo::Centrifugo))
         .register(Arc::new(crate::protocol::socketio::SocketIo::new()))
@@ -177,6 +197,8 @@ pub fn hub_limits(config: &ServerConfig) -> HubLimits {
             SlowConsumer::Close => SlowConsumerPolicy::Close,
             SlowConsumer::DropOldest => SlowConsumerPolicy::DropOldest,
         },
+        max_connections_per_user: config.max_connections_per_user,
+        max_subscriptions_per_connection: config.max_subscriptions_per_connection,
     }
 }
 
@@ -320,10 +342,19 @@ impl Server {
                 )),
             );
         }
+        let metrics_listener = match shared.config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         Ok(BoundServer {
             shared,
             listener,
             local_addr,
+            metrics_listener,
         })
     }
 
@@ -333,11 +364,52 @@ impl Server {
     }
 }
 
+/// Drains the server over `window`: new connections are refused and `/health` answers 503
+/// "draining"; every connection is told to reconnect elsewhere (its protocol's signal for
+/// [`CloseReason::Restart`](switchboard_core::CloseReason::Restart): raw 1012, Centrifugo
+/// 3011, Socket.IO 1012) at a random moment in the first 90% of the window, so clients do
+/// not all reconnect at once. Returns when no connection is left or at the end of the
+/// window.
+async fn drain(shared: &Shared, window: std::time::Duration) {
+    use std::hash::BuildHasher;
+    shared.admission.start_draining();
+    let start = tokio::time::Instant::now();
+    let ids = shared.hub.connection_ids();
+    tracing::info!(
+        connections = ids.len(),
+        window_secs = window.as_secs_f64(),
+        "draining: telling connections to reconnect elsewhere"
+    );
+    // One random moment per connection: the closes are spread evenly over the window,
+    // in no particular order.
+    let seed = std::collections::hash_map::RandomState::new();
+    let mut plan: Vec<_> = ids
+        .into_iter()
+        .map(|id| {
+            let unit = (seed.hash_one(id) >> 11) as f64 / (1u64 << 53) as f64;
+            (window.mul_f64(0.9 * unit), id)
+        })
+        .collect();
+    plan.sort_unstable();
+    for (at, id) in plan {
+        tokio::time::sleep_until(start + at).await;
+        shared
+            .hub
+            .disconnect(id, switchboard_core::CloseReason::Restart);
+    }
+    let deadline = start + window;
+    while shared.counters.active() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// A server with its socket bound, ready to run.
 pub struct BoundServer {
     shared: Arc<Shared>,
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// The `metrics_listen` socket, when configured.
+    metrics_listener: Option<TcpListener>,
 }
 
 impl BoundServer {
@@ -367,20 +439,36 @@ impl BoundServer {
         &self.shared.hub
     }
 
+    /// The address `GET /metrics` is served on alone (`metrics_listen`), if configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     /// The server's own counters.
     pub fn stats(&self) -> ServerStats {
         self.shared.counters.snapshot()
     }
 
-    /// Serve until `shutdown` resolves, then shut down gracefully: stop accepting, send close
-    /// 1001 "going away" to every WebSocket, and wait up to `shutdown_timeout` for the close
-    /// handshakes. Returns once that is done.
+    /// Serve until `shutdown` resolves, then shut down gracefully: with a `drain_timeout`,
+    /// first drain (see `drain`: `/health` 503, connections told to reconnect elsewhere,
+    /// spread over the window); then stop accepting, send close 1001 "going away" to every
+    /// WebSocket left, and wait up to `shutdown_timeout` for the close handshakes. Returns
+    /// once that is done.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let BoundServer {
             shared,
             listener,
             local_addr,
+            metrics_listener,
         } = self;
+        let metrics = metrics_listener.map(|l| {
+            tokio::spawn(crate::transport::metrics::serve_alone(
+                l,
+                Arc::clone(&shared),
+            ))
+        });
         let config = &shared.config;
         tracing::info!(
             url = %format!("{}://{}", if shared.tls.is_some() { "https" } else { "http" }, local_addr),
@@ -402,6 +490,7 @@ impl BoundServer {
         let sweeper = {
             let hub = shared.hub.clone();
             let counters = Arc::clone(&shared.counters);
+            let admission = Arc::clone(&shared.admission);
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(SWEEP_INTERVAL);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -409,6 +498,7 @@ impl BoundServer {
                 loop {
                     tick.tick().await;
                     hub.sweep();
+                    admission.sweep();
                     let peak = counters.take_peak_active();
                     if trimmer.after_sweep(peak, counters.active(), hub.channel_count()) {
                         tracing::debug!("burst over: free memory returned to the system");
@@ -420,7 +510,16 @@ impl BoundServer {
         tokio::pin!(accept);
         tokio::select! {
             _ = &mut accept => {}
-            _ = shutdown => {}
+            _ = shutdown => {
+                if !config.drain_timeout.is_zero() {
+                    // The listener stays open meanwhile: `/health` answers 503 "draining"
+                    // and upgrades are refused, so load balancers move clients elsewhere.
+                    tokio::select! {
+                        _ = &mut accept => {}
+                        _ = drain(&shared, config.drain_timeout) => {}
+                    }
+                }
+            }
         }
         tracing::info!(connections = shared.counters.active(), "shutting down");
         switch.trigger();
@@ -437,6 +536,9 @@ impl BoundServer {
             );
         }
         sweeper.abort();
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
         tracing::info!("stopped");
         Ok(())
     }

@@ -30,4 +30,6 @@ pub(crate) struct Shared {
     pub(crate) verifier: TokenVerifier,
     /// What answers each request path.
     pub(crate) router: Arc<Router>,
+    /// Per-address and server-wide admission limits (every protocol's upgrade).
+    pub(crate) admission: Arc<crate::conn::limits::Admission>,
 }

@@ -109,6 +109,9 @@ pub(crate) enum Ending {
     Panic(String),
     /// The protocol ends the connection with this close code and reason.
     Close(u16, Cow<'static, str>),
+    /// The client went on sending over `client_message_rate` / `client_bytes_rate` after
+    /// its messages were being dropped: closed with the protocol's policy code.
+    Flood,
 }
 
 /// A wire protocol's state machine for one connection.

@@ -43,8 +43,9 @@ use tokio::time::{Instant, Sleep};
 use super::crash;
 use super::driver::{Driver, Ending, Out, OutFrame};
 use super::heartbeat::{Activity, Beat, Heartbeat};
+use super::limits::{Flood, FloodLimits, Verdict};
 use super::shutdown::ShutdownToken;
-use super::stats::{ConnectionSlot, Counter, ServerCounters};
+use super::stats::{CloseKind, ConnectionSlot, Counter, OpenConnection, ServerCounters};
 
 /// How long to wait for the peer's close reply after sending ours (outside shutdown), and
 /// at most for our close frame to be written.
@@ -153,6 +154,8 @@ pub(crate) struct Limits {
     pub(crate) ping_timeout: Duration,
     /// How long the peer's close reply is awaited at shutdown.
     pub(crate) shutdown_timeout: Duration,
+    /// The message and byte rates a client may send at.
+    pub(crate) flood: FloodLimits,
 }
 
 /// Who the connection is, for logs and counters.
@@ -278,6 +281,10 @@ struct Running<T, D> {
     shutdown_timeout: Duration,
     who: Identity,
     counters: Arc<ServerCounters>,
+    /// The protocol's traffic counters; counts the connection open while it lives.
+    traffic: OpenConnection,
+    /// The flood guard, when a client message or byte rate is configured.
+    flood: Option<Box<Flood>>,
     token: ShutdownToken,
 }
 
@@ -326,6 +333,11 @@ fn open<T: Transport, D: Driver>(start: Start<T, D>) -> (Running<T, D>, Result<(
         transport.activity(),
     );
     tracing::debug!(peer = %who.peer, id = who.id, protocol = who.protocol, "connected");
+    let traffic = counters.protocol(who.protocol).open();
+    let flood = limits
+        .flood
+        .is_on()
+        .then(|| Box::new(Flood::new(limits.flood)));
     let conn = Running {
         transport,
         driver,
@@ -334,6 +346,8 @@ fn open<T: Transport, D: Driver>(start: Start<T, D>) -> (Running<T, D>, Result<(
         shutdown_timeout: limits.shutdown_timeout,
         who,
         counters,
+        traffic,
+        flood,
         token,
     };
     (conn, opened)
@@ -428,7 +442,24 @@ async fn drive<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Ending {
                 Message::Close(frame) => return Ending::PeerClosed(frame.map(|f| f.code.0)),
                 Message::Ping(_) | Message::Pong(_) => Ok(()),
                 msg @ (Message::Text(_) | Message::Binary(_)) => {
-                    contained(conn.driver.on_message(msg, &mut conn.out)).await
+                    let len = message_len(&msg);
+                    conn.traffic.received.add(1, len as u64);
+                    match conn.flood.as_mut().map_or(Verdict::Pass, |f| f.check(len)) {
+                        Verdict::Pass => {
+                            contained(conn.driver.on_message(msg, &mut conn.out)).await
+                        }
+                        Verdict::Drop { first } => {
+                            conn.counters.bump(Counter::FloodDropped);
+                            if first {
+                                tracing::warn!(peer = %conn.who.peer, id = conn.who.id, protocol = conn.who.protocol, "client over its message rate: dropping its messages");
+                            }
+                            Ok(())
+                        }
+                        Verdict::Close => {
+                            conn.counters.bump(Counter::ClosedFlood);
+                            return Ending::Flood;
+                        }
+                    }
                 }
             },
             Wake::Beat(Beat::Dead) => return Ending::Dead,
@@ -481,10 +512,14 @@ async fn write_out<T: Transport, D: Driver, F: Future<Output = ()>>(
 /// full; returns how many were taken and whether that was all.
 fn feed_out<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Result<(usize, bool), Ending> {
     let mut fed = 0;
+    let mut bytes = 0;
     let mut all = true;
     for frame in conn.out.pending() {
         match conn.transport.feed(frame) {
-            Ok(()) => fed += 1,
+            Ok(()) => {
+                fed += 1;
+                bytes += frame_len(frame);
+            }
             Err(WsError::WouldOverflow) => {
                 all = false;
                 break;
@@ -493,7 +528,45 @@ fn feed_out<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Result<(usize,
         }
     }
     conn.out.consume(fed);
+    if fed > 0 {
+        conn.traffic.sent.add(fed as u64, bytes as u64);
+    }
     Ok((fed, all))
+}
+
+/// A message's payload length, as counted in `/metrics`.
+fn message_len(msg: &Message) -> usize {
+    match msg {
+        Message::Text(b) | Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
+        Message::Close(_) => 0,
+    }
+}
+
+/// A queued frame's payload length, as counted in `/metrics`.
+fn frame_len(frame: &OutFrame) -> usize {
+    match frame {
+        OutFrame::Message(m) => message_len(m),
+        OutFrame::Prepared(p) => p.payload().len(),
+    }
+}
+
+/// How `/metrics` labels an ending.
+fn close_kind(end: &Ending) -> CloseKind {
+    match end {
+        Ending::Shutdown
+        | Ending::Hub(CloseReason::Shutdown)
+        | Ending::Hub(CloseReason::Restart) => CloseKind::Shutdown,
+        Ending::PeerClosed(_) => CloseKind::PeerClosed,
+        Ending::Lost => CloseKind::Lost,
+        Ending::ReadError => CloseKind::ReadError,
+        Ending::Dead => CloseKind::Heartbeat,
+        Ending::Stalled | Ending::Hub(CloseReason::SlowConsumer) => CloseKind::SlowConsumer,
+        Ending::WriteFailed => CloseKind::WriteFailed,
+        Ending::Hub(_) => CloseKind::Hub,
+        Ending::Panic(_) => CloseKind::Panic,
+        Ending::Close(..) => CloseKind::Protocol,
+        Ending::Flood => CloseKind::Flood,
+    }
 }
 
 /// The reading side: the transport, unless the driver paused reading.
@@ -594,9 +667,11 @@ async fn finish<T: Transport, D: Driver>(conn: Running<T, D>, end: Ending) {
         shutdown_timeout,
         who,
         counters,
+        traffic,
         ..
     } = conn;
     let (peer, id, protocol) = (who.peer, who.id, who.protocol);
+    traffic.closed(close_kind(&end));
     match &end {
         Ending::Panic(msg) => {
             counters.bump(Counter::ClosedPanic);
@@ -656,6 +731,7 @@ pub(crate) fn connection_future_size<T: Transport, D: Driver>(transport: T, driv
             ping_interval: Duration::from_secs(25),
             ping_timeout: Duration::from_secs(20),
             shutdown_timeout: Duration::from_secs(1),
+            flood: FloodLimits::default(),
         },
         who: Identity {
             peer: ([127, 0, 0, 1], 0).into(),

@@ -3,7 +3,7 @@
 //! Every rejection is counted here (and logged once by the code that rejects), so `/health`
 //! shows why clients are being turned away without anyone grepping logs.
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -28,7 +28,16 @@ pub struct ServerCounters {
     closed_panic: AtomicU64,
     http_panics: AtomicU64,
     rejected_fd_exhausted: AtomicU64,
+    rejected_ip_connections: AtomicU64,
+    rejected_ip_rate: AtomicU64,
+    rejected_accept_rate: AtomicU64,
+    rejected_user_connections: AtomicU64,
+    flood_dropped: AtomicU64,
+    closed_flood: AtomicU64,
     attachment_bytes: AtomicUsize,
+    /// Per-protocol traffic, one entry per protocol that has had a connection (looked up
+    /// once per connection, never per message).
+    protocols: Mutex<Vec<Arc<ProtocolCounters>>>,
 }
 
 /// A snapshot of [`ServerCounters`], serialised into `/health`.
@@ -67,6 +76,18 @@ pub struct ServerStats {
     /// Connections refused with `503` because the process had no file descriptor left to
     /// serve them (`accept` failed with EMFILE/ENFILE).
     pub rejected_fd_exhausted: u64,
+    /// Upgrades refused with 503 by `max_connections_per_ip`.
+    pub rejected_ip_connections: u64,
+    /// Upgrades refused with 429 by `connection_rate_per_ip`.
+    pub rejected_ip_rate: u64,
+    /// Upgrades refused with 503 by `accept_rate`.
+    pub rejected_accept_rate: u64,
+    /// Connections refused by `max_connections_per_user`.
+    pub rejected_user_connections: u64,
+    /// Client messages dropped for going over `client_message_rate`/`client_bytes_rate`.
+    pub flood_dropped: u64,
+    /// Connections closed for going on sending over those rates.
+    pub closed_flood: u64,
     /// Bytes of Socket.IO binary attachments buffered now, waiting for the rest of their
     /// packet (bounded by `socketio.max_attachment_bytes_total`).
     pub socketio_attachment_bytes: usize,
@@ -105,6 +126,18 @@ pub enum Counter {
     HttpPanic,
     /// See [`ServerStats::rejected_fd_exhausted`].
     RejectedFdExhausted,
+    /// See [`ServerStats::rejected_ip_connections`].
+    RejectedIpConnections,
+    /// See [`ServerStats::rejected_ip_rate`].
+    RejectedIpRate,
+    /// See [`ServerStats::rejected_accept_rate`].
+    RejectedAcceptRate,
+    /// See [`ServerStats::rejected_user_connections`].
+    RejectedUserConnections,
+    /// See [`ServerStats::flood_dropped`].
+    FloodDropped,
+    /// See [`ServerStats::closed_flood`].
+    ClosedFlood,
 }
 
 impl ServerCounters {
@@ -126,6 +159,12 @@ impl ServerCounters {
             Counter::ClosedPanic => &self.closed_panic,
             Counter::HttpPanic => &self.http_panics,
             Counter::RejectedFdExhausted => &self.rejected_fd_exhausted,
+            Counter::RejectedIpConnections => &self.rejected_ip_connections,
+            Counter::RejectedIpRate => &self.rejected_ip_rate,
+            Counter::RejectedAcceptRate => &self.rejected_accept_rate,
+            Counter::RejectedUserConnections => &self.rejected_user_connections,
+            Counter::FloodDropped => &self.flood_dropped,
+            Counter::ClosedFlood => &self.closed_flood,
         };
         c.fetch_add(1, Relaxed);
     }
@@ -146,6 +185,7 @@ impl ServerCounters {
                 self.peak_active.fetch_max(before + 1, Relaxed);
                 ConnectionSlot {
                     counters: Arc::clone(self),
+                    ip: None,
                 }
             })
     }
@@ -194,8 +234,175 @@ impl ServerCounters {
             closed_panic: self.closed_panic.load(Relaxed),
             http_panics: self.http_panics.load(Relaxed),
             rejected_fd_exhausted: self.rejected_fd_exhausted.load(Relaxed),
+            rejected_ip_connections: self.rejected_ip_connections.load(Relaxed),
+            rejected_ip_rate: self.rejected_ip_rate.load(Relaxed),
+            rejected_accept_rate: self.rejected_accept_rate.load(Relaxed),
+            rejected_user_connections: self.rejected_user_connections.load(Relaxed),
+            flood_dropped: self.flood_dropped.load(Relaxed),
+            closed_flood: self.closed_flood.load(Relaxed),
             socketio_attachment_bytes: self.attachment_bytes.load(Relaxed),
         }
+    }
+}
+
+impl ServerCounters {
+    /// The traffic counters of `protocol`, created at its first connection.
+    pub(crate) fn protocol(&self, protocol: &'static str) -> Arc<ProtocolCounters> {
+        let mut all = self.protocols.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = all.iter().find(|p| p.name == protocol) {
+            return Arc::clone(p);
+        }
+        let p = Arc::new(ProtocolCounters::new(protocol));
+        all.push(Arc::clone(&p));
+        p
+    }
+
+    /// Every protocol's counters, for `/metrics`.
+    pub(crate) fn protocols(&self) -> Vec<Arc<ProtocolCounters>> {
+        self.protocols
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Why connections of one protocol ended, as `/metrics` labels them (`reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseKind {
+    /// The server shut down.
+    Shutdown,
+    /// The peer closed.
+    PeerClosed,
+    /// The socket ended without a close frame.
+    Lost,
+    /// The peer broke the WebSocket protocol or the message size limit.
+    ReadError,
+    /// No answer to pings.
+    Heartbeat,
+    /// The peer stopped reading (stalled flush) or its outbox overflowed.
+    SlowConsumer,
+    /// Writing failed.
+    WriteFailed,
+    /// Closed by the hub: kicked (API `disconnect`), missed publications, …
+    Hub,
+    /// A panic while serving it.
+    Panic,
+    /// The protocol ended it with its own code (auth failure, bad command, …).
+    Protocol,
+    /// It sent faster than `client_message_rate` / `client_bytes_rate` allow.
+    Flood,
+}
+
+impl CloseKind {
+    /// Every kind, in label order.
+    pub(crate) const ALL: [CloseKind; 11] = [
+        CloseKind::Shutdown,
+        CloseKind::PeerClosed,
+        CloseKind::Lost,
+        CloseKind::ReadError,
+        CloseKind::Heartbeat,
+        CloseKind::SlowConsumer,
+        CloseKind::WriteFailed,
+        CloseKind::Hub,
+        CloseKind::Panic,
+        CloseKind::Protocol,
+        CloseKind::Flood,
+    ];
+
+    /// The `reason` label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            CloseKind::Shutdown => "shutdown",
+            CloseKind::PeerClosed => "peer_closed",
+            CloseKind::Lost => "lost",
+            CloseKind::ReadError => "read_error",
+            CloseKind::Heartbeat => "heartbeat",
+            CloseKind::SlowConsumer => "slow_consumer",
+            CloseKind::WriteFailed => "write_failed",
+            CloseKind::Hub => "hub",
+            CloseKind::Panic => "panic",
+            CloseKind::Protocol => "protocol",
+            CloseKind::Flood => "flood",
+        }
+    }
+}
+
+/// Keeps counters bumped together on a cache line of their own, so connections of other
+/// protocols (and the other direction) do not contend for it.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub(crate) struct Traffic {
+    pub(crate) messages: AtomicU64,
+    pub(crate) bytes: AtomicU64,
+}
+
+impl Traffic {
+    /// Count `messages` messages of `bytes` bytes in all.
+    #[inline]
+    pub(crate) fn add(&self, messages: u64, bytes: u64) {
+        self.messages.fetch_add(messages, Relaxed);
+        self.bytes.fetch_add(bytes, Relaxed);
+    }
+}
+
+/// One protocol's connections and traffic: relaxed atomics, bumped by the runtime.
+#[derive(Debug)]
+pub(crate) struct ProtocolCounters {
+    /// The protocol's name (the `protocol` label).
+    pub(crate) name: &'static str,
+    /// Data messages read from peers (text and binary; not pings).
+    pub(crate) received: Traffic,
+    /// Frames written to peers (every frame the driver queued).
+    pub(crate) sent: Traffic,
+    /// Connections open now.
+    pub(crate) active: AtomicUsize,
+    /// Connections opened since start.
+    pub(crate) opened: AtomicU64,
+    /// Connections ended, by [`CloseKind`] (same order as [`CloseKind::ALL`]).
+    pub(crate) closed: [AtomicU64; CloseKind::ALL.len()],
+}
+
+impl ProtocolCounters {
+    fn new(name: &'static str) -> ProtocolCounters {
+        ProtocolCounters {
+            name,
+            received: Traffic::default(),
+            sent: Traffic::default(),
+            active: AtomicUsize::new(0),
+            opened: AtomicU64::new(0),
+            closed: Default::default(),
+        }
+    }
+
+    /// Count one connection ended for `kind`.
+    pub(crate) fn closed(&self, kind: CloseKind) {
+        self.closed[kind as usize].fetch_add(1, Relaxed);
+    }
+
+    /// A connection opened; the guard counts it open until dropped.
+    pub(crate) fn open(self: Arc<Self>) -> OpenConnection {
+        self.opened.fetch_add(1, Relaxed);
+        self.active.fetch_add(1, Relaxed);
+        OpenConnection(self)
+    }
+}
+
+/// A connection counted open in its protocol's [`ProtocolCounters::active`] until dropped
+/// (however the connection's task ends, panics included).
+#[derive(Debug)]
+pub(crate) struct OpenConnection(Arc<ProtocolCounters>);
+
+impl std::ops::Deref for OpenConnection {
+    type Target = ProtocolCounters;
+
+    fn deref(&self) -> &ProtocolCounters {
+        &self.0
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
     }
 }
 
@@ -203,6 +410,16 @@ impl ServerCounters {
 #[derive(Debug)]
 pub struct ConnectionSlot {
     counters: Arc<ServerCounters>,
+    /// The connection's place under the per-address limits, when they are on.
+    ip: Option<super::limits::IpSlot>,
+}
+
+impl ConnectionSlot {
+    /// Also holds `ip` (released with the slot).
+    pub(crate) fn with_ip(mut self, ip: Option<super::limits::IpSlot>) -> ConnectionSlot {
+        self.ip = ip;
+        self
+    }
 }
 
 impl Drop for ConnectionSlot {
@@ -244,6 +461,25 @@ mod tests {
             0,
             "never below zero"
         );
+    }
+
+    #[test]
+    fn protocol_counters_are_shared_by_name_and_count_open_connections() {
+        let c = ServerCounters::default();
+        let a = c.protocol("raw").open();
+        let b = c.protocol("raw").open();
+        let _x = c.protocol("other").open();
+        a.received.add(2, 10);
+        b.closed(CloseKind::Flood);
+        drop(a);
+        let all = c.protocols();
+        assert_eq!(all.len(), 2);
+        let raw = &all[0];
+        assert_eq!(raw.name, "raw");
+        assert_eq!(raw.active.load(Relaxed), 1);
+        assert_eq!(raw.opened.load(Relaxed), 2);
+        assert_eq!(raw.received.bytes.load(Relaxed), 10);
+        assert_eq!(raw.closed[CloseKind::Flood as usize].load(Relaxed), 1);
     }
 
     #[test]

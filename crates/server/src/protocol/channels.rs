@@ -47,9 +47,10 @@ impl From<HubError> for OpError {
     fn from(e: HubError) -> Self {
         match e {
             HubError::InvalidChannel | HubError::UnknownNamespace(_) => OpError::UnknownChannel,
-            HubError::RoomFull { .. } | HubError::TooManyConnections { .. } => {
-                OpError::LimitExceeded
-            }
+            HubError::RoomFull { .. }
+            | HubError::TooManyConnections { .. }
+            | HubError::TooManyUserConnections { .. }
+            | HubError::TooManySubscriptions { .. } => OpError::LimitExceeded,
             _ => OpError::Closed,
         }
     }

@@ -11,6 +11,7 @@
 //! | `GET /`                               | the chat page                            |
 //! | `POST /api/<method>`                  | the server HTTP API ([`crate::api`])      |
 //! | `GET /health`                         | JSON: status, uptime, connections, stats |
+//! | `GET /metrics`                        | Prometheus text format ([`super::metrics`]) |
 //! | anything else                         | 404                                      |
 //!
 //! Request bodies are read with [`read_body`]: bounded in size and in time (the body
@@ -178,7 +179,7 @@ impl Endpoint for Health {
 }
 
 /// 405 for a page that only answers `GET` and `HEAD`.
-fn method_not_allowed() -> Response<Body> {
+pub(crate) fn method_not_allowed() -> Response<Body> {
     let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
     r.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
@@ -222,8 +223,16 @@ fn health(shared: &Shared) -> Response<Body> {
     let hub = shared.hub.stats();
     let server = shared.counters.snapshot();
     let broker = shared.node.broker_status();
+    let draining = shared.admission.is_draining();
+    let status = if draining {
+        "draining"
+    } else if broker.connected {
+        "ok"
+    } else {
+        "degraded"
+    };
     let mut body = serde_json::json!({
-        "status": if broker.connected { "ok" } else { "degraded" },
+        "status": status,
         "broker": {
             "kind": broker.kind,
             "connected": broker.connected,
@@ -253,6 +262,10 @@ fn health(shared: &Shared) -> Response<Body> {
         body["broker"]["masters"] = serde_json::json!(broker.masters);
     }
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    if draining {
+        // Load balancers take the node out of rotation.
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    }
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

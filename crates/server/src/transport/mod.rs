@@ -20,6 +20,7 @@ use crate::state::Shared;
 pub mod forward;
 pub mod http;
 pub mod listener;
+pub mod metrics;
 pub mod origin;
 pub mod tls;
 pub(crate) mod upgrade;

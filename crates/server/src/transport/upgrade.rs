@@ -4,7 +4,7 @@
 //! connection limit (503). [`Admitted::accept`] then answers 101, waits (bounded) for hyper
 //! to hand over the socket, builds the WebSocket with the server's limits and hands it to
 //! the endpoint, which starts the connection runtime on it.
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use switchboard_websocket::handshake::{validate_server_request, ServerHandshake}
 use switchboard_websocket::stream::{WebSocket, WriteConfig};
 use switchboard_websocket::{DeflateParams, Role};
 
+use crate::conn::limits::{FloodLimits, Rate, Refusal};
 use crate::conn::runtime::Limits;
 use crate::conn::stats::{ConnectionSlot, Counter};
 use crate::state::Shared;
@@ -108,6 +109,13 @@ pub(crate) fn limits(shared: &Shared) -> Limits {
         ping_interval: shared.config.ping_interval,
         ping_timeout: shared.config.ping_timeout,
         shutdown_timeout: shared.config.shutdown_timeout,
+        flood: FloodLimits {
+            messages: Rate::new(
+                shared.config.client_message_rate,
+                shared.config.client_message_burst.map(f64::from),
+            ),
+            bytes: Rate::new(shared.config.client_bytes_rate, None),
+        },
     }
 }
 
@@ -172,7 +180,8 @@ pub fn query_flag_is_false(query: Option<&str>, name: &str) -> bool {
 }
 
 /// The checks every WebSocket endpoint makes before the `101`, in order: origin (403),
-/// handshake validity (400/405/426), connection limit (503, with `Retry-After`). Each
+/// handshake validity (400/405/426), the connection limits of [`take_slot`] (429/503,
+/// with `Retry-After`). Each
 /// refusal is counted and logged once. On success the caller holds a connection slot.
 pub(crate) fn admit(
     req: &Request<Incoming>,
@@ -211,18 +220,86 @@ pub(crate) fn admit(
         }
     };
 
+    let slot = take_slot(req, shared, peer)?;
+    Ok(Admitted { handshake, slot })
+}
+
+/// The client's address: the socket's peer, or (only when `trusted_proxy_header` is set)
+/// the last address in that header, which the trusted proxy appended.
+pub(crate) fn client_ip<B>(req: &Request<B>, shared: &Shared, peer: SocketAddr) -> IpAddr {
+    shared
+        .config
+        .trusted_proxy_header
+        .as_deref()
+        .and_then(|name| req.headers().get(name))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|v| v.trim().parse::<IpAddr>().ok())
+        .unwrap_or(peer.ip())
+}
+
+/// The connection limits every new connection passes, whatever its protocol or transport:
+/// `accept_rate` (503), `connection_rate_per_ip` (429), `max_connections_per_ip` (503),
+/// then `max_connections` (503), each with `Retry-After`. Each refusal is counted.
+pub(crate) fn take_slot<B>(
+    req: &Request<B>,
+    shared: &Shared,
+    peer: SocketAddr,
+) -> Result<ConnectionSlot, Box<Response<Body>>> {
+    let refuse = |status: StatusCode, body: &'static str, retry: u64| {
+        let mut r = text(status, body);
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry));
+        Box::new(r)
+    };
+    let ip = client_ip(req, shared, peer);
+    let ip_slot = match shared.admission.admit(ip) {
+        Ok(slot) => slot,
+        Err(Refusal::Draining) => {
+            tracing::debug!(%peer, "upgrade refused: draining");
+            return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "draining", 1));
+        }
+        Err(Refusal::AcceptRate(retry)) => {
+            shared.counters.bump(Counter::RejectedAcceptRate);
+            tracing::debug!(%peer, "upgrade refused: accept rate");
+            return Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server busy",
+                retry,
+            ));
+        }
+        Err(Refusal::PerIpRate(retry)) => {
+            shared.counters.bump(Counter::RejectedIpRate);
+            tracing::info!(%peer, %ip, "upgrade refused: connection rate per address");
+            return Err(refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many new connections from this address",
+                retry,
+            ));
+        }
+        Err(Refusal::PerIpConnections) => {
+            shared.counters.bump(Counter::RejectedIpConnections);
+            tracing::info!(%peer, %ip, "upgrade refused: too many connections from this address");
+            return Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many connections from this address",
+                5,
+            ));
+        }
+    };
     let Some(slot) = shared
         .counters
         .try_acquire_slot(shared.config.max_connections)
     else {
         shared.counters.bump(Counter::RejectedMaxConnections);
         tracing::info!(%peer, limit = shared.config.max_connections, "upgrade refused: too many connections");
-        let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-        return Err(Box::new(r));
+        return Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections",
+            5,
+        ));
     };
-    Ok(Admitted { handshake, slot })
+    Ok(slot.with_ip(ip_slot))
 }
 
 #[cfg(test)]

@@ -517,6 +517,7 @@ impl Driver for CentrifugoDriver {
                 Disconnect::new(CloseCode::INTERNAL_ERROR.0, "internal server error")
             }
             Ending::Close(code, reason) => Disconnect::new(*code, reason.clone()),
+            Ending::Flood => Disconnect::TOO_MANY_REQUESTS,
             // The peer is gone, takes no bytes, or the codec already sent its close code.
             Ending::PeerClosed(_)
             | Ending::Lost
@@ -687,7 +688,14 @@ impl CentrifugoDriver {
         }
         let (handle, outbox) = match self.shared.hub.register(conn_info) {
             Ok(pair) => pair,
-            Err(_) => return Err(Disconnect::CONNECTION_LIMIT),
+            Err(e) => {
+                if matches!(e, switchboard_core::HubError::TooManyUserConnections { .. }) {
+                    self.shared
+                        .counters
+                        .bump(crate::conn::stats::Counter::RejectedUserConnections);
+                }
+                return Err(Disconnect::CONNECTION_LIMIT);
+            }
         };
         self.expires_at = exp;
         let mut result = ConnectResult {

@@ -53,6 +53,7 @@ fn shared() -> Arc<Shared> {
         started: std::time::Instant::now(),
         verifier,
         router: Arc::default(),
+        admission: Arc::default(),
     })
 }
 
@@ -309,4 +310,18 @@ async fn endings_map_to_close_codes() {
     ] {
         assert_eq!(code(&mut d, gone), None);
     }
+}
+
+#[tokio::test]
+async fn flood_and_drain_have_their_disconnect_codes() {
+    let shared = shared();
+    let mut d = connected(&shared).await;
+    assert_eq!(
+        d.close_frame(&Ending::Flood),
+        Some((CloseCode(3013), Cow::Borrowed("too many requests")))
+    );
+    assert_eq!(
+        d.close_frame(&Ending::Hub(CloseReason::Restart)),
+        Some((CloseCode(3011), Cow::Borrowed("force reconnect")))
+    );
 }

@@ -589,6 +589,8 @@ impl Driver for PusherDriver {
             Ending::Hub(CloseReason::Shutdown) => (code::RECONNECT, "Server closing".into()),
             Ending::Hub(_) => (code::RECONNECT, "Reconnect".into()),
             Ending::Dead => (code::PONG_TIMEOUT, "Pong reply not received".into()),
+            // 4100–4199: the client reconnects after backing off.
+            Ending::Flood => (4100, "Over capacity".into()),
             Ending::Panic(_) => (CloseCode::INTERNAL_ERROR.0, "Internal error".into()),
             Ending::Close(code, reason) => (*code, reason.clone()),
             Ending::PeerClosed(_)

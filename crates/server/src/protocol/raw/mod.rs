@@ -124,6 +124,14 @@ async fn upgrade_into_room(
     }
     let (handle, outbox) = match shared.hub.register(info) {
         Ok(pair) => pair,
+        Err(e @ HubError::TooManyUserConnections { .. }) => {
+            shared.counters.bump(Counter::RejectedUserConnections);
+            tracing::info!(%peer, "upgrade refused: {e}");
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many connections of this user",
+            );
+        }
         Err(e) => {
             // Only reachable when an embedder supplied a hub with its own connection limit.
             shared.counters.bump(Counter::RejectedMaxConnections);
@@ -378,6 +386,7 @@ impl Driver for RawDriver {
             )),
             Ending::Panic(_) => Some((CloseCode::INTERNAL_ERROR, Cow::Borrowed("internal error"))),
             Ending::Close(code, reason) => Some((CloseCode(*code), reason.clone())),
+            Ending::Flood => Some((CloseCode::POLICY, Cow::Borrowed("message rate exceeded"))),
             Ending::PeerClosed(_)
             | Ending::Lost
             | Ending::ReadError
@@ -547,6 +556,14 @@ mod tests {
             4500
         );
         assert_eq!(code(&mut d, Ending::Panic("x".into())).unwrap().0, 1011);
+        assert_eq!(
+            code(&mut d, Ending::Flood).unwrap(),
+            (1008, "message rate exceeded".into())
+        );
+        assert_eq!(
+            code(&mut d, Ending::Hub(CloseReason::Restart)).unwrap(),
+            (1012, "service restart".into())
+        );
         assert_eq!(code(&mut d, Ending::Dead), None);
         assert_eq!(code(&mut d, Ending::Stalled), None);
         d.joined = false;

@@ -67,7 +67,13 @@ pub(crate) async fn register(
     shared: &Shared,
     info: ConnInfo,
 ) -> Result<(ConnHandle, Outbox), HubError> {
-    shared.hub.register(info)
+    let registered = shared.hub.register(info);
+    if let Err(HubError::TooManyUserConnections { .. }) = registered {
+        shared
+            .counters
+            .bump(crate::conn::stats::Counter::RejectedUserConnections);
+    }
+    registered
 }
 
 /// Makes the socket a member of its namespace's broadcast channel, and of the channels its

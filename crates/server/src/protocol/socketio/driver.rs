@@ -55,6 +55,8 @@ pub(crate) enum End {
     Hub(CloseReason),
     /// A panic while serving the session (a bug).
     InternalError,
+    /// The client went on sending over its message or byte rate.
+    Flood,
 }
 
 impl End {
@@ -77,6 +79,7 @@ impl End {
             End::ProtocolError => (CloseCode::PROTOCOL_ERROR, "protocol error"),
             End::MissedPublications => (CloseCode(4500), "missed publications"),
             End::InternalError => (CloseCode::INTERNAL_ERROR, "internal server error"),
+            End::Flood => (CloseCode::POLICY, "message rate exceeded"),
             End::Hub(reason) => (CloseCode(reason.close_code()), reason.close_text()),
             End::PingTimeout | End::ClientClose => (CloseCode::NORMAL, ""),
         };
@@ -252,6 +255,7 @@ impl SocketIoDriver {
             Ending::Dead => End::PingTimeout,
             Ending::Panic(_) => End::InternalError,
             Ending::Close(..) => End::ProtocolError,
+            Ending::Flood => End::Flood,
             Ending::PeerClosed(_)
             | Ending::Lost
             | Ending::ReadError
@@ -365,8 +369,24 @@ mod tests {
             started: std::time::Instant::now(),
             verifier: config.token_config().verifier().unwrap(),
             router: Arc::default(),
+            admission: Arc::default(),
             config,
         })
+    }
+
+    #[test]
+    fn flood_and_drain_close_the_websocket_with_their_codes() {
+        let shared = shared();
+        let mut d = driver(&shared);
+        assert_eq!(
+            d.close_frame(&Ending::Flood),
+            Some((CloseCode::POLICY, Cow::Borrowed("message rate exceeded")))
+        );
+        let mut d = driver(&shared);
+        assert_eq!(
+            d.close_frame(&Ending::Hub(CloseReason::Restart)),
+            Some((CloseCode(1012), Cow::Borrowed("service restart")))
+        );
     }
 
     fn driver(shared: &Arc<Shared>) -> SocketIoDriver {

@@ -65,7 +65,7 @@ use crate::conn::driver::OutFrame;
 use crate::conn::heartbeat::{Activity, Liveness, PeerActivity};
 use crate::conn::runtime::{self, Identity, Transport, WsTransport};
 use crate::conn::shutdown::ShutdownToken;
-use crate::conn::stats::{ConnectionSlot, Counter};
+use crate::conn::stats::ConnectionSlot;
 use crate::state::Shared;
 use crate::transport::http::{Body, BodyError};
 
@@ -347,7 +347,7 @@ pub(crate) async fn route(
         // A WebSocket request without the upgrade, or an upgrade on the polling transport.
         (Some("websocket"), false) | (Some("polling"), true) => error(HttpError::BadRequest),
         (Some("polling"), false) => match q.sid {
-            None if req.method() == Method::GET => polling_handshake(io, shared, peer, token),
+            None if req.method() == Method::GET => polling_handshake(io, &req, shared, peer, token),
             None => error(HttpError::BadHandshakeMethod),
             Some(sid) => match io.find(&sid) {
                 None => match foreign_owner(&shared, &sid) {
@@ -392,19 +392,14 @@ fn identity(peer: SocketAddr) -> Identity {
 /// A new session on the polling transport: the open packet is the answer.
 fn polling_handshake(
     io: &Arc<SocketIo>,
+    req: &Request<Incoming>,
     shared: Arc<Shared>,
     peer: SocketAddr,
     token: ShutdownToken,
 ) -> Response<Body> {
-    let Some(slot) = shared
-        .counters
-        .try_acquire_slot(shared.config.max_connections)
-    else {
-        shared.counters.bump(Counter::RejectedMaxConnections);
-        return crate::transport::http::text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many connections",
-        );
+    let slot = match crate::transport::upgrade::take_slot(req, &shared, peer) {
+        Ok(slot) => slot,
+        Err(refusal) => return *refusal,
     };
     let sid = new_sid(&shared);
     let (tx, rx) = mpsc::channel(INBOUND);
