@@ -5,7 +5,7 @@
 //! Each socket is a connection of its own in the hub (its own subscriptions and outbox),
 //! so the same channel joined in two namespaces is delivered once to each. The driver
 //! polls all of their outboxes at once ([`Sockets::poll_delivery`]).
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use switchboard_core::{
     CloseReason, ConnHandle, ConnId, ConnInfo, Control, Delivery, Outbox, OutboxClosed,
-    StreamPosition,
+    Publication, StreamPosition,
 };
 use switchboard_protocols::socketio::mapping::{encode_broadcast, offset_of, publish_payload};
 use switchboard_protocols::socketio::{
@@ -51,25 +51,88 @@ pub(crate) enum Step {
 }
 
 /// One socket: a namespace joined by the client.
+///
+/// Every idle socket pays for each byte here (and the session's list of sockets is sized
+/// for one): what only some sockets need is boxed or left unallocated until needed.
 pub(crate) struct NsSocket {
-    /// The namespace, `/` by default.
-    pub(crate) nsp: String,
+    /// The namespace, `/` by default (not allocated then).
+    pub(crate) nsp: Cow<'static, str>,
     /// The socket id told to the client.
-    sid: String,
-    /// The private session id, with recovery on.
-    pub(crate) pid: Option<String>,
+    sid: Box<str>,
+    /// With recovery on: the private session id and the events last sent.
+    pub(crate) recovery: Option<Box<Recovery>>,
     handle: ConnHandle,
     /// Polled by the session's driver; kept with the socket for recovery (publications
     /// keep being queued meanwhile).
     outbox: Outbox,
-    ring: Ring,
     exclude_sender: bool,
-    /// Per channel, the position its join reported: queued publications at or below it
-    /// were also part of the join's snapshot and are skipped (with a shared broker they
-    /// can be queued live during the join; on one node never).
-    skip: HashMap<String, StreamPosition>,
+    /// Per channel, the position its join reported when it had one (the channel keeps
+    /// history): queued publications at or below it were also part of the join's snapshot
+    /// and are skipped (with a shared broker they can be queued live during the join; on
+    /// one node never). An entry goes once a publication past it arrives.
+    live_from: Vec<(Box<str>, StreamPosition)>,
     /// Unix time at which the connection token expires; the socket is then disconnected.
     expires_at: Option<u64>,
+}
+
+/// What a socket keeps for connection state recovery.
+pub(crate) struct Recovery {
+    /// The private session id told to the client.
+    pub(crate) pid: Box<str>,
+    /// The events last sent, with their offsets.
+    ring: Ring,
+}
+
+/// A namespace name as kept by a socket: the default one is not allocated.
+fn nsp_name(nsp: String) -> Cow<'static, str> {
+    if nsp == "/" {
+        Cow::Borrowed("/")
+    } else {
+        Cow::Owned(nsp)
+    }
+}
+
+impl NsSocket {
+    /// The private session id, with recovery on.
+    pub(crate) fn pid(&self) -> Option<&str> {
+        self.recovery.as_deref().map(|r| &*r.pid)
+    }
+
+    /// Records where live delivery of `channel` starts after a join that reported
+    /// `position`; a position without an offset (no history) skips nothing.
+    fn joined(&mut self, channel: &str, position: StreamPosition) {
+        let at = self.live_from.iter().position(|(c, _)| **c == *channel);
+        match (at, position.offset > 0) {
+            (Some(i), true) => self.live_from[i].1 = position,
+            (Some(i), false) => {
+                self.live_from.swap_remove(i);
+            }
+            (None, true) => self.live_from.push((channel.into(), position)),
+            (None, false) => {}
+        }
+        if self.live_from.is_empty() {
+            self.live_from = Vec::new();
+        }
+    }
+
+    /// Forgets where live delivery of `channel` starts (it was left).
+    fn left(&mut self, channel: &str) {
+        self.joined(channel, StreamPosition::default());
+    }
+
+    /// Whether publication `p` was part of its channel's join snapshot (to be skipped).
+    /// The first publication past the join's position ends the check for its channel.
+    fn already_sent(&mut self, p: &Publication) -> bool {
+        let Some(i) = self.live_from.iter().position(|(c, _)| **c == *p.channel) else {
+            return false;
+        };
+        let pos = &self.live_from[i].1;
+        if p.epoch == pos.epoch && p.offset <= pos.offset {
+            return true;
+        }
+        self.left(&p.channel);
+        false
+    }
 }
 
 /// The sockets of one session.
@@ -138,7 +201,7 @@ impl Sockets {
             let expired = s.expires_at.is_some_and(|at| at < now);
             if expired {
                 tracing::debug!(nsp = %s.nsp, "socket.io: connection token expired");
-                push_packet(out, &Packet::new(PacketType::Disconnect, s.nsp.clone()));
+                push_packet(out, &Packet::new(PacketType::Disconnect, &*s.nsp));
             }
             !expired
         });
@@ -206,23 +269,20 @@ impl Sockets {
             // Closed by the server (e.g. the HTTP API's disconnect): the socket leaves its
             // namespace and the client is told so.
             let s = self.list.remove(i);
-            push_packet(out, &Packet::new(PacketType::Disconnect, s.nsp.clone()));
+            push_packet(out, &Packet::new(PacketType::Disconnect, &*s.nsp));
             return Step::Continue;
         }
         let mut step = Step::Continue;
         for d in batch.drain(..) {
             match d {
                 Delivery::Publication(p) => {
-                    if s.skip
-                        .get(&*p.channel)
-                        .is_some_and(|pos| p.epoch == pos.epoch && p.offset <= pos.offset)
-                    {
+                    if s.already_sent(&p) {
                         continue;
                     }
                     let ev = encode_publication(&p, &s.nsp, recovery);
                     push_event(out, &ev);
-                    if recovery {
-                        s.ring.push(offset_of(&p), ev);
+                    if let Some(r) = s.recovery.as_deref_mut() {
+                        r.ring.push(offset_of(&p), ev);
                     }
                 }
                 Delivery::Control(c) => match &*c {
@@ -267,9 +327,7 @@ impl Sockets {
             match &*c {
                 Control::Subscribe(channel) => {
                     match channels::join_channel(&self.shared, &s.handle, channel).await {
-                        Ok(position) => {
-                            s.skip.insert(channel.clone(), position);
-                        }
+                        Ok(position) => s.joined(channel, position),
                         Err(e) => {
                             tracing::debug!(nsp = %s.nsp, %channel, "socket.io: server-side subscribe failed: {e:?}")
                         }
@@ -277,7 +335,7 @@ impl Sockets {
                 }
                 Control::Unsubscribe(channel) => {
                     channels::unsubscribe(&self.shared, &s.handle, channel).await;
-                    s.skip.remove(channel);
+                    s.left(channel);
                 }
                 Control::MissedPublications(_) => {}
             }
@@ -390,15 +448,14 @@ impl Sockets {
                     .filter(|s| s.expires_at.is_none_or(|at| at >= crate::auth::unix_now()))
                 {
                     let offset = auth.get("offset").and_then(Value::as_str);
-                    if let Some(missed) = socket.ring.after(offset) {
-                        push_packet(
-                            out,
-                            &Packet::connect_ok(nsp, &socket.sid, socket.pid.as_deref()),
-                        );
+                    let missed = socket.recovery.as_ref().and_then(|r| r.ring.after(offset));
+                    if let Some(missed) = missed {
+                        push_packet(out, &Packet::connect_ok(nsp, &socket.sid, socket.pid()));
                         for ev in &missed {
                             push_event(out, ev);
                         }
                         tracing::debug!(peer = %self.peer, replayed = missed.len(), "socket.io session recovered");
+                        self.list.reserve_exact(1);
                         self.list.push(socket);
                         self.connected_once = true;
                         return;
@@ -458,20 +515,32 @@ impl Sockets {
                 }
             };
         let sid = random_id();
-        let pid = self.recovery().then(random_id);
-        push_packet(out, &Packet::connect_ok(nsp.clone(), &sid, pid.as_deref()));
+        let recovery = self.recovery().then(|| {
+            Box::new(Recovery {
+                pid: random_id().into(),
+                ring: Ring::new(self.shared.config.socketio.recovery_buffer),
+            })
+        });
+        let pid = recovery.as_deref().map(|r| &*r.pid);
+        push_packet(out, &Packet::connect_ok(nsp.clone(), &sid, pid));
         let exclude_sender = self.shared.config.socketio.exclude_sender.contains(&nsp);
-        self.list.push(NsSocket {
-            nsp,
-            sid,
-            pid,
+        let mut socket = NsSocket {
+            nsp: nsp_name(nsp),
+            sid: sid.into(),
+            recovery,
             handle,
             outbox,
-            ring: Ring::new(self.shared.config.socketio.recovery_buffer),
             exclude_sender,
-            skip: joined.into_iter().collect(),
+            live_from: Vec::new(),
             expires_at,
-        });
+        };
+        for (channel, position) in joined {
+            socket.joined(&channel, position);
+        }
+        // Most sessions join one namespace: room for exactly one more, not the four a
+        // growing `Vec` would make.
+        self.list.reserve_exact(1);
+        self.list.push(socket);
         self.connected_once = true;
     }
 
@@ -489,15 +558,13 @@ impl Sockets {
             "subscribe" => Some(match channel {
                 Some(c) => channels::subscribe(shared, &s.handle, c)
                     .await
-                    .map(|position| {
-                        s.skip.insert(c.to_string(), position);
-                    }),
+                    .map(|position| s.joined(c, position)),
                 None => Err(ChanError::UnknownChannel),
             }),
             "unsubscribe" => Some(match channel {
                 Some(c) => {
                     channels::unsubscribe(shared, &s.handle, c).await;
-                    s.skip.remove(c);
+                    s.left(c);
                     Ok(())
                 }
                 None => Err(ChanError::UnknownChannel),
@@ -541,7 +608,7 @@ impl Sockets {
         self.release_attachments();
         let ttl = self.shared.config.socketio.max_disconnection_duration;
         for s in self.list.drain(..) {
-            if recoverable && s.pid.is_some() && !s.handle.is_closed() {
+            if recoverable && s.recovery.is_some() && !s.handle.is_closed() {
                 self.store.keep(s, ttl);
             }
         }
