@@ -139,7 +139,9 @@ impl NsSocket {
 pub(crate) struct Sockets {
     shared: Arc<Shared>,
     peer: SocketAddr,
-    decoder: Decoder,
+    /// The decoder of a binary packet waiting for its attachments; none otherwise (each
+    /// text packet gets a fresh one, so an idle session keeps none).
+    pending: Option<Box<Decoder>>,
     /// Attachment bytes of the pending packet reserved in the server-wide total.
     reserved: usize,
     list: Vec<NsSocket>,
@@ -172,18 +174,43 @@ fn push_packet(out: &mut Out, p: &Packet) {
 
 impl Sockets {
     pub(crate) fn new(shared: Arc<Shared>, peer: SocketAddr, store: Arc<Store>) -> Sockets {
-        let limits = &shared.config.socketio;
-        let decoder = Decoder::with_limits(limits.max_attachments, limits.max_attachment_bytes);
         Sockets {
             shared,
             peer,
-            decoder,
+            pending: None,
             reserved: 0,
             list: Vec::new(),
             connected_once: false,
             store,
             next: 0,
             controls: Vec::new(),
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// The client's address.
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The decoder to feed the next message to: the pending packet's, or a fresh one.
+    fn take_decoder(&mut self) -> Decoder {
+        match self.pending.take() {
+            Some(d) => *d,
+            None => {
+                let limits = &self.shared.config.socketio;
+                Decoder::with_limits(limits.max_attachments, limits.max_attachment_bytes)
+            }
+        }
+    }
+
+    /// Keeps `decoder` if a binary packet waits in it for attachments.
+    fn keep_decoder(&mut self, decoder: Decoder) {
+        if decoder.is_waiting() {
+            self.pending = Some(Box::new(decoder));
         }
     }
 
@@ -347,7 +374,10 @@ impl Sockets {
         let Ok(s) = std::str::from_utf8(t) else {
             return Step::ProtocolError("text packet is not UTF-8");
         };
-        match self.decoder.text(s) {
+        let mut decoder = self.take_decoder();
+        let decoded = decoder.text(s);
+        self.keep_decoder(decoder);
+        match decoded {
             Ok(Some(p)) => self.on_packet(p, out).await,
             Ok(None) => Step::Continue,
             Err(e) => {
@@ -361,21 +391,24 @@ impl Sockets {
     /// A binary message: an attachment of the pending binary packet. Its bytes count
     /// against the server-wide bound until the packet is complete (or the session ends).
     pub(crate) async fn on_binary(&mut self, b: Bytes, out: &mut Out) -> Step {
-        if self.decoder.is_waiting() {
+        if self.pending.is_some() {
             let max = self.shared.config.socketio.max_attachment_bytes_total;
             if !self
                 .shared
                 .counters
                 .try_reserve_attachment_bytes(b.len(), max)
             {
-                self.decoder.reset();
+                self.pending = None;
                 self.release_attachments();
                 tracing::debug!(peer = %self.peer, "socket.io: server-wide attachment bytes exhausted");
                 return Step::ProtocolError("too many attachment bytes buffered");
             }
             self.reserved = self.reserved.saturating_add(b.len());
         }
-        match self.decoder.binary(b) {
+        let mut decoder = self.take_decoder();
+        let decoded = decoder.binary(b);
+        self.keep_decoder(decoder);
+        match decoded {
             Ok(Some(p)) => {
                 self.release_attachments();
                 self.on_packet(p, out).await
@@ -604,7 +637,7 @@ impl Sockets {
     /// sockets with a pid are kept for recovery;
     /// the others leave the hub.
     pub(crate) fn close(&mut self, recoverable: bool) {
-        self.decoder.reset();
+        self.pending = None;
         self.release_attachments();
         let ttl = self.shared.config.socketio.max_disconnection_duration;
         for s in self.list.drain(..) {
