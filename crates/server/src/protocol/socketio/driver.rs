@@ -573,7 +573,7 @@ mod tests {
         // Every idle session keeps its driver in its task, and its sockets on the heap:
         // a field that widens them costs every connection (docs/benchmarks.md, idle memory).
         let socket = std::mem::size_of::<super::super::socket::NsSocket>();
-        assert!(socket <= 128, "a socket grew to {socket} B");
+        assert!(socket <= 112, "a socket grew to {socket} B");
         let shared = shared();
         let (mut d, mut out) = connected(&shared).await;
         send(&mut d, "421[\"subscribe\",\"r\"]", &mut out)

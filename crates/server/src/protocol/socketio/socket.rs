@@ -57,9 +57,7 @@ pub(crate) enum Step {
 pub(crate) struct NsSocket {
     /// The namespace, `/` by default (not allocated then).
     pub(crate) nsp: Cow<'static, str>,
-    /// The socket id told to the client.
-    sid: Box<str>,
-    /// With recovery on: the private session id and the events last sent.
+    /// With recovery on: the socket's ids and the events last sent.
     pub(crate) recovery: Option<Box<Recovery>>,
     handle: ConnHandle,
     /// Polled by the session's driver; kept with the socket for recovery (publications
@@ -75,8 +73,11 @@ pub(crate) struct NsSocket {
     expires_at: Option<u64>,
 }
 
-/// What a socket keeps for connection state recovery.
+/// What a socket keeps for connection state recovery (without recovery, its id is not
+/// needed once told to the client).
 pub(crate) struct Recovery {
+    /// The socket id told to the client, told again when the socket is recovered.
+    sid: Box<str>,
     /// The private session id told to the client.
     pub(crate) pid: Box<str>,
     /// The events last sent, with their offsets.
@@ -481,9 +482,12 @@ impl Sockets {
                     .filter(|s| s.expires_at.is_none_or(|at| at >= crate::auth::unix_now()))
                 {
                     let offset = auth.get("offset").and_then(Value::as_str);
-                    let missed = socket.recovery.as_ref().and_then(|r| r.ring.after(offset));
-                    if let Some(missed) = missed {
-                        push_packet(out, &Packet::connect_ok(nsp, &socket.sid, socket.pid()));
+                    let recovered = socket
+                        .recovery
+                        .as_deref()
+                        .and_then(|r| Some((r, r.ring.after(offset)?)));
+                    if let Some((r, missed)) = recovered {
+                        push_packet(out, &Packet::connect_ok(nsp, &r.sid, Some(&r.pid)));
                         for ev in &missed {
                             push_event(out, ev);
                         }
@@ -550,6 +554,7 @@ impl Sockets {
         let sid = random_id();
         let recovery = self.recovery().then(|| {
             Box::new(Recovery {
+                sid: sid.as_str().into(),
                 pid: random_id().into(),
                 ring: Ring::new(self.shared.config.socketio.recovery_buffer),
             })
@@ -559,7 +564,6 @@ impl Sockets {
         let exclude_sender = self.shared.config.socketio.exclude_sender.contains(&nsp);
         let mut socket = NsSocket {
             nsp: nsp_name(nsp),
-            sid: sid.into(),
             recovery,
             handle,
             outbox,
