@@ -658,3 +658,61 @@ impl Drop for Sockets {
         self.release_attachments();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_core::{Epoch, Hub, HubLimits, Payload};
+
+    fn socket(hub: &Hub) -> NsSocket {
+        let (handle, outbox) = hub.register(ConnInfo::new("p", PROTOCOL)).unwrap();
+        NsSocket {
+            nsp: nsp_name("/".into()),
+            recovery: None,
+            handle,
+            outbox,
+            exclude_sender: false,
+            live_from: Vec::new(),
+            expires_at: None,
+        }
+    }
+
+    fn publication(channel: &str, offset: u64, epoch: u32) -> Publication {
+        Publication::new(channel.into(), Payload::text("x"), offset, epoch, None)
+    }
+
+    #[test]
+    fn publications_of_the_join_snapshot_are_skipped_until_one_passes_it() {
+        let hub = Hub::new(HubLimits::default());
+        let mut s = socket(&hub);
+        assert!(
+            matches!(s.nsp, Cow::Borrowed("/")),
+            "the default namespace is not allocated"
+        );
+        // No history (no offset): nothing to skip, nothing kept.
+        s.joined("a", StreamPosition::default());
+        assert!(s.live_from.is_empty() && s.live_from.capacity() == 0);
+        assert!(!s.already_sent(&publication("a", 0, 0)));
+        // History: at or below the join's position in its epoch is skipped.
+        let epoch = Epoch::from(7u32);
+        s.joined("b", StreamPosition::new(5, epoch));
+        assert!(s.already_sent(&publication("b", 4, 7)));
+        assert!(s.already_sent(&publication("b", 5, 7)));
+        assert!(!s.already_sent(&publication("a", 1, 7)), "another channel");
+        // The first one past it ends the check for the channel.
+        assert!(!s.already_sent(&publication("b", 6, 7)));
+        assert!(s.live_from.is_empty());
+        assert!(!s.already_sent(&publication("b", 5, 7)));
+        // Another epoch is never skipped; leaving forgets the position.
+        s.joined("c", StreamPosition::new(5, epoch));
+        s.joined("d", StreamPosition::new(5, epoch));
+        assert!(!s.already_sent(&publication("c", 1, 8)));
+        s.left("d");
+        assert!(!s.already_sent(&publication("d", 1, 7)));
+        // A join again without history replaces a position.
+        s.joined("e", StreamPosition::new(5, epoch));
+        s.joined("e", StreamPosition::default());
+        assert!(!s.already_sent(&publication("e", 1, 7)));
+        assert!(s.live_from.is_empty());
+    }
+}
