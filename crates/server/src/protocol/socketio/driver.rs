@@ -233,9 +233,12 @@ impl SocketIoDriver {
         (i, r): (usize, Result<usize, OutboxClosed>),
         out: &mut Out,
     ) -> Result<(), Ending> {
-        let step = self.sockets.on_delivery(i, &mut self.batch, r, out);
-        if self.sockets.has_controls() {
-            Box::pin(self.sockets.apply_controls()).await;
+        let mut controls = Vec::new();
+        let step = self
+            .sockets
+            .on_delivery(i, &mut self.batch, r, out, &mut controls);
+        if !controls.is_empty() {
+            Box::pin(self.sockets.apply_controls(controls)).await;
         }
         self.step(step)
     }

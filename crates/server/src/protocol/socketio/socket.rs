@@ -50,6 +50,10 @@ pub(crate) enum Step {
     MissedPublications,
 }
 
+/// Server-side subscribe / unsubscribe requests taken from the outboxes, by socket (kept
+/// only while they are applied, not in the session).
+pub(crate) type Controls = Vec<(ConnId, Arc<Control>)>;
+
 /// One socket: a namespace joined by the client.
 ///
 /// Every idle socket pays for each byte here (and the session's list of sockets is sized
@@ -152,9 +156,7 @@ pub(crate) struct Sockets {
     store: Arc<Store>,
     /// The socket whose outbox is polled first next time (round robin, so one busy
     /// namespace does not hold up the others).
-    next: usize,
-    /// Server-side subscribe / unsubscribe requests received, for [`Self::apply_controls`].
-    controls: Vec<(ConnId, Arc<Control>)>,
+    next: u32,
 }
 
 /// Queues an event shared with other sockets: its frames are made once for all of them.
@@ -184,7 +186,6 @@ impl Sockets {
             connected_once: false,
             store,
             next: 0,
-            controls: Vec::new(),
         }
     }
 
@@ -260,9 +261,9 @@ impl Sockets {
     ) -> Poll<(usize, Result<usize, OutboxClosed>)> {
         let n = self.list.len();
         for k in 0..n {
-            let i = (self.next + k) % n;
+            let i = (self.next as usize + k) % n;
             if let Poll::Ready(r) = self.list[i].outbox.poll_recv_batch(cx, batch, BATCH) {
-                self.next = i + 1;
+                self.next = (i + 1) as u32;
                 return Poll::Ready((i, r));
             }
         }
@@ -275,13 +276,15 @@ impl Sockets {
     }
 
     /// Turns the deliveries of socket `i` (`batch`, emptied) into frames. Server-side
-    /// subscribe / unsubscribe requests among them are kept for [`Self::apply_controls`].
+    /// subscribe / unsubscribe requests among them go to `controls`, for
+    /// [`Self::apply_controls`].
     pub(crate) fn on_delivery(
         &mut self,
         i: usize,
         batch: &mut Vec<Delivery>,
         r: Result<usize, OutboxClosed>,
         out: &mut Out,
+        controls: &mut Controls,
     ) -> Step {
         let recovery = self.recovery();
         let Some(s) = self.list.get_mut(i) else {
@@ -321,7 +324,7 @@ impl Sockets {
                         break;
                     }
                     Control::Subscribe(_) | Control::Unsubscribe(_) => {
-                        self.controls.push((s.handle.id(), c));
+                        controls.push((s.handle.id(), c));
                     }
                 },
                 // Socket.IO has no join/leave events; direct messages are not addressed
@@ -337,18 +340,12 @@ impl Sockets {
         step
     }
 
-    /// Whether server-side subscribe / unsubscribe requests wait for
-    /// [`Self::apply_controls`].
-    pub(crate) fn has_controls(&self) -> bool {
-        !self.controls.is_empty()
-    }
-
     /// Applies the server-side subscribe / unsubscribe requests received (the HTTP API's
     /// subscribe by user): the socket joins or leaves the channel as if it had sent the
     /// event, without the permission check (the server asked). Socket.IO has no packet to
     /// tell the client.
-    pub(crate) async fn apply_controls(&mut self) {
-        for (id, c) in std::mem::take(&mut self.controls) {
+    pub(crate) async fn apply_controls(&mut self, controls: Controls) {
+        for (id, c) in controls {
             let Some(s) = self.list.iter_mut().find(|s| s.handle.id() == id) else {
                 continue;
             };
