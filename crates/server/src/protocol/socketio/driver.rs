@@ -88,13 +88,15 @@ impl End {
 }
 
 /// One Engine.IO session's state machine.
+///
+/// Every idle session keeps this in its task (the runtime's connection future): a field
+/// here is paid by every connection, so what is only needed at times is made when needed.
 pub(crate) struct SocketIoDriver {
     io: Arc<SocketIo>,
-    peer: SocketAddr,
     sid: Box<str>,
-    /// The open packet, sent first (WebSocket sessions; a polling session's goes in the
-    /// handshake's answer).
-    open: Option<Bytes>,
+    /// Whether the open packet is sent first (WebSocket sessions; a polling session's goes
+    /// in the handshake's answer). Made when sent.
+    send_open: bool,
     /// The polling record of a session that started with long-polling.
     session: Option<Arc<Session>>,
     sockets: Sockets,
@@ -109,22 +111,21 @@ pub(crate) struct SocketIoDriver {
 }
 
 impl SocketIoDriver {
-    /// A driver for session `sid`; `open` is the open packet to send first, `session` the
-    /// polling record of a session that started with polling.
+    /// A driver for session `sid`; with `send_open` it sends the open packet first,
+    /// `session` is the polling record of a session that started with polling.
     pub(crate) fn new(
         io: Arc<SocketIo>,
         shared: Arc<Shared>,
         peer: SocketAddr,
         sid: &str,
-        open: Option<Bytes>,
+        send_open: bool,
         session: Option<Arc<Session>>,
     ) -> SocketIoDriver {
         let sockets = Sockets::new(shared, peer, Arc::clone(io.store()));
         SocketIoDriver {
             io,
-            peer,
             sid: sid.into(),
-            open,
+            send_open,
             session,
             sockets,
             batch: Vec::new(),
@@ -151,7 +152,7 @@ impl SocketIoDriver {
     /// The client broke the protocol: the reason goes to the polling `POST` that carried
     /// the packet.
     fn protocol_error(&mut self, why: &'static str) -> Ending {
-        tracing::debug!(peer = %self.peer, sid = %self.sid, "socket.io: {why}");
+        tracing::debug!(peer = %self.sockets.peer(), sid = %self.sid, "socket.io: {why}");
         if let Some(session) = &self.session {
             session.refuse(why);
         }
@@ -200,7 +201,7 @@ impl SocketIoDriver {
                 Frame::Binary(b) => out.message(Message::Binary(b)),
             }
         }
-        tracing::debug!(peer = %self.peer, sid = %self.sid, "socket.io upgraded to websocket");
+        tracing::debug!(peer = %self.sockets.peer(), sid = %self.sid, "socket.io upgraded to websocket");
         true
     }
 
@@ -235,9 +236,12 @@ impl SocketIoDriver {
         (i, r): (usize, Result<usize, OutboxClosed>),
         out: &mut Out,
     ) -> Result<(), Ending> {
-        let step = self.sockets.on_delivery(i, &mut self.batch, r, out);
-        if self.sockets.has_controls() {
-            Box::pin(self.sockets.apply_controls()).await;
+        let mut controls = Vec::new();
+        let step = self
+            .sockets
+            .on_delivery(i, &mut self.batch, r, out, &mut controls);
+        if !controls.is_empty() {
+            Box::pin(self.sockets.apply_controls(controls)).await;
         }
         self.step(step)
     }
@@ -269,7 +273,8 @@ impl Driver for SocketIoDriver {
     type Event = (usize, Result<usize, OutboxClosed>);
 
     fn open(&mut self, out: &mut Out) -> Result<(), Ending> {
-        if let Some(open) = self.open.take() {
+        if std::mem::take(&mut self.send_open) {
+            let open = super::engine::websocket_open(self.sockets.shared(), &self.sid);
             out.message(Message::Text(open));
         }
         Ok(())
@@ -327,7 +332,7 @@ impl Driver for SocketIoDriver {
 
     fn close_frame(&mut self, ending: &Ending) -> Option<(CloseCode, Cow<'static, str>)> {
         let end = self.end_of(ending);
-        tracing::debug!(peer = %self.peer, sid = %self.sid, ?end, "socket.io session ends");
+        tracing::debug!(peer = %self.sockets.peer(), sid = %self.sid, ?end, "socket.io session ends");
         end.close_frame()
     }
 
@@ -391,15 +396,7 @@ mod tests {
 
     fn driver(shared: &Arc<Shared>) -> SocketIoDriver {
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let open = Bytes::from_static(b"0{\"sid\":\"s\"}");
-        SocketIoDriver::new(
-            SocketIo::new(),
-            Arc::clone(shared),
-            peer,
-            "s",
-            Some(open),
-            None,
-        )
+        SocketIoDriver::new(SocketIo::new(), Arc::clone(shared), peer, "s", true, None)
     }
 
     /// The frames queued, as text (binary frames as `<bin:len>`).
@@ -450,7 +447,9 @@ mod tests {
         let mut d = driver(&shared);
         let mut out = Out::default();
         d.open(&mut out).unwrap();
-        assert_eq!(frames(&mut out), ["0{\"sid\":\"s\"}"]);
+        let open = frames(&mut out);
+        assert_eq!(open.len(), 1, "{open:?}");
+        assert!(open[0].starts_with("0{\"sid\":\"s\","), "{open:?}");
         assert!(d.deadline().is_some(), "the connect deadline is armed");
         send(&mut d, "40", &mut out).await.unwrap();
         let got = frames(&mut out);
@@ -590,5 +589,38 @@ mod tests {
         // A `5` outside of an upgrade is refused.
         let mut d = driver(&shared);
         assert!(send(&mut d, "5", &mut out).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn an_idle_session_stays_small() {
+        // Every idle session keeps its driver in its task, and its sockets on the heap:
+        // a field that widens them costs every connection (docs/benchmarks.md, idle memory).
+        let socket = std::mem::size_of::<super::super::socket::NsSocket>();
+        assert!(socket <= 112, "a socket grew to {socket} B");
+        let shared = shared();
+        let (mut d, mut out) = connected(&shared).await;
+        send(&mut d, "421[\"subscribe\",\"r\"]", &mut out)
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (io, _) = listener.accept().await.unwrap();
+        let ws = switchboard_websocket::stream::WebSocket::new(
+            io,
+            switchboard_websocket::Role::Server,
+            Default::default(),
+            Default::default(),
+        );
+        let (r, w) = ws.split();
+        let size = crate::conn::runtime::connection_future_size(
+            crate::conn::runtime::WsTransport::new(r, w),
+            d,
+        );
+        // The raw driver's bound: a Socket.IO session costs its task no more than a room.
+        assert!(
+            size <= 1600,
+            "the Socket.IO connection future grew to {size} B"
+        );
     }
 }

@@ -379,6 +379,11 @@ fn handshake(shared: &Shared, sid: &str, upgrades: Vec<&'static str>) -> EngineP
     .packet()
 }
 
+/// The open packet of a session that starts on a WebSocket, as a text frame's payload.
+pub(super) fn websocket_open(shared: &Shared, sid: &str) -> Bytes {
+    handshake(shared, sid, Vec::new()).to_ws_frame().1
+}
+
 /// Who a session is, for the runtime's logs (a session has one hub connection per
 /// namespace, so no one id).
 fn identity(peer: SocketAddr) -> Identity {
@@ -431,7 +436,7 @@ fn polling_handshake(
         Arc::clone(&shared),
         peer,
         &sid,
-        None,
+        false,
         Some(session),
     );
     runtime::spawn(
@@ -468,8 +473,7 @@ fn websocket_handshake(
         let shared = conn_shared;
         let (reader, writer) = ws.split();
         let sid = new_sid(&shared);
-        let open = handshake(&shared, &sid, Vec::new()).to_ws_frame().1;
-        let driver = SocketIoDriver::new(io, Arc::clone(&shared), peer, &sid, Some(open), None);
+        let driver = SocketIoDriver::new(io, Arc::clone(&shared), peer, &sid, true, None);
         runtime::spawn(
             WsTransport::new(reader, writer),
             driver,

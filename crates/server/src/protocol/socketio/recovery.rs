@@ -86,7 +86,7 @@ impl Store {
     /// Keeps `socket` (which has a pid) for `ttl`; after that it is dropped (leaving the
     /// hub).
     pub(crate) fn keep(self: &Arc<Self>, socket: NsSocket, ttl: Duration) {
-        let Some(pid) = socket.pid.clone() else {
+        let Some(pid) = socket.pid().map(String::from) else {
             return;
         };
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);

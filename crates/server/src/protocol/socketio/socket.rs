@@ -5,7 +5,7 @@
 //! Each socket is a connection of its own in the hub (its own subscriptions and outbox),
 //! so the same channel joined in two namespaces is delivered once to each. The driver
 //! polls all of their outboxes at once ([`Sockets::poll_delivery`]).
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use switchboard_core::{
     CloseReason, ConnHandle, ConnId, ConnInfo, Control, Delivery, Outbox, OutboxClosed,
-    StreamPosition,
+    Publication, StreamPosition,
 };
 use switchboard_protocols::socketio::mapping::{encode_broadcast, offset_of, publish_payload};
 use switchboard_protocols::socketio::{
@@ -50,33 +50,103 @@ pub(crate) enum Step {
     MissedPublications,
 }
 
+/// Server-side subscribe / unsubscribe requests taken from the outboxes, by socket (kept
+/// only while they are applied, not in the session).
+pub(crate) type Controls = Vec<(ConnId, Arc<Control>)>;
+
 /// One socket: a namespace joined by the client.
+///
+/// Every idle socket pays for each byte here (and the session's list of sockets is sized
+/// for one): what only some sockets need is boxed or left unallocated until needed.
 pub(crate) struct NsSocket {
-    /// The namespace, `/` by default.
-    pub(crate) nsp: String,
-    /// The socket id told to the client.
-    sid: String,
-    /// The private session id, with recovery on.
-    pub(crate) pid: Option<String>,
+    /// The namespace, `/` by default (not allocated then).
+    pub(crate) nsp: Cow<'static, str>,
+    /// With recovery on: the socket's ids and the events last sent.
+    pub(crate) recovery: Option<Box<Recovery>>,
     handle: ConnHandle,
     /// Polled by the session's driver; kept with the socket for recovery (publications
     /// keep being queued meanwhile).
     outbox: Outbox,
-    ring: Ring,
     exclude_sender: bool,
-    /// Per channel, the position its join reported: queued publications at or below it
-    /// were also part of the join's snapshot and are skipped (with a shared broker they
-    /// can be queued live during the join; on one node never).
-    skip: HashMap<String, StreamPosition>,
+    /// Per channel, the position its join reported when it had one (the channel keeps
+    /// history): queued publications at or below it were also part of the join's snapshot
+    /// and are skipped (with a shared broker they can be queued live during the join; on
+    /// one node never). An entry goes once a publication past it arrives.
+    live_from: Vec<(Box<str>, StreamPosition)>,
     /// Unix time at which the connection token expires; the socket is then disconnected.
     expires_at: Option<u64>,
+}
+
+/// What a socket keeps for connection state recovery (without recovery, its id is not
+/// needed once told to the client).
+pub(crate) struct Recovery {
+    /// The socket id told to the client, told again when the socket is recovered.
+    sid: Box<str>,
+    /// The private session id told to the client.
+    pub(crate) pid: Box<str>,
+    /// The events last sent, with their offsets.
+    ring: Ring,
+}
+
+/// A namespace name as kept by a socket: the default one is not allocated.
+fn nsp_name(nsp: String) -> Cow<'static, str> {
+    if nsp == "/" {
+        Cow::Borrowed("/")
+    } else {
+        Cow::Owned(nsp)
+    }
+}
+
+impl NsSocket {
+    /// The private session id, with recovery on.
+    pub(crate) fn pid(&self) -> Option<&str> {
+        self.recovery.as_deref().map(|r| &*r.pid)
+    }
+
+    /// Records where live delivery of `channel` starts after a join that reported
+    /// `position`; a position without an offset (no history) skips nothing.
+    fn joined(&mut self, channel: &str, position: StreamPosition) {
+        let at = self.live_from.iter().position(|(c, _)| **c == *channel);
+        match (at, position.offset > 0) {
+            (Some(i), true) => self.live_from[i].1 = position,
+            (Some(i), false) => {
+                self.live_from.swap_remove(i);
+            }
+            (None, true) => self.live_from.push((channel.into(), position)),
+            (None, false) => {}
+        }
+        if self.live_from.is_empty() {
+            self.live_from = Vec::new();
+        }
+    }
+
+    /// Forgets where live delivery of `channel` starts (it was left).
+    fn left(&mut self, channel: &str) {
+        self.joined(channel, StreamPosition::default());
+    }
+
+    /// Whether publication `p` was part of its channel's join snapshot (to be skipped).
+    /// The first publication past the join's position ends the check for its channel.
+    fn already_sent(&mut self, p: &Publication) -> bool {
+        let Some(i) = self.live_from.iter().position(|(c, _)| **c == *p.channel) else {
+            return false;
+        };
+        let pos = &self.live_from[i].1;
+        if p.epoch == pos.epoch && p.offset <= pos.offset {
+            return true;
+        }
+        self.left(&p.channel);
+        false
+    }
 }
 
 /// The sockets of one session.
 pub(crate) struct Sockets {
     shared: Arc<Shared>,
     peer: SocketAddr,
-    decoder: Decoder,
+    /// The decoder of a binary packet waiting for its attachments; none otherwise (each
+    /// text packet gets a fresh one, so an idle session keeps none).
+    pending: Option<Box<Decoder>>,
     /// Attachment bytes of the pending packet reserved in the server-wide total.
     reserved: usize,
     list: Vec<NsSocket>,
@@ -86,9 +156,7 @@ pub(crate) struct Sockets {
     store: Arc<Store>,
     /// The socket whose outbox is polled first next time (round robin, so one busy
     /// namespace does not hold up the others).
-    next: usize,
-    /// Server-side subscribe / unsubscribe requests received, for [`Self::apply_controls`].
-    controls: Vec<(ConnId, Arc<Control>)>,
+    next: u32,
 }
 
 /// Queues an event shared with other sockets: its frames are made once for all of them.
@@ -109,18 +177,42 @@ fn push_packet(out: &mut Out, p: &Packet) {
 
 impl Sockets {
     pub(crate) fn new(shared: Arc<Shared>, peer: SocketAddr, store: Arc<Store>) -> Sockets {
-        let limits = &shared.config.socketio;
-        let decoder = Decoder::with_limits(limits.max_attachments, limits.max_attachment_bytes);
         Sockets {
             shared,
             peer,
-            decoder,
+            pending: None,
             reserved: 0,
             list: Vec::new(),
             connected_once: false,
             store,
             next: 0,
-            controls: Vec::new(),
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// The client's address.
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The decoder to feed the next message to: the pending packet's, or a fresh one.
+    fn take_decoder(&mut self) -> Decoder {
+        match self.pending.take() {
+            Some(d) => *d,
+            None => {
+                let limits = &self.shared.config.socketio;
+                Decoder::with_limits(limits.max_attachments, limits.max_attachment_bytes)
+            }
+        }
+    }
+
+    /// Keeps `decoder` if a binary packet waits in it for attachments.
+    fn keep_decoder(&mut self, decoder: Decoder) {
+        if decoder.is_waiting() {
+            self.pending = Some(Box::new(decoder));
         }
     }
 
@@ -138,7 +230,7 @@ impl Sockets {
             let expired = s.expires_at.is_some_and(|at| at < now);
             if expired {
                 tracing::debug!(nsp = %s.nsp, "socket.io: connection token expired");
-                push_packet(out, &Packet::new(PacketType::Disconnect, s.nsp.clone()));
+                push_packet(out, &Packet::new(PacketType::Disconnect, &*s.nsp));
             }
             !expired
         });
@@ -169,9 +261,9 @@ impl Sockets {
     ) -> Poll<(usize, Result<usize, OutboxClosed>)> {
         let n = self.list.len();
         for k in 0..n {
-            let i = (self.next + k) % n;
+            let i = (self.next as usize + k) % n;
             if let Poll::Ready(r) = self.list[i].outbox.poll_recv_batch(cx, batch, BATCH) {
-                self.next = i + 1;
+                self.next = (i + 1) as u32;
                 return Poll::Ready((i, r));
             }
         }
@@ -184,13 +276,15 @@ impl Sockets {
     }
 
     /// Turns the deliveries of socket `i` (`batch`, emptied) into frames. Server-side
-    /// subscribe / unsubscribe requests among them are kept for [`Self::apply_controls`].
+    /// subscribe / unsubscribe requests among them go to `controls`, for
+    /// [`Self::apply_controls`].
     pub(crate) fn on_delivery(
         &mut self,
         i: usize,
         batch: &mut Vec<Delivery>,
         r: Result<usize, OutboxClosed>,
         out: &mut Out,
+        controls: &mut Controls,
     ) -> Step {
         let recovery = self.recovery();
         let Some(s) = self.list.get_mut(i) else {
@@ -206,23 +300,20 @@ impl Sockets {
             // Closed by the server (e.g. the HTTP API's disconnect): the socket leaves its
             // namespace and the client is told so.
             let s = self.list.remove(i);
-            push_packet(out, &Packet::new(PacketType::Disconnect, s.nsp.clone()));
+            push_packet(out, &Packet::new(PacketType::Disconnect, &*s.nsp));
             return Step::Continue;
         }
         let mut step = Step::Continue;
         for d in batch.drain(..) {
             match d {
                 Delivery::Publication(p) => {
-                    if s.skip
-                        .get(&*p.channel)
-                        .is_some_and(|pos| p.epoch == pos.epoch && p.offset <= pos.offset)
-                    {
+                    if s.already_sent(&p) {
                         continue;
                     }
                     let ev = encode_publication(&p, &s.nsp, recovery);
                     push_event(out, &ev);
-                    if recovery {
-                        s.ring.push(offset_of(&p), ev);
+                    if let Some(r) = s.recovery.as_deref_mut() {
+                        r.ring.push(offset_of(&p), ev);
                     }
                 }
                 Delivery::Control(c) => match &*c {
@@ -233,7 +324,7 @@ impl Sockets {
                         break;
                     }
                     Control::Subscribe(_) | Control::Unsubscribe(_) => {
-                        self.controls.push((s.handle.id(), c));
+                        controls.push((s.handle.id(), c));
                     }
                 },
                 // Socket.IO has no join/leave events; direct messages are not addressed
@@ -249,27 +340,19 @@ impl Sockets {
         step
     }
 
-    /// Whether server-side subscribe / unsubscribe requests wait for
-    /// [`Self::apply_controls`].
-    pub(crate) fn has_controls(&self) -> bool {
-        !self.controls.is_empty()
-    }
-
     /// Applies the server-side subscribe / unsubscribe requests received (the HTTP API's
     /// subscribe by user): the socket joins or leaves the channel as if it had sent the
     /// event, without the permission check (the server asked). Socket.IO has no packet to
     /// tell the client.
-    pub(crate) async fn apply_controls(&mut self) {
-        for (id, c) in std::mem::take(&mut self.controls) {
+    pub(crate) async fn apply_controls(&mut self, controls: Controls) {
+        for (id, c) in controls {
             let Some(s) = self.list.iter_mut().find(|s| s.handle.id() == id) else {
                 continue;
             };
             match &*c {
                 Control::Subscribe(channel) => {
                     match channels::join_channel(&self.shared, &s.handle, channel).await {
-                        Ok(position) => {
-                            s.skip.insert(channel.clone(), position);
-                        }
+                        Ok(position) => s.joined(channel, position),
                         Err(e) => {
                             tracing::debug!(nsp = %s.nsp, %channel, "socket.io: server-side subscribe failed: {e:?}")
                         }
@@ -277,7 +360,7 @@ impl Sockets {
                 }
                 Control::Unsubscribe(channel) => {
                     channels::unsubscribe(&self.shared, &s.handle, channel).await;
-                    s.skip.remove(channel);
+                    s.left(channel);
                 }
                 Control::MissedPublications(_) => {}
             }
@@ -289,7 +372,10 @@ impl Sockets {
         let Ok(s) = std::str::from_utf8(t) else {
             return Step::ProtocolError("text packet is not UTF-8");
         };
-        match self.decoder.text(s) {
+        let mut decoder = self.take_decoder();
+        let decoded = decoder.text(s);
+        self.keep_decoder(decoder);
+        match decoded {
             Ok(Some(p)) => self.on_packet(p, out).await,
             Ok(None) => Step::Continue,
             Err(e) => {
@@ -303,21 +389,24 @@ impl Sockets {
     /// A binary message: an attachment of the pending binary packet. Its bytes count
     /// against the server-wide bound until the packet is complete (or the session ends).
     pub(crate) async fn on_binary(&mut self, b: Bytes, out: &mut Out) -> Step {
-        if self.decoder.is_waiting() {
+        if self.pending.is_some() {
             let max = self.shared.config.socketio.max_attachment_bytes_total;
             if !self
                 .shared
                 .counters
                 .try_reserve_attachment_bytes(b.len(), max)
             {
-                self.decoder.reset();
+                self.pending = None;
                 self.release_attachments();
                 tracing::debug!(peer = %self.peer, "socket.io: server-wide attachment bytes exhausted");
                 return Step::ProtocolError("too many attachment bytes buffered");
             }
             self.reserved = self.reserved.saturating_add(b.len());
         }
-        match self.decoder.binary(b) {
+        let mut decoder = self.take_decoder();
+        let decoded = decoder.binary(b);
+        self.keep_decoder(decoder);
+        match decoded {
             Ok(Some(p)) => {
                 self.release_attachments();
                 self.on_packet(p, out).await
@@ -390,15 +479,17 @@ impl Sockets {
                     .filter(|s| s.expires_at.is_none_or(|at| at >= crate::auth::unix_now()))
                 {
                     let offset = auth.get("offset").and_then(Value::as_str);
-                    if let Some(missed) = socket.ring.after(offset) {
-                        push_packet(
-                            out,
-                            &Packet::connect_ok(nsp, &socket.sid, socket.pid.as_deref()),
-                        );
+                    let recovered = socket
+                        .recovery
+                        .as_deref()
+                        .and_then(|r| Some((r, r.ring.after(offset)?)));
+                    if let Some((r, missed)) = recovered {
+                        push_packet(out, &Packet::connect_ok(nsp, &r.sid, Some(&r.pid)));
                         for ev in &missed {
                             push_event(out, ev);
                         }
                         tracing::debug!(peer = %self.peer, replayed = missed.len(), "socket.io session recovered");
+                        self.list.reserve_exact(1);
                         self.list.push(socket);
                         self.connected_once = true;
                         return;
@@ -458,20 +549,32 @@ impl Sockets {
                 }
             };
         let sid = random_id();
-        let pid = self.recovery().then(random_id);
-        push_packet(out, &Packet::connect_ok(nsp.clone(), &sid, pid.as_deref()));
+        let recovery = self.recovery().then(|| {
+            Box::new(Recovery {
+                sid: sid.as_str().into(),
+                pid: random_id().into(),
+                ring: Ring::new(self.shared.config.socketio.recovery_buffer),
+            })
+        });
+        let pid = recovery.as_deref().map(|r| &*r.pid);
+        push_packet(out, &Packet::connect_ok(nsp.clone(), &sid, pid));
         let exclude_sender = self.shared.config.socketio.exclude_sender.contains(&nsp);
-        self.list.push(NsSocket {
-            nsp,
-            sid,
-            pid,
+        let mut socket = NsSocket {
+            nsp: nsp_name(nsp),
+            recovery,
             handle,
             outbox,
-            ring: Ring::new(self.shared.config.socketio.recovery_buffer),
             exclude_sender,
-            skip: joined.into_iter().collect(),
+            live_from: Vec::new(),
             expires_at,
-        });
+        };
+        for (channel, position) in joined {
+            socket.joined(&channel, position);
+        }
+        // Most sessions join one namespace: room for exactly one more, not the four a
+        // growing `Vec` would make.
+        self.list.reserve_exact(1);
+        self.list.push(socket);
         self.connected_once = true;
     }
 
@@ -489,15 +592,13 @@ impl Sockets {
             "subscribe" => Some(match channel {
                 Some(c) => channels::subscribe(shared, &s.handle, c)
                     .await
-                    .map(|position| {
-                        s.skip.insert(c.to_string(), position);
-                    }),
+                    .map(|position| s.joined(c, position)),
                 None => Err(ChanError::UnknownChannel),
             }),
             "unsubscribe" => Some(match channel {
                 Some(c) => {
                     channels::unsubscribe(shared, &s.handle, c).await;
-                    s.skip.remove(c);
+                    s.left(c);
                     Ok(())
                 }
                 None => Err(ChanError::UnknownChannel),
@@ -537,11 +638,11 @@ impl Sockets {
     /// sockets with a pid are kept for recovery;
     /// the others leave the hub.
     pub(crate) fn close(&mut self, recoverable: bool) {
-        self.decoder.reset();
+        self.pending = None;
         self.release_attachments();
         let ttl = self.shared.config.socketio.max_disconnection_duration;
         for s in self.list.drain(..) {
-            if recoverable && s.pid.is_some() && !s.handle.is_closed() {
+            if recoverable && s.recovery.is_some() && !s.handle.is_closed() {
                 self.store.keep(s, ttl);
             }
         }
@@ -552,5 +653,63 @@ impl Drop for Sockets {
     fn drop(&mut self) {
         // However the session ends (a panic included), its reservation is given back.
         self.release_attachments();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_core::{Epoch, Hub, HubLimits, Payload};
+
+    fn socket(hub: &Hub) -> NsSocket {
+        let (handle, outbox) = hub.register(ConnInfo::new("p", PROTOCOL)).unwrap();
+        NsSocket {
+            nsp: nsp_name("/".into()),
+            recovery: None,
+            handle,
+            outbox,
+            exclude_sender: false,
+            live_from: Vec::new(),
+            expires_at: None,
+        }
+    }
+
+    fn publication(channel: &str, offset: u64, epoch: u32) -> Publication {
+        Publication::new(channel.into(), Payload::text("x"), offset, epoch, None)
+    }
+
+    #[test]
+    fn publications_of_the_join_snapshot_are_skipped_until_one_passes_it() {
+        let hub = Hub::new(HubLimits::default());
+        let mut s = socket(&hub);
+        assert!(
+            matches!(s.nsp, Cow::Borrowed("/")),
+            "the default namespace is not allocated"
+        );
+        // No history (no offset): nothing to skip, nothing kept.
+        s.joined("a", StreamPosition::default());
+        assert!(s.live_from.is_empty() && s.live_from.capacity() == 0);
+        assert!(!s.already_sent(&publication("a", 0, 0)));
+        // History: at or below the join's position in its epoch is skipped.
+        let epoch = Epoch::from(7u32);
+        s.joined("b", StreamPosition::new(5, epoch));
+        assert!(s.already_sent(&publication("b", 4, 7)));
+        assert!(s.already_sent(&publication("b", 5, 7)));
+        assert!(!s.already_sent(&publication("a", 1, 7)), "another channel");
+        // The first one past it ends the check for the channel.
+        assert!(!s.already_sent(&publication("b", 6, 7)));
+        assert!(s.live_from.is_empty());
+        assert!(!s.already_sent(&publication("b", 5, 7)));
+        // Another epoch is never skipped; leaving forgets the position.
+        s.joined("c", StreamPosition::new(5, epoch));
+        s.joined("d", StreamPosition::new(5, epoch));
+        assert!(!s.already_sent(&publication("c", 1, 8)));
+        s.left("d");
+        assert!(!s.already_sent(&publication("d", 1, 7)));
+        // A join again without history replaces a position.
+        s.joined("e", StreamPosition::new(5, epoch));
+        s.joined("e", StreamPosition::default());
+        assert!(!s.already_sent(&publication("e", 1, 7)));
+        assert!(s.live_from.is_empty());
     }
 }
