@@ -26,7 +26,7 @@ pub(crate) struct Shared {
     pub(crate) tls: Option<TlsAcceptor>,
     pub(crate) counters: Arc<ServerCounters>,
     pub(crate) started: Instant,
-    /// Verifies connection and subscription tokens of Centrifugo-protocol clients.
+    /// Verifies connection and subscription tokens (JWT), whatever the protocol.
     pub(crate) verifier: TokenVerifier,
     /// What answers each request path.
     pub(crate) router: Arc<Router>,
