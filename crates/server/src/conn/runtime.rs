@@ -279,7 +279,9 @@ struct Running<T, D> {
     /// How long the peer's close reply is awaited at shutdown (the other limits live in the
     /// heartbeat: every byte here is paid by every idle connection).
     shutdown_timeout: Duration,
-    who: Identity,
+    /// Who the peer is, for logs (the protocol's name is the traffic counters').
+    peer: SocketAddr,
+    id: ConnId,
     counters: Arc<ServerCounters>,
     /// The protocol's traffic counters; counts the connection open while it lives.
     traffic: OpenConnection,
@@ -344,7 +346,8 @@ fn open<T: Transport, D: Driver>(start: Start<T, D>) -> (Running<T, D>, Result<(
         out,
         heartbeat,
         shutdown_timeout: limits.shutdown_timeout,
-        who,
+        peer: who.peer,
+        id: who.id,
         counters,
         traffic,
         flood,
@@ -435,32 +438,15 @@ async fn drive<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Ending {
                     Some(_) => conn.counters.bump(Counter::ClosedProtocolError),
                     None => {}
                 }
-                tracing::debug!(peer = %conn.who.peer, id = conn.who.id, "read error: {e}");
+                tracing::debug!(peer = %conn.peer, id = conn.id, "read error: {e}");
                 return Ending::ReadError;
             }
-            Wake::Read(Some(Ok(msg))) => match msg {
-                Message::Close(frame) => return Ending::PeerClosed(frame.map(|f| f.code.0)),
-                Message::Ping(_) | Message::Pong(_) => Ok(()),
-                msg @ (Message::Text(_) | Message::Binary(_)) => {
-                    let len = message_len(&msg);
-                    conn.traffic.received.add(1, len as u64);
-                    match conn.flood.as_mut().map_or(Verdict::Pass, |f| f.check(len)) {
-                        Verdict::Pass => {
-                            contained(conn.driver.on_message(msg, &mut conn.out)).await
-                        }
-                        Verdict::Drop { first } => {
-                            conn.counters.bump(Counter::FloodDropped);
-                            if first {
-                                tracing::warn!(peer = %conn.who.peer, id = conn.who.id, protocol = conn.who.protocol, "client over its message rate: dropping its messages");
-                            }
-                            Ok(())
-                        }
-                        Verdict::Close => {
-                            conn.counters.bump(Counter::ClosedFlood);
-                            return Ending::Flood;
-                        }
-                    }
-                }
+            Wake::Read(Some(Ok(msg))) => match take_message(conn, msg) {
+                // Awaited out here, with nothing else held across the await: this future is
+                // what every connection keeps.
+                Taken::Handle(msg) => contained(conn.driver.on_message(msg, &mut conn.out)).await,
+                Taken::Done => Ok(()),
+                Taken::End(end) => return end,
             },
             Wake::Beat(Beat::Dead) => return Ending::Dead,
             Wake::Beat(Beat::Ping) => match crash::call(|| conn.driver.ping(&mut conn.out)) {
@@ -569,6 +555,43 @@ fn close_kind(end: &Ending) -> CloseKind {
     }
 }
 
+/// What to do with a message read from the peer.
+enum Taken {
+    /// Hand it to the driver.
+    Handle(Message),
+    /// Nothing more (a control frame, or a message dropped by the flood guard).
+    Done,
+    /// The connection ends.
+    End(Ending),
+}
+
+/// Counts a message from the peer and runs it past the flood guard; a plain function, so
+/// its state is not part of the connection's future.
+fn take_message<T: Transport, D: Driver>(conn: &mut Running<T, D>, msg: Message) -> Taken {
+    match msg {
+        Message::Close(frame) => Taken::End(Ending::PeerClosed(frame.map(|f| f.code.0))),
+        Message::Ping(_) | Message::Pong(_) => Taken::Done,
+        msg @ (Message::Text(_) | Message::Binary(_)) => {
+            let len = message_len(&msg);
+            conn.traffic.received.add(1, len as u64);
+            match conn.flood.as_mut().map_or(Verdict::Pass, |f| f.check(len)) {
+                Verdict::Pass => Taken::Handle(msg),
+                Verdict::Drop { first } => {
+                    conn.counters.bump(Counter::FloodDropped);
+                    if first {
+                        tracing::warn!(peer = %conn.peer, id = conn.id, protocol = conn.traffic.name, "client over its message rate: dropping its messages");
+                    }
+                    Taken::Done
+                }
+                Verdict::Close => {
+                    conn.counters.bump(Counter::ClosedFlood);
+                    Taken::End(Ending::Flood)
+                }
+            }
+        }
+    }
+}
+
 /// The reading side: the transport, unless the driver paused reading.
 fn poll_reads<T: Transport, D: Driver, E>(
     conn: &mut Running<T, D>,
@@ -665,12 +688,13 @@ async fn finish<T: Transport, D: Driver>(conn: Running<T, D>, end: Ending) {
         mut transport,
         mut driver,
         shutdown_timeout,
-        who,
+        peer,
+        id,
         counters,
         traffic,
         ..
     } = conn;
-    let (peer, id, protocol) = (who.peer, who.id, who.protocol);
+    let protocol = traffic.name;
     traffic.closed(close_kind(&end));
     match &end {
         Ending::Panic(msg) => {
