@@ -50,9 +50,6 @@ pub const RESERVED_PREFIXES: &[&str] = &[
     "/metrics",
 ];
 
-/// The room used for `/`.
-pub const DEFAULT_ROOM: &str = "lobby";
-
 /// The body type of every response.
 pub type Body = Full<Bytes>;
 
@@ -68,16 +65,6 @@ pub fn is_reserved(path: &str) -> bool {
                     .is_some_and(|rest| rest.starts_with('/'))
         }
     })
-}
-
-/// The raw room a WebSocket path joins: the path without its leading `/`, `lobby` for `/`.
-pub fn room_for_path(path: &str) -> String {
-    let name = path.trim_start_matches('/');
-    if name.is_empty() {
-        DEFAULT_ROOM.to_string()
-    } else {
-        name.to_string()
-    }
 }
 
 /// Route one request; a panic on the way becomes a 500.
@@ -184,6 +171,31 @@ pub(crate) fn method_not_allowed() -> Response<Body> {
     r.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
     r
+}
+
+/// Decodes one query-string value: `%XX` escapes and `+` for a space; bytes that do not
+/// make UTF-8 become U+FFFD.
+pub(crate) fn decode_query_value(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Why a request body could not be read.
@@ -332,12 +344,5 @@ mod tests {
         let r = contain(async { text(StatusCode::OK, "fine") }, &counters, peer).await;
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(counters.snapshot().http_panics, 1);
-    }
-
-    #[test]
-    fn rooms_from_paths() {
-        assert_eq!(room_for_path("/"), "lobby");
-        assert_eq!(room_for_path("/room1"), "room1");
-        assert_eq!(room_for_path("/a/b"), "a/b");
     }
 }

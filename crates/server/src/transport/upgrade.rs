@@ -142,26 +142,7 @@ pub(crate) fn query_value(query: Option<&str>, name: &str) -> Option<String> {
         .filter_map(|pair| pair.split_once('='))
         .find(|(k, _)| *k == name)?
         .1;
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
+    Some(crate::transport::http::decode_query_value(raw))
 }
 
 /// Whether the query string sets `name` to a false value (`false`, `0`, `no`, `off`).

@@ -161,6 +161,27 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// A new polling session `sid` holding `slot`; what clients send reaches its task
+    /// through `inbound`.
+    fn new(sid: String, inbound: mpsc::Sender<Inbound>, slot: ConnectionSlot) -> Session {
+        Session {
+            sid,
+            poll: Mutex::new(PollState {
+                queue: VecDeque::new(),
+                bytes: 0,
+                get_active: false,
+                post_active: false,
+                mode: Mode::Polling,
+                handover: None,
+                refused: None,
+            }),
+            wake_get: Notify::new(),
+            drained: Notify::new(),
+            inbound,
+            _slot: slot,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, PollState> {
         self.poll.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -408,22 +429,7 @@ fn polling_handshake(
     };
     let sid = new_sid(&shared);
     let (tx, rx) = mpsc::channel(INBOUND);
-    let session = Arc::new(Session {
-        sid: sid.clone(),
-        poll: Mutex::new(PollState {
-            queue: VecDeque::new(),
-            bytes: 0,
-            get_active: false,
-            post_active: false,
-            mode: Mode::Polling,
-            handover: None,
-            refused: None,
-        }),
-        wake_get: Notify::new(),
-        drained: Notify::new(),
-        inbound: tx,
-        _slot: slot,
-    });
+    let session = Arc::new(Session::new(sid.clone(), tx, slot));
     io.insert(Arc::clone(&session));
     let open = handshake(&shared, &sid, vec!["websocket"]);
     let transport = PollingTransport::new(
@@ -959,22 +965,7 @@ mod tests {
         let counters = Arc::new(crate::conn::stats::ServerCounters::default());
         let slot = counters.try_acquire_slot(None).unwrap();
         let (tx, rx) = mpsc::channel(INBOUND);
-        let session = Arc::new(Session {
-            sid: "s".into(),
-            poll: Mutex::new(PollState {
-                queue: VecDeque::new(),
-                bytes: 0,
-                get_active: false,
-                post_active: false,
-                mode: Mode::Polling,
-                handover: None,
-                refused: None,
-            }),
-            wake_get: Notify::new(),
-            drained: Notify::new(),
-            inbound: tx,
-            _slot: slot,
-        });
+        let session = Arc::new(Session::new("s".into(), tx, slot));
         let transport = PollingTransport::new(Arc::clone(&session), rx, max);
         (session, transport)
     }

@@ -38,11 +38,6 @@ mod socket;
 /// The path clients connect to (`socket.io-client`'s default `path`).
 pub const PATH: &str = "/socket.io/";
 
-/// Whether a request path is the Socket.IO endpoint (with or without the trailing slash).
-pub fn is_path(path: &str) -> bool {
-    path == PATH || path == "/socket.io"
-}
-
 pub use crate::config::{SocketIoConfig, DEFAULT_MAX_ATTACHMENT_BYTES_TOTAL};
 
 /// The query parameters Engine.IO uses.
@@ -58,7 +53,7 @@ impl Query {
         let mut out = Query::default();
         for pair in q.unwrap_or("").split('&') {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = percent_decode(v);
+            let v = crate::transport::http::decode_query_value(v);
             match k {
                 "EIO" => out.eio = Some(v),
                 "transport" => out.transport = Some(v),
@@ -68,28 +63,6 @@ impl Query {
         }
         out
     }
-}
-
-/// Decodes `%XX` escapes (sids are URL-safe, but a client may escape anything).
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Some(n) = std::str::from_utf8(&b[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                out.push(n);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The Socket.IO endpoint: every request on [`PATH`] (long-polling and WebSocket), and what
@@ -248,6 +221,7 @@ pub(crate) fn status_only(status: StatusCode) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::http::decode_query_value as percent_decode;
     use std::time::Duration;
 
     #[test]
