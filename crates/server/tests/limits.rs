@@ -6,32 +6,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use switchboard_server::{Server, ServerConfig};
+use support::start;
+use switchboard_server::ServerConfig;
 use switchboard_websocket::client::{connect, ClientOptions};
 use switchboard_websocket::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-async fn start(config: ServerConfig) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let config = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        deflate: false,
-        ..config
-    };
-    let bound = Server::builder()
-        .config(config)
-        .build()
-        .unwrap()
-        .bind()
-        .await
-        .unwrap();
-    let addr = bound.local_addr();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(bound.run_until(async move {
-        let _ = rx.await;
-    }));
-    (addr, tx)
-}
+mod support;
 
 async fn next_text(
     ws: &mut switchboard_websocket::stream::WebSocket<

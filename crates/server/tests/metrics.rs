@@ -10,6 +10,9 @@ use switchboard_websocket::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod support;
+use support::start;
+
 const N: usize = 4;
 const M: usize = 25;
 
@@ -50,23 +53,7 @@ fn at(s: &HashMap<String, f64>, key: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_a_scripted_load() {
-    let config = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        deflate: false,
-        ..ServerConfig::default()
-    };
-    let bound = Server::builder()
-        .config(config)
-        .build()
-        .unwrap()
-        .bind()
-        .await
-        .unwrap();
-    let addr = bound.local_addr();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(bound.run_until(async move {
-        let _ = rx.await;
-    }));
+    let (addr, tx) = start(ServerConfig::default()).await;
 
     let before = scrape(addr).await;
     assert_eq!(
