@@ -13,6 +13,10 @@
 //    acknowledged is lost, nothing doubled or reordered, and the publishers saw only 503s
 //    meanwhile; a third publisher on a channel of another master is not affected at all.
 //    The window is printed (`redis-cluster: …`).
+// 3. Resharding: two publishers (HTTP API, through two nodes) on two channels of one
+//    master while `redis-cli --cluster reshard` moves their slots to another master; every
+//    node subscribes again on the new owner (Redis ends the old subscriptions), nothing
+//    acknowledged is lost, doubled or reordered, publishers saw only 503s meanwhile.
 //
 // Run: node --test --test-concurrency=1 tests/interop/redis_cluster.test.mjs
 // (SWITCHBOARD_BIN=/abs/path/to/switchboard to test another binary). Skipped when
@@ -20,14 +24,17 @@
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startServer, join, withTimeout } from './lib/harness.mjs';
 import { CONFIG, API_KEY, api, health, connect, subscribe, once } from './lib/cluster.mjs';
 import { available, cli, poll, startRedisCluster } from './lib/redis_ha.mjs';
 
+const execFileP = promisify(execFile);
 const skip = !(await available('redis-server')) && 'redis-server is not installed';
 
 const RATE = 100;
@@ -86,6 +93,19 @@ function tally(received, p, acked) {
   }
   const missing = acked.filter((i) => !seen.has(i));
   return { lost: missing.length, duplicated, reordered, missing };
+}
+
+/** The hash slot of a key (CRC16/XMODEM of its hash tag, modulo 16384), as Redis Cluster computes it. */
+function keySlot(key) {
+  const open = key.indexOf('{');
+  const close = open >= 0 ? key.indexOf('}', open + 1) : -1;
+  const tag = close > open + 1 ? key.slice(open + 1, close) : key;
+  let crc = 0;
+  for (const b of Buffer.from(tag)) {
+    crc ^= b << 8;
+    for (let k = 0; k < 8; k++) crc = crc & 0x8000 ? ((crc << 1) ^ 0x1021) & 0xffff : (crc << 1) & 0xffff;
+  }
+  return crc % 16384;
 }
 
 /** The JSON data a raw client received, in order. */
@@ -147,6 +167,102 @@ describe('the Redis broker on a Redis Cluster', { skip }, () => {
       if (by.get(m).length < perMaster) by.get(m).push(channel);
     }
     return [...by.entries()].flatMap(([master, chans]) => chans.map((channel) => ({ channel, master })));
+  }
+
+  /**
+   * On every node: a centrifuge-js subscription (recovery on) and a raw client on `channel`.
+   * Returns [{ kind, node, received(), subscribed (centrifuge), inbox (raw) }].
+   */
+  async function listenEverywhere(channel) {
+    const clients = [];
+    for (const [k, node] of nodes.entries()) {
+      const { c } = await connect(node);
+      cleanups.push(async () => c.disconnect());
+      const rec = { kind: 'centrifuge', node: k, got: [], subscribed: [] };
+      const sub = c.newSubscription(channel);
+      sub.on('publication', (ctx) => rec.got.push(ctx.data));
+      sub.on('subscribed', (ctx) => rec.subscribed.push({ wasRecovering: ctx.wasRecovering, recovered: ctx.recovered }));
+      const p = once(sub, 'subscribed', () => true, `subscribed on node${k}`);
+      sub.subscribe();
+      await p;
+      rec.received = () => rec.got;
+      clients.push(rec);
+      const inbox = await join(node.wsUrl(`/${channel}`));
+      cleanups.push(async () => inbox.ws.terminate());
+      clients.push({ kind: 'raw', node: k, inbox, received: () => rawData(inbox) });
+    }
+    return clients;
+  }
+
+  /**
+   * Waits until every client has every acknowledged publication of its publishers
+   * (`watch`: [{ clients, pubs }]), then asserts none was lost, doubled or reordered, no
+   * raw client was closed and every centrifuge resubscription recovered. `label` prefixes
+   * the printed summary.
+   */
+  async function assertDelivered(t, label, watch) {
+    let drained = true;
+    try {
+      await poll(() => {
+        for (const { clients, pubs } of watch) {
+          for (const c of clients) {
+            const got = c.received();
+            for (const p of pubs) {
+              const have = new Set(got.filter((d) => d.p === p.p).map((d) => d.i));
+              if (p.acked.some((a) => !have.has(a.i))) return false;
+            }
+          }
+        }
+        return true;
+      }, 'every client to have every acknowledged publication', DRAIN_MS);
+    } catch (e) {
+      drained = false;
+      t.diagnostic(e.message);
+    }
+    const failures = [];
+    const all = watch.flatMap((w) => w.clients);
+    for (const { clients, pubs } of watch) {
+      for (const c of clients) {
+        for (const p of pubs) {
+          const r = tally(c.received(), p.p, p.acked.map((a) => a.i));
+          if (r.lost || r.duplicated || r.reordered) {
+            failures.push(
+              `${c.kind} on node${c.node}, publisher ${p.p}: lost=${r.lost} duplicated=${r.duplicated} reordered=${r.reordered} ` +
+                `missing=${r.missing.slice(0, 5).join(',')}`,
+            );
+          }
+        }
+      }
+    }
+    const resubs = all.filter((c) => c.kind === 'centrifuge').flatMap((c) => c.subscribed.slice(1));
+    console.log(
+      `${label}: clients=${all.length} failures=${failures.length} ` +
+        `raw_closed=${all.filter((c) => c.kind === 'raw' && c.inbox.closed).length} ` +
+        `centrifuge_resubscribed=${resubs.length} recovered=${resubs.filter((s) => s.recovered).length}`,
+    );
+    assert.deepEqual(failures, [], 'no acknowledged publication lost, none twice, none out of order');
+    assert.ok(drained, 'every client got every acknowledged publication');
+    for (const c of all.filter((c) => c.kind === 'raw')) assert.equal(c.inbox.closed, null, `raw client on node${c.node} not closed`);
+    for (const s of resubs) assert.equal(s.recovered, true, 'a centrifuge resubscription recovered');
+  }
+
+  /** Prints a publisher's outcome and asserts it saw only acknowledgements and 503s. */
+  function assertOnly503s(label, p, since) {
+    const firstAfter = p.acked.find((a) => a.sentAt >= since);
+    const windowMs = p.errors.length ? p.errors.at(-1).at - p.errors[0].sentAt : 0;
+    const statuses = Object.entries(p.statuses)
+      .map(([s, n]) => `${s}:${n}`)
+      .join(',');
+    console.log(
+      `${label}: publisher ${p.p}: attempted=${p.next} acknowledged=${p.acked.length} statuses=${statuses} ` +
+        `error_window_ms=${windowMs} resume_ms=${firstAfter ? firstAfter.ackAt - since : 'none'}`,
+    );
+    assert.ok(firstAfter, `publisher ${p.p}: acknowledged again after ${since}`);
+    assert.deepEqual(
+      Object.keys(p.statuses).filter((s) => s !== 'ok' && s !== '503'),
+      [],
+      `publisher ${p.p}: only 503s meanwhile (${statuses})`,
+    );
   }
 
   it('every master carries pub/sub; every client gets every publication once, in order; recovery and presence across nodes', async () => {
@@ -245,29 +361,75 @@ describe('the Redis broker on a Redis Cluster', { skip }, () => {
     }
   });
 
+  it('slots resharded under publishing: nothing acknowledged lost, doubled or reordered; subscriptions follow the slots', async (t) => {
+    // Two channels in the first slots of one master, the slots `redis-cli --cluster
+    // reshard` moves first; a publisher on each (through two nodes) while those slots move
+    // to another master.
+    const SLOTS = 64;
+    const layout = await rc.slots();
+    const source = layout[0].master;
+    const first = layout.filter((r) => r.master === source).sort((a, b) => a.start - b.start)[0];
+    assert.ok(first.end - first.start + 1 >= SLOTS, 'the source master owns a long enough first range');
+    const target = layout.find((r) => r.master !== source).master;
+    const stamp = Date.now();
+    const channels = [];
+    for (let k = 0; channels.length < 2; k++) {
+      assert.ok(k < 100_000, 'channels in the moved slots found');
+      const channel = `reshard-${stamp}-${k}`;
+      const slot = keySlot(`sb:{${channel}}:m`);
+      if (slot >= first.start && slot < first.start + SLOTS) channels.push(channel);
+    }
+    for (const channel of channels) assert.equal(await rc.masterOf(`sb:{${channel}}:m`), source);
+    const watch = [];
+    for (const [k, channel] of channels.entries()) {
+      const clients = await listenEverywhere(channel);
+      const pub = startPublisher(nodes[k], channel, k === 0 ? 'A' : 'B');
+      watch.push({ channel, clients, pubs: [pub] });
+    }
+    const pubs = watch.flatMap((w) => w.pubs);
+    let startedAt;
+    try {
+      await sleep(1_500);
+      const sourceId = await cli(source, 'CLUSTER', 'MYID');
+      const targetId = await cli(target, 'CLUSTER', 'MYID');
+      startedAt = Date.now();
+      await execFileP(
+        'redis-cli',
+        ['--cluster', 'reshard', `127.0.0.1:${source}`, '--cluster-from', sourceId, '--cluster-to', targetId,
+          '--cluster-slots', String(SLOTS), '--cluster-yes'],
+        { encoding: 'utf8', timeout: 60_000 },
+      );
+      const movedAt = Date.now();
+      for (const channel of channels) {
+        await poll(async () => (await rc.masterOf(`sb:{${channel}}:m`)) === target, `${channel} to be owned by ${target}`);
+        // Every node listens to the channel on its new owner, and no longer on the old one.
+        await poll(async () => {
+          const out = (await cli(target, 'PUBSUB', 'SHARDNUMSUB', `sb:{${channel}}:c`)).split('\n');
+          return Number(out[1]) === nodes.length;
+        }, `the three nodes' subscriptions to ${channel} on ${target}`);
+        const old = (await cli(source, 'PUBSUB', 'SHARDNUMSUB', `sb:{${channel}}:c`)).split('\n');
+        assert.equal(Number(old[1]), 0, `no subscription to ${channel} left on ${source}`);
+      }
+      console.log(
+        `redis-cluster: resharded ${SLOTS} slots from ${source} to ${target} in ${movedAt - startedAt} ms; ` +
+          `every node subscribed on the new owner after ${Date.now() - startedAt} ms`,
+      );
+      await sleep(1_500);
+    } finally {
+      for (const p of pubs) p.stop = true;
+      await withTimeout(Promise.all(pubs.map((p) => p.done)), 'the publishers to stop', PUBLISH_TIMEOUT_MS + 2_000);
+    }
+    for (const p of pubs) assertOnly503s('redis-cluster reshard', p, startedAt);
+    await assertDelivered(t, 'redis-cluster reshard', watch);
+  });
+
   it('a master killed under publishing: nothing acknowledged lost or doubled, only 503s meanwhile', async (t) => {
     const spread = await spreadChannels(`failover-${Date.now()}`, 1);
     const [{ channel, master }] = spread;
     // A channel on another master, published to meanwhile: its publications are not
     // affected by the failover.
     const other = spread.find((c) => c.master !== master).channel;
-    const clients = [];
-    for (const [k, node] of nodes.entries()) {
-      const { c } = await connect(node);
-      cleanups.push(async () => c.disconnect());
-      const rec = { kind: 'centrifuge', node: k, got: [], subscribed: [] };
-      const sub = c.newSubscription(channel);
-      sub.on('publication', (ctx) => rec.got.push(ctx.data));
-      sub.on('subscribed', (ctx) => rec.subscribed.push({ wasRecovering: ctx.wasRecovering, recovered: ctx.recovered }));
-      const p = once(sub, 'subscribed', () => true, `subscribed on node${k}`);
-      sub.subscribe();
-      await p;
-      rec.received = () => rec.got;
-      clients.push(rec);
-      const inbox = await join(node.wsUrl(`/${channel}`));
-      cleanups.push(async () => inbox.ws.terminate());
-      clients.push({ kind: 'raw', node: k, inbox, received: () => rawData(inbox) });
-    }
+    const clients = await listenEverywhere(channel);
     const slotsBefore = await rc.slots();
     const replica = slotsBefore.find((r) => r.master === master).replicas[0];
     const pubs = [startPublisher(nodes[0], channel, 'A'), startPublisher(nodes[1], channel, 'B')];
@@ -299,60 +461,7 @@ describe('the Redis broker on a Redis Cluster', { skip }, () => {
       .join(',');
     console.log(`redis-cluster: publisher C on a channel of another master: statuses=${cStatuses}`);
     assert.deepEqual(Object.keys(bystander.statuses), ['ok'], `publisher C: not affected by another master's failure (${cStatuses})`);
-    for (const p of pubs) {
-      const firstAfter = p.acked.find((a) => a.sentAt >= killedAt);
-      const windowMs = p.errors.length ? p.errors.at(-1).at - p.errors[0].sentAt : 0;
-      const statuses = Object.entries(p.statuses)
-        .map(([s, n]) => `${s}:${n}`)
-        .join(',');
-      console.log(
-        `redis-cluster: publisher ${p.p}: attempted=${p.next} acknowledged=${p.acked.length} statuses=${statuses} ` +
-          `error_window_ms=${windowMs} resume_ms=${firstAfter ? firstAfter.ackAt - killedAt : 'none'}`,
-      );
-      assert.ok(firstAfter, `publisher ${p.p}: acknowledged again after the failover`);
-      assert.deepEqual(
-        Object.keys(p.statuses).filter((s) => s !== 'ok' && s !== '503'),
-        [],
-        `publisher ${p.p}: only 503s during the failover (${statuses})`,
-      );
-    }
-    let drained = true;
-    try {
-      await poll(() => {
-        for (const c of clients) {
-          const got = c.received();
-          for (const p of pubs) {
-            const have = new Set(got.filter((d) => d.p === p.p).map((d) => d.i));
-            if (p.acked.some((a) => !have.has(a.i))) return false;
-          }
-        }
-        return true;
-      }, 'every client to have every acknowledged publication', DRAIN_MS);
-    } catch (e) {
-      drained = false;
-      t.diagnostic(e.message);
-    }
-    const failures = [];
-    for (const c of clients) {
-      for (const p of pubs) {
-        const r = tally(c.received(), p.p, p.acked.map((a) => a.i));
-        if (r.lost || r.duplicated || r.reordered) {
-          failures.push(
-            `${c.kind} on node${c.node}, publisher ${p.p}: lost=${r.lost} duplicated=${r.duplicated} reordered=${r.reordered} ` +
-              `missing=${r.missing.slice(0, 5).join(',')}`,
-          );
-        }
-      }
-    }
-    const resubs = clients.filter((c) => c.kind === 'centrifuge').flatMap((c) => c.subscribed.slice(1));
-    console.log(
-      `redis-cluster: clients=${clients.length} failures=${failures.length} ` +
-        `raw_closed=${clients.filter((c) => c.kind === 'raw' && c.inbox.closed).length} ` +
-        `centrifuge_resubscribed=${resubs.length} recovered=${resubs.filter((s) => s.recovered).length}`,
-    );
-    assert.deepEqual(failures, [], 'no acknowledged publication lost, none twice, none out of order');
-    assert.ok(drained, 'every client got every acknowledged publication');
-    for (const c of clients.filter((c) => c.kind === 'raw')) assert.equal(c.inbox.closed, null, `raw client on node${c.node} not closed`);
-    for (const s of resubs) assert.equal(s.recovered, true, 'a centrifuge resubscription recovered');
+    for (const p of pubs) assertOnly503s('redis-cluster', p, killedAt);
+    await assertDelivered(t, 'redis-cluster', [{ clients, pubs }]);
   });
 });

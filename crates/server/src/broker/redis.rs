@@ -279,6 +279,10 @@ struct Inner {
     handler: OnceLock<Arc<dyn BrokerHandler>>,
     /// Channels listened to, for re-subscribing after a reconnect.
     channels: Mutex<HashSet<String>>,
+    /// Pub/sub names whose subscription Redis ended because their slot moved to another
+    /// master (a `SUNSUBSCRIBE` push, or a new owner seen in the layout): subscribed again,
+    /// on the new owner, by the maintenance task, and their channels re-checked.
+    moved: Mutex<HashSet<String>>,
     started: Instant,
     publish: Script,
     read: Script,
@@ -619,6 +623,7 @@ impl RedisBroker {
             wake: Notify::new(),
             handler: OnceLock::new(),
             channels: Mutex::new(HashSet::new()),
+            moved: Mutex::new(HashSet::new()),
             started: Instant::now(),
             publish: Script::new(PUBLISH_LUA),
             read: Script::new(READ_LUA),
@@ -882,8 +887,14 @@ impl Inner {
         if self.cluster.is_none() {
             return self.note(r);
         }
-        if let Err(BrokerError::Unavailable(_)) = &r {
-            if let Some(master) = self.master_of(channel) {
+        if let Err(BrokerError::Unavailable(msg)) = &r {
+            // A slot being migrated (`TRYAGAIN`, or redirections the client gave up
+            // following) says nothing about the master being down: only the layout is
+            // looked at again.
+            let migrating = ["TRYAGAIN", "MOVED", "ASK"]
+                .iter()
+                .any(|code| msg.contains(code));
+            if let Some(master) = self.master_of(channel).filter(|_| !migrating) {
                 self.down
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -1059,7 +1070,11 @@ impl Inner {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .retain(|m, _| masters.contains(m.as_str()));
-                *self.slots.write().unwrap_or_else(|e| e.into_inner()) = ranges;
+                let old = std::mem::replace(
+                    &mut *self.slots.write().unwrap_or_else(|e| e.into_inner()),
+                    ranges.clone(),
+                );
+                self.note_moved_slots(&old, &ranges);
             }
         }
         if self.sentinel.is_some() {
@@ -1187,10 +1202,19 @@ impl Inner {
         for chunk in channels.chunks(256) {
             self.subscribe_raw(chunk).await?;
         }
+        for channel in &channels {
+            self.resync_channel(channel).await?;
+        }
+        Ok(())
+    }
+
+    /// Reports `channel`'s top to the node (which fills what it missed below it) and writes
+    /// this node's presence entries of the channel again.
+    async fn resync_channel(&self, channel: &str) -> Result<(), BrokerError> {
         let Some(handler) = self.handler.get() else {
             return Ok(());
         };
-        for channel in &channels {
+        {
             let mut cmd = self.cmd()?;
             let (epoch, offset): (Option<String>, Option<u64>) = bounded(
                 redis::cmd("HMGET")
@@ -1351,6 +1375,104 @@ impl Inner {
         Ok(())
     }
 
+    /// Whether this node still listens to the pub/sub name `name` (a channel it has members
+    /// in, or one of its control channels).
+    fn still_wanted(&self, name: &str) -> bool {
+        if name == self.control || name == self.answers {
+            return self.control_ready.load(Ordering::Relaxed);
+        }
+        channel_of(name.as_bytes()).is_some_and(|c| {
+            self.channels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(c)
+        })
+    }
+
+    /// A new cluster layout: the subscriptions of every name whose slot now has another
+    /// master are made again. Redis ends them with a `SUNSUBSCRIBE` push when the slot
+    /// leaves its old owner; this catches a push that was missed (a connection replaced
+    /// meanwhile), and a failover.
+    fn note_moved_slots(&self, old: &[SlotRange], new: &[SlotRange]) {
+        if old.is_empty() {
+            return;
+        }
+        let owner = |ranges: &[SlotRange], slot: u16| {
+            ranges
+                .iter()
+                .find(|r| r.start <= slot && slot <= r.end)
+                .map(|r| r.master.clone())
+        };
+        let mut names: Vec<String> = self
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|c| pubsub_channel(c))
+            .collect();
+        if self.control_ready.load(Ordering::Relaxed) {
+            names.push(self.control.clone());
+            names.push(self.answers.clone());
+        }
+        let changed: Vec<String> = names
+            .into_iter()
+            .filter(|n| {
+                let slot = slot_number(n);
+                owner(old, slot) != owner(new, slot)
+            })
+            .collect();
+        if !changed.is_empty() {
+            tracing::info!(
+                subscriptions = changed.len(),
+                "slots moved to other masters; subscribing again there"
+            );
+            self.moved
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(changed);
+        }
+    }
+
+    /// Subscribes again to the names whose slot moved (on their new owner: the cluster
+    /// connection follows `MOVED`), then reports each channel's top, so the node fills
+    /// from history what was published while it listened to the old owner (during a
+    /// migration a publication runs on the slot's new owner as soon as its keys are there).
+    /// Names that fail stay for the next round.
+    async fn resubscribe_moved(&self) {
+        let names: Vec<String> = self
+            .moved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        let mut failed = Vec::new();
+        for name in names {
+            if !self.still_wanted(&name) {
+                continue;
+            }
+            let done = match self.subscribe_names(std::slice::from_ref(&name)).await {
+                Ok(()) => match channel_of(name.as_bytes()) {
+                    Some(channel) => self.resync_channel(channel).await,
+                    None => Ok(()),
+                },
+                Err(e) => Err(e),
+            };
+            if let Err(e) = done {
+                tracing::debug!(
+                    name,
+                    "subscription on the slot's new owner not made yet: {e}"
+                );
+                failed.push(name);
+            }
+        }
+        if !failed.is_empty() {
+            self.moved
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(failed);
+        }
+    }
+
     /// Hands one push from the subscription connection to the node.
     fn on_push(self: &Arc<Self>, push: PushInfo) {
         match push.kind {
@@ -1358,6 +1480,28 @@ impl Inner {
                 self.connected.store(false, Ordering::Relaxed);
                 self.resync.store(true, Ordering::Relaxed);
                 self.wake.notify_one();
+            }
+            PushKind::SUnsubscribe => {
+                // Redis ends the sharded subscriptions of a slot that moves to another
+                // master. Ours ends with our own `SUNSUBSCRIBE` only after the channel left
+                // `channels`: one still there was moved, and is subscribed again.
+                let Some(name) = push.data.first().and_then(bytes_of) else {
+                    return;
+                };
+                let Ok(name) = std::str::from_utf8(&name) else {
+                    return;
+                };
+                if self.still_wanted(name) {
+                    tracing::info!(
+                        name,
+                        "Redis ended a sharded subscription (its slot moved); subscribing again"
+                    );
+                    self.moved
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(name.to_string());
+                    self.wake.notify_one();
+                }
             }
             PushKind::Message | PushKind::SMessage => {
                 let (Some(ch), Some(msg)) = (push.data.first(), push.data.get(1)) else {
@@ -1570,6 +1714,9 @@ async fn maintain(weak: std::sync::Weak<Inner>) {
                         }
                         inner.connected.store(true, Ordering::Relaxed);
                     }
+                }
+                if ok && inner.connected.load(Ordering::Relaxed) {
+                    inner.resubscribe_moved().await;
                 }
                 if ok && Instant::now() >= reap_due {
                     reap_due = Instant::now() + period;
