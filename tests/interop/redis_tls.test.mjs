@@ -3,18 +3,23 @@
 // `rediss://` trusting that CA. Publications cross nodes; a node given another CA, or none
 // (the system's store does not know the test CA), refuses to start with a clear error
 // instead of retrying for ever; a Redis that requires client certificates accepts a node
-// that presents one signed by its CA.
+// that presents one signed by its CA. The same for a Redis Cluster (3 masters, 3 replicas)
+// served only over TLS, cluster bus included: two nodes on `rediss+cluster://` share
+// channels of every master; a wrong CA, or none, is refused at start.
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFile, execFileSync, spawn } from 'node:child_process';
+import { promisify } from 'node:util';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { startServer, join, binaryPath, withTimeout } from './lib/harness.mjs';
 import { startRedis, redisAvailable } from './lib/redis.mjs';
-import { CONFIG, api } from './lib/cluster.mjs';
+import { CONFIG, api, health } from './lib/cluster.mjs';
+import { poll, startRedisCluster } from './lib/redis_ha.mjs';
 
+const execFileP = promisify(execFile);
 const haveRedis = await redisAvailable();
 const haveOpenssl = (() => {
   try {
@@ -59,6 +64,7 @@ function startExpectingExit(args) {
 describe('the Redis broker over TLS', { skip }, () => {
   const nodes = [];
   const redises = [];
+  const clusters = [];
   const sockets = [];
   let config;
 
@@ -75,6 +81,7 @@ describe('the Redis broker over TLS', { skip }, () => {
     for (const s of sockets) s.ws.close();
     for (const n of nodes) await n.stop('SIGKILL');
     for (const r of redises) await r.close();
+    for (const rc of clusters) await rc.close();
     rmSync(dir, { recursive: true, force: true });
   });
 
@@ -120,5 +127,54 @@ describe('the Redis broker over TLS', { skip }, () => {
     const { code, stderr } = await startExpectingExit(['--config', config, '--broker', redis.url, '--broker-tls-ca', file('ca.crt')]);
     assert.notEqual(code, 0);
     assert.match(stderr, /cannot use the broker/);
+  });
+
+  it('a TLS-only Redis Cluster (rediss+cluster://): two nodes share channels of every master; a wrong CA, or none, is refused at start', async () => {
+    const tls = { cert: file('redis.crt'), key: file('redis.key'), ca: file('ca.crt') };
+    const rc = await startRedisCluster({ masters: 3, replicas: 1, tls });
+    clusters.push(rc);
+    const url = rc.url();
+    assert.match(url, /^rediss\+cluster:\/\//);
+    // Nothing answers in the clear.
+    await assert.rejects(execFileP('redis-cli', ['-p', String(rc.nodes[0].port), 'PING'], { timeout: 5_000 }).then(({ stdout }) => {
+      if (!/PONG/.test(stdout)) throw new Error(stdout);
+    }));
+    const masters = [...new Set((await rc.slots()).map((r) => r.master))];
+    assert.equal(masters.length, 3);
+    const pair = [];
+    for (let i = 0; i < 2; i++) {
+      const n = await startServer(['--config', config, '--broker', url, '--broker-tls-ca', file('ca.crt'), '--node-name', `tls-cluster${i}`]);
+      nodes.push(n);
+      pair.push(n);
+    }
+    for (const n of pair) {
+      await poll(async () => {
+        const h = await health(n);
+        return h.broker.connected && h.broker.kind === 'redis-cluster' && new Set(h.broker.masters).size === 3;
+      }, `${n.httpUrl} connected to the TLS cluster`);
+    }
+    // One channel per master: its publications cross the nodes through that master.
+    const channels = new Map();
+    for (let k = 0; channels.size < masters.length; k++) {
+      assert.ok(k < 1000, 'a channel for every master found');
+      const channel = `tls-cluster-${k}`;
+      const m = await rc.masterOf(`sb:{${channel}}:m`);
+      if (!channels.has(m)) channels.set(m, channel);
+    }
+    for (const [master, channel] of channels) {
+      const raw = await join(pair[1].wsUrl(`/${channel}`));
+      sockets.push(raw);
+      const r = await api(pair[0], 'publish', { channel, data: { over: 'tls', master } });
+      assert.equal(r.status, 200, r.text);
+      assert.deepEqual(JSON.parse((await raw.next(`the publication through ${master}`)).text), { over: 'tls', master });
+      const sub = (await rc.cli(master, 'PUBSUB', 'SHARDNUMSUB', `sb:{${channel}}:c`)).split('\n');
+      assert.equal(Number(sub[1]), 1, `the listening node subscribed on ${master} over TLS`);
+    }
+    for (const extra of [['--broker-tls-ca', file('other-ca.crt')], []]) {
+      const { code, stderr } = await startExpectingExit(['--config', config, '--broker', url, ...extra]);
+      assert.notEqual(code, 0, 'exits with an error');
+      assert.match(stderr, /cannot use the broker rediss\+cluster:\/\/127\.0\.0\.1:\d+,127\.0\.0\.1:\d+/);
+      assert.match(stderr, /certificate|UnknownIssuer/i, stderr);
+    }
   });
 });

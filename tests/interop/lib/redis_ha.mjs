@@ -196,10 +196,14 @@ export async function startSentinels({ name = 'sbmaster', replicas = 1, downAfte
  * A Redis Cluster of `masters` masters with `replicas` replicas each (`--cluster-enabled
  * yes`, `cluster-node-timeout` `nodeTimeoutMs`), created with `redis-cli --cluster create`.
  * Resolves once every node reports `cluster_state:ok` and knows every other node. Returns
- * { nodes, url(query), slots(), masterOf(key), close() }: `slots()` is the slot layout
- * as a live node reports it ([{ start, end, master: port, replicas: [port] }]).
+ * { nodes, url(query), slots(), masterOf(key), cli(port, ...args), close() }: `slots()` is the
+ * slot layout as a live node reports it ([{ start, end, master: port, replicas: [port] }]).
+ * With `tls` ({ cert, key, ca }: PEM files) every node listens only over TLS, the cluster
+ * bus and replication too (`tls-cluster yes`), and `url()` is `rediss+cluster://…`.
  */
-export async function startRedisCluster({ masters = 3, replicas = 1, nodeTimeoutMs = 1000 } = {}) {
+export async function startRedisCluster({ masters = 3, replicas = 1, nodeTimeoutMs = 1000, tls = null } = {}) {
+  const cli = (port, ...args) => cliTls(tls, port, ...args);
+  const tlsArgs = tls ? ['--tls', '--cacert', tls.ca] : [];
   const dir = mkdtempSync(path.join(tmpdir(), 'sb-rcluster-'));
   const nodes = [];
   const res = {
@@ -209,13 +213,14 @@ export async function startRedisCluster({ masters = 3, replicas = 1, nodeTimeout
       rmSync(dir, { recursive: true, force: true });
     },
   };
-  res.url = (query = '') => `redis+cluster://${nodes.slice(0, 2).map((n) => `127.0.0.1:${n.port}`).join(',')}${query}`;
+  res.cli = cli;
+  res.url = (query = '') => `${tls ? 'rediss' : 'redis'}+cluster://${nodes.slice(0, 2).map((n) => `127.0.0.1:${n.port}`).join(',')}${query}`;
   /** The slot layout, asked of the first live node that answers. */
   res.slots = async () => {
     for (const n of nodes) {
       if (n.proc.exitCode !== null || n.proc.signalCode !== null) continue;
       try {
-        const { stdout } = await execFileP('redis-cli', ['-p', String(n.port), '--json', 'CLUSTER', 'SLOTS'], {
+        const { stdout } = await execFileP('redis-cli', [...tlsArgs, '-p', String(n.port), '--json', 'CLUSTER', 'SLOTS'], {
           encoding: 'utf8',
           timeout: 5_000,
         });
@@ -247,12 +252,13 @@ export async function startRedisCluster({ masters = 3, replicas = 1, nodeTimeout
           '--cluster-enabled', 'yes',
           '--cluster-config-file', path.join(ndir, 'nodes.conf'),
           '--cluster-node-timeout', String(nodeTimeoutMs),
-        ]),
+          ...(tls ? ['--tls-cluster', 'yes'] : []),
+        ], tls),
       );
     }
     await execFileP(
       'redis-cli',
-      ['--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', String(replicas), '--cluster-yes'],
+      [...tlsArgs, '--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', String(replicas), '--cluster-yes'],
       { encoding: 'utf8', timeout: 60_000 },
     );
     for (const n of nodes) {
