@@ -5,7 +5,7 @@
 //!
 //! | key | type | contents | lifetime |
 //! |---|---|---|---|
-//! | `sb:{C}:m` | hash | `e` epoch, `o` latest offset, `b` the offset the epoch's stream starts after (set by a history removal) | `history_ttl` after the last publish (1 h without history) |
+//! | `sb:{C}:m` | hash | `e` epoch, `o` latest offset, `r` latest offset sent live, `b` the offset the epoch's stream starts after (set by a history removal) | `history_ttl` after the last publish (1 h without history) |
 //! | `sb:{C}:h` | stream | history: entry id `0-<offset>`, field `d` = publication | `history_ttl`, at most `history_size` entries |
 //! | `sb:{C}:p` | hash | presence: client id → `<node id>\n<client info>` | entries removed on leave, or when their node's lease ends |
 //! | `sb:{C}:c` | pub/sub channel | live publications and join/leave events | — |
@@ -19,7 +19,9 @@
 //! `history_size`), refresh the TTLs, and `SPUBLISH` (or `PUBLISH` on a Redis without
 //! sharded pub/sub) `p<offset>\n<epoch>\n<publication>` to the channel — atomically, so
 //! every node sees one channel's publications in offset order and history never disagrees
-//! with the live stream.
+//! with the live stream. While publications wait for a replica's confirmation (below), the
+//! script only stores them, and a second script, run once `WAIT` confirmed one, sends every
+//! stored publication up to it not sent yet (`r`), in offset order.
 //!
 //! Two connections per node, both `redis` crate connection managers (RESP3, reconnecting
 //! with backoff): one for commands and scripts, one for subscriptions, whose pushes feed one
@@ -37,7 +39,11 @@
 //! as after a Redis restart (re-subscribe, report each channel's top, rewrite presence), so
 //! what a node missed is filled from history. Meanwhile publishes fail at once with
 //! [`BrokerError::Unavailable`]. While the master has replicas a publication is
-//! acknowledged only once one of them has it (`WAIT 1 <wait>`), so a promotion keeps it.
+//! acknowledged, and sent live, only once one of them has it (`WAIT 1 <wait>`), so a
+//! promotion keeps it and a demoted master never sent what its successor lacks. A master
+//! left without a confirming replica is not published to for [`REPLICA_HOLD`]. A channel's
+//! live publications are handed on in offset order: one sent again (a new master that did
+//! not learn it was sent) is dropped.
 //!
 //! With `redis+cluster://` both connections are the `redis` crate's cluster connections
 //! (one connection per master each, commands routed by slot, `MOVED`/`ASK` followed). Every
@@ -46,7 +52,10 @@
 //! channel's slot; the acknowledgement round trip (`PING` or `WAIT`) goes to the master
 //! that ran the script. The layout (`CLUSTER SLOTS`) is read at every heartbeat; a master
 //! that fails a publication pauses only its own channels' publishes (`MASTER_PAUSE`).
-//! Losing the subscription connection to a master resyncs every channel, as above.
+//! Losing the subscription connection to a master resyncs every channel, as above. A slot
+//! that moves to another master ends its sharded subscriptions (`SUNSUBSCRIBE` push); they
+//! are made again on the new owner and their channels re-checked from history, as are those
+//! whose slot a heartbeat finds owned by another master.
 //!
 //! Control traffic ([`Broker::control`], [`Broker::survey`]) uses the same pub/sub mode as
 //! channels: every node listens to `sb:ctl` and to its own `sb:ctl:<node>` from its first
@@ -87,6 +96,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How long publishes to the channels of a Redis Cluster master that failed are refused at
 /// once before one is tried again.
 const MASTER_PAUSE: Duration = Duration::from_millis(500);
+/// How long publishes are refused once a master that had replicas has none that confirm
+/// (a `WAIT` that timed out, or none left in its replication info): the master may be
+/// about to be demoted (a switchover, a partition), and what it acknowledged without a
+/// replica would then be lost. Once the failover is over the new master is used; when
+/// none happens, publishing goes on without the confirmation.
+const REPLICA_HOLD: Duration = Duration::from_secs(5);
 /// How long a survey waits for the other nodes' answers.
 pub const SURVEY_WAIT: Duration = Duration::from_secs(2);
 
@@ -103,8 +118,41 @@ if size > 0 then
   redis.call('pexpire', KEYS[2], ARGV[5])
 end
 redis.call('pexpire', KEYS[1], ARGV[6])
-redis.call(ARGV[7], ARGV[1], 'p' .. o .. '\n' .. e .. '\n' .. ARGV[2])
+if ARGV[8] == '1' then
+  if not redis.call('hget', KEYS[1], 'r') then
+    redis.call('hset', KEYS[1], 'r', o - 1)
+  end
+else
+  redis.call('hset', KEYS[1], 'r', o)
+  redis.call(ARGV[7], ARGV[1], 'p' .. o .. '\n' .. e .. '\n' .. ARGV[2])
+end
 return {o, e}
+"#;
+
+/// Sends live, in offset order, the publications of the stream up to `ARGV[3]` that were
+/// not sent yet (`r` in the meta hash is the last one sent), once a replica confirmed
+/// them. Nothing when the stream went on in another epoch meanwhile.
+const RELEASE_LUA: &str = r#"
+local e = redis.call('hget', KEYS[1], 'e')
+if e ~= ARGV[4] then
+  return 0
+end
+local r = tonumber(redis.call('hget', KEYS[1], 'r') or '0')
+local upto = tonumber(ARGV[3])
+if upto <= r then
+  return 0
+end
+local entries = redis.call('xrange', KEYS[2], '0-' .. (r + 1), '0-' .. upto)
+for _, entry in ipairs(entries) do
+  local f = entry[2]
+  for i = 1, #f, 2 do
+    if f[i] == 'd' then
+      redis.call(ARGV[2], ARGV[1], 'p' .. string.sub(entry[1], 3) .. '\n' .. e .. '\n' .. f[i + 1])
+    end
+  end
+end
+redis.call('hset', KEYS[1], 'r', upto)
+return #entries
 "#;
 
 const READ_LUA: &str = r#"
@@ -134,7 +182,7 @@ return {e, o, first, entries, b}
 const REMOVE_LUA: &str = r#"
 redis.call('del', KEYS[2])
 local o = redis.call('hget', KEYS[1], 'o') or '0'
-redis.call('hset', KEYS[1], 'e', ARGV[1], 'o', o, 'b', o)
+redis.call('hset', KEYS[1], 'e', ARGV[1], 'o', o, 'b', o, 'r', o)
 redis.call('pexpire', KEYS[1], ARGV[2])
 return 1
 "#;
@@ -264,6 +312,11 @@ struct Inner {
     reresolve: AtomicBool,
     /// Replicas the master streams to (Sentinel): publications wait for one of them.
     replicas: AtomicUsize,
+    /// Sentinel: publishes are refused until then ([`REPLICA_HOLD`]).
+    hold: Mutex<Option<Instant>>,
+    /// Per channel, the position of the last publication handed to the node live: one sent
+    /// again (a new master sending what the old one had sent already) is dropped.
+    live: Mutex<HashMap<String, StreamPosition>>,
     node: NodeInfo,
     lease: Duration,
     /// Sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`) works on this server.
@@ -287,6 +340,7 @@ struct Inner {
     publish: Script,
     read: Script,
     remove: Script,
+    release: Script,
     pushes: Mutex<Option<mpsc::UnboundedReceiver<PushInfo>>>,
     /// This node listens to the control channels (advertised in its registry entry).
     control_ready: AtomicBool,
@@ -614,6 +668,8 @@ impl RedisBroker {
             push_tx: tx,
             reresolve: AtomicBool::new(true),
             replicas: AtomicUsize::new(0),
+            hold: Mutex::new(None),
+            live: Mutex::new(HashMap::new()),
             node: config.node.clone(),
             lease: config.lease.max(Duration::from_millis(300)),
             sharded: AtomicBool::new(true),
@@ -628,6 +684,7 @@ impl RedisBroker {
             publish: Script::new(PUBLISH_LUA),
             read: Script::new(READ_LUA),
             remove: Script::new(REMOVE_LUA),
+            release: Script::new(RELEASE_LUA),
             pushes: Mutex::new(Some(rx)),
             control_ready: AtomicBool::new(false),
             answers: answers_channel(prefix, &config.node.id),
@@ -844,6 +901,8 @@ impl Inner {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .replace(conns);
+        // A new master: what made the old one hold publishes does not apply to it.
+        *self.hold.lock().unwrap_or_else(|e| e.into_inner()) = None;
         tracing::info!(
             master = %master.addr,
             previous = old.as_ref().and_then(|c| c.addr.as_deref()).unwrap_or("none"),
@@ -874,11 +933,27 @@ impl Inner {
                 _ => Ok(()),
             };
         }
-        if self.reachable.load(Ordering::Relaxed) {
-            Ok(())
-        } else {
-            Err(unavailable("Redis is unreachable"))
+        if !self.reachable.load(Ordering::Relaxed) {
+            return Err(unavailable("Redis is unreachable"));
         }
+        match *self.hold.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(until) if Instant::now() < until => Err(unavailable(
+                "the Redis master lost its replicas (a failover may be under way)",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// With Sentinel: the master had replicas and has none that confirm; publishes to it
+    /// are refused for [`REPLICA_HOLD`]. (Not on a cluster: there a master that just took
+    /// over has no replica yet either, and the layout a node holds lags behind; a cluster
+    /// master isolated by a partition is a known gap, see `docs/scaling.md`.)
+    fn hold_publishes(&self) {
+        if self.sentinel.is_none() {
+            return;
+        }
+        tracing::warn!("the Redis master has no replica confirming writes; holding publishes");
+        *self.hold.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + REPLICA_HOLD);
     }
 
     /// [`note`](Inner::note) for a publication to `channel`: on a Redis Cluster an
@@ -946,12 +1021,12 @@ impl Inner {
     ///
     /// On a Redis Cluster both go to the master of the channel's slot, the one that ran the
     /// script, and `WAIT` is used when that master had replicas at the last look.
-    async fn flushed(&self, cmd: &mut Conn, channel: &str) -> Result<(), BrokerError> {
-        let wait_ms = match (&self.sentinel, &self.cluster) {
-            (Some(s), _) if self.replicas.load(Ordering::Relaxed) > 0 => s.wait_ms,
-            (_, Some(c)) if self.slot_replicas(channel) > 0 => c.wait_ms,
-            _ => 0,
-        };
+    async fn flushed(
+        &self,
+        cmd: &mut Conn,
+        channel: &str,
+        wait_ms: u64,
+    ) -> Result<(), BrokerError> {
         if wait_ms == 0 {
             let ping = cmd.on_channel_master(channel, redis::cmd("PING"));
             return self.note_for(channel, bounded(ping).await).map(|_| ());
@@ -960,6 +1035,7 @@ impl Inner {
         wait.arg(1).arg(wait_ms);
         let acked = self.note_for(channel, bounded(cmd.on_channel_master(channel, wait)).await)?;
         if u64_of(&acked).unwrap_or(0) < 1 {
+            self.hold_publishes();
             if self.cluster.is_some() {
                 self.forget_replicas(channel);
             }
@@ -968,6 +1044,42 @@ impl Inner {
                 "no replica confirmed the publication in time (it may have been published)",
             ));
         }
+        Ok(())
+    }
+
+    /// How long a publication to `channel` waits for a replica to confirm it (`WAIT 1 <ms>`),
+    /// 0 for not at all (standalone Redis, no replica, `wait=0`).
+    fn wait_ms(&self, channel: &str) -> u64 {
+        match (&self.sentinel, &self.cluster) {
+            (Some(s), _) if self.replicas.load(Ordering::Relaxed) > 0 => s.wait_ms,
+            (_, Some(c)) if self.slot_replicas(channel) > 0 => c.wait_ms,
+            _ => 0,
+        }
+    }
+
+    /// Sends live the publications of `channel` up to `upto` (in `epoch`) that were
+    /// stored but not sent yet: a publication that waits for a replica is sent only once
+    /// one confirmed it, so a master demoted before that (a switchover) never sent out what
+    /// its successor does not have. Publications of other nodes confirmed by this one's
+    /// `WAIT` go out with it, in offset order.
+    async fn release(
+        &self,
+        cmd: &mut Conn,
+        channel: &str,
+        upto: u64,
+        epoch: &str,
+    ) -> Result<(), BrokerError> {
+        let _: Value = bounded(
+            self.release
+                .key(meta_key(channel))
+                .key(stream_key(channel))
+                .arg(pubsub_channel(channel))
+                .arg(self.publish_cmd())
+                .arg(upto)
+                .arg(epoch)
+                .invoke_async(cmd),
+        )
+        .await?;
         Ok(())
     }
 
@@ -1080,7 +1192,11 @@ impl Inner {
         if self.sentinel.is_some() {
             // Still the master (a demoted one answers reads), and with how many replicas.
             match topology::replication(&mut cmd).await? {
-                Some((true, replicas)) => self.replicas.store(replicas, Ordering::Relaxed),
+                Some((true, replicas)) => {
+                    if self.replicas.swap(replicas, Ordering::Relaxed) > 0 && replicas == 0 {
+                        self.hold_publishes();
+                    }
+                }
                 _ => {
                     self.suspect_failover();
                     return Err(unavailable("the Redis in use is no longer a master"));
@@ -1231,6 +1347,12 @@ impl Inner {
                     .map(Epoch::from_client)
                     .unwrap_or(Epoch::EMPTY),
             );
+            // Everything up to `top` is delivered by the node's fill from now on: the same
+            // offsets arriving live (sent again by a new master) are dropped.
+            self.live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(channel.to_string(), top);
             handler.on_resync(channel, top);
             let members = handler.local_presence(channel);
             if !members.is_empty() {
@@ -1543,6 +1665,22 @@ impl Inner {
                     return;
                 };
                 let epoch = Epoch::from_client(std::str::from_utf8(&epoch).unwrap_or(""));
+                {
+                    // One master sends a channel's publications in offset order; an offset at
+                    // or below the last one is one sent again (by a new master that did not
+                    // know the old one had sent it).
+                    let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+                    match live.get_mut(channel) {
+                        Some(last) if last.epoch == epoch && offset <= last.offset => {
+                            tracing::debug!(channel, offset, "publication sent again dropped");
+                            return;
+                        }
+                        Some(last) => *last = StreamPosition::new(offset, epoch),
+                        None => {
+                            live.insert(channel.to_string(), StreamPosition::new(offset, epoch));
+                        }
+                    }
+                }
                 let exclude = if env.origin == self.node.id {
                     env.exclude
                 } else {
@@ -1813,6 +1951,10 @@ impl Broker for RedisBroker {
             } else {
                 0
             };
+            let wait_ms = inner.wait_ms(channel);
+            // Sent live by the script, or (with history, waiting for a replica) only once
+            // a replica confirmed it.
+            let deferred = wait_ms > 0 && size > 0;
             let mut cmd = inner.cmd()?;
             let (offset, epoch): (u64, String) = inner.note_for(
                 channel,
@@ -1828,11 +1970,15 @@ impl Broker for RedisBroker {
                         .arg(ms(options.history_ttl))
                         .arg(ms(meta_ttl(options)))
                         .arg(inner.publish_cmd())
+                        .arg(if deferred { "1" } else { "0" })
                         .invoke_async(&mut cmd),
                 )
                 .await,
             )?;
-            inner.flushed(&mut cmd, channel).await?;
+            inner.flushed(&mut cmd, channel, wait_ms).await?;
+            if deferred {
+                inner.release(&mut cmd, channel, offset, &epoch).await?;
+            }
             Ok(StreamPosition::new(offset, Epoch::from_client(&epoch)))
         })
     }
@@ -1854,6 +2000,8 @@ impl Broker for RedisBroker {
             } else {
                 0
             };
+            let wait_ms = inner.wait_ms(channel);
+            let deferred = wait_ms > 0 && size > 0;
             // One pipeline of EVALs: Redis runs them in order, one round trip for all.
             // (EVAL rather than EVALSHA: a NOSCRIPT retry inside a pipeline could reorder.)
             let mut pipe = redis::pipe();
@@ -1876,12 +2024,16 @@ impl Broker for RedisBroker {
                     .arg(size)
                     .arg(ms(options.history_ttl))
                     .arg(ms(meta_ttl(options)))
-                    .arg(inner.publish_cmd());
+                    .arg(inner.publish_cmd())
+                    .arg(if deferred { "1" } else { "0" });
             }
             let mut cmd = inner.cmd()?;
             let answers: Vec<(u64, String)> =
                 inner.note_for(channel, bounded(pipe.query_async(&mut cmd)).await)?;
-            inner.flushed(&mut cmd, channel).await?;
+            inner.flushed(&mut cmd, channel, wait_ms).await?;
+            if let (true, Some((last, epoch))) = (deferred, answers.last()) {
+                inner.release(&mut cmd, channel, *last, epoch).await?;
+            }
             Ok(answers
                 .into_iter()
                 .map(|(offset, epoch)| StreamPosition::new(offset, Epoch::from_client(&epoch)))
@@ -1908,6 +2060,11 @@ impl Broker for RedisBroker {
         Box::pin(async move {
             self.inner
                 .channels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(channel);
+            self.inner
+                .live
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(channel);
