@@ -2404,10 +2404,13 @@ mod tests {
     #[derive(Default)]
     struct Recorder {
         commands: Mutex<Vec<Bytes>>,
+        offsets: Mutex<Vec<u64>>,
     }
 
     impl BrokerHandler for Recorder {
-        fn on_publication(&self, _: Arc<Publication>, _: Option<switchboard_core::ConnId>) {}
+        fn on_publication(&self, p: Arc<Publication>, _: Option<switchboard_core::ConnId>) {
+            self.offsets.lock().unwrap().push(p.offset);
+        }
         fn on_member_event(&self, _: &str, _: bool, _: ClientInfo) {}
         fn on_resync(&self, _: &str, _: StreamPosition) {}
         fn local_stats(&self) -> (usize, usize) {
@@ -2426,6 +2429,104 @@ mod tests {
                 Value::BulkString(codec::encode_control(frame)),
             ],
         }
+    }
+
+    /// A broker whose connections stay lazy (nothing listens on port 1), with a recorder.
+    fn idle_broker() -> (RedisBroker, Arc<Recorder>) {
+        let broker = RedisBroker::start(RedisConfig {
+            url: "redis://127.0.0.1:1/0".into(),
+            node: NodeInfo {
+                id: "me".into(),
+                ..NodeInfo::default()
+            },
+            lease: DEFAULT_LEASE,
+            tls: RedisTls::default(),
+        })
+        .unwrap();
+        let recorder = Arc::new(Recorder::default());
+        broker.start(recorder.clone());
+        (broker, recorder)
+    }
+
+    fn live(channel: &str, offset: u64, epoch: &str) -> PushInfo {
+        let env = Envelope {
+            origin: "other".into(),
+            exclude: None,
+            publisher: None,
+            info: None,
+            payload: switchboard_core::Payload::text("x"),
+        };
+        let mut msg = format!("p{offset}\n{epoch}\n").into_bytes();
+        msg.extend_from_slice(&codec::encode(&env));
+        PushInfo {
+            kind: PushKind::SMessage,
+            data: vec![
+                Value::BulkString(pubsub_channel(channel).into_bytes()),
+                Value::BulkString(msg),
+            ],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_publication_sent_again_is_dropped_and_a_new_epoch_starts_over() {
+        let (broker, recorder) = idle_broker();
+        let inner = &broker.inner;
+        for (offset, epoch) in [
+            (1, "e1"),
+            (2, "e1"),
+            (2, "e1"),
+            (1, "e1"),
+            (3, "e1"),
+            (1, "e2"),
+        ] {
+            inner.on_push(live("room", offset, epoch));
+        }
+        assert_eq!(*recorder.offsets.lock().unwrap(), vec![1, 2, 3, 1]);
+        // After a resync at top 5, what arrives at or below it was filled by the node.
+        inner.live.lock().unwrap().insert(
+            "room".into(),
+            StreamPosition::new(5, Epoch::from_client("e2")),
+        );
+        inner.on_push(live("room", 4, "e2"));
+        inner.on_push(live("room", 6, "e2"));
+        assert_eq!(*recorder.offsets.lock().unwrap(), vec![1, 2, 3, 1, 6]);
+    }
+
+    #[tokio::test]
+    async fn a_subscription_redis_ended_is_made_again_only_while_listened_to() {
+        let (broker, _) = idle_broker();
+        let inner = &broker.inner;
+        inner.channels.lock().unwrap().insert("kept".into());
+        let ended = |name: String| PushInfo {
+            kind: PushKind::SUnsubscribe,
+            data: vec![Value::BulkString(name.into_bytes()), Value::Int(0)],
+        };
+        inner.on_push(ended(pubsub_channel("kept")));
+        // Left already (our own SUNSUBSCRIBE), and the control channel before it is used.
+        inner.on_push(ended(pubsub_channel("left")));
+        inner.on_push(ended(inner.control.clone()));
+        let moved: Vec<String> = inner.moved.lock().unwrap().iter().cloned().collect();
+        assert_eq!(moved, vec![pubsub_channel("kept")]);
+
+        // A new owner in the layout: the channels of the slot that changed hands.
+        inner.moved.lock().unwrap().clear();
+        let slot = slot_number(&pubsub_channel("kept"));
+        let range = |start: u16, end: u16, master: &str| SlotRange {
+            start,
+            end,
+            master: master.into(),
+            replicas: 1,
+        };
+        let old = vec![range(0, 16383, "a:1")];
+        inner.note_moved_slots(&old, &old);
+        assert!(inner.moved.lock().unwrap().is_empty(), "nothing moved");
+        let new = vec![range(0, slot, "b:2"), range(slot + 1, 16383, "a:1")]
+            .into_iter()
+            .filter(|r| r.start <= r.end)
+            .collect::<Vec<_>>();
+        inner.note_moved_slots(&old, &new);
+        let moved: Vec<String> = inner.moved.lock().unwrap().iter().cloned().collect();
+        assert_eq!(moved, vec![pubsub_channel("kept")]);
     }
 
     #[tokio::test]
