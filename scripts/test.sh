@@ -283,6 +283,8 @@ if wanted interop; then
       node_suite socketio.test.mjs
       # Attacks replayed while canary clients check that nothing else is disturbed.
       node_suite hostile.test.mjs
+      # --max-connections-per-ip with raw ws, centrifuge, socket.io-client and pusher-js.
+      node_suite ip_limits.test.mjs
       # Several nodes on a private redis-server (started by the suites on free ports).
       node_suite cluster.test.mjs
       node_suite cluster_faults.test.mjs

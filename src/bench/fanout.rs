@@ -74,6 +74,8 @@ struct Cfg {
     protocol: BenchProtocol,
     /// Centrifugo connection token.
     token: Option<String>,
+    /// One client floods the room during the measured window (`--flooder`).
+    flooder: bool,
 }
 
 impl Cfg {
@@ -121,6 +123,10 @@ struct ThreadOut {
     /// Deliveries that arrived inside the measured window (all / healthy subscribers).
     measured_deliveries: u64,
     healthy_measured_deliveries: u64,
+    /// Flood messages the subscribers of this thread received.
+    flood_deliveries: u64,
+    /// What the flooder saw (on the thread that ran it).
+    flood: Option<FloodOut>,
     errors: Errors,
 }
 
@@ -146,6 +152,7 @@ pub(crate) fn run_fanout(a: FanoutArgs) -> Result<Summary, BenchError> {
         deflate: a.deflate,
         protocol: a.protocol,
         token: a.token,
+        flooder: a.flooder,
     })
 }
 
@@ -182,6 +189,7 @@ pub(crate) fn run_slow(a: SlowArgs) -> Result<Summary, BenchError> {
         deflate: false,
         protocol: BenchProtocol::Raw,
         token: None,
+        flooder: false,
     })
 }
 
@@ -300,12 +308,17 @@ fn summarize(
         closed: u64,
     }
     let (mut healthy, mut slow) = (Tally::default(), Tally::default());
+    let (mut flood, mut flood_delivered) = (None, 0u64);
     let mut slow_codes: BTreeMap<String, u64> = BTreeMap::new();
     for r in results {
         hist.add(&r.healthy_hist)
             .map_err(|e| anyhow!("histogram: {e}"))?;
         errors.merge(r.errors);
         measured += r.measured_deliveries;
+        flood_delivered += r.flood_deliveries;
+        if r.flood.is_some() {
+            flood = r.flood;
+        }
         healthy_measured += r.healthy_measured_deliveries;
         for s in r.subs {
             let lost: u64 = sent
@@ -397,6 +410,9 @@ fn summarize(
         s.add("slow_lost", slow.lost, "");
         add_server_figures(&mut s, cfg.server_pid, server_cpu, measured, "delivery");
     }
+    if let Some(f) = &flood {
+        add_flood_figures(&mut s, f, flood_delivered, cfg.subs);
+    }
     s.add("generator_cpu_s", gen_cpu.map(round3), "s");
     s.add("errors", errors.count, "");
     if let Some(e) = errors.first {
@@ -406,6 +422,58 @@ fn summarize(
         s.set_failed();
     }
     Ok(s)
+}
+
+/// The flooder's lines of the summary.
+fn add_flood_figures(s: &mut Summary, f: &FloodOut, delivered: u64, subs: usize) {
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    let closed: Vec<&FloodConn> = f.conns.iter().filter(|c| c.closed.is_some()).collect();
+    let mut codes: BTreeMap<String, u64> = BTreeMap::new();
+    for c in &closed {
+        let k = c
+            .closed
+            .flatten()
+            .map_or("none".to_string(), |c| c.to_string());
+        *codes.entry(k).or_default() += 1;
+    }
+    s.add("flood_connections", f.conns.len() as u64, "");
+    s.add("flood_closed", closed.len() as u64, "connections");
+    s.add(
+        "flood_close_codes",
+        codes
+            .iter()
+            .map(|(k, v)| format!("{k}:{v}"))
+            .collect::<Vec<_>>()
+            .join(","),
+        "",
+    );
+    s.add(
+        "flood_closed_after_ms",
+        median(closed.iter().map(|c| c.secs * 1000.0).collect()).map(round3),
+        "ms (median, first message to close)",
+    );
+    s.add(
+        "flood_sent_before_close",
+        median(closed.iter().map(|c| c.sent as f64).collect()),
+        "messages (median)",
+    );
+    s.add(
+        "flood_sent",
+        f.conns.iter().map(|c| c.sent).sum::<u64>(),
+        "",
+    );
+    s.add(
+        "flood_delivered_per_sub",
+        round3(delivered as f64 / subs.max(1) as f64),
+        "",
+    );
+    s.add("flood_refused", f.refused, "connection attempts");
+    if let Some(e) = &f.first_refusal {
+        s.add("flood_first_refusal", e.as_str(), "");
+    }
 }
 
 async fn worker(
@@ -472,6 +540,8 @@ async fn worker(
         healthy_hist: new_histogram(),
         measured_deliveries: 0,
         healthy_measured_deliveries: 0,
+        flood_deliveries: 0,
+        flood: None,
         errors: Errors::default(),
     }));
     let cfg = Rc::new(cfg);
@@ -480,6 +550,15 @@ async fn worker(
         tokio::task::spawn_local(pacer(cfg.clone(), shared.clone(), plan));
     }
     let mut tasks = Vec::new();
+    if cfg.flooder && t == 0 {
+        let (cfg, out) = (cfg.clone(), out.clone());
+        let (target, channel) = (pub_target.clone(), channel.clone());
+        let path = pub_path.clone();
+        tasks.push(tokio::task::spawn_local(async move {
+            let flood = flooder(&cfg, &target, &path, &channel, plan).await;
+            out.borrow_mut().flood = Some(flood);
+        }));
+    }
     for (index, conn) in conns {
         let (cfg, shared, ctl, out) = (cfg.clone(), shared.clone(), ctl.clone(), out.clone());
         let channel = channel.clone();
@@ -691,6 +770,133 @@ fn channel_of(target: &Target) -> String {
     }
 }
 
+/// Publisher id in the flooder's messages: subscribers count them apart.
+const FLOODER_ID: u32 = u32::MAX;
+/// Connection index of the flooder (its masking key).
+const FLOODER_INDEX: usize = PUB_INDEX_BASE - 1;
+/// The flooder keeps this much queued, so its socket is never idle.
+const FLOOD_QUEUE: usize = 64 * 1024;
+
+/// One connection of the flooder, from its first message to its end.
+#[derive(Debug)]
+struct FloodConn {
+    /// Messages written to the socket.
+    sent: u64,
+    /// Seconds from its first message to the server's close (or to the end of the run).
+    secs: f64,
+    /// `Some(code)` when the server closed it (`Some(None)`: no close frame).
+    closed: Option<Option<u16>>,
+}
+
+/// What the flooder saw.
+#[derive(Debug, Default)]
+struct FloodOut {
+    conns: Vec<FloodConn>,
+    /// Connection attempts that failed (refused or timed out).
+    refused: u64,
+    first_refusal: Option<String>,
+}
+
+/// Floods the room from the end of the warm-up: one connection sends as fast as its socket
+/// takes messages until the server closes it or the run ends. A refused connection attempt
+/// is retried shortly (the flood starts once it is in).
+async fn flooder(cfg: &Cfg, target: &Target, path: &str, channel: &str, plan: Plan) -> FloodOut {
+    let mask = mask_for(FLOODER_INDEX);
+    let mut frame = match cfg.protocol {
+        BenchProtocol::Raw => encode_frame(OpCode::Binary, &payload(cfg.size), mask),
+        BenchProtocol::Centrifugo => {
+            let (mut text, at) = centrifugo::publish_command(channel, cfg.size);
+            let mut fields = [0u8; HEADER];
+            fields[..4].copy_from_slice(&FLOODER_ID.to_le_bytes());
+            let hex = centrifugo::hex_header(&fields);
+            text[at..at + hex.len()].copy_from_slice(&hex);
+            encode_frame(OpCode::Text, &text, mask)
+        }
+    };
+    if cfg.protocol == BenchProtocol::Raw {
+        patch_payload(&mut frame, mask, 0, &FLOODER_ID.to_le_bytes());
+    }
+    let greeting = match cfg.protocol {
+        BenchProtocol::Raw => Vec::new(),
+        BenchProtocol::Centrifugo => centrifugo::greeting(cfg.token.as_deref(), None),
+    };
+    let limit = Duration::from_secs_f64(cfg.connect_timeout);
+    let end = tokio::time::Instant::from_std(plan.end);
+    let mut out = FloodOut::default();
+    sleep_until(tokio::time::Instant::from_std(plan.warm_end)).await;
+    while Instant::now() < plan.end {
+        let connected = async {
+            let mut conn =
+                RawConn::connect_within(limit, target, path, ConnectOpts::default(), mask).await?;
+            if !greeting.is_empty() {
+                tokio::time::timeout(limit, centrifugo::greet(&mut conn, &greeting, mask))
+                    .await
+                    .map_err(|_| anyhow!("no answer to connect in time"))??;
+            }
+            anyhow::Ok(conn)
+        };
+        let mut conn = match connected.await {
+            Ok(c) => c,
+            Err(e) => {
+                out.refused += 1;
+                out.first_refusal.get_or_insert_with(|| format!("{e:#}"));
+                // Refused (a per-address limit, say): try again shortly.
+                let retry = tokio::time::Instant::now() + Duration::from_millis(50);
+                sleep_until(retry.min(end)).await;
+                continue;
+            }
+        };
+        let started = Instant::now();
+        let mut queued = 0u64;
+        let closed = loop {
+            while conn.pending_out() < FLOOD_QUEUE {
+                conn.queue(&frame);
+                queued += 1;
+            }
+            let step = tokio::select! {
+                r = conn.pump(64 * 1024) => Some(r),
+                _ = sleep_until(end) => None,
+            };
+            match step {
+                None => break None,
+                Some(Err(_)) => break Some(None),
+                Some(Ok(())) => {}
+            }
+            let mut code = None;
+            loop {
+                match conn.next() {
+                    Ok(Some(Incoming::Close(c))) => {
+                        code = Some(c);
+                        break;
+                    }
+                    Ok(Some(Incoming::Data { .. })) => {}
+                    Ok(None) => break,
+                    Err(_) => {
+                        code = Some(None);
+                        break;
+                    }
+                }
+            }
+            if code.is_some() {
+                break code;
+            }
+        };
+        let unwritten = conn.pending_out().div_ceil(frame.len()) as u64;
+        out.conns.push(FloodConn {
+            sent: queued.saturating_sub(unwritten),
+            secs: started.elapsed().as_secs_f64(),
+            closed,
+        });
+        if closed.is_none() {
+            conn.queue_close(1000);
+            conn.try_flush();
+        }
+        // One client: once the server closed it, the flood is over.
+        break;
+    }
+    out
+}
+
 /// Per-subscriber sequence bookkeeping.
 struct Tracker {
     expected: Vec<u64>,
@@ -826,6 +1032,10 @@ async fn subscriber(
                             let publisher = u32::from_le_bytes(h[..4].try_into().unwrap()) as usize;
                             let seq = u64::from_le_bytes(h[4..12].try_into().unwrap());
                             let sent_ns = u64::from_le_bytes(h[12..20].try_into().unwrap());
+                            if publisher == FLOODER_ID as usize && cfg.flooder {
+                                o.flood_deliveries += 1;
+                                continue;
+                            }
                             if publisher >= cfg.pubs {
                                 error = Some(format!(
                                     "subscriber {index}: unknown publisher {publisher}"

@@ -149,6 +149,13 @@ pub struct FanoutArgs {
     /// Connection token sent in every Centrifugo `connect` command.
     #[arg(long)]
     pub token: Option<String>,
+    /// Add one flooding client to the room: from the end of the warm-up it sends
+    /// `--size`-byte messages as fast as its socket takes them until the server closes it
+    /// (run the server with `--client-message-rate`). The summary says when and with which
+    /// code it was closed; subscribers count its messages apart, so latency and loss are
+    /// those of the publishers'.
+    #[arg(long)]
+    pub flooder: bool,
 }
 
 /// The wire protocol `bench fanout` speaks.

@@ -391,7 +391,25 @@ async fn drain(shared: &Shared, window: std::time::Duration) {
         })
         .collect();
     plan.sort_unstable();
+    let mut told: std::collections::HashSet<_> = plan.iter().map(|(_, id)| *id).collect();
+    // A connection admitted just before the drain began may register after the list above
+    // was taken (and a Socket.IO session moving from polling to its WebSocket registers
+    // anew): every look-in tells those at once, so none waits for the final close.
+    let tell_late = |told: &mut std::collections::HashSet<_>| {
+        for id in shared.hub.connection_ids() {
+            if told.insert(id) {
+                shared
+                    .hub
+                    .disconnect(id, switchboard_core::CloseReason::Restart);
+            }
+        }
+    };
+    let step = std::time::Duration::from_millis(100);
     for (at, id) in plan {
+        while tokio::time::Instant::now() + step < start + at {
+            tokio::time::sleep(step).await;
+            tell_late(&mut told);
+        }
         tokio::time::sleep_until(start + at).await;
         shared
             .hub
@@ -399,6 +417,7 @@ async fn drain(shared: &Shared, window: std::time::Duration) {
     }
     let deadline = start + window;
     while shared.counters.active() > 0 && tokio::time::Instant::now() < deadline {
+        tell_late(&mut told);
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }

@@ -50,6 +50,8 @@ use super::stats::{CloseKind, ConnectionSlot, Counter, OpenConnection, ServerCou
 /// How long to wait for the peer's close reply after sending ours (outside shutdown), and
 /// at most for our close frame to be written.
 pub(crate) const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// How long a connection closed for flooding stays open, unread, after its close frame.
+const FLOOD_GRACE: Duration = Duration::from_millis(250);
 /// How often a stalled flush checks whether the hub gave up on the connection.
 const STALL_CHECK: Duration = Duration::from_millis(200);
 /// Most turns of the loop (messages read, events handled) in one go before the task
@@ -730,6 +732,13 @@ async fn finish<T: Transport, D: Driver>(conn: Running<T, D>, end: Ending) {
         }
         // Nothing can be written to a peer that takes no bytes or is gone.
         (Ending::Stalled | Ending::WriteFailed | Ending::Lost, _) | (_, None) => {}
+        // A flooding client keeps sending until it reads our close frame: waiting for its
+        // close reply would mean reading (and decoding) all of that. Nothing more is read;
+        // after a short pause, time for the close frame to reach it, the socket is dropped.
+        (Ending::Flood, Some((code, reason))) => {
+            let _ = tokio::time::timeout(CLOSE_LINGER, transport.close(code, &reason)).await;
+            tokio::time::sleep(FLOOD_GRACE).await;
+        }
         (_, Some((code, reason))) => {
             let _ = tokio::time::timeout(CLOSE_LINGER, transport.close(code, &reason)).await;
             let wait = if end == Ending::Shutdown {

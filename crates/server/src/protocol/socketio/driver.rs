@@ -142,6 +142,7 @@ impl SocketIoDriver {
             End::SlowConsumer => Ending::Hub(CloseReason::SlowConsumer),
             End::Shutdown => Ending::Hub(CloseReason::Shutdown),
             End::MissedPublications => Ending::Hub(CloseReason::MissedPublications),
+            End::Hub(reason) => Ending::Hub(reason),
             other => match other.close_frame() {
                 Some((code, reason)) => Ending::Close(code.0, reason),
                 None => Ending::Lost,
@@ -166,6 +167,7 @@ impl SocketIoDriver {
             Step::SlowConsumer => Err(self.ending(End::SlowConsumer)),
             Step::Shutdown => Err(self.ending(End::Shutdown)),
             Step::MissedPublications => Err(self.ending(End::MissedPublications)),
+            Step::Restart => Err(self.ending(End::Hub(CloseReason::Restart))),
         };
         self.refresh_timers();
         r
@@ -512,6 +514,21 @@ mod tests {
             ]
         );
         assert_eq!(shared.counters.snapshot().socketio_attachment_bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn a_draining_node_ends_the_session_with_1012_and_no_disconnect_packet() {
+        let shared = shared();
+        let (mut d, mut out) = connected(&shared).await;
+        let id = d.sockets.conn_ids()[0];
+        assert!(shared.hub.disconnect(id, CloseReason::Restart));
+        let ending = pump(&mut d, &mut out).await.unwrap_err();
+        // A DISCONNECT packet (`41`) would make socket.io-client give up instead of
+        // reconnecting to another node.
+        assert!(frames(&mut out).is_empty());
+        assert_eq!(ending, Ending::Hub(CloseReason::Restart));
+        let (code, reason) = d.close_frame(&ending).unwrap();
+        assert_eq!((code.0, &*reason), (1012, "service restart"));
     }
 
     #[tokio::test]

@@ -48,6 +48,9 @@ pub(crate) enum Step {
     /// A socket's channel lost publications the node could not deliver: end the session
     /// without keeping its sockets, so the client reconnects and learns `recovered: false`.
     MissedPublications,
+    /// The node is draining: end the session with WebSocket close 1012, which
+    /// socket.io-client answers by reconnecting (a DISCONNECT packet would stop it).
+    Restart,
 }
 
 /// Server-side subscribe / unsubscribe requests taken from the outboxes, by socket (kept
@@ -295,6 +298,7 @@ impl Sockets {
                 CloseReason::SlowConsumer => return Step::SlowConsumer,
                 CloseReason::Shutdown => return Step::Shutdown,
                 CloseReason::MissedPublications => return Step::MissedPublications,
+                CloseReason::Restart => return Step::Restart,
                 _ => {}
             }
             // Closed by the server (e.g. the HTTP API's disconnect): the socket leaves its
