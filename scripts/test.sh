@@ -280,6 +280,8 @@ if wanted interop; then
       node_suite centrifugo.test.mjs
       node_suite http_api.test.mjs
       node_suite pusher.test.mjs
+      # Webhooks checked with the pusher SDK's verifier; two nodes on a private redis-server.
+      node_suite webhooks.test.mjs
       node_suite socketio.test.mjs
       # Attacks replayed while canary clients check that nothing else is disturbed.
       node_suite hostile.test.mjs

@@ -143,6 +143,16 @@ pub struct ServeArgs {
     #[arg(long, env = "SWITCHBOARD_BROKER_LEASE", value_name = "SECS", value_parser = parse_secs)]
     pub broker_lease: Option<Duration>,
 
+    /// Time one webhook request may take before it is retried: "1s", "500ms" or seconds
+    /// [default: 5s].
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_TIMEOUT", value_name = "DURATION", value_parser = switchboard_server::webhooks::parse_duration)]
+    pub webhook_timeout: Option<Duration>,
+
+    /// Events each webhook target's queue holds; more are dropped and counted [default:
+    /// 10000].
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_QUEUE", value_name = "N")]
+    pub webhook_queue: Option<usize>,
+
     /// HTTP URL other nodes reach this node at, registered with the broker [default:
     /// derived from the bound address].
     #[arg(long, env = "SWITCHBOARD_ADVERTISE_URL", value_name = "URL")]
@@ -397,6 +407,12 @@ impl ServeArgs {
         if let Some(v) = self.broker_lease {
             c.broker_lease = v;
         }
+        if let Some(v) = self.webhook_timeout {
+            c.webhook_timeout = v;
+        }
+        if let Some(v) = self.webhook_queue {
+            c.webhook_queue = v;
+        }
         if let Some(v) = &self.advertise_url {
             c.advertise_url = Some(v.clone());
         }
@@ -499,6 +515,38 @@ mod tests {
         let c = with_env(&[], || resolve(&["--broker", "redis://flag:1/0"])).unwrap();
         assert_eq!(c.broker.as_deref(), Some("redis://flag:1/0"));
         assert!(with_env(&[], || resolve(&["--broker", "nats://x"])).is_err());
+    }
+
+    #[test]
+    fn webhooks_from_file_flags_and_env() {
+        let file = write_file(
+            "webhook_timeout = \"250ms\"\nwebhook-queue = 7\n\
+             [[webhooks]]\nurl = \"http://127.0.0.1:9000/hooks\"\nsecret = \"s\"\nkey = \"k\"\n\
+             event_types = [\"channel_occupied\", \"connect\"]\nnamespaces = [\"chat\"]\n",
+        );
+        let path = file.path().to_str().unwrap().to_string();
+        let c = with_env(&[], || resolve(&["--config", &path])).unwrap();
+        assert_eq!(c.webhook_timeout, Duration::from_millis(250));
+        assert_eq!(c.webhook_queue, 7);
+        assert_eq!(c.webhooks.len(), 1);
+        assert_eq!(c.webhooks[0].namespaces, Some(vec!["chat".to_string()]));
+        let c = with_env(&[("SWITCHBOARD_WEBHOOK_TIMEOUT", "2s")], || {
+            resolve(&["--config", &path, "--webhook-queue", "9"])
+        })
+        .unwrap();
+        assert_eq!(
+            (c.webhook_timeout, c.webhook_queue),
+            (Duration::from_secs(2), 9)
+        );
+        let c = with_env(&[], || resolve(&["--webhook-timeout", "1.5"])).unwrap();
+        assert_eq!(c.webhook_timeout, Duration::from_millis(1500));
+        assert!(with_env(&[], || resolve(&["--webhook-timeout", "soon"])).is_err());
+        let bad = write_file("[[webhooks]]\nurl = \"http://h/\"\nsecret = \"s\"\nkey = \"k\"\nevent_types = [\"nope\"]\n");
+        let bad = bad.path().to_str().unwrap().to_string();
+        assert!(
+            with_env(&[], || resolve(&["--config", &bad])).is_err(),
+            "unknown event types are refused"
+        );
     }
 
     #[test]

@@ -248,6 +248,32 @@ pub trait Broker: Send + Sync {
         join: bool,
         info: ClientInfo,
     ) -> BoxFuture<'a, Result<(), BrokerError>>;
+    /// Cluster-wide occupancy: this node's first local member of `channel` arrived
+    /// (`occupied`) or its last one left. Answers whether the whole cluster flipped with it
+    /// (no node had the channel before, or none has it now), so exactly one node reports a
+    /// channel occupied or vacated. A broker shared by several nodes decides it atomically
+    /// in the store and, when a node dies, lets a survivor report what the dead node held.
+    /// The default, for one node, is that the node's flip is the cluster's.
+    fn occupancy<'a>(
+        &'a self,
+        channel: &'a str,
+        occupied: bool,
+    ) -> BoxFuture<'a, Result<bool, BrokerError>> {
+        let _ = (channel, occupied);
+        ready(Ok(true))
+    }
+    /// Like [`occupancy`](Self::occupancy) for one user of `channel`: this node's first
+    /// connection of `user` joined (`present`) or its last left. Answers whether the user
+    /// appeared in or disappeared from the whole cluster's channel with it.
+    fn user_occupancy<'a>(
+        &'a self,
+        channel: &'a str,
+        user: &'a str,
+        present: bool,
+    ) -> BoxFuture<'a, Result<bool, BrokerError>> {
+        let _ = (channel, user, present);
+        ready(Ok(true))
+    }
     /// The live nodes (this one included).
     fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeInfo>, BrokerError>>;
     /// Sends `command` to every other live node, whose handlers get it in

@@ -176,6 +176,23 @@ pub trait HubListener: Send + Sync {
     fn member_left(&self, channel: &str, conn: ConnId, info: Option<&ClientInfo>, emptied: bool);
 }
 
+/// Told by the hub about every connection and every membership, for whatever
+/// follows activity from outside the hub (webhooks in the server crate).
+/// Every call is made with no hub lock held and must not block; join and leave
+/// of one member may be reported from different threads, so an observer that
+/// derives occupancy counts them rather than trusting their order.
+pub trait HubObserver: Send + Sync {
+    /// A connection was registered.
+    fn connected(&self, conn: ConnId, info: &ConnInfo);
+    /// A connection left the hub (after leaving all its channels).
+    fn disconnected(&self, conn: ConnId, info: &ConnInfo);
+    /// A connection joined `channel`; `member` carries its channel info.
+    fn member_joined(&self, channel: &str, member: &ClientInfo);
+    /// A connection left `channel`; `member` carries its channel info in
+    /// namespaces with presence or join/leave events.
+    fn member_left(&self, channel: &str, member: &ClientInfo);
+}
+
 /// A leave to report to the [`HubListener`] once no lock is held.
 struct LeftNotice {
     conn: ConnId,
@@ -186,6 +203,8 @@ struct LeftNotice {
 pub(crate) struct HubInner {
     /// Told about leaves (set once, by a node with a shared broker).
     listener: OnceLock<Arc<dyn HubListener>>,
+    /// Told about connections and memberships (set once, by the server).
+    observer: OnceLock<Arc<dyn HubObserver>>,
     limits: HubLimits,
     namespaces: Namespaces,
     clock: Arc<dyn Clock>,
@@ -251,6 +270,7 @@ impl Hub {
         Hub {
             inner: Arc::new(HubInner {
                 listener: OnceLock::new(),
+                observer: OnceLock::new(),
                 limits,
                 namespaces,
                 clock,
@@ -310,6 +330,9 @@ impl Hub {
             subs: Mutex::new(Subscriptions::default()),
         });
         self.conn_shard(id).lock().insert(id, Arc::clone(&entry));
+        if let Some(observer) = inner.observer.get() {
+            observer.connected(id, &entry.info);
+        }
         let outbox = Outbox::new(Arc::clone(&entry));
         let handle = ConnHandle {
             entry,
@@ -405,6 +428,9 @@ impl Hub {
         }
         drop(subs);
         self.finish_fan_out(&joined.fan, channel);
+        if let (true, Some(observer)) = (joined.added, self.inner.observer.get()) {
+            observer.member_joined(channel, &ClientInfo::of(entry, opts.chan_info));
+        }
         Ok(SubscribeResult {
             added: joined.added,
             position: joined.position,
@@ -426,6 +452,7 @@ impl Hub {
         let (fan, notice) = self.leave_channel(conn.entry.id, &name);
         drop(subs);
         self.finish_fan_out(&fan, channel);
+        self.observe_left(&conn.entry, channel, notice.as_ref());
         self.notify_left(channel, notice);
         true
     }
@@ -549,6 +576,13 @@ impl Hub {
     /// Only the first call has an effect; returns whether it was that one.
     pub fn set_listener(&self, listener: Arc<dyn HubListener>) -> bool {
         self.inner.listener.set(listener).is_ok()
+    }
+
+    /// Sets the observer told about every connection and membership (see
+    /// [`HubObserver`]). Only the first call has an effect; returns whether
+    /// it was that one.
+    pub fn set_observer(&self, observer: Arc<dyn HubObserver>) -> bool {
+        self.inner.observer.set(observer).is_ok()
     }
 
     /// Makes the connection ids given from now on start at `base`, so that
@@ -961,6 +995,17 @@ impl Hub {
         (left.fan, notice)
     }
 
+    /// Reports a leave to the observer, if one is set. No lock may be held.
+    fn observe_left(&self, entry: &ConnEntry, channel: &str, notice: Option<&LeftNotice>) {
+        let (Some(observer), Some(n)) = (self.inner.observer.get(), notice) else {
+            return;
+        };
+        match &n.info {
+            Some(info) => observer.member_left(channel, info),
+            None => observer.member_left(channel, &ClientInfo::of(entry, None)),
+        }
+    }
+
     /// Reports a leave to the listener, if one is set. No lock may be held.
     fn notify_left(&self, channel: &str, notice: Option<LeftNotice>) {
         if let (Some(listener), Some(n)) = (self.inner.listener.get(), notice) {
@@ -1063,7 +1108,11 @@ impl Hub {
         for name in &channels {
             let (fan, notice) = self.leave_channel(entry.id, name);
             self.finish_fan_out(&fan, name);
+            self.observe_left(entry, name, notice.as_ref());
             self.notify_left(name, notice);
+        }
+        if let Some(observer) = self.inner.observer.get() {
+            observer.disconnected(entry.id, &entry.info);
         }
         if self.conn_shard(entry.id).lock().remove(&entry.id).is_some() {
             self.inner.stats.remove_connection();
@@ -1150,6 +1199,69 @@ mod tests {
         assert!(hub.channels_with_members(|_| true).is_empty());
         assert!(hub.channel_count() >= 1);
         drop(b);
+    }
+
+    #[test]
+    fn the_observer_sees_connections_joins_and_leaves_with_channel_info() {
+        #[derive(Default)]
+        struct Record(Mutex<Vec<String>>);
+        impl HubObserver for Record {
+            fn connected(&self, conn: ConnId, info: &ConnInfo) {
+                self.0
+                    .lock()
+                    .push(format!("connect {conn} {}", info.protocol));
+            }
+            fn disconnected(&self, conn: ConnId, _: &ConnInfo) {
+                self.0.lock().push(format!("disconnect {conn}"));
+            }
+            fn member_joined(&self, channel: &str, m: &ClientInfo) {
+                let data = m.chan_info.as_deref().unwrap_or(b"-");
+                let data = String::from_utf8_lossy(data);
+                self.0
+                    .lock()
+                    .push(format!("join {channel} {} {data}", m.client));
+            }
+            fn member_left(&self, channel: &str, m: &ClientInfo) {
+                let data = m.chan_info.as_deref().unwrap_or(b"-");
+                let data = String::from_utf8_lossy(data);
+                self.0
+                    .lock()
+                    .push(format!("leave {channel} {} {data}", m.client));
+            }
+        }
+        let ns = Namespaces::default().with(
+            "p",
+            ChannelOptions {
+                presence: true,
+                ..ChannelOptions::default()
+            },
+        );
+        let hub = Hub::with_namespaces(HubLimits::default(), ns);
+        let rec = Arc::new(Record::default());
+        assert!(hub.set_observer(rec.clone()));
+        let (a, _a_out) = hub.register(ConnInfo::new("x", "raw")).unwrap();
+        let id = a.id();
+        hub.subscribe(&a, "room").unwrap();
+        hub.subscribe(&a, "room").unwrap();
+        let opts = SubscribeOptions {
+            chan_info: Some(Bytes::from_static(b"{\"user_id\":\"u1\"}")),
+            ..Default::default()
+        };
+        hub.subscribe_with(&a, "p:x", opts).unwrap();
+        assert!(hub.unsubscribe(&a, "room"));
+        drop(a);
+        assert_eq!(
+            *rec.0.lock(),
+            vec![
+                format!("connect {id} raw"),
+                format!("join room {id} -"),
+                format!("join p:x {id} {{\"user_id\":\"u1\"}}"),
+                format!("leave room {id} -"),
+                format!("leave p:x {id} {{\"user_id\":\"u1\"}}"),
+                format!("disconnect {id}"),
+            ],
+            "a repeated subscribe is not a join; presence leaves keep the channel info"
+        );
     }
 
     #[test]

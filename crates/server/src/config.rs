@@ -176,6 +176,17 @@ pub struct ServerConfig {
     pub socketio: SocketIoConfig,
     /// Pusher Channels apps: the `[[pusher.apps]]` tables.
     pub pusher: PusherConfig,
+    /// Webhook targets for every protocol: the `[[webhooks]]` tables.
+    pub webhooks: Vec<crate::webhooks::WebhookConfig>,
+    /// How long one webhook request may take before it is retried.
+    #[serde(
+        alias = "webhook-timeout",
+        deserialize_with = "crate::webhooks::duration"
+    )]
+    pub webhook_timeout: Duration,
+    /// Events each webhook target's queue holds; more are dropped (and counted).
+    #[serde(alias = "webhook-queue")]
+    pub webhook_queue: usize,
     /// What several nodes share: `memory` (one node, the default) or
     /// `redis://host:port/db`.
     pub broker: Option<String>,
@@ -286,6 +297,9 @@ impl Default for ServerConfig {
             channel: Namespaces::default(),
             socketio: Default::default(),
             pusher: Default::default(),
+            webhooks: Vec::new(),
+            webhook_timeout: crate::webhooks::DEFAULT_TIMEOUT,
+            webhook_queue: crate::webhooks::DEFAULT_QUEUE,
             broker: None,
             broker_lease: DEFAULT_BROKER_LEASE,
             advertise_url: None,
@@ -353,6 +367,10 @@ impl ServerConfig {
             return Err("the API key must not be empty".into());
         }
         crate::broker::parse(self.broker.as_deref())?;
+        crate::webhooks::targets(self)?;
+        if self.webhook_timeout.is_zero() || self.webhook_queue == 0 {
+            return Err("webhook_timeout and webhook_queue must be positive".into());
+        }
         if self.broker_lease < Duration::from_millis(300) {
             return Err("the broker lease must be at least 0.3 seconds".into());
         }
@@ -646,7 +664,8 @@ pub struct PusherWebhook {
     /// The URL events are POSTed to.
     pub url: String,
     /// Which events: `channel_occupied`, `channel_vacated`, `member_added`,
-    /// `member_removed`, `client_event`.
+    /// `member_removed`, `client_event`, `cache_miss` (`connect`, `disconnect` too); empty
+    /// means every channel event.
     #[serde(default)]
     pub event_types: Vec<String>,
 }

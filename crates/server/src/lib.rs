@@ -52,6 +52,7 @@ mod server;
 mod sessions;
 mod state;
 pub mod transport;
+pub mod webhooks;
 
 pub use config::ServerConfig;
 pub use conn::{crash, heartbeat, shutdown, stats};

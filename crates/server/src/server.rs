@@ -130,6 +130,14 @@ impl ServerBuilder {
             DeflatePolicy::disabled()
         };
         let router = Arc::new(endpoints(&config, on_message));
+        let webhooks = crate::webhooks::targets(&config).map_err(ServerError::Config)?;
+        let webhooks = (!webhooks.is_empty()).then(|| {
+            Arc::new(crate::webhooks::Webhooks::new(
+                webhooks,
+                config.webhook_queue,
+                config.webhook_timeout,
+            ))
+        });
         let admission = crate::conn::limits::Admission::new(
             config.max_connections_per_ip,
             crate::conn::limits::Rate::new(config.connection_rate_per_ip, None),
@@ -157,6 +165,7 @@ impl ServerBuilder {
                 verifier,
                 router,
                 admission: Arc::new(admission),
+                webhooks,
             }),
         })
     }
@@ -290,6 +299,9 @@ impl Server {
             };
             let broker = crate::broker::start_redis(&redis_url, info, config.broker_lease, tls)
                 .map_err(|e| ServerError::Config(e.to_string()))?;
+            if let Some(hooks) = &shared.webhooks {
+                broker.on_occupancy_lost(crate::webhooks::observer::lost_reporter(hooks));
+            }
             let shown = crate::broker::redacted(&redis_url);
             if !broker
                 .wait_connected(std::time::Duration::from_secs(3))
@@ -340,6 +352,14 @@ impl Server {
                         ..NodeInfo::default()
                     },
                 )),
+            );
+        }
+        if let Some(webhooks) = &shared.webhooks {
+            webhooks.start();
+            crate::webhooks::WebhookObserver::install(
+                webhooks,
+                &shared.node,
+                shared.config.webhook_queue,
             );
         }
         let metrics_listener = match shared.config.metrics_listen {

@@ -32,4 +32,6 @@ pub(crate) struct Shared {
     pub(crate) router: Arc<Router>,
     /// Per-address and server-wide admission limits (every protocol's upgrade).
     pub(crate) admission: Arc<crate::conn::limits::Admission>,
+    /// The webhook targets (`None` without any).
+    pub(crate) webhooks: Option<Arc<crate::webhooks::Webhooks>>,
 }

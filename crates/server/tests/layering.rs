@@ -47,7 +47,7 @@ fn protocols() -> Vec<String> {
 fn shared_layers_name_no_protocol() {
     let root = src();
     let mut files = Vec::new();
-    for dir in ["transport", "conn", "broker"] {
+    for dir in ["transport", "conn", "broker", "webhooks"] {
         sources(&root.join(dir), &mut files);
     }
     for file in [

@@ -12,6 +12,10 @@
 //! | `sb:nodes` | hash | node id → JSON registry entry | removed when the node's lease ends |
 //! | `sb:lease:<node>` | string | node liveness | `lease` (default 15 s), renewed every `lease / 3` |
 //! | `sb:node:<node>:ch` | set | channels where the node has presence entries | removed with the node |
+//! | `sb:{C}:o` | set | nodes with local members of the channel (cluster-wide occupancy) | entries removed when the node's last member leaves, or when its lease ends |
+//! | `sb:{C}:u` | hash | user id → number of nodes with a connection of that user in the channel | likewise |
+//! | `sb:{C}:n:<node>` | set | users the node has in the channel | likewise |
+//! | `sb:node:<node>:oc` | set | channels where the node holds occupancy entries | removed with the node |
 //! | `sb:ctl` | pub/sub channel | control commands and questions for every node | — |
 //! | `sb:ctl:<node>` | pub/sub channel | answers to the node's questions | — |
 //!
@@ -187,6 +191,67 @@ redis.call('pexpire', KEYS[1], ARGV[2])
 return 1
 "#;
 
+/// Cluster-wide occupancy of a channel (`KEYS[1]` = `sb:{C}:o`): adds (`ARGV[2]` = `1`) or
+/// removes node `ARGV[1]`; answers 1 when the set went from empty to one node or back to
+/// empty, so exactly one node sees each flip.
+const OCCUPY_LUA: &str = r#"
+if ARGV[2] == '1' then
+  if redis.call('sadd', KEYS[1], ARGV[1]) == 1 and redis.call('scard', KEYS[1]) == 1 then
+    return 1
+  end
+elseif redis.call('srem', KEYS[1], ARGV[1]) == 1 and redis.call('scard', KEYS[1]) == 0 then
+  return 1
+end
+return 0
+"#;
+
+/// A user's presence in a channel across nodes (`KEYS[1]` = `sb:{C}:u`, `KEYS[2]` =
+/// `sb:{C}:n:<node>`): answers 1 when user `ARGV[1]` appeared in (`ARGV[2]` = `1`) or
+/// disappeared from the whole cluster's channel.
+const USER_LUA: &str = r#"
+if ARGV[2] == '1' then
+  if redis.call('sadd', KEYS[2], ARGV[1]) == 1 and redis.call('hincrby', KEYS[1], ARGV[1], 1) == 1 then
+    return 1
+  end
+elseif redis.call('srem', KEYS[2], ARGV[1]) == 1 then
+  if redis.call('hincrby', KEYS[1], ARGV[1], -1) <= 0 then
+    redis.call('hdel', KEYS[1], ARGV[1])
+    return 1
+  end
+end
+return 0
+"#;
+
+/// Removes everything dead node `ARGV[1]` held in one channel (`KEYS` = `o`, `u`,
+/// `n:<dead>`): answers `{vacated, users that disappeared}`.
+const REAP_OCCUPANCY_LUA: &str = r#"
+local vacated = 0
+if redis.call('srem', KEYS[1], ARGV[1]) == 1 and redis.call('scard', KEYS[1]) == 0 then
+  vacated = 1
+end
+local gone = {}
+for _, u in ipairs(redis.call('smembers', KEYS[3])) do
+  if redis.call('hincrby', KEYS[2], u, -1) <= 0 then
+    redis.call('hdel', KEYS[2], u)
+    table.insert(gone, u)
+  end
+end
+redis.call('del', KEYS[3])
+return {vacated, gone}
+"#;
+
+/// Told what a dead node's occupancy held, once reaped: the channel, whether it is now
+/// vacated in the whole cluster, and the users that disappeared from it.
+pub type OccupancyLost = Arc<dyn Fn(&str, bool, &[String]) + Send + Sync>;
+
+/// This node's occupancy entries, kept to write them again into a Redis that came back
+/// empty.
+#[derive(Default)]
+struct LocalOccupancy {
+    channels: HashSet<String>,
+    users: HashMap<String, HashSet<String>>,
+}
+
 /// TLS settings for a `rediss://` URL (PEM files).
 #[derive(Debug, Clone, Default)]
 pub struct RedisTls {
@@ -353,6 +418,13 @@ struct Inner {
     /// Surveys waiting for answers, by question id.
     surveys: Mutex<HashMap<u64, mpsc::UnboundedSender<(String, Bytes)>>>,
     next_survey: AtomicU64,
+    occupy: Script,
+    user: Script,
+    reap_occupancy: Script,
+    /// What this node holds in the cluster-wide occupancy.
+    occupancy: Mutex<LocalOccupancy>,
+    /// Told about what a dead node's occupancy held.
+    occupancy_lost: OnceLock<OccupancyLost>,
 }
 
 fn meta_key(channel: &str) -> String {
@@ -393,6 +465,18 @@ fn lease_key(p: &str, node: &str) -> String {
 }
 fn node_channels_key(p: &str, node: &str) -> String {
     format!("{p}node:{node}:ch")
+}
+fn occupancy_key(channel: &str) -> String {
+    format!("sb:{{{channel}}}:o")
+}
+fn users_key(channel: &str) -> String {
+    format!("sb:{{{channel}}}:u")
+}
+fn node_users_key(channel: &str, node: &str) -> String {
+    format!("sb:{{{channel}}}:n:{node}")
+}
+fn node_occupancy_key(p: &str, node: &str) -> String {
+    format!("{p}node:{node}:oc")
 }
 
 /// A fresh random 8-character epoch.
@@ -692,6 +776,11 @@ impl RedisBroker {
             prefix,
             surveys: Mutex::new(HashMap::new()),
             next_survey: AtomicU64::new(1),
+            occupy: Script::new(OCCUPY_LUA),
+            user: Script::new(USER_LUA),
+            reap_occupancy: Script::new(REAP_OCCUPANCY_LUA),
+            occupancy: Mutex::default(),
+            occupancy_lost: OnceLock::new(),
         });
         tokio::spawn(maintain(Arc::downgrade(&inner)));
         if let Some(spec) = watch {
@@ -708,6 +797,12 @@ impl RedisBroker {
             inner,
             client: probe_client,
         })
+    }
+
+    /// Sets who is told what a dead node's occupancy entries held once a survivor (this
+    /// node, when it wins the reaping) removed them. Only the first call has an effect.
+    pub fn on_occupancy_lost(&self, report: OccupancyLost) {
+        let _ = self.inner.occupancy_lost.set(report);
     }
 
     /// One direct connection attempt and a `PING`, bounded, for a clear error at start-up
@@ -765,15 +860,23 @@ impl Drop for RedisBroker {
             nodes_key(self.inner.prefix),
             lease_key(self.inner.prefix, &id),
         );
+        // A node that still holds occupancy entries only gives up its lease: it stays in the
+        // registry so that a surviving node reaps it and reports the channels it vacates.
+        let holds_occupancy = {
+            let o = self
+                .inner
+                .occupancy
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            !(o.channels.is_empty() && o.users.is_empty())
+        };
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _ = bounded(
-                    redis::pipe()
-                        .hdel(nodes, &id)
-                        .del(lease)
-                        .exec_async(&mut cmd),
-                )
-                .await;
+                let mut pipe = redis::pipe();
+                if !holds_occupancy {
+                    pipe.hdel(nodes, &id);
+                }
+                let _ = bounded(pipe.del(lease).exec_async(&mut cmd)).await;
             });
         }
     }
@@ -1359,7 +1462,7 @@ impl Inner {
                 self.write_presence(channel, &members).await?;
             }
         }
-        Ok(())
+        self.rewrite_occupancy().await
     }
 
     /// Writes this node's presence entries of `channel` (one round trip).
@@ -1393,6 +1496,109 @@ impl Inner {
                 .ignore();
         }
         bounded(pipe.exec_async(&mut cmd)).await
+    }
+
+    /// Removes dead node `dead`'s occupancy entries, telling [`OccupancyLost`] what
+    /// flipped (each flip is seen by one node only: the script's).
+    async fn reap_occupancy(&self, dead: &str) -> Result<(), BrokerError> {
+        let mut cmd = self.cmd()?;
+        let channels: Vec<String> = bounded(
+            redis::cmd("SMEMBERS")
+                .arg(node_occupancy_key(self.prefix, dead))
+                .query_async(&mut cmd),
+        )
+        .await?;
+        for channel in &channels {
+            let (vacated, gone): (i64, Vec<String>) = bounded(
+                self.reap_occupancy
+                    .key(occupancy_key(channel))
+                    .key(users_key(channel))
+                    .key(node_users_key(channel, dead))
+                    .arg(dead)
+                    .invoke_async(&mut cmd),
+            )
+            .await?;
+            if vacated == 1 || !gone.is_empty() {
+                if let Some(report) = self.occupancy_lost.get() {
+                    report(channel, vacated == 1, &gone);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes `channel` in this node's occupancy index (before any entry is written, so a
+    /// survivor can always find what to reap).
+    async fn index_occupancy(&self, cmd: &mut Conn, channel: &str) -> Result<(), BrokerError> {
+        bounded(
+            redis::cmd("SADD")
+                .arg(node_occupancy_key(self.prefix, &self.node.id))
+                .arg(channel)
+                .exec_async(cmd),
+        )
+        .await
+    }
+
+    /// Runs the occupancy script for this node; answers whether the cluster flipped.
+    async fn occupy(&self, channel: &str, occupied: bool) -> Result<bool, BrokerError> {
+        let mut cmd = self.cmd()?;
+        if occupied {
+            self.index_occupancy(&mut cmd, channel).await?;
+        }
+        let flipped: i64 = bounded(
+            self.occupy
+                .key(occupancy_key(channel))
+                .arg(&self.node.id)
+                .arg(if occupied { "1" } else { "0" })
+                .invoke_async(&mut cmd),
+        )
+        .await?;
+        Ok(flipped == 1)
+    }
+
+    /// Runs the user script for this node; answers whether the cluster flipped.
+    async fn occupy_user(
+        &self,
+        channel: &str,
+        user: &str,
+        present: bool,
+    ) -> Result<bool, BrokerError> {
+        let mut cmd = self.cmd()?;
+        if present {
+            self.index_occupancy(&mut cmd, channel).await?;
+        }
+        let flipped: i64 = bounded(
+            self.user
+                .key(users_key(channel))
+                .key(node_users_key(channel, &self.node.id))
+                .arg(user)
+                .arg(if present { "1" } else { "0" })
+                .invoke_async(&mut cmd),
+        )
+        .await?;
+        Ok(flipped == 1)
+    }
+
+    /// Writes this node's occupancy entries again (after Redis came back, possibly empty);
+    /// flips seen now are not reported: they are not news.
+    async fn rewrite_occupancy(&self) -> Result<(), BrokerError> {
+        let (channels, users) = {
+            let o = self.occupancy.lock().unwrap_or_else(|e| e.into_inner());
+            (
+                o.channels.iter().cloned().collect::<Vec<_>>(),
+                o.users
+                    .iter()
+                    .flat_map(|(c, us)| us.iter().map(move |u| (c.clone(), u.clone())))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        for channel in &channels {
+            self.occupy(channel, true).await?;
+        }
+        for (channel, user) in &users {
+            self.occupy_user(channel, user, true).await?;
+        }
+        Ok(())
     }
 
     /// Which of `nodes` hold a lease.
@@ -1485,9 +1691,11 @@ impl Inner {
                     }
                 }
             }
+            self.reap_occupancy(dead).await?;
             let _: () = bounded(
                 redis::pipe()
                     .del(node_channels_key(self.prefix, dead))
+                    .del(node_occupancy_key(self.prefix, dead))
                     .hdel(nodes_key(self.prefix), dead)
                     .query_async(&mut cmd),
             )
@@ -2250,6 +2458,57 @@ impl Broker for RedisBroker {
                     .exec_async(&mut cmd),
             )
             .await
+        })
+    }
+
+    fn occupancy<'a>(
+        &'a self,
+        channel: &'a str,
+        occupied: bool,
+    ) -> BoxFuture<'a, Result<bool, BrokerError>> {
+        Box::pin(async move {
+            {
+                let mut o = self
+                    .inner
+                    .occupancy
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if occupied {
+                    o.channels.insert(channel.to_string());
+                } else {
+                    o.channels.remove(channel);
+                }
+            }
+            self.inner.occupy(channel, occupied).await
+        })
+    }
+
+    fn user_occupancy<'a>(
+        &'a self,
+        channel: &'a str,
+        user: &'a str,
+        present: bool,
+    ) -> BoxFuture<'a, Result<bool, BrokerError>> {
+        Box::pin(async move {
+            {
+                let mut o = self
+                    .inner
+                    .occupancy
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if present {
+                    o.users
+                        .entry(channel.to_string())
+                        .or_default()
+                        .insert(user.to_string());
+                } else if let Some(us) = o.users.get_mut(channel) {
+                    us.remove(user);
+                    if us.is_empty() {
+                        o.users.remove(channel);
+                    }
+                }
+            }
+            self.inner.occupy_user(channel, user, present).await
         })
     }
 

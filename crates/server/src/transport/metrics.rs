@@ -354,6 +354,44 @@ impl Collector for Scrape {
             &one(gaps.unfilled),
         )?;
 
+        // Webhooks.
+        let zero = crate::webhooks::WebhookStats::default();
+        let hooks = shared.webhooks.as_ref().map_or(&zero, |w| w.stats());
+        f.counter(
+            "webhook_sent",
+            "Webhook requests answered 2xx.",
+            &one(hooks.sent.load(Relaxed)),
+        )?;
+        f.counter(
+            "webhook_events",
+            "Webhook events delivered (in requests answered 2xx).",
+            &one(hooks.events.load(Relaxed)),
+        )?;
+        f.counter(
+            "webhook_failed",
+            "Webhook events given up on after every attempt failed.",
+            &one(hooks.failed.load(Relaxed)),
+        )?;
+        f.counter(
+            "webhook_retried",
+            "Webhook requests that failed and were retried.",
+            &one(hooks.retried.load(Relaxed)),
+        )?;
+        f.counter(
+            "webhook_dropped",
+            "Webhook events dropped because a target's queue was full.",
+            &one(hooks.dropped.load(Relaxed)),
+        )?;
+        {
+            let family = f.0.encode_descriptor(
+                "webhook_duration_seconds",
+                "Time each webhook request took, failed ones included.",
+                None,
+                hooks.duration.metric_type(),
+            )?;
+            hooks.duration.encode(family)?;
+        }
+
         // The process.
         f.gauge_f64(
             "uptime_seconds",

@@ -200,6 +200,7 @@ fn upgrade_socket(
         user: None,
         bucket: (Instant::now(), 0),
         batch: Vec::new(),
+        webhooks: shared.webhooks.clone(),
     };
     let limits = upgrade::limits(&shared);
     let counters = Arc::clone(&shared.counters);
@@ -249,6 +250,8 @@ pub(crate) struct PusherDriver {
     /// Client events: the current second's start and how many were sent in it.
     bucket: (Instant, u32),
     batch: Vec<Delivery>,
+    /// Where `client_event` (and `cache_miss`) webhooks go.
+    webhooks: Option<Arc<crate::webhooks::Webhooks>>,
 }
 
 impl PusherDriver {
@@ -453,6 +456,17 @@ impl PusherDriver {
         let opts = PublishOptions::except_sender(self.handle.id());
         if let Err(e) = self.node.publish(&channel, payload, opts, None).await {
             tracing::debug!(%channel, "pusher client event not published: {e}");
+            return;
+        }
+        if let Some(hooks) = &self.webhooks {
+            hooks.client_event(
+                &self.app.id,
+                &channel,
+                event,
+                data,
+                &self.socket_id,
+                user_id.as_deref(),
+            );
         }
     }
 

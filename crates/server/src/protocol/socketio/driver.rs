@@ -377,6 +377,7 @@ mod tests {
             verifier: config.token_config().verifier().unwrap(),
             router: Arc::default(),
             admission: Arc::default(),
+            webhooks: None,
             config,
         })
     }
