@@ -259,7 +259,7 @@ if wanted interop; then
         node --test --test-reporter=spec --test-concurrency=1 "$INTEROP/$file"
     }
     # Suites that need a browser: skipped (not failed) without one.
-    BROWSER_SUITES=(browser.test.mjs browser_channels.test.mjs socketio_browser.test.mjs)
+    BROWSER_SUITES=(browser.test.mjs browser_channels.test.mjs socketio_browser.test.mjs pusher_browser.test.mjs)
     build_failed=0
     for s in "${FAILED[@]+"${FAILED[@]}"}"; do [[ "$s" == "cargo build --release" ]] && build_failed=1; done
     if [[ $build_failed -eq 1 ]]; then
@@ -282,6 +282,7 @@ if wanted interop; then
       node_suite pusher.test.mjs
       # Webhooks checked with the pusher SDK's verifier; two nodes on a private redis-server.
       node_suite webhooks.test.mjs
+      node_suite pusher_bad_input.test.mjs
       node_suite socketio.test.mjs
       # Attacks replayed while canary clients check that nothing else is disturbed.
       node_suite hostile.test.mjs
@@ -292,6 +293,7 @@ if wanted interop; then
       node_suite cluster_faults.test.mjs
       node_suite cluster_api.test.mjs
       node_suite socketio_cluster.test.mjs
+      node_suite pusher_cluster.test.mjs
       # Redis restarted empty / with its data and a node killed, each twice, with every
       # client kind: nothing acknowledged may be lost.
       node_suite chaos.test.mjs
@@ -309,6 +311,7 @@ if wanted interop; then
         run_suite "interop: python_client.py" 300 "$INTEROP/.venv/bin/python" "$INTEROP/python_client.py"
         run_suite "interop: cent_api.py" 120 "$INTEROP/.venv/bin/python" "$INTEROP/cent_api.py"
         run_suite "interop: metrics_scrape.py" 120 "$INTEROP/.venv/bin/python" "$INTEROP/metrics_scrape.py"
+        run_suite "interop: pusher_sdk.py" 120 "$INTEROP/.venv/bin/python" "$INTEROP/pusher_sdk.py"
       fi
       if skip_requested SKIP_BROWSER; then
         skip_suite "interop: ${BROWSER_SUITES[*]}" "SKIP_BROWSER=1"

@@ -215,6 +215,57 @@ describe('pusher-js and the pusher SDK', () => {
     await closed;
   });
 
+  it('cache channels: the last event is replayed to a new subscriber, else pusher:cache_miss', async () => {
+    // Triggered while nobody is subscribed: kept all the same.
+    await api.trigger('cache-quotes', 'quote', { price: 1 });
+    await api.trigger('cache-quotes', 'quote', { price: 2 });
+    const c = client();
+    await connected(c);
+    const ch = c.subscribe('cache-quotes');
+    const seen = [];
+    ch.bind_global((event, data) => seen.push([event, data]));
+    const got = next(ch, 'quote');
+    assert.deepEqual((await got).data, { price: 2 }, 'only the last event');
+    assert.equal(seen[0][0], 'pusher:subscription_succeeded', 'after the subscription succeeded');
+    const live = next(ch, 'quote');
+    await api.trigger('cache-quotes', 'quote', { price: 3 });
+    assert.deepEqual((await live).data, { price: 3 });
+    assert.deepEqual(seen.filter(([e]) => e === 'quote').map(([, d]) => d.price), [2, 3], 'nothing twice');
+
+    const empty = c.subscribe('private-cache-empty');
+    const miss = await withTimeout(new Promise((resolve) => empty.bind('pusher:cache_miss', () => resolve(true))), 'pusher:cache_miss');
+    assert.equal(miss, true);
+  });
+
+  it('signin: sendToUser reaches pusher.user.bind; a forged signature gets pusher:error 4009', async () => {
+    const c = client({ user: { id: 'frank', name: 'Frank' } });
+    await connected(c);
+    c.signin();
+    await withTimeout(c.user.signinDonePromise, 'signed in');
+    assert.equal(c.user.user_data?.id, 'frank');
+    const got = new Promise((resolve) => c.user.bind('note', resolve));
+    await api.sendToUser('frank', 'note', { text: 'just for frank' });
+    assert.deepEqual(await withTimeout(got, 'the server-to-user event'), { text: 'just for frank' });
+
+    const forged = client({
+      extra: {
+        userAuthentication: {
+          customHandler: ({ socketId }, cb) => cb(null, {
+            auth: `${APP.key}:${'0'.repeat(64)}`,
+            user_data: JSON.stringify({ id: 'mallory' }),
+          }),
+        },
+      },
+    });
+    await connected(forged);
+    const error = withTimeout(new Promise((resolve) => forged.connection.bind('error', resolve)), 'pusher:error');
+    forged.signin();
+    const e = await error;
+    assert.equal(e.data.code, 4009);
+    assert.equal(forged.connection.state, 'connected', 'the connection stays');
+    assert.equal(forged.user.user_data, null);
+  });
+
   it('the same channel with a raw ws client and a centrifuge client', async () => {
     const c = client();
     await connected(c);

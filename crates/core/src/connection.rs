@@ -2,7 +2,7 @@
 //! [`ConnHandle`] the server holds for as long as the socket lives.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -64,6 +64,9 @@ pub(crate) struct Subscriptions {
 pub(crate) struct ConnEntry {
     pub(crate) id: ConnId,
     pub(crate) info: ConnInfo,
+    /// The user the connection signed in as after registering (see
+    /// [`ConnHandle::sign_in`]).
+    pub(crate) signed_in: OnceLock<Box<str>>,
     pub(crate) outbox: OutboxShared,
     pub(crate) subs: Mutex<Subscriptions>,
 }
@@ -87,6 +90,21 @@ impl ConnHandle {
     /// What was supplied at registration.
     pub fn info(&self) -> &ConnInfo {
         &self.entry.info
+    }
+
+    /// Names the user the connection authenticated as after it registered (a protocol
+    /// whose clients sign in on an open connection, like Pusher's `pusher:signin`). From
+    /// then on [`Hub::connections_of_user`] finds the connection, so administrative calls by
+    /// user (disconnect) reach it whatever its protocol. Only the first call counts; returns
+    /// whether this one did. Registration-time limits (`max_connections_per_user`) are not
+    /// applied again.
+    pub fn sign_in(&self, user: &str) -> bool {
+        self.entry.signed_in.set(user.into()).is_ok()
+    }
+
+    /// The user the connection signed in as after registering, if it did.
+    pub fn signed_in_user(&self) -> Option<&str> {
+        self.entry.signed_in.get().map(|u| &**u)
     }
 
     /// Queues a message for this connection only, under the same bounds and

@@ -326,6 +326,7 @@ impl Hub {
         let entry = Arc::new(ConnEntry {
             id,
             info,
+            signed_in: Default::default(),
             outbox: OutboxShared::new(&inner.limits),
             subs: Mutex::new(Subscriptions::default()),
         });
@@ -862,8 +863,9 @@ impl Hub {
         entry.is_some_and(|e| e.outbox.push_control(Delivery::Control(Arc::new(control))))
     }
 
-    /// The registered connections of authenticated user `user`, whatever their protocol
-    /// (a scan of every connection: for administrative calls, not per message).
+    /// The registered connections of authenticated user `user`, whatever their protocol,
+    /// also those that signed in as `user` after registering ([`ConnHandle::sign_in`]) (a
+    /// scan of every connection: for administrative calls, not per message).
     pub fn connections_of_user(&self, user: &str) -> Vec<ConnId> {
         let mut ids = Vec::new();
         for shard in self.inner.conns.iter() {
@@ -871,7 +873,10 @@ impl Hub {
                 shard
                     .lock()
                     .values()
-                    .filter(|e| e.info.user.as_deref() == Some(user))
+                    .filter(|e| {
+                        e.info.user.as_deref() == Some(user)
+                            || e.signed_in.get().is_some_and(|u| **u == *user)
+                    })
                     .map(|e| e.id),
             );
         }

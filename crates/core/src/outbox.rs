@@ -345,6 +345,7 @@ mod tests {
         Outbox::new(Arc::new(ConnEntry {
             id: 7,
             info: Default::default(),
+            signed_in: Default::default(),
             outbox: OutboxShared::new(&limits),
             subs: Mutex::new(Subscriptions::default()),
         }))

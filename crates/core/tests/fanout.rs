@@ -319,6 +319,21 @@ fn connections_of_a_user_whatever_their_protocol() {
 }
 
 #[test]
+fn a_connection_that_signs_in_later_is_found_by_its_user() {
+    let hub = Hub::new(HubLimits::default());
+    let (p, _p_out) = hub.register(ConnInfo::new("p", "pusher")).unwrap();
+    assert!(hub.connections_of_user("carol").is_empty());
+    assert_eq!(p.signed_in_user(), None);
+    assert!(p.sign_in("carol"));
+    assert!(!p.sign_in("dave"), "only the first sign-in counts");
+    assert_eq!(p.signed_in_user(), Some("carol"));
+    assert_eq!(hub.connections_of_user("carol"), vec![p.id()]);
+    assert!(hub.connections_of_user("dave").is_empty());
+    drop(p);
+    assert!(hub.connections_of_user("carol").is_empty());
+}
+
+#[test]
 fn disconnect_by_id_and_close_all() {
     let hub = Hub::new(HubLimits::default());
     let (a, mut a_out) = conn(&hub);

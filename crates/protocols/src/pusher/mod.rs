@@ -41,8 +41,12 @@ pub const MAX_CHANNEL_LENGTH: usize = 200;
 pub mod code {
     /// Unknown app key.
     pub const APP_NOT_FOUND: u16 = 4001;
+    /// The `protocol` query parameter is not a number.
+    pub const INVALID_VERSION: u16 = 4006;
     /// Protocol version not supported.
     pub const UNSUPPORTED_PROTOCOL: u16 = 4007;
+    /// No `protocol` query parameter.
+    pub const NO_VERSION: u16 = 4008;
     /// Subscription or client event not authorized.
     pub const UNAUTHORIZED: u16 = 4009;
     /// Over a connection limit: try again later.
@@ -53,10 +57,56 @@ pub mod code {
     pub const PONG_TIMEOUT: u16 = 4201;
     /// Closed after too long without activity.
     pub const INACTIVITY: u16 = 4202;
-    /// A client event was rejected (rate limit, wrong channel).
+    /// A client event was rejected (rate limit, wrong channel, too large).
     pub const CLIENT_EVENT_REJECTED: u16 = 4301;
-    /// A malformed message.
+    /// A message that is not understood: an unknown event (refused alone), or a frame that
+    /// is not a JSON object with an `event` (the connection is closed with this code;
+    /// `pusher-js` does not reconnect after 4300–4399).
     pub const BAD_MESSAGE: u16 = 4300;
+}
+
+/// The prefix of the channel a signed-in user's connections receive server-to-user events
+/// on: `#server-to-user-{user id}` (the server SDKs' `sendToUser` triggers on it).
+pub const USER_CHANNEL_PREFIX: &str = "#server-to-user-";
+
+/// The server-to-user channel of `user`.
+pub fn user_channel(user: &str) -> String {
+    format!("{USER_CHANNEL_PREFIX}{user}")
+}
+
+/// The prefixes of cache channels (the last event is kept and replayed to new subscribers),
+/// most specific first.
+pub const CACHE_PREFIXES: [&str; 4] = [
+    "presence-cache-",
+    "private-encrypted-cache-",
+    "private-cache-",
+    "cache-",
+];
+
+/// Whether `channel` is a cache channel (`cache-`, `private-cache-`,
+/// `private-encrypted-cache-`, `presence-cache-`).
+pub fn is_cache(channel: &str) -> bool {
+    CACHE_PREFIXES.iter().any(|p| channel.starts_with(p))
+}
+
+/// Whether `user` can name a user here: 1–200 bytes without whitespace, control
+/// characters or `:` (its server-to-user channel must be a channel name of the default
+/// namespace).
+pub fn valid_user_id(user: &str) -> bool {
+    !user.is_empty()
+        && user.len() <= MAX_CHANNEL_LENGTH
+        && !user
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ':')
+}
+
+/// Whether events may be triggered on `name` through the HTTP API: a valid channel name, or
+/// a server-to-user channel of a valid user id.
+pub fn valid_event_channel(name: &str) -> bool {
+    valid_channel_name(name)
+        || name
+            .strip_prefix(USER_CHANNEL_PREFIX)
+            .is_some_and(valid_user_id)
 }
 
 /// What a channel name says about its channel.
@@ -176,11 +226,11 @@ pub fn parse_member(channel_data: &[u8]) -> Option<Member> {
     Some(Member { user_id, user_info })
 }
 
-/// Parses sign-in `user_data`: it must have a non-empty string `id`.
+/// Parses sign-in `user_data`: it must have a string `id` that is a [`valid_user_id`].
 pub fn parse_user(user_data: &str) -> Option<String> {
     let v: Value = serde_json::from_str(user_data).ok()?;
     match v.get("id")? {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::String(s) if valid_user_id(s) => Some(s.clone()),
         _ => None,
     }
 }
@@ -402,6 +452,31 @@ mod tests {
         assert!(!valid_channel_name("ns:chan"));
         assert!(!valid_channel_name(""));
         assert!(!valid_channel_name(&"a".repeat(201)));
+    }
+
+    #[test]
+    fn cache_and_user_channels() {
+        for c in [
+            "cache-a",
+            "private-cache-a",
+            "private-encrypted-cache-a",
+            "presence-cache-a",
+        ] {
+            assert!(is_cache(c), "{c}");
+        }
+        assert!(!is_cache("news-cache-a"));
+        assert!(!is_cache("private-a"));
+        assert_eq!(ChannelKind::of("presence-cache-a"), ChannelKind::Presence);
+        assert_eq!(user_channel("u1"), "#server-to-user-u1");
+        assert!(valid_event_channel("#server-to-user-u1"));
+        assert!(valid_event_channel("news"));
+        assert!(!valid_event_channel("#server-to-user-"));
+        assert!(!valid_event_channel("#server-to-user-a:b"));
+        assert!(!valid_event_channel("#other"));
+        assert_eq!(parse_user(r#"{"id":"u1","name":"x"}"#), Some("u1".into()));
+        assert_eq!(parse_user(r#"{"id":"a b"}"#), None);
+        assert_eq!(parse_user(r#"{"id":""}"#), None);
+        assert_eq!(parse_user(r#"{"id":7}"#), None);
     }
 
     #[test]

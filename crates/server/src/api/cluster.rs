@@ -1,5 +1,6 @@
 //! API methods that act on every node: a command sent to the other nodes through the broker
-//! and applied here, and a survey of the channels every node has members in.
+//! and applied here, and a survey of the channels every node has members in. The Pusher
+//! HTTP API uses them too.
 use serde_json::{json, Value};
 use switchboard_core::NodeError;
 
@@ -10,7 +11,7 @@ use crate::state::Shared;
 /// applies it here. A command aimed at one client that is connected here is applied here
 /// only (client ids are unique across nodes). Sending first means that when the broker is
 /// unreachable (a temporary error, 503) nothing was done anywhere.
-pub(super) async fn cluster_command(shared: &Shared, command: Command) -> Result<Value, NodeError> {
+pub(crate) async fn cluster_command(shared: &Shared, command: Command) -> Result<Value, NodeError> {
     let targets_one_client = matches!(
         command,
         Command::Disconnect {
@@ -45,7 +46,7 @@ pub(super) async fn cluster_command(shared: &Shared, command: Command) -> Result
 
 /// The channels with members on every node whose names match `pattern`, with the member
 /// counts summed over the nodes.
-pub(super) async fn cluster_channels(
+pub(crate) async fn cluster_channels(
     shared: &Shared,
     pattern: String,
 ) -> Result<std::collections::BTreeMap<String, usize>, NodeError> {

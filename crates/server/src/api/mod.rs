@@ -49,7 +49,7 @@ use crate::state::Shared;
 use crate::transport::http::{read_body, Body, BodyError};
 use crate::transport::{Endpoint, RequestCtx, ResponseFuture, Route};
 
-mod cluster;
+pub(crate) mod cluster;
 mod methods;
 
 /// Path prefix of the API.

@@ -1,7 +1,9 @@
 //! The Pusher HTTP API, `/apps/{id}/…`, signed with the app's secret (see
 //! [`switchboard_protocols::pusher::auth::verify_api_request`]): trigger events, list
 //! channels and presence users, terminate a user's connections. A bad signature or a stale
-//! timestamp is 401; an unknown app 404.
+//! timestamp is 401; an unknown app 404. Everything covers every node: channel counts come
+//! from a survey of the nodes (`crate::api::cluster`), presence from the core, and
+//! `terminate_connections` is the server API's disconnect-by-user, sent to every node.
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -10,10 +12,12 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use switchboard_core::{CloseReason, PublishOptions};
+use switchboard_core::{NodeError, PublishOptions};
 use switchboard_protocols::pusher::{self as wire, auth, ChannelKind};
 
 use super::{conn_of_socket, PusherState};
+use crate::api::cluster::{cluster_channels, cluster_command};
+use crate::broker::control::Command;
 use crate::state::Shared;
 use crate::transport::http::{read_body, text, Body};
 use crate::transport::{Endpoint, RequestCtx, ResponseFuture, Route};
@@ -48,6 +52,16 @@ fn json_response(status: StatusCode, v: Value) -> Response<Body> {
 
 fn error(status: StatusCode, message: String) -> Response<Body> {
     json_response(status, json!({ "error": message }))
+}
+
+/// 503 when the broker is unreachable (retry), 400 for anything else the core refused.
+fn node_error(e: NodeError) -> Response<Body> {
+    let status = if e.is_temporary() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    error(status, e.to_string())
 }
 
 async fn handle(
@@ -108,10 +122,14 @@ async fn handle(
         }
         (&Method::GET, ["channels", channel, "users"]) => users(&shared, channel).await,
         (&Method::POST, ["users", user, "terminate_connections"]) => {
-            for id in state.connections_of(&app.id, user) {
-                shared.hub.disconnect(id, CloseReason::Kicked);
+            let command = Command::Disconnect {
+                user: Some(user.to_string()),
+                client: None,
+            };
+            match cluster_command(&shared, command).await {
+                Ok(_) => json_response(StatusCode::OK, json!({})),
+                Err(e) => node_error(e),
             }
-            json_response(StatusCode::OK, json!({}))
         }
         _ => text(StatusCode::NOT_FOUND, "not found"),
     }
@@ -151,7 +169,7 @@ async fn trigger(shared: &Shared, events: Vec<Event>, batch: bool) -> Response<B
             .channels
             .iter()
             .chain(ev.channel.iter())
-            .find(|c| !wire::valid_channel_name(c))
+            .find(|c| !wire::valid_event_channel(c))
         {
             return error(StatusCode::BAD_REQUEST, format!("invalid channel {c:?}"));
         }
@@ -165,12 +183,7 @@ async fn trigger(shared: &Shared, events: Vec<Event>, batch: bool) -> Response<B
         for channel in ev.channels.iter().chain(ev.channel.iter()) {
             let payload = wire::envelope(&ev.name, &data, None);
             if let Err(e) = shared.node.publish(channel, payload, opts, None).await {
-                let status = if e.is_temporary() {
-                    StatusCode::SERVICE_UNAVAILABLE
-                } else {
-                    StatusCode::BAD_REQUEST
-                };
-                return error(status, e.to_string());
+                return node_error(e);
             }
         }
     }
@@ -210,12 +223,14 @@ async fn channels(shared: &Shared, prefix: Option<&str>, info: Option<&str>) -> 
             "user_count needs filter_by_prefix=presence-".into(),
         );
     }
-    let listed = shared
-        .hub
-        .channels_with_members(|name| name.starts_with(prefix) && wire::valid_channel_name(name));
+    // Pusher names have no `*`: the prefix is a glob as it stands.
+    let listed = match cluster_channels(shared, format!("{prefix}*")).await {
+        Ok(listed) => listed,
+        Err(e) => return node_error(e),
+    };
     let mut out = BTreeMap::new();
     for (name, members) in listed {
-        if members == 0 {
+        if members == 0 || !name.starts_with(prefix) || !wire::valid_channel_name(&name) {
             continue;
         }
         let mut attrs = serde_json::Map::new();
@@ -238,7 +253,11 @@ async fn channel_info(shared: &Shared, channel: &str, info: Option<&str>) -> Res
     let (subs, users) = if presence {
         presence_counts(shared, channel).await
     } else {
-        (shared.hub.member_count(channel), 0)
+        // Channel names have no `*`: the name is a glob matching itself alone.
+        match cluster_channels(shared, channel.to_string()).await {
+            Ok(listed) => (listed.get(channel).copied().unwrap_or(0), 0),
+            Err(e) => return node_error(e),
+        }
     };
     let mut v = serde_json::Map::new();
     v.insert("occupied".into(), json!(subs > 0));

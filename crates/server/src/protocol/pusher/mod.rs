@@ -6,20 +6,32 @@
 //! events, see [`presence_options`]). Subscriptions are authorized by the app's
 //! signatures, not by tokens: the hub's anonymous-subscribe rule does not apply.
 //!
+//! `cache-` channels (also `private-cache-`, `private-encrypted-cache-`, `presence-cache-`)
+//! keep their last event in the core's channel history ([`cache_options`]: one publication
+//! for [`CACHE_TTL`]), so a new subscriber gets it, or `pusher:cache_miss`, on every node.
+//! A signed-in connection (`pusher:signin`) is named by its user in the hub (so
+//! `terminate_connections` and the server API's disconnect reach it on every node) and
+//! joins the core channel `#server-to-user-{id}`, where the server SDKs' `sendToUser`
+//! triggers.
+//!
 //! Endings and what the peer sees: unknown key → `pusher:error` 4001 and close 4001;
-//! protocol below 7 → 4007; shutdown, slow consumer, missed publications → 4200 (reconnect
-//! at once); no pong → 4201; terminated through the API → 4009; a panic → 1011.
+//! no `protocol` parameter → 4008, not a number → 4006, below 7 → 4007; a frame that is
+//! not a JSON object with an `event` → `pusher:error` and close 4300; over the client
+//! message rate → 4100 (back off); shutdown, slow consumer, missed publications → 4200
+//! (reconnect at once); no pong → 4201; terminated through the API → 4009; a panic → 1011.
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use switchboard_core::{
-    ChannelOptions, CloseReason, ConnHandle, ConnId, ConnInfo, Control, Delivery, MemberEvent,
-    Node, Outbox, PublishOptions, SubscribeOptions,
+    ChannelOptions, CloseReason, ConnHandle, ConnId, ConnInfo, Control, Delivery, HistoryQuery,
+    HubError, MemberEvent, Node, NodeError, Outbox, PublishOptions, StreamPosition,
+    SubscribeOptions,
 };
 use switchboard_protocols::pusher::{self as wire, auth, code, ChannelKind};
 use switchboard_websocket::{CloseCode, Message};
@@ -49,26 +61,51 @@ pub fn presence_options(default: &ChannelOptions) -> ChannelOptions {
     }
 }
 
-/// The hub's namespaces for `config`: the configured ones, plus [`presence_options`] for
-/// `presence-` channels when a Pusher app is configured.
+/// How long a cache channel keeps its last event (Pusher's documented 30 minutes), and how
+/// long the channel outlives its last subscriber for it.
+pub const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
+
+/// Options of cache channels: `base`'s, keeping at least the last publication for at least
+/// [`CACHE_TTL`].
+pub fn cache_options(base: &ChannelOptions) -> ChannelOptions {
+    ChannelOptions {
+        history_size: base.history_size.max(1),
+        history_ttl: base.history_ttl.max(CACHE_TTL),
+        ..base.clone()
+    }
+}
+
+/// The hub's namespaces for `config`: the configured ones, plus, when a Pusher app is
+/// configured, [`presence_options`] for `presence-` channels and [`cache_options`] for the
+/// cache channels (`presence-cache-` gets both).
 pub fn namespaces(config: &crate::config::ServerConfig) -> switchboard_core::Namespaces {
     let ns = config.channel.clone();
     if config.pusher.apps.is_empty() {
         return ns;
     }
-    let options = presence_options(&ns.default);
-    ns.with_prefix(PRESENCE_PREFIX, options)
+    let presence = presence_options(&ns.default);
+    let cache = cache_options(&ns.default);
+    // The first matching prefix wins: the cache prefixes (most specific first) go before
+    // `presence-`.
+    let mut ns = ns;
+    for prefix in wire::CACHE_PREFIXES {
+        let options = if prefix.starts_with(PRESENCE_PREFIX) {
+            cache_options(&presence)
+        } else {
+            cache.clone()
+        };
+        ns = ns.with_prefix(prefix, options);
+    }
+    ns.with_prefix(PRESENCE_PREFIX, presence)
 }
 
 /// The prefix of presence channels.
 pub const PRESENCE_PREFIX: &str = "presence-";
 
-/// What the Pusher endpoints share: the apps, and which connections signed in as which user
-/// (for `terminate_connections`).
+/// What the Pusher endpoints share: the apps.
 #[derive(Default)]
 pub struct PusherState {
     apps: Vec<Arc<PusherApp>>,
-    users: Mutex<HashMap<(String, String), HashSet<ConnId>>>,
 }
 
 impl PusherState {
@@ -76,7 +113,6 @@ impl PusherState {
     pub fn new(apps: &[PusherApp]) -> Arc<PusherState> {
         Arc::new(PusherState {
             apps: apps.iter().cloned().map(Arc::new).collect(),
-            users: Mutex::default(),
         })
     }
 
@@ -86,27 +122,6 @@ impl PusherState {
 
     fn by_id(&self, id: &str) -> Option<&Arc<PusherApp>> {
         self.apps.iter().find(|a| a.id == id)
-    }
-
-    fn signed_in(&self, app: &str, user: &str, id: ConnId, on: bool) {
-        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        let k = (app.to_string(), user.to_string());
-        if on {
-            users.entry(k).or_default().insert(id);
-        } else if let Some(set) = users.get_mut(&k) {
-            set.remove(&id);
-            if set.is_empty() {
-                users.remove(&k);
-            }
-        }
-    }
-
-    fn connections_of(&self, app: &str, user: &str) -> Vec<ConnId> {
-        let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        users
-            .get(&(app.to_string(), user.to_string()))
-            .map(|s| s.iter().copied().collect())
-            .unwrap_or_default()
     }
 }
 
@@ -158,27 +173,23 @@ fn upgrade_socket(
         .trim_start_matches("/app/")
         .trim_end_matches('/')
         .to_string();
-    let version: u32 = req
+    let version = req
         .uri()
         .query()
         .map(auth::parse_query)
         .unwrap_or_default()
         .into_iter()
         .find(|(k, _)| k == "protocol")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
+        .map(|(_, v)| v);
     let admitted = match upgrade::admit(&req, &shared, peer) {
         Ok(admitted) => admitted,
         Err(refusal) => return *refusal,
     };
     let app = state.by_key(&key).cloned();
-    let refusal = match (&app, version) {
-        (None, _) => Some((code::APP_NOT_FOUND, "App key not in this cluster")),
-        (_, v) if v < wire::MIN_PROTOCOL_VERSION => {
-            Some((code::UNSUPPORTED_PROTOCOL, "Unsupported protocol version"))
-        }
-        _ => None,
-    };
+    let refusal = refusal(app.is_some(), version.as_deref());
+    if let Some((code, message)) = refusal {
+        tracing::info!(%peer, code, "pusher connection refused: {message}");
+    }
     let (handle, outbox) = match shared
         .hub
         .register(ConnInfo::new(peer.to_string(), wire::PROTOCOL))
@@ -187,21 +198,15 @@ fn upgrade_socket(
         Err(_) => return text(StatusCode::SERVICE_UNAVAILABLE, "too many connections"),
     };
     let id = handle.id();
-    let driver = PusherDriver {
-        state,
-        app: app.unwrap_or_default(),
-        node: shared.node.clone(),
-        socket_id: socket_id(id),
+    let driver = PusherDriver::new(
+        app.unwrap_or_default(),
+        shared.node.clone(),
         handle,
         outbox,
-        activity_timeout: shared.config.ping_interval.as_secs().max(1),
+        shared.config.ping_interval.as_secs().max(1),
         refusal,
-        channels: HashMap::new(),
-        user: None,
-        bucket: (Instant::now(), 0),
-        batch: Vec::new(),
-        webhooks: shared.webhooks.clone(),
-    };
+        shared.webhooks.clone(),
+    );
     let limits = upgrade::limits(&shared);
     let counters = Arc::clone(&shared.counters);
     let timeout = shared.config.handshake_timeout;
@@ -225,6 +230,22 @@ fn upgrade_socket(
     })
 }
 
+/// Why a connection to a known (`app_known`) or unknown app with this `protocol` query
+/// value is refused, if it is: the code and message of its `pusher:error` and close.
+pub fn refusal(app_known: bool, protocol: Option<&str>) -> Option<(u16, &'static str)> {
+    if !app_known {
+        return Some((code::APP_NOT_FOUND, "App key not in this cluster"));
+    }
+    match protocol.map(str::parse::<u32>) {
+        None => Some((code::NO_VERSION, "No protocol version supplied")),
+        Some(Err(_)) => Some((code::INVALID_VERSION, "Invalid version string format")),
+        Some(Ok(v)) if v < wire::MIN_PROTOCOL_VERSION => {
+            Some((code::UNSUPPORTED_PROTOCOL, "Unsupported protocol version"))
+        }
+        Some(Ok(_)) => None,
+    }
+}
+
 /// One subscription of a connection.
 struct Sub {
     kind: ChannelKind,
@@ -235,7 +256,6 @@ struct Sub {
 
 /// One Pusher connection's state machine.
 pub(crate) struct PusherDriver {
-    state: Arc<PusherState>,
     app: Arc<PusherApp>,
     node: Node,
     handle: ConnHandle,
@@ -245,8 +265,6 @@ pub(crate) struct PusherDriver {
     /// Set when the connection is refused (unknown key, old protocol): sent by `open`.
     refusal: Option<(u16, &'static str)>,
     channels: HashMap<String, Sub>,
-    /// The signed-in user.
-    user: Option<String>,
     /// Client events: the current second's start and how many were sent in it.
     bucket: (Instant, u32),
     batch: Vec<Delivery>,
@@ -255,10 +273,48 @@ pub(crate) struct PusherDriver {
 }
 
 impl PusherDriver {
+    /// The driver of connection `handle` to `app` (`refusal`: the connection is refused
+    /// with this code and message instead; `webhooks`: where its app's webhooks go).
+    pub(crate) fn new(
+        app: Arc<PusherApp>,
+        node: Node,
+        handle: ConnHandle,
+        outbox: Outbox,
+        activity_timeout: u64,
+        refusal: Option<(u16, &'static str)>,
+        webhooks: Option<Arc<crate::webhooks::Webhooks>>,
+    ) -> PusherDriver {
+        PusherDriver {
+            app,
+            node,
+            socket_id: socket_id(handle.id()),
+            handle,
+            outbox,
+            activity_timeout,
+            refusal,
+            channels: HashMap::new(),
+            bucket: (Instant::now(), 0),
+            batch: Vec::new(),
+            webhooks,
+        }
+    }
+
     async fn message(&mut self, frame: &[u8], out: &mut Out) -> Result<(), Ending> {
-        let Ok(f) = wire::decode(frame) else {
-            out.message(wire::error(None, "Invalid JSON"));
-            return Ok(());
+        let f = match wire::decode(frame) {
+            Ok(f) => f,
+            Err(e) => {
+                // A stream we cannot parse: closed, in the range pusher-js does not
+                // reconnect after (the client would only send the same again).
+                tracing::info!(id = self.handle.id(), "pusher: malformed message: {e}");
+                out.message(wire::error(
+                    Some(code::BAD_MESSAGE),
+                    "Invalid message: expected a JSON object with an event",
+                ));
+                return Err(Ending::Close(
+                    code::BAD_MESSAGE,
+                    Cow::Borrowed("Invalid message"),
+                ));
+            }
         };
         match f.event.as_str() {
             "pusher:ping" => out.message(wire::pong()),
@@ -275,21 +331,45 @@ impl PusherDriver {
                 }
             }
             "pusher:signin" => match wire::data_object::<wire::Signin>(&f.data) {
-                Some(s) => self.signin(s, out),
-                None => out.message(wire::error(None, "Invalid signin data")),
+                Some(s) => self.signin(s, out).await,
+                None => out.message(wire::error(Some(code::UNAUTHORIZED), "Invalid signin data")),
             },
             name if name.starts_with("client-") => {
                 let data = wire::data_string(&f.data);
                 self.client_event(name, f.channel.as_deref(), &data, out)
                     .await;
             }
-            _ => {}
+            other => {
+                // Only this event is refused; the connection carries on.
+                tracing::debug!(
+                    id = self.handle.id(),
+                    event = other,
+                    "pusher: unknown event"
+                );
+                out.message(wire::error(
+                    Some(code::BAD_MESSAGE),
+                    &format!("Unknown event: {}", truncated(other, 64)),
+                ));
+            }
         }
         Ok(())
     }
 
     async fn subscribe(&mut self, s: wire::Subscribe, out: &mut Out) {
         let channel = s.channel;
+        if let Some(user) = channel.strip_prefix(wire::USER_CHANNEL_PREFIX) {
+            // Joined at sign-in; pusher-js then subscribes to it by name.
+            if self.handle.signed_in_user() == Some(user) && self.channels.contains_key(&channel) {
+                out.message(wire::subscription_succeeded(&channel));
+            } else {
+                out.message(wire::subscription_error(
+                    &channel,
+                    "Sign in as this user first",
+                    403,
+                ));
+            }
+            return;
+        }
         if !wire::valid_channel_name(&channel) {
             out.message(wire::subscription_error(
                 &channel,
@@ -343,15 +423,27 @@ impl PusherDriver {
             chan_info: channel_data.map(|d| bytes::Bytes::from(d.to_string())),
             ..Default::default()
         };
-        if let Err(e) = self.node.subscribe(&self.handle, &channel, opts).await {
-            tracing::debug!(%channel, "pusher subscribe failed: {e}");
-            out.message(wire::subscription_error(
-                &channel,
-                "Subscription failed",
-                500,
-            ));
-            return;
-        }
+        let joined = match self.node.subscribe(&self.handle, &channel, opts).await {
+            Ok(joined) => joined,
+            Err(NodeError::Hub(e @ HubError::TooManySubscriptions { .. })) => {
+                tracing::info!(id = self.handle.id(), %channel, "pusher subscribe refused: {e}");
+                out.message(wire::subscription_error(
+                    &channel,
+                    "Too many subscriptions",
+                    429,
+                ));
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(%channel, "pusher subscribe failed: {e}");
+                out.message(wire::subscription_error(
+                    &channel,
+                    "Subscription failed",
+                    500,
+                ));
+                return;
+            }
+        };
         let mut sub = Sub {
             kind,
             member,
@@ -383,10 +475,51 @@ impl PusherDriver {
         } else {
             out.message(wire::subscription_succeeded(&channel));
         }
+        if wire::is_cache(&channel) {
+            self.replay_cached(&channel, joined.position, out).await;
+        }
         self.channels.insert(channel, sub);
     }
 
-    fn signin(&mut self, s: wire::Signin, out: &mut Out) {
+    /// A cache channel's last event up to the join (`position`) goes to the new subscriber,
+    /// after its `subscription_succeeded`. Nothing cached: `pusher:cache_miss`.
+    async fn replay_cached(&mut self, channel: &str, position: StreamPosition, out: &mut Out) {
+        let newest = HistoryQuery {
+            since: None,
+            limit: Some(1),
+            reverse: true,
+        };
+        let last = match self.node.history(channel, newest).await {
+            Ok(found) => found.publications.into_iter().next(),
+            Err(e) => {
+                tracing::debug!(%channel, "pusher cache read failed: {e}");
+                None
+            }
+        };
+        match last {
+            Some(p) if p.epoch == position.epoch && p.offset <= position.offset => {
+                out.prepared(wire::encode(&p));
+            }
+            // Published after the join (a later offset, or a new epoch): it is queued to this
+            // subscriber already, and it is the last event; replaying it would deliver it
+            // twice.
+            Some(_) => {}
+            None => {
+                self.cache_missed(channel);
+                out.message(wire::cache_miss(channel));
+            }
+        }
+    }
+
+    /// A subscriber of cache channel `channel` found nothing cached: the one place a cache
+    /// miss is detected (the `cache_miss` webhook is reported from here).
+    fn cache_missed(&self, channel: &str) {
+        if let Some(hooks) = &self.webhooks {
+            hooks.cache_miss(&self.app.id, channel, &self.socket_id);
+        }
+    }
+
+    async fn signin(&mut self, s: wire::Signin, out: &mut Out) {
         let user = wire::parse_user(&s.user_data);
         let ok = user.is_some()
             && auth::verify_user_auth(
@@ -396,18 +529,44 @@ impl PusherDriver {
                 &self.socket_id,
                 &s.user_data,
             );
-        match user.filter(|_| ok) {
-            Some(user) => {
-                if let Some(old) = self.user.replace(user.clone()) {
-                    self.state
-                        .signed_in(&self.app.id, &old, self.handle.id(), false);
-                }
-                self.state
-                    .signed_in(&self.app.id, &user, self.handle.id(), true);
-                out.message(wire::signin_success(&s.user_data));
-            }
-            None => out.message(wire::error(Some(code::UNAUTHORIZED), "Invalid signin")),
+        let Some(user) = user.filter(|_| ok) else {
+            tracing::info!(
+                id = self.handle.id(),
+                "pusher sign-in refused: bad signature or user data"
+            );
+            out.message(wire::error(Some(code::UNAUTHORIZED), "Invalid signin"));
+            return;
+        };
+        // The hub knows the connection by its user from now on (API disconnects and
+        // `terminate_connections` find it on whichever node it is); one user per connection.
+        if !self.handle.sign_in(&user) && self.handle.signed_in_user() != Some(user.as_str()) {
+            out.message(wire::error(
+                Some(code::UNAUTHORIZED),
+                "Already signed in as another user",
+            ));
+            return;
         }
+        let channel = wire::user_channel(&user);
+        if !self.channels.contains_key(&channel) {
+            match self
+                .node
+                .subscribe(&self.handle, &channel, SubscribeOptions::default())
+                .await
+            {
+                Ok(_) => {
+                    self.channels.insert(
+                        channel,
+                        Sub {
+                            kind: ChannelKind::Public,
+                            member: None,
+                            users: HashMap::new(),
+                        },
+                    );
+                }
+                Err(e) => tracing::warn!(%channel, "pusher user channel not joined: {e}"),
+            }
+        }
+        out.message(wire::signin_success(&s.user_data));
     }
 
     async fn client_event(
@@ -616,12 +775,19 @@ impl Driver for PusherDriver {
         Some((CloseCode(code), reason))
     }
 
-    fn finish(self, _ending: &Ending) -> impl Future<Output = ()> + Send {
-        if let Some(user) = &self.user {
-            self.state
-                .signed_in(&self.app.id, user, self.handle.id(), false);
-        }
-        // Leaving the channels and the hub happens when the handle drops.
-        async move { drop(self) }
-    }
+    // `finish` is the default: leaving the channels and the hub happens when the handle
+    // drops.
 }
+
+/// At most `max` bytes of `s`, cut at a character boundary (for error messages that quote
+/// the client).
+fn truncated(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests;
