@@ -15,6 +15,7 @@ use tokio::sync::{watch, Semaphore};
 use super::centrifugo;
 use super::conn::{mask_for, ConnectOpts, Incoming, RawConn};
 use super::proc::{raise_nofile_limit, status_bytes, CpuWindow};
+use super::pusher;
 use super::report::{new_histogram, record, round3, BenchError, Progress, Summary};
 use super::runner::{self, Ctl, Errors};
 use super::target::{parse_src_ips, Target};
@@ -207,6 +208,7 @@ async fn session(
 ) -> anyhow::Result<()> {
     match protocol {
         ConnsProtocol::Raw => Ok(()),
+        ConnsProtocol::Pusher => pusher::greet(conn, room).await,
         ConnsProtocol::Centrifugo => {
             centrifugo::greet(conn, &centrifugo::greeting(token, Some(room)), mask).await
         }
@@ -258,11 +260,13 @@ async fn next_text(conn: &mut RawConn) -> anyhow::Result<String> {
 }
 
 /// The answer a held connection owes to a message of its protocol's heartbeat, if any:
-/// Centrifugo's ping `{}` is answered with `{}`, Engine.IO's `2` with `3`.
+/// Centrifugo's ping `{}` is answered with `{}`, Engine.IO's `2` with `3`, `pusher:ping`
+/// with `pusher:pong`.
 fn pong_for(protocol: ConnsProtocol, payload: &[u8]) -> Option<&'static [u8]> {
     match (protocol, payload) {
         (ConnsProtocol::Centrifugo, b"{}") => Some(b"{}"),
         (ConnsProtocol::Socketio, b"2") => Some(b"3"),
+        (ConnsProtocol::Pusher, ping) => pusher::pong_for(ping),
         _ => None,
     }
 }
@@ -294,7 +298,7 @@ async fn worker(
             .map(|r| target.sub_path_and_query(&r.to_string(), ""))
             .collect(),
         ConnsProtocol::Raw => vec![target.path_and_query("")],
-        ConnsProtocol::Centrifugo | ConnsProtocol::Socketio => {
+        ConnsProtocol::Centrifugo | ConnsProtocol::Socketio | ConnsProtocol::Pusher => {
             let base = match target.path.trim_start_matches('/') {
                 "" => "bench".to_string(),
                 p => p.to_string(),
@@ -307,6 +311,7 @@ async fn worker(
         }
     };
     let protocol = args.protocol;
+    let app_key = args.app_key.clone();
     let token: Option<Rc<str>> = args.token.as_deref().map(Rc::from);
     let limit = Duration::from_secs_f64(args.common.connect_timeout);
     let (deflate, send_one) = (args.deflate, args.send_one);
@@ -329,6 +334,7 @@ async fn worker(
             ConnsProtocol::Raw => room.clone(),
             ConnsProtocol::Centrifugo => centrifugo::ENDPOINT.to_string(),
             ConnsProtocol::Socketio => SOCKETIO_PATH.to_string(),
+            ConnsProtocol::Pusher => pusher::endpoint(&app_key),
         };
         let mut stop = stop.clone();
         let bind = Some(ips[i % ips.len()]);

@@ -158,7 +158,7 @@ async fn worker(
             index: i,
             path: target.sub_path_and_query(&format!("echo-{i}"), ""),
             opts: ConnectOpts::default(),
-            greeting: Vec::new(),
+            greeting: Default::default(),
         })
         .collect();
     let conns = runner::connect_all(&target, specs, 64, args.common.connect_timeout, &ctl).await?;

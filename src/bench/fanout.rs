@@ -30,8 +30,9 @@ use super::centrifugo;
 use super::conn::{encode_frame, mask_for, patch_payload, ConnectOpts, Incoming, RawConn};
 use super::echo::{add_server_figures, payload};
 use super::proc::CpuWindow;
+use super::pusher;
 use super::report::{new_histogram, record, round3, BenchError, Progress, Summary};
-use super::runner::{self, ConnSpec, Ctl, Errors, Plan};
+use super::runner::{self, ConnSpec, Ctl, Errors, Greeting, Plan};
 use super::target::Target;
 use super::{BenchProtocol, FanoutArgs, Rate, SlowArgs};
 use crate::websocket::frame::OpCode;
@@ -76,6 +77,8 @@ struct Cfg {
     token: Option<String>,
     /// One client floods the room during the measured window (`--flooder`).
     flooder: bool,
+    /// Pusher app key.
+    app_key: String,
 }
 
 impl Cfg {
@@ -153,6 +156,7 @@ pub(crate) fn run_fanout(a: FanoutArgs) -> Result<Summary, BenchError> {
         protocol: a.protocol,
         token: a.token,
         flooder: a.flooder,
+        app_key: a.app_key,
     })
 }
 
@@ -190,6 +194,7 @@ pub(crate) fn run_slow(a: SlowArgs) -> Result<Summary, BenchError> {
         protocol: BenchProtocol::Raw,
         token: None,
         flooder: false,
+        app_key: String::new(),
     })
 }
 
@@ -487,16 +492,20 @@ async fn worker(
     // Raw rooms: the URL's path is the room. Centrifugo: the path names the channel.
     let centrifugo = cfg.protocol == BenchProtocol::Centrifugo;
     let channel = channel_of(&target);
-    let (sub_path, pub_path) = if centrifugo {
-        (
+    let (sub_path, pub_path) = match cfg.protocol {
+        BenchProtocol::Centrifugo => (
             centrifugo::ENDPOINT.to_string(),
             centrifugo::ENDPOINT.to_string(),
-        )
-    } else {
-        (
+        ),
+        // Pusher subscribers; raw publishers in the same channel.
+        BenchProtocol::Pusher => (
+            pusher::endpoint(&cfg.app_key),
+            pub_target.path_and_query("echo=false"),
+        ),
+        BenchProtocol::Raw => (
             target.path_and_query(""),
             pub_target.path_and_query("echo=false"),
-        )
+        ),
     };
     let token = cfg.token.as_deref();
     let specs: Vec<ConnSpec> = (0..cfg.subs)
@@ -509,10 +518,12 @@ async fn worker(
                 recv_buffer: cfg.is_slow(i).then_some(4096),
                 deflate: cfg.deflate,
             },
-            greeting: if centrifugo {
-                centrifugo::greeting(token, Some(&channel))
-            } else {
-                Vec::new()
+            greeting: match cfg.protocol {
+                BenchProtocol::Centrifugo => {
+                    Greeting::Centrifugo(centrifugo::greeting(token, Some(&channel)))
+                }
+                BenchProtocol::Pusher => Greeting::Pusher(channel.clone()),
+                BenchProtocol::Raw => Greeting::None,
             },
         })
         .collect();
@@ -523,9 +534,9 @@ async fn worker(
             path: pub_path.clone(),
             opts: ConnectOpts::default(),
             greeting: if centrifugo {
-                centrifugo::greeting(token, None)
+                Greeting::Centrifugo(centrifugo::greeting(token, None))
             } else {
-                Vec::new()
+                Greeting::None
             },
         })
         .collect();
@@ -616,7 +627,9 @@ async fn publisher(
     // The frame is encoded and masked once; each message only patches the header fields in
     // it (binary for raw rooms, hex inside the JSON `publish` command for Centrifugo).
     let (mut frame, header_at) = match cfg.protocol {
-        BenchProtocol::Raw => (encode_frame(OpCode::Binary, &payload(cfg.size), mask), None),
+        BenchProtocol::Raw | BenchProtocol::Pusher => {
+            (encode_frame(OpCode::Binary, &payload(cfg.size), mask), None)
+        }
         BenchProtocol::Centrifugo => {
             let (text, at) = centrifugo::publish_command(channel, cfg.size);
             (encode_frame(OpCode::Text, &text, mask), Some(at))
@@ -755,6 +768,11 @@ fn headers_in(
                 if let centrifugo::Line::Publication(h) = centrifugo::parse_line(line)? {
                     out.push(h);
                 }
+            }
+        }
+        BenchProtocol::Pusher => {
+            if let Some(h) = pusher::header(payload)? {
+                out.push(h);
             }
         }
     }

@@ -31,6 +31,7 @@ mod conns;
 mod echo;
 mod fanout;
 mod proc;
+mod pusher;
 mod report;
 mod runner;
 mod target;
@@ -156,6 +157,9 @@ pub struct FanoutArgs {
     /// those of the publishers'.
     #[arg(long)]
     pub flooder: bool,
+    /// Pusher app key of `--protocol pusher` subscribers (`/app/{key}`).
+    #[arg(long, default_value = "app-key")]
+    pub app_key: String,
 }
 
 /// The wire protocol `bench fanout` speaks.
@@ -165,6 +169,10 @@ pub enum BenchProtocol {
     Raw,
     /// The Centrifugo client protocol (JSON).
     Centrifugo,
+    /// Pusher Channels protocol 7 subscribers of the public channel the URL's path names
+    /// (`/app/{--app-key}`); publishers are raw-room clients of that channel, since Pusher
+    /// clients cannot publish to a public channel.
+    Pusher,
 }
 
 /// Flags of `bench conns`.
@@ -213,6 +221,10 @@ pub struct ConnsArgs {
     /// packet's `auth`).
     #[arg(long)]
     pub token: Option<String>,
+    /// Pusher app key of `--protocol pusher` connections (`/app/{key}`, then
+    /// `pusher:subscribe` to the channel).
+    #[arg(long, default_value = "app-key")]
+    pub app_key: String,
 }
 
 /// The wire protocol `bench conns` speaks.
@@ -224,6 +236,8 @@ pub enum ConnsProtocol {
     Centrifugo,
     /// Socket.IO v4 over an Engine.IO WebSocket session.
     Socketio,
+    /// Pusher Channels protocol 7.
+    Pusher,
 }
 
 /// Flags of `bench slow`.

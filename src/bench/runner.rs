@@ -209,8 +209,20 @@ pub(crate) struct ConnSpec {
     pub index: usize,
     pub path: String,
     pub opts: ConnectOpts,
-    /// Centrifugo commands sent (and answered) before the connection counts as ready.
-    pub greeting: Vec<String>,
+    /// What the connection sends (and waits for) before it counts as ready.
+    pub greeting: Greeting,
+}
+
+/// A connection's protocol handshake after the WebSocket one.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum Greeting {
+    /// Nothing (raw rooms).
+    #[default]
+    None,
+    /// Centrifugo commands, each answered.
+    Centrifugo(Vec<String>),
+    /// Pusher: `connection_established`, then subscribe to this channel.
+    Pusher(String),
 }
 
 /// Open all `specs` from this worker, at most `concurrency` handshakes at a time, bumping
@@ -234,15 +246,20 @@ pub(crate) async fn connect_all(
             let _permit = sem.acquire().await.expect("semaphore open");
             let mask = super::conn::mask_for(spec.index);
             let mut r = RawConn::connect_within(limit, &target, &spec.path, spec.opts, mask).await;
-            if let (Ok(conn), false) = (&mut r, spec.greeting.is_empty()) {
-                let greeted = tokio::time::timeout(
-                    limit,
-                    super::centrifugo::greet(conn, &spec.greeting, mask),
-                )
-                .await;
+            if let Ok(conn) = &mut r {
+                let greeted = match &spec.greeting {
+                    Greeting::None => Ok(Ok(())),
+                    Greeting::Centrifugo(commands) => {
+                        tokio::time::timeout(limit, super::centrifugo::greet(conn, commands, mask))
+                            .await
+                    }
+                    Greeting::Pusher(channel) => {
+                        tokio::time::timeout(limit, super::pusher::greet(conn, channel)).await
+                    }
+                };
                 match greeted {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => r = Err(e.context("centrifugo connect/subscribe")),
+                    Ok(Err(e)) => r = Err(e.context("protocol connect/subscribe")),
                     Err(_) => r = Err(anyhow!("no answer to connect/subscribe in time")),
                 }
             }
