@@ -32,4 +32,6 @@ pub(crate) struct Shared {
     pub(crate) router: Arc<Router>,
     /// Per-address and server-wide admission limits (every protocol's upgrade).
     pub(crate) admission: Arc<crate::conn::limits::Admission>,
+    /// The broker's operations, errors and round trips, counted for `/metrics`.
+    pub(crate) broker_metrics: Arc<crate::broker::metered::BrokerMetrics>,
 }

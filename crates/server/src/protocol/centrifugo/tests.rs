@@ -54,6 +54,7 @@ fn shared() -> Arc<Shared> {
         verifier,
         router: Arc::default(),
         admission: Arc::default(),
+        broker_metrics: Arc::default(),
     })
 }
 

@@ -375,6 +375,7 @@ mod tests {
             verifier: config.token_config().verifier().unwrap(),
             router: Arc::default(),
             admission: Arc::default(),
+            broker_metrics: Arc::default(),
             config,
         })
     }
