@@ -259,7 +259,7 @@ if wanted interop; then
         node --test --test-reporter=spec --test-concurrency=1 "$INTEROP/$file"
     }
     # Suites that need a browser: skipped (not failed) without one.
-    BROWSER_SUITES=(browser.test.mjs browser_channels.test.mjs socketio_browser.test.mjs pusher_browser.test.mjs)
+    BROWSER_SUITES=(browser.test.mjs browser_channels.test.mjs socketio_browser.test.mjs pusher_browser.test.mjs admin_browser.test.mjs)
     build_failed=0
     for s in "${FAILED[@]+"${FAILED[@]}"}"; do [[ "$s" == "cargo build --release" ]] && build_failed=1; done
     if [[ $build_failed -eq 1 ]]; then

@@ -91,6 +91,10 @@ pub struct ServeArgs {
     #[arg(long, env = "SWITCHBOARD_OUTBOX_MAX_BYTES", value_name = "BYTES")]
     pub outbox_max_bytes: Option<usize>,
 
+    /// Bound of each connection's outgoing queue in messages [default: 4096].
+    #[arg(long, env = "SWITCHBOARD_OUTBOX_MAX_MESSAGES", value_name = "N")]
+    pub outbox_max_messages: Option<usize>,
+
     /// Seconds allowed for close handshakes on SIGINT/SIGTERM before exiting [default: 5].
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_TIMEOUT", value_name = "SECS", value_parser = parse_secs)]
     pub shutdown_timeout: Option<Duration>,
@@ -122,6 +126,10 @@ pub struct ServeArgs {
     /// Required `iss` claim of every token.
     #[arg(long, env = "SWITCHBOARD_TOKEN_ISSUER", value_name = "ISS")]
     pub token_issuer: Option<String>,
+
+    /// Seconds of clock skew tolerated on token `exp` and `nbf` [default: 0].
+    #[arg(long, env = "SWITCHBOARD_TOKEN_LEEWAY", value_name = "SECS")]
+    pub token_leeway: Option<u64>,
 
     /// Let Centrifugo-protocol clients connect without a token (true|false) [default: false].
     #[arg(long, env = "SWITCHBOARD_ALLOW_ANONYMOUS", value_name = "BOOL", num_args = 0..=1,
@@ -262,6 +270,18 @@ pub struct ServeArgs {
     /// on the main port anyway].
     #[arg(long, env = "SWITCHBOARD_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+
+    /// Turn on the admin page at /admin, logged in with this password [default: none, the
+    /// page is off].
+    #[arg(long, env = "SWITCHBOARD_ADMIN_PASSWORD", value_name = "PASSWORD")]
+    pub admin_password: Option<String>,
+
+    /// Demo mode (logged at start): anonymous clients may subscribe, publish and read
+    /// presence and history in the default namespace, so the chat page shows channels
+    /// without a token; not for production (true|false) [default: false].
+    #[arg(long, env = "SWITCHBOARD_DEMO", value_name = "BOOL", num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub demo: Option<bool>,
 }
 
 impl ServeArgs {
@@ -340,6 +360,18 @@ impl ServeArgs {
         }
         if let Some(v) = self.metrics_listen {
             c.metrics_listen = Some(v);
+        }
+        if let Some(v) = &self.admin_password {
+            c.admin_password = Some(v.clone());
+        }
+        if let Some(v) = self.demo {
+            c.demo = v;
+        }
+        if let Some(v) = self.outbox_max_messages {
+            c.outbox_max_messages = v;
+        }
+        if let Some(v) = self.token_leeway {
+            c.token_leeway = v;
         }
         if let Some(v) = self.max_message_size {
             c.max_message_size = v;
@@ -627,6 +659,114 @@ mod tests {
         );
         assert_eq!(c.max_message_size, 1000);
         assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    /// The README's configuration table, row by row: (flags, environment variables, TOML
+    /// keys) as written in its first three columns.
+    fn readme_rows() -> Vec<(Vec<String>, Vec<String>, Vec<String>)> {
+        let readme = include_str!("../README.md");
+        let table = readme
+            .split("| Flag | Environment variable | TOML key | Default | Meaning |")
+            .nth(1)
+            .expect("the README has the configuration table");
+        // Code spans of a cell: `--x N`, `SWITCHBOARD_X`, `x` (an ellipsis abbreviates a
+        // second name sharing the first's prefix, e.g. `SWITCHBOARD_A_CERT`, `…_KEY`).
+        let spans = |cell: &str| -> Vec<String> {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(|s| s.split_whitespace().next().unwrap_or("").to_string())
+                .collect()
+        };
+        table
+            .lines()
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                let cells: Vec<&str> = l.split(" | ").collect();
+                (spans(cells[0]), spans(cells[1]), spans(cells[2]))
+            })
+            .filter(|(flags, _, _)| !flags.is_empty())
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_table_names_every_flag_and_only_real_ones() {
+        use clap::CommandFactory;
+        let cmd = TestCli::command();
+        let args: Vec<_> = cmd
+            .get_arguments()
+            .filter_map(|a| {
+                Some((
+                    a.get_long()?.to_string(),
+                    a.get_env()?.to_str()?.to_string(),
+                ))
+            })
+            .collect();
+        let rows = readme_rows();
+        assert!(rows.len() > 40, "the table was found: {} rows", rows.len());
+        let mut documented = std::collections::HashSet::new();
+        for (flags, envs, keys) in &rows {
+            for (i, flag) in flags.iter().enumerate() {
+                let long = flag.trim_start_matches("--");
+                let Some((_, env)) = args.iter().find(|(l, _)| l == long) else {
+                    panic!("README documents {flag}, which `serve` does not have");
+                };
+                documented.insert(long.to_string());
+                // The env column names this flag's variable (the second of a pair may be
+                // abbreviated `…_SUFFIX`).
+                let listed = envs.get(i).or(envs.first()).expect("an env column");
+                let listed = match listed.strip_prefix('…') {
+                    Some(suffix) => format!(
+                        "{}{suffix}",
+                        &envs[0][..envs[0].rfind('_').expect("an underscore")]
+                    ),
+                    None => listed.clone(),
+                };
+                assert_eq!(&listed, env, "environment variable of {flag}");
+                // The TOML key is the flag's name with underscores, and the parser knows it.
+                let key = long.replace('-', "_");
+                assert!(
+                    keys.contains(&key),
+                    "README's TOML key for {flag}: {keys:?}"
+                );
+                let err = toml::from_str::<ServerConfig>(&format!("{key} = []"))
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                assert!(!err.contains("unknown field"), "{key}: {err}");
+            }
+        }
+        // Every flag of `serve` is documented, except the config file itself and the
+        // Pusher app triple (documented in the README's Pusher section).
+        let undocumented: Vec<_> = args
+            .iter()
+            .map(|(l, _)| l.as_str())
+            .filter(|l| !documented.contains(*l))
+            .filter(|l| *l != "config" && !l.starts_with("pusher-app-"))
+            .collect();
+        assert!(
+            undocumented.is_empty(),
+            "flags missing from the README table: {undocumented:?}"
+        );
+    }
+
+    #[test]
+    fn token_leeway_outbox_messages_admin_and_demo_are_flags() {
+        let c = with_env(&[("SWITCHBOARD_ADMIN_PASSWORD", "pw")], || {
+            resolve(&[
+                "--token-leeway",
+                "7",
+                "--outbox-max-messages",
+                "9",
+                "--demo",
+            ])
+        })
+        .unwrap();
+        assert_eq!(c.token_leeway, 7);
+        assert_eq!(c.outbox_max_messages, 9);
+        assert_eq!(c.admin_password.as_deref(), Some("pw"));
+        assert!(c.demo);
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub(crate) fn run(args: ConnsArgs) -> Result<Summary, BenchError> {
             args.n
         )));
     }
-    let pid = args.common.server_pid;
+    let pid = args.common.pid();
     let rss_before = pid.and_then(|p| status_bytes(p, "VmRSS"));
     let threads = args.common.threads as usize;
     let ctl = Ctl::new();

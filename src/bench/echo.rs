@@ -74,7 +74,7 @@ pub(crate) fn run(args: EchoArgs) -> Result<Summary, BenchError> {
         progress.show(elapsed, &format!("{phase}: {rate:.0} round trips/s"));
     };
     runner::sleep_with_progress(plan.start, plan.warm_end, &mut tick);
-    let cpu = CpuWindow::start(args.common.server_pid);
+    let cpu = CpuWindow::start(args.common.pid());
     runner::sleep_with_progress(plan.start, plan.end, &mut tick);
     let (server_cpu, gen_cpu) = cpu.stop();
     progress.finish();
@@ -100,13 +100,7 @@ pub(crate) fn run(args: EchoArgs) -> Result<Summary, BenchError> {
     s.add("round_trips_per_sec", round3(rts as f64 / secs), "/s");
     s.add("verified_conns", verified, "");
     s.add_latency("latency", &hist, false);
-    add_server_figures(
-        &mut s,
-        args.common.server_pid,
-        server_cpu,
-        rts,
-        "round_trip",
-    );
+    add_server_figures(&mut s, args.common.pid(), server_cpu, rts, "round_trip");
     s.add("generator_cpu_s", gen_cpu.map(round3), "s");
     s.add("errors", errors.count, "");
     if let Some(e) = errors.first {

@@ -136,9 +136,9 @@ struct ThreadOut {
 pub(crate) fn run_fanout(a: FanoutArgs) -> Result<Summary, BenchError> {
     run(Cfg {
         scenario: "fanout",
+        server_pid: a.common.pid(),
         url: a.common.url,
         pub_url: a.pub_url,
-        server_pid: a.common.server_pid,
         threads: a.common.threads as usize,
         connect_timeout: a.common.connect_timeout,
         subs: a.subs,
@@ -174,9 +174,9 @@ pub(crate) fn run_slow(a: SlowArgs) -> Result<Summary, BenchError> {
     let slow = ((a.subs as f64) * a.slow_fraction).round() as usize;
     run(Cfg {
         scenario: "slow",
+        server_pid: a.common.pid(),
         url: a.common.url,
         pub_url: None,
-        server_pid: a.common.server_pid,
         threads: a.common.threads as usize,
         connect_timeout: a.common.connect_timeout,
         subs: a.subs,

@@ -63,9 +63,10 @@ pub struct CommonArgs {
     /// `ws://` URL of the server (loopback only). Its path is the room (or the room prefix for echo).
     #[arg(long)]
     pub url: String,
-    /// PID of the server process, to report its CPU time and memory from /proc.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// PID of the server process, to report its CPU time and memory from /proc; `auto`
+    /// finds the process listening on the URL's port (works with several servers running).
+    #[arg(long, value_name = "PID|auto")]
+    pub server_pid: Option<ServerPid>,
     /// Print a JSON summary on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -75,6 +76,57 @@ pub struct CommonArgs {
     /// Seconds allowed for connecting and the opening handshakes before the run is aborted.
     #[arg(long, default_value_t = 30.0)]
     pub connect_timeout: f64,
+}
+
+/// `--server-pid`: a process id, or `auto` until [`run`] resolves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerPid {
+    /// This process.
+    Pid(u32),
+    /// The process listening on the URL's port.
+    Auto,
+}
+
+impl std::str::FromStr for ServerPid {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(ServerPid::Auto);
+        }
+        s.parse()
+            .map(ServerPid::Pid)
+            .map_err(|_| format!("expected a process id or `auto`, got {s:?}"))
+    }
+}
+
+impl CommonArgs {
+    /// The server's process id, once resolved (`auto` is resolved by [`run`]).
+    pub(crate) fn pid(&self) -> Option<u32> {
+        match self.server_pid {
+            Some(ServerPid::Pid(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Replaces `--server-pid auto` by the process listening on the URL's port.
+    fn resolve_pid(&mut self) -> Result<(), String> {
+        if self.server_pid != Some(ServerPid::Auto) {
+            return Ok(());
+        }
+        let target = target::Target::parse(&self.url).map_err(|e| format!("{e:?}"))?;
+        let port = target.addr.port();
+        match proc::listening_pid(port) {
+            Some(pid) => {
+                eprintln!("--server-pid auto: process {pid} listens on port {port}");
+                self.server_pid = Some(ServerPid::Pid(pid));
+                Ok(())
+            }
+            None => Err(format!(
+                "--server-pid auto: no process of this user listens on port {port}"
+            )),
+        }
+    }
 }
 
 /// Flags of `bench echo`.
@@ -313,13 +365,17 @@ impl std::fmt::Display for Rate {
 
 /// Run a scenario, print its summary on stdout and return the process exit code:
 /// 0 on success, 1 when the run failed, 2 for invalid arguments (such as a non-loopback URL).
-pub fn run(args: BenchArgs) -> ExitCode {
-    let common = match &args.scenario {
-        Scenario::Echo(a) => &a.common,
-        Scenario::Fanout(a) => &a.common,
-        Scenario::Slow(a) => &a.common,
-        Scenario::Conns(a) => &a.common,
+pub fn run(mut args: BenchArgs) -> ExitCode {
+    let common = match &mut args.scenario {
+        Scenario::Echo(a) => &mut a.common,
+        Scenario::Fanout(a) => &mut a.common,
+        Scenario::Slow(a) => &mut a.common,
+        Scenario::Conns(a) => &mut a.common,
     };
+    if let Err(e) = common.resolve_pid() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     if !(common.connect_timeout > 0.0 && common.connect_timeout <= 3600.0) {
         eprintln!("error: --connect-timeout must be in (0, 3600] seconds");
         return ExitCode::from(2);

@@ -34,6 +34,64 @@ fn clock_ticks() -> f64 {
     }
 }
 
+/// The process (of those this user may look into) with a TCP socket listening on `port`:
+/// the socket's inode from `/proc/net/tcp` and `tcp6`, then the process holding it among
+/// `/proc/*/fd`. `None` when there is none, or several hold it (a fork that shares it).
+pub(crate) fn listening_pid(port: u16) -> Option<u32> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        if let Ok(text) = fs::read_to_string(table) {
+            inodes.extend(listening_inodes(&text, port));
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            fs::read_link(fd.path()).is_ok_and(|target| {
+                let t = target.to_string_lossy();
+                t.strip_prefix("socket:[")
+                    .and_then(|rest| rest.strip_suffix(']'))
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .is_some_and(|inode| inodes.contains(&inode))
+            })
+        });
+        if holds {
+            found.push(pid);
+        }
+    }
+    match found.as_slice() {
+        [pid] => Some(*pid),
+        _ => None,
+    }
+}
+
+/// Inodes of the sockets in a `/proc/net/tcp` table listening (state `0A`) on `port`.
+fn listening_inodes(table: &str, port: u16) -> Vec<u64> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let local_port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            (local_port == port && *f.get(3)? == "0A").then(|| f.get(9)?.parse().ok())?
+        })
+        .collect()
+}
+
 /// A `kB` field of `/proc/PID/status` (such as `VmRSS` or `VmHWM`), in bytes.
 pub(crate) fn status_bytes(pid: u32, field: &str) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -105,6 +163,25 @@ impl CpuWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_listening_sockets_of_a_port() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 4242 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000  1000        0 4343 1 0000000000000000 20 4 30 10 -1
+   2: 0100007F:1F91 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 4444 1 0000000000000000 100 0 0 10 0
+";
+        assert_eq!(listening_inodes(table, 8080), vec![4242]);
+        assert_eq!(listening_inodes(table, 8081), vec![4444]);
+        assert!(listening_inodes(table, 9).is_empty());
+    }
+
+    #[test]
+    fn finds_this_process_listening() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert_eq!(listening_pid(port), Some(std::process::id()));
+    }
 
     #[test]
     fn parses_stat_with_spaces_in_name() {

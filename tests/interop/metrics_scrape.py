@@ -2,7 +2,8 @@
 """`GET /metrics` of the real switchboard binary, after a scripted load (N raw clients in
 one room, M messages from one of them), parsed by the reference Prometheus parser
 (`prometheus_client.parser.text_string_to_metric_families`): the names, types and the
-counted values must be what the load implies.
+counted values must be what the load implies, the publish→socket-write latency histogram
+included.
 
 Run: SWITCHBOARD_BIN=/abs/path/to/switchboard .venv/bin/python metrics_scrape.py
 """
@@ -73,6 +74,20 @@ async def test_counts_after_a_scripted_load(server: Server):
         assert delta("switchboard_publications_total") == M
         assert delta("switchboard_deliveries_total") == N * M
         assert value(after, "switchboard_connections_opened_total", protocol="raw") >= N
+        # One latency observation per publication per member, each at its socket write.
+        assert families["switchboard_delivery_latency_seconds"].type == "histogram"
+        latency = "switchboard_delivery_latency_seconds"
+        assert delta(f"{latency}_count", protocol="raw") == N * M
+        assert delta(f"{latency}_bucket", protocol="raw", le="+Inf") == N * M
+        # On loopback every one of them took well under five seconds, and some time.
+        le5 = next(
+            dict(k[1])["le"]
+            for k in after
+            if k[0] == f"{latency}_bucket" and dict(k[1]).get("le") not in (None, "+Inf")
+            and float(dict(k[1])["le"]) == 5.0
+        )
+        assert delta(f"{latency}_bucket", protocol="raw", le=le5) == N * M
+        assert 0 < delta(f"{latency}_sum", protocol="raw") < 5 * N * M
         assert value(after, "switchboard_broker_connected", kind="memory") == 1
         assert value(after, "switchboard_process_resident_memory_bytes") > 0
         assert value(after, "switchboard_process_open_fds") >= N

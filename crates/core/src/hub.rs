@@ -244,6 +244,17 @@ impl HubInner {
     }
 }
 
+/// What [`Hub::channel_sizes`] adds up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChannelSizes {
+    /// Channel memberships (a connection in three channels counts three times).
+    pub subscriptions: usize,
+    /// Presence entries: members of channels whose namespace keeps presence.
+    pub presence_entries: usize,
+    /// Publications held in channel histories.
+    pub history_publications: usize,
+}
+
 /// The channel hub. Cheap to clone (a reference-counted pointer); every
 /// clone is the same hub.
 #[derive(Clone)]
@@ -881,6 +892,48 @@ impl Hub {
             );
         }
         ids
+    }
+
+    /// What the channels hold now, added up (a scan of every channel, each lock taken
+    /// briefly one at a time: for a metrics scrape, not per message).
+    pub fn channel_sizes(&self) -> ChannelSizes {
+        let mut sizes = ChannelSizes::default();
+        let mut picked: Vec<Arc<Channel>> = Vec::new();
+        for shard in self.inner.channels.iter() {
+            picked.extend(shard.read().values().map(Arc::clone));
+            // Read outside the shard lock, as in `channels_with_members`.
+            for ch in picked.drain(..) {
+                let members = ch.member_count();
+                sizes.subscriptions += members;
+                if ch.options().presence {
+                    sizes.presence_entries += members;
+                }
+                sizes.history_publications += ch.history_len().0;
+            }
+        }
+        sizes
+    }
+
+    /// Up to `limit` registered connections for which `matches` is true, with their info,
+    /// in id order (a scan of every connection: for administration, not per message).
+    pub fn find_connections(
+        &self,
+        matches: impl Fn(ConnId, &ConnInfo) -> bool,
+        limit: usize,
+    ) -> Vec<(ConnId, ConnInfo)> {
+        let mut found = Vec::new();
+        for shard in self.inner.conns.iter() {
+            found.extend(
+                shard
+                    .lock()
+                    .values()
+                    .filter(|e| matches(e.id, &e.info))
+                    .map(|e| (e.id, e.info.clone())),
+            );
+        }
+        found.sort_by_key(|(id, _)| *id);
+        found.truncate(limit);
+        found
     }
 
     /// Closes every registered connection with `reason` (e.g.

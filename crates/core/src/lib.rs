@@ -200,8 +200,8 @@ pub use connection::{ConnHandle, ConnInfo};
 pub use error::{ChannelError, CloseReason, HubError, OutboxClosed, PermissionError};
 pub use history::{Epoch, HistoryQuery, HistoryResult, Recovery, StreamPosition};
 pub use hub::{
-    ClientCtx, Hub, HubListener, HubObserver, PublishOptions, PublishReport, SubscribeOptions,
-    SubscribeResult,
+    ChannelSizes, ClientCtx, Hub, HubListener, HubObserver, PublishOptions, PublishReport,
+    SubscribeOptions, SubscribeResult,
 };
 pub use limits::{HubLimits, SlowConsumerPolicy};
 pub use namespace::{ChannelOptions, Namespaces, NAMESPACE_SEPARATOR};

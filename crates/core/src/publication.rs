@@ -8,6 +8,7 @@
 use std::any::Any;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -124,6 +125,10 @@ pub struct Publication {
     /// The publishing client, when the publisher asked for it to be shown
     /// (see [`Hub::publish_with_info`](crate::Hub::publish_with_info)).
     pub info: Option<Arc<ClientInfo>>,
+    /// When the publication entered this node's hub (built once, shared by every
+    /// subscriber), so the time from publish to each socket write can be measured without
+    /// a clock read per subscriber.
+    pub published_at: Instant,
     cache: EncodedCache,
 }
 
@@ -144,6 +149,7 @@ impl Publication {
             epoch: epoch.into(),
             publisher,
             info: None,
+            published_at: Instant::now(),
             cache: EncodedCache::default(),
         }
     }

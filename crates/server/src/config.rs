@@ -262,6 +262,13 @@ pub struct ServerConfig {
     /// interface; `/metrics` stays on the main port too.
     #[serde(alias = "metrics-listen")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Turns on the admin page at `/admin`, logged in with this password; off when unset.
+    #[serde(alias = "admin-password")]
+    pub admin_password: Option<String>,
+    /// Demo mode: anonymous clients may subscribe, publish and read presence and history in
+    /// the default namespace (with recovery), so the chat page shows channels without a
+    /// token. Logged at start; not for production. Applied by [`ServerConfig::apply_demo`].
+    pub demo: bool,
 }
 
 impl Default for ServerConfig {
@@ -320,11 +327,30 @@ impl Default for ServerConfig {
             trusted_proxy_header: None,
             drain_timeout: Duration::ZERO,
             metrics_listen: None,
+            admin_password: None,
+            demo: false,
         }
     }
 }
 
 impl ServerConfig {
+    /// What [`demo`](Self::demo) turns on: anonymous connections, and channels of the default
+    /// namespace that anonymous clients may subscribe to and publish in, with presence,
+    /// join/leave events, history (at least 100 messages for 5 minutes) and recovery.
+    pub fn apply_demo(&mut self) {
+        self.allow_anonymous = true;
+        let o = std::sync::Arc::make_mut(&mut self.channel.default);
+        o.presence = true;
+        o.join_leave = true;
+        o.history_size = o.history_size.max(100);
+        o.history_ttl = o.history_ttl.max(Duration::from_secs(300));
+        o.force_recovery = true;
+        o.allow_subscribe_for_anonymous = true;
+        o.allow_publish_for_subscriber = true;
+        o.allow_presence_for_subscriber = true;
+        o.allow_history_for_subscriber = true;
+    }
+
     /// Whether TLS is configured (both certificate and key given).
     pub fn tls_enabled(&self) -> bool {
         self.tls_cert.is_some() && self.tls_key.is_some()
@@ -365,6 +391,9 @@ impl ServerConfig {
         }
         if self.api_key.as_deref() == Some("") {
             return Err("the API key must not be empty".into());
+        }
+        if self.admin_password.as_deref() == Some("") {
+            return Err("the admin password must not be empty".into());
         }
         crate::broker::parse(self.broker.as_deref())?;
         crate::webhooks::targets(self)?;

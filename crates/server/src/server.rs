@@ -94,6 +94,13 @@ impl ServerBuilder {
             tls,
         } = self;
         config.validate().map_err(ServerError::Config)?;
+        if config.demo {
+            config.apply_demo();
+            tracing::warn!(
+                "DEMO MODE: anonymous clients may subscribe, publish and read presence and history \
+                 in every channel of the default namespace; do not use this in production"
+            );
+        }
         if let Some(max) = config.max_channel_length {
             // The top-level key overrides `[channel] max_channel_length`.
             config.channel.max_channel_length = max;
@@ -166,6 +173,7 @@ impl ServerBuilder {
                 router,
                 admission: Arc::new(admission),
                 webhooks,
+                broker_metrics: Arc::default(),
             }),
         })
     }
@@ -191,6 +199,9 @@ fn endpoints(config: &ServerConfig, on_message: Option<MessageHook>) -> Router {
             config.welcome.clone(),
             on_message,
         ))));
+    if let Some(password) = &config.admin_password {
+        router.register(Arc::new(crate::admin::Admin::new(password.clone())));
+    }
     router
 }
 
@@ -320,6 +331,10 @@ impl Server {
                     }
                 }
             }
+            let broker = crate::broker::metered::Metered::new(
+                Arc::new(broker),
+                Arc::clone(&shared.broker_metrics),
+            );
             let node = Node::with_broker(shared.hub.clone(), Arc::new(broker));
             tokio::spawn(node.run_background());
             let Some(s) = Arc::get_mut(&mut shared) else {
@@ -341,16 +356,20 @@ impl Server {
                     "the server was shared before bind".into(),
                 ));
             };
+            let broker = switchboard_core::MemoryBroker::new(
+                s.hub.clone(),
+                NodeInfo {
+                    id: "local".to_string(),
+                    name,
+                    url,
+                    ..NodeInfo::default()
+                },
+            );
             s.node = Node::with_broker(
                 s.hub.clone(),
-                Arc::new(switchboard_core::MemoryBroker::new(
-                    s.hub.clone(),
-                    NodeInfo {
-                        id: "local".to_string(),
-                        name,
-                        url,
-                        ..NodeInfo::default()
-                    },
+                Arc::new(crate::broker::metered::Metered::new(
+                    Arc::new(broker),
+                    Arc::clone(&s.broker_metrics),
                 )),
             );
         }

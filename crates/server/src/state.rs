@@ -34,4 +34,6 @@ pub(crate) struct Shared {
     pub(crate) admission: Arc<crate::conn::limits::Admission>,
     /// The webhook targets (`None` without any).
     pub(crate) webhooks: Option<Arc<crate::webhooks::Webhooks>>,
+    /// The broker's operations, errors and round trips, counted for `/metrics`.
+    pub(crate) broker_metrics: Arc<crate::broker::metered::BrokerMetrics>,
 }

@@ -220,7 +220,7 @@ fn to_json(v: &impl Serialize) -> Json {
 }
 
 /// Why a call gets an HTTP error rather than a JSON answer.
-enum Fail {
+pub(crate) enum Fail {
     /// A body that does not parse as the method's request (400).
     BadJson(serde_json::Error),
     /// The broker cannot be reached: nothing was done, retry later (503). Carries the
@@ -257,7 +257,7 @@ fn node_outcome<T: Serialize>(r: Result<T, impl Into<ApiError>>) -> Result<Json,
 }
 
 /// Runs API method `method` (one of [`METHODS`]) with its JSON `body`.
-async fn call(method: &str, body: &[u8], shared: &Shared) -> Result<Json, Fail> {
+pub(crate) async fn call(method: &str, body: &[u8], shared: &Shared) -> Result<Json, Fail> {
     use methods::*;
     match method {
         "publish" => api_publish(shared, body).await,

@@ -10,6 +10,7 @@
 //! subscriptions, channel listing).
 pub mod codec;
 pub mod control;
+pub(crate) mod metered;
 pub mod redis;
 pub mod topology;
 

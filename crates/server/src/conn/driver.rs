@@ -21,6 +21,11 @@ pub(crate) enum OutFrame {
     /// A message framed once for every subscriber of a publication: its bytes are shared,
     /// never copied per connection.
     Prepared(PreparedMessage),
+    /// Not a frame: a publication whose frame is queued in this batch entered the hub at
+    /// this instant. The runtime observes the delivery latency when it hands the batch to
+    /// the socket. Kept among the frames rather than in a field of its own, so an idle
+    /// connection pays nothing for it.
+    Published(std::time::Instant),
 }
 
 /// Frames waiting to be written, in order. The runtime drains it after every step.
@@ -40,21 +45,42 @@ impl Out {
         self.frames.push(OutFrame::Prepared(msg.clone()));
     }
 
+    /// Marks that a frame of `publication` is queued in this batch (once per publication,
+    /// however many frames it takes), for the delivery latency histogram.
+    pub(crate) fn published(&mut self, publication: &switchboard_core::Publication) {
+        self.frames
+            .push(OutFrame::Published(publication.published_at));
+    }
+
     /// Whether nothing is queued.
     pub(crate) fn is_empty(&self) -> bool {
         self.frames.is_empty()
     }
 
-    /// How many frames are queued.
+    /// How many frames are queued (latency marks not counted).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.frames.len()
+        self.frames().len()
     }
 
-    /// Takes the queued frames, in order.
+    /// Takes the queued frames, in order (latency marks dropped).
     #[cfg(test)]
-    pub(crate) fn drain(&mut self) -> std::vec::Drain<'_, OutFrame> {
-        self.frames.drain(..)
+    pub(crate) fn drain(&mut self) -> std::vec::IntoIter<OutFrame> {
+        let frames: Vec<OutFrame> = self
+            .frames
+            .drain(..)
+            .filter(|f| !matches!(f, OutFrame::Published(_)))
+            .collect();
+        frames.into_iter()
+    }
+
+    /// How many publications were marked as queued ([`Out::published`]).
+    #[cfg(test)]
+    pub(crate) fn published_marks(&self) -> usize {
+        self.frames
+            .iter()
+            .filter(|f| matches!(f, OutFrame::Published(_)))
+            .count()
     }
 
     /// The queued frames, in order.
@@ -67,10 +93,14 @@ impl Out {
         self.frames.drain(..n);
     }
 
-    /// The queued frames (for tests and inspection).
+    /// The queued frames (for tests and inspection; latency marks left out).
     #[cfg(test)]
-    pub(crate) fn frames(&self) -> &[OutFrame] {
-        &self.frames
+    pub(crate) fn frames(&self) -> Vec<OutFrame> {
+        self.frames
+            .iter()
+            .filter(|f| !matches!(f, OutFrame::Published(_)))
+            .cloned()
+            .collect()
     }
 
     /// Drops a burst's capacity once the queue is empty again, so an idle connection does

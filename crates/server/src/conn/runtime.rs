@@ -109,6 +109,8 @@ where
         match frame {
             OutFrame::Message(m) => self.writer.feed(m.clone()),
             OutFrame::Prepared(p) => self.writer.feed_prepared(p),
+            // The runtime takes the marks before they reach a transport.
+            OutFrame::Published(_) => Ok(()),
         }
     }
 
@@ -500,9 +502,20 @@ async fn write_out<T: Transport, D: Driver, F: Future<Output = ()>>(
 /// full; returns how many were taken and whether that was all.
 fn feed_out<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Result<(usize, bool), Ending> {
     let mut fed = 0;
+    let mut marks = 0;
     let mut bytes = 0;
     let mut all = true;
+    // Read at most once per batch, and only when the batch holds publications.
+    let mut now = None;
     for frame in conn.out.pending() {
+        if let OutFrame::Published(at) = frame {
+            let now = *now.get_or_insert_with(std::time::Instant::now);
+            conn.traffic
+                .delivery_latency
+                .observe(now.saturating_duration_since(*at));
+            marks += 1;
+            continue;
+        }
         match conn.transport.feed(frame) {
             Ok(()) => {
                 fed += 1;
@@ -515,7 +528,7 @@ fn feed_out<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Result<(usize,
             Err(_) => return Err(Ending::WriteFailed),
         }
     }
-    conn.out.consume(fed);
+    conn.out.consume(fed + marks);
     if fed > 0 {
         conn.traffic.sent.add(fed as u64, bytes as u64);
     }
@@ -535,6 +548,7 @@ fn frame_len(frame: &OutFrame) -> usize {
     match frame {
         OutFrame::Message(m) => message_len(m),
         OutFrame::Prepared(p) => p.payload().len(),
+        OutFrame::Published(_) => 0,
     }
 }
 

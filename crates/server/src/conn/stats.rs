@@ -360,6 +360,13 @@ pub(crate) struct ProtocolCounters {
     pub(crate) opened: AtomicU64,
     /// Connections ended, by [`CloseKind`] (same order as [`CloseKind::ALL`]).
     pub(crate) closed: [AtomicU64; CloseKind::ALL.len()],
+    /// Time from a publication entering the hub to its frame being written to a socket.
+    pub(crate) delivery_latency: LatencyHistogram,
+    /// Client recoveries (a resubscription or reconnection asking for what it missed)
+    /// that got everything it missed.
+    pub(crate) recovered: AtomicU64,
+    /// Client recoveries that could not be complete (history too short, or gone).
+    pub(crate) not_recovered: AtomicU64,
 }
 
 impl ProtocolCounters {
@@ -371,12 +378,24 @@ impl ProtocolCounters {
             active: AtomicUsize::new(0),
             opened: AtomicU64::new(0),
             closed: Default::default(),
+            delivery_latency: LatencyHistogram::default(),
+            recovered: AtomicU64::new(0),
+            not_recovered: AtomicU64::new(0),
         }
     }
 
     /// Count one connection ended for `kind`.
     pub(crate) fn closed(&self, kind: CloseKind) {
         self.closed[kind as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Count one client recovery, complete or not.
+    pub(crate) fn recovery(&self, recovered: bool) {
+        if recovered {
+            self.recovered.fetch_add(1, Relaxed);
+        } else {
+            self.not_recovered.fetch_add(1, Relaxed);
+        }
     }
 
     /// A connection opened; the guard counts it open until dropped.
@@ -403,6 +422,88 @@ impl std::ops::Deref for OpenConnection {
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Upper bounds (seconds) of the delivery latency histogram's buckets, besides `+Inf`.
+pub(crate) const LATENCY_BOUNDS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+/// The same bounds in microseconds, for the hot path (no float compare).
+const LATENCY_BOUNDS_US: [u64; 16] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+/// Shards of a [`LatencyHistogram`]: each worker thread writes to its own, so two threads
+/// observing at once do not fight over one cache line.
+const LATENCY_SHARDS: usize = 8;
+
+/// One shard: a count per bucket (the last is `+Inf`) and the sum in microseconds.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct LatencyShard {
+    buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+/// A fixed-bucket histogram of latencies, observed with two relaxed atomic adds on the
+/// observing thread's own shard; the shards are added up only at scrape time.
+#[derive(Debug, Default)]
+pub(crate) struct LatencyHistogram {
+    shards: [LatencyShard; LATENCY_SHARDS],
+}
+
+thread_local! {
+    /// The shard this thread observes into (threads take them in turn).
+    static SHARD: usize = {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        NEXT.fetch_add(1, Relaxed) % LATENCY_SHARDS
+    };
+}
+
+/// What [`LatencyHistogram::snapshot`] reads: per-bucket (not cumulative) counts, the
+/// last one `+Inf`, and the sum in seconds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct LatencySnapshot {
+    /// Count per bucket of [`LATENCY_BOUNDS`] then `+Inf`.
+    pub(crate) buckets: Vec<u64>,
+    /// Sum of the observed latencies, in seconds.
+    pub(crate) sum_seconds: f64,
+}
+
+impl LatencySnapshot {
+    /// How many latencies were observed.
+    pub(crate) fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+}
+
+impl LatencyHistogram {
+    /// Count one latency.
+    #[inline]
+    pub(crate) fn observe(&self, latency: std::time::Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BOUNDS_US.partition_point(|&b| b < micros);
+        let shard = &self.shards[SHARD.with(|s| *s)];
+        shard.buckets[bucket].fetch_add(1, Relaxed);
+        shard.sum_micros.fetch_add(micros, Relaxed);
+    }
+
+    /// Every shard added up.
+    pub(crate) fn snapshot(&self) -> LatencySnapshot {
+        let mut buckets = vec![0u64; LATENCY_BOUNDS_US.len() + 1];
+        let mut sum = 0u64;
+        for shard in &self.shards {
+            for (total, b) in buckets.iter_mut().zip(&shard.buckets) {
+                *total += b.load(Relaxed);
+            }
+            sum = sum.wrapping_add(shard.sum_micros.load(Relaxed));
+        }
+        LatencySnapshot {
+            buckets,
+            sum_seconds: sum as f64 / 1e6,
+        }
     }
 }
 
@@ -480,6 +581,30 @@ mod tests {
         assert_eq!(raw.opened.load(Relaxed), 2);
         assert_eq!(raw.received.bytes.load(Relaxed), 10);
         assert_eq!(raw.closed[CloseKind::Flood as usize].load(Relaxed), 1);
+    }
+
+    #[test]
+    fn latency_lands_in_the_first_bucket_at_or_above_it() {
+        use std::time::Duration;
+        let h = LatencyHistogram::default();
+        h.observe(Duration::from_micros(100)); // le 0.0001
+        h.observe(Duration::from_micros(101)); // le 0.00025
+        h.observe(Duration::from_millis(3)); // le 0.005
+        h.observe(Duration::from_secs(60)); // +Inf
+        let s = h.snapshot();
+        assert_eq!(s.count(), 4);
+        assert_eq!(s.buckets[0], 1);
+        assert_eq!(s.buckets[1], 1);
+        assert_eq!(s.buckets[5], 1);
+        assert_eq!(s.buckets[LATENCY_BOUNDS.len()], 1);
+        assert!(
+            (s.sum_seconds - 60.003201).abs() < 1e-9,
+            "{}",
+            s.sum_seconds
+        );
+        for (f, us) in LATENCY_BOUNDS.iter().zip(LATENCY_BOUNDS_US) {
+            assert_eq!((f * 1e6).round() as u64, us);
+        }
     }
 
     #[test]

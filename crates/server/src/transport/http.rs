@@ -48,6 +48,7 @@ pub const RESERVED_PREFIXES: &[&str] = &[
     "/apps/",
     "/health",
     "/metrics",
+    "/admin",
 ];
 
 /// The body type of every response.

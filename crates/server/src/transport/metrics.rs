@@ -15,12 +15,12 @@ use http::{header, HeaderValue, Method, Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 
-use crate::conn::stats::CloseKind;
+use crate::conn::stats::{CloseKind, LatencySnapshot, LATENCY_BOUNDS};
 use crate::state::Shared;
 use crate::transport::http::{method_not_allowed, Body};
 use crate::transport::{Endpoint, RequestCtx, ResponseFuture, Route};
@@ -133,6 +133,34 @@ impl Families<'_> {
         Ok(())
     }
 
+    /// A histogram family: per label set, the per-bucket (not cumulative) counts of
+    /// [`LATENCY_BOUNDS`] then `+Inf`, and the sum.
+    fn histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        samples: &[(Labels, LatencySnapshot)],
+    ) -> std::fmt::Result {
+        let mut family = self.0.encode_descriptor(
+            name,
+            help,
+            Some(&Unit::Seconds),
+            prometheus_client::metrics::MetricType::Histogram,
+        )?;
+        for (labels, h) in samples {
+            let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS
+                .iter()
+                .copied()
+                .chain(std::iter::once(f64::INFINITY))
+                .zip(h.buckets.iter().copied())
+                .collect();
+            family
+                .encode_family(labels)?
+                .encode_histogram::<NoLabelSet>(h.sum_seconds, h.count(), &buckets, None)?;
+        }
+        Ok(())
+    }
+
     fn gauge_f64(&mut self, name: &str, help: &str, value: f64) -> std::fmt::Result {
         let metric = ConstGauge::new(value);
         let family = self
@@ -220,6 +248,15 @@ impl Collector for Scrape {
             "sent_bytes",
             "Payload bytes of the frames written to clients, by protocol.",
             &per(&|p| p.sent.bytes.load(Relaxed)),
+        )?;
+        let latency: Vec<_> = protocols
+            .iter()
+            .map(|p| (vec![("protocol", p.name)], p.delivery_latency.snapshot()))
+            .collect();
+        f.histogram(
+            "delivery_latency",
+            "Time from a publication entering the hub to its frame being handed to a connection's socket, by protocol (one observation per publication per connection).",
+            &latency,
         )?;
 
         // The network layer.
@@ -329,6 +366,22 @@ impl Collector for Scrape {
             "Bytes held by channel histories now.",
             &one(gauge_value(hub.history_bytes)),
         )?;
+        let sizes = shared.hub.channel_sizes();
+        f.gauge(
+            "subscriptions",
+            "Channel memberships now (one per connection per channel).",
+            &one(gauge_value(sizes.subscriptions)),
+        )?;
+        f.gauge(
+            "presence_entries",
+            "Presence entries on this node now (members of channels that keep presence).",
+            &one(gauge_value(sizes.presence_entries)),
+        )?;
+        f.gauge(
+            "history_publications",
+            "Publications held in this node's channel histories now.",
+            &one(gauge_value(sizes.history_publications)),
+        )?;
         f.counter(
             "history_evictions",
             "Channel histories dropped to stay under the history memory cap.",
@@ -352,6 +405,44 @@ impl Collector for Scrape {
             "gaps_unfilled",
             "Gaps that could not be filled: subscribers were told they missed publications.",
             &one(gaps.unfilled),
+        )?;
+        let ops = shared.broker_metrics.snapshot();
+        f.counter(
+            "broker_operations",
+            "Broker operations completed, by operation.",
+            &ops.iter()
+                .map(|o| (vec![("op", o.op.label())], o.calls))
+                .collect::<Vec<_>>(),
+        )?;
+        f.counter(
+            "broker_errors",
+            "Broker operations that failed, by operation.",
+            &ops.iter()
+                .map(|o| (vec![("op", o.op.label())], o.errors))
+                .collect::<Vec<_>>(),
+        )?;
+        f.histogram(
+            "broker_round_trip",
+            "Time each broker operation took, by operation.",
+            &ops.iter()
+                .map(|o| (vec![("op", o.op.label())], o.round_trip.clone()))
+                .collect::<Vec<_>>(),
+        )?;
+        let mut recoveries = Vec::new();
+        for p in &protocols {
+            recoveries.push((
+                vec![("protocol", p.name), ("result", "recovered")],
+                p.recovered.load(Relaxed),
+            ));
+            recoveries.push((
+                vec![("protocol", p.name), ("result", "not_recovered")],
+                p.not_recovered.load(Relaxed),
+            ));
+        }
+        f.counter(
+            "recoveries",
+            "Clients that asked for what they missed (Centrifugo recover, Socket.IO connection state recovery), by whether they got all of it.",
+            &recoveries,
         )?;
 
         // Webhooks.

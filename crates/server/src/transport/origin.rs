@@ -56,6 +56,32 @@ impl OriginPolicy {
     }
 }
 
+impl OriginPolicy {
+    /// Whether a request with this `Origin`, sent to this `Host`, may upgrade: what
+    /// [`allows`](Self::allows) says, and always the server's own origin (a page the server
+    /// itself served, such as the chat page), whatever the configured patterns.
+    pub fn allows_request(&self, origin: Option<&str>, host: Option<&str>) -> bool {
+        self.allows(origin) || origin.is_some_and(|o| is_own_origin(o, host))
+    }
+}
+
+/// Whether `origin` names the host and port the request was sent to (its `Host` header).
+/// The scheme is not compared: behind a proxy that terminates TLS the page is `https://`
+/// while the server sees plain HTTP, and either way the page came from this host.
+pub fn is_own_origin(origin: &str, host: Option<&str>) -> bool {
+    let Some(host) = host else { return false };
+    let origin = normalize(origin.trim());
+    let (scheme, authority) = match origin.split_once("://") {
+        Some(("http", a)) => ("http", a),
+        Some(("https", a)) => ("https", a),
+        _ => return false,
+    };
+    let host = host.trim().to_ascii_lowercase();
+    let default_port = if scheme == "https" { ":443" } else { ":80" };
+    let host = host.strip_suffix(default_port).unwrap_or(&host);
+    !authority.is_empty() && authority == host
+}
+
 /// Lower-case and drop a default port so `https://A.com:443` equals `https://a.com`.
 fn normalize(origin: &str) -> String {
     let lower = origin.to_ascii_lowercase();
@@ -98,6 +124,23 @@ fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_servers_own_origin_is_always_allowed() {
+        let p = OriginPolicy::new(&["https://*.example.com"]);
+        let host = Some("localhost:8080");
+        assert!(p.allows_request(Some("http://localhost:8080"), host));
+        assert!(p.allows_request(Some("https://LOCALHOST:8080"), host));
+        assert!(!p.allows_request(Some("http://localhost:8081"), host));
+        assert!(!p.allows_request(Some("http://evil.test"), host));
+        assert!(!p.allows_request(Some("http://localhost:8080"), None));
+        assert!(p.allows_request(Some("https://a.example.com"), host));
+        assert!(p.allows_request(None, host));
+        assert!(is_own_origin("https://chat.test", Some("chat.test:443")));
+        assert!(is_own_origin("http://chat.test:80", Some("chat.test")));
+        assert!(!is_own_origin("null", Some("chat.test")));
+        assert!(!is_own_origin("http://chat.test.evil", Some("chat.test")));
+    }
 
     #[test]
     fn star_allows_everything() {

@@ -173,7 +173,11 @@ pub(crate) fn admit(
         .headers()
         .get(header::ORIGIN)
         .map(|v| v.to_str().unwrap_or("\u{fffd}"));
-    if !shared.origins.allows(origin) {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok());
+    if !shared.origins.allows_request(origin, host) {
         shared.counters.bump(Counter::RejectedOrigin);
         tracing::info!(%peer, origin = origin.unwrap_or(""), "upgrade refused: origin not allowed");
         return Err(Box::new(text(StatusCode::FORBIDDEN, "origin not allowed")));

@@ -351,6 +351,9 @@ impl CentrifugoDriver {
             if self.already_sent(&delivery) {
                 continue;
             }
+            if let Delivery::Publication(p) = &delivery {
+                out.published(p);
+            }
             if let Some(bytes) = encode_delivery(&delivery) {
                 lines.push(bytes);
             }
@@ -385,6 +388,9 @@ impl CentrifugoDriver {
                     self.insufficient_state(&p.channel, &mut lines).await;
                     continue;
                 }
+            }
+            if let Delivery::Publication(p) = &delivery {
+                out.published(p);
             }
             if let Some(bytes) = encode_delivery(&delivery) {
                 lines.push(bytes);
@@ -967,6 +973,10 @@ impl CentrifugoDriver {
             self.subs.set_positioned(&req.channel, r.position.epoch);
         }
         if let Some(recovery) = r.recovery {
+            self.shared
+                .counters
+                .protocol(cf::PROTOCOL)
+                .recovery(recovery.recovered);
             result.was_recovering = true;
             result.recovered = recovery.recovered;
             result.publications = recovery

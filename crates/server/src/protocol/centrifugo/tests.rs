@@ -55,6 +55,7 @@ fn shared() -> Arc<Shared> {
         router: Arc::default(),
         admission: Arc::default(),
         webhooks: None,
+        broker_metrics: Arc::default(),
     })
 }
 

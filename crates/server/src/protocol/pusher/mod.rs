@@ -660,6 +660,7 @@ impl PusherDriver {
             match delivery {
                 Delivery::Publication(p) => {
                     if self.channels.contains_key(&*p.channel) {
+                        out.published(p);
                         out.prepared(wire::encode(p));
                     }
                 }

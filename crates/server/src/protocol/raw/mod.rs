@@ -288,7 +288,10 @@ impl RawDriver {
         let mut ending = Ok(());
         for delivery in self.batch.drain(..) {
             match delivery {
-                Delivery::Publication(p) => out.prepared(raw::encode(&p)),
+                Delivery::Publication(p) => {
+                    out.published(&p);
+                    out.prepared(raw::encode(&p));
+                }
                 Delivery::Direct(payload) => out.message(raw::to_message(&payload)),
                 Delivery::Control(c) => {
                     if let Control::MissedPublications(channel) = &*c {
@@ -512,6 +515,8 @@ mod tests {
             .unwrap();
         pump(&mut alice, &mut a_out).unwrap();
         pump(&mut bob, &mut b_out).unwrap();
+        // Each delivery is marked once for the latency histogram, beside its frame.
+        assert_eq!((a_out.published_marks(), b_out.published_marks()), (1, 1));
         let (a, b) = (a_out.frames().to_vec(), b_out.frames().to_vec());
         assert_eq!(texts(&mut a_out), ["hello"], "echo to the sender");
         assert_eq!(texts(&mut b_out), ["hello"]);

@@ -378,6 +378,7 @@ mod tests {
             router: Arc::default(),
             admission: Arc::default(),
             webhooks: None,
+            broker_metrics: Arc::default(),
             config,
         })
     }

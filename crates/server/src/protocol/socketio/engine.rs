@@ -105,7 +105,7 @@ impl Frame {
         match frame {
             OutFrame::Message(Message::Text(t)) => Some(Frame::Text(t.clone())),
             OutFrame::Message(Message::Binary(b)) => Some(Frame::Binary(b.clone())),
-            OutFrame::Message(_) => None,
+            OutFrame::Message(_) | OutFrame::Published(_) => None,
             OutFrame::Prepared(p) if p.is_text() => Some(Frame::Text(p.payload().clone())),
             OutFrame::Prepared(p) => Some(Frame::Binary(p.payload().clone())),
         }

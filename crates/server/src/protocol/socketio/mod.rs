@@ -147,7 +147,11 @@ pub(crate) async fn handle(
         .headers()
         .get(header::ORIGIN)
         .map(|v| v.to_str().unwrap_or("\u{fffd}").to_string());
-    if !shared.origins.allows(origin.as_deref()) {
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok());
+    if !shared.origins.allows_request(origin.as_deref(), host) {
         shared
             .counters
             .bump(crate::conn::stats::Counter::RejectedOrigin);

@@ -315,6 +315,7 @@ impl Sockets {
                         continue;
                     }
                     let ev = encode_publication(&p, &s.nsp, recovery);
+                    out.published(&p);
                     push_event(out, &ev);
                     if let Some(r) = s.recovery.as_deref_mut() {
                         r.ring.push(offset_of(&p), ev);
@@ -488,6 +489,7 @@ impl Sockets {
                         .as_deref()
                         .and_then(|r| Some((r, r.ring.after(offset)?)));
                     if let Some((r, missed)) = recovered {
+                        self.shared.counters.protocol(PROTOCOL).recovery(true);
                         push_packet(out, &Packet::connect_ok(nsp, &r.sid, Some(&r.pid)));
                         for ev in &missed {
                             push_event(out, ev);
@@ -501,6 +503,8 @@ impl Sockets {
                     // Not recoverable: the old socket leaves the hub, a new one is made.
                     drop(socket);
                 }
+                // Asked to recover (it has a pid) and could not: gone, expired or too far behind.
+                self.shared.counters.protocol(PROTOCOL).recovery(false);
             }
         }
         let token = auth.get("token").and_then(Value::as_str).unwrap_or("");
