@@ -144,6 +144,7 @@ impl ServerBuilder {
         ] {
             counters.protocol(protocol);
         }
+        let proxy = Arc::new(crate::proxy::Proxy::new(&config.proxy));
         Ok(Server {
             shared: Arc::new(Shared {
                 config,
@@ -157,6 +158,7 @@ impl ServerBuilder {
                 verifier,
                 router,
                 admission: Arc::new(admission),
+                proxy,
             }),
         })
     }

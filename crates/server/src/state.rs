@@ -32,4 +32,6 @@ pub(crate) struct Shared {
     pub(crate) router: Arc<Router>,
     /// Per-address and server-wide admission limits (every protocol's upgrade).
     pub(crate) admission: Arc<crate::conn::limits::Admission>,
+    /// Calls to the application's backend (`[proxy]`), for every protocol.
+    pub(crate) proxy: Arc<crate::proxy::Proxy>,
 }

@@ -42,6 +42,7 @@ fn shared() -> Arc<Shared> {
         config.channel.clone(),
     );
     let verifier = config.token_config().verifier().unwrap();
+    let proxy = Arc::new(crate::proxy::Proxy::new(&config.proxy));
     Arc::new(Shared {
         config,
         node: switchboard_core::Node::new(hub.clone()),
@@ -54,6 +55,7 @@ fn shared() -> Arc<Shared> {
         verifier,
         router: Arc::default(),
         admission: Arc::default(),
+        proxy,
     })
 }
 
