@@ -278,6 +278,7 @@ if wanted interop; then
       node_suite config.test.mjs
       node_suite cli_connect.test.mjs
       node_suite centrifugo.test.mjs
+      node_suite proxy.test.mjs
       node_suite http_api.test.mjs
       node_suite pusher.test.mjs
       # Webhooks checked with the pusher SDK's verifier; two nodes on a private redis-server.

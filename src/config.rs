@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::builder::BoolishValueParser;
 use clap::Args;
 use switchboard_server::config::{
-    parse_origin_list, parse_secs, LogFormat, ServerConfig, SlowConsumer,
+    parse_duration, parse_origin_list, parse_secs, LogFormat, ServerConfig, SlowConsumer,
 };
 
 /// Flags of the `serve` command. Each is also read from `SWITCHBOARD_<NAME>` and from the
@@ -282,6 +282,73 @@ pub struct ServeArgs {
     #[arg(long, env = "SWITCHBOARD_DEMO", value_name = "BOOL", num_args = 0..=1,
           default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub demo: Option<bool>,
+
+    /// Comma-separated headers of the client's upgrade request forwarded to the proxy
+    /// (e.g. `Cookie,Authorization`) [default: none].
+    #[arg(long, env = "SWITCHBOARD_PROXY_HTTP_HEADERS", value_name = "LIST")]
+    pub proxy_http_headers: Option<String>,
+
+    /// Most proxy calls in flight at once [default: 256].
+    #[arg(long, env = "SWITCHBOARD_PROXY_MAX_CONCURRENCY", value_name = "N")]
+    pub proxy_max_concurrency: Option<usize>,
+
+    /// URL of the backend's connect proxy (connections without a token), e.g.
+    /// `http://127.0.0.1:9000/proxy/connect` [default: none, off].
+    #[arg(long, env = "SWITCHBOARD_PROXY_CONNECT_ENDPOINT", value_name = "URL")]
+    pub proxy_connect_endpoint: Option<String>,
+
+    /// Time a connect proxy call may take (`500ms`, `1s`) [default: 1s].
+    #[arg(long, env = "SWITCHBOARD_PROXY_CONNECT_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub proxy_connect_timeout: Option<Duration>,
+
+    /// URL of the backend's refresh proxy (a proxied connection whose expiry passed), e.g.
+    /// `http://127.0.0.1:9000/proxy/refresh` [default: none, off].
+    #[arg(long, env = "SWITCHBOARD_PROXY_REFRESH_ENDPOINT", value_name = "URL")]
+    pub proxy_refresh_endpoint: Option<String>,
+
+    /// Time a refresh proxy call may take (`500ms`, `1s`) [default: 1s].
+    #[arg(long, env = "SWITCHBOARD_PROXY_REFRESH_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub proxy_refresh_timeout: Option<Duration>,
+
+    /// URL of the backend's subscribe proxy (subscriptions in `proxy_subscribe` namespaces), e.g.
+    /// `http://127.0.0.1:9000/proxy/subscribe` [default: none, off].
+    #[arg(long, env = "SWITCHBOARD_PROXY_SUBSCRIBE_ENDPOINT", value_name = "URL")]
+    pub proxy_subscribe_endpoint: Option<String>,
+
+    /// Time a subscribe proxy call may take (`500ms`, `1s`) [default: 1s].
+    #[arg(long, env = "SWITCHBOARD_PROXY_SUBSCRIBE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub proxy_subscribe_timeout: Option<Duration>,
+
+    /// URL of the backend's publish proxy (publications in `proxy_publish` namespaces), e.g.
+    /// `http://127.0.0.1:9000/proxy/publish` [default: none, off].
+    #[arg(long, env = "SWITCHBOARD_PROXY_PUBLISH_ENDPOINT", value_name = "URL")]
+    pub proxy_publish_endpoint: Option<String>,
+
+    /// Time a publish proxy call may take (`500ms`, `1s`) [default: 1s].
+    #[arg(long, env = "SWITCHBOARD_PROXY_PUBLISH_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub proxy_publish_timeout: Option<Duration>,
+
+    /// URL of the backend's sub_refresh proxy (expiring subscriptions in `proxy_sub_refresh` namespaces), e.g.
+    /// `http://127.0.0.1:9000/proxy/sub_refresh` [default: none, off].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_PROXY_SUB_REFRESH_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub proxy_sub_refresh_endpoint: Option<String>,
+
+    /// Time a sub_refresh proxy call may take (`500ms`, `1s`) [default: 1s].
+    #[arg(long, env = "SWITCHBOARD_PROXY_SUB_REFRESH_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub proxy_sub_refresh_timeout: Option<Duration>,
+
+    /// URL of the backend's rpc proxy (client RPCs (Centrifugo `rpc`, Socket.IO events with an ack)), e.g.
+    /// `http://127.0.0.1:9000/proxy/rpc` [default: none, off].
+    #[arg(long, env = "SWITCHBOARD_PROXY_RPC_ENDPOINT", value_name = "URL")]
+    pub proxy_rpc_endpoint: Option<String>,
+
+    /// Time a rpc proxy call may take (`500ms`, `1s`) [default: 1s].
+    #[arg(long, env = "SWITCHBOARD_PROXY_RPC_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub proxy_rpc_timeout: Option<Duration>,
 }
 
 impl ServeArgs {
@@ -372,6 +439,48 @@ impl ServeArgs {
         }
         if let Some(v) = self.token_leeway {
             c.token_leeway = v;
+        }
+        if let Some(v) = &self.proxy_http_headers {
+            c.proxy.http_headers = parse_origin_list(v);
+        }
+        if let Some(v) = self.proxy_max_concurrency {
+            c.proxy.max_concurrency = v;
+        }
+        if let Some(v) = &self.proxy_connect_endpoint {
+            set_proxy(&mut c, "connect", Some(v), None);
+        }
+        if let Some(v) = self.proxy_connect_timeout {
+            set_proxy(&mut c, "connect", None, Some(v));
+        }
+        if let Some(v) = &self.proxy_refresh_endpoint {
+            set_proxy(&mut c, "refresh", Some(v), None);
+        }
+        if let Some(v) = self.proxy_refresh_timeout {
+            set_proxy(&mut c, "refresh", None, Some(v));
+        }
+        if let Some(v) = &self.proxy_subscribe_endpoint {
+            set_proxy(&mut c, "subscribe", Some(v), None);
+        }
+        if let Some(v) = self.proxy_subscribe_timeout {
+            set_proxy(&mut c, "subscribe", None, Some(v));
+        }
+        if let Some(v) = &self.proxy_publish_endpoint {
+            set_proxy(&mut c, "publish", Some(v), None);
+        }
+        if let Some(v) = self.proxy_publish_timeout {
+            set_proxy(&mut c, "publish", None, Some(v));
+        }
+        if let Some(v) = &self.proxy_sub_refresh_endpoint {
+            set_proxy(&mut c, "sub_refresh", Some(v), None);
+        }
+        if let Some(v) = self.proxy_sub_refresh_timeout {
+            set_proxy(&mut c, "sub_refresh", None, Some(v));
+        }
+        if let Some(v) = &self.proxy_rpc_endpoint {
+            set_proxy(&mut c, "rpc", Some(v), None);
+        }
+        if let Some(v) = self.proxy_rpc_timeout {
+            set_proxy(&mut c, "rpc", None, Some(v));
         }
         if let Some(v) = self.max_message_size {
             c.max_message_size = v;
@@ -489,6 +598,18 @@ pub fn load_file(path: &Path) -> anyhow::Result<ServerConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+/// Sets one proxy kind's endpoint URL and/or timeout (the kind is created when missing).
+fn set_proxy(c: &mut ServerConfig, kind: &str, url: Option<&String>, timeout: Option<Duration>) {
+    if let Some(ep) = c.proxy.endpoint_mut(kind) {
+        if let Some(url) = url {
+            ep.endpoint = url.clone();
+        }
+        if let Some(t) = timeout {
+            ep.timeout = t;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -830,5 +951,31 @@ mod tests {
             "/nonexistent/switchboard.toml"
         ]))
         .is_err());
+    }
+
+    #[test]
+    fn proxy_flags_set_endpoints_and_timeouts() {
+        let args = ServeArgs {
+            proxy_connect_endpoint: Some("http://127.0.0.1:9000/proxy/connect".into()),
+            proxy_connect_timeout: Some(Duration::from_millis(500)),
+            proxy_rpc_endpoint: Some("http://127.0.0.1:9000/proxy/rpc".into()),
+            proxy_http_headers: Some("Cookie, Authorization".into()),
+            ..Default::default()
+        };
+        let c = args.resolve().unwrap();
+        let connect = c.proxy.connect.as_ref().unwrap();
+        assert_eq!(connect.endpoint, "http://127.0.0.1:9000/proxy/connect");
+        assert_eq!(connect.timeout, Duration::from_millis(500));
+        assert_eq!(
+            c.proxy.rpc.as_ref().unwrap().timeout,
+            Duration::from_secs(1)
+        );
+        assert_eq!(c.proxy.http_headers, vec!["Cookie", "Authorization"]);
+        // A timeout without an endpoint is a configuration error, not a silent no-op.
+        let bad = ServeArgs {
+            proxy_publish_timeout: Some(Duration::from_secs(1)),
+            ..Default::default()
+        };
+        assert!(bad.resolve().is_err());
     }
 }

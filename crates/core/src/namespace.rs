@@ -57,6 +57,14 @@ pub struct ChannelOptions {
     /// Subscribing needs a subscription token (checked by the caller, see
     /// [`ClientCtx::subscription_token`](crate::ClientCtx::subscription_token)).
     pub private: bool,
+    /// Client subscriptions are decided by the application's backend (the server's
+    /// subscribe proxy) instead of the permission flags above. The hub only stores it.
+    pub proxy_subscribe: bool,
+    /// Client publications pass the application's backend (the server's publish proxy),
+    /// which may refuse or rewrite them, instead of the permission flags above.
+    pub proxy_publish: bool,
+    /// Expiring subscriptions are prolonged by the backend (the server's sub_refresh proxy).
+    pub proxy_sub_refresh: bool,
 }
 
 impl ChannelOptions {

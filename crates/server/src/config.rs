@@ -5,6 +5,7 @@
 //! file only needs the settings it changes. Durations are written as seconds (integer or
 //! fractional). Keys are `snake_case`; the `kebab-case` spelling of the command-line flag is
 //! accepted as an alias so a file can be written the way the flags read.
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -269,6 +270,8 @@ pub struct ServerConfig {
     /// the default namespace (with recovery), so the chat page shows channels without a
     /// token. Logged at start; not for production. Applied by [`ServerConfig::apply_demo`].
     pub demo: bool,
+    /// The application backend's proxy endpoints (`[proxy]`).
+    pub proxy: ProxyConfig,
 }
 
 impl Default for ServerConfig {
@@ -329,6 +332,7 @@ impl Default for ServerConfig {
             metrics_listen: None,
             admin_password: None,
             demo: false,
+            proxy: ProxyConfig::default(),
         }
     }
 }
@@ -425,6 +429,26 @@ impl ServerConfig {
         }
         if self.allowed_origins.is_empty() {
             return Err("allowed origins must not be empty (use * to allow any)".into());
+        }
+        self.proxy.validate()?;
+        let namespaces = std::iter::once(("default", &self.channel.default)).chain(
+            self.channel
+                .namespaces
+                .iter()
+                .map(|(name, o)| (name.as_str(), o)),
+        );
+        for (name, o) in namespaces {
+            for (on, kind, endpoint) in [
+                (o.proxy_subscribe, "subscribe", &self.proxy.subscribe),
+                (o.proxy_publish, "publish", &self.proxy.publish),
+                (o.proxy_sub_refresh, "sub_refresh", &self.proxy.sub_refresh),
+            ] {
+                if on && endpoint.is_none() {
+                    return Err(format!(
+                        "namespace {name:?} has proxy_{kind} but [proxy.{kind}] has no endpoint"
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -743,5 +767,236 @@ event_types = ["channel_occupied", "channel_vacated", "member_added", "member_re
         assert_eq!(app.webhooks[0].event_types.len(), 5);
         assert!(c.pusher.app_by_id("app-id").is_some());
         assert!(ServerConfig::default().pusher.apps.is_empty());
+    }
+}
+
+/// Default [`ProxyEndpoint::timeout`]: one second.
+pub const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default [`ProxyConfig::max_concurrency`].
+pub const DEFAULT_PROXY_MAX_CONCURRENCY: usize = 256;
+
+/// The application backend's proxy (`[proxy]`): HTTP endpoints that decide connects,
+/// subscriptions and publications and answer RPCs, in Centrifugo's proxy format.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Headers of the client's upgrade request forwarded with every proxy call (`Cookie`,
+    /// `Authorization`, `User-Agent`, …), case-insensitive.
+    #[serde(alias = "http-headers")]
+    pub http_headers: Vec<String>,
+    /// Headers added to every proxy call (e.g. a shared secret the backend checks).
+    #[serde(alias = "static-headers")]
+    pub static_headers: BTreeMap<String, String>,
+    /// Most proxy calls in flight at once, all kinds together; further calls wait for a
+    /// slot within their timeout.
+    #[serde(alias = "max-concurrency")]
+    pub max_concurrency: usize,
+    /// `[proxy.connect]`: connections without a token.
+    pub connect: Option<ProxyEndpoint>,
+    /// `[proxy.refresh]`: a proxied connection whose `expire_at` passed.
+    pub refresh: Option<ProxyEndpoint>,
+    /// `[proxy.subscribe]`: subscriptions in namespaces with `proxy_subscribe`.
+    pub subscribe: Option<ProxyEndpoint>,
+    /// `[proxy.publish]`: publications in namespaces with `proxy_publish`.
+    pub publish: Option<ProxyEndpoint>,
+    /// `[proxy.sub_refresh]`: expiring subscriptions in namespaces with `proxy_sub_refresh`.
+    #[serde(alias = "sub-refresh")]
+    pub sub_refresh: Option<ProxyEndpoint>,
+    /// `[proxy.rpc]`: client RPCs (Centrifugo `rpc`, Socket.IO events with an ack).
+    pub rpc: Option<ProxyEndpoint>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            http_headers: Vec::new(),
+            static_headers: BTreeMap::new(),
+            max_concurrency: DEFAULT_PROXY_MAX_CONCURRENCY,
+            connect: None,
+            refresh: None,
+            subscribe: None,
+            publish: None,
+            sub_refresh: None,
+            rpc: None,
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// Checks every configured endpoint is a plain `http://` URL with a host, and the
+    /// header names are valid.
+    pub fn validate(&self) -> Result<(), String> {
+        for (kind, ep) in self.endpoints() {
+            let Some(ep) = ep else { continue };
+            let uri: http::Uri = ep
+                .endpoint
+                .parse()
+                .map_err(|e| format!("[proxy.{kind}] endpoint {:?}: {e}", ep.endpoint))?;
+            if uri.scheme_str() != Some("http") || uri.host().is_none() {
+                return Err(format!(
+                    "[proxy.{kind}] endpoint {:?}: expected http://host[:port]/path",
+                    ep.endpoint
+                ));
+            }
+            if ep.timeout.is_zero() {
+                return Err(format!("[proxy.{kind}] timeout must be above zero"));
+            }
+        }
+        for name in self.http_headers.iter().chain(self.static_headers.keys()) {
+            http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("[proxy] invalid header name {name:?}"))?;
+        }
+        if self.max_concurrency == 0 {
+            return Err("[proxy] max_concurrency must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Every kind's endpoint, by the kind's name (`connect`, `refresh`, `subscribe`,
+    /// `publish`, `sub_refresh`, `rpc`).
+    pub fn endpoints(&self) -> [(&'static str, Option<&ProxyEndpoint>); 6] {
+        [
+            ("connect", self.connect.as_ref()),
+            ("refresh", self.refresh.as_ref()),
+            ("subscribe", self.subscribe.as_ref()),
+            ("publish", self.publish.as_ref()),
+            ("sub_refresh", self.sub_refresh.as_ref()),
+            ("rpc", self.rpc.as_ref()),
+        ]
+    }
+
+    /// The endpoint of the kind named `kind`, for setting it (created with the default
+    /// timeout and an empty URL when missing).
+    pub fn endpoint_mut(&mut self, kind: &str) -> Option<&mut ProxyEndpoint> {
+        let slot = match kind {
+            "connect" => &mut self.connect,
+            "refresh" => &mut self.refresh,
+            "subscribe" => &mut self.subscribe,
+            "publish" => &mut self.publish,
+            "sub_refresh" => &mut self.sub_refresh,
+            "rpc" => &mut self.rpc,
+            _ => return None,
+        };
+        Some(slot.get_or_insert_with(ProxyEndpoint::default))
+    }
+}
+
+/// One proxy kind's endpoint (`[proxy.connect]` and the others).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyEndpoint {
+    /// The URL calls are POSTed to (`http://host:port/path`).
+    pub endpoint: String,
+    /// How long a call may take, waiting for a free slot included (`"1s"`, `"500ms"`, or
+    /// a number of seconds).
+    #[serde(deserialize_with = "duration_text")]
+    pub timeout: Duration,
+}
+
+impl Default for ProxyEndpoint {
+    fn default() -> Self {
+        ProxyEndpoint {
+            endpoint: String::new(),
+            timeout: DEFAULT_PROXY_TIMEOUT,
+        }
+    }
+}
+
+/// Parses a duration with a unit (`"500ms"`, `"1s"`, `"1.5s"`, `"2m"`) or a plain number
+/// of seconds (`"2"`); used by the command line too.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (t, 1.0)
+    };
+    let v: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a duration: {s:?} (e.g. \"500ms\", \"1s\")"))?;
+    Duration::try_from_secs_f64(v * scale).map_err(|_| format!("not a valid duration: {s:?}"))
+}
+
+fn duration_text<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Int(u64),
+        Float(f64),
+        Text(String),
+    }
+    match Given::deserialize(d)? {
+        Given::Int(n) => Ok(Duration::from_secs(n)),
+        Given::Float(f) => Duration::try_from_secs_f64(f).map_err(serde::de::Error::custom),
+        Given::Text(s) => parse_duration(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+#[cfg(test)]
+mod proxy_tests {
+    use super::*;
+
+    #[test]
+    fn proxy_from_toml_in_the_documented_shape() {
+        let c: ServerConfig = toml::from_str(
+            r#"
+[proxy]
+http_headers = ["Cookie", "Authorization"]
+[proxy.connect]
+endpoint = "http://127.0.0.1:9000/proxy/connect"
+timeout = "1s"
+[proxy.rpc]
+endpoint = "http://127.0.0.1:9000/proxy/rpc"
+timeout = "500ms"
+[proxy.subscribe]
+endpoint = "http://127.0.0.1:9000/proxy/subscribe"
+[channel.default]
+proxy_subscribe = true
+proxy_publish = true
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.proxy.http_headers, vec!["Cookie", "Authorization"]);
+        let connect = c.proxy.connect.as_ref().unwrap();
+        assert_eq!(connect.endpoint, "http://127.0.0.1:9000/proxy/connect");
+        assert_eq!(connect.timeout, Duration::from_secs(1));
+        assert_eq!(
+            c.proxy.rpc.as_ref().unwrap().timeout,
+            Duration::from_millis(500)
+        );
+        assert!(c.proxy.publish.is_none());
+        assert!(c.channel.default.proxy_subscribe && c.channel.default.proxy_publish);
+        // `proxy_publish` without `[proxy.publish]` is refused at start.
+        assert!(c.validate().unwrap_err().contains("proxy_publish"));
+        let mut c = c;
+        c.proxy.endpoint_mut("publish").unwrap().endpoint = "http://127.0.0.1:9000/p".into();
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn proxy_endpoints_are_checked() {
+        let mut c = ServerConfig::default();
+        c.proxy.endpoint_mut("connect").unwrap().endpoint = "https://x/y".into();
+        assert!(c.validate().is_err());
+        c.proxy.endpoint_mut("connect").unwrap().endpoint = "http://127.0.0.1:1/c".into();
+        assert!(c.validate().is_ok());
+        c.proxy.http_headers = vec!["bad header".into()];
+        assert!(c.validate().is_err());
+        assert!(c.proxy.endpoint_mut("nope").is_none());
+    }
+
+    #[test]
+    fn durations_with_units() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1s").unwrap(), Duration::from_secs(1));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err());
     }
 }

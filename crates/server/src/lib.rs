@@ -33,6 +33,8 @@
 //!   [`Driver`](conn::driver) for the connection runtime plus the endpoint that upgrades
 //!   to it; `protocol/channels.rs` holds the client operations they share;
 //! - [`api`]: the HTTP API; [`broker`]: Redis and what nodes ask of each other;
+//! - `proxy`: calls to the application's backend (Centrifugo's proxy format), for every
+//!   protocol;
 //! - `sessions`: the protocol-neutral registry of live connections (by client and user);
 //! - [`conn`]: the connection runtime (one task per connection: socket, outbox batching,
 //!   bounded flush, heartbeat, shutdown, panic containment, stats);
@@ -49,6 +51,7 @@ pub mod config;
 pub mod conn;
 pub mod memory;
 pub mod protocol;
+mod proxy;
 mod server;
 mod sessions;
 mod state;

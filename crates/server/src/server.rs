@@ -159,6 +159,7 @@ impl ServerBuilder {
         ] {
             counters.protocol(protocol);
         }
+        let proxy = Arc::new(crate::proxy::Proxy::new(&config.proxy));
         Ok(Server {
             shared: Arc::new(Shared {
                 config,
@@ -174,6 +175,7 @@ impl ServerBuilder {
                 admission: Arc::new(admission),
                 webhooks,
                 broker_metrics: Arc::default(),
+                proxy,
             }),
         })
     }

@@ -36,4 +36,6 @@ pub(crate) struct Shared {
     pub(crate) webhooks: Option<Arc<crate::webhooks::Webhooks>>,
     /// The broker's operations, errors and round trips, counted for `/metrics`.
     pub(crate) broker_metrics: Arc<crate::broker::metered::BrokerMetrics>,
+    /// Calls to the application's backend (`[proxy]`), for every protocol.
+    pub(crate) proxy: Arc<crate::proxy::Proxy>,
 }

@@ -154,6 +154,17 @@ impl<'a> ClientOps<'a> {
     ) -> Result<Option<StreamPosition>, OpError> {
         let ctx = ClientCtx::for_conn(self.handle);
         self.shared.hub.check_publish(&ctx, channel)?;
+        self.publish_approved(channel, payload).await
+    }
+
+    /// A client's publication the application's backend accepted (the publish proxy stands
+    /// in for the permission check): the publish on every node, with the publisher's info.
+    pub(crate) async fn publish_approved(
+        &self,
+        channel: &str,
+        payload: Payload,
+    ) -> Result<Option<StreamPosition>, OpError> {
+        let ctx = ClientCtx::for_conn(self.handle);
         let info = ClientInfo {
             client: self.handle.id().to_string(),
             user: ctx.user,

@@ -18,6 +18,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::conn::stats::{CloseKind, LatencySnapshot, LATENCY_BOUNDS};
@@ -167,6 +168,24 @@ impl Families<'_> {
             .0
             .encode_descriptor(name, help, None, metric.metric_type())?;
         metric.encode(family)
+    }
+
+    fn histograms<'h>(
+        &mut self,
+        name: &str,
+        help: &str,
+        samples: impl Iterator<Item = (&'static str, &'h Histogram)>,
+    ) -> std::fmt::Result {
+        let mut family = self.0.encode_descriptor(
+            name,
+            help,
+            None,
+            prometheus_client::metrics::MetricType::Histogram,
+        )?;
+        for (kind, histogram) in samples {
+            histogram.encode(family.encode_family(&[("kind", kind)])?)?;
+        }
+        Ok(())
     }
 
     fn counter_f64(&mut self, name: &str, help: &str, value: f64) -> std::fmt::Result {
@@ -482,6 +501,24 @@ impl Collector for Scrape {
             )?;
             hooks.duration.encode(family)?;
         }
+
+        // Calls to the application's backend.
+        let proxy = &shared.proxy.stats;
+        let calls: Vec<_> = proxy
+            .calls()
+            .into_iter()
+            .map(|(kind, result, n)| (vec![("kind", kind), ("result", result)], n))
+            .collect();
+        f.counter(
+            "proxy_calls",
+            "Calls to the backend's proxy endpoints, by kind and result (ok, rejected, timeout, unreachable, bad_response).",
+            &calls,
+        )?;
+        f.histograms(
+            "proxy_call_duration_seconds",
+            "Duration of the backend's proxy calls, by kind.",
+            proxy.durations(),
+        )?;
 
         // The process.
         f.gauge_f64(

@@ -67,7 +67,7 @@ use switchboard_protocols::centrifugo::{
     self as cf, commands, encode_batch, encode_publication_push, wire_epoch, Command,
     ConnectResult, DecodeError, Disconnect, Error as CfError, HistoryResult, Join, Leave, Method,
     PingResult, PresenceResult, PresenceStatsResult, PublishResult, Push, PushBody, RefreshResult,
-    Reply, ReplyResult, RpcRequest, SubRefreshResult, SubscribePush, SubscribeRequest,
+    Reply, ReplyResult, RpcRequest, RpcResult, SubRefreshResult, SubscribePush, SubscribeRequest,
     SubscribeResult, UnsubscribePush, UnsubscribeResult,
 };
 use switchboard_websocket::{CloseCode, Message};
@@ -78,9 +78,13 @@ use crate::auth::{unix_now, TokenError};
 use crate::conn::driver::{Driver, Ending, Out};
 use crate::conn::runtime::{self, Identity, WsTransport};
 use crate::protocol::channels::{self, ClientOps, OpError};
+use crate::proxy::{
+    self, Answer, BackendDisconnect, BackendError, Failure, Forwarded, Kind, ProxyRequest,
+};
 use crate::state::Shared;
 use crate::transport::upgrade;
 use crate::transport::{Endpoint, RequestCtx, ResponseFuture, Route};
+use tokio::sync::mpsc;
 
 /// The path SDKs connect to.
 pub const PATH: &str = "/connection/websocket";
@@ -111,6 +115,11 @@ impl Endpoint for Centrifugo {
         let limits = upgrade::limits(&shared);
         let counters = Arc::clone(&shared.counters);
         let conn_shared = Arc::clone(&shared);
+        // The headers the backend's proxy gets with this connection's calls (cookies, …).
+        let forwarded = shared
+            .proxy
+            .any_enabled()
+            .then(|| shared.proxy.forwarded(req.headers()));
         let response = admitted.accept(&mut req, &shared, peer, timeout, max, move |ws, slot| {
             let (reader, writer) = ws.split();
             let who = Identity {
@@ -121,7 +130,7 @@ impl Endpoint for Centrifugo {
             };
             runtime::spawn(
                 WsTransport::new(reader, writer),
-                CentrifugoDriver::new(conn_shared, peer),
+                CentrifugoDriver::new(conn_shared, peer).with_proxy(forwarded),
                 limits,
                 who,
                 counters,
@@ -219,6 +228,70 @@ pub(crate) struct CentrifugoDriver {
     lines: Vec<Bytes>,
     /// Deliveries taken from the outbox, framed by `on_event`.
     batch: Vec<Delivery>,
+    /// Calls to the application's backend; `None` when no proxy kind is configured.
+    proxy: Option<Box<ProxyCalls>>,
+}
+
+/// Most proxy calls one connection may have in flight; more are answered 111.
+const MAX_CALLS_IN_FLIGHT: usize = 64;
+
+/// One connection's calls to the backend's proxy (boxed: most servers have no proxy).
+/// Calls run on their own tasks; their answers come back through `rx` as driver events,
+/// so the connection goes on meanwhile (pings, deliveries, other commands).
+struct ProxyCalls {
+    forwarded: Forwarded,
+    tx: mpsc::UnboundedSender<Box<ProxyDone>>,
+    rx: mpsc::UnboundedReceiver<Box<ProxyDone>>,
+    in_flight: usize,
+    /// The connect proxy accepted this connection: its expiry goes to the refresh proxy.
+    proxied_connect: bool,
+}
+
+/// What a finished proxy call was for.
+enum PendingOp {
+    /// `rpc` command `id`.
+    Rpc(u32),
+    /// `publish` command `id`: published only once the backend accepts it.
+    Publish(u32, String, switchboard_core::Payload),
+    /// `subscribe` command `id`: joined only once the backend accepts it.
+    Subscribe(u32, SubscribeRequest),
+    /// The connection's expiry (refresh proxy).
+    Refresh,
+}
+
+/// A finished proxy call.
+pub(crate) struct ProxyDone {
+    op: PendingOp,
+    result: Result<Answer, Failure>,
+}
+
+/// What the driver's events report.
+pub(crate) enum CfEvent {
+    /// Outbox deliveries are ready (or the hub closed the outbox).
+    Outbox(Result<(), CloseReason>),
+    /// A proxy call finished.
+    Proxy(Box<ProxyDone>),
+}
+
+/// One of two futures (an event's step: deliveries or a proxy answer).
+enum Either<A, B> {
+    Left(A),
+    Right(B),
+}
+
+impl<A, B> Future for Either<A, B>
+where
+    A: Future<Output = Result<(), Ending>> + Unpin,
+    B: Future<Output = Result<(), Ending>> + Unpin,
+{
+    type Output = Result<(), Ending>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Either::Left(a) => Pin::new(a).poll(cx),
+            Either::Right(b) => Pin::new(b).poll(cx),
+        }
+    }
 }
 
 impl CentrifugoDriver {
@@ -235,6 +308,185 @@ impl CentrifugoDriver {
             expiry_timer: None,
             lines: Vec::new(),
             batch: Vec::new(),
+            proxy: None,
+        }
+    }
+
+    /// Lets the connection call the backend's proxy, forwarding `forwarded` (`None`: no
+    /// proxy kind is configured).
+    fn with_proxy(mut self, forwarded: Option<Forwarded>) -> CentrifugoDriver {
+        self.proxy = forwarded.map(|forwarded| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            Box::new(ProxyCalls {
+                forwarded,
+                tx,
+                rx,
+                in_flight: 0,
+                proxied_connect: false,
+            })
+        });
+        self
+    }
+
+    /// Whether `kind` calls go to the backend for `channel` (its namespace's switch).
+    fn proxies(&self, kind: Kind, channel: &str) -> bool {
+        if self.proxy.is_none() || !self.shared.proxy.enabled(kind) {
+            return false;
+        }
+        let Ok(o) = self.shared.config.channel.options(channel) else {
+            return false;
+        };
+        match kind {
+            Kind::Subscribe => o.proxy_subscribe,
+            Kind::Publish => o.proxy_publish,
+            Kind::SubRefresh => o.proxy_sub_refresh,
+            _ => true,
+        }
+    }
+
+    /// A proxy request from this (connected) client.
+    fn proxy_request(&self) -> ProxyRequest {
+        let mut req = ProxyRequest::new(cf::PROTOCOL, "websocket", self.handle().id().to_string());
+        req.user = self.user();
+        req
+    }
+
+    /// Starts a proxy call on its own task; its answer comes back as an event.
+    fn spawn_call(&mut self, kind: Kind, req: ProxyRequest, op: PendingOp) -> Result<(), CfError> {
+        let Some(calls) = self.proxy.as_mut() else {
+            return Err(CfError::NOT_AVAILABLE);
+        };
+        if calls.in_flight >= MAX_CALLS_IN_FLIGHT {
+            return Err(CfError::TOO_MANY_REQUESTS);
+        }
+        calls.in_flight += 1;
+        let tx = calls.tx.clone();
+        let forwarded = calls.forwarded.clone();
+        let proxy = Arc::clone(&self.shared.proxy);
+        tokio::spawn(async move {
+            let result = proxy.call(kind, &forwarded, &req).await;
+            // The connection may be gone meanwhile: nothing to answer then.
+            let _ = tx.send(Box::new(ProxyDone { op, result }));
+        });
+        Ok(())
+    }
+
+    /// A finished proxy call: its reply (or the publication, the join it allowed).
+    async fn proxy_done(&mut self, done: Box<ProxyDone>, out: &mut Out) -> Result<(), Ending> {
+        if let Some(calls) = self.proxy.as_mut() {
+            calls.in_flight = calls.in_flight.saturating_sub(1);
+        }
+        let mut lines = self.take_lines();
+        let r = self.apply_answer(*done, &mut lines).await;
+        self.end_step(&mut lines, out);
+        self.lines = lines;
+        r
+    }
+
+    async fn apply_answer(
+        &mut self,
+        done: ProxyDone,
+        lines: &mut Vec<Bytes>,
+    ) -> Result<(), Ending> {
+        let ProxyDone { op, result } = done;
+        let id = match &op {
+            PendingOp::Rpc(id) | PendingOp::Publish(id, ..) | PendingOp::Subscribe(id, _) => *id,
+            PendingOp::Refresh => return self.refreshed(result),
+        };
+        let answer = match result {
+            Ok(Answer::Ok(r)) => r,
+            Ok(Answer::Error(e)) => {
+                lines.push(Reply::error(id, backend_error(e)).encode());
+                return Ok(());
+            }
+            Ok(Answer::Disconnect(d)) => return Err(disconnect(backend_disconnect(d))),
+            Err(f) => {
+                lines.push(Reply::error(id, proxy_failure(f)).encode());
+                return Ok(());
+            }
+        };
+        let result = match op {
+            PendingOp::Rpc(_) => Ok(ReplyResult::Rpc(RpcResult {
+                data: answer.data_payload().map(|p| cf::Data::from_payload(&p)),
+            })),
+            PendingOp::Publish(_, channel, payload) => {
+                // The backend may rewrite the data; without `data` the client's goes out.
+                let payload = answer.data_payload().unwrap_or(payload);
+                self.ops()
+                    .publish_approved(&channel, payload)
+                    .await
+                    .map(|_| ReplyResult::Publish(PublishResult {}))
+                    .map_err(op_error)
+            }
+            PendingOp::Subscribe(_, req) => {
+                if self.subs.contains(&req.channel) {
+                    Err(CfError::ALREADY_SUBSCRIBED)
+                } else {
+                    match self.join(&req, answer.info_bytes()).await {
+                        Ok(mut r) => {
+                            r.data = answer.data_payload().map(|p| cf::Data::from_payload(&p));
+                            Ok(ReplyResult::Subscribe(r))
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            }
+            PendingOp::Refresh => return Ok(()),
+        };
+        lines.push(match result {
+            Ok(r) => Reply::ok(id, r).encode(),
+            Err(e) => Reply::error(id, e).encode(),
+        });
+        Ok(())
+    }
+
+    /// The refresh proxy's answer for a connection whose expiry passed.
+    fn refreshed(&mut self, result: Result<Answer, Failure>) -> Result<(), Ending> {
+        match result {
+            Ok(Answer::Ok(r)) if !r.expired => {
+                self.expires_at = r.expire_at.filter(|&at| at > 0);
+                Ok(())
+            }
+            Ok(Answer::Disconnect(d)) => Err(disconnect(backend_disconnect(d))),
+            Ok(_) => Err(disconnect(Disconnect::EXPIRED)),
+            Err(_) => {
+                // The backend is away: the session goes on and is asked about again soon.
+                self.expires_at = Some(unix_now() + REFRESH_RETRY_SECS);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether this connection's expiry is decided by the refresh proxy.
+    fn refreshes_by_proxy(&self) -> bool {
+        self.proxy.as_ref().is_some_and(|c| c.proxied_connect)
+            && self.shared.proxy.enabled(Kind::Refresh)
+    }
+
+    /// `connect` without a token: the connect proxy decides (see the module docs).
+    async fn connect_by_proxy(
+        &mut self,
+        req: &cf::ConnectRequest,
+    ) -> Result<proxy::ProxyResult, Result<CfError, Disconnect>> {
+        let Some(calls) = self.proxy.as_ref() else {
+            return Err(Err(Disconnect::INVALID_TOKEN));
+        };
+        let mut preq = ProxyRequest::new(cf::PROTOCOL, "websocket", String::new())
+            .with_json(req.data.as_ref().map(|d| d.get()));
+        preq.name = req.name.clone();
+        preq.version = req.version.clone();
+        // Before `connect` the connection has nothing else to do (no outbox, no pings),
+        // so this call is awaited in the step; the kind's timeout bounds it.
+        match self
+            .shared
+            .proxy
+            .call(Kind::Connect, &calls.forwarded, &preq)
+            .await
+        {
+            Ok(Answer::Ok(r)) => Ok(r),
+            Ok(Answer::Error(e)) => Err(Ok(backend_error(e))),
+            Ok(Answer::Disconnect(d)) => Err(Err(backend_disconnect(d))),
+            Err(f) => Err(Ok(proxy_failure(f))),
         }
     }
 
@@ -278,7 +530,11 @@ impl CentrifugoDriver {
             Phase::AwaitConnect(_) => SlowFrame::Connect(frame),
             Phase::Connected => {
                 let cmds: Vec<Result<Command, DecodeError>> = commands(&frame).collect();
-                if !cmds.iter().all(|c| matches!(c, Ok(c) if is_instant(c))) {
+                let rpc_proxied = self.proxy.is_some() && self.shared.proxy.enabled(Kind::Rpc);
+                let instant = |c: &Command| {
+                    is_instant(c) && !(rpc_proxied && matches!(c.method, Method::Rpc(_)))
+                };
+                if !cmds.iter().all(|c| matches!(c, Ok(c) if instant(c))) {
                     SlowFrame::Commands(cmds)
                 } else {
                     // The fast path: pongs (every ping interval on every connection), pings.
@@ -418,7 +674,18 @@ impl CentrifugoDriver {
             Phase::Connected => {
                 let now = unix_now();
                 if self.expires_at.is_some_and(|at| at < now) {
-                    return Err(disconnect(Disconnect::EXPIRED));
+                    if !self.refreshes_by_proxy() {
+                        return Err(disconnect(Disconnect::EXPIRED));
+                    }
+                    // Asked once; the answer sets the next expiry (or ends the connection).
+                    self.expires_at = None;
+                    let req = self.proxy_request();
+                    if self
+                        .spawn_call(Kind::Refresh, req, PendingOp::Refresh)
+                        .is_err()
+                    {
+                        return Err(disconnect(Disconnect::EXPIRED));
+                    }
                 }
                 let mut lines = self.take_lines();
                 self.drop_expired_subs(&mut lines);
@@ -458,7 +725,7 @@ fn instant_reply(cmd: Command) -> Option<Bytes> {
 }
 
 impl Driver for CentrifugoDriver {
-    type Event = Result<(), CloseReason>;
+    type Event = CfEvent;
 
     fn on_message<'a, 'b>(
         &'a mut self,
@@ -472,10 +739,15 @@ impl Driver for CentrifugoDriver {
     }
 
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Self::Event> {
+        if let Some(calls) = self.proxy.as_mut() {
+            if let Poll::Ready(Some(done)) = calls.rx.poll_recv(cx) {
+                return Poll::Ready(CfEvent::Proxy(done));
+            }
+        }
         match &mut self.outbox {
             Some(outbox) => outbox
                 .poll_recv_batch(cx, &mut self.batch, BATCH)
-                .map(|r| r.map(|_| ()).map_err(|closed| closed.reason)),
+                .map(|r| CfEvent::Outbox(r.map(|_| ()).map_err(|closed| closed.reason))),
             // Nothing is delivered before `connect`; the loop polls again after every step.
             None => Poll::Pending,
         }
@@ -487,8 +759,11 @@ impl Driver for CentrifugoDriver {
         out: &'b mut Out,
     ) -> impl Future<Output = Result<(), Ending>> + Send + use<'a, 'b> {
         match event {
-            Ok(()) => self.deliveries(out),
-            Err(reason) => StepFuture::ready(Err(Ending::Hub(reason))),
+            CfEvent::Outbox(Ok(())) => Either::Left(self.deliveries(out)),
+            CfEvent::Outbox(Err(reason)) => {
+                Either::Left(StepFuture::ready(Err(Ending::Hub(reason))))
+            }
+            CfEvent::Proxy(done) => Either::Right(Box::pin(self.proxy_done(done, out))),
         }
     }
 
@@ -664,7 +939,35 @@ impl CentrifugoDriver {
         };
         let (id, req) = connect;
         let verifier = &self.shared.verifier;
-        let (user, info, exp, channels) = if req.token.is_empty() {
+        let mut connect_data = None;
+        let (user, info, exp, channels) = if req.token.is_empty()
+            && self.proxy.is_some()
+            && self.shared.proxy.enabled(Kind::Connect)
+        {
+            match self.connect_by_proxy(&req).await {
+                Ok(r) => {
+                    connect_data = r.data_payload().map(|p| cf::Data::from_payload(&p));
+                    if let Some(calls) = self.proxy.as_mut() {
+                        calls.proxied_connect = true;
+                    }
+                    let user = r.user.clone().unwrap_or_default();
+                    if user.is_empty() && !self.shared.config.allow_anonymous {
+                        return Err(Disconnect::INVALID_TOKEN);
+                    }
+                    (
+                        user,
+                        r.info_bytes(),
+                        r.expire_at.filter(|&at| at > 0),
+                        r.channels,
+                    )
+                }
+                Err(Ok(e)) => {
+                    out.push(Reply::error(id, e).encode());
+                    return Ok(None);
+                }
+                Err(Err(d)) => return Err(d),
+            }
+        } else if req.token.is_empty() {
             if !self.shared.config.allow_anonymous {
                 return Err(Disconnect::INVALID_TOKEN);
             }
@@ -676,7 +979,8 @@ impl CentrifugoDriver {
                         return Err(Disconnect::INVALID_TOKEN);
                     }
                     let exp = claims.expire_at.or(claims.exp);
-                    (claims.sub, claims.info, exp, claims.channels)
+                    let info = claims.info.map(|i| Bytes::from(i.get().to_owned()));
+                    (claims.sub, info, exp, claims.channels)
                 }
                 Err(e) if e.is_expired() => {
                     out.push(Reply::error(id, CfError::TOKEN_EXPIRED).encode());
@@ -689,8 +993,8 @@ impl CentrifugoDriver {
             }
         };
         let mut conn_info = ConnInfo::new(self.peer.to_string(), cf::PROTOCOL).with_user(user);
-        if let Some(info) = &info {
-            conn_info = conn_info.with_conn_info(Bytes::from(info.get().to_owned()));
+        if let Some(info) = info {
+            conn_info = conn_info.with_conn_info(info);
         }
         let (handle, outbox) = match self.shared.hub.register(conn_info) {
             Ok(pair) => pair,
@@ -710,9 +1014,13 @@ impl CentrifugoDriver {
             ping: u32::try_from(self.shared.config.ping_interval.as_secs().max(1))
                 .unwrap_or(u32::MAX),
             pong: true,
+            data: connect_data,
             ..Default::default()
         };
-        if let Some(at) = exp {
+        // A proxied connection is refreshed by the server (refresh proxy), not by the SDK
+        // with a token, so its expiry is not announced.
+        let announce_expiry = !self.proxy.as_ref().is_some_and(|c| c.proxied_connect);
+        if let Some(at) = exp.filter(|_| announce_expiry) {
             result.expires = true;
             result.ttl = u32::try_from(at.saturating_sub(unix_now())).unwrap_or(u32::MAX);
         }
@@ -829,13 +1137,58 @@ impl CentrifugoDriver {
             Method::Connect(_) => return Step::Stop(Disconnect::BAD_REQUEST),
             Method::Pong | Method::Send(_) => return Step::Continue,
             Method::Ping(_) => Ok(ReplyResult::Ping(PingResult {})),
+            Method::Rpc(req) if self.proxy.is_some() && self.shared.proxy.enabled(Kind::Rpc) => {
+                let mut preq = self
+                    .proxy_request()
+                    .with_json(req.data.as_ref().map(|d| d.get()));
+                preq.method = req.method;
+                match self.spawn_call(Kind::Rpc, preq, PendingOp::Rpc(id)) {
+                    // Answered when the backend is.
+                    Ok(()) => return Step::Continue,
+                    Err(e) => Err(e),
+                }
+            }
             Method::Rpc(RpcRequest { .. }) => Err(CfError::NOT_AVAILABLE),
+            Method::Subscribe(req) if self.proxies(Kind::Subscribe, &req.channel) => {
+                if self.subs.contains(&req.channel) {
+                    Err(CfError::ALREADY_SUBSCRIBED)
+                } else {
+                    let mut preq = self
+                        .proxy_request()
+                        .with_json(req.data.as_ref().map(|d| d.get()));
+                    preq.channel = req.channel.clone();
+                    preq.token = req.token.clone();
+                    match self.spawn_call(Kind::Subscribe, preq, PendingOp::Subscribe(id, req)) {
+                        Ok(()) => return Step::Continue,
+                        Err(e) => Err(e),
+                    }
+                }
+            }
             Method::Subscribe(req) => self.subscribe(&req).await.map(ReplyResult::Subscribe),
             Method::Unsubscribe(req) => {
                 if self.subs.contains(&req.channel) {
                     self.forget(&req.channel).await;
                 }
                 Ok(ReplyResult::Unsubscribe(UnsubscribeResult {}))
+            }
+            Method::Publish(req) if self.proxies(Kind::Publish, &req.channel) => {
+                let channel = req.channel.clone();
+                match cf::publish_payload(req) {
+                    None => Err(CfError::BAD_REQUEST),
+                    Some(payload) => {
+                        let mut preq = self.proxy_request().with_payload(&payload);
+                        preq.channel = channel.clone();
+                        // Nothing is published until the backend accepts it.
+                        match self.spawn_call(
+                            Kind::Publish,
+                            preq,
+                            PendingOp::Publish(id, channel, payload),
+                        ) {
+                            Ok(()) => return Step::Continue,
+                            Err(e) => Err(e),
+                        }
+                    }
+                }
             }
             Method::Publish(req) => self.publish(req).await.map(ReplyResult::Publish),
             Method::Presence(req) => self.presence(&req.channel).await.map(ReplyResult::Presence),
@@ -1097,6 +1450,47 @@ fn op_error(e: OpError) -> CfError {
             temporary: true,
         },
         OpError::Closed => CfError::INTERNAL,
+    }
+}
+
+/// How long after a failed refresh proxy call the connection's expiry is asked about again.
+const REFRESH_RETRY_SECS: u64 = 5;
+
+/// The backend's `error` answer as the client's error.
+fn backend_error(e: BackendError) -> CfError {
+    CfError {
+        code: e.code,
+        message: e.message.into(),
+        temporary: e.temporary,
+    }
+}
+
+/// The backend's `disconnect` answer as this protocol's disconnect (the reason cut to fit
+/// a close frame).
+fn backend_disconnect(d: BackendDisconnect) -> Disconnect {
+    let mut reason = d.reason;
+    if reason.len() > 123 {
+        let mut end = 123;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    Disconnect::new(d.code, reason)
+}
+
+/// A proxy call without an answer: error 100, temporary (the SDK may retry).
+fn proxy_failure(f: Failure) -> CfError {
+    let message = match f {
+        Failure::Timeout => "backend timeout",
+        Failure::Unreachable => "backend unavailable",
+        Failure::BadResponse => "backend error",
+        Failure::NotConfigured => "not available",
+    };
+    CfError {
+        code: CfError::INTERNAL.code,
+        message: message.into(),
+        temporary: true,
     }
 }
 

@@ -42,6 +42,7 @@ fn shared() -> Arc<Shared> {
         config.channel.clone(),
     );
     let verifier = config.token_config().verifier().unwrap();
+    let proxy = Arc::new(crate::proxy::Proxy::new(&config.proxy));
     Arc::new(Shared {
         config,
         node: switchboard_core::Node::new(hub.clone()),
@@ -56,6 +57,7 @@ fn shared() -> Arc<Shared> {
         admission: Arc::default(),
         webhooks: None,
         broker_metrics: Arc::default(),
+        proxy,
     })
 }
 

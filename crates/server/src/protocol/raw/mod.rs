@@ -16,6 +16,11 @@
 //! 4500 "missed publications"; kicked through the API → the hub's close code; no answer to
 //! pings → the socket is dropped.
 //!
+//! With `[proxy.connect]` set, an upgrade without a token goes to the backend's connect
+//! proxy first (path, query and the forwarded headers such as `Cookie`), which names the
+//! user or refuses: `error` → HTTP 403, `disconnect` → 401, no answer → 503, all before the
+//! 101.
+//!
 //! Server-side subscribe/unsubscribe requests do not apply: a raw connection is exactly one
 //! room, fixed by its path, and its frames carry no channel name.
 use std::borrow::Cow;
@@ -38,7 +43,9 @@ use crate::conn::crash;
 use crate::conn::driver::{Driver, Ending, Out};
 use crate::conn::runtime::{self, Identity, WsTransport};
 use crate::conn::stats::Counter;
+use crate::proxy::{Answer, Kind, ProxyRequest};
 use crate::server::MessageHook;
+use crate::state::Shared;
 use crate::transport::http::text;
 use crate::transport::upgrade::{self, query_flag_is_false};
 use crate::transport::{Endpoint, RequestCtx, ResponseFuture, Route};
@@ -91,6 +98,40 @@ impl Endpoint for Arc<RawRooms> {
     }
 }
 
+/// Asks the connect proxy about a raw upgrade request: the user it names, or the refusal
+/// to answer with.
+async fn connect_by_proxy(
+    shared: &Shared,
+    req: &Request<Incoming>,
+) -> Result<String, http::Response<crate::transport::http::Body>> {
+    let forwarded = shared.proxy.forwarded(req.headers());
+    let mut preq = ProxyRequest::new(raw::PROTOCOL, "websocket", String::new());
+    preq.meta = Some(serde_json::json!({
+        "path": req.uri().path(),
+        "query": req.uri().query().unwrap_or(""),
+    }));
+    match shared.proxy.call(Kind::Connect, &forwarded, &preq).await {
+        Ok(Answer::Ok(r)) => Ok(r.user.unwrap_or_default()),
+        Ok(Answer::Error(e)) => Err(refusal(StatusCode::FORBIDDEN, e.message)),
+        Ok(Answer::Disconnect(d)) => Err(refusal(StatusCode::UNAUTHORIZED, d.reason)),
+        Err(_) => Err(text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "authentication backend unavailable",
+        )),
+    }
+}
+
+/// A plain-text refusal with the backend's message.
+fn refusal(status: StatusCode, message: String) -> http::Response<crate::transport::http::Body> {
+    let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(message)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
 /// Answers an upgrade request for the room its path names.
 async fn upgrade_into_room(
     rooms: Arc<RawRooms>,
@@ -119,6 +160,23 @@ async fn upgrade_into_room(
                 shared.counters.bump(Counter::RejectedBadHandshake);
                 tracing::info!(%peer, %room, "upgrade refused: token rejected: {e}");
                 return text(StatusCode::UNAUTHORIZED, "invalid token");
+            }
+        }
+    }
+    // Without a token, the backend's connect proxy (when configured) decides who the client
+    // is from the upgrade request (path, query, forwarded headers such as `Cookie`), before
+    // the 101: `error` → 403, `disconnect` → 401, no answer → 503.
+    if info.user.is_none() && shared.proxy.enabled(Kind::Connect) {
+        match connect_by_proxy(&shared, &req).await {
+            Ok(user) => {
+                if !user.is_empty() {
+                    info = info.with_user(user);
+                }
+            }
+            Err(response) => {
+                shared.counters.bump(Counter::RejectedBadHandshake);
+                tracing::info!(%peer, %room, status = %response.status(), "upgrade refused by the connect proxy");
+                return response;
             }
         }
     }

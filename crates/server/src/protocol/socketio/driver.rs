@@ -27,6 +27,7 @@ use super::engine::{Frame, Session};
 use super::socket::{Sockets, Step};
 use super::SocketIo;
 use crate::conn::driver::{Driver, Ending, Out};
+use crate::proxy::Forwarded;
 use crate::state::Shared;
 
 /// A session that joins no namespace within this time is closed (Socket.IO's default
@@ -133,6 +134,15 @@ impl SocketIoDriver {
             expiry: None,
             end: None,
         }
+    }
+
+    /// Lets the session call the backend's proxy, forwarding `forwarded` (the configured
+    /// headers of the session's first request; `None`: no proxy kind is configured).
+    pub(crate) fn with_proxy(mut self, forwarded: Option<Forwarded>) -> SocketIoDriver {
+        if let Some(forwarded) = forwarded {
+            self.sockets.set_proxy(forwarded);
+        }
+        self
     }
 
     /// Ends the session for `end`: remembered for the close frame and for recovery.
@@ -379,6 +389,7 @@ mod tests {
             admission: Arc::default(),
             webhooks: None,
             broker_metrics: Arc::default(),
+            proxy: Arc::new(crate::proxy::Proxy::new(&config.proxy)),
             config,
         })
     }

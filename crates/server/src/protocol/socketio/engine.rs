@@ -415,6 +415,15 @@ fn identity(peer: SocketAddr) -> Identity {
     }
 }
 
+/// The headers of a session's first request the backend's proxy gets, when a proxy kind
+/// is configured.
+fn forwarded(shared: &Shared, req: &Request<Incoming>) -> Option<crate::proxy::Forwarded> {
+    shared
+        .proxy
+        .any_enabled()
+        .then(|| shared.proxy.forwarded(req.headers()))
+}
+
 /// A new session on the polling transport: the open packet is the answer.
 fn polling_handshake(
     io: &Arc<SocketIo>,
@@ -444,7 +453,8 @@ fn polling_handshake(
         &sid,
         false,
         Some(session),
-    );
+    )
+    .with_proxy(forwarded(&shared, req));
     runtime::spawn(
         transport,
         driver,
@@ -475,11 +485,13 @@ fn websocket_handshake(
     let max = shared.config.socketio.max_payload;
     let conn_shared = Arc::clone(&shared);
     let io = Arc::clone(io);
+    let forwarded = forwarded(&shared, &req);
     admitted.accept(&mut req, &shared, peer, timeout, max, move |ws, slot| {
         let shared = conn_shared;
         let (reader, writer) = ws.split();
         let sid = new_sid(&shared);
-        let driver = SocketIoDriver::new(io, Arc::clone(&shared), peer, &sid, true, None);
+        let driver = SocketIoDriver::new(io, Arc::clone(&shared), peer, &sid, true, None)
+            .with_proxy(forwarded);
         runtime::spawn(
             WsTransport::new(reader, writer),
             driver,

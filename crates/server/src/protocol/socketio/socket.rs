@@ -27,7 +27,9 @@ use super::channels::{self, ChanError};
 use super::engine::random_id;
 use super::recovery::{Ring, Store};
 use crate::conn::driver::Out;
+use crate::proxy::{Answer, Failure, Forwarded, Kind, ProxyRequest};
 use crate::state::Shared;
+use tokio::sync::mpsc;
 
 /// Most outbox deliveries taken at once.
 const BATCH: usize = 64;
@@ -160,6 +162,27 @@ pub(crate) struct Sockets {
     /// The socket whose outbox is polled first next time (round robin, so one busy
     /// namespace does not hold up the others).
     next: u32,
+    /// Calls to the backend's proxy; `None` when no proxy kind is configured (boxed: most
+    /// servers have none).
+    proxy: Option<Box<SioProxy>>,
+}
+
+/// The index [`Sockets::poll_delivery`] reports for "rpc answers are ready".
+pub(crate) const PROXY_ANSWERS: usize = usize::MAX;
+/// Most rpc calls one session may have in flight; more are acknowledged with an error.
+const MAX_CALLS_IN_FLIGHT: usize = 64;
+
+/// An rpc call's answer: the namespace and ack id to answer, and what the backend said.
+type RpcDone = (String, u64, Result<Answer, Failure>);
+
+/// One session's calls to the backend: the forwarded headers of its first request, and
+/// rpc answers coming back from their tasks (so the session goes on meanwhile).
+pub(crate) struct SioProxy {
+    forwarded: Forwarded,
+    tx: mpsc::UnboundedSender<RpcDone>,
+    rx: mpsc::UnboundedReceiver<RpcDone>,
+    ready: Vec<RpcDone>,
+    in_flight: usize,
 }
 
 /// Queues an event shared with other sockets: its frames are made once for all of them.
@@ -189,7 +212,115 @@ impl Sockets {
             connected_once: false,
             store,
             next: 0,
+            proxy: None,
         }
+    }
+
+    /// Lets the session call the backend's proxy with these forwarded headers.
+    pub(crate) fn set_proxy(&mut self, forwarded: Forwarded) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.proxy = Some(Box::new(SioProxy {
+            forwarded,
+            tx,
+            rx,
+            ready: Vec::new(),
+            in_flight: 0,
+        }));
+    }
+
+    /// Acknowledges every rpc answered by the backend: `[data]` on success,
+    /// `[{"error": message, "code": code}]` on refusal, `[{"error": …, "temporary": true}]`
+    /// when the backend did not answer.
+    fn push_answers(&mut self, out: &mut Out) {
+        let Some(proxy) = self.proxy.as_mut() else {
+            return;
+        };
+        for (nsp, id, result) in proxy.ready.drain(..) {
+            proxy.in_flight = proxy.in_flight.saturating_sub(1);
+            let arg = match result {
+                Ok(Answer::Ok(r)) => match r.data_payload() {
+                    Some(p) => serde_json::from_slice(&p.data).unwrap_or(Value::Null),
+                    None => Value::Null,
+                },
+                Ok(Answer::Error(e)) => json!({"error": e.message, "code": e.code}),
+                Ok(Answer::Disconnect(d)) => json!({"error": d.reason, "code": d.code}),
+                Err(f) => json!({"error": f.to_string(), "temporary": true}),
+            };
+            push_packet(out, &Packet::ack(nsp, id, vec![arg], Vec::new()));
+        }
+    }
+
+    /// Asks the connect proxy about a CONNECT without a token: the user, connection info
+    /// and channels it grants, or the message of the `connect_error` to send. Awaited in
+    /// the step: the namespace has nothing to do before it is joined, and the kind's
+    /// timeout bounds the wait.
+    async fn connect_by_proxy(
+        &self,
+        nsp: &str,
+        auth: &Value,
+    ) -> Result<(String, Option<Bytes>, Vec<String>, Option<u64>), String> {
+        let forwarded = self
+            .proxy
+            .as_ref()
+            .map(|p| p.forwarded.clone())
+            .unwrap_or_default();
+        let mut req = ProxyRequest::new(PROTOCOL, "websocket", String::new());
+        if !auth.is_null() {
+            req.data = serde_json::value::to_raw_value(auth).ok();
+        }
+        req.meta = Some(json!({ "namespace": nsp }));
+        match self
+            .shared
+            .proxy
+            .call(Kind::Connect, &forwarded, &req)
+            .await
+        {
+            Ok(Answer::Ok(r)) => {
+                let info = r.info_bytes();
+                let exp = r.expire_at.filter(|&at| at > 0);
+                Ok((r.user.unwrap_or_default(), info, r.channels, exp))
+            }
+            Ok(Answer::Error(e)) => Err(e.message),
+            Ok(Answer::Disconnect(d)) => Err(d.reason),
+            Err(f) => Err(f.to_string()),
+        }
+    }
+
+    /// Sends an event with an ack to the rpc proxy (method = event name, data = the
+    /// arguments); the ack goes out when the answer comes back. False when there is no rpc
+    /// proxy.
+    fn rpc(&mut self, p: &Packet, out: &mut Out) -> bool {
+        let (Some(id), Some(name)) = (p.id, p.event_name()) else {
+            return false;
+        };
+        if !self.shared.proxy.enabled(Kind::Rpc) {
+            return false;
+        }
+        let Some(proxy) = self.proxy.as_mut() else {
+            return false;
+        };
+        if proxy.in_flight >= MAX_CALLS_IN_FLIGHT {
+            let arg = json!({"error": "too many requests", "temporary": true});
+            push_packet(out, &Packet::ack(p.nsp.clone(), id, vec![arg], Vec::new()));
+            return true;
+        }
+        proxy.in_flight += 1;
+        let mut req = ProxyRequest::new(PROTOCOL, "websocket", String::new());
+        if let Some(s) = self.list.iter().find(|s| s.nsp == p.nsp) {
+            req.client = s.handle.id().to_string();
+            req.user = s.handle.info().user.clone().unwrap_or_default();
+        }
+        req.method = name.to_string();
+        req.data = serde_json::value::to_raw_value(&p.args()).ok();
+        let tx = proxy.tx.clone();
+        let forwarded = proxy.forwarded.clone();
+        let shared_proxy = Arc::clone(&self.shared.proxy);
+        let nsp = p.nsp.clone();
+        tokio::spawn(async move {
+            let result = shared_proxy.call(Kind::Rpc, &forwarded, &req).await;
+            let _ = tx.send((nsp, id, result));
+        });
+        true
     }
 
     pub(crate) fn shared(&self) -> &Shared {
@@ -262,6 +393,14 @@ impl Sockets {
         cx: &mut Context<'_>,
         batch: &mut Vec<Delivery>,
     ) -> Poll<(usize, Result<usize, OutboxClosed>)> {
+        if let Some(proxy) = self.proxy.as_mut() {
+            while let Poll::Ready(Some(done)) = proxy.rx.poll_recv(cx) {
+                proxy.ready.push(done);
+            }
+            if !proxy.ready.is_empty() {
+                return Poll::Ready((PROXY_ANSWERS, Ok(0)));
+            }
+        }
         let n = self.list.len();
         for k in 0..n {
             let i = (self.next as usize + k) % n;
@@ -289,6 +428,10 @@ impl Sockets {
         out: &mut Out,
         controls: &mut Controls,
     ) -> Step {
+        if i == PROXY_ANSWERS {
+            self.push_answers(out);
+            return Step::Continue;
+        }
         let recovery = self.recovery();
         let Some(s) = self.list.get_mut(i) else {
             return Step::Continue;
@@ -509,7 +652,22 @@ impl Sockets {
         }
         let token = auth.get("token").and_then(Value::as_str).unwrap_or("");
         let allow_anonymous = self.shared.config.allow_anonymous;
-        let (user, info, token_channels, expires_at) = if token.is_empty() {
+        let by_proxy =
+            token.is_empty() && self.proxy.is_some() && self.shared.proxy.enabled(Kind::Connect);
+        let (user, info, token_channels, expires_at) = if by_proxy {
+            match self.connect_by_proxy(&nsp, &auth).await {
+                Ok((user, _, _, _)) if user.is_empty() && !allow_anonymous => {
+                    push_packet(out, &Packet::connect_error(nsp, "invalid token"));
+                    return;
+                }
+                Ok(granted) => granted,
+                Err(message) => {
+                    tracing::debug!(peer = %self.peer, "socket.io connect refused by the backend: {message}");
+                    push_packet(out, &Packet::connect_error(nsp, &message));
+                    return;
+                }
+            }
+        } else if token.is_empty() {
             if !allow_anonymous {
                 push_packet(out, &Packet::connect_error(nsp, "invalid token"));
                 return;
@@ -519,7 +677,8 @@ impl Sockets {
             match self.shared.verifier.verify_connection_token(token) {
                 Ok(claims) if !claims.sub.is_empty() || allow_anonymous => {
                     let exp = claims.expire_at.or(claims.exp);
-                    (claims.sub, claims.info, claims.channels, exp)
+                    let info = claims.info.map(|i| Bytes::from(i.get().to_owned()));
+                    (claims.sub, info, claims.channels, exp)
                 }
                 Ok(_) => {
                     push_packet(out, &Packet::connect_error(nsp, "invalid token"));
@@ -538,8 +697,8 @@ impl Sockets {
             }
         };
         let mut conn_info = ConnInfo::new(self.peer.to_string(), PROTOCOL).with_user(user);
-        if let Some(info) = &info {
-            conn_info = conn_info.with_conn_info(Bytes::from(info.get().to_owned()));
+        if let Some(info) = info {
+            conn_info = conn_info.with_conn_info(info);
         }
         let (handle, outbox) = match channels::register(&self.shared, conn_info).await {
             Ok(pair) => pair,
@@ -587,6 +746,13 @@ impl Sockets {
     }
 
     async fn event(&mut self, i: usize, p: Packet, out: &mut Out) {
+        let reserved = matches!(
+            p.event_name(),
+            Some("subscribe" | "unsubscribe" | "publish")
+        );
+        if !reserved && self.rpc(&p, out) {
+            return;
+        }
         let shared = &self.shared;
         let s = &mut self.list[i];
         let name = p.event_name().unwrap_or_default();

@@ -1,0 +1,408 @@
+// The backend's proxy (connect, rpc, subscribe, publish) with the unmodified `centrifuge`
+// JS SDK. The backend below is plain Node `http`, written from Centrifugo's documented
+// proxy format (POST JSON; answers `{"result": {...}}`, `{"error": {code, message}}` or
+// `{"disconnect": {code, reason}}`), not from Switchboard's code.
+//
+// Run: SWITCHBOARD_BIN=/abs/path/to/switchboard node --test proxy.test.mjs
+
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Centrifuge } from 'centrifuge';
+import { io } from 'socket.io-client';
+import { WebSocket, startServer, withTimeout, binaryPath } from './lib/harness.mjs';
+
+const SECRET = 'proxy-test-secret';
+
+/** A WebSocket class for the SDK that sends `cookie` with the upgrade request. */
+function cookieSocket(cookie) {
+  return class extends WebSocket {
+    constructor(url, protocols) {
+      super(url, protocols, cookie ? { headers: { Cookie: cookie } } : {});
+    }
+  };
+}
+
+/** The session cookie → user table of the test backend. */
+const SESSIONS = { 'sess-alice': 'alice', 'sess-bob': 'bob' };
+
+function cookieUser(header) {
+  const m = /(?:^|;\s*)session=([^;]+)/.exec(header || '');
+  return m ? SESSIONS[m[1]] : undefined;
+}
+
+/**
+ * The application's backend: one handler per proxy kind, as Centrifugo's docs describe
+ * them. `mode` switches it to misbehave: 'slow' (answers after 3 s) or 'garbage'.
+ */
+function startBackend() {
+  const state = { mode: 'ok', calls: { connect: 0, rpc: 0, subscribe: 0, publish: 0 }, last: {} };
+  const handlers = {
+    connect(req, headers) {
+      if ((headers.cookie || '').includes('session=blocked')) return { error: { code: 1403, message: 'account blocked' } };
+      const user = cookieUser(headers.cookie);
+      if (!user) return { disconnect: { code: 4501, reason: 'no session' } };
+      return { result: { user, info: { name: user.toUpperCase() }, data: { hello: user, sdk: req.data ?? null } } };
+    },
+    rpc(req) {
+      if (req.method === 'sum') {
+        // Centrifugo sends the client's data; Socket.IO clients send their arguments.
+        const sum = Array.isArray(req.data) ? req.data.reduce((x, y) => x + y, 0) : req.data.a + req.data.b;
+        return { result: { data: { sum } } };
+      }
+      if (req.method === 'whoami') return { result: { data: { user: req.user } } };
+      return { error: { code: 1404, message: `no method ${req.method}` } };
+    },
+    subscribe(req) {
+      if (req.channel === 'news:secret') return { error: { code: 1403, message: 'not for you' } };
+      if (req.channel === 'news:welcome') return { result: { data: { welcome: req.user } } };
+      return { result: {} };
+    },
+    publish(req) {
+      const text = String(req.data?.text ?? '');
+      if (text.includes('banned')) return { error: { code: 1400, message: 'banned word' } };
+      if (text.includes('shout')) return { result: { data: { text: text.toUpperCase(), by: req.user } } };
+      return { result: {} };
+    },
+  };
+  const server = http.createServer((req, res) => {
+    let body = '';
+    req.setEncoding('utf8');
+    req.on('data', (d) => (body += d));
+    req.on('end', () => {
+      const kind = req.url.replace(/^\/proxy\//, '');
+      const handler = handlers[kind];
+      if (req.method !== 'POST' || !handler) {
+        res.writeHead(404).end();
+        return;
+      }
+      state.calls[kind] += 1;
+      const parsed = JSON.parse(body);
+      state.last[kind] = { body: parsed, headers: req.headers };
+      const answer = () => {
+        if (state.mode === 'garbage') {
+          res.writeHead(200, { 'content-type': 'text/html' }).end('<html>oops</html>');
+          return;
+        }
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(handler(parsed, req.headers)));
+      };
+      if (state.mode === 'slow') setTimeout(answer, 3000).unref();
+      else answer();
+    });
+  });
+  return new Promise((resolve) => {
+    server.listen(0, '127.0.0.1', () => resolve({ server, state, port: server.address().port }));
+  });
+}
+
+function once(emitter, event, pred = () => true, what = event) {
+  return withTimeout(
+    new Promise((resolve) => {
+      const f = (ctx) => {
+        if (!pred(ctx)) return;
+        emitter.removeListener(event, f);
+        resolve(ctx);
+      };
+      emitter.on(event, f);
+    }),
+    what,
+  );
+}
+
+describe('the backend proxy with the centrifuge SDK', () => {
+  let server;
+  let backend;
+  let dir;
+  const clients = [];
+
+  function client({ cookie, ...opts } = {}) {
+    const c = new Centrifuge(server.wsUrl('/connection/websocket'), {
+      websocket: cookieSocket(cookie),
+      minReconnectDelay: 50,
+      maxReconnectDelay: 200,
+      ...opts,
+    });
+    clients.push(c);
+    return c;
+  }
+
+  async function connected(opts) {
+    const c = client(opts);
+    const p = once(c, 'connected');
+    c.connect();
+    return { c, ctx: await p };
+  }
+
+  before(async () => {
+    backend = await startBackend();
+    const url = (kind) => `http://127.0.0.1:${backend.port}/proxy/${kind}`;
+    dir = mkdtempSync(path.join(tmpdir(), 'sb-proxy-'));
+    const file = path.join(dir, 'switchboard.toml');
+    writeFileSync(
+      file,
+      `
+token_hmac_secret = "${SECRET}"
+[proxy]
+http_headers = ["Cookie"]
+[proxy.connect]
+endpoint = "${url('connect')}"
+timeout = "1s"
+[proxy.rpc]
+endpoint = "${url('rpc')}"
+timeout = "500ms"
+[proxy.subscribe]
+endpoint = "${url('subscribe')}"
+timeout = "1s"
+[proxy.publish]
+endpoint = "${url('publish')}"
+timeout = "1s"
+[channel.default]
+allow_subscribe_for_anonymous = true
+allow_publish_for_subscriber = true
+[channel.namespaces.news]
+proxy_subscribe = true
+proxy_publish = true
+`,
+    );
+    server = await startServer(['--config', file]);
+  });
+
+  after(async () => {
+    for (const c of clients) c.disconnect();
+    const { code } = await server.stop();
+    assert.equal(code, 0, server.stderr());
+    backend.server.closeAllConnections();
+    backend.server.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('connects with a session cookie and no token: the backend names the user', async () => {
+    const { c, ctx } = await connected({ cookie: 'session=sess-alice', data: { theme: 'dark' } });
+    assert.deepEqual(ctx.data, { hello: 'alice', sdk: { theme: 'dark' } });
+    const seen = backend.state.last.connect;
+    assert.equal(seen.headers.cookie, 'session=sess-alice');
+    assert.equal(seen.body.protocol, 'centrifugo');
+    const who = await c.rpc('whoami', {});
+    assert.deepEqual(who.data, { user: 'alice' });
+  });
+
+  it('refuses a connection without the cookie with the backend disconnect code', async () => {
+    const c = client();
+    const down = once(c, 'disconnected');
+    c.connect();
+    const ctx = await down;
+    assert.equal(ctx.code, 4501);
+    assert.equal(ctx.reason, 'no session');
+  });
+
+  it('does not call the backend for a connection with a valid token', async () => {
+    const before = backend.state.calls.connect;
+    const token = execFileSync(binaryPath(), ['token', '--secret', SECRET, '--user', 'carol'], { encoding: 'utf8' }).trim();
+    const { c } = await connected({ token });
+    assert.equal(backend.state.calls.connect, before);
+    const who = await c.rpc('whoami', {});
+    assert.deepEqual(who.data, { user: 'carol' });
+  });
+
+  it('answers rpc from the backend: result and error', async () => {
+    const { c } = await connected({ cookie: 'session=sess-bob' });
+    assert.deepEqual((await c.rpc('sum', { a: 2, b: 40 })).data, { sum: 42 });
+    await assert.rejects(c.rpc('nope', {}), (e) => e.code === 1404 && e.message === 'no method nope');
+  });
+
+  it('subscribe proxy allows, refuses and adds data', async () => {
+    const { c } = await connected({ cookie: 'session=sess-alice' });
+    const open = c.newSubscription('news:open');
+    const ok = once(open, 'subscribed');
+    open.subscribe();
+    await ok;
+    const welcome = c.newSubscription('news:welcome');
+    const w = once(welcome, 'subscribed');
+    welcome.subscribe();
+    assert.deepEqual((await w).data, { welcome: 'alice' });
+    const secret = c.newSubscription('news:secret');
+    const refused = once(secret, 'unsubscribed');
+    secret.subscribe();
+    const ctx = await refused;
+    assert.equal(ctx.code, 1403);
+    assert.equal(backend.state.last.subscribe.body.user, 'alice');
+  });
+
+  it('publish proxy accepts, rejects and rewrites; nothing refused goes out', async () => {
+    const reader = await connected({ cookie: 'session=sess-bob' });
+    const sub = reader.c.newSubscription('news:chat');
+    const got = [];
+    sub.on('publication', (ctx) => got.push(ctx.data));
+    const ok = once(sub, 'subscribed');
+    sub.subscribe();
+    await ok;
+    const { c } = await connected({ cookie: 'session=sess-alice' });
+    await c.publish('news:chat', { text: 'hello' });
+    await assert.rejects(c.publish('news:chat', { text: 'a banned word' }), (e) => e.code === 1400);
+    await c.publish('news:chat', { text: 'shout it' });
+    await withTimeout(
+      new Promise((resolve) => {
+        const t = setInterval(() => got.length >= 2 && (clearInterval(t), resolve()), 20);
+      }),
+      'two publications',
+    );
+    // A marker after the refused one: had it gone out, it would be in between.
+    assert.deepEqual(got, [{ text: 'hello' }, { text: 'SHOUT IT', by: 'alice' }]);
+  });
+
+  /** The upgrade's answer: the WebSocket, or the HTTP status of the refusal and its body. */
+  function rawUpgrade(pathname, cookie) {
+    return withTimeout(
+      new Promise((resolve) => {
+        const ws = new WebSocket(server.wsUrl(pathname), cookie ? { headers: { Cookie: cookie } } : {});
+        ws.on('open', () => resolve({ ws }));
+        ws.on('unexpected-response', (_req, res) => {
+          let body = '';
+          res.on('data', (d) => (body += d));
+          res.on('end', () => resolve({ status: res.statusCode, body }));
+        });
+        ws.on('error', () => {});
+      }),
+      `upgrade of ${pathname}`,
+    );
+  }
+
+  it('raw rooms: the connect proxy accepts a cookie, refuses without (401) or blocked (403)', async () => {
+    const a = await rawUpgrade('/proxyroom?x=1', 'session=sess-alice');
+    assert.ok(a.ws, 'accepted with the cookie');
+    const seen = backend.state.last.connect.body;
+    assert.equal(seen.protocol, 'raw');
+    assert.deepEqual(seen.meta, { path: '/proxyroom', query: 'x=1' });
+    const b = await rawUpgrade('/proxyroom', 'session=sess-bob');
+    const got = new Promise((resolve) => b.ws.once('message', (m) => resolve(String(m))));
+    a.ws.send('hi from alice');
+    assert.equal(await withTimeout(got, 'raw message'), 'hi from alice');
+    a.ws.close();
+    b.ws.close();
+    const none = await rawUpgrade('/proxyroom');
+    assert.equal(none.status, 401);
+    assert.equal(none.body, 'no session');
+    const blocked = await rawUpgrade('/proxyroom', 'session=blocked');
+    assert.equal(blocked.status, 403);
+    assert.equal(blocked.body, 'account blocked');
+  });
+
+  /** A Socket.IO client with `cookie` and `auth`; resolves once connected or refused. */
+  function sio(cookie, auth) {
+    const s = io(server.httpUrl, {
+      forceNew: true,
+      reconnection: false,
+      transports: ['websocket'],
+      auth,
+      extraHeaders: cookie ? { Cookie: cookie } : {},
+    });
+    return withTimeout(
+      new Promise((resolve) => {
+        s.on('connect', () => resolve({ s }));
+        s.on('connect_error', (err) => resolve({ s, err }));
+      }),
+      'socket.io connect',
+    );
+  }
+
+  it('socket.io: CONNECT goes to the connect proxy with auth and cookie; refusal is connect_error', async () => {
+    const { s, err } = await sio('session=sess-alice', { room: 'kitchen' });
+    assert.equal(err, undefined);
+    const seen = backend.state.last.connect;
+    assert.equal(seen.body.protocol, 'socketio');
+    assert.deepEqual(seen.body.data, { room: 'kitchen' });
+    assert.equal(seen.headers.cookie, 'session=sess-alice');
+    // An event with an ack goes to the rpc proxy: method = event name, data = arguments.
+    assert.deepEqual(await s.timeout(5000).emitWithAck('sum', 2, 40), { sum: 42 });
+    assert.deepEqual(backend.state.last.rpc.body.data, [2, 40]);
+    assert.equal(backend.state.last.rpc.body.user, 'alice');
+    assert.deepEqual(await s.timeout(5000).emitWithAck('nope', 1), { error: 'no method nope', code: 1404 });
+    s.disconnect();
+    const refused = await sio(undefined, {});
+    assert.equal(refused.err?.message, 'no session');
+    refused.s.close();
+    const blocked = await sio('session=blocked', {});
+    assert.equal(blocked.err?.message, 'account blocked');
+    blocked.s.close();
+  });
+
+  it('a slow backend: rpc error 100 temporary within the timeout, the connection carries on meanwhile', async () => {
+    const { c } = await connected({ cookie: 'session=sess-alice' });
+    const sub = c.newSubscription('plain');
+    const ok = once(sub, 'subscribed');
+    sub.subscribe();
+    await ok;
+    const other = await connected({ cookie: 'session=sess-bob' });
+    backend.state.mode = 'slow';
+    try {
+      const started = Date.now();
+      const pending = c.rpc('sum', { a: 1, b: 1 }).then(
+        () => null,
+        (e) => ({ e, at: Date.now() }),
+      );
+      // While the call waits, publications still reach the client.
+      const pub = once(sub, 'publication');
+      const oth = other.c.newSubscription('plain');
+      const oo = once(oth, 'subscribed');
+      oth.subscribe();
+      await oo;
+      await oth.publish({ n: 1 });
+      const p = await pub;
+      assert.deepEqual(p.data, { n: 1 });
+      const r = await pending;
+      assert.ok(r, 'the rpc must fail');
+      assert.equal(r.e.code, 100);
+      assert.equal(r.e.temporary, true);
+      assert.ok(r.at - started < 2000, `answered after ${r.at - started} ms`);
+    } finally {
+      backend.state.mode = 'ok';
+    }
+  });
+
+  it('garbage from the backend: error 100 temporary, nothing published', async () => {
+    const { c } = await connected({ cookie: 'session=sess-alice' });
+    backend.state.mode = 'garbage';
+    try {
+      await assert.rejects(c.rpc('sum', { a: 1, b: 2 }), (e) => e.code === 100 && e.temporary === true);
+      await assert.rejects(c.publish('news:chat', { text: 'x' }), (e) => e.code === 100 && e.temporary === true);
+    } finally {
+      backend.state.mode = 'ok';
+    }
+    assert.deepEqual((await c.rpc('sum', { a: 1, b: 2 })).data, { sum: 3 });
+  });
+
+  it('a stopped backend: temporary errors, connected clients carry on', async () => {
+    const { c } = await connected({ cookie: 'session=sess-alice' });
+    const sub = c.newSubscription('plain2');
+    const ok = once(sub, 'subscribed');
+    sub.subscribe();
+    await ok;
+    backend.server.closeAllConnections();
+    await new Promise((resolve) => backend.server.close(resolve));
+    await assert.rejects(c.rpc('sum', { a: 1, b: 2 }), (e) => e.code === 100 && e.temporary === true);
+    // A new client without a token gets a temporary connect error (the SDK retries).
+    const fresh = client({ cookie: 'session=sess-bob' });
+    const err = once(fresh, 'error', (ctx) => ctx.type === 'connect');
+    fresh.connect();
+    const e = await err;
+    assert.equal(e.error.code, 100);
+    assert.equal(e.error.temporary, true);
+    fresh.disconnect();
+    // A raw upgrade is answered 503 before the 101.
+    const raw = await rawUpgrade('/proxyroom', 'session=sess-alice');
+    assert.equal(raw.status, 503);
+    // The connected client still publishes and receives (no proxy on this namespace).
+    const pub = once(sub, 'publication');
+    await sub.publish({ still: 'here' });
+    assert.deepEqual((await pub).data, { still: 'here' });
+    // Counted in /metrics.
+    const metrics = await (await fetch(`${server.httpUrl}/metrics`)).text();
+    assert.match(metrics, /switchboard_proxy_calls_total\{kind="rpc",result="unreachable"\} [1-9]/);
+    assert.match(metrics, /switchboard_proxy_calls_total\{kind="rpc",result="timeout"\} [1-9]/);
+    assert.match(metrics, /switchboard_proxy_call_duration_seconds_count\{kind="connect"\} [1-9]/);
+  });
+});
