@@ -792,11 +792,15 @@ mod tests {
             .expect("the README has the configuration table");
         // Code spans of a cell: `--x N`, `SWITCHBOARD_X`, `x` (an ellipsis abbreviates a
         // second name sharing the first's prefix, e.g. `SWITCHBOARD_A_CERT`, `…_KEY`).
+        // A key inside a table is written `[table] key` and kept whole.
         let spans = |cell: &str| -> Vec<String> {
             cell.split('`')
                 .skip(1)
                 .step_by(2)
-                .map(|s| s.split_whitespace().next().unwrap_or("").to_string())
+                .map(|s| match s.starts_with('[') {
+                    true => s.to_string(),
+                    false => s.split_whitespace().next().unwrap_or("").to_string(),
+                })
                 .collect()
         };
         table
@@ -845,17 +849,26 @@ mod tests {
                     None => listed.clone(),
                 };
                 assert_eq!(&listed, env, "environment variable of {flag}");
-                // The TOML key is the flag's name with underscores, and the parser knows it.
+                // The TOML key is the flag's name with underscores, at the top level or
+                // as `[table] key` (`--proxy-connect-timeout` is `[proxy.connect] timeout`),
+                // and the parser knows it.
                 let key = long.replace('-', "_");
-                assert!(
-                    keys.contains(&key),
-                    "README's TOML key for {flag}: {keys:?}"
-                );
-                let err = toml::from_str::<ServerConfig>(&format!("{key} = []"))
+                let toml_line = keys.iter().find_map(|k| match k.split_once("] ") {
+                    Some((table, name)) => {
+                        let table = table.trim_start_matches('[');
+                        (format!("{}_{name}", table.replace('.', "_")) == key)
+                            .then(|| format!("[{table}]\n{name} = []"))
+                    }
+                    None => (*k == key).then(|| format!("{key} = []")),
+                });
+                let Some(toml_line) = toml_line else {
+                    panic!("README's TOML key for {flag}: {keys:?}");
+                };
+                let err = toml::from_str::<ServerConfig>(&toml_line)
                     .err()
                     .map(|e| e.to_string())
                     .unwrap_or_default();
-                assert!(!err.contains("unknown field"), "{key}: {err}");
+                assert!(!err.contains("unknown field"), "{toml_line}: {err}");
             }
         }
         // Every flag of `serve` is documented, except the config file itself and the

@@ -134,6 +134,12 @@ struct ThreadOut {
 }
 
 pub(crate) fn run_fanout(a: FanoutArgs) -> Result<Summary, BenchError> {
+    if a.flooder && a.protocol == BenchProtocol::Pusher {
+        // A Pusher client may only send client events, which have their own fixed limit.
+        return Err(BenchError::Usage(
+            "--flooder speaks the raw or the Centrifugo protocol, not Pusher".into(),
+        ));
+    }
     run(Cfg {
         scenario: "fanout",
         server_pid: a.common.pid(),
@@ -830,6 +836,7 @@ async fn flooder(cfg: &Cfg, target: &Target, path: &str, channel: &str, plan: Pl
             text[at..at + hex.len()].copy_from_slice(&hex);
             encode_frame(OpCode::Text, &text, mask)
         }
+        BenchProtocol::Pusher => unreachable!("refused by run_fanout"),
     };
     if cfg.protocol == BenchProtocol::Raw {
         patch_payload(&mut frame, mask, 0, &FLOODER_ID.to_le_bytes());
@@ -837,6 +844,7 @@ async fn flooder(cfg: &Cfg, target: &Target, path: &str, channel: &str, plan: Pl
     let greeting = match cfg.protocol {
         BenchProtocol::Raw => Vec::new(),
         BenchProtocol::Centrifugo => centrifugo::greeting(cfg.token.as_deref(), None),
+        BenchProtocol::Pusher => unreachable!("refused by run_fanout"),
     };
     let limit = Duration::from_secs_f64(cfg.connect_timeout);
     let end = tokio::time::Instant::from_std(plan.end);
