@@ -22,7 +22,7 @@ if (mode === 'backend') {
     req.on('end', () => {
       const r = JSON.parse(body);
       const answer = req.url.endsWith('/connect')
-        ? { result: { user: /session=(\w+)/.exec(req.headers.cookie || '')?.[1] || '' } }
+        ? { result: { user: /session=(\w+)/.exec(req.headers.cookie || '')?.[1] || 'bench' } }
         : { result: { data: r.data ?? null } };
       res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(answer));
     });

@@ -185,7 +185,8 @@ proxy_publish = true
     assert.deepEqual(ctx.data, { hello: 'alice', sdk: { theme: 'dark' } });
     const seen = backend.state.last.connect;
     assert.equal(seen.headers.cookie, 'session=sess-alice');
-    assert.equal(seen.body.protocol, 'centrifugo');
+    assert.equal(seen.body.protocol, 'json');
+    assert.equal(seen.body.client_protocol, 'centrifugo-json');
     const who = await c.rpc('whoami', {});
     assert.deepEqual(who.data, { user: 'alice' });
   });
@@ -275,7 +276,7 @@ proxy_publish = true
     const a = await rawUpgrade('/proxyroom?x=1', 'session=sess-alice');
     assert.ok(a.ws, 'accepted with the cookie');
     const seen = backend.state.last.connect.body;
-    assert.equal(seen.protocol, 'raw');
+    assert.equal(seen.client_protocol, 'raw');
     assert.deepEqual(seen.meta, { path: '/proxyroom', query: 'x=1' });
     const b = await rawUpgrade('/proxyroom', 'session=sess-bob');
     const got = new Promise((resolve) => b.ws.once('message', (m) => resolve(String(m))));
@@ -313,7 +314,7 @@ proxy_publish = true
     const { s, err } = await sio('session=sess-alice', { room: 'kitchen' });
     assert.equal(err, undefined);
     const seen = backend.state.last.connect;
-    assert.equal(seen.body.protocol, 'socketio');
+    assert.equal(seen.body.client_protocol, 'socket.io');
     assert.deepEqual(seen.body.data, { room: 'kitchen' });
     assert.equal(seen.headers.cookie, 'session=sess-alice');
     // An event with an ack goes to the rpc proxy: method = event name, data = arguments.

@@ -20,10 +20,13 @@ pub(crate) struct ProxyRequest {
     pub(crate) client: String,
     /// `websocket` or `polling`.
     pub(crate) transport: &'static str,
-    /// The client protocol: `centrifugo`, `socketio`, `raw`.
+    /// The wire format, as in Centrifugo: always `json`.
     pub(crate) protocol: &'static str,
     /// The payload encoding: always `json`.
     pub(crate) encoding: &'static str,
+    /// Which client protocol the connection speaks (`centrifugo-json`, `socket.io`, `raw`);
+    /// a field of ours, which backends written for Centrifugo ignore.
+    pub(crate) client_protocol: &'static str,
     /// The user id, once known (not for `connect`).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub(crate) user: String,
@@ -63,8 +66,9 @@ impl ProxyRequest {
         ProxyRequest {
             client,
             transport,
-            protocol,
+            protocol: "json",
             encoding: "json",
+            client_protocol: protocol,
             ..Default::default()
         }
     }
@@ -247,7 +251,7 @@ mod tests {
         let json = serde_json::to_string(&req).unwrap();
         assert_eq!(
             json,
-            r#"{"client":"c1","transport":"websocket","protocol":"centrifugo","encoding":"json","data":{"a":1}}"#
+            r#"{"client":"c1","transport":"websocket","protocol":"json","encoding":"json","client_protocol":"centrifugo","data":{"a":1}}"#
         );
         let req = ProxyRequest::new("raw", "websocket", String::new())
             .with_payload(&Payload::text("not json"));
