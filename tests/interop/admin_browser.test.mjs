@@ -158,6 +158,8 @@ describe('admin page in Chromium', { skip: HAVE_CHROMIUM ? false : `${CHROMIUM} 
       assert.match(await page.textContent('#legend-connections'), /raw 2\d/);
       if (SCREENSHOT_DIR) {
         mkdirSync(SCREENSHOT_DIR, { recursive: true });
+        // Some seconds of history in the charts, and the channel list refreshed.
+        await page.waitForTimeout(8000);
         await page.screenshot({ path: path.join(SCREENSHOT_DIR, 'admin.png'), fullPage: true });
         const phone = await context.newPage();
         await phone.setViewportSize({ width: 390, height: 844 });

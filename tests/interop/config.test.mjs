@@ -344,3 +344,54 @@ describe('configuration precedence: flag > env > file > default', () => {
     assert.equal(r.welcome, 'from file');
   });
 });
+
+describe('the server\'s own origin and demo mode', () => {
+  /** One Centrifugo JSON command over a plain `ws` socket; resolves with the reply of `id`. */
+  function command(inbox, id, body) {
+    inbox.ws.send(JSON.stringify({ id, ...body }));
+    return inbox.next(`reply ${id}`).then((m) => JSON.parse(m.text));
+  }
+
+  it('allows the page\'s own origin whatever allowed_origins says, and refuses others', async () => {
+    const server = await startServer(['--allowed-origins', 'https://*.example.com']);
+    try {
+      const own = new WebSocket(server.wsUrl('/lobby'), { origin: server.httpUrl });
+      await opened(own);
+      own.close();
+      const other = new WebSocket(server.wsUrl('/lobby'), { origin: 'http://evil.test' });
+      const status = await withTimeout(new Promise((resolve) => {
+        other.on('unexpected-response', (_req, res) => resolve(res.statusCode));
+        other.on('error', () => {});
+      }), 'the refusal');
+      assert.equal(status, 403);
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it('--demo lets anonymous clients use channels with recovery; without it they need a token', async () => {
+    for (const demo of [true, false]) {
+      const server = await startServer(demo ? ['--demo'] : []);
+      try {
+        const ws = new WebSocket(server.wsUrl('/connection/websocket'));
+        ws.on('error', () => {});
+        const inbox = new Inbox(ws);
+        await opened(ws);
+        if (!demo) {
+          ws.send(JSON.stringify({ id: 1, connect: {} }));
+          await inbox.close('the refusal');
+          assert.ok(inbox.closed.code >= 3500 && inbox.closed.code < 4000, `closed with ${inbox.closed.code}`);
+          continue;
+        }
+        const connected = await command(inbox, 1, { connect: {} });
+        assert.ok(connected.connect && connected.connect.client, JSON.stringify(connected));
+        const sub = await command(inbox, 2, { subscribe: { channel: 'demo-room', recover: false } });
+        assert.equal(sub.subscribe.recoverable, true, JSON.stringify(sub));
+        assert.ok(server.stderr().includes('DEMO MODE'), 'demo mode is logged');
+        ws.close();
+      } finally {
+        await server.stop();
+      }
+    }
+  });
+});
