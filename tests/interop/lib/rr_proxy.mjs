@@ -39,6 +39,8 @@ export async function startRoundRobinProxy(backends) {
     req.pipe(upstream);
   });
 
+  // Upgraded connections are no longer the HTTP server's: closing the proxy ends them here.
+  const tunnels = new Set();
   server.on('upgrade', (req, socket, head) => {
     const { host, port } = pick();
     const up = net.connect(port, host, () => {
@@ -54,9 +56,13 @@ export async function startRoundRobinProxy(backends) {
     const end = () => {
       up.destroy();
       socket.destroy();
+      tunnels.delete(end);
     };
+    tunnels.add(end);
     up.on('error', end);
     socket.on('error', end);
+    // Forgotten once closed (the pipes end the other side after what was in flight).
+    socket.on('close', () => tunnels.delete(end));
   });
 
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -68,6 +74,7 @@ export async function startRoundRobinProxy(backends) {
     close: () =>
       new Promise((resolve) => {
         agent.destroy();
+        for (const end of [...tunnels]) end();
         server.closeAllConnections?.();
         server.close(() => resolve());
       }),
