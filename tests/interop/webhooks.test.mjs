@@ -318,6 +318,11 @@ function twoNodes(title, startBroker) {
       assert.equal(hooks.matching('/pusher', is('member_removed', ch, { user_id: 'carol' })).length, 1);
       assert.equal(hooks.matching('/pusher', is('member_removed', ch, { user_id: 'dave' })).length, 1);
       for (const r of hooks.got['/pusher']) assert.equal(r.valid, true);
+      if (redis.cli) {
+        // Nothing is left behind in Redis once the channel is empty everywhere.
+        await until(() => redis.cli('KEYS', 'sb:node:*:oc').filter(Boolean).length === 0, 'occupancy index emptied');
+        assert.deepEqual(redis.cli('KEYS', `sb:{${ch}}:[oun]*`).filter(Boolean), []);
+      }
     });
 
     it('after Redis restarts empty, leaving still sends member_removed and channel_vacated once', async (t) => {

@@ -15,7 +15,7 @@
 //! | `sb:{C}:o` | set | nodes with local members of the channel (cluster-wide occupancy) | entries removed when the node's last member leaves, or when its lease ends |
 //! | `sb:{C}:u` | hash | user id → number of nodes with a connection of that user in the channel | likewise |
 //! | `sb:{C}:n:<node>` | set | users the node has in the channel | likewise |
-//! | `sb:node:<node>:oc` | set | channels where the node holds occupancy entries | removed with the node |
+//! | `sb:node:<node>:oc` | set | channels where the node holds occupancy entries | a channel leaves it when the node holds nothing more in it; removed with the node |
 //! | `sb:ctl` | pub/sub channel | control commands and questions for every node | — |
 //! | `sb:ctl:<node>` | pub/sub channel | answers to the node's questions | — |
 //!
@@ -1579,6 +1579,26 @@ impl Inner {
         Ok(flipped == 1)
     }
 
+    /// Drops `channel` from this node's occupancy index once the node holds nothing in it,
+    /// so the index lists live channels only.
+    async fn unindex_occupancy(&self, channel: &str) -> Result<(), BrokerError> {
+        let idle = {
+            let o = self.occupancy.lock().unwrap_or_else(|e| e.into_inner());
+            !o.channels.contains(channel) && !o.users.contains_key(channel)
+        };
+        if !idle {
+            return Ok(());
+        }
+        let mut cmd = self.cmd()?;
+        bounded(
+            redis::cmd("SREM")
+                .arg(node_occupancy_key(self.prefix, &self.node.id))
+                .arg(channel)
+                .exec_async(&mut cmd),
+        )
+        .await
+    }
+
     /// Writes this node's occupancy entries again (after Redis came back, possibly empty);
     /// flips seen now are not reported: they are not news.
     async fn rewrite_occupancy(&self) -> Result<(), BrokerError> {
@@ -2479,7 +2499,11 @@ impl Broker for RedisBroker {
                     o.channels.remove(channel);
                 }
             }
-            self.inner.occupy(channel, occupied).await
+            let flipped = self.inner.occupy(channel, occupied).await?;
+            if !occupied {
+                self.inner.unindex_occupancy(channel).await?;
+            }
+            Ok(flipped)
         })
     }
 
@@ -2508,7 +2532,11 @@ impl Broker for RedisBroker {
                     }
                 }
             }
-            self.inner.occupy_user(channel, user, present).await
+            let flipped = self.inner.occupy_user(channel, user, present).await?;
+            if !present {
+                self.inner.unindex_occupancy(channel).await?;
+            }
+            Ok(flipped)
         })
     }
 
