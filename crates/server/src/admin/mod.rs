@@ -148,20 +148,17 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         })
 }
 
-/// Whether the request's `Origin`, when it has one, is this server's own (same scheme,
-/// host and port as the `Host` it was sent to).
-fn same_origin(headers: &HeaderMap, tls: bool) -> bool {
+/// Whether the request's `Origin`, when it has one, is this server's own: the host and
+/// port of the `Host` it was sent to (any scheme, so that it works behind a proxy that
+/// terminates TLS).
+fn same_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
     };
-    let (Ok(origin), Some(Ok(host))) = (
-        origin.to_str(),
-        headers.get(header::HOST).map(|h| h.to_str()),
-    ) else {
-        return false;
-    };
-    let scheme = if tls { "https" } else { "http" };
-    origin.eq_ignore_ascii_case(&format!("{scheme}://{host}"))
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    origin
+        .to_str()
+        .is_ok_and(|o| crate::transport::origin::is_own_origin(o, host))
 }
 
 /// A JSON answer.
@@ -201,7 +198,6 @@ impl AdminState {
             return text(StatusCode::NOT_FOUND, "not found");
         };
         let shared = &ctx.shared;
-        let tls = shared.tls.is_some();
         let method = req.method().clone();
         match (method, action.as_str()) {
             (Method::GET | Method::HEAD, "") => page::response(),
@@ -217,7 +213,7 @@ impl AdminState {
                         .get("x-csrf-token")
                         .map(|v| v.as_bytes())
                         .unwrap_or_default();
-                    if !same(token, session.csrf.as_bytes()) || !same_origin(req.headers(), tls) {
+                    if !same(token, session.csrf.as_bytes()) || !same_origin(req.headers()) {
                         tracing::warn!(peer = %ctx.peer, "admin: request refused (CSRF token or Origin)");
                         return error(StatusCode::FORBIDDEN, "bad CSRF token or origin");
                     }
@@ -279,7 +275,7 @@ impl AdminState {
     async fn login(&self, req: Request<Incoming>, ctx: &RequestCtx) -> Response<Body> {
         let shared = &ctx.shared;
         let tls = shared.tls.is_some();
-        if !same_origin(req.headers(), tls) {
+        if !same_origin(req.headers()) {
             return error(StatusCode::FORBIDDEN, "bad origin");
         }
         let ip = crate::transport::upgrade::client_ip(&req, shared, ctx.peer);
@@ -447,23 +443,22 @@ mod tests {
 
     #[test]
     fn origins_must_be_our_own_when_sent() {
-        assert!(same_origin(&headers(&[("host", "h:8080")]), false));
-        assert!(same_origin(
-            &headers(&[("host", "h:8080"), ("origin", "http://h:8080")]),
-            false
-        ));
-        assert!(!same_origin(
-            &headers(&[("host", "h:8080"), ("origin", "http://evil:8080")]),
-            false
-        ));
-        assert!(!same_origin(
-            &headers(&[("host", "h:8080"), ("origin", "http://h:8080")]),
-            true
-        ));
-        assert!(!same_origin(
-            &headers(&[("origin", "http://h:8080")]),
-            false
-        ));
+        let with = |origin: Option<&'static str>| {
+            let mut h = headers(&[("host", "h:8080")]);
+            if let Some(o) = origin {
+                h.insert(header::ORIGIN, HeaderValue::from_static(o));
+            }
+            same_origin(&h)
+        };
+        assert!(with(None), "non-browser clients send no Origin");
+        assert!(with(Some("http://h:8080")));
+        assert!(
+            with(Some("https://h:8080")),
+            "behind a proxy terminating TLS"
+        );
+        assert!(!with(Some("http://evil:8080")));
+        assert!(!with(Some("http://h:8081")));
+        assert!(!same_origin(&headers(&[("origin", "http://h:8080")])));
     }
 
     #[test]
