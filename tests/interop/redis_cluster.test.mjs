@@ -240,6 +240,10 @@ describe('the Redis broker on a Redis Cluster', { skip }, () => {
         `raw_closed=${all.filter((c) => c.kind === 'raw' && c.inbox.closed).length} ` +
         `centrifuge_resubscribed=${resubs.length} recovered=${resubs.filter((s) => s.recovered).length}`,
     );
+    if (failures.length || !drained) {
+      // What the nodes logged (warnings: gaps they could not fill and why).
+      for (const [k, n] of nodes.entries()) t.diagnostic(`node${k} log tail:\n${n.stderr().slice(-3000)}`);
+    }
     assert.deepEqual(failures, [], 'no acknowledged publication lost, none twice, none out of order');
     assert.ok(drained, 'every client got every acknowledged publication');
     for (const c of all.filter((c) => c.kind === 'raw')) assert.equal(c.inbox.closed, null, `raw client on node${c.node} not closed`);

@@ -1418,18 +1418,25 @@ impl Inner {
             .iter()
             .cloned()
             .collect();
+        let before = self.live.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for chunk in channels.chunks(256) {
             self.subscribe_raw(chunk).await?;
         }
         for channel in &channels {
-            self.resync_channel(channel).await?;
+            self.resync_channel(channel, before.get(channel).copied())
+                .await?;
         }
         Ok(())
     }
 
     /// Reports `channel`'s top to the node (which fills what it missed below it) and writes
-    /// this node's presence entries of the channel again.
-    async fn resync_channel(&self, channel: &str) -> Result<(), BrokerError> {
+    /// this node's presence entries of the channel again. `before` is the last position
+    /// handed on live before the subscription was made again.
+    async fn resync_channel(
+        &self,
+        channel: &str,
+        before: Option<StreamPosition>,
+    ) -> Result<(), BrokerError> {
         let Some(handler) = self.handler.get() else {
             return Ok(());
         };
@@ -1450,12 +1457,25 @@ impl Inner {
                     .map(Epoch::from_client)
                     .unwrap_or(Epoch::EMPTY),
             );
-            // Everything up to `top` is delivered by the node's fill from now on: the same
-            // offsets arriving live (sent again by a new master) are dropped.
-            self.live
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(channel.to_string(), top);
+            let top = {
+                let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+                // Publications that arrived on the new subscription while the top was read
+                // are newer than that top: the store has them (it did not go back).
+                let top = match live.get(channel).copied() {
+                    Some(now)
+                        if Some(now) != before
+                            && now.epoch == top.epoch
+                            && now.offset > top.offset =>
+                    {
+                        now
+                    }
+                    _ => top,
+                };
+                // Everything up to `top` is delivered by the node's fill from now on: the
+                // same offsets arriving live (sent again by a new master) are dropped.
+                live.insert(channel.to_string(), top);
+                top
+            };
             handler.on_resync(channel, top);
             let members = handler.local_presence(channel);
             if !members.is_empty() {
@@ -1800,9 +1820,16 @@ impl Inner {
             if !self.still_wanted(&name) {
                 continue;
             }
+            let before = channel_of(name.as_bytes()).and_then(|c| {
+                self.live
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(c)
+                    .copied()
+            });
             let done = match self.subscribe_names(std::slice::from_ref(&name)).await {
                 Ok(()) => match channel_of(name.as_bytes()) {
-                    Some(channel) => self.resync_channel(channel).await,
+                    Some(channel) => self.resync_channel(channel, before).await,
                     None => Ok(()),
                 },
                 Err(e) => Err(e),
