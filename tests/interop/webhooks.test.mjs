@@ -151,7 +151,7 @@ describe('webhooks on one node', () => {
       `secret = "${APP.secret}"`,
       '[[pusher.apps.webhooks]]',
       `url = "${hooks.url('/pusher')}"`,
-      'event_types = ["channel_occupied", "channel_vacated", "member_added", "member_removed", "client_event"]',
+      'event_types = ["channel_occupied", "channel_vacated", "member_added", "member_removed", "client_event", "cache_miss"]',
     ]);
     server = await startServer(['--config', file, '--webhook-timeout', '500ms']);
     api = new PusherServer({ ...APP, host: '127.0.0.1', port: String(server.port), useTLS: false });
@@ -208,6 +208,37 @@ describe('webhooks on one node', () => {
     assert.equal(names[names.length - 1], 'channel_vacated');
     // The `chat` namespace filter keeps Pusher's default-namespace channels away from /all.
     assert.equal(hooks.matching('/all', (e) => e.channel === ch).length, 0);
+  });
+
+  it('a cache channel with nothing cached: pusher:cache_miss to the client and one cache_miss webhook; none once an event is cached', async () => {
+    const ch = `cache-news-${Date.now()}`;
+    const first = pusherClient(server.port, api);
+    closers.push(() => first.disconnect());
+    await connected(first);
+    const firstCh = first.subscribe(ch);
+    await withTimeout(new Promise((r) => firstCh.bind('pusher:cache_miss', r)), 'pusher:cache_miss at the client');
+    const [miss] = await until(() => {
+      const m = hooks.matching('/pusher', is('cache_miss', ch));
+      return m.length ? m : undefined;
+    }, 'cache_miss webhook');
+    assert.equal(miss.channel, ch);
+
+    await api.trigger(ch, 'headline', { text: 'cached' });
+    const second = pusherClient(server.port, api);
+    closers.push(() => second.disconnect());
+    await connected(second);
+    const secondCh = second.subscribe(ch);
+    let missed = false;
+    secondCh.bind('pusher:cache_miss', () => { missed = true; });
+    const replayed = await withTimeout(new Promise((r) => secondCh.bind('headline', r)), 'cached event replayed');
+    assert.deepEqual(replayed, { text: 'cached' });
+    assert.equal(missed, false, 'no cache miss once an event is cached');
+    // Give a wrong second webhook time to arrive before counting.
+    await sleep(1000);
+    assert.equal(hooks.matching('/pusher', is('cache_miss', ch)).length, 1, 'one cache_miss webhook');
+    for (const r of hooks.got['/pusher']) assert.equal(r.valid, true);
+    first.disconnect();
+    second.disconnect();
   });
 
   it('[[webhooks]]: a centrifuge channel occupied and vacated; connect/disconnect of centrifuge and raw ws', async () => {
