@@ -267,10 +267,26 @@ export async function startRedisCluster({ masters = 3, replicas = 1, nodeTimeout
         return /cluster_state:ok/.test(info) && new RegExp(`cluster_known_nodes:${total}\\b`).test(info);
       }, `cluster node ${n.port} to be ready`, 30_000);
     }
-    await poll(async () => {
-      const s = await res.slots();
-      return s.length >= masters && s.every((r) => r.replicas.length === replicas);
-    }, 'every master to have its replicas', 30_000);
+    // Every node's view lists each master's replicas (a client may ask any of them for the
+    // layout), and every replica is in sync: only then is the cluster as the tests assume.
+    for (const n of nodes) {
+      await poll(async () => {
+        const { stdout } = await execFileP('redis-cli', [...tlsArgs, '-p', String(n.port), '--json', 'CLUSTER', 'SLOTS'], {
+          encoding: 'utf8',
+          timeout: 5_000,
+        });
+        const s = JSON.parse(stdout);
+        return s.length >= masters && s.every((r) => r.length - 3 === replicas);
+      }, `cluster node ${n.port} to list every master's replicas`, 30_000);
+    }
+    const layout = await res.slots();
+    for (const port of new Set(layout.flatMap((r) => r.replicas))) {
+      await poll(
+        async () => /master_link_status:up/.test(await cli(port, 'INFO', 'replication')),
+        `replica ${port} in sync`,
+        30_000,
+      );
+    }
   } catch (e) {
     await res.close();
     throw e;
