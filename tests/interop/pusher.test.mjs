@@ -11,6 +11,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Centrifuge } from 'centrifuge';
+import { io } from 'socket.io-client';
 import { startServer, withTimeout, Inbox } from './lib/harness.mjs';
 
 const APP = { appId: 'app-id', key: 'app-key', secret: 'app-secret' };
@@ -66,14 +67,15 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 describe('pusher-js and the pusher SDK', () => {
   before(async () => {
-    // The app from the TOML file (the documented shape); anonymous Centrifugo clients for
-    // the cross-protocol test.
+    // The app from the TOML file (the documented shape); anonymous Centrifugo and Socket.IO
+    // clients (subscribing, and publishing from Socket.IO) for the cross-protocol test.
     const dir = mkdtempSync(path.join(tmpdir(), 'sb-pusher-'));
     const file = path.join(dir, 'config.toml');
     writeFileSync(file, [
       'allow_anonymous = true',
       '[channel.default]',
       'allow_subscribe_for_anonymous = true',
+      'allow_publish_for_subscriber = true',
       '[[pusher.apps]]',
       `id = "${APP.appId}"`,
       `key = "${APP.key}"`,
@@ -266,7 +268,7 @@ describe('pusher-js and the pusher SDK', () => {
     assert.equal(forged.user.user_data, null);
   });
 
-  it('the same channel with a raw ws client and a centrifuge client', async () => {
+  it('the same channel with a raw ws client, a centrifuge client and a socket.io-client', async () => {
     const c = client();
     await connected(c);
     const { ch } = await subscribed(c, 'shared');
@@ -292,6 +294,27 @@ describe('pusher-js and the pusher SDK', () => {
     await api.trigger('shared', 'evt2', 'text');
     assert.deepEqual(await withTimeout(pub, 'centrifuge publication'), { event: 'evt2', data: 'text' });
     cf.disconnect();
+
+    // Socket.IO: a Pusher event arrives as `message` (channel, envelope); what the socket
+    // publishes reaches pusher-js as the event `message`.
+    const sio = io(server.httpUrl, { transports: ['websocket'], reconnection: false });
+    try {
+      await withTimeout(new Promise((resolve, reject) => {
+        sio.on('connect', resolve);
+        sio.on('connect_error', reject);
+      }), 'socket.io connected');
+      const sioGot = withTimeout(new Promise((resolve) => sio.on('message', (...args) => resolve(args))), 'socket.io message');
+      assert.deepEqual(await sio.timeout(5000).emitWithAck('subscribe', 'shared'), { ok: true });
+      await api.trigger('shared', 'evt3', { b: 2 });
+      const [channel, envelope] = await sioGot;
+      assert.equal(channel, 'shared');
+      assert.deepEqual(envelope, { event: 'evt3', data: { b: 2 } });
+      const fromSio = next(ch, 'message');
+      assert.deepEqual(await sio.timeout(5000).emitWithAck('publish', 'shared', { x: 1 }), { ok: true });
+      assert.deepEqual((await fromSio).data, { x: 1 });
+    } finally {
+      sio.disconnect();
+    }
   });
 
   it('an unknown key gets pusher:error 4001', async () => {
