@@ -4,7 +4,6 @@
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import PusherClient from 'pusher-js';
 import PusherServer from 'pusher';
 import WebSocket from 'ws';
 import { mkdtempSync, writeFileSync } from 'node:fs';
@@ -13,6 +12,7 @@ import path from 'node:path';
 import { Centrifuge } from 'centrifuge';
 import { io } from 'socket.io-client';
 import { startServer, withTimeout, Inbox } from './lib/harness.mjs';
+import { pusherClient, connected, subscription as subscribed, nextEvent as next } from './lib/pusher.mjs';
 
 const APP = { appId: 'app-id', key: 'app-key', secret: 'app-secret' };
 
@@ -21,46 +21,13 @@ let api;
 const clients = [];
 
 function client(opts = {}) {
-  const c = new PusherClient(APP.key, {
-    wsHost: '127.0.0.1',
-    wsPort: server.port,
-    forceTLS: false,
-    enabledTransports: ['ws'],
-    cluster: 'mt1',
-    disableStats: true,
-    channelAuthorization: {
-      customHandler: ({ socketId, channelName }, cb) =>
-        cb(null, api.authorizeChannel(socketId, channelName, opts.presence)),
-    },
-    userAuthentication: {
-      customHandler: ({ socketId }, cb) => cb(null, api.authenticateUser(socketId, opts.user || { id: 'nobody' })),
-    },
-    ...opts.extra,
+  const c = pusherClient(APP.key, server.port, {
+    authorize: (socketId, channel) => api.authorizeChannel(socketId, channel, opts.presence),
+    authenticate: (socketId) => api.authenticateUser(socketId, opts.user || { id: 'nobody' }),
+    extra: opts.extra,
   });
   clients.push(c);
   return c;
-}
-
-function connected(c) {
-  return withTimeout(new Promise((resolve) => {
-    if (c.connection.state === 'connected') return resolve();
-    c.connection.bind('connected', resolve);
-  }), 'pusher-js connected');
-}
-
-function subscribed(c, name) {
-  const ch = c.subscribe(name);
-  return withTimeout(new Promise((resolve, reject) => {
-    ch.bind('pusher:subscription_succeeded', (data) => resolve({ ch, data }));
-    ch.bind('pusher:subscription_error', (e) => reject(new Error(`subscription_error ${JSON.stringify(e)}`)));
-  }), `subscribed to ${name}`);
-}
-
-function next(ch, event) {
-  return withTimeout(new Promise((resolve) => ch.bind(event, function h(data, meta) {
-    ch.unbind(event, h);
-    resolve({ data, meta });
-  })), `event ${event}`);
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));

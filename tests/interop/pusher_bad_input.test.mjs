@@ -6,12 +6,12 @@
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import PusherClient from 'pusher-js';
 import PusherServer from 'pusher';
 import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { startServer, withTimeout, Inbox, WebSocket, opened } from './lib/harness.mjs';
+import { pusherClient, connected, subscription } from './lib/pusher.mjs';
 
 const APP = { appId: 'app-id', key: 'app-key', secret: 'app-secret' };
 const QUERY = 'protocol=7&client=js&version=8.4.0';
@@ -23,36 +23,17 @@ let dir;
 const canaries = [];
 
 function canary(user) {
-  const c = new PusherClient(APP.key, {
-    wsHost: '127.0.0.1',
-    wsPort: server.port,
-    forceTLS: false,
-    enabledTransports: ['ws'],
-    cluster: 'mt1',
-    disableStats: true,
-    channelAuthorization: {
-      customHandler: ({ socketId, channelName }, cb) =>
-        cb(null, api.authorizeChannel(socketId, channelName,
-          channelName.startsWith('presence-') ? { user_id: user, user_info: { name: user } } : undefined)),
-    },
+  const c = pusherClient(APP.key, server.port, {
+    authorize: (socketId, channel) => api.authorizeChannel(socketId, channel,
+      channel.startsWith('presence-') ? { user_id: user, user_info: { name: user } } : undefined),
   });
   canaries.push(c);
   return c;
 }
 
-function connected(c) {
-  return withTimeout(new Promise((resolve) => {
-    if (c.connection.state === 'connected') return resolve();
-    c.connection.bind('connected', resolve);
-  }), 'pusher-js connected');
-}
-
-function subscribed(c, name) {
-  const ch = c.subscribe(name);
-  return withTimeout(new Promise((resolve, reject) => {
-    ch.bind('pusher:subscription_succeeded', () => resolve(ch));
-    ch.bind('pusher:subscription_error', (e) => reject(new Error(`subscription_error ${JSON.stringify(e)}`)));
-  }), `subscribed to ${name}`);
+/** Subscribes `c` to `name`: resolves with the channel. */
+async function subscribed(c, name) {
+  return (await subscription(c, name)).ch;
 }
 
 /** Every event `name` on `ch`, recorded. */

@@ -9,12 +9,12 @@
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import PusherClient from 'pusher-js';
 import PusherServer from 'pusher';
 import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { startServer, withTimeout } from './lib/harness.mjs';
+import { pusherClient, connected, subscription as subscribed, nextEvent as next } from './lib/pusher.mjs';
 import { redisAvailable, startRedis } from './lib/redis.mjs';
 import { until } from './lib/cluster.mjs';
 
@@ -32,45 +32,12 @@ describe('pusher on two nodes with Redis', { skip: !haveRedis && 'redis-server i
 
   function client(node, { presence, user } = {}) {
     const sdk = sdks[nodes.indexOf(node)];
-    const c = new PusherClient(APP.key, {
-      wsHost: '127.0.0.1',
-      wsPort: node.port,
-      forceTLS: false,
-      enabledTransports: ['ws'],
-      cluster: 'mt1',
-      disableStats: true,
-      channelAuthorization: {
-        customHandler: ({ socketId, channelName }, cb) => cb(null, sdk.authorizeChannel(socketId, channelName, presence)),
-      },
-      userAuthentication: {
-        customHandler: ({ socketId }, cb) => cb(null, sdk.authenticateUser(socketId, user ?? { id: 'nobody' })),
-      },
+    const c = pusherClient(APP.key, node.port, {
+      authorize: (socketId, channel) => sdk.authorizeChannel(socketId, channel, presence),
+      authenticate: (socketId) => sdk.authenticateUser(socketId, user ?? { id: 'nobody' }),
     });
     clients.push(c);
     return c;
-  }
-
-  function connected(c) {
-    return withTimeout(new Promise((resolve) => {
-      if (c.connection.state === 'connected') return resolve();
-      c.connection.bind('connected', resolve);
-    }), 'pusher-js connected');
-  }
-
-  function subscribed(c, name) {
-    const ch = c.subscribe(name);
-    return withTimeout(new Promise((resolve, reject) => {
-      ch.bind('pusher:subscription_succeeded', (data) => resolve({ ch, data }));
-      ch.bind('pusher:subscription_error', (e) => reject(new Error(`subscription_error ${JSON.stringify(e)}`)));
-    }), `subscribed to ${name}`);
-  }
-
-  function next(ch, event, pred = () => true) {
-    return withTimeout(new Promise((resolve) => ch.bind(event, function h(data, meta) {
-      if (!pred(data)) return;
-      ch.unbind(event, h);
-      resolve({ data, meta });
-    })), `event ${event}`);
   }
 
   async function signedIn(c) {

@@ -14,10 +14,10 @@ import http from 'node:http';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import PusherClient from 'pusher-js';
 import PusherServer from 'pusher';
 import { Centrifuge } from 'centrifuge';
 import { startServer, withTimeout, WebSocket, join } from './lib/harness.mjs';
+import { pusherClient as clientOfApp, connected, subscription } from './lib/pusher.mjs';
 import { redisAvailable, startRedis } from './lib/redis.mjs';
 import { until } from './lib/cluster.mjs';
 import { startRedisCluster } from './lib/redis_ha.mjs';
@@ -74,33 +74,14 @@ async function receiver(secrets, failFirst = {}) {
 }
 
 function pusherClient(port, api, presence) {
-  return new PusherClient(APP.key, {
-    wsHost: '127.0.0.1',
-    wsPort: port,
-    forceTLS: false,
-    enabledTransports: ['ws'],
-    cluster: 'mt1',
-    disableStats: true,
-    channelAuthorization: {
-      customHandler: ({ socketId, channelName }, cb) =>
-        cb(null, api.authorizeChannel(socketId, channelName, presence)),
-    },
+  return clientOfApp(APP.key, port, {
+    authorize: (socketId, channel) => api.authorizeChannel(socketId, channel, presence),
   });
 }
 
-function connected(c) {
-  return withTimeout(new Promise((resolve) => {
-    if (c.connection.state === 'connected') return resolve();
-    c.connection.bind('connected', resolve);
-  }), 'pusher-js connected');
-}
-
-function subscribed(c, name) {
-  const ch = c.subscribe(name);
-  return withTimeout(new Promise((resolve, reject) => {
-    ch.bind('pusher:subscription_succeeded', () => resolve(ch));
-    ch.bind('pusher:subscription_error', (e) => reject(new Error(`subscription_error ${JSON.stringify(e)}`)));
-  }), `subscribed to ${name}`);
+/** Subscribes `c` to `name`: resolves with the channel. */
+async function subscribed(c, name) {
+  return (await subscription(c, name)).ch;
 }
 
 const is = (name, channel, extra = {}) => (e) =>
