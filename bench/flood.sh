@@ -12,66 +12,14 @@
 # `<!-- flood:end -->`; the rest of the file is kept.
 set -euo pipefail
 
-ROUNDS=3
-OUT=""
-KEEP=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --rounds) ROUNDS=$2; shift 2 ;;
-    --out) OUT=$2; shift 2 ;;
-    --keep) KEEP=$2; shift 2 ;;
-    -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
-    *) echo "unknown argument: $1" >&2; exit 2 ;;
-  esac
-done
-
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-OUT="${OUT:-$ROOT/docs/benchmarks.md}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-BIN="$CARGO_TARGET_DIR/release/switchboard"
-
-log() { echo "[flood] $*" >&2; }
-
-log "building switchboard (release)"
-cargo build --release -p switchboard --bin switchboard >&2
-
-PIN_SRV=()
-PIN_GEN=()
-if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
-  PIN_SRV=(taskset -c 0)
-  PIN_GEN=(taskset -c 1)
-fi
+BENCH_NAME=flood
+HELP_LINES=2,12
+# shellcheck source=bench/rounds.sh
+source "$(dirname "${BASH_SOURCE[0]}")/rounds.sh"
 
 # The publisher stays well under the client rate; the flooder is far over it.
 SERVER_ARGS=(--deflate false --log-level error --client-message-rate 200 --client-message-burst 50)
 BENCH_ARGS=(--subs 100 --pubs 1 --rate 100 --size 64 --secs 5 --warmup 1 --drain 2)
-
-WORK=$(mktemp -d)
-SRV_PID=""
-stop_server() {
-  [ -n "$SRV_PID" ] || return 0
-  kill -TERM "$SRV_PID" 2>/dev/null || true
-  wait "$SRV_PID" 2>/dev/null || true
-  SRV_PID=""
-}
-trap 'stop_server; [ -n "$KEEP" ] && mkdir -p "$KEEP" && cp -r "$WORK"/. "$KEEP"/; rm -rf "$WORK"' EXIT
-RESULTS="$WORK/results.jsonl"
-: >"$RESULTS"
-
-start_server() {
-  local out="$WORK/server.out"
-  : >"$out"
-  "${PIN_SRV[@]}" "$BIN" serve --listen 127.0.0.1:0 "${SERVER_ARGS[@]}" >"$out" 2>"$WORK/server.err" &
-  SRV_PID=$!
-  local i
-  for i in $(seq 1 200); do
-    SRV_PORT=$(sed -n -E 's/^Switchboard listening on http:\/\/127\.0\.0\.1:([0-9]+).*/\1/p' "$out" | head -1)
-    [ -n "$SRV_PORT" ] && return 0
-    sleep 0.05
-  done
-  log "server did not start"; cat "$WORK/server.err" >&2
-  return 1
-}
 
 START=$SECONDS
 for round in $(seq 1 "$ROUNDS"); do
@@ -80,7 +28,7 @@ for round in $(seq 1 "$ROUNDS"); do
     log "round $round: flooder $flooder (load $load)"
     extra=()
     [ "$flooder" = yes ] && extra=(--flooder)
-    start_server
+    start_server "${SERVER_ARGS[@]}"
     json=$("${PIN_GEN[@]}" "$BIN" bench fanout --url "ws://127.0.0.1:$SRV_PORT/flood" \
       "${BENCH_ARGS[@]}" "${extra[@]}" --server-pid "$SRV_PID" --json)
     stop_server

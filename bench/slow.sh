@@ -12,35 +12,10 @@
 # `<!-- slow:end -->`; the rest of the file is kept.
 set -euo pipefail
 
-ROUNDS=3
-OUT=""
-KEEP=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --rounds) ROUNDS=$2; shift 2 ;;
-    --out) OUT=$2; shift 2 ;;
-    --keep) KEEP=$2; shift 2 ;;
-    -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
-    *) echo "unknown argument: $1" >&2; exit 2 ;;
-  esac
-done
-
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-OUT="${OUT:-$ROOT/docs/benchmarks.md}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-BIN="$CARGO_TARGET_DIR/release/switchboard"
-
-log() { echo "[slow] $*" >&2; }
-
-log "building switchboard (release)"
-cargo build --release -p switchboard --bin switchboard >&2
-
-PIN_SRV=()
-PIN_GEN=()
-if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
-  PIN_SRV=(taskset -c 0)
-  PIN_GEN=(taskset -c 1)
-fi
+BENCH_NAME=slow
+HELP_LINES=2,13
+# shellcheck source=bench/rounds.sh
+source "$(dirname "${BASH_SOURCE[0]}")/rounds.sh"
 
 # The scenario: 300 subscribers, one publisher at 200 msg/s of 4 KiB (800 KiB/s to every
 # subscriber); a slow subscriber reads 4 KiB every 100 ms (40 KiB/s), so its queue fills within
@@ -50,41 +25,13 @@ SUBS=300
 ARGS=(--subs "$SUBS" --pubs 1 --rate 200 --size 4096 --secs 8 --warmup 1
   --slow-read-bytes 4096 --slow-delay-ms 100 --drain 3)
 
-WORK=$(mktemp -d)
-SRV_PID=""
-stop_server() {
-  [ -n "$SRV_PID" ] || return 0
-  kill -TERM "$SRV_PID" 2>/dev/null || true
-  wait "$SRV_PID" 2>/dev/null || true
-  SRV_PID=""
-}
-trap 'stop_server; [ -n "$KEEP" ] && mkdir -p "$KEEP" && cp -r "$WORK"/. "$KEEP"/; rm -rf "$WORK"' EXIT
-RESULTS="$WORK/results.jsonl"
-: >"$RESULTS"
-
-start_server() {
-  local policy=$1 out="$WORK/server.out"
-  : >"$out"
-  "${PIN_SRV[@]}" "$BIN" serve --listen 127.0.0.1:0 --deflate false --log-level warn \
-    --outbox-max-bytes "$OUTBOX" --slow-consumer "$policy" >"$out" 2>"$WORK/server.err" &
-  SRV_PID=$!
-  local i
-  for i in $(seq 1 200); do
-    SRV_PORT=$(sed -n -E 's/^Switchboard listening on http:\/\/127\.0\.0\.1:([0-9]+).*/\1/p' "$out" | head -1)
-    [ -n "$SRV_PORT" ] && return 0
-    sleep 0.05
-  done
-  log "server did not start"; cat "$WORK/server.err" >&2
-  return 1
-}
-
 START=$SECONDS
 for policy in close drop-oldest; do
   for round in $(seq 1 "$ROUNDS"); do
     for fraction in 0 0.1; do
       load=$(cut -d' ' -f1 /proc/loadavg)
       log "$policy round $round: slow fraction $fraction (load $load)"
-      start_server "$policy"
+      start_server --deflate false --log-level warn --outbox-max-bytes "$OUTBOX" --slow-consumer "$policy"
       json=$("${PIN_GEN[@]}" "$BIN" bench slow --url "ws://127.0.0.1:$SRV_PORT/slow" \
         --slow-fraction "$fraction" "${ARGS[@]}" --server-pid "$SRV_PID" --json)
       stop_server
