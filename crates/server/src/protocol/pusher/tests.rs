@@ -36,7 +36,15 @@ fn driver(node: &Node) -> PusherDriver {
         .hub()
         .register(ConnInfo::new("127.0.0.1:1", wire::PROTOCOL))
         .unwrap();
-    PusherDriver::new(Arc::new(app()), node.clone(), handle, outbox, 25, None, None)
+    PusherDriver::new(
+        Arc::new(app()),
+        node.clone(),
+        handle,
+        outbox,
+        25,
+        None,
+        None,
+    )
 }
 
 /// Every queued frame as JSON, in order (shared publication frames included).
