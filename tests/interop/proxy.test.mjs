@@ -40,7 +40,7 @@ function cookieUser(header) {
  * them. `mode` switches it to misbehave: 'slow' (answers after 3 s) or 'garbage'.
  */
 function startBackend() {
-  const state = { mode: 'ok', calls: { connect: 0, rpc: 0, subscribe: 0, publish: 0 }, last: {} };
+  const state = { mode: 'ok', calls: { connect: 0, rpc: 0, subscribe: 0, publish: 0, sub_refresh: 0 }, last: {}, subExpired: false };
   const handlers = {
     connect(req, headers) {
       if ((headers.cookie || '').includes('session=blocked')) return { error: { code: 1403, message: 'account blocked' } };
@@ -60,7 +60,13 @@ function startBackend() {
     subscribe(req) {
       if (req.channel === 'news:secret') return { error: { code: 1403, message: 'not for you' } };
       if (req.channel === 'news:welcome') return { result: { data: { welcome: req.user } } };
+      // Expires in a second: Centrifugo then asks the sub_refresh proxy.
+      if (req.channel === 'news:short') return { result: { expire_at: Math.floor(Date.now() / 1000) + 1 } };
       return { result: {} };
+    },
+    sub_refresh(req) {
+      if (state.subExpired) return { result: { expired: true } };
+      return { result: { expire_at: Math.floor(Date.now() / 1000) + 1 } };
     },
     publish(req) {
       // Centrifugo clients publish an object; a Socket.IO broadcast sends its arguments
@@ -163,12 +169,16 @@ timeout = "1s"
 [proxy.publish]
 endpoint = "${url('publish')}"
 timeout = "1s"
+[proxy.sub_refresh]
+endpoint = "${url('sub_refresh')}"
+timeout = "1s"
 [channel.default]
 allow_subscribe_for_anonymous = true
 allow_publish_for_subscriber = true
 [channel.namespaces.news]
 proxy_subscribe = true
 proxy_publish = true
+proxy_sub_refresh = true
 `,
     );
     server = await startServer(['--config', file]);
@@ -274,6 +284,38 @@ proxy_publish = true
       `upgrade of ${pathname}`,
     );
   }
+
+  it('sub_refresh proxy: an expiring subscription is renewed by the backend, and ends when it says expired', async () => {
+    const { c } = await connected({ cookie: 'session=sess-alice' });
+    const sub = c.newSubscription('news:short');
+    const ok = once(sub, 'subscribed');
+    sub.subscribe();
+    await ok;
+    const before = backend.state.calls.sub_refresh;
+    await withTimeout(
+      new Promise((resolve) => {
+        const t = setInterval(() => backend.state.calls.sub_refresh >= before + 1 && (clearInterval(t), resolve()), 50);
+      }),
+      'a sub_refresh call',
+    );
+    const seen = backend.state.last.sub_refresh.body;
+    assert.equal(seen.channel, 'news:short');
+    assert.equal(seen.user, 'alice');
+    // Renewed: still subscribed, publications still arrive.
+    assert.equal(sub.state, 'subscribed');
+    const pub = once(sub, 'publication');
+    await c.publish('news:short', { text: 'still here' });
+    assert.deepEqual((await pub).data, { text: 'still here' });
+    // Expired by the backend: unsubscribe push 2501 (the SDK then subscribes again).
+    backend.state.subExpired = true;
+    try {
+      const ctx = await once(sub, 'subscribing', () => true, 'subscribing after expiry');
+      assert.equal(ctx.code, 2501);
+    } finally {
+      backend.state.subExpired = false;
+    }
+    sub.unsubscribe();
+  });
 
   it('raw rooms: the connect proxy accepts a cookie, refuses without (401) or blocked (403)', async () => {
     const a = await rawUpgrade('/proxyroom?x=1', 'session=sess-alice');
