@@ -226,7 +226,7 @@ cargo_stage() {
 
 cargo_stage "cargo fmt --check" fmt SKIP_FMT 120 cargo fmt --all -- --check
 cargo_stage "cargo clippy" clippy SKIP_CLIPPY 1200 cargo clippy --workspace --all-targets -- -D warnings
-cargo_stage "cargo build --release" build SKIP_BUILD 1500 cargo build --release
+cargo_stage "cargo build --release" build SKIP_BUILD 1500 cargo build --release --bins --example chat_backend
 cargo_stage "cargo test" test SKIP_TEST 1500 cargo test --workspace --all-targets
 cargo_stage "cargo doc tests" doctest SKIP_DOCTEST 900 cargo test --workspace --doc
 
@@ -259,7 +259,7 @@ if wanted interop; then
         node --test --test-reporter=spec --test-concurrency=1 "$INTEROP/$file"
     }
     # Suites that need a browser: skipped (not failed) without one.
-    BROWSER_SUITES=(browser.test.mjs browser_channels.test.mjs socketio_browser.test.mjs pusher_browser.test.mjs admin_browser.test.mjs)
+    BROWSER_SUITES=(browser.test.mjs browser_channels.test.mjs socketio_browser.test.mjs pusher_browser.test.mjs admin_browser.test.mjs login_browser.test.mjs)
     build_failed=0
     for s in "${FAILED[@]+"${FAILED[@]}"}"; do [[ "$s" == "cargo build --release" ]] && build_failed=1; done
     if [[ $build_failed -eq 1 ]]; then

@@ -40,7 +40,7 @@ function cookieUser(header) {
  * them. `mode` switches it to misbehave: 'slow' (answers after 3 s) or 'garbage'.
  */
 function startBackend() {
-  const state = { mode: 'ok', calls: { connect: 0, rpc: 0, subscribe: 0, publish: 0 }, last: {} };
+  const state = { mode: 'ok', calls: { connect: 0, rpc: 0, subscribe: 0, publish: 0, sub_refresh: 0 }, last: {}, subExpired: false };
   const handlers = {
     connect(req, headers) {
       if ((headers.cookie || '').includes('session=blocked')) return { error: { code: 1403, message: 'account blocked' } };
@@ -60,10 +60,19 @@ function startBackend() {
     subscribe(req) {
       if (req.channel === 'news:secret') return { error: { code: 1403, message: 'not for you' } };
       if (req.channel === 'news:welcome') return { result: { data: { welcome: req.user } } };
+      // Expires in a second: Centrifugo then asks the sub_refresh proxy.
+      if (req.channel === 'news:short') return { result: { expire_at: Math.floor(Date.now() / 1000) + 1 } };
       return { result: {} };
     },
+    sub_refresh(req) {
+      if (state.subExpired) return { result: { expired: true } };
+      return { result: { expire_at: Math.floor(Date.now() / 1000) + 1 } };
+    },
     publish(req) {
-      const text = String(req.data?.text ?? '');
+      // Centrifugo clients publish an object; a Socket.IO broadcast sends its arguments
+      // (an array); a raw room message that is not JSON arrives as a string.
+      const d = Array.isArray(req.data) ? req.data[0] : req.data;
+      const text = String(typeof d === 'string' ? d : d?.text ?? '');
       if (text.includes('banned')) return { error: { code: 1400, message: 'banned word' } };
       if (text.includes('shout')) return { result: { data: { text: text.toUpperCase(), by: req.user } } };
       return { result: {} };
@@ -160,12 +169,16 @@ timeout = "1s"
 [proxy.publish]
 endpoint = "${url('publish')}"
 timeout = "1s"
+[proxy.sub_refresh]
+endpoint = "${url('sub_refresh')}"
+timeout = "1s"
 [channel.default]
 allow_subscribe_for_anonymous = true
 allow_publish_for_subscriber = true
 [channel.namespaces.news]
 proxy_subscribe = true
 proxy_publish = true
+proxy_sub_refresh = true
 `,
     );
     server = await startServer(['--config', file]);
@@ -271,6 +284,38 @@ proxy_publish = true
       `upgrade of ${pathname}`,
     );
   }
+
+  it('sub_refresh proxy: an expiring subscription is renewed by the backend, and ends when it says expired', async () => {
+    const { c } = await connected({ cookie: 'session=sess-alice' });
+    const sub = c.newSubscription('news:short');
+    const ok = once(sub, 'subscribed');
+    sub.subscribe();
+    await ok;
+    const before = backend.state.calls.sub_refresh;
+    await withTimeout(
+      new Promise((resolve) => {
+        const t = setInterval(() => backend.state.calls.sub_refresh >= before + 1 && (clearInterval(t), resolve()), 50);
+      }),
+      'a sub_refresh call',
+    );
+    const seen = backend.state.last.sub_refresh.body;
+    assert.equal(seen.channel, 'news:short');
+    assert.equal(seen.user, 'alice');
+    // Renewed: still subscribed, publications still arrive.
+    assert.equal(sub.state, 'subscribed');
+    const pub = once(sub, 'publication');
+    await c.publish('news:short', { text: 'still here' });
+    assert.deepEqual((await pub).data, { text: 'still here' });
+    // Expired by the backend: unsubscribe push 2501 (the SDK then subscribes again).
+    backend.state.subExpired = true;
+    try {
+      const ctx = await once(sub, 'subscribing', () => true, 'subscribing after expiry');
+      assert.equal(ctx.code, 2501);
+    } finally {
+      backend.state.subExpired = false;
+    }
+    sub.unsubscribe();
+  });
 
   it('raw rooms: the connect proxy accepts a cookie, refuses without (401) or blocked (403)', async () => {
     const a = await rawUpgrade('/proxyroom?x=1', 'session=sess-alice');
@@ -405,5 +450,175 @@ proxy_publish = true
     assert.match(metrics, /switchboard_proxy_calls_total\{kind="rpc",result="unreachable"\} [1-9]/);
     assert.match(metrics, /switchboard_proxy_calls_total\{kind="rpc",result="timeout"\} [1-9]/);
     assert.match(metrics, /switchboard_proxy_call_duration_seconds_count\{kind="connect"\} [1-9]/);
+  });
+});
+
+describe('the publish proxy for Socket.IO broadcasts and raw rooms', () => {
+  let server;
+  let backend;
+  let dir;
+
+  before(async () => {
+    backend = await startBackend();
+    dir = mkdtempSync(path.join(tmpdir(), 'sb-proxy-pub-'));
+    const file = path.join(dir, 'switchboard.toml');
+    writeFileSync(
+      file,
+      `
+allow_anonymous = true
+[proxy]
+http_headers = ["Cookie"]
+[proxy.publish]
+endpoint = "http://127.0.0.1:${backend.port}/proxy/publish"
+timeout = "500ms"
+[channel.default]
+proxy_publish = true
+`,
+    );
+    server = await startServer(['--config', file]);
+  });
+
+  after(async () => {
+    const { code } = await server.stop();
+    assert.equal(code, 0, server.stderr());
+    backend.server.closeAllConnections();
+    backend.server.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  function sioClient() {
+    const s = io(server.httpUrl, { forceNew: true, reconnection: false, transports: ['websocket'] });
+    return withTimeout(
+      new Promise((resolve, reject) => {
+        s.on('connect', () => resolve(s));
+        s.on('connect_error', reject);
+      }),
+      'socket.io connect',
+    );
+  }
+
+  /** The next `event` on `s`. */
+  function next(s, event) {
+    return withTimeout(new Promise((resolve) => s.once(event, (...args) => resolve(args))), event);
+  }
+
+  function raw(pathname) {
+    return withTimeout(
+      new Promise((resolve, reject) => {
+        const ws = new WebSocket(server.wsUrl(pathname), { headers: { Cookie: 'session=sess-alice' } });
+        ws.on('open', () => resolve(ws));
+        ws.on('error', reject);
+      }),
+      `raw ${pathname}`,
+    );
+  }
+
+  function closed(ws) {
+    return withTimeout(new Promise((resolve) => ws.once('close', (code, reason) => resolve({ code, reason: String(reason) }))), 'close');
+  }
+
+  it('socket.io: broadcasts pass the publish proxy; rejected ones never go out, rewritten ones go out rewritten', async () => {
+    const a = await sioClient();
+    const b = await sioClient();
+    try {
+      const before = backend.state.calls.publish;
+      let got = next(b, 'chat');
+      a.emit('chat', { text: 'hello' });
+      assert.deepEqual(await got, [{ text: 'hello' }]);
+      assert.equal(backend.state.calls.publish, before + 1);
+      const seen = backend.state.last.publish;
+      assert.equal(seen.body.client_protocol, 'socket.io');
+      assert.deepEqual(seen.body.data, [{ text: 'hello' }]);
+      assert.equal(seen.body.method, 'chat');
+      assert.equal(seen.body.channel, 'socket.io/');
+      // Rejected: the ack carries the backend's error; b sees the next accepted event only.
+      got = next(b, 'chat');
+      assert.deepEqual(await a.timeout(5000).emitWithAck('chat', { text: 'a banned word' }), {
+        error: 'banned word',
+        code: 1400,
+      });
+      a.emit('chat', { text: 'no ack, banned too' });
+      a.emit('chat', { text: 'shout it' });
+      // Rewritten: the backend's data (not an array) becomes the only argument.
+      assert.deepEqual(await got, [{ text: 'SHOUT IT' }]);
+      // An accepted broadcast with an ack is acknowledged without arguments.
+      got = next(b, 'chat');
+      assert.deepEqual(await a.timeout(5000).emitWithAck('chat', { text: 'fine' }), undefined);
+      assert.deepEqual(await got, [{ text: 'fine' }]);
+    } finally {
+      a.disconnect();
+      b.disconnect();
+    }
+  });
+
+  it('raw rooms: messages pass the publish proxy; a rejected one closes the sender with 1008 and is not delivered', async () => {
+    const a = await raw('/checked');
+    const b = await raw('/checked');
+    try {
+      const messages = [];
+      b.on('message', (m) => messages.push(String(m)));
+      const firstTwo = withTimeout(
+        new Promise((resolve) => {
+          const t = setInterval(() => messages.length >= 2 && (clearInterval(t), resolve()), 10);
+        }),
+        'two raw messages',
+      );
+      a.send('hello room');
+      a.send('shout this');
+      await firstTwo;
+      assert.equal(messages[0], 'hello room');
+      assert.deepEqual(JSON.parse(messages[1]), { text: 'SHOUT THIS' });
+      assert.equal(backend.state.last.publish.body.channel, 'checked');
+      assert.equal(backend.state.last.publish.headers.cookie, 'session=sess-alice');
+      const aClosed = closed(a);
+      a.send('a banned word');
+      assert.deepEqual(await aClosed, { code: 1008, reason: 'banned word' });
+      // b sends afterwards and gets its own message back (echo): the refused one is not
+      // before it.
+      b.send('after');
+      await withTimeout(
+        new Promise((resolve) => {
+          const t = setInterval(() => messages.length >= 3 && (clearInterval(t), resolve()), 10);
+        }),
+        'echo',
+      );
+      assert.deepEqual(messages, ['hello room', messages[1], 'after']);
+    } finally {
+      a.close();
+      b.close();
+    }
+  });
+
+  it('a slow backend: raw closes 1013 within the timeout, socket.io acks a temporary error; nothing goes out', async () => {
+    const a = await raw('/slow');
+    const b = await raw('/slow');
+    const s1 = await sioClient();
+    const s2 = await sioClient();
+    const leaked = [];
+    b.on('message', (m) => leaked.push(String(m)));
+    s2.on('chat', (x) => leaked.push(x));
+    backend.state.mode = 'slow';
+    try {
+      const started = Date.now();
+      const aClosed = closed(a);
+      a.send('while slow');
+      const c = await aClosed;
+      assert.equal(c.code, 1013);
+      assert.ok(Date.now() - started < 2000, `closed after ${Date.now() - started} ms`);
+      const ack = await s1.timeout(5000).emitWithAck('chat', { text: 'while slow' });
+      assert.equal(ack.temporary, true);
+      assert.match(ack.error, /timed out/);
+    } finally {
+      backend.state.mode = 'ok';
+    }
+    // Past the backend's late answers: nothing was delivered.
+    await new Promise((r) => setTimeout(r, 3200));
+    assert.deepEqual(leaked, []);
+    const metrics = await (await fetch(`${server.httpUrl}/metrics`)).text();
+    assert.match(metrics, /switchboard_proxy_calls_total\{kind="publish",result="timeout"\} [1-9]/);
+    assert.match(metrics, /switchboard_proxy_calls_total\{kind="publish",result="rejected"\} [1-9]/);
+    b.close();
+    s1.disconnect();
+    s2.disconnect();
   });
 });

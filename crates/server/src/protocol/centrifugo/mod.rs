@@ -26,7 +26,9 @@
 //!   verify the new token and move the expiry.
 //! * A subscription made with an expiring token reports `expires`/`ttl`; if its expiry
 //!   passes without a `sub_refresh`, it is removed and the client gets an `unsubscribe`
-//!   push with code 2501 "subscription expired" (the connection stays open).
+//!   push with code 2501 "subscription expired" (the connection stays open). An expiry set
+//!   by the subscribe proxy (`expire_at`) in a `proxy_sub_refresh` namespace goes to the
+//!   sub_refresh proxy instead, whose answer moves it or ends the subscription the same way.
 //! * Once connected, the server sends `{}` every ping interval; a client that sends
 //!   nothing (no pong, no command) within the ping timeout after a ping is closed with 3012
 //!   "no pong".
@@ -245,6 +247,8 @@ struct ProxyCalls {
     in_flight: usize,
     /// The connect proxy accepted this connection: its expiry goes to the refresh proxy.
     proxied_connect: bool,
+    /// Channels whose expiry the subscribe proxy set: it goes to the sub_refresh proxy.
+    proxied_expiry: Vec<String>,
 }
 
 /// What a finished proxy call was for.
@@ -257,6 +261,8 @@ enum PendingOp {
     Subscribe(u32, SubscribeRequest),
     /// The connection's expiry (refresh proxy).
     Refresh,
+    /// A subscription's expiry (sub_refresh proxy), for this channel.
+    SubRefresh(String),
 }
 
 /// A finished proxy call.
@@ -323,6 +329,7 @@ impl CentrifugoDriver {
                 rx,
                 in_flight: 0,
                 proxied_connect: false,
+                proxied_expiry: Vec::new(),
             })
         });
         self
@@ -392,6 +399,9 @@ impl CentrifugoDriver {
         let id = match &op {
             PendingOp::Rpc(id) | PendingOp::Publish(id, ..) | PendingOp::Subscribe(id, _) => *id,
             PendingOp::Refresh => return self.refreshed(result),
+            PendingOp::SubRefresh(channel) => {
+                return self.sub_refreshed(channel.clone(), result, lines)
+            }
         };
         let answer = match result {
             Ok(Answer::Ok(r)) => r,
@@ -424,6 +434,13 @@ impl CentrifugoDriver {
                 } else {
                     match self.join(&req, answer.info_bytes()).await {
                         Ok(mut r) => {
+                            // An expiry from the backend: the sub_refresh proxy is asked then.
+                            if let Some(at) = answer.expire_at.filter(|&at| at > 0) {
+                                self.subs.set_expiry(&req.channel, Some(at));
+                                if let Some(calls) = self.proxy.as_mut() {
+                                    calls.proxied_expiry.push(req.channel.clone());
+                                }
+                            }
                             r.data = answer.data_payload().map(|p| cf::Data::from_payload(&p));
                             Ok(ReplyResult::Subscribe(r))
                         }
@@ -431,7 +448,7 @@ impl CentrifugoDriver {
                     }
                 }
             }
-            PendingOp::Refresh => return Ok(()),
+            PendingOp::Refresh | PendingOp::SubRefresh(_) => return Ok(()),
         };
         lines.push(match result {
             Ok(r) => Reply::ok(id, r).encode(),
@@ -454,6 +471,48 @@ impl CentrifugoDriver {
                 self.expires_at = Some(unix_now() + REFRESH_RETRY_SECS);
                 Ok(())
             }
+        }
+    }
+
+    /// The sub_refresh proxy's answer for a subscription whose expiry passed: a new expiry,
+    /// or the end of the subscription (`expired` or an `error`: unsubscribe push 2501;
+    /// `disconnect`: the connection closes). No answer keeps it and asks again soon.
+    fn sub_refreshed(
+        &mut self,
+        channel: String,
+        result: Result<Answer, Failure>,
+        lines: &mut Vec<Bytes>,
+    ) -> Result<(), Ending> {
+        if !self.subs.contains(&channel) {
+            return Ok(());
+        }
+        match result {
+            Ok(Answer::Ok(r)) if !r.expired => {
+                let at = r.expire_at.filter(|&at| at > 0);
+                self.subs.set_expiry(&channel, at);
+                if at.is_none() {
+                    self.forget_proxied_expiry(&channel);
+                }
+                Ok(())
+            }
+            Ok(Answer::Disconnect(d)) => Err(disconnect(backend_disconnect(d))),
+            Ok(_) => {
+                self.forget_proxied_expiry(&channel);
+                self.subs.set_expiry(&channel, Some(0));
+                self.drop_expired_subs(lines);
+                Ok(())
+            }
+            Err(_) => {
+                self.subs
+                    .set_expiry(&channel, Some(unix_now() + REFRESH_RETRY_SECS));
+                Ok(())
+            }
+        }
+    }
+
+    fn forget_proxied_expiry(&mut self, channel: &str) {
+        if let Some(calls) = self.proxy.as_mut() {
+            calls.proxied_expiry.retain(|c| c != channel);
         }
     }
 
@@ -905,6 +964,28 @@ impl CentrifugoDriver {
     fn drop_expired_subs(&mut self, out: &mut Vec<Bytes>) {
         let now = unix_now();
         for channel in self.subs.expired(now) {
+            let by_proxy = self
+                .proxy
+                .as_ref()
+                .is_some_and(|c| c.proxied_expiry.contains(&channel));
+            if by_proxy && self.proxies(Kind::SubRefresh, &channel) {
+                // Asked once; the answer sets the next expiry or ends the subscription.
+                self.subs.set_expiry(&channel, None);
+                let mut req = self.proxy_request();
+                req.channel = channel.clone();
+                if self
+                    .spawn_call(
+                        Kind::SubRefresh,
+                        req,
+                        PendingOp::SubRefresh(channel.clone()),
+                    )
+                    .is_ok()
+                {
+                    continue;
+                }
+                self.subs.set_expiry(&channel, Some(0));
+            }
+            self.forget_proxied_expiry(&channel);
             if self.subs.remove(&channel) {
                 self.shared.hub.unsubscribe(self.handle(), &channel);
                 tracing::debug!(peer = %self.peer, %channel, "subscription expired");

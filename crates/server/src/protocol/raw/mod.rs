@@ -21,6 +21,14 @@
 //! user or refuses: `error` → HTTP 403, `disconnect` → 401, no answer → 503, all before the
 //! 101.
 //!
+//! In a room whose namespace has `proxy_publish` (with `[proxy.publish]` set), every message
+//! goes to the backend's publish proxy first, in order, one at a time per connection; only
+//! what it accepts is published (its `data`, when it rewrites the message). Raw frames
+//! carry nothing but the application's data, so a refusal is told with the close code: the
+//! message is dropped and the connection closed with `error` → 1008 and the backend's
+//! message, `disconnect` → the backend's code and reason, no answer within the timeout →
+//! 1013 "try again later".
+//!
 //! Server-side subscribe/unsubscribe requests do not apply: a raw connection is exactly one
 //! room, fixed by its path, and its frames carry no channel name.
 use std::borrow::Cow;
@@ -43,7 +51,7 @@ use crate::conn::crash;
 use crate::conn::driver::{Driver, Ending, Out};
 use crate::conn::runtime::{self, Identity, WsTransport};
 use crate::conn::stats::Counter;
-use crate::proxy::{Answer, Kind, ProxyRequest};
+use crate::proxy::{Answer, Forwarded, Kind, Proxy, ProxyRequest};
 use crate::server::MessageHook;
 use crate::state::Shared;
 use crate::transport::http::text;
@@ -226,6 +234,17 @@ async fn upgrade_into_room(
             false
         }
     };
+    let check = (shared.proxy.enabled(Kind::Publish)
+        && shared
+            .config
+            .channel
+            .options(&room)
+            .is_ok_and(|o| o.proxy_publish))
+    .then(|| PublishCheck {
+        proxy: Arc::clone(&shared.proxy),
+        forwarded: shared.proxy.forwarded(req.headers()),
+        user: handle.info().user.clone().unwrap_or_default(),
+    });
     let echo = !query_flag_is_false(req.uri().query(), "echo");
     let room: Arc<str> = room.into();
     let id = handle.id();
@@ -241,7 +260,8 @@ async fn upgrade_into_room(
     let max = shared.config.max_message_size;
     admitted.accept(&mut req, &shared, peer, timeout, max, move |ws, slot| {
         let (reader, writer) = ws.split();
-        let driver = RawDriver::new(rooms, node, handle, outbox, room, opts, joined);
+        let mut driver = RawDriver::new(rooms, node, handle, outbox, room, opts, joined);
+        driver.check = check.map(Box::new);
         let who = Identity {
             peer,
             id,
@@ -257,6 +277,25 @@ async fn upgrade_into_room(
             Some(slot),
         );
     })
+}
+
+/// What a connection in a `proxy_publish` room needs to ask the publish proxy.
+struct PublishCheck {
+    proxy: Arc<Proxy>,
+    forwarded: Forwarded,
+    user: String,
+}
+
+/// How a connection whose message the publish proxy did not accept is closed.
+type Refusal = (u16, Cow<'static, str>);
+
+/// Why the driver's event source stopped: the hub closed the outbox, or the publish proxy
+/// did not accept a message.
+pub(crate) enum Stop {
+    /// The hub closed the outbox, for this reason.
+    Hub(CloseReason),
+    /// The publish proxy did not accept a message: close like this.
+    Refused(Refusal),
 }
 
 /// A message waiting for room in the publisher task's queue.
@@ -282,6 +321,11 @@ pub(crate) struct RawDriver {
     waiting: Option<Waiting>,
     /// Grows with the first batch; an idle connection that never received holds none.
     batch: Vec<Delivery>,
+    /// In a `proxy_publish` room: how to ask the backend (taken when the checking task
+    /// starts).
+    check: Option<Box<PublishCheck>>,
+    /// In a `proxy_publish` room: the checking task's verdict when it refused a message.
+    refused: Option<tokio::sync::oneshot::Receiver<Refusal>>,
 }
 
 impl RawDriver {
@@ -305,6 +349,8 @@ impl RawDriver {
             publisher: None,
             waiting: None,
             batch: Vec::new(),
+            check: None,
+            refused: None,
         }
     }
 
@@ -372,7 +418,7 @@ impl RawDriver {
 }
 
 impl Driver for RawDriver {
-    type Event = Result<(), CloseReason>;
+    type Event = Result<(), Stop>;
 
     fn open(&mut self, out: &mut Out) -> Result<(), Ending> {
         if !self.joined {
@@ -385,7 +431,23 @@ impl Driver for RawDriver {
         if let Some(welcome) = &self.rooms.welcome {
             out.message(welcome.clone());
         }
-        if self.node.is_shared() {
+        if let Some(check) = self.check.take() {
+            // Every message waits for the backend: the checking task takes the place of
+            // the publisher task (same queue, same back-pressure), in both broker modes.
+            let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
+            let (verdict, refused) = tokio::sync::oneshot::channel();
+            tokio::spawn(check_and_publish(
+                *check,
+                self.node.clone(),
+                Arc::clone(&self.room),
+                self.handle.id().to_string(),
+                self.opts,
+                rx,
+                verdict,
+            ));
+            self.publisher = Some(tx);
+            self.refused = Some(refused);
+        } else if self.node.is_shared() {
             let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
             tokio::spawn(publish_in_order(
                 self.node.clone(),
@@ -415,9 +477,17 @@ impl Driver for RawDriver {
     }
 
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Self::Event> {
+        if let Some(refused) = &mut self.refused {
+            match Pin::new(refused).poll(cx) {
+                Poll::Ready(Ok(refusal)) => return Poll::Ready(Err(Stop::Refused(refusal))),
+                // The checking task ended without a refusal: the connection is ending.
+                Poll::Ready(Err(_)) => self.refused = None,
+                Poll::Pending => {}
+            }
+        }
         self.outbox
             .poll_recv_batch(cx, &mut self.batch, BATCH)
-            .map(|r| r.map(|_| ()).map_err(|closed| closed.reason))
+            .map(|r| r.map(|_| ()).map_err(|closed| Stop::Hub(closed.reason)))
     }
 
     fn on_event(
@@ -427,7 +497,8 @@ impl Driver for RawDriver {
     ) -> impl Future<Output = Result<(), Ending>> + Send {
         std::future::ready(match event {
             Ok(()) => self.frame_deliveries(out),
-            Err(reason) => Err(Ending::Hub(reason)),
+            Err(Stop::Hub(reason)) => Err(Ending::Hub(reason)),
+            Err(Stop::Refused((code, reason))) => Err(Ending::Close(code, reason)),
         })
     }
 
@@ -472,6 +543,68 @@ fn publish_when_room(tx: mpsc::Sender<Payload>, payload: Payload) -> Waiting {
         // Fails only once the publisher task is gone, i.e. the connection is ending.
         let _ = tx.send(payload).await;
     })
+}
+
+/// A connection's messages in a `proxy_publish` room: each goes to the publish proxy, in
+/// order, and is published (as the backend's `data` when it rewrote it) only once accepted.
+/// The first message not accepted ends the task with the close to send (see the module
+/// documentation); what the client sent after it is dropped with the connection.
+async fn check_and_publish(
+    check: PublishCheck,
+    node: Node,
+    room: Arc<str>,
+    client: String,
+    opts: PublishOptions,
+    mut rx: mpsc::Receiver<Payload>,
+    verdict: tokio::sync::oneshot::Sender<Refusal>,
+) {
+    while let Some(payload) = rx.recv().await {
+        let mut req =
+            ProxyRequest::new(raw::PROTOCOL, "websocket", client.clone()).with_payload(&payload);
+        req.user = check.user.clone();
+        req.channel = room.to_string();
+        let refusal = match check
+            .proxy
+            .call(Kind::Publish, &check.forwarded, &req)
+            .await
+        {
+            Ok(Answer::Ok(r)) => {
+                let payload = r.data_payload().unwrap_or(payload);
+                if let Err(e) = node.publish(&room, payload, opts, None).await {
+                    tracing::warn!(%room, "message accepted by the publish proxy not published: {e}");
+                }
+                continue;
+            }
+            Ok(Answer::Error(e)) => (CloseCode::POLICY.0, close_reason(e.message)),
+            // A code a close frame may not carry becomes 1008.
+            Ok(Answer::Disconnect(d)) if CloseCode(d.code).is_valid_on_wire() => {
+                (d.code, close_reason(d.reason))
+            }
+            Ok(Answer::Disconnect(d)) => (CloseCode::POLICY.0, close_reason(d.reason)),
+            Err(f) => (
+                TRY_AGAIN_LATER,
+                close_reason(format!("try again later: {f}")),
+            ),
+        };
+        tracing::info!(%room, %client, code = refusal.0, "raw message not accepted by the publish proxy: closing");
+        let _ = verdict.send(refusal);
+        return;
+    }
+}
+
+/// Close code 1013, "try again later" (RFC 6455's registry): the backend did not answer.
+const TRY_AGAIN_LATER: u16 = 1013;
+
+/// A close reason fitting the 123 bytes a close frame allows, cut at a character boundary.
+fn close_reason(mut text: String) -> Cow<'static, str> {
+    if text.len() > 123 {
+        let mut end = 123;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    Cow::Owned(text)
 }
 
 /// A connection's publisher with a shared broker: publishes its messages in order, as many
@@ -543,7 +676,8 @@ mod tests {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         match d.poll_event(&mut cx) {
             Poll::Ready(Ok(())) => d.frame_deliveries(out),
-            Poll::Ready(Err(reason)) => Err(Ending::Hub(reason)),
+            Poll::Ready(Err(Stop::Hub(reason))) => Err(Ending::Hub(reason)),
+            Poll::Ready(Err(Stop::Refused((code, reason)))) => Err(Ending::Close(code, reason)),
             Poll::Pending => Ok(()),
         }
     }

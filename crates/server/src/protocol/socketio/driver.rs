@@ -248,6 +248,10 @@ impl SocketIoDriver {
         (i, r): (usize, Result<usize, OutboxClosed>),
         out: &mut Out,
     ) -> Result<(), Ending> {
+        if i == super::socket::PROXY_ANSWERS {
+            Box::pin(self.sockets.push_answers(out)).await;
+            return Ok(());
+        }
         let mut controls = Vec::new();
         let step = self
             .sockets

@@ -16,7 +16,9 @@ use switchboard_core::{
     CloseReason, ConnHandle, ConnId, ConnInfo, Control, Delivery, Outbox, OutboxClosed,
     Publication, StreamPosition,
 };
-use switchboard_protocols::socketio::mapping::{encode_broadcast, offset_of, publish_payload};
+use switchboard_protocols::socketio::mapping::{
+    encode_broadcast, namespace_channel, offset_of, publish_payload,
+};
 use switchboard_protocols::socketio::{
     encode_publication, is_namespace_channel, Decoder, EncodedEvent, Packet, PacketType, PROTOCOL,
 };
@@ -172,16 +174,31 @@ pub(crate) const PROXY_ANSWERS: usize = usize::MAX;
 /// Most rpc calls one session may have in flight; more are acknowledged with an error.
 const MAX_CALLS_IN_FLIGHT: usize = 64;
 
-/// An rpc call's answer: the namespace and ack id to answer, and what the backend said.
-type RpcDone = (String, u64, Result<Answer, Failure>);
+/// A finished proxy call of a session, with what the backend said.
+enum Done {
+    /// An rpc: the namespace and ack id to answer.
+    Rpc(String, u64, Result<Answer, Failure>),
+    /// A broadcast event held for the publish proxy: it goes out only when accepted.
+    Broadcast(Box<HeldBroadcast>, Result<Answer, Failure>),
+}
+
+/// A broadcast event waiting for the publish proxy's verdict.
+struct HeldBroadcast {
+    nsp: String,
+    /// The client's ack id, if it asked for one.
+    id: Option<u64>,
+    /// The event name followed by its arguments, as on the wire.
+    event: Vec<Value>,
+    attachments: Vec<Bytes>,
+}
 
 /// One session's calls to the backend: the forwarded headers of its first request, and
 /// rpc answers coming back from their tasks (so the session goes on meanwhile).
 pub(crate) struct SioProxy {
     forwarded: Forwarded,
-    tx: mpsc::UnboundedSender<RpcDone>,
-    rx: mpsc::UnboundedReceiver<RpcDone>,
-    ready: Vec<RpcDone>,
+    tx: mpsc::UnboundedSender<Done>,
+    rx: mpsc::UnboundedReceiver<Done>,
+    ready: Vec<Done>,
     in_flight: usize,
 }
 
@@ -189,6 +206,15 @@ pub(crate) struct SioProxy {
 fn push_event(out: &mut Out, ev: &EncodedEvent) {
     for m in ev.prepared() {
         out.prepared(m);
+    }
+}
+
+/// The ack argument for a backend's refusal.
+fn refusal_arg(answer: Answer) -> Value {
+    match answer {
+        Answer::Error(e) => json!({"error": e.message, "code": e.code}),
+        Answer::Disconnect(d) => json!({"error": d.reason, "code": d.code}),
+        Answer::Ok(_) => Value::Null,
     }
 }
 
@@ -228,26 +254,150 @@ impl Sockets {
         }));
     }
 
-    /// Acknowledges every rpc answered by the backend: `[data]` on success,
+    /// Handles every finished proxy call. An rpc is acknowledged: `[data]` on success,
     /// `[{"error": message, "code": code}]` on refusal, `[{"error": …, "temporary": true}]`
-    /// when the backend did not answer.
-    fn push_answers(&mut self, out: &mut Out) {
+    /// when the backend did not answer. A held broadcast goes out when the publish proxy
+    /// accepted it (with the backend's `data` as its arguments when it rewrote them); a
+    /// refusal or no answer drops it, acknowledged with the same error shapes as an rpc
+    /// when the client asked for an ack, logged either way.
+    pub(crate) async fn push_answers(&mut self, out: &mut Out) {
         let Some(proxy) = self.proxy.as_mut() else {
             return;
         };
-        for (nsp, id, result) in proxy.ready.drain(..) {
-            proxy.in_flight = proxy.in_flight.saturating_sub(1);
-            let arg = match result {
-                Ok(Answer::Ok(r)) => match r.data_payload() {
-                    Some(p) => serde_json::from_slice(&p.data).unwrap_or(Value::Null),
-                    None => Value::Null,
-                },
-                Ok(Answer::Error(e)) => json!({"error": e.message, "code": e.code}),
-                Ok(Answer::Disconnect(d)) => json!({"error": d.reason, "code": d.code}),
-                Err(f) => json!({"error": f.to_string(), "temporary": true}),
-            };
-            push_packet(out, &Packet::ack(nsp, id, vec![arg], Vec::new()));
+        let ready = std::mem::take(&mut proxy.ready);
+        proxy.in_flight = proxy.in_flight.saturating_sub(ready.len());
+        for done in ready {
+            match done {
+                Done::Rpc(nsp, id, result) => {
+                    let arg = match result {
+                        Ok(Answer::Ok(r)) => match r.data_payload() {
+                            Some(p) => serde_json::from_slice(&p.data).unwrap_or(Value::Null),
+                            None => Value::Null,
+                        },
+                        Ok(answer) => refusal_arg(answer),
+                        Err(f) => json!({"error": f.to_string(), "temporary": true}),
+                    };
+                    push_packet(out, &Packet::ack(nsp, id, vec![arg], Vec::new()));
+                }
+                Done::Broadcast(held, result) => self.broadcast_held(*held, result, out).await,
+            }
         }
+    }
+
+    /// Sends a held broadcast the publish proxy accepted, or drops it (see
+    /// [`Self::push_answers`]).
+    async fn broadcast_held(
+        &mut self,
+        held: HeldBroadcast,
+        result: Result<Answer, Failure>,
+        out: &mut Out,
+    ) {
+        let HeldBroadcast {
+            nsp,
+            id,
+            mut event,
+            attachments,
+        } = held;
+        let outcome = match result {
+            Ok(Answer::Ok(r)) => {
+                // A rewrite: an array replaces the arguments, any other value becomes the
+                // only one.
+                if let Some(p) = r.data_payload() {
+                    if let Ok(v) = serde_json::from_slice::<Value>(&p.data) {
+                        event.truncate(1);
+                        match v {
+                            Value::Array(a) => event.extend(a),
+                            v => event.push(v),
+                        }
+                    }
+                }
+                match self.list.iter().find(|s| s.nsp == nsp) {
+                    // The socket left its namespace while the backend was asked.
+                    None => return,
+                    Some(s) => {
+                        let payload = encode_broadcast(&event, &attachments);
+                        channels::broadcast(
+                            &self.shared,
+                            &s.handle,
+                            &s.nsp,
+                            payload,
+                            s.exclude_sender,
+                        )
+                        .await
+                        .map_err(|e| json!({"error": e.message()}))
+                    }
+                }
+            }
+            Ok(answer) => {
+                tracing::info!(%nsp, peer = %self.peer, "socket.io: broadcast refused by the publish proxy");
+                Err(refusal_arg(answer))
+            }
+            Err(f) => {
+                tracing::info!(%nsp, peer = %self.peer, "socket.io: broadcast dropped, publish proxy failed: {f}");
+                Err(json!({"error": f.to_string(), "temporary": true}))
+            }
+        };
+        if let Some(id) = id {
+            let args = match outcome {
+                Ok(()) => Vec::new(),
+                Err(e) => vec![e],
+            };
+            push_packet(out, &Packet::ack(nsp, id, args, Vec::new()));
+        }
+    }
+
+    /// Whether broadcasts in namespace `nsp` go to the publish proxy first (the switch of
+    /// the namespace its broadcast channel belongs to).
+    fn proxies_broadcast(&self, nsp: &str) -> bool {
+        self.proxy.is_some()
+            && self.shared.proxy.enabled(Kind::Publish)
+            && self
+                .shared
+                .config
+                .channel
+                .options(&namespace_channel(nsp))
+                .is_ok_and(|o| o.proxy_publish)
+    }
+
+    /// Holds a broadcast event of socket `i` for the publish proxy: the call runs on its
+    /// own task, the event goes out (or not) when the answer comes back.
+    fn hold_broadcast(&mut self, i: usize, p: Packet, out: &mut Out) {
+        let s = &self.list[i];
+        let mut req = ProxyRequest::new(PROTOCOL, "websocket", s.handle.id().to_string());
+        req.user = s.handle.info().user.clone().unwrap_or_default();
+        req.channel = namespace_channel(&s.nsp);
+        // The backend sees the arguments as `data` and the event name as `method`.
+        req.method = p.event_name().unwrap_or_default().to_string();
+        req.data = serde_json::value::to_raw_value(p.args()).ok();
+        let event = match p.data {
+            Some(Value::Array(a)) => a,
+            _ => Vec::new(),
+        };
+        let Some(proxy) = self.proxy.as_mut() else {
+            return;
+        };
+        if proxy.in_flight >= MAX_CALLS_IN_FLIGHT {
+            tracing::info!(nsp = %p.nsp, "socket.io: broadcast dropped, too many proxy calls in flight");
+            if let Some(id) = p.id {
+                let arg = json!({"error": "too many requests", "temporary": true});
+                push_packet(out, &Packet::ack(p.nsp, id, vec![arg], Vec::new()));
+            }
+            return;
+        }
+        proxy.in_flight += 1;
+        let held = Box::new(HeldBroadcast {
+            nsp: p.nsp,
+            id: p.id,
+            event,
+            attachments: p.attachments,
+        });
+        let tx = proxy.tx.clone();
+        let forwarded = proxy.forwarded.clone();
+        let shared_proxy = Arc::clone(&self.shared.proxy);
+        tokio::spawn(async move {
+            let result = shared_proxy.call(Kind::Publish, &forwarded, &req).await;
+            let _ = tx.send(Done::Broadcast(held, result));
+        });
     }
 
     /// Asks the connect proxy about a CONNECT without a token: the user, connection info
@@ -318,7 +468,7 @@ impl Sockets {
         let nsp = p.nsp.clone();
         tokio::spawn(async move {
             let result = shared_proxy.call(Kind::Rpc, &forwarded, &req).await;
-            let _ = tx.send((nsp, id, result));
+            let _ = tx.send(Done::Rpc(nsp, id, result));
         });
         true
     }
@@ -429,7 +579,7 @@ impl Sockets {
         controls: &mut Controls,
     ) -> Step {
         if i == PROXY_ANSWERS {
-            self.push_answers(out);
+            // Answered by the driver ([`Self::push_answers`]): it may publish.
             return Step::Continue;
         }
         let recovery = self.recovery();
@@ -753,7 +903,22 @@ impl Sockets {
         if !reserved && self.rpc(&p, out) {
             return;
         }
+        if !reserved && self.proxies_broadcast(&self.list[i].nsp) {
+            // Nothing goes out before the backend accepts it.
+            self.hold_broadcast(i, p, out);
+            return;
+        }
         let shared = &self.shared;
+        // The reserved `publish` does not go to the publish proxy (yet): in a namespace
+        // that wants every publication checked, it is refused rather than let through.
+        let unchecked = |c: &str| {
+            shared.proxy.enabled(Kind::Publish)
+                && shared
+                    .config
+                    .channel
+                    .options(c)
+                    .is_ok_and(|o| o.proxy_publish)
+        };
         let s = &mut self.list[i];
         let name = p.event_name().unwrap_or_default();
         let args = p.args();
@@ -778,6 +943,7 @@ impl Sockets {
                 None => Err(ChanError::UnknownChannel),
             }),
             "publish" => Some(match (channel, args.get(1)) {
+                (Some(c), Some(_)) if unchecked(c) => Err(ChanError::PermissionDenied),
                 (Some(c), Some(data)) => {
                     let payload = publish_payload(data, &p.attachments);
                     channels::publish(shared, &s.handle, c, payload).await
