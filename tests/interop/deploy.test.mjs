@@ -191,6 +191,15 @@ async function rollingDeploy(drainSecs) {
       await everyoneBack(`every client back after node${i} was replaced`);
       log(`node${i}: replaced, every client back`);
       const moved = (await acceptsSince(t0)).map((t) => t - t0);
+      // Which kinds of client make up the busiest 100 ms of this step.
+      const top = peak(moved).peakAtMs;
+      const byKind = {};
+      for (const a of await askAll('accepts')) {
+        for (const [kind, times] of Object.entries(a.acceptsByKind)) {
+          const n = times.filter((t) => t - t0 >= top && t - t0 < top + BUCKET_MS).length;
+          byKind[kind] = (byKind[kind] || 0) + n;
+        }
+      }
       result.steps.push({
         node: i,
         exitedAfterMs: Math.round(exitedAfter),
@@ -198,6 +207,7 @@ async function rollingDeploy(drainSecs) {
         firstMs: Math.round(Math.min(...moved)),
         lastMs: Math.round(Math.max(...moved)),
         ...peak(moved),
+        peakByKind: byKind,
       });
       replacing = -1;
       await sleep(300);

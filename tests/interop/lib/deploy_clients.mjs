@@ -27,7 +27,13 @@ async function until(pred, what, ms) {
 
 /** Every (re)connection's time. */
 const accepts = [];
-const accepted = () => accepts.push(now());
+/** The same times by kind of client: raw, centrifuge, socketio. */
+const acceptsByKind = { raw: [], centrifuge: [], socketio: [] };
+const accepted = (kind) => {
+  const t = now();
+  accepts.push(t);
+  acceptsByKind[kind].push(t);
+};
 
 // Raw clients: a list of nodes, the next one when theirs goes (or refuses).
 const rawClient = (k) => {
@@ -40,7 +46,7 @@ const rawClient = (k) => {
     ws.on('open', () => {
       opened = true;
       c.open = true;
-      accepted();
+      accepted('raw');
     });
     ws.on('error', () => {});
     ws.on('close', (code) => {
@@ -100,7 +106,7 @@ const centClient = (k) => {
   sub.on('subscribing', () => {
     c.subscribedNow = false;
   });
-  client.on('connected', accepted);
+  client.on('connected', () => accepted('centrifuge'));
   client.on('disconnected', (ctx) => {
     c.codes[ctx.code] = (c.codes[ctx.code] || 0) + 1;
   });
@@ -130,7 +136,7 @@ const sioClient = () => {
     reconnectionDelayMax: 1000,
   });
   s.on('connect', () => {
-    accepted();
+    accepted('socketio');
     c.joined = false;
     s.emitWithAck('subscribe', channel).then(
       () => {
@@ -232,7 +238,7 @@ parentPort.on('message', async ({ id, type, published }) => {
       const n = notReady();
       parentPort.postMessage({ id, ready: n.raw + n.centrifuge + n.socketio === 0, notReady: n });
     } else if (type === 'accepts') {
-      parentPort.postMessage({ id, accepts });
+      parentPort.postMessage({ id, accepts, acceptsByKind });
     } else if (type === 'final') {
       parentPort.postMessage({ id, ...(await final(published)) });
     } else if (type === 'stop') {
