@@ -445,16 +445,23 @@ async fn drain(shared: &Shared, window: std::time::Duration) {
             }
         }
     };
+    // Each wake-up tells every connection whose moment has come, so a node that is
+    // scheduled late (a busy machine) catches up at once instead of falling further behind
+    // one timer per connection and leaving the rest to the final close at the deadline.
     let step = std::time::Duration::from_millis(100);
-    for (at, id) in plan {
-        while tokio::time::Instant::now() + step < start + at {
-            tokio::time::sleep(step).await;
+    let mut plan = plan.into_iter().peekable();
+    while let Some(&(next_at, _)) = plan.peek() {
+        let now = tokio::time::Instant::now();
+        if start + next_at > now {
+            tokio::time::sleep_until((start + next_at).min(now + step)).await;
             tell_late(&mut told);
+            continue;
         }
-        tokio::time::sleep_until(start + at).await;
-        shared
-            .hub
-            .disconnect(id, switchboard_core::CloseReason::Restart);
+        while let Some((_, id)) = plan.next_if(|&(at, _)| start + at <= now) {
+            shared
+                .hub
+                .disconnect(id, switchboard_core::CloseReason::Restart);
+        }
     }
     let deadline = start + window;
     while shared.counters.active() > 0 && tokio::time::Instant::now() < deadline {
