@@ -711,7 +711,12 @@ impl Driver for PusherDriver {
 
     async fn on_message(&mut self, msg: Message, out: &mut Out) -> Result<(), Ending> {
         match msg {
-            Message::Text(frame) | Message::Binary(frame) => self.message(&frame, out).await,
+            // Boxed: what a message waits on (the node, for subscribe, sign-in and client
+            // events) would otherwise widen the future every idle connection keeps; clients
+            // send few messages, so one allocation each is cheap (docs/benchmarks.md).
+            Message::Text(frame) | Message::Binary(frame) => {
+                Box::pin(self.message(&frame, out)).await
+            }
             Message::Ping(_) | Message::Pong(_) | Message::Close(_) => Ok(()),
         }
     }
