@@ -16,10 +16,9 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
+import { CHROMIUM, launchChromium } from './lib/chromium.mjs';
 import { WebSocket, Inbox, binaryPath, join, opened, startServer, withTimeout, REPO_ROOT, WAIT_MS } from './lib/harness.mjs';
 
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const HAVE_CHROMIUM = existsSync(CHROMIUM);
 const SCREENSHOT_DIR = process.env.SCREENSHOT_DIR ? path.resolve(REPO_ROOT, process.env.SCREENSHOT_DIR) : null;
 const PASSWORD = 'correct horse battery staple';
@@ -50,22 +49,7 @@ describe('admin page in Chromium', { skip: HAVE_CHROMIUM ? false : `${CHROMIUM} 
   before(async () => {
     server = await startServer(['--admin-password', PASSWORD, '--token-hmac-secret', SECRET]);
     userDataDir = mkdtempSync(path.join(tmpdir(), 'switchboard-chromium-'));
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      timeout: 60_000,
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-        `--disk-cache-dir=${path.join(userDataDir, 'cache')}`,
-      ],
-    });
+    browser = await launchChromium(path.join(userDataDir, 'cache'));
     context = await browser.newContext({ viewport: { width: 1280, height: 1000 } });
     page = await context.newPage();
     page.on('pageerror', (err) => pageErrors.push(err.message));

@@ -14,10 +14,9 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
+import { CHROMIUM, launchChromium } from './lib/chromium.mjs';
 import { WebSocket, startServer, opened, REPO_ROOT, WAIT_MS } from './lib/harness.mjs';
 
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const HAVE_CHROMIUM = existsSync(CHROMIUM);
 // Screenshots go to a temporary folder, so that running the tests never changes tracked
 // files; `SCREENSHOT_DIR=docs/screenshots` (relative to the repository) refreshes the ones
@@ -74,22 +73,7 @@ describe('chat page in Chromium', { skip: HAVE_CHROMIUM ? false : `${CHROMIUM} n
   before(async () => {
     server = await startServer();
     userDataDir = mkdtempSync(path.join(tmpdir(), 'switchboard-chromium-'));
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      timeout: 60_000,
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-        `--disk-cache-dir=${path.join(userDataDir, 'cache')}`,
-      ],
-    });
+    browser = await launchChromium(path.join(userDataDir, 'cache'));
   });
   afterEach(() => {
     assert.deepEqual(pageErrors.splice(0), [], 'the chat page threw errors');

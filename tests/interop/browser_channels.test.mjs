@@ -19,10 +19,9 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
+import { CHROMIUM, launchChromium } from './lib/chromium.mjs';
 import { WebSocket, Inbox, startServer, opened, binaryPath, REPO_ROOT, WAIT_MS } from './lib/harness.mjs';
 
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const HAVE_CHROMIUM = existsSync(CHROMIUM);
 // Screenshots go to a temporary folder, so that running the tests never changes tracked
 // files; `SCREENSHOT_DIR=docs/screenshots` (relative to the repository) refreshes the ones
@@ -142,22 +141,7 @@ describe('chat page over the Centrifugo protocol in Chromium', { skip: HAVE_CHRO
     const file = path.join(dir, 'switchboard.toml');
     writeFileSync(file, CONFIG);
     server = await startServer(['--config', file]);
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      timeout: 60_000,
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-        `--disk-cache-dir=${path.join(dir, 'cache')}`,
-      ],
-    });
+    browser = await launchChromium(path.join(dir, 'cache'));
   });
   afterEach(() => {
     assert.deepEqual(pageErrors.splice(0), [], 'the chat page threw errors');
