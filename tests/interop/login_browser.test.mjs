@@ -17,10 +17,9 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
 import { startServer, binaryPath, withTimeout, REPO_ROOT, WAIT_MS } from './lib/harness.mjs';
+import { CHROMIUM, launchChromium } from './lib/chromium.mjs';
 
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const HAVE_CHROMIUM = existsSync(CHROMIUM);
 const BACKEND_BIN = path.join(path.dirname(binaryPath()), 'examples', 'chat_backend');
 const SCREENSHOT_DIR = process.env.SCREENSHOT_DIR
@@ -75,7 +74,7 @@ describe('login through the backend in Chromium', { skip: HAVE_CHROMIUM ? false 
     writeFileSync(file, config);
     server = await startServer(['--config', file]);
     backend = await startBackend(port, `${server.httpUrl}/`);
-    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, timeout: 60_000 });
+    browser = await launchChromium();
   });
 
   after(async () => {

@@ -13,11 +13,10 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
 import PusherServer from 'pusher';
 import { startServer, REPO_ROOT, WAIT_MS } from './lib/harness.mjs';
+import { CHROMIUM, launchChromium } from './lib/chromium.mjs';
 
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const HAVE_CHROMIUM = existsSync(CHROMIUM);
 const MODULES = path.join(REPO_ROOT, 'tests', 'interop', 'node_modules');
 const PUSHER_JS = path.join(MODULES, 'pusher-js', 'dist', 'web', 'pusher.min.js');
@@ -85,12 +84,7 @@ describe('Laravel Echo + pusher-js in Chromium', { skip: HAVE_CHROMIUM ? false :
     });
     await new Promise((resolve) => backend.listen(0, '127.0.0.1', resolve));
     backendUrl = `http://127.0.0.1:${backend.address().port}`;
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      timeout: 60_000,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run'],
-    });
+    browser = await launchChromium();
   });
 
   after(async () => {

@@ -11,10 +11,9 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
 import { startServer, REPO_ROOT, WAIT_MS, withTimeout } from './lib/harness.mjs';
+import { CHROMIUM, launchChromium } from './lib/chromium.mjs';
 
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const HAVE_CHROMIUM = existsSync(CHROMIUM);
 const CLIENT = path.join(REPO_ROOT, 'tests', 'interop', 'node_modules', 'socket.io-client', 'dist', 'socket.io.min.js');
 const API_KEY = 'browser-sio-key';
@@ -46,12 +45,7 @@ describe('socket.io-client in Chromium', { skip: HAVE_CHROMIUM ? false : `${CHRO
     // A second server only to give the pages another origin, so every polling request to
     // `server` is cross-origin and needs its CORS answers.
     pageOrigin = await startServer();
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      timeout: 60_000,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run'],
-    });
+    browser = await launchChromium();
   });
 
   after(async () => {
