@@ -2,10 +2,9 @@
 """The unmodified Python `pusher` server SDK (PyPI) against the real switchboard binary's
 Pusher HTTP API, with an unmodified `pusher-js` client (driven by lib/pusher_listen.mjs)
 receiving: trigger, trigger_batch, socket_id exclusion, a private channel authorized with
-the SDK's signature, channel queries, and send_to_user after a sign-in signed by the SDK.
-(The SDK's terminate_user_connections, 3.3, posts to `/users/{id}/terminate_connections`
-without the `/apps/{id}` prefix of Pusher's HTTP API, so it is not exercised here; the Node
-SDK's is, in pusher.test.mjs and pusher_cluster.test.mjs.)
+the SDK's signature, channel queries, send_to_user after a sign-in signed by the SDK, and
+terminate_user_connections (which this SDK, 3.3, posts to `/users/{id}/terminate_connections`,
+without the `/apps/{id}` prefix; the server takes the app from the request's `auth_key`).
 
 Run: SWITCHBOARD_BIN=/abs/path/to/switchboard .venv/bin/python pusher_sdk.py
 """
@@ -135,11 +134,26 @@ async def test_send_to_user(server: Server, js: Listener, socket_id: str):
     assert m == {"user_event": "notice", "data": {"text": "for you"}}, m
 
 
+async def test_terminate_user_connections(server: Server, js: Listener, socket_id: str):
+    # Signed with another secret: refused, the user's connection stays.
+    try:
+        await asyncio.to_thread(sdk(server, "wrong").terminate_user_connections, "py-user")
+        raise AssertionError("a request signed with a wrong secret was accepted")
+    except pusher.errors.PusherBadAuth:
+        pass
+    await asyncio.to_thread(sdk(server).terminate_user_connections, "py-user")
+    # pusher-js leaves the connected state: its connection was closed by the server.
+    m = await js.until("state", lambda m: m["state"] != "connected")
+    assert m["state"] in ("disconnected", "connecting", "unavailable", "failed"), m
+
+
 TESTS = [
     test_trigger_batch_and_exclusion,
     test_private_channel_signed_by_the_sdk,
     test_channel_queries,
     test_send_to_user,
+    # Last: it ends the listener's connection.
+    test_terminate_user_connections,
 ]
 
 

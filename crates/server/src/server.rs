@@ -196,7 +196,12 @@ fn endpoints(config: &ServerConfig, on_message: Option<MessageHook>) -> Router {
         .register(Arc::new(crate::protocol::pusher::PusherSocket(
             pusher.clone(),
         )))
-        .register(Arc::new(crate::protocol::pusher::api::PusherApi(pusher)))
+        .register(Arc::new(crate::protocol::pusher::api::PusherApi(
+            pusher.clone(),
+        )))
+        .register(Arc::new(crate::protocol::pusher::api::PusherUserApi(
+            pusher,
+        )))
         .register(Arc::new(Arc::new(RawRooms::new(
             config.welcome.clone(),
             on_message,

@@ -4,6 +4,8 @@
 //! timestamp is 401; an unknown app 404. Everything covers every node: channel counts come
 //! from a survey of the nodes (`crate::api::cluster`), presence from the core, and
 //! `terminate_connections` is the server API's disconnect-by-user, sent to every node.
+//! That call is also served at `/users/{id}/terminate_connections` (the app named by the
+//! request's `auth_key`), where the PyPI `pusher` SDK sends it.
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -40,6 +42,29 @@ impl Endpoint for PusherApi {
     }
 }
 
+/// The endpoint `/users/`: `terminate_connections` without the `/apps/{id}` prefix, as the
+/// PyPI `pusher` SDK (3.3) sends it. The app is the one whose key signed the request.
+pub(crate) struct PusherUserApi(pub(crate) Arc<PusherState>);
+
+impl Endpoint for PusherUserApi {
+    fn route(&self) -> Route {
+        Route::Prefix("/users/")
+    }
+
+    fn handle(&self, req: Request<Incoming>, ctx: RequestCtx) -> ResponseFuture {
+        let state = Arc::clone(&self.0);
+        Box::pin(async move {
+            let params = req.uri().query().map(auth::parse_query).unwrap_or_default();
+            let key = params.iter().find(|(k, _)| k == "auth_key").map(|(_, v)| v);
+            let Some(app) = key.and_then(|k| state.by_key(k)).cloned() else {
+                return text(StatusCode::NOT_FOUND, "not found");
+            };
+            let tail = req.uri().path().trim_start_matches('/').to_string();
+            serve(app, tail, req, ctx.shared).await
+        })
+    }
+}
+
 fn json_response(status: StatusCode, v: Value) -> Response<Body> {
     let mut r = Response::new(http_body_util::Full::new(Bytes::from(v.to_string())));
     *r.status_mut() = status;
@@ -69,12 +94,24 @@ async fn handle(
     req: Request<Incoming>,
     shared: Arc<Shared>,
 ) -> Response<Body> {
-    let path = req.uri().path().to_string();
+    let path = req.uri().path();
     let rest = path.trim_start_matches("/apps/");
     let (app_id, tail) = rest.split_once('/').unwrap_or((rest, ""));
     let Some(app) = state.by_id(app_id).cloned() else {
         return text(StatusCode::NOT_FOUND, "not found");
     };
+    let tail = tail.to_string();
+    serve(app, tail, req, shared).await
+}
+
+/// Answers one signed request of `app`; `tail` is the path after the app's prefix.
+async fn serve(
+    app: Arc<crate::config::PusherApp>,
+    tail: String,
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+) -> Response<Body> {
+    let path = req.uri().path().to_string();
     let method = req.method().clone();
     let params = req.uri().query().map(auth::parse_query).unwrap_or_default();
     let limit = shared.config.max_message_size.saturating_add(64 * 1024);
