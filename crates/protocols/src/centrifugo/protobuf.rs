@@ -1054,3 +1054,332 @@ pub fn decode_server_frame(frame: &[u8]) -> Result<Vec<ServerReply>, DecodeError
     }
     Ok(replies)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The prost structs against `proto/centrifugo_client.proto`: every message is encoded
+    //! with every field set, and the bytes are walked with the `.proto` file as the only
+    //! guide, so a field number or type that differs between the two fails here.
+
+    use std::collections::{BTreeMap, HashMap, HashSet};
+
+    use bytes::Bytes;
+    use prost::Message as _;
+
+    use super::wire;
+
+    const PROTO: &str = include_str!("../../proto/centrifugo_client.proto");
+
+    /// message name → field number → (type, name). Map fields have type `map<K,V>`.
+    type Schema = HashMap<String, BTreeMap<u64, (String, String)>>;
+
+    fn parse_schema() -> Schema {
+        let mut schema = Schema::new();
+        let mut current: Option<String> = None;
+        for line in PROTO.lines() {
+            let line = line.split("//").next().unwrap_or("").trim();
+            if let Some(rest) = line.strip_prefix("message ") {
+                let name = rest.trim_end_matches(['{', '}', ' ']).to_string();
+                schema.entry(name.clone()).or_default();
+                current = (!rest.ends_with("{}")).then_some(name);
+            } else if line == "}" {
+                current = None;
+            } else if let (Some(msg), Some((decl, number))) = (&current, line.split_once('=')) {
+                let number: u64 = number.trim().trim_end_matches(';').parse().unwrap();
+                let decl = decl
+                    .trim()
+                    .trim_start_matches("repeated ")
+                    .replace(", ", ",");
+                let (ty, name) = decl.rsplit_once(' ').unwrap();
+                let fields = schema.get_mut(msg).unwrap();
+                assert!(
+                    fields
+                        .insert(number, (ty.to_string(), name.to_string()))
+                        .is_none(),
+                    "{msg}: field {number} twice"
+                );
+            }
+        }
+        schema
+    }
+
+    fn varint(buf: &[u8], pos: &mut usize) -> u64 {
+        let mut n = 0;
+        let mut shift = 0;
+        loop {
+            let b = buf[*pos];
+            *pos += 1;
+            n |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return n;
+            }
+            shift += 7;
+        }
+    }
+
+    /// Walks `buf` as message `msg` of the schema, recording every field met.
+    fn walk(schema: &Schema, msg: &str, buf: &[u8], seen: &mut HashSet<(String, u64)>) {
+        let fields = schema
+            .get(msg)
+            .unwrap_or_else(|| panic!("{msg} not in the .proto"));
+        let mut pos = 0;
+        while pos < buf.len() {
+            let key = varint(buf, &mut pos);
+            let (number, wire_type) = (key >> 3, key & 7);
+            let (ty, name) = fields
+                .get(&number)
+                .unwrap_or_else(|| panic!("Rust writes {msg} field {number}, the .proto has none"));
+            seen.insert((msg.to_string(), number));
+            let scalar = matches!(ty.as_str(), "bool" | "uint32" | "uint64" | "int32");
+            assert_eq!(
+                wire_type,
+                if scalar { 0 } else { 2 },
+                "{msg}.{name} ({ty}) has wire type {wire_type}"
+            );
+            if scalar {
+                varint(buf, &mut pos);
+                continue;
+            }
+            let len = varint(buf, &mut pos) as usize;
+            let value = &buf[pos..pos + len];
+            pos += len;
+            if let Some(kv) = ty.strip_prefix("map<").and_then(|t| t.strip_suffix('>')) {
+                let (k, v) = kv.split_once(',').unwrap();
+                let mut entry = Schema::new();
+                let mut entry_fields = BTreeMap::new();
+                entry_fields.insert(1, (k.to_string(), "key".to_string()));
+                entry_fields.insert(2, (v.to_string(), "value".to_string()));
+                entry.insert("entry".to_string(), entry_fields);
+                // The entry's value may be a message of the schema: walk it with both.
+                let mut both = schema.clone();
+                both.extend(entry);
+                walk(&both, "entry", value, seen);
+            } else if !matches!(ty.as_str(), "string" | "bytes") {
+                walk(schema, ty, value, seen);
+            }
+        }
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn client_info() -> wire::ClientInfo {
+        wire::ClientInfo {
+            user: "u".into(),
+            client: "c".into(),
+            conn_info: b("{}"),
+            chan_info: b("[]"),
+        }
+    }
+
+    fn publication() -> wire::Publication {
+        wire::Publication {
+            data: b("d"),
+            info: Some(client_info()),
+            offset: 1,
+            tags: BTreeMap::from([("k".into(), "v".into())]),
+        }
+    }
+
+    fn subscribe_request() -> wire::SubscribeRequest {
+        wire::SubscribeRequest {
+            channel: "ch".into(),
+            token: "t".into(),
+            recover: true,
+            epoch: "e".into(),
+            offset: 2,
+            data: b("x"),
+            positioned: true,
+            recoverable: true,
+            join_leave: true,
+        }
+    }
+
+    fn subscribe_result() -> wire::SubscribeResult {
+        wire::SubscribeResult {
+            expires: true,
+            ttl: 3,
+            recoverable: true,
+            epoch: "e".into(),
+            publications: vec![publication()],
+            recovered: true,
+            offset: 4,
+            positioned: true,
+            data: b("x"),
+            was_recovering: true,
+        }
+    }
+
+    fn connect_result() -> wire::ConnectResult {
+        wire::ConnectResult {
+            client: "c".into(),
+            version: "v".into(),
+            expires: true,
+            ttl: 5,
+            data: b("x"),
+            subs: BTreeMap::from([("s".into(), subscribe_result())]),
+            ping: 25,
+            pong: true,
+            session: "s".into(),
+            node: "n".into(),
+        }
+    }
+
+    fn full_command() -> wire::Command {
+        let channel = || {
+            Some(wire::ChannelRequest {
+                channel: "ch".into(),
+            })
+        };
+        wire::Command {
+            id: 1,
+            connect: Some(wire::ConnectRequest {
+                token: "t".into(),
+                data: b("x"),
+                subs: BTreeMap::from([("s".into(), subscribe_request())]),
+                name: "n".into(),
+                version: "v".into(),
+            }),
+            subscribe: Some(subscribe_request()),
+            unsubscribe: channel(),
+            publish: Some(wire::PublishRequest {
+                channel: "ch".into(),
+                data: b("x"),
+            }),
+            presence: channel(),
+            presence_stats: channel(),
+            history: Some(wire::HistoryRequest {
+                channel: "ch".into(),
+                limit: 7,
+                since: Some(wire::StreamPosition {
+                    offset: 1,
+                    epoch: "e".into(),
+                }),
+                reverse: true,
+            }),
+            ping: Some(wire::Empty {}),
+            send: Some(wire::DataOnly { data: b("x") }),
+            rpc: Some(wire::RpcRequest {
+                data: b("x"),
+                method: "m".into(),
+            }),
+            refresh: Some(wire::RefreshRequest { token: "t".into() }),
+            sub_refresh: Some(wire::SubRefreshRequest {
+                channel: "ch".into(),
+                token: "t".into(),
+            }),
+        }
+    }
+
+    fn full_reply() -> wire::Reply {
+        let c = connect_result();
+        wire::Reply {
+            id: 1,
+            error: Some(wire::Error {
+                code: 100,
+                message: "m".into(),
+                temporary: true,
+            }),
+            push: Some(wire::Push {
+                channel: "ch".into(),
+                publication: Some(publication()),
+                join: Some(wire::InfoOnly {
+                    info: Some(client_info()),
+                }),
+                leave: Some(wire::InfoOnly {
+                    info: Some(client_info()),
+                }),
+                unsubscribe: Some(wire::Unsubscribe {
+                    code: 2500,
+                    reason: "r".into(),
+                }),
+                message: Some(wire::DataOnly { data: b("x") }),
+                subscribe: Some(wire::Subscribe {
+                    recoverable: true,
+                    epoch: "e".into(),
+                    offset: 1,
+                    positioned: true,
+                    data: b("x"),
+                }),
+                connect: Some(wire::Connect {
+                    client: c.client.clone(),
+                    version: c.version.clone(),
+                    data: c.data.clone(),
+                    subs: c.subs.clone(),
+                    expires: true,
+                    ttl: 1,
+                    ping: 1,
+                    pong: true,
+                    session: "s".into(),
+                    node: "n".into(),
+                }),
+                disconnect: Some(wire::Disconnect {
+                    code: 3000,
+                    reason: "r".into(),
+                    reconnect: true,
+                }),
+                refresh: Some(wire::ExpiryOnly {
+                    expires: true,
+                    ttl: 1,
+                }),
+            }),
+            connect: Some(c),
+            subscribe: Some(subscribe_result()),
+            unsubscribe: Some(wire::Empty {}),
+            publish: Some(wire::Empty {}),
+            presence: Some(wire::PresenceResult {
+                presence: BTreeMap::from([("c".into(), client_info())]),
+            }),
+            presence_stats: Some(wire::PresenceStatsResult {
+                num_clients: 1,
+                num_users: 1,
+            }),
+            history: Some(wire::HistoryResult {
+                publications: vec![publication()],
+                epoch: "e".into(),
+                offset: 1,
+            }),
+            ping: Some(wire::Empty {}),
+            rpc: Some(wire::DataOnly { data: b("x") }),
+            refresh: Some(wire::RefreshResult {
+                client: "c".into(),
+                version: "v".into(),
+                expires: true,
+                ttl: 1,
+            }),
+            sub_refresh: Some(wire::ExpiryOnly {
+                expires: true,
+                ttl: 1,
+            }),
+        }
+    }
+
+    #[test]
+    fn schema_matches_the_proto_file() {
+        let schema = parse_schema();
+        let mut seen = HashSet::new();
+        walk(
+            &schema,
+            "Command",
+            &full_command().encode_to_vec(),
+            &mut seen,
+        );
+        walk(&schema, "Reply", &full_reply().encode_to_vec(), &mut seen);
+        // Every field of the .proto was written by a Rust struct.
+        let mut missing = Vec::new();
+        for (msg, fields) in &schema {
+            for (number, (_, name)) in fields {
+                if !seen.contains(&(msg.clone(), *number)) {
+                    missing.push(format!("{msg}.{name} = {number}"));
+                }
+            }
+        }
+        missing.sort();
+        assert!(missing.is_empty(), "never written: {missing:?}");
+        // And the walk covered the messages it should (a sanity check of the parser).
+        assert!(schema["SubscribeRequest"].contains_key(&11));
+        assert!(seen.contains(&("Connect".to_string(), 10)));
+        assert!(seen.contains(&("ConnectResult".to_string(), 6)));
+    }
+}
