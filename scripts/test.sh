@@ -278,6 +278,7 @@ if wanted interop; then
       node_suite config.test.mjs
       node_suite cli_connect.test.mjs
       node_suite centrifugo.test.mjs
+      node_suite centrifugo_protobuf.test.mjs
       node_suite proxy.test.mjs
       node_suite http_api.test.mjs
       node_suite pusher.test.mjs
@@ -315,6 +316,7 @@ if wanted interop; then
         run_suite "interop: cent_api.py" 120 "$INTEROP/.venv/bin/python" "$INTEROP/cent_api.py"
         run_suite "interop: metrics_scrape.py" 120 "$INTEROP/.venv/bin/python" "$INTEROP/metrics_scrape.py"
         run_suite "interop: pusher_sdk.py" 120 "$INTEROP/.venv/bin/python" "$INTEROP/pusher_sdk.py"
+        run_suite "interop: centrifuge_python_protobuf.py" 120 "$INTEROP/.venv/bin/python" "$INTEROP/centrifuge_python_protobuf.py"
       fi
       if skip_requested SKIP_BROWSER; then
         skip_suite "interop: ${BROWSER_SUITES[*]}" "SKIP_BROWSER=1"

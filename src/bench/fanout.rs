@@ -27,6 +27,7 @@ use tokio::sync::Notify;
 use tokio::time::{sleep_until, timeout_at};
 
 use super::centrifugo;
+use super::centrifugo_protobuf;
 use super::conn::{encode_frame, mask_for, patch_payload, ConnectOpts, Incoming, RawConn};
 use super::echo::{add_server_figures, payload};
 use super::proc::CpuWindow;
@@ -38,7 +39,7 @@ use super::{BenchProtocol, FanoutArgs, Rate, SlowArgs};
 use crate::websocket::frame::OpCode;
 
 /// Bytes at the start of every payload: publisher id, sequence number, send time.
-const HEADER: usize = 20;
+pub(crate) const HEADER: usize = 20;
 /// Progress counters.
 const C_SENT: usize = 0;
 const C_DELIVERED: usize = 1;
@@ -134,6 +135,11 @@ struct ThreadOut {
 }
 
 pub(crate) fn run_fanout(a: FanoutArgs) -> Result<Summary, BenchError> {
+    if a.flooder && a.protocol == BenchProtocol::CentrifugoProtobuf {
+        return Err(BenchError::Usage(
+            "--flooder speaks the raw or the Centrifugo JSON protocol".into(),
+        ));
+    }
     if a.flooder && a.protocol == BenchProtocol::Pusher {
         // A Pusher client may only send client events, which have their own fixed limit.
         return Err(BenchError::Usage(
@@ -496,12 +502,15 @@ async fn worker(
     shared: Arc<Shared>,
 ) -> anyhow::Result<ThreadOut> {
     // Raw rooms: the URL's path is the room. Centrifugo: the path names the channel.
-    let centrifugo = cfg.protocol == BenchProtocol::Centrifugo;
     let channel = channel_of(&target);
     let (sub_path, pub_path) = match cfg.protocol {
         BenchProtocol::Centrifugo => (
             centrifugo::ENDPOINT.to_string(),
             centrifugo::ENDPOINT.to_string(),
+        ),
+        BenchProtocol::CentrifugoProtobuf => (
+            centrifugo_protobuf::ENDPOINT.to_string(),
+            centrifugo_protobuf::ENDPOINT.to_string(),
         ),
         // Pusher subscribers; raw publishers in the same channel.
         BenchProtocol::Pusher => (
@@ -528,6 +537,9 @@ async fn worker(
                 BenchProtocol::Centrifugo => {
                     Greeting::Centrifugo(centrifugo::greeting(token, Some(&channel)))
                 }
+                BenchProtocol::CentrifugoProtobuf => Greeting::CentrifugoProtobuf(
+                    centrifugo_protobuf::greeting(token, Some(&channel)),
+                ),
                 BenchProtocol::Pusher => Greeting::Pusher(channel.clone()),
                 BenchProtocol::Raw => Greeting::None,
             },
@@ -539,10 +551,14 @@ async fn worker(
             index: PUB_INDEX_BASE + p,
             path: pub_path.clone(),
             opts: ConnectOpts::default(),
-            greeting: if centrifugo {
-                Greeting::Centrifugo(centrifugo::greeting(token, None))
-            } else {
-                Greeting::None
+            greeting: match cfg.protocol {
+                BenchProtocol::Centrifugo => {
+                    Greeting::Centrifugo(centrifugo::greeting(token, None))
+                }
+                BenchProtocol::CentrifugoProtobuf => {
+                    Greeting::CentrifugoProtobuf(centrifugo_protobuf::greeting(token, None))
+                }
+                BenchProtocol::Raw | BenchProtocol::Pusher => Greeting::None,
             },
         })
         .collect();
@@ -640,7 +656,14 @@ async fn publisher(
             let (text, at) = centrifugo::publish_command(channel, cfg.size);
             (encode_frame(OpCode::Text, &text, mask), Some(at))
         }
+        BenchProtocol::CentrifugoProtobuf => {
+            let (cmd, at) = centrifugo_protobuf::publish_command(channel, cfg.size);
+            (encode_frame(OpCode::Binary, &cmd, mask), Some(at))
+        }
     };
+    // Protobuf data is bytes: the header goes in as it is, not as hex.
+    let hex = cfg.protocol == BenchProtocol::Centrifugo;
+    let mut replies_headers = Vec::new();
     let mut seq = 0u64;
     let end = tokio::time::Instant::from_std(plan.end);
     let result = async {
@@ -674,9 +697,10 @@ async fn publisher(
                 fields[12..20].copy_from_slice(&ns.to_le_bytes());
                 match header_at {
                     None => patch_payload(&mut frame, mask, 0, &fields),
-                    Some(at) => {
+                    Some(at) if hex => {
                         patch_payload(&mut frame, mask, at, &centrifugo::hex_header(&fields))
                     }
+                    Some(at) => patch_payload(&mut frame, mask, at, &fields),
                 }
                 conn.queue(&frame);
                 seq += 1;
@@ -715,6 +739,11 @@ async fn publisher(
                                 for line in centrifugo::lines(&payload) {
                                     centrifugo::parse_line(line)?;
                                 }
+                            }
+                            Incoming::Data { payload, .. }
+                                if cfg.protocol == BenchProtocol::CentrifugoProtobuf =>
+                            {
+                                centrifugo_protobuf::read_frame(&payload, &mut replies_headers)?;
                             }
                             Incoming::Data { .. } => {}
                         }
@@ -776,6 +805,9 @@ fn headers_in(
                 }
             }
         }
+        BenchProtocol::CentrifugoProtobuf => {
+            centrifugo_protobuf::read_frame(payload, out)?;
+        }
         BenchProtocol::Pusher => {
             if let Some(h) = pusher::header(payload)? {
                 out.push(h);
@@ -836,7 +868,9 @@ async fn flooder(cfg: &Cfg, target: &Target, path: &str, channel: &str, plan: Pl
             text[at..at + hex.len()].copy_from_slice(&hex);
             encode_frame(OpCode::Text, &text, mask)
         }
-        BenchProtocol::Pusher => unreachable!("refused by run_fanout"),
+        BenchProtocol::Pusher | BenchProtocol::CentrifugoProtobuf => {
+            unreachable!("refused by run_fanout")
+        }
     };
     if cfg.protocol == BenchProtocol::Raw {
         patch_payload(&mut frame, mask, 0, &FLOODER_ID.to_le_bytes());
@@ -844,7 +878,9 @@ async fn flooder(cfg: &Cfg, target: &Target, path: &str, channel: &str, plan: Pl
     let greeting = match cfg.protocol {
         BenchProtocol::Raw => Vec::new(),
         BenchProtocol::Centrifugo => centrifugo::greeting(cfg.token.as_deref(), None),
-        BenchProtocol::Pusher => unreachable!("refused by run_fanout"),
+        BenchProtocol::Pusher | BenchProtocol::CentrifugoProtobuf => {
+            unreachable!("refused by run_fanout")
+        }
     };
     let limit = Duration::from_secs_f64(cfg.connect_timeout);
     let end = tokio::time::Instant::from_std(plan.end);

@@ -26,6 +26,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 mod centrifugo;
+mod centrifugo_protobuf;
 mod conn;
 mod conns;
 mod echo;
@@ -194,8 +195,8 @@ pub struct FanoutArgs {
     #[arg(long)]
     pub deflate: bool,
     /// Wire protocol: `raw` rooms (the URL's path is the room) or the Centrifugo client
-    /// protocol in JSON (clients connect to `/connection/websocket` and the URL's path names
-    /// the channel; the server must let these clients connect, subscribe and publish, e.g.
+    /// protocol in JSON or Protobuf (clients connect to `/connection/websocket` and the URL's
+    /// path names the channel; the server must let these clients connect, subscribe and publish, e.g.
     /// `--allow-anonymous` with a namespace that allows both, or `--token`).
     #[arg(long, value_enum, default_value_t = BenchProtocol::Raw)]
     pub protocol: BenchProtocol,
@@ -221,6 +222,9 @@ pub enum BenchProtocol {
     Raw,
     /// The Centrifugo client protocol (JSON).
     Centrifugo,
+    /// The Centrifugo client protocol in its Protobuf encoding
+    /// (`/connection/websocket?cf_protocol=protobuf`); publications carry `--size` bytes.
+    CentrifugoProtobuf,
     /// Pusher Channels protocol 7 subscribers of the public channel the URL's path names
     /// (`/app/{--app-key}`); publishers are raw-room clients of that channel, since Pusher
     /// clients cannot publish to a public channel.

@@ -221,6 +221,8 @@ pub(crate) enum Greeting {
     None,
     /// Centrifugo commands, each answered.
     Centrifugo(Vec<String>),
+    /// Centrifugo commands in Protobuf (one binary message each), each answered.
+    CentrifugoProtobuf(Vec<Vec<u8>>),
     /// Pusher: `connection_established`, then subscribe to this channel.
     Pusher(String),
 }
@@ -252,6 +254,13 @@ pub(crate) async fn connect_all(
                     Greeting::Centrifugo(commands) => {
                         tokio::time::timeout(limit, super::centrifugo::greet(conn, commands, mask))
                             .await
+                    }
+                    Greeting::CentrifugoProtobuf(commands) => {
+                        tokio::time::timeout(
+                            limit,
+                            super::centrifugo_protobuf::greet(conn, commands, mask),
+                        )
+                        .await
                     }
                     Greeting::Pusher(channel) => {
                         tokio::time::timeout(limit, super::pusher::greet(conn, channel)).await

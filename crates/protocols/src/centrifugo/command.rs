@@ -355,6 +355,14 @@ pub enum DecodeError {
         /// The missing field.
         field: &'static str,
     },
+    /// Protobuf encoding: a length prefix that is truncated, too long or runs past the end
+    /// of the frame, or bytes that are not a `Command`.
+    Protobuf {
+        /// 1-based index of the command in the frame.
+        index: usize,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 impl DecodeError {
@@ -371,7 +379,8 @@ impl DecodeError {
             | DecodeError::NoMethod { line }
             | DecodeError::SeveralMethods { line }
             | DecodeError::MissingId { line }
-            | DecodeError::MissingField { line, .. } => Some(*line),
+            | DecodeError::MissingField { line, .. }
+            | DecodeError::Protobuf { index: line, .. } => Some(*line),
         }
     }
 }
@@ -391,6 +400,7 @@ impl fmt::Display for DecodeError {
                 method,
                 field,
             } => write!(f, "line {line}: {method} needs {field}"),
+            DecodeError::Protobuf { index, message } => write!(f, "command {index}: {message}"),
         }
     }
 }
@@ -403,8 +413,18 @@ fn decode_line(line_text: &[u8], line: usize) -> Result<Command, DecodeError> {
         line,
         message: e.to_string(),
     })?;
-    let id = wire.id;
-    let mut methods = wire.into_methods();
+    validate(wire.id, wire.into_methods(), line)
+}
+
+/// The command made of `id` and the requests found in it, checked by the rules both
+/// encodings share: exactly one request (none with id 0 is the pong), an id for all but
+/// `send`, and the fields Centrifugo cannot do without. `line` locates the command in its
+/// frame for the error.
+pub(super) fn validate(
+    id: u32,
+    mut methods: Vec<Method>,
+    line: usize,
+) -> Result<Command, DecodeError> {
     if methods.len() > 1 {
         return Err(DecodeError::SeveralMethods { line });
     }

@@ -13,6 +13,7 @@
 //!   sent them.
 
 use std::fmt;
+use std::sync::OnceLock;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -20,39 +21,110 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use switchboard_core::{Payload, PayloadKind};
 
-/// Embedded JSON data (a `data`, `conn_info` or `chan_info` field), kept exactly as it
-/// appears on the wire so it is never parsed into a tree and re-serialised.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Data(Box<RawValue>);
+/// A `data`, `conn_info` or `chan_info` field: embedded JSON in the JSON encoding, bytes in
+/// the Protobuf one.
+///
+/// It holds either the JSON text a JSON client sent (kept exactly as it appears on the wire,
+/// never parsed into a tree and re-serialised), or a core [`Payload`] (a publication's, a
+/// backend's answer, the bytes a Protobuf client sent). A payload becomes JSON only when a
+/// JSON encoder asks for it (then once), and goes out as its own bytes in Protobuf, so
+/// binary stays binary for Protobuf clients.
+#[derive(Clone)]
+pub struct Data(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    /// JSON text from the wire.
+    Json(Box<RawValue>),
+    /// A payload, with its JSON form made on first use.
+    Payload {
+        payload: Payload,
+        json: OnceLock<Box<RawValue>>,
+    },
+}
 
 impl Data {
     /// Parses `json` as one JSON document (surrounding whitespace is dropped).
     pub fn from_json(json: impl Into<String>) -> Result<Data, serde_json::Error> {
-        RawValue::from_string(json.into()).map(Data)
+        RawValue::from_string(json.into()).map(|raw| Data(Repr::Json(raw)))
     }
 
-    /// The JSON `data` a payload is delivered as to Centrifugo clients.
+    /// The data a payload is delivered as to Centrifugo clients: its bytes in Protobuf,
+    /// [`payload_to_data`]'s JSON in the JSON encoding.
     pub fn from_payload(payload: &Payload) -> Data {
-        payload_to_data(payload)
+        Data(Repr::Payload {
+            payload: payload.clone(),
+            json: OnceLock::new(),
+        })
     }
 
-    /// The JSON text.
+    /// Bytes a Protobuf client sent: a binary payload.
+    pub fn from_bytes(bytes: Bytes) -> Data {
+        Data::from_payload(&Payload {
+            kind: PayloadKind::Binary,
+            data: bytes,
+        })
+    }
+
+    /// The JSON text (for a payload, its JSON form: see [`payload_to_data`]).
     pub fn get(&self) -> &str {
-        self.0.get()
+        self.raw().get()
     }
 
-    /// The payload published for a client's `data`: a text payload holding the raw JSON
-    /// text verbatim, without copying it.
+    fn raw(&self) -> &RawValue {
+        match &self.0 {
+            Repr::Json(raw) => raw,
+            Repr::Payload { payload, json } => {
+                json.get_or_init(|| match payload_to_data(payload).0 {
+                    Repr::Json(raw) => raw,
+                    // `payload_to_data` always makes JSON.
+                    Repr::Payload { .. } => RawValue::NULL.to_owned(),
+                })
+            }
+        }
+    }
+
+    /// The bytes the Protobuf encoding carries: a payload's own bytes, or the JSON text.
+    pub fn wire_bytes(&self) -> Bytes {
+        match &self.0 {
+            Repr::Json(raw) => Bytes::copy_from_slice(raw.get().as_bytes()),
+            Repr::Payload { payload, .. } => payload.data.clone(),
+        }
+    }
+
+    /// The payload this data is published as (see [`data_to_payload`]), without consuming
+    /// it.
+    pub fn to_payload(&self) -> Payload {
+        self.clone().into_payload()
+    }
+
+    /// The payload published for this data: JSON text as a text payload holding it
+    /// verbatim (no copy), a payload as itself.
     pub fn into_payload(self) -> Payload {
         data_to_payload(self)
     }
 }
 
+impl Serialize for Data {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.raw().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Data {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Data, D::Error> {
+        Box::<RawValue>::deserialize(deserializer).map(|raw| Data(Repr::Json(raw)))
+    }
+}
+
 impl PartialEq for Data {
-    /// Textual equality: the same bytes on the wire.
+    /// Two payloads are equal when they are the same payload; otherwise equality is
+    /// textual (the same JSON on the wire).
     fn eq(&self, other: &Data) -> bool {
-        self.get() == other.get()
+        match (&self.0, &other.0) {
+            (Repr::Payload { payload: a, .. }, Repr::Payload { payload: b, .. }) => a == b,
+            _ => self.get() == other.get(),
+        }
     }
 }
 
@@ -80,10 +152,15 @@ pub fn payload_to_data(payload: &Payload) -> Data {
 /// The payload published for a client's `data` (from `publish`): a text payload holding the
 /// raw JSON text verbatim, without copying it.
 pub fn data_to_payload(data: Data) -> Payload {
-    let text: Box<str> = data.0.into();
-    Payload {
-        kind: PayloadKind::Text,
-        data: Bytes::from(String::from(text)),
+    match data.0 {
+        Repr::Json(raw) => {
+            let text: Box<str> = raw.into();
+            Payload {
+                kind: PayloadKind::Text,
+                data: Bytes::from(String::from(text)),
+            }
+        }
+        Repr::Payload { payload, .. } => payload,
     }
 }
 
@@ -99,7 +176,7 @@ pub fn text_to_data(text: &str) -> Data {
         // Parsing is the only reliable "is this JSON?" test; it runs once per publication
         // because the encoding is cached.
         if let Ok(raw) = RawValue::from_string(candidate) {
-            return Data(raw);
+            return Data(Repr::Json(raw));
         }
     }
     string_data(text)
@@ -113,7 +190,9 @@ pub fn text_to_data(text: &str) -> Data {
 pub fn binary_to_data(bytes: &[u8]) -> Data {
     let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
     // Base64 needs no escaping: quoting it is enough to make a JSON string.
-    Data(RawValue::from_string(format!("\"{encoded}\"")).expect("a quoted base64 string is JSON"))
+    Data(Repr::Json(
+        RawValue::from_string(format!("\"{encoded}\"")).expect("a quoted base64 string is JSON"),
+    ))
 }
 
 /// `text` as a JSON string value.
@@ -123,7 +202,9 @@ pub fn binary_to_data(bytes: &[u8]) -> Data {
 )]
 fn string_data(text: &str) -> Data {
     let quoted = serde_json::to_string(text).expect("a string always serialises");
-    Data(RawValue::from_string(quoted).expect("a serialised string is JSON"))
+    Data(Repr::Json(
+        RawValue::from_string(quoted).expect("a serialised string is JSON"),
+    ))
 }
 
 fn is_json_whitespace(c: char) -> bool {

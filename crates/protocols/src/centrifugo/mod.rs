@@ -1,4 +1,6 @@
-//! The Centrifugo client protocol, version 2, JSON encoding: pure encode/decode, no I/O.
+//! The Centrifugo client protocol, version 2: pure encode/decode, no I/O. This module is
+//! the JSON encoding and the model both encodings share; [`protobuf`] is the Protobuf
+//! encoding, and [`Encoding`] is how a connection picks one.
 //!
 //! Real `centrifuge` SDKs (JS, Dart, Swift, Java, Python, Go, .NET) speak this protocol over
 //! a WebSocket at `/connection/websocket`. This module turns the client's frames into
@@ -61,8 +63,8 @@
 //! * **core → client, other text**: embedded as a JSON string (`hello` → `"hello"`).
 //! * **core → client, binary**: embedded as a JSON string of standard base64 with padding.
 //!   Centrifugo itself closes JSON clients that would receive binary (3506 "inappropriate
-//!   protocol"); we prefer delivering every message. The protobuf encoding of the protocol
-//!   would carry the bytes natively.
+//!   protocol"); we prefer delivering every message. The [`protobuf`] encoding carries
+//!   the bytes natively.
 //!
 //! Text that happens to be valid JSON is ambiguous: a raw client sending `42` publishes
 //! the number 42 to SDK clients, not the string `"42"`.
@@ -76,6 +78,8 @@
 mod codes;
 mod command;
 mod data;
+mod encoding;
+pub mod protobuf;
 mod push;
 mod reply;
 mod types;
@@ -91,6 +95,7 @@ pub use command::{
     UnsubscribeRequest,
 };
 pub use data::{binary_to_data, data_to_payload, payload_to_data, text_to_data, Data};
+pub use encoding::{EncodedCommands, Encoding};
 pub use push::{
     DisconnectPush, Join, Leave, MessagePush, Push, PushBody, RefreshPush, SubscribePush,
     UnsubscribePush,

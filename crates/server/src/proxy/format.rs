@@ -90,10 +90,13 @@ impl ProxyRequest {
         self
     }
 
-    /// Sets `data` from JSON text the client sent.
-    pub(crate) fn with_json(mut self, json: Option<&str>) -> Self {
-        self.data = json.and_then(|j| RawValue::from_string(j.to_owned()).ok());
-        self
+    /// [`Self::with_payload`] when the client sent data: a JSON client's JSON goes as it
+    /// came, a Protobuf client's bytes as `b64data`.
+    pub(crate) fn with_client_data(self, payload: Option<Payload>) -> Self {
+        match payload {
+            Some(p) => self.with_payload(&p),
+            None => self,
+        }
     }
 }
 

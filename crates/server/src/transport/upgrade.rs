@@ -13,7 +13,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use switchboard_websocket::codec::Config as CodecConfig;
-use switchboard_websocket::handshake::{validate_server_request, ServerHandshake};
+use switchboard_websocket::handshake::{first_supported, validate_server_request, ServerHandshake};
 use switchboard_websocket::stream::{WebSocket, WriteConfig};
 use switchboard_websocket::{DeflateParams, Role};
 
@@ -33,6 +33,11 @@ pub(crate) struct Admitted {
 }
 
 impl Admitted {
+    /// The subprotocol agreed with the client (one of those [`admit_with`] was given).
+    pub(crate) fn protocol(&self) -> Option<&str> {
+        self.handshake.protocol.as_deref()
+    }
+
     /// Answers `101 Switching Protocols` and, once hyper hands over the socket (within
     /// `timeout`, else counted as `handshake_timeouts`), builds the WebSocket — message
     /// limit `max_message`, the agreed deflate, the server's close timeout — and calls
@@ -169,6 +174,18 @@ pub(crate) fn admit(
     shared: &Shared,
     peer: SocketAddr,
 ) -> Result<Admitted, Box<Response<Body>>> {
+    admit_with(req, shared, peer, &[])
+}
+
+/// [`admit`] for an endpoint that speaks WebSocket subprotocols: the first of the client's
+/// offers (in its order) found in `subprotocols` is agreed and echoed in the `101`; a client
+/// offering none of them is still admitted, without a subprotocol.
+pub(crate) fn admit_with(
+    req: &Request<Incoming>,
+    shared: &Shared,
+    peer: SocketAddr,
+    subprotocols: &[&str],
+) -> Result<Admitted, Box<Response<Body>>> {
     let origin = req
         .headers()
         .get(header::ORIGIN)
@@ -188,7 +205,7 @@ pub(crate) fn admit(
         req.version(),
         req.headers(),
         &shared.deflate,
-        &|_offered| None,
+        &|offered| first_supported(subprotocols, offered),
     ) {
         Ok(h) => h,
         Err(rejection) => {

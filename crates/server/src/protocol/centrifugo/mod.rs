@@ -66,11 +66,11 @@ use switchboard_core::{
     StreamPosition as CorePosition, SubscribeOptions,
 };
 use switchboard_protocols::centrifugo::{
-    self as cf, commands, encode_batch, encode_publication_push, wire_epoch, Command,
-    ConnectResult, DecodeError, Disconnect, Error as CfError, HistoryResult, Join, Leave, Method,
-    PingResult, PresenceResult, PresenceStatsResult, PublishResult, Push, PushBody, RefreshResult,
-    Reply, ReplyResult, RpcRequest, RpcResult, SubRefreshResult, SubscribePush, SubscribeRequest,
-    SubscribeResult, UnsubscribePush, UnsubscribeResult,
+    self as cf, protobuf, wire_epoch, Command, ConnectResult, DecodeError, Disconnect, Encoding,
+    Error as CfError, HistoryResult, Join, Leave, Method, PingResult, PresenceResult,
+    PresenceStatsResult, PublishResult, Push, PushBody, RefreshResult, Reply, ReplyResult,
+    RpcRequest, RpcResult, SubRefreshResult, SubscribePush, SubscribeRequest, SubscribeResult,
+    UnsubscribePush, UnsubscribeResult,
 };
 use switchboard_websocket::{CloseCode, Message};
 use tokio::time::Instant;
@@ -91,6 +91,10 @@ use tokio::sync::mpsc;
 /// The path SDKs connect to.
 pub const PATH: &str = "/connection/websocket";
 
+/// The WebSocket subprotocols Centrifugo SDKs may offer (the JSON one is the default
+/// without any); `centrifuge-protobuf` selects the Protobuf encoding.
+const SUBPROTOCOLS: &[&str] = &["centrifuge-json", protobuf::SUBPROTOCOL];
+
 /// Most outbox deliveries written per frame.
 const BATCH: usize = 64;
 
@@ -108,10 +112,11 @@ impl Endpoint for Centrifugo {
             peer,
             token,
         } = ctx;
-        let admitted = match upgrade::admit(&req, &shared, peer) {
+        let admitted = match upgrade::admit_with(&req, &shared, peer, SUBPROTOCOLS) {
             Ok(admitted) => admitted,
             Err(refusal) => return Box::pin(std::future::ready(*refusal)),
         };
+        let encoding = Encoding::negotiate(req.uri().query(), admitted.protocol());
         let timeout = shared.config.handshake_timeout;
         let max = shared.config.max_message_size;
         let limits = upgrade::limits(&shared);
@@ -128,11 +133,11 @@ impl Endpoint for Centrifugo {
                 peer,
                 // The hub's id comes with `connect`; logs of the driver carry it from then.
                 id: 0,
-                protocol: cf::PROTOCOL,
+                protocol: encoding.protocol(),
             };
             runtime::spawn(
                 WsTransport::new(reader, writer),
-                CentrifugoDriver::new(conn_shared, peer).with_proxy(forwarded),
+                CentrifugoDriver::new(conn_shared, peer, encoding).with_proxy(forwarded),
                 limits,
                 who,
                 counters,
@@ -211,6 +216,8 @@ fn disconnect(d: Disconnect) -> Ending {
 pub(crate) struct CentrifugoDriver {
     shared: Arc<Shared>,
     peer: SocketAddr,
+    /// JSON or Protobuf, chosen at the upgrade.
+    encoding: Encoding,
     phase: Phase,
     /// Set once `connect` succeeded.
     handle: Option<ConnHandle>,
@@ -301,11 +308,12 @@ where
 }
 
 impl CentrifugoDriver {
-    fn new(shared: Arc<Shared>, peer: SocketAddr) -> CentrifugoDriver {
+    fn new(shared: Arc<Shared>, peer: SocketAddr, encoding: Encoding) -> CentrifugoDriver {
         let handshake = Instant::now() + shared.config.handshake_timeout;
         CentrifugoDriver {
             shared,
             peer,
+            encoding,
             phase: Phase::AwaitConnect(handshake),
             handle: None,
             outbox: None,
@@ -353,7 +361,11 @@ impl CentrifugoDriver {
 
     /// A proxy request from this (connected) client.
     fn proxy_request(&self) -> ProxyRequest {
-        let mut req = ProxyRequest::new(cf::PROTOCOL, "websocket", self.handle().id().to_string());
+        let mut req = ProxyRequest::new(
+            self.encoding.protocol(),
+            "websocket",
+            self.handle().id().to_string(),
+        );
         req.user = self.user();
         req
     }
@@ -406,12 +418,12 @@ impl CentrifugoDriver {
         let answer = match result {
             Ok(Answer::Ok(r)) => r,
             Ok(Answer::Error(e)) => {
-                lines.push(Reply::error(id, backend_error(e)).encode());
+                lines.push(self.encoding.reply(&Reply::error(id, backend_error(e))));
                 return Ok(());
             }
             Ok(Answer::Disconnect(d)) => return Err(disconnect(backend_disconnect(d))),
             Err(f) => {
-                lines.push(Reply::error(id, proxy_failure(f)).encode());
+                lines.push(self.encoding.reply(&Reply::error(id, proxy_failure(f))));
                 return Ok(());
             }
         };
@@ -451,8 +463,8 @@ impl CentrifugoDriver {
             PendingOp::Refresh | PendingOp::SubRefresh(_) => return Ok(()),
         };
         lines.push(match result {
-            Ok(r) => Reply::ok(id, r).encode(),
-            Err(e) => Reply::error(id, e).encode(),
+            Ok(r) => self.encoding.reply(&Reply::ok(id, r)),
+            Err(e) => self.encoding.reply(&Reply::error(id, e)),
         });
         Ok(())
     }
@@ -530,8 +542,8 @@ impl CentrifugoDriver {
         let Some(calls) = self.proxy.as_ref() else {
             return Err(Err(Disconnect::INVALID_TOKEN));
         };
-        let mut preq = ProxyRequest::new(cf::PROTOCOL, "websocket", String::new())
-            .with_json(req.data.as_ref().map(|d| d.get()));
+        let mut preq = ProxyRequest::new(self.encoding.protocol(), "websocket", String::new())
+            .with_client_data(req.data.as_ref().map(cf::Data::to_payload));
         preq.name = req.name.clone();
         preq.version = req.version.clone();
         // Before `connect` the connection has nothing else to do (no outbox, no pings),
@@ -554,8 +566,8 @@ impl CentrifugoDriver {
     fn end_step(&mut self, lines: &mut Vec<Bytes>, out: &mut Out) {
         match lines.len() {
             0 => {}
-            1 => out.message(Message::Text(lines[0].clone())),
-            _ => out.message(Message::Text(encode_batch(lines.iter()))),
+            1 => out.message(self.frame(lines[0].clone())),
+            _ => out.message(self.frame(self.encoding.batch(lines.iter()))),
         }
         lines.clear();
         if lines.capacity() > BATCH {
@@ -569,6 +581,15 @@ impl CentrifugoDriver {
         if self.expiry_timer.map(|(t, _)| t) != at {
             self.expiry_timer =
                 at.map(|at| (at, Instant::now() + time_until_expiry(Some(at), unix_now())));
+        }
+    }
+
+    /// A frame of replies and pushes as the WebSocket message its encoding travels in.
+    fn frame(&self, bytes: Bytes) -> Message {
+        if self.encoding.is_binary() {
+            Message::Binary(bytes)
+        } else {
+            Message::Text(bytes)
         }
     }
 
@@ -588,7 +609,8 @@ impl CentrifugoDriver {
             Phase::Refused(_) => return StepFuture::ready(Ok(())),
             Phase::AwaitConnect(_) => SlowFrame::Connect(frame),
             Phase::Connected => {
-                let cmds: Vec<Result<Command, DecodeError>> = commands(&frame).collect();
+                let cmds: Vec<Result<Command, DecodeError>> =
+                    self.encoding.commands(&frame).collect();
                 let rpc_proxied = self.proxy.is_some() && self.shared.proxy.enabled(Kind::Rpc);
                 let instant = |c: &Command| {
                     is_instant(c) && !(rpc_proxied && matches!(c.method, Method::Rpc(_)))
@@ -599,7 +621,7 @@ impl CentrifugoDriver {
                     // The fast path: pongs (every ping interval on every connection), pings.
                     let mut lines = self.take_lines();
                     for cmd in cmds.into_iter().flatten() {
-                        if let Some(reply) = instant_reply(cmd) {
+                        if let Some(reply) = instant_reply(self.encoding, cmd) {
                             lines.push(reply);
                         }
                     }
@@ -669,7 +691,7 @@ impl CentrifugoDriver {
             if let Delivery::Publication(p) = &delivery {
                 out.published(p);
             }
-            if let Some(bytes) = encode_delivery(&delivery) {
+            if let Some(bytes) = encode_delivery(self.encoding, &delivery) {
                 lines.push(bytes);
             }
         }
@@ -707,7 +729,7 @@ impl CentrifugoDriver {
             if let Delivery::Publication(p) = &delivery {
                 out.published(p);
             }
-            if let Some(bytes) = encode_delivery(&delivery) {
+            if let Some(bytes) = encode_delivery(self.encoding, &delivery) {
                 lines.push(bytes);
             }
         }
@@ -775,10 +797,12 @@ fn is_instant(cmd: &Command) -> bool {
 
 /// The reply to a command for which [`is_instant`] holds (`None`: no reply). The same
 /// replies as [`CentrifugoDriver::handle_command`] gives.
-fn instant_reply(cmd: Command) -> Option<Bytes> {
+fn instant_reply(encoding: Encoding, cmd: Command) -> Option<Bytes> {
     match cmd.method {
-        Method::Ping(_) => Some(Reply::ok(cmd.id, ReplyResult::Ping(PingResult {})).encode()),
-        Method::Rpc(_) => Some(Reply::error(cmd.id, CfError::NOT_AVAILABLE).encode()),
+        Method::Ping(_) => {
+            Some(encoding.reply(&Reply::ok(cmd.id, ReplyResult::Ping(PingResult {}))))
+        }
+        Method::Rpc(_) => Some(encoding.reply(&Reply::error(cmd.id, CfError::NOT_AVAILABLE))),
         _ => None,
     }
 }
@@ -792,6 +816,12 @@ impl Driver for CentrifugoDriver {
         out: &'b mut Out,
     ) -> impl Future<Output = Result<(), Ending>> + Send + use<'a, 'b> {
         match msg {
+            // A Protobuf client sends binary messages only: text is a client on the wrong
+            // encoding (Centrifugo's SDKs never mix them), refused like any bad frame.
+            Message::Text(_) if self.encoding.is_binary() => {
+                tracing::debug!(peer = %self.peer, "text message on a protobuf connection");
+                StepFuture::ready(Err(disconnect(Disconnect::BAD_REQUEST)))
+            }
             Message::Text(frame) | Message::Binary(frame) => self.message(frame, out),
             Message::Ping(_) | Message::Pong(_) | Message::Close(_) => StepFuture::ready(Ok(())),
         }
@@ -826,10 +856,11 @@ impl Driver for CentrifugoDriver {
         }
     }
 
-    /// Centrifugo's own ping, `{}`, once connected (the SDK answers with `{}`).
+    /// Centrifugo's own ping once connected: `{}` in JSON, an empty reply in Protobuf (the
+    /// SDK answers with the same).
     fn ping(&mut self, out: &mut Out) {
         if self.phase == Phase::Connected {
-            out.message(Message::Text(cf::ping_frame()));
+            out.message(self.frame(self.encoding.ping()));
         }
     }
 
@@ -882,16 +913,13 @@ impl CentrifugoDriver {
             Control::Unsubscribe(channel) => {
                 if self.subs.contains(channel) {
                     self.forget(channel).await;
-                    out.push(
-                        Push::new(
-                            channel.clone(),
-                            PushBody::Unsubscribe(UnsubscribePush {
-                                code: cf::unsubscribe_code::SERVER,
-                                reason: "server unsubscribe".to_string(),
-                            }),
-                        )
-                        .encode(),
-                    );
+                    out.push(self.encoding.push(&Push::new(
+                        channel.clone(),
+                        PushBody::Unsubscribe(UnsubscribePush {
+                            code: cf::unsubscribe_code::SERVER,
+                            reason: "server unsubscribe".to_string(),
+                        }),
+                    )));
                 }
             }
         }
@@ -940,16 +968,13 @@ impl CentrifugoDriver {
     async fn insufficient_state(&mut self, channel: &str, out: &mut Vec<Bytes>) {
         tracing::debug!(peer = %self.peer, channel, "insufficient state: resubscribe (2500)");
         self.forget(channel).await;
-        out.push(
-            Push::new(
-                channel,
-                PushBody::Unsubscribe(UnsubscribePush {
-                    code: cf::unsubscribe_code::INSUFFICIENT_STATE,
-                    reason: "insufficient state".to_string(),
-                }),
-            )
-            .encode(),
-        );
+        out.push(self.encoding.push(&Push::new(
+            channel,
+            PushBody::Unsubscribe(UnsubscribePush {
+                code: cf::unsubscribe_code::INSUFFICIENT_STATE,
+                reason: "insufficient state".to_string(),
+            }),
+        )));
     }
 
     /// Ends this connection's subscription to `channel` (no message to the client).
@@ -989,16 +1014,13 @@ impl CentrifugoDriver {
             if self.subs.remove(&channel) {
                 self.shared.hub.unsubscribe(self.handle(), &channel);
                 tracing::debug!(peer = %self.peer, %channel, "subscription expired");
-                out.push(
-                    Push::new(
-                        channel,
-                        PushBody::Unsubscribe(UnsubscribePush {
-                            code: cf::unsubscribe_code::EXPIRED,
-                            reason: "subscription expired".to_string(),
-                        }),
-                    )
-                    .encode(),
-                );
+                out.push(self.encoding.push(&Push::new(
+                    channel,
+                    PushBody::Unsubscribe(UnsubscribePush {
+                        code: cf::unsubscribe_code::EXPIRED,
+                        reason: "subscription expired".to_string(),
+                    }),
+                )));
             }
         }
     }
@@ -1007,16 +1029,23 @@ impl CentrifugoDriver {
     /// when an error reply was queued instead.
     async fn handle_first(
         &mut self,
-        frame: &[u8],
+        frame: &Bytes,
         out: &mut Vec<Bytes>,
     ) -> Result<Option<Outbox>, Disconnect> {
-        let mut cmds = commands(frame);
+        let mut cmds = self.encoding.commands(frame);
         let connect = match cmds.next() {
             Some(Ok(Command {
                 id,
                 method: Method::Connect(req),
             })) => (id, req),
-            _ => return Err(Disconnect::BAD_REQUEST),
+            Some(Err(e)) => {
+                tracing::debug!(peer = %self.peer, encoding = ?self.encoding, "bad first command: {e}");
+                return Err(Disconnect::BAD_REQUEST);
+            }
+            _ => {
+                tracing::debug!(peer = %self.peer, "first command is not connect");
+                return Err(Disconnect::BAD_REQUEST);
+            }
         };
         let (id, req) = connect;
         let verifier = &self.shared.verifier;
@@ -1043,7 +1072,7 @@ impl CentrifugoDriver {
                     )
                 }
                 Err(Ok(e)) => {
-                    out.push(Reply::error(id, e).encode());
+                    out.push(self.encoding.reply(&Reply::error(id, e)));
                     return Ok(None);
                 }
                 Err(Err(d)) => return Err(d),
@@ -1064,7 +1093,10 @@ impl CentrifugoDriver {
                     (claims.sub, info, exp, claims.channels)
                 }
                 Err(e) if e.is_expired() => {
-                    out.push(Reply::error(id, CfError::TOKEN_EXPIRED).encode());
+                    out.push(
+                        self.encoding
+                            .reply(&Reply::error(id, CfError::TOKEN_EXPIRED)),
+                    );
                     return Ok(None);
                 }
                 Err(e) => {
@@ -1073,7 +1105,8 @@ impl CentrifugoDriver {
                 }
             }
         };
-        let mut conn_info = ConnInfo::new(self.peer.to_string(), cf::PROTOCOL).with_user(user);
+        let mut conn_info =
+            ConnInfo::new(self.peer.to_string(), self.encoding.protocol()).with_user(user);
         if let Some(info) = info {
             conn_info = conn_info.with_conn_info(info);
         }
@@ -1122,7 +1155,10 @@ impl CentrifugoDriver {
                 }
             }
         }
-        out.push(Reply::ok(id, ReplyResult::Connect(result)).encode());
+        out.push(
+            self.encoding
+                .reply(&Reply::ok(id, ReplyResult::Connect(result))),
+        );
         // Commands batched after connect in the same frame.
         for cmd in cmds {
             match cmd {
@@ -1147,19 +1183,16 @@ impl CentrifugoDriver {
             ..Default::default()
         };
         match self.join(&req, None).await {
-            Ok(r) => out.push(
-                Push::new(
-                    channel,
-                    PushBody::Subscribe(SubscribePush {
-                        recoverable: r.recoverable,
-                        epoch: r.epoch,
-                        offset: r.offset,
-                        positioned: r.positioned,
-                        data: None,
-                    }),
-                )
-                .encode(),
-            ),
+            Ok(r) => out.push(self.encoding.push(&Push::new(
+                channel,
+                PushBody::Subscribe(SubscribePush {
+                    recoverable: r.recoverable,
+                    epoch: r.epoch,
+                    offset: r.offset,
+                    positioned: r.positioned,
+                    data: None,
+                }),
+            ))),
             Err(e) => tracing::debug!(peer = %self.peer, %channel, "server subscribe failed: {e}"),
         }
     }
@@ -1177,7 +1210,7 @@ impl CentrifugoDriver {
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(peer = %self.peer, "bad command: {e}");
+                    tracing::debug!(peer = %self.peer, encoding = ?self.encoding, "bad command: {e}");
                     return Step::Stop(Disconnect::BAD_REQUEST);
                 }
             }
@@ -1210,7 +1243,10 @@ impl CentrifugoDriver {
         };
         if let Some(channel) = channel {
             if let Err(OpError::InvalidChannel) = channels::check_name(&self.shared, channel) {
-                out.push(Reply::error(id, CfError::INVALID_CHANNEL).encode());
+                out.push(
+                    self.encoding
+                        .reply(&Reply::error(id, CfError::INVALID_CHANNEL)),
+                );
                 return Step::Continue;
             }
         }
@@ -1221,7 +1257,7 @@ impl CentrifugoDriver {
             Method::Rpc(req) if self.proxy.is_some() && self.shared.proxy.enabled(Kind::Rpc) => {
                 let mut preq = self
                     .proxy_request()
-                    .with_json(req.data.as_ref().map(|d| d.get()));
+                    .with_client_data(req.data.as_ref().map(cf::Data::to_payload));
                 preq.method = req.method;
                 match self.spawn_call(Kind::Rpc, preq, PendingOp::Rpc(id)) {
                     // Answered when the backend is.
@@ -1236,7 +1272,7 @@ impl CentrifugoDriver {
                 } else {
                     let mut preq = self
                         .proxy_request()
-                        .with_json(req.data.as_ref().map(|d| d.get()));
+                        .with_client_data(req.data.as_ref().map(cf::Data::to_payload));
                     preq.channel = req.channel.clone();
                     preq.token = req.token.clone();
                     match self.spawn_call(Kind::Subscribe, preq, PendingOp::Subscribe(id, req)) {
@@ -1327,8 +1363,8 @@ impl CentrifugoDriver {
             }
         };
         out.push(match result {
-            Ok(r) => Reply::ok(id, r).encode(),
-            Err(e) => Reply::error(id, e).encode(),
+            Ok(r) => self.encoding.reply(&Reply::ok(id, r)),
+            Err(e) => self.encoding.reply(&Reply::error(id, e)),
         });
         Step::Continue
     }
@@ -1409,7 +1445,7 @@ impl CentrifugoDriver {
         if let Some(recovery) = r.recovery {
             self.shared
                 .counters
-                .protocol(cf::PROTOCOL)
+                .protocol(self.encoding.protocol())
                 .recovery(recovery.recovered);
             result.was_recovering = true;
             result.recovered = recovery.recovered;
@@ -1491,27 +1527,21 @@ fn client_info(info: &switchboard_core::ClientInfo) -> cf::ClientInfo {
 }
 
 /// The frame line for one outbox item; `None` for items this protocol does not show.
-fn encode_delivery(delivery: &Delivery) -> Option<Bytes> {
+fn encode_delivery(encoding: Encoding, delivery: &Delivery) -> Option<Bytes> {
     match delivery {
-        Delivery::Publication(p) => Some(encode_publication_push(p)),
-        Delivery::Join(ev) => Some(
-            Push::new(
-                &*ev.channel,
-                PushBody::Join(Join {
-                    info: client_info(&ev.info),
-                }),
-            )
-            .encode(),
-        ),
-        Delivery::Leave(ev) => Some(
-            Push::new(
-                &*ev.channel,
-                PushBody::Leave(Leave {
-                    info: client_info(&ev.info),
-                }),
-            )
-            .encode(),
-        ),
+        Delivery::Publication(p) => Some(encoding.publication_push(p)),
+        Delivery::Join(ev) => Some(encoding.push(&Push::new(
+            &*ev.channel,
+            PushBody::Join(Join {
+                info: client_info(&ev.info),
+            }),
+        ))),
+        Delivery::Leave(ev) => Some(encoding.push(&Push::new(
+            &*ev.channel,
+            PushBody::Leave(Leave {
+                info: client_info(&ev.info),
+            }),
+        ))),
         Delivery::Direct(_) | Delivery::Control(_) => None,
     }
 }

@@ -62,7 +62,11 @@ fn shared() -> Arc<Shared> {
 }
 
 fn driver(shared: &Arc<Shared>) -> CentrifugoDriver {
-    CentrifugoDriver::new(Arc::clone(shared), "127.0.0.1:1".parse().unwrap())
+    CentrifugoDriver::new(
+        Arc::clone(shared),
+        "127.0.0.1:1".parse().unwrap(),
+        Encoding::Json,
+    )
 }
 
 /// The text of every frame queued, in order.
@@ -328,4 +332,126 @@ async fn flood_and_drain_have_their_disconnect_codes() {
         d.close_frame(&Ending::Hub(CloseReason::Restart)),
         Some((CloseCode(3011), Cow::Borrowed("force reconnect")))
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// The Protobuf encoding through the same driver.
+// ---------------------------------------------------------------------------------------
+
+use switchboard_protocols::centrifugo::protobuf::{decode_server_frame, encode_commands};
+
+/// Sends one binary frame of `commands`; returns the binary frames queued.
+async fn send_protobuf(
+    d: &mut CentrifugoDriver,
+    commands: &[Command],
+) -> Result<Vec<Bytes>, Ending> {
+    let mut out = Out::default();
+    let r = d
+        .on_message(Message::Binary(encode_commands(commands)), &mut out)
+        .await;
+    let sent = out
+        .drain()
+        .map(|f| match f {
+            OutFrame::Message(Message::Binary(b)) => b,
+            other => panic!("expected a binary frame, got {other:?}"),
+        })
+        .collect();
+    r.map(|()| sent)
+}
+
+#[tokio::test]
+async fn a_protobuf_connection_answers_in_binary_and_pings_with_an_empty_reply() {
+    let shared = shared();
+    let mut d = CentrifugoDriver::new(
+        Arc::clone(&shared),
+        "127.0.0.1:1".parse().unwrap(),
+        Encoding::Protobuf,
+    );
+    let connect = Command {
+        id: 1,
+        method: Method::Connect(cf::ConnectRequest::default()),
+    };
+    let subscribe = Command {
+        id: 2,
+        method: Method::Subscribe(SubscribeRequest {
+            channel: "pb".into(),
+            ..Default::default()
+        }),
+    };
+    let sent = send_protobuf(&mut d, &[connect, subscribe]).await.unwrap();
+    assert_eq!(sent.len(), 1, "both replies in one frame");
+    let replies = decode_server_frame(&sent[0]).unwrap();
+    assert_eq!(replies.len(), 2);
+    assert!(replies[0].connected_client().is_some());
+    assert_eq!((replies[1].id(), replies[1].error_code()), (2, None));
+    assert_eq!(d.handle().info().protocol, "centrifugo-protobuf");
+
+    // A binary publication reaches the Protobuf subscriber as the same bytes.
+    let bytes: Vec<u8> = vec![0, 255, 1, 254];
+    shared.hub.publish(
+        "pb",
+        Payload::binary(bytes.clone()),
+        switchboard_core::PublishOptions::default(),
+    );
+    let mut out = Out::default();
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    if let Poll::Ready(event) = d.poll_event(&mut cx) {
+        d.on_event(event, &mut out).await.unwrap();
+    }
+    let frames: Vec<_> = out.drain().collect();
+    let OutFrame::Message(Message::Binary(frame)) = &frames[0] else {
+        panic!("expected a binary frame, got {frames:?}");
+    };
+    let replies = decode_server_frame(frame).unwrap();
+    let (channel, data, _) = replies[0].publication().unwrap();
+    assert_eq!((channel, &data[..]), ("pb", &bytes[..]));
+
+    let mut out = Out::default();
+    d.ping(&mut out);
+    let frames: Vec<_> = out.drain().collect();
+    assert!(
+        matches!(&frames[..], [OutFrame::Message(Message::Binary(b))] if b[..] == [0]),
+        "{frames:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_protobuf_connection_refuses_text_and_bad_frames_with_3501() {
+    let shared = shared();
+    let new = || {
+        CentrifugoDriver::new(
+            Arc::clone(&shared),
+            "127.0.0.1:1".parse().unwrap(),
+            Encoding::Protobuf,
+        )
+    };
+    let connect = Command {
+        id: 1,
+        method: Method::Connect(cf::ConnectRequest::default()),
+    };
+    // Text, even before connect.
+    let mut d = new();
+    let mut out = Out::default();
+    let r = d.on_message(Message::text("{}"), &mut out).await;
+    assert!(matches!(r, Err(Ending::Close(3501, _))), "{r:?}");
+    // A truncated varint after connect.
+    let mut d = new();
+    send_protobuf(&mut d, std::slice::from_ref(&connect))
+        .await
+        .unwrap();
+    let mut out = Out::default();
+    let r = d
+        .on_message(Message::Binary(Bytes::from_static(&[0x80])), &mut out)
+        .await;
+    assert!(matches!(r, Err(Ending::Close(3501, _))), "{r:?}");
+    // Garbage as the first frame.
+    let mut d = new();
+    let mut out = Out::default();
+    let r = d
+        .on_message(
+            Message::Binary(Bytes::from_static(&[0x02, 0xff, 0xff])),
+            &mut out,
+        )
+        .await;
+    assert!(matches!(r, Err(Ending::Close(3501, _))), "{r:?}");
 }
