@@ -10,6 +10,8 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import http from 'node:http';
+import net from 'node:net';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -189,6 +191,61 @@ describe('Centrifugo HTTP stream transports', () => {
     await s.feed.closed();
   });
 
+  it('uni_websocket: connect as the first message or cf_connect; pushes, pings answered by the WebSocket pong', async () => {
+    const token = mint(['--user', 'fay', '--subscribe', 'uniws']);
+    const collect = (ws) => {
+      const got = [];
+      ws.on('message', (data) => {
+        for (const line of data.toString().split('\n')) if (line) got.push(JSON.parse(line));
+      });
+      return got;
+    };
+    const waitFor = (got, pred, what) => withTimeout(
+      (async () => { for (;;) { const m = got.find(pred); if (m) return m; await new Promise((r) => setTimeout(r, 20)); } })(),
+      what,
+    );
+
+    const first = new WebSocket(server.wsUrl('/connection/uni_websocket'));
+    cleanups.push(() => first.close());
+    const firstGot = collect(first);
+    await opened(first);
+    first.send(JSON.stringify({ token }));
+    const c = await waitFor(firstGot, (m) => m.connect, 'connect push');
+    assert.ok('uniws' in c.connect.subs);
+
+    const viaQuery = new WebSocket(server.wsUrl(`/connection/uni_websocket?cf_connect=${encodeURIComponent(JSON.stringify({ token }))}`));
+    cleanups.push(() => viaQuery.close());
+    const queryGot = collect(viaQuery);
+    await waitFor(queryGot, (m) => m.connect, 'connect push (cf_connect)');
+
+    await api('publish', { channel: 'uniws', data: { n: 1 } });
+    for (const got of [firstGot, queryGot]) {
+      await waitFor(got, pubOf('uniws', (p) => p.data?.n === 1), 'publication');
+    }
+    // Ping interval and timeout are 2 s: alive after 5 s only because `ws` answers the
+    // server's WebSocket pings (the client itself sends nothing).
+    await new Promise((r) => setTimeout(r, 5000));
+    assert.ok(firstGot.some((m) => Object.keys(m).length === 0), 'the {} ping arrived');
+    await api('publish', { channel: 'uniws', data: { n: 2 } });
+    await waitFor(firstGot, pubOf('uniws', (p) => p.data?.n === 2), 'publication after 5 s');
+    assert.equal(first.readyState, WebSocket.OPEN);
+
+    // A kick: the disconnect push, then the close frame with the same code.
+    const closed = new Promise((resolve) => first.once('close', (code) => resolve(code)));
+    await api('disconnect', { user: 'fay' });
+    const code = await withTimeout(closed, 'close after the kick');
+    const d = await waitFor(firstGot, (m) => m.disconnect, 'disconnect push');
+    assert.equal(d.disconnect.code, code);
+
+    // A first message that is not a connect request: 3501 bad request.
+    const bad = new WebSocket(server.wsUrl('/connection/uni_websocket'));
+    await opened(bad);
+    const badClosed = new Promise((resolve) => bad.once('close', (code) => resolve(code)));
+    bad.send('not json');
+    assert.equal(await withTimeout(badClosed, 'bad request close'), 3501);
+    viaQuery.close();
+  });
+
   it('bad input gets its documented status and disturbs nothing else', async () => {
     // A canary: a unidirectional stream that must keep receiving throughout.
     const token = mint(['--user', 'canary', '--subscribe', 'canary']);
@@ -224,6 +281,12 @@ describe('Centrifugo HTTP stream transports', () => {
     assert.equal((await post('/connection/http_stream', '{"id":1,"subscribe":{"channel":"x"}}')).status, 400);
     assert.equal((await fetch(`${server.httpUrl}/connection/sse`)).status, 400);
     assert.equal((await fetch(`${server.httpUrl}/connection/uni_http_stream`)).status, 405);
+    const badUpgrade = new WebSocket(server.wsUrl(`/connection/uni_websocket?cf_connect=${encodeURIComponent('{')}`));
+    const refused = await withTimeout(new Promise((resolve) => {
+      badUpgrade.once('unexpected-response', (_req, res) => resolve(res.statusCode));
+      badUpgrade.once('error', () => {});
+    }), 'uni_websocket refusal');
+    assert.equal(refused, 400);
     // An invalid token: the stream opens and ends with the documented disconnect (3500).
     const bad = await lineStream(`${server.httpUrl}/connection/uni_http_stream`, { token: 'garbage' });
     const d = await bad.feed.wait((m) => m && m.disconnect, 'disconnect for a bad token');
@@ -231,7 +294,7 @@ describe('Centrifugo HTTP stream transports', () => {
     await bad.feed.closed();
 
     // Each refusal (not the 204, the 405s or the bad token) is counted in /metrics.
-    assert.equal((await refusals()) - before, 8);
+    assert.equal((await refusals()) - before, 9);
     // The canary still receives.
     await api('publish', { channel: 'canary', data: { alive: true } });
     await canary.feed.wait(pubOf('canary', (p) => p.data?.alive), 'canary publication after the garbage');
@@ -303,4 +366,126 @@ describe('Centrifugo HTTP stream transports', () => {
       wsClient.disconnect();
     });
   }
+});
+
+describe('Centrifugo unidirectional streams: connect proxy, slow consumer, shutdown', () => {
+  let server;
+  let dir;
+  let backend;
+  const cleanups = [];
+
+  async function api(method, body) {
+    const res = await fetch(`${server.httpUrl}/api/${method}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-api-key': KEY },
+      body: JSON.stringify(body),
+    });
+    assert.equal(res.status, 200, `${method}: ${await res.clone().text()}`);
+  }
+
+  async function metric(re) {
+    const text = await (await fetch(`${server.httpUrl}/metrics`)).text();
+    const m = re.exec(text);
+    return m ? Number(m[1]) : 0;
+  }
+
+  before(async () => {
+    // A backend answering connect calls in Centrifugo's documented proxy format: the user
+    // from the session cookie, and the channels the connection gets.
+    backend = http.createServer((req, res) => {
+      let body = '';
+      req.on('data', (d) => (body += d));
+      req.on('end', () => {
+        const cookie = req.headers.cookie || '';
+        const answer = cookie.includes('session=zed')
+          ? { result: { user: 'zed', channels: ['proxied'] } }
+          : { disconnect: { code: 4501, reason: 'who are you' } };
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(answer));
+      });
+    });
+    await new Promise((resolve) => backend.listen(0, '127.0.0.1', resolve));
+    dir = mkdtempSync(path.join(tmpdir(), 'sb-streams-proxy-'));
+    const file = path.join(dir, 'switchboard.toml');
+    writeFileSync(file, `${CONFIG}
+[proxy]
+http_headers = ["Cookie"]
+[proxy.connect]
+endpoint = "http://127.0.0.1:${backend.address().port}/connect"
+timeout = "1s"
+`);
+    server = await startServer(['--config', file, '--api-key', KEY, '--ping-interval', '2', '--ping-timeout', '2']);
+  });
+
+  after(async () => {
+    for (const f of cleanups) f();
+    await server?.stop('SIGKILL');
+    backend?.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('a connect without a token goes to the connect proxy, whose channels the stream receives', async () => {
+    const s = await lineStream(`${server.httpUrl}/connection/uni_http_stream`, {}, { cookie: 'session=zed' });
+    cleanups.push(s.abort);
+    const c = await s.feed.wait((m) => m && m.connect, 'connect push');
+    assert.ok('proxied' in c.connect.subs);
+    await api('publish', { channel: 'proxied', data: { via: 'proxy' } });
+    await s.feed.wait((m) => m && m.channel === 'proxied' && m.pub?.data?.via === 'proxy', 'publication');
+    // The backend refusing: the stream carries its disconnect and ends.
+    const refused = await lineStream(`${server.httpUrl}/connection/uni_http_stream`, {});
+    const d = await refused.feed.wait((m) => m && m.disconnect, 'the backend\'s disconnect');
+    assert.equal(d.disconnect.code, 4501);
+    await refused.feed.closed();
+    s.abort();
+  });
+
+  it('a client that stops reading is closed as a slow consumer; a reading one is not disturbed', async () => {
+    const token = mint(['--user', 'slow', '--subscribe', 'firehose']);
+    const canaryToken = mint(['--user', 'canary2', '--subscribe', 'firehose']);
+    const canary = await lineStream(`${server.httpUrl}/connection/uni_http_stream`, { token: canaryToken });
+    cleanups.push(canary.abort);
+    await canary.feed.wait((m) => m && m.connect, 'canary connected');
+    const re = /connections_closed_total\{protocol="centrifugo-json",reason="slow_consumer"\} (\d+)/;
+    const before = await metric(re);
+
+    // A raw HTTP client that sends its request and never reads the response.
+    const body = JSON.stringify({ token });
+    const sock = net.connect(server.port, '127.0.0.1');
+    cleanups.push(() => sock.destroy());
+    await new Promise((resolve) => sock.once('connect', resolve));
+    sock.pause();
+    sock.write(`POST /connection/uni_http_stream HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+    await new Promise((r) => setTimeout(r, 300));
+
+    const chunk = 'x'.repeat(60_000);
+    const N = 300; // ≈ 18 MB: more than the socket buffers and the outbox hold
+    for (let i = 0; i < N; i++) await api('publish', { channel: 'firehose', data: { i, chunk } });
+    await withTimeout(
+      (async () => { while ((await metric(re)) <= before) await new Promise((r) => setTimeout(r, 100)); })(),
+      'the slow client closed as a slow consumer',
+    );
+    // The canary read everything, in order.
+    const last = await canary.feed.wait((m) => m && m.pub?.data?.i === N - 1, 'the canary\'s last publication');
+    assert.ok(last);
+    const seen = canary.feed.items.filter((m) => m && m.pub).map((m) => m.pub.data.i);
+    assert.deepEqual(seen, Array.from({ length: N }, (_, i) => i));
+    canary.abort();
+  });
+
+  it('shutdown ends every stream with the 3001 disconnect push', async () => {
+    const token = mint(['--user', 'last', '--subscribe', 'bye']);
+    const s = await lineStream(`${server.httpUrl}/connection/uni_http_stream`, { token });
+    await s.feed.wait((m) => m && m.connect, 'connect push');
+    const sse = await eventStream(`${server.httpUrl}/connection/uni_sse?cf_connect=${encodeURIComponent(JSON.stringify({ token }))}`);
+    await sse.feed.wait((e) => e.data.connect, 'sse connect');
+    const stopped = server.stop();
+    const d = await s.feed.wait((m) => m && m.disconnect, 'disconnect push at shutdown');
+    assert.equal(d.disconnect.code, 3001);
+    const e = await sse.feed.wait((ev) => ev.data.disconnect, 'sse disconnect at shutdown');
+    assert.equal(e.data.disconnect.code, 3001);
+    await s.feed.closed();
+    await sse.feed.closed();
+    const { code } = await stopped;
+    assert.equal(code, 0, 'clean exit on SIGTERM');
+    server = null;
+  });
 });

@@ -195,6 +195,9 @@ fn endpoints(config: &ServerConfig, on_message: Option<MessageHook>) -> Router {
         .register(Arc::new(
             crate::protocol::centrifugo::streams::CentrifugoStreams::new(),
         ))
+        .register(Arc::new(
+            crate::protocol::centrifugo::streams::CentrifugoUniWebsocket,
+        ))
         .register(Arc::new(crate::protocol::socketio::SocketIo::new()))
         .register(Arc::new(crate::protocol::pusher::PusherSocket(
             pusher.clone(),

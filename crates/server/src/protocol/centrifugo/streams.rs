@@ -8,6 +8,7 @@
 //! | path | request | response body |
 //! |---|---|---|
 //! | `/connection/uni_http_stream` | `POST`, body: the connect request (JSON) | one JSON push per line; ping `null` |
+//! | `/connection/uni_websocket` | WebSocket upgrade; the connect request as `cf_connect` or as the first message | one text message per push; ping `{}` with a WebSocket ping |
 //! | `/connection/uni_sse` | `GET ?cf_connect=<connect request JSON>` (or `POST` with it as body) | `text/event-stream`: one `data:` event per push; ping `{}` |
 //! | `/connection/http_stream` | `POST`, body: the SDK's connect command | the bidirectional protocol's replies and pushes, one per line |
 //! | `/connection/sse` | `GET ?cf_connect=<connect command>` | the same, one `data:` event each |
@@ -47,10 +48,12 @@ use serde::Deserialize;
 use switchboard_protocols::centrifugo::{
     self as cf, ConnectRequest, ConnectResult, DisconnectPush, Push, PushBody, SubscribeRequest,
 };
+use switchboard_websocket::{CloseCode, Error as WsError, Message};
 use tokio::sync::mpsc;
 
 use super::CentrifugoDriver;
-use crate::conn::runtime::{self, Identity};
+use crate::conn::driver::OutFrame;
+use crate::conn::runtime::{self, Identity, Transport, WsTransport};
 use crate::state::Shared;
 use crate::transport::body::Body;
 use crate::transport::forward::{is_forwarded, Forwarder};
@@ -61,6 +64,8 @@ use crate::transport::{Endpoint, RequestCtx, ResponseFuture, Route};
 
 /// Unidirectional HTTP streaming.
 pub const UNI_HTTP_STREAM_PATH: &str = "/connection/uni_http_stream";
+/// Unidirectional WebSocket.
+pub const UNI_WEBSOCKET_PATH: &str = "/connection/uni_websocket";
 /// Unidirectional Server-Sent Events.
 pub const UNI_SSE_PATH: &str = "/connection/uni_sse";
 /// Bidirectional emulation over HTTP streaming (centrifuge-js `http_stream`).
@@ -80,6 +85,7 @@ const INBOUND: usize = 64;
 enum Kind {
     UniHttpStream,
     UniSse,
+    UniWebsocket,
     HttpStream,
     Sse,
 }
@@ -96,7 +102,10 @@ impl Kind {
     }
 
     fn is_uni(self) -> bool {
-        matches!(self, Kind::UniHttpStream | Kind::UniSse)
+        matches!(
+            self,
+            Kind::UniHttpStream | Kind::UniSse | Kind::UniWebsocket
+        )
     }
 
     fn is_sse(self) -> bool {
@@ -471,6 +480,23 @@ impl CfFraming {
         false
     }
 
+    /// The `disconnect` push telling the peer the connection ends with `code` and `reason`,
+    /// as a bidirectional line; `None` after an error answer already ended the stream.
+    fn disconnect_push(&self, code: u16, reason: &str) -> Option<Bytes> {
+        if self.finished {
+            return None;
+        }
+        let push = Push::new(
+            "",
+            PushBody::Disconnect(DisconnectPush {
+                code: u32::from(code),
+                reason: reason.to_string(),
+                reconnect: (3000..3500).contains(&code) || (4000..4500).contains(&code),
+            }),
+        );
+        Some(push.encode())
+    }
+
     /// The SSE event id holding every tracked position.
     fn positions_id(&self) -> Option<Bytes> {
         if self.positions.is_empty() {
@@ -524,24 +550,16 @@ impl Framing for CfFraming {
                     out.append(&mut pieces);
                     out.push(EVENT_END);
                 }
-                Kind::HttpStream => {}
+                // Framed message by message by `UniWsTransport`.
+                Kind::HttpStream | Kind::UniWebsocket => {}
             }
         }
     }
 
     fn close(&mut self, code: u16, reason: &str, out: &mut Vec<Bytes>) {
-        if self.finished {
-            return;
+        if let Some(push) = self.disconnect_push(code, reason) {
+            self.frame(&push, out);
         }
-        let push = Push::new(
-            "",
-            PushBody::Disconnect(DisconnectPush {
-                code: u32::from(code),
-                reason: reason.to_string(),
-                reconnect: (3000..3500).contains(&code) || (4000..4500).contains(&code),
-            }),
-        );
-        self.frame(&push.encode(), out);
     }
 
     fn finished(&self) -> bool {
@@ -581,6 +599,183 @@ fn publication_position(line: &[u8]) -> Option<(String, u64)> {
     }
     let offset = std::str::from_utf8(number).ok()?.parse().ok()?;
     Some((channel, offset))
+}
+
+/// The endpoint of `/connection/uni_websocket`: the unidirectional protocol over a
+/// WebSocket. The connect request comes as `cf_connect` in the query or as the client's first
+/// message; after it the client's messages are read and ignored (pongs and close frames are
+/// the WebSocket layer's).
+pub(crate) struct CentrifugoUniWebsocket;
+
+impl Endpoint for CentrifugoUniWebsocket {
+    fn route(&self) -> Route {
+        Route::Upgrade(UNI_WEBSOCKET_PATH)
+    }
+
+    fn handle(&self, mut req: Request<Incoming>, ctx: RequestCtx) -> ResponseFuture {
+        let RequestCtx {
+            shared,
+            peer,
+            token,
+        } = ctx;
+        let first = match upgrade::query_value(req.uri().query(), "cf_connect") {
+            None => None,
+            Some(raw) => match uni_connect(raw.as_bytes(), None) {
+                Some(first) => Some(first),
+                None => {
+                    let r = refuse(
+                        &shared,
+                        peer,
+                        StatusCode::BAD_REQUEST,
+                        "bad connect request",
+                    );
+                    return Box::pin(std::future::ready(r));
+                }
+            },
+        };
+        let admitted = match upgrade::admit(&req, &shared, peer) {
+            Ok(admitted) => admitted,
+            Err(refusal) => return Box::pin(std::future::ready(*refusal)),
+        };
+        let timeout = shared.config.handshake_timeout;
+        let max = shared.config.max_message_size;
+        let limits = upgrade::limits(&shared);
+        let counters = Arc::clone(&shared.counters);
+        let conn_shared = Arc::clone(&shared);
+        let forwarded = shared
+            .proxy
+            .any_enabled()
+            .then(|| shared.proxy.forwarded(req.headers()));
+        let response = admitted.accept(&mut req, &shared, peer, timeout, max, move |ws, slot| {
+            let (reader, writer) = ws.split();
+            let who = Identity {
+                peer,
+                id: 0,
+                protocol: cf::PROTOCOL,
+            };
+            runtime::spawn(
+                UniWsTransport {
+                    inner: WsTransport::new(reader, writer),
+                    framing: CfFraming::new(Kind::UniWebsocket, None),
+                    first,
+                    connected: false,
+                },
+                CentrifugoDriver::new(conn_shared, peer).with_proxy(forwarded),
+                limits,
+                who,
+                counters,
+                token,
+                Some(slot),
+            );
+        });
+        Box::pin(std::future::ready(response))
+    }
+}
+
+/// A WebSocket carrying the unidirectional protocol: each of the driver's lines becomes one
+/// text message without its bidirectional wrapper (a publication's shared bytes, sliced,
+/// not copied), and each application ping `{}` goes with a WebSocket ping, whose pong keeps
+/// the connection alive (the client never sends anything else).
+struct UniWsTransport<S> {
+    inner: WsTransport<S>,
+    framing: CfFraming,
+    /// The connect command from `cf_connect`, handed to the driver first.
+    first: Option<Bytes>,
+    /// Whether the connect was handed over: later client messages are ignored.
+    connected: bool,
+}
+
+impl<S> Transport for UniWsTransport<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    fn poll_next(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Message, WsError>>> {
+        use std::task::Poll;
+        if let Some(first) = self.first.take() {
+            self.connected = true;
+            return Poll::Ready(Some(Ok(Message::Text(first))));
+        }
+        loop {
+            match std::task::ready!(self.inner.poll_next(cx)) {
+                Some(Ok(Message::Text(t) | Message::Binary(t))) if !self.connected => {
+                    self.connected = true;
+                    // Not a connect request: an empty message, which the driver refuses
+                    // as a bad request (3501).
+                    let first = uni_connect(&t, None).unwrap_or_default();
+                    return Poll::Ready(Some(Ok(Message::Text(first))));
+                }
+                Some(Ok(Message::Text(_) | Message::Binary(_))) => continue,
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+
+    fn feed(&mut self, frame: &OutFrame) -> Result<(), WsError> {
+        let payload = match frame {
+            OutFrame::Message(Message::Text(b)) => b,
+            OutFrame::Prepared(p) => p.payload(),
+            other => return self.inner.feed(other),
+        };
+        for line in payload.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let line = payload.slice_ref(line);
+            if &line[..] == cf::PING {
+                self.inner
+                    .feed(&OutFrame::Message(Message::Ping(Bytes::new())))?;
+            }
+            let mut pieces = Vec::with_capacity(2);
+            self.framing.uni_line(line, &mut pieces);
+            let message = match pieces.len() {
+                0 => continue,
+                1 => pieces.swap_remove(0),
+                _ => Bytes::from(pieces.concat()),
+            };
+            self.inner
+                .feed(&OutFrame::Message(Message::Text(message)))?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> impl std::future::Future<Output = Result<(), WsError>> + Send + '_ {
+        self.inner.flush()
+    }
+
+    fn close(
+        &mut self,
+        code: CloseCode,
+        reason: &str,
+    ) -> impl std::future::Future<Output = Result<(), WsError>> + Send {
+        // The disconnect push first, then the close frame with the same advice.
+        let fed = match self.framing.disconnect_push(code.0, reason) {
+            Some(push) => self.feed(&OutFrame::Message(Message::Text(push))),
+            None => Ok(()),
+        };
+        let reason = reason.to_string();
+        async move {
+            fed?;
+            self.inner.close(code, &reason).await
+        }
+    }
+
+    fn linger(
+        &mut self,
+        limit: std::time::Duration,
+    ) -> impl std::future::Future<Output = ()> + Send + '_ {
+        self.inner.linger(limit)
+    }
+
+    fn drain(
+        &mut self,
+        limit: std::time::Duration,
+    ) -> impl std::future::Future<Output = ()> + Send + '_ {
+        self.inner.drain(limit)
+    }
+
+    fn activity(&self) -> crate::conn::heartbeat::Activity {
+        self.inner.activity()
+    }
 }
 
 /// The emulation body centrifuge-js posts.
