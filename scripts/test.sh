@@ -259,7 +259,7 @@ if wanted interop; then
         node --test --test-reporter=spec --test-concurrency=1 "$INTEROP/$file"
     }
     # Suites that need a browser: skipped (not failed) without one.
-    BROWSER_SUITES=(browser.test.mjs browser_channels.test.mjs socketio_browser.test.mjs pusher_browser.test.mjs admin_browser.test.mjs login_browser.test.mjs)
+    BROWSER_SUITES=(browser.test.mjs browser_channels.test.mjs socketio_browser.test.mjs pusher_browser.test.mjs admin_browser.test.mjs login_browser.test.mjs centrifugo_streams_browser.test.mjs)
     build_failed=0
     for s in "${FAILED[@]+"${FAILED[@]}"}"; do [[ "$s" == "cargo build --release" ]] && build_failed=1; done
     if [[ $build_failed -eq 1 ]]; then
@@ -279,6 +279,7 @@ if wanted interop; then
       node_suite cli_connect.test.mjs
       node_suite centrifugo.test.mjs
       node_suite centrifugo_protobuf.test.mjs
+      node_suite centrifugo_streams.test.mjs
       node_suite proxy.test.mjs
       node_suite http_api.test.mjs
       node_suite pusher.test.mjs
@@ -295,6 +296,7 @@ if wanted interop; then
       node_suite cluster_faults.test.mjs
       node_suite cluster_api.test.mjs
       node_suite socketio_cluster.test.mjs
+      node_suite centrifugo_streams_cluster.test.mjs
       node_suite pusher_cluster.test.mjs
       # A rolling deploy of three nodes under 600 connections from 4 client threads (DEPLOY_TEST_SCALE=1: 3,000), drained and not.
       node_suite deploy.test.mjs

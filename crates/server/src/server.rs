@@ -192,6 +192,12 @@ fn endpoints(config: &ServerConfig, on_message: Option<MessageHook>) -> Router {
         .register(Arc::new(crate::transport::metrics::Metrics))
         .register(Arc::new(crate::api::Api))
         .register(Arc::new(crate::protocol::centrifugo::Centrifugo))
+        .register(Arc::new(
+            crate::protocol::centrifugo::streams::CentrifugoStreams::new(),
+        ))
+        .register(Arc::new(
+            crate::protocol::centrifugo::streams::CentrifugoUniWebsocket,
+        ))
         .register(Arc::new(crate::protocol::socketio::SocketIo::new()))
         .register(Arc::new(crate::protocol::pusher::PusherSocket(
             pusher.clone(),

@@ -2,7 +2,6 @@
 //! the connection lookup and the configuration with its secrets masked.
 use bytes::Bytes;
 use http::{header, HeaderValue, Response};
-use http_body_util::Full;
 use serde_json::{json, Value};
 use switchboard_core::Hub;
 
@@ -17,7 +16,7 @@ const MASK: &str = "••••••";
 /// The page, with headers that keep it from being framed or from loading anything but
 /// itself.
 pub(super) fn response() -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from_static(super::ADMIN_HTML.as_bytes())));
+    let mut r = Response::new(Body::new(Bytes::from_static(super::ADMIN_HTML.as_bytes())));
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

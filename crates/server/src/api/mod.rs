@@ -36,7 +36,6 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -410,7 +409,7 @@ fn authorized(headers: &http::HeaderMap, key: Option<&str>) -> bool {
 }
 
 fn json_response(body: Json) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(Body::new(Bytes::from(body)));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

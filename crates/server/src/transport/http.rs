@@ -6,6 +6,7 @@
 //! |---------------------------------------|------------------------------------------|
 //! | upgrade on `/connection/websocket`    | Centrifugo client protocol (JSON)        |
 //! | anything on `/socket.io/`             | Socket.IO / Engine.IO ([`crate::protocol::socketio`]) |
+//! | `/connection/{uni_http_stream,uni_sse,http_stream,sse}`, `POST /emulation` | Centrifugo over streamed responses ([`crate::protocol::centrifugo::streams`]) |
 //! | upgrade on a reserved prefix          | 404 (those paths belong to other protocols) |
 //! | upgrade on any other path             | WebSocket; room = path (`/` = `lobby`)   |
 //! | `GET /`                               | the chat page                            |
@@ -26,7 +27,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::conn::crash::CatchPanic;
@@ -52,7 +53,7 @@ pub const RESERVED_PREFIXES: &[&str] = &[
 ];
 
 /// The body type of every response.
-pub type Body = Full<Bytes>;
+pub use super::body::Body;
 
 /// Whether `path` falls under a reserved prefix (`/health` and `/health/x` do, `/healthy` does not).
 pub fn is_reserved(path: &str) -> bool {
@@ -131,7 +132,7 @@ impl Endpoint for Page {
     fn handle(&self, req: Request<Incoming>, _ctx: RequestCtx) -> ResponseFuture {
         let response = match *req.method() {
             Method::GET | Method::HEAD => {
-                let mut r = Response::new(Full::new(Bytes::from_static(INDEX_HTML.as_bytes())));
+                let mut r = Response::new(Body::new(Bytes::from_static(INDEX_HTML.as_bytes())));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/html; charset=utf-8"),
@@ -274,7 +275,7 @@ fn health(shared: &Shared) -> Response<Body> {
     if !broker.masters.is_empty() {
         body["broker"]["masters"] = serde_json::json!(broker.masters);
     }
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut r = Response::new(Body::new(Bytes::from(body.to_string())));
     if draining {
         // Load balancers take the node out of rotation.
         *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
@@ -290,7 +291,7 @@ fn health(shared: &Shared) -> Response<Body> {
 
 /// A short plain-text response.
 pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let mut r = Response::new(Body::new(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
@@ -77,7 +76,7 @@ pub(crate) async fn serve_alone(listener: tokio::net::TcpListener, shared: Arc<S
 
 /// The `/metrics` answer.
 pub(crate) fn response(shared: &Arc<Shared>) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(render(shared))));
+    let mut r = Response::new(Body::new(Bytes::from(render(shared))));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(prometheus_client::encoding::prometheus_text::CONTENT_TYPE),

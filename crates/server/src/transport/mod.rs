@@ -17,11 +17,13 @@ use switchboard_websocket::handshake::is_upgrade_request;
 use crate::conn::shutdown::ShutdownToken;
 use crate::state::Shared;
 
+pub mod body;
 pub mod forward;
 pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod origin;
+pub(crate) mod stream;
 pub mod tls;
 pub(crate) mod upgrade;
 

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use switchboard_websocket::codec::Config as CodecConfig;
@@ -77,7 +76,7 @@ impl Admitted {
             let ws = websocket(&shared, TokioIo::new(upgraded), deflate, max_message);
             then(ws, slot);
         });
-        let mut response = Response::new(Full::default());
+        let mut response = Response::new(Body::default());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         *response.headers_mut() = handshake.response_headers();
         response
@@ -211,7 +210,7 @@ pub(crate) fn admit_with(
         Err(rejection) => {
             shared.counters.bump(Counter::RejectedBadHandshake);
             tracing::debug!(%peer, reason = rejection.reason, "upgrade refused: bad handshake");
-            let mut r = Response::new(Full::new(bytes::Bytes::from_static(
+            let mut r = Response::new(Body::new(bytes::Bytes::from_static(
                 rejection.reason.as_bytes(),
             )));
             *r.status_mut() = rejection.status;

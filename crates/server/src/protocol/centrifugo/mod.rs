@@ -239,6 +239,9 @@ pub(crate) struct CentrifugoDriver {
     batch: Vec<Delivery>,
     /// Calls to the application's backend; `None` when no proxy kind is configured.
     proxy: Option<Box<ProxyCalls>>,
+    /// The emulation session id and node name told in the connect result, when the
+    /// connection is an HTTP-streaming or SSE emulation ([`streams`]).
+    session: Option<Box<(String, String)>>,
 }
 
 /// Most proxy calls one connection may have in flight; more are answered 111.
@@ -323,7 +326,15 @@ impl CentrifugoDriver {
             lines: Vec::new(),
             batch: Vec::new(),
             proxy: None,
+            session: None,
         }
+    }
+
+    /// Names the emulation session (`session`, on node `node`) in the connect result, so the
+    /// client can address its commands to it.
+    fn with_session(mut self, session: String, node: String) -> CentrifugoDriver {
+        self.session = Some(Box::new((session, node)));
+        self
     }
 
     /// Lets the connection call the backend's proxy, forwarding `forwarded` (`None`: no
@@ -1131,6 +1142,10 @@ impl CentrifugoDriver {
             data: connect_data,
             ..Default::default()
         };
+        if let Some(session) = &self.session {
+            result.session.clone_from(&session.0);
+            result.node.clone_from(&session.1);
+        }
         // A proxied connection is refreshed by the server (refresh proxy), not by the SDK
         // with a token, so its expiry is not announced.
         let announce_expiry = !self.proxy.as_ref().is_some_and(|c| c.proxied_connect);
@@ -1629,6 +1644,7 @@ fn time_until_expiry(at: Option<u64>, now: u64) -> Duration {
     }
 }
 
+pub(crate) mod streams;
 mod subs;
 #[cfg(test)]
 mod tests;

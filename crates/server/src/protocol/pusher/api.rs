@@ -66,7 +66,9 @@ impl Endpoint for PusherUserApi {
 }
 
 fn json_response(status: StatusCode, v: Value) -> Response<Body> {
-    let mut r = Response::new(http_body_util::Full::new(Bytes::from(v.to_string())));
+    let mut r = Response::new(crate::transport::http::Body::new(Bytes::from(
+        v.to_string(),
+    )));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

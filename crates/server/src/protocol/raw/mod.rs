@@ -131,7 +131,9 @@ async fn connect_by_proxy(
 
 /// A plain-text refusal with the backend's message.
 fn refusal(status: StatusCode, message: String) -> http::Response<crate::transport::http::Body> {
-    let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(message)));
+    let mut r = http::Response::new(crate::transport::http::Body::new(bytes::Bytes::from(
+        message,
+    )));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -51,7 +51,6 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use switchboard_protocols::socketio::engine::{Handshake, HttpError, Packet as EnginePacket};
@@ -294,7 +293,7 @@ async fn forward(
     // A pending GET lasts up to a ping interval; allow the ping timeout on top.
     let timeout = shared.config.ping_interval + shared.config.ping_timeout;
     match io.forwarder().forward(parts, body, &target, timeout).await {
-        Ok(response) => response,
+        Ok(response) => response.map(Body::from),
         Err(e) => {
             tracing::debug!(owner, "socket.io: forwarding failed: {e}");
             status_only(e.status())
@@ -316,7 +315,7 @@ async fn forward_upgrade(
     };
     let timeout = shared.config.socketio.upgrade_timeout;
     match io.forwarder().forward_upgrade(req, &target, timeout).await {
-        Ok(response) => response,
+        Ok(response) => response.map(Body::from),
         Err(e) => {
             tracing::debug!(owner, "socket.io: forwarding an upgrade failed: {e}");
             status_only(e.status())
@@ -893,7 +892,7 @@ async fn post(req: Request<Incoming>, shared: &Shared, session: &Arc<Session>) -
         Ok(Err(why)) => return bad_request(why),
         Err(_) => return error(HttpError::UnknownSid),
     }
-    let mut r = Response::new(Full::new(Bytes::from_static(b"ok")));
+    let mut r = Response::new(Body::new(Bytes::from_static(b"ok")));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
@@ -908,7 +907,7 @@ fn bad_request(reason: &str) -> Response<Body> {
         "message": "Bad request",
         "context": { "reason": reason },
     });
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut r = Response::new(Body::new(Bytes::from(body.to_string())));
     *r.status_mut() = StatusCode::BAD_REQUEST;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -918,7 +917,7 @@ fn bad_request(reason: &str) -> Response<Body> {
 }
 
 fn polling_response(body: Bytes) -> Response<Body> {
-    let mut r = Response::new(Full::new(body));
+    let mut r = Response::new(Body::new(body));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=UTF-8"),

@@ -19,7 +19,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use switchboard_protocols::socketio::engine::HttpError;
 
@@ -172,7 +171,7 @@ pub(crate) async fn handle(
 
 /// `OPTIONS`: the CORS preflight of a cross-origin polling request.
 fn preflight(req: &Request<Incoming>) -> Response<Body> {
-    let mut r = Response::new(Full::default());
+    let mut r = Response::new(Body::default());
     *r.status_mut() = StatusCode::NO_CONTENT;
     let h = r.headers_mut();
     h.insert(
@@ -205,7 +204,7 @@ fn cors(r: &mut Response<Body>, origin: &str) {
 
 /// An Engine.IO error answer: the status and JSON body the reference server uses.
 pub(crate) fn error(e: HttpError) -> Response<Body> {
-    let mut r = Response::new(Full::new(e.body()));
+    let mut r = Response::new(Body::new(e.body()));
     *r.status_mut() = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -217,7 +216,7 @@ pub(crate) fn error(e: HttpError) -> Response<Body> {
 /// A bare status without body (what the reference server answers to an oversized or
 /// overlapping polling request).
 pub(crate) fn status_only(status: StatusCode) -> Response<Body> {
-    let mut r = Response::new(Full::default());
+    let mut r = Response::new(Body::default());
     *r.status_mut() = status;
     r
 }
