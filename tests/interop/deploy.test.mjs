@@ -272,8 +272,9 @@ async function rollingDeploy(drainSecs) {
     // per 100 ms, by their own clocks, so the clients' event-loop lag does not enter.
     const opened = nodeOpens(logs);
     const serverSide = (from, to) => {
-      const p = peak(opened.filter((t) => t >= from && t <= to).map((t) => t - from));
-      return { peak: p.peak, atMs: Math.round(p.peakAtMs) };
+      const times = opened.filter((t) => t >= from && t <= to).map((t) => t - from);
+      const p = peak(times);
+      return { opens: times.length, peak: p.peak, atMs: Math.round(p.peakAtMs) };
     };
     for (const s of result.steps) {
       s.server = serverSide(s.t0, s.stepEnd);
@@ -332,6 +333,9 @@ describe(`rolling deploy of three nodes with ${RAW + CENTRIFUGE + SOCKETIO} conn
       runs[key] = r;
       console.log(JSON.stringify(r));
       assert.deepEqual(r.publishErrors, []);
+      // The nodes' logs hold every reconnection the clients saw (so their peak is read from
+      // all of them, not from a log that stopped matching).
+      assert.ok(r.server.opens >= r.reconnections, `opens in the nodes' logs: ${r.server.opens}, reconnections: ${r.reconnections}`);
       assert.ok(r.published > 20, `published throughout: ${r.published}`);
       // Every client came back after every step (rollingDeploy waits for it); each step
       // moved at least the connections of the node replaced.
