@@ -4,7 +4,7 @@
 
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import WebSocket from 'ws';
@@ -37,26 +37,31 @@ function childEnv(extra = {}) {
 /**
  * Start `switchboard serve --listen 127.0.0.1:0 ...extraArgs` (or another
  * `listen` address, e.g. to restart on the same port; `env` adds environment
- * variables such as SWITCHBOARD_WELCOME) and resolve once it
- * printed its "listening" line. Returns { port, httpUrl, wsUrl(path), stop(), stderr(), proc }.
+ * variables such as SWITCHBOARD_WELCOME; `stderrFile` appends the server's log to that file
+ * instead of a pipe, so a server logging a lot never waits for this process to read it) and
+ * resolve once it printed its "listening" line. Returns { port, httpUrl, wsUrl(path), stop(),
+ * stderr(), proc }.
  */
-export function startServer(extraArgs = [], { listen = '127.0.0.1:0', env = {} } = {}) {
+export function startServer(extraArgs = [], { listen = '127.0.0.1:0', env = {}, stderrFile } = {}) {
   const bin = binaryPath();
   const args = ['serve', '--listen', listen, ...extraArgs];
-  const proc = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: childEnv(env) });
-  let stderr = '';
+  const logFd = stderrFile ? openSync(stderrFile, 'a') : null;
+  const proc = spawn(bin, args, { stdio: ['ignore', 'pipe', logFd ?? 'pipe'], env: childEnv(env) });
+  if (logFd !== null) closeSync(logFd);
+  let piped = '';
   let stdout = '';
-  proc.stderr.setEncoding('utf8');
-  proc.stderr.on('data', (d) => {
-    // Keep only the tail: enough to explain a failure without unbounded growth.
-    stderr = (stderr + d).slice(-20_000);
+  // Only the tail: enough to explain a failure without unbounded growth.
+  const stderr = () => (stderrFile ? readFileSync(stderrFile, 'utf8') : piped).slice(-20_000);
+  proc.stderr?.setEncoding('utf8');
+  proc.stderr?.on('data', (d) => {
+    piped = (piped + d).slice(-20_000);
   });
   const exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
 
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       proc.kill('SIGKILL');
-      reject(new Error(`switchboard did not print its listening line within ${WAIT_MS} ms\nargs: ${args.join(' ')}\nstdout: ${stdout}\nstderr: ${stderr}`));
+      reject(new Error(`switchboard did not print its listening line within ${WAIT_MS} ms\nargs: ${args.join(' ')}\nstdout: ${stdout}\nstderr: ${stderr()}`));
     }, WAIT_MS);
     proc.on('error', (err) => {
       clearTimeout(timer);
@@ -64,7 +69,7 @@ export function startServer(extraArgs = [], { listen = '127.0.0.1:0', env = {} }
     });
     exited.then(({ code, signal }) => {
       clearTimeout(timer);
-      reject(new Error(`switchboard exited early (code ${code}, signal ${signal})\nargs: ${args.join(' ')}\nstdout: ${stdout}\nstderr: ${stderr}`));
+      reject(new Error(`switchboard exited early (code ${code}, signal ${signal})\nargs: ${args.join(' ')}\nstdout: ${stdout}\nstderr: ${stderr()}`));
     });
     proc.stdout.setEncoding('utf8');
     proc.stdout.on('data', (d) => {
@@ -79,7 +84,7 @@ export function startServer(extraArgs = [], { listen = '127.0.0.1:0', env = {} }
         port,
         httpUrl: `${scheme}://127.0.0.1:${port}`,
         wsUrl: (p = '/') => `${scheme === 'https' ? 'wss' : 'ws'}://127.0.0.1:${port}${p}`,
-        stderr: () => stderr,
+        stderr,
         stdout: () => stdout,
         exited,
         /** SIGTERM, then SIGKILL if it has not exited after WAIT_MS; resolves to { code, signal }. */

@@ -1,0 +1,48 @@
+import { Worker } from 'node:worker_threads';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { startServer } from './lib/harness.mjs';
+import { startRedis } from './lib/redis.mjs';
+import { startRoundRobinProxy } from './lib/rr_proxy.mjs';
+import { CONFIG, api } from './lib/cluster.mjs';
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const redis = await startRedis();
+const dir = mkdtempSync(path.join(tmpdir(), 'sb-steady-'));
+const file = path.join(dir, 'sb.toml');
+writeFileSync(file, CONFIG.replace('join_leave = true\n', ''));
+const nodes = [];
+for (let i = 0; i < 3; i++) nodes.push(await startServer(['--config', file, '--broker', redis.url, '--node-name', `n${i}`]));
+const ports = nodes.map((n) => n.port);
+const proxy = await startRoundRobinProxy(ports.map((p) => `127.0.0.1:${p}`));
+const W = 4, RAW = 1500, CENT = 750, SIO = 750;
+const share = (total, w) => Math.floor(total / W) + (w < total % W ? 1 : 0);
+let first = 0; const ws = [];
+for (let w = 0; w < W; w++) {
+  const counts = { raw: share(RAW, w), centrifuge: share(CENT, w), socketio: share(SIO, w) };
+  const t = new Worker(new URL('./lib/deploy_clients.mjs', import.meta.url), { workerData: { ports, proxyUrl: proxy.url, channel: 'deploy', first, ...counts } });
+  first += counts.raw + counts.centrifuge;
+  ws.push(new Promise((res) => { t.on('message', res); t.postMessage({ id: 0, type: 'start' }); }));
+  ws[w].t = t;
+}
+const workers = ws.map((p) => p.t);
+await Promise.all(ws);
+console.log('connected');
+await sleep(1000);
+const cpu = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1e6; };
+const ticks = () => nodes.reduce((n, x) => { const s = require_stat(x.proc.pid); return n + s; }, 0);
+import { readFileSync } from 'node:fs';
+function require_stat(pid) { const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' '); return (Number(f[11]) + Number(f[12])) / 100; }
+let c0 = cpu(), s0 = ticks(); await sleep(5000);
+console.log('idle 5s: clients cpu', (cpu() - c0).toFixed(2), 'servers', (ticks() - s0).toFixed(2));
+let pub = true, n = 0;
+const every = Number(process.env.EVERY || 50);
+(async () => { while (pub) { await api(nodes[0], 'publish', { channel: 'deploy', data: { n: n++ } }); await sleep(every); } })();
+c0 = cpu(); s0 = ticks(); await sleep(5000);
+console.log(`publishing every ${every} ms 5s (${n} pubs): clients cpu`, (cpu() - c0).toFixed(2), 'servers', (ticks() - s0).toFixed(2));
+pub = false;
+for (const w of workers) await w.terminate();
+await proxy.close();
+for (const x of nodes) await x.stop('SIGKILL');
+await redis.close();
+process.exit(0);
