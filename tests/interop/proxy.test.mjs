@@ -18,17 +18,24 @@ import { WebSocket, startServer, withTimeout, binaryPath } from './lib/harness.m
 
 const SECRET = 'proxy-test-secret';
 
-/** A WebSocket class for the SDK that sends `cookie` with the upgrade request. */
-function cookieSocket(cookie) {
+/**
+ * A WebSocket class for the SDK that sends `cookie` with the upgrade request; every frame
+ * the server sends is appended to `frames` when given.
+ */
+function cookieSocket(cookie, frames) {
   return class extends WebSocket {
     constructor(url, protocols) {
       super(url, protocols, cookie ? { headers: { Cookie: cookie } } : {});
+      if (frames) this.on('message', (m) => frames.push(String(m)));
     }
   };
 }
 
 /** The session cookie → user table of the test backend. */
-const SESSIONS = { 'sess-alice': 'alice', 'sess-bob': 'bob' };
+const SESSIONS = { 'sess-alice': 'alice', 'sess-bob': 'bob', 'sess-dave': 'dave' };
+
+/** The meta the backend attaches to dave's connections (Centrifugo's ConnectResult `meta`). */
+const DAVE_META = { tenant: 'acme-secret-tenant', plan: 7 };
 
 function cookieUser(header) {
   const m = /(?:^|;\s*)session=([^;]+)/.exec(header || '');
@@ -46,7 +53,9 @@ function startBackend() {
       if ((headers.cookie || '').includes('session=blocked')) return { error: { code: 1403, message: 'account blocked' } };
       const user = cookieUser(headers.cookie);
       if (!user) return { disconnect: { code: 4501, reason: 'no session' } };
-      return { result: { user, info: { name: user.toUpperCase() }, data: { hello: user, sdk: req.data ?? null } } };
+      const result = { user, info: { name: user.toUpperCase() }, data: { hello: user, sdk: req.data ?? null } };
+      if (user === 'dave') result.meta = DAVE_META;
+      return { result };
     },
     rpc(req) {
       if (req.method === 'sum') {
@@ -62,6 +71,9 @@ function startBackend() {
       if (req.channel === 'news:welcome') return { result: { data: { welcome: req.user } } };
       // Expires in a second: Centrifugo then asks the sub_refresh proxy.
       if (req.channel === 'news:short') return { result: { expire_at: Math.floor(Date.now() / 1000) + 1 } };
+      // Per-subscription overrides of the namespace's options (each a BoolValue).
+      if (req.channel === 'feed:recover') return { result: { override: { force_recovery: { value: true } } } };
+      if (req.channel === 'feed:position') return { result: { override: { force_positioning: { value: true } } } };
       return { result: {} };
     },
     sub_refresh(req) {
@@ -74,6 +86,7 @@ function startBackend() {
       const d = Array.isArray(req.data) ? req.data[0] : req.data;
       const text = String(typeof d === 'string' ? d : d?.text ?? '');
       if (text.includes('banned')) return { error: { code: 1400, message: 'banned word' } };
+      if (text.includes('ephemeral')) return { result: { skip_history: true } };
       if (text.includes('shout')) return { result: { data: { text: text.toUpperCase(), by: req.user } } };
       return { result: {} };
     },
@@ -128,9 +141,9 @@ describe('the backend proxy with the centrifuge SDK', () => {
   let dir;
   const clients = [];
 
-  function client({ cookie, ...opts } = {}) {
+  function client({ cookie, frames, ...opts } = {}) {
     const c = new Centrifuge(server.wsUrl('/connection/websocket'), {
-      websocket: cookieSocket(cookie),
+      websocket: cookieSocket(cookie, frames),
       minReconnectDelay: 50,
       maxReconnectDelay: 200,
       ...opts,
@@ -179,6 +192,12 @@ allow_publish_for_subscriber = true
 proxy_subscribe = true
 proxy_publish = true
 proxy_sub_refresh = true
+[channel.namespaces.feed]
+history_size = 10
+history_ttl = 60
+allow_history_for_subscriber = true
+proxy_subscribe = true
+proxy_publish = true
 `,
     );
     server = await startServer(['--config', file]);
@@ -266,6 +285,68 @@ proxy_sub_refresh = true
     );
     // A marker after the refused one: had it gone out, it would be in between.
     assert.deepEqual(got, [{ text: 'hello' }, { text: 'SHOUT IT', by: 'alice' }]);
+  });
+
+  async function subscribed(c, channel) {
+    const sub = c.newSubscription(channel);
+    const ok = once(sub, 'subscribed', () => true, `subscribed to ${channel}`);
+    sub.subscribe();
+    return { sub, ctx: await ok };
+  }
+
+  it('publish proxy skip_history: the publication is delivered but not kept in history', async () => {
+    const reader = await connected({ cookie: 'session=sess-bob' });
+    const { sub } = await subscribed(reader.c, 'feed:chat');
+    const got = [];
+    sub.on('publication', (ctx) => got.push(ctx));
+    const { c } = await connected({ cookie: 'session=sess-alice' });
+    await c.publish('feed:chat', { text: 'kept' });
+    await c.publish('feed:chat', { text: 'ephemeral typing' });
+    await c.publish('feed:chat', { text: 'kept too' });
+    await withTimeout(
+      new Promise((resolve) => {
+        const t = setInterval(() => got.length >= 3 && (clearInterval(t), resolve()), 20);
+      }),
+      'three publications',
+    );
+    assert.deepEqual(got.map((p) => p.data.text), ['kept', 'ephemeral typing', 'kept too']);
+    const history = await sub.history({ limit: 10 });
+    assert.deepEqual(history.publications.map((p) => p.data.text), ['kept', 'kept too']);
+    // The stream goes on without a gap: the skipped publication took no offset.
+    assert.deepEqual(history.publications.map((p) => p.offset), [1, 2]);
+    assert.equal(history.offset, 2);
+  });
+
+  it('subscribe proxy override: force_recovery and force_positioning for that subscription only', async () => {
+    const { c } = await connected({ cookie: 'session=sess-alice' });
+    const plain = await subscribed(c, 'feed:plain');
+    assert.equal(plain.ctx.recoverable, false);
+    assert.equal(plain.ctx.positioned, false);
+    const recover = await subscribed(c, 'feed:recover');
+    assert.equal(recover.ctx.recoverable, true);
+    assert.equal(recover.ctx.positioned, true);
+    const position = await subscribed(c, 'feed:position');
+    assert.equal(position.ctx.recoverable, false);
+    assert.equal(position.ctx.positioned, true);
+  });
+
+  it('connect proxy meta: sent back with later proxy requests, never to the client', async () => {
+    const frames = [];
+    const { c, ctx } = await connected({ cookie: 'session=sess-dave', frames });
+    assert.deepEqual(ctx.data, { hello: 'dave', sdk: null });
+    assert.deepEqual((await c.rpc('whoami', {})).data, { user: 'dave' });
+    assert.deepEqual(backend.state.last.rpc.body.meta, DAVE_META);
+    await subscribed(c, 'news:open');
+    assert.deepEqual(backend.state.last.subscribe.body.meta, DAVE_META);
+    await c.publish('news:open', { text: 'hi' });
+    assert.deepEqual(backend.state.last.publish.body.meta, DAVE_META);
+    assert.ok(frames.length > 0);
+    for (const f of frames) assert.ok(!f.includes('acme-secret-tenant'), `meta leaked to the client: ${f}`);
+    // Another connection's calls carry no meta of dave's (and none of their own).
+    const other = await connected({ cookie: 'session=sess-bob' });
+    await other.c.rpc('whoami', {});
+    assert.equal(backend.state.last.rpc.body.user, 'bob');
+    assert.equal(backend.state.last.rpc.body.meta, undefined);
   });
 
   /** The upgrade's answer: the WebSocket, or the HTTP status of the refusal and its body. */

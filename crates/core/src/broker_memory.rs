@@ -77,6 +77,7 @@ impl Broker for MemoryBroker {
             PublishOptions {
                 exclude: p.exclude,
                 publisher: p.publisher,
+                skip_history: false,
             },
             p.info,
         );

@@ -25,7 +25,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::connection::ConnEntry;
 use crate::error::ChannelError;
 use crate::history::{Epoch, HistoryBuf, HistoryQuery, HistoryResult, Recovery, StreamPosition};
-use crate::hub::HubInner;
+use crate::hub::{HubInner, PublishOptions};
 use crate::namespace::ChannelOptions;
 use crate::outbox::PushOutcome;
 use crate::presence::{self, ClientInfo, MemberEvent, PresenceStats};
@@ -361,32 +361,36 @@ impl Channel {
 
     /// Assigns the next offset, builds the one shared publication, stores
     /// it in history (if enabled) and pushes it into every member's outbox
-    /// except `exclude`.
+    /// except `opts.exclude`. With `opts.skip_history` it takes no offset
+    /// (0: outside the stream) and is not stored.
     pub(crate) fn publish(
         &self,
         payload: Payload,
-        publisher: Option<ConnId>,
-        exclude: Option<ConnId>,
+        opts: PublishOptions,
         info: Option<Arc<ClientInfo>>,
         hub: &HubInner,
     ) -> Result<Published, Dead> {
+        let PublishOptions {
+            exclude,
+            publisher,
+            skip_history,
+        } = opts;
         let mut st = self.stream.lock();
         let members = self.members.read();
         if members.dead {
             return Err(Dead);
         }
-        st.offset += 1;
+        let offset = if skip_history {
+            0
+        } else {
+            st.offset += 1;
+            st.offset
+        };
         let publication = Arc::new(
-            Publication::new(
-                Arc::clone(&self.name),
-                payload,
-                st.offset,
-                st.epoch,
-                publisher,
-            )
-            .with_info(info),
+            Publication::new(Arc::clone(&self.name), payload, offset, st.epoch, publisher)
+                .with_info(info),
         );
-        let stored = self.history_enabled();
+        let stored = self.history_enabled() && !skip_history;
         if stored {
             let now = hub.now();
             let expired = st.history.trim_expired(now);

@@ -52,6 +52,11 @@ pub struct PublishOptions {
     pub exclude: Option<ConnId>,
     /// Recorded as [`Publication::publisher`].
     pub publisher: Option<ConnId>,
+    /// Deliver to the members without storing in history, even in a namespace that keeps
+    /// history (Centrifugo's `skip_history`). Such a publication is not part of the
+    /// channel's stream: it takes no offset (its [`Publication::offset`] is 0) and
+    /// recovery never returns it. Honoured on a single node; a shared broker stores it.
+    pub skip_history: bool,
 }
 
 impl PublishOptions {
@@ -60,6 +65,7 @@ impl PublishOptions {
         PublishOptions {
             exclude: None,
             publisher: Some(id),
+            skip_history: false,
         }
     }
 
@@ -68,6 +74,7 @@ impl PublishOptions {
         PublishOptions {
             exclude: Some(id),
             publisher: Some(id),
+            skip_history: false,
         }
     }
 }
@@ -512,19 +519,14 @@ impl Hub {
             let ch = match self.channel(channel) {
                 Some(ch) => ch,
                 None => match inner.namespaces.resolve(channel) {
-                    Ok((_, options)) if options.history_enabled() => {
+                    // Without members, a publication that is not stored goes nowhere.
+                    Ok((_, options)) if options.history_enabled() && !opts.skip_history => {
                         self.get_or_create_channel(channel, options)
                     }
                     _ => return PublishReport::default(),
                 },
             };
-            match ch.publish(
-                payload.clone(),
-                opts.publisher,
-                opts.exclude,
-                info.clone(),
-                inner,
-            ) {
+            match ch.publish(payload.clone(), opts, info.clone(), inner) {
                 Ok(p) => break p,
                 Err(_dead) => {
                     self.unlink_channel(&ch);
@@ -1211,6 +1213,59 @@ fn shrink_if_sparse<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skip_history_delivers_without_storing_or_taking_an_offset() {
+        let ns = Namespaces::default().with(
+            "h",
+            ChannelOptions {
+                history_size: 10,
+                history_ttl: std::time::Duration::from_secs(60),
+                ..ChannelOptions::default()
+            },
+        );
+        let hub = Hub::with_namespaces(HubLimits::default(), ns);
+        let (a, mut out) = hub.register(ConnInfo::default()).unwrap();
+        hub.subscribe(&a, "h:x").unwrap();
+        let skip = PublishOptions {
+            skip_history: true,
+            ..PublishOptions::default()
+        };
+        hub.publish("h:x", Payload::text("kept"), PublishOptions::default());
+        hub.publish("h:x", Payload::text("typing"), skip);
+        hub.publish("h:x", Payload::text("kept too"), PublishOptions::default());
+        let mut got = Vec::new();
+        out.try_recv_batch(&mut got, 10).unwrap();
+        let delivered: Vec<(String, u64)> = got
+            .iter()
+            .map(|d| match d {
+                Delivery::Publication(p) => (
+                    String::from_utf8_lossy(&p.payload.data).into_owned(),
+                    p.offset,
+                ),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        // Delivered in order; the skipped one outside the stream (offset 0), the stream
+        // numbered without a gap.
+        assert_eq!(
+            delivered,
+            vec![
+                ("kept".to_string(), 1),
+                ("typing".to_string(), 0),
+                ("kept too".to_string(), 2)
+            ]
+        );
+        let h = hub.history("h:x", HistoryQuery::default()).unwrap();
+        let stored: Vec<_> = h.publications.iter().map(|p| p.offset).collect();
+        assert_eq!(stored, vec![1, 2]);
+        assert_eq!(h.position.offset, 2);
+        // Without members, a skipped publication goes nowhere and creates nothing.
+        let channels = hub.channel_count();
+        let report = hub.publish("h:empty", Payload::text("."), skip);
+        assert!(report.publication.is_none());
+        assert_eq!(hub.channel_count(), channels);
+    }
 
     #[test]
     fn channels_with_members_lists_counts_and_skips_history_only_channels() {

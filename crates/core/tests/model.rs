@@ -118,6 +118,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     PublishOptions {
                         exclude: exclude_id,
                         publisher: None,
+                        skip_history: false,
                     },
                 );
                 let current = members(&slots, c);

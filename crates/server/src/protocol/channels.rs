@@ -154,15 +154,17 @@ impl<'a> ClientOps<'a> {
     ) -> Result<Option<StreamPosition>, OpError> {
         let ctx = ClientCtx::for_conn(self.handle);
         self.shared.hub.check_publish(&ctx, channel)?;
-        self.publish_approved(channel, payload).await
+        self.publish_approved(channel, payload, false).await
     }
 
     /// A client's publication the application's backend accepted (the publish proxy stands
     /// in for the permission check): the publish on every node, with the publisher's info.
+    /// `skip_history` (the backend's `skip_history`): delivered but not stored in history.
     pub(crate) async fn publish_approved(
         &self,
         channel: &str,
         payload: Payload,
+        skip_history: bool,
     ) -> Result<Option<StreamPosition>, OpError> {
         let ctx = ClientCtx::for_conn(self.handle);
         let info = ClientInfo {
@@ -171,7 +173,10 @@ impl<'a> ClientOps<'a> {
             conn_info: self.handle.info().conn_info.clone(),
             chan_info: None,
         };
-        let opts = PublishOptions::from_conn(self.handle.id());
+        let opts = PublishOptions {
+            skip_history,
+            ..PublishOptions::from_conn(self.handle.id())
+        };
         Ok(self
             .shared
             .node

@@ -54,8 +54,10 @@ pub(crate) struct ProxyRequest {
     /// Channels the client asked for (`connect`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) channels: Vec<String>,
-    /// Extra context for protocols without a JSON `data` field of their own (the raw
-    /// upgrade's path and query, the Socket.IO namespace).
+    /// In `connect` requests: extra context for protocols without a JSON `data` field of
+    /// their own (the raw upgrade's path and query, the Socket.IO namespace). In a
+    /// Centrifugo connection's later requests (`refresh`, `subscribe`, `sub_refresh`,
+    /// `publish`, `rpc`): the connection's meta, as the connect answer or the token set it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) meta: Option<serde_json::Value>,
 }
@@ -167,6 +169,48 @@ pub(crate) struct ProxyResult {
     /// `connect`: server-side subscriptions.
     #[serde(default)]
     pub(crate) channels: Vec<String>,
+    /// `connect`: data attached to the connection, never sent to the client, sent back as
+    /// `meta` in the connection's later proxy requests. Only a JSON object is kept.
+    #[serde(default)]
+    pub(crate) meta: Option<serde_json::Value>,
+    /// `subscribe`: namespace options changed for this one subscription.
+    #[serde(default, rename = "override")]
+    pub(crate) overrides: SubscribeOverride,
+    /// `publish`: deliver the publication without storing it in the channel's history.
+    #[serde(default)]
+    pub(crate) skip_history: bool,
+}
+
+/// The `override` object of a subscribe answer: each field is `{"value": bool}` and
+/// replaces the namespace's option of that name for this subscription only; absent ones
+/// leave the namespace's option in force.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub(crate) struct SubscribeOverride {
+    /// `presence`: whether the subscriber shows in the channel's presence.
+    #[serde(default, deserialize_with = "bool_value")]
+    pub(crate) presence: Option<bool>,
+    /// `join_leave`: whether the subscriber's join and leave are announced.
+    #[serde(default, deserialize_with = "bool_value")]
+    pub(crate) join_leave: Option<bool>,
+    /// `force_push_join_leave`: whether the subscriber gets join and leave pushes.
+    #[serde(default, deserialize_with = "bool_value")]
+    pub(crate) force_push_join_leave: Option<bool>,
+    /// `force_recovery`: the subscription is recoverable even when the client did not ask.
+    #[serde(default, deserialize_with = "bool_value")]
+    pub(crate) force_recovery: Option<bool>,
+    /// `force_positioning`: the subscription is positioned even when the client did not ask.
+    #[serde(default, deserialize_with = "bool_value")]
+    pub(crate) force_positioning: Option<bool>,
+}
+
+/// Centrifugo's `BoolValue` wrapper, `{"value": true}` (`null`: absent).
+fn bool_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    #[derive(Deserialize)]
+    struct BoolValue {
+        #[serde(default)]
+        value: bool,
+    }
+    Ok(Option::<BoolValue>::deserialize(d)?.map(|b| b.value))
 }
 
 impl ProxyResult {
@@ -174,6 +218,12 @@ impl ProxyResult {
     /// base64.
     pub(crate) fn data_payload(&self) -> Option<Payload> {
         payload_of(self.data.as_deref(), self.b64data.as_deref())
+    }
+
+    /// `meta` when it is a JSON object (Centrifugo's type for it); anything else is
+    /// dropped.
+    pub(crate) fn meta_object(&self) -> Option<serde_json::Value> {
+        self.meta.clone().filter(serde_json::Value::is_object)
     }
 
     /// `info` (or `b64info`) as bytes.
@@ -245,6 +295,43 @@ mod tests {
         assert!(matches!(ProxyResponse::parse(b"{}"), Some(Answer::Ok(_))));
         assert!(ProxyResponse::parse(b"<html>").is_none());
         assert!(ProxyResponse::parse(br#"{"error":"x"}"#).is_none());
+    }
+
+    #[test]
+    fn override_skip_history_and_meta_are_read() {
+        let Some(Answer::Ok(r)) = ProxyResponse::parse(
+            br#"{"result":{"override":{"presence":{"value":false},"force_recovery":{"value":true},"join_leave":null}}}"#,
+        ) else {
+            panic!("expected a result")
+        };
+        assert_eq!(
+            r.overrides,
+            SubscribeOverride {
+                presence: Some(false),
+                force_recovery: Some(true),
+                ..Default::default()
+            }
+        );
+        assert!(!r.skip_history);
+        let Some(Answer::Ok(r)) = ProxyResponse::parse(br#"{"result":{"skip_history":true}}"#)
+        else {
+            panic!("expected a result")
+        };
+        assert!(r.skip_history);
+        assert_eq!(r.overrides, SubscribeOverride::default());
+        let Some(Answer::Ok(r)) =
+            ProxyResponse::parse(br#"{"result":{"user":"u","meta":{"tenant":7}}}"#)
+        else {
+            panic!("expected a result")
+        };
+        assert_eq!(r.meta_object(), Some(serde_json::json!({"tenant": 7})));
+        // Centrifugo's meta is an object: other values are not kept.
+        let Some(Answer::Ok(r)) = ProxyResponse::parse(br#"{"result":{"meta":"x"}}"#) else {
+            panic!("expected a result")
+        };
+        assert_eq!(r.meta_object(), None);
+        // A wrapper without its `value` is not the format.
+        assert!(ProxyResponse::parse(br#"{"result":{"override":{"presence":true}}}"#).is_none());
     }
 
     #[test]

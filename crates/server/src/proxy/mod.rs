@@ -29,7 +29,9 @@ use crate::config::ProxyConfig;
 pub(crate) mod format;
 mod pool;
 
-pub(crate) use format::{Answer, BackendDisconnect, BackendError, ProxyRequest, ProxyResult};
+pub(crate) use format::{
+    Answer, BackendDisconnect, BackendError, ProxyRequest, ProxyResult, SubscribeOverride,
+};
 
 /// The kinds of proxy call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -259,6 +259,9 @@ struct ProxyCalls {
     proxied_connect: bool,
     /// Channels whose expiry the subscribe proxy set: it goes to the sub_refresh proxy.
     proxied_expiry: Vec<String>,
+    /// The connection's meta (a JSON object from the connect answer or the token): never
+    /// sent to the client, sent as `meta` with every later call.
+    meta: Option<serde_json::Value>,
 }
 
 /// What a finished proxy call was for.
@@ -349,6 +352,7 @@ impl CentrifugoDriver {
                 in_flight: 0,
                 proxied_connect: false,
                 proxied_expiry: Vec::new(),
+                meta: None,
             })
         });
         self
@@ -378,6 +382,7 @@ impl CentrifugoDriver {
             self.handle().id().to_string(),
         );
         req.user = self.user();
+        req.meta = self.proxy.as_ref().and_then(|c| c.meta.clone());
         req
     }
 
@@ -446,7 +451,7 @@ impl CentrifugoDriver {
                 // The backend may rewrite the data; without `data` the client's goes out.
                 let payload = answer.data_payload().unwrap_or(payload);
                 self.ops()
-                    .publish_approved(&channel, payload)
+                    .publish_approved(&channel, payload, answer.skip_history)
                     .await
                     .map(|_| ReplyResult::Publish(PublishResult {}))
                     .map_err(op_error)
@@ -455,7 +460,8 @@ impl CentrifugoDriver {
                 if self.subs.contains(&req.channel) {
                     Err(CfError::ALREADY_SUBSCRIBED)
                 } else {
-                    match self.join(&req, answer.info_bytes()).await {
+                    let overrides = answer.overrides;
+                    match self.join_with(&req, answer.info_bytes(), overrides).await {
                         Ok(mut r) => {
                             // An expiry from the backend: the sub_refresh proxy is asked then.
                             if let Some(at) = answer.expire_at.filter(|&at| at > 0) {
@@ -941,6 +947,11 @@ impl CentrifugoDriver {
         let Delivery::Publication(p) = delivery else {
             return false;
         };
+        if p.offset == 0 {
+            // Outside the channel's stream (published with `skip_history`): never recovered,
+            // so never sent before.
+            return false;
+        }
         let Some(from) = self.subs.live_from(&p.channel) else {
             return false;
         };
@@ -1061,6 +1072,7 @@ impl CentrifugoDriver {
         let (id, req) = connect;
         let verifier = &self.shared.verifier;
         let mut connect_data = None;
+        let mut meta = None;
         let (user, info, exp, channels) = if req.token.is_empty()
             && self.proxy.is_some()
             && self.shared.proxy.enabled(Kind::Connect)
@@ -1068,6 +1080,7 @@ impl CentrifugoDriver {
             match self.connect_by_proxy(&req).await {
                 Ok(r) => {
                     connect_data = r.data_payload().map(|p| cf::Data::from_payload(&p));
+                    meta = r.meta_object();
                     if let Some(calls) = self.proxy.as_mut() {
                         calls.proxied_connect = true;
                     }
@@ -1101,6 +1114,10 @@ impl CentrifugoDriver {
                     }
                     let exp = claims.expire_at.or(claims.exp);
                     let info = claims.info.map(|i| Bytes::from(i.get().to_owned()));
+                    meta = claims
+                        .meta
+                        .and_then(|m| serde_json::from_str(m.get()).ok())
+                        .filter(serde_json::Value::is_object);
                     (claims.sub, info, exp, claims.channels)
                 }
                 Err(e) if e.is_expired() => {
@@ -1133,6 +1150,9 @@ impl CentrifugoDriver {
             }
         };
         self.expires_at = exp;
+        if let Some(calls) = self.proxy.as_mut() {
+            calls.meta = meta;
+        }
         let mut result = ConnectResult {
             client: handle.id().to_string(),
             version: concat!("switchboard ", env!("CARGO_PKG_VERSION")).to_string(),
@@ -1429,6 +1449,18 @@ impl CentrifugoDriver {
         req: &SubscribeRequest,
         chan_info: Option<Bytes>,
     ) -> Result<SubscribeResult, CfError> {
+        self.join_with(req, chan_info, proxy::SubscribeOverride::default())
+            .await
+    }
+
+    /// [`Self::join`] with the subscribe proxy's per-subscription `override` of the
+    /// namespace's `force_recovery` and of positioning.
+    async fn join_with(
+        &mut self,
+        req: &SubscribeRequest,
+        chan_info: Option<Bytes>,
+        overrides: proxy::SubscribeOverride,
+    ) -> Result<SubscribeResult, CfError> {
         let opts = SubscribeOptions {
             chan_info,
             recover_since: req
@@ -1446,10 +1478,12 @@ impl CentrifugoDriver {
             self.subs.set_live_from(&req.channel, Some(r.position));
         }
         let history = r.options.history_enabled();
-        let recoverable = history && (req.recoverable || req.recover || r.options.force_recovery);
+        let force_recovery = overrides.force_recovery.unwrap_or(r.options.force_recovery);
+        let force_positioning = overrides.force_positioning.unwrap_or(false);
+        let recoverable = history && (req.recoverable || req.recover || force_recovery);
         let mut result = SubscribeResult {
             recoverable,
-            positioned: history && (req.positioned || recoverable),
+            positioned: history && (req.positioned || recoverable || force_positioning),
             epoch: wire_epoch(r.position.epoch),
             offset: r.position.offset,
             ..Default::default()

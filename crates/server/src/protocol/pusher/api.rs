@@ -218,6 +218,7 @@ async fn trigger(shared: &Shared, events: Vec<Event>, batch: bool) -> Response<B
         let opts = PublishOptions {
             exclude: ev.socket_id.as_deref().and_then(conn_of_socket),
             publisher: None,
+            skip_history: false,
         };
         for channel in ev.channels.iter().chain(ev.channel.iter()) {
             let payload = wire::envelope(&ev.name, &data, None);
