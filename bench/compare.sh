@@ -180,9 +180,13 @@ for spec in "${SCENARIOS[@]}"; do
         # so fan-out publishers also receive their own messages: 10 more recipients, uncounted).
         if [ "$mode" = echo ]; then url="ws://127.0.0.1:$SRV_PORT/echo"; else url="ws://127.0.0.1:$SRV_PORT/broadcast"; fi
       fi
+      extra=""
+      # Echo has one fixed path there, not a room per connection.
+      [ "$kind" = uws ] && [ "$mode" = echo ] && extra="--one-path"
+
       log "$id round $round: $kind (load $load)"
       # shellcheck disable=SC2086 # $args is a list of flags
-      if out=$(timeout 120 "${PIN_GEN[@]}" "$BIN" bench $args --url "$url" --server-pid "$SRV_PID" --json 2>"$WORK/bench.err"); then
+      if out=$(timeout 120 "${PIN_GEN[@]}" "$BIN" bench $args $extra --url "$url" --server-pid "$SRV_PID" --json 2>"$WORK/bench.err"); then
         status=ok
       else
         status=failed
