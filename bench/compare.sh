@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# Side-by-side comparison of Switchboard with a plain Node.js `ws` server on this machine.
+# Side-by-side comparison of Switchboard with a plain Node.js `ws` server on this machine, and
+# optionally with a uWebSockets (C++) server.
 #
-#   bench/compare.sh [--quick] [--rounds N] [--out FILE] [--keep DIR]
+#   bench/compare.sh [--quick] [--rounds N] [--out FILE] [--keep DIR] [--uws BIN]
 #
-# For every scenario the two servers run alternately (ws, switchboard, ws, switchboard, ...),
-# each freshly started, the server pinned to CPU 0 and the load generator (`switchboard bench`)
-# to CPU 1. The load average is recorded before each run. Medians, ranges and the ratio
-# switchboard/ws are written to FILE (default docs/benchmarks.md) between the markers
+# For every scenario the servers run alternately (ws, [uws,] switchboard, ws, ...), each freshly
+# started, the server pinned to CPU 0 and the load generator (`switchboard bench`) to CPU 1. The
+# load average is recorded before each run. Medians, ranges and the ratios switchboard/ws (and
+# switchboard/uws) are written to FILE (default docs/benchmarks.md) between the markers
 # `<!-- compare:begin -->` and `<!-- compare:end -->`; the rest of the file is kept.
 #
-# --quick: one round with short durations and fewer connections (a smoke run, ~1.5 minutes).
-# A full run takes about 8 minutes.
+# --uws BIN (or the environment variable UWS_BIN): a uWebSockets peer server binary taking its
+# port as the first argument and serving `/echo` (echo) and `/broadcast` (one room, every message
+# to every member, the sender included) on 127.0.0.1, e.g. the one built by
+# /work/shared/peers/uws/build.sh. Without it, or when the file is not executable, uWS is skipped.
+# The uWS peer runs without compression, so it sits out the deflate scenario (conns_active).
+#
+# --quick: one round with short durations and fewer connections (a smoke run, ~1.5 minutes with
+# two servers). A full run takes about 8 minutes with two servers, 12 with three.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,6 +27,7 @@ QUICK=0
 ROUNDS=3
 OUT=docs/benchmarks.md
 KEEP=""
+UWS="${UWS_BIN:-}"
 ORIG_ARGS="$*"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -27,7 +35,8 @@ while [ $# -gt 0 ]; do
     --rounds) ROUNDS="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     --keep) KEEP="$2"; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --uws) UWS="$2"; shift ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
   esac
   shift
@@ -45,6 +54,15 @@ command -v python3 >/dev/null || { echo "python3 is required" >&2; exit 1; }
 if [ ! -d "$PEER_DIR/node_modules/ws" ]; then
   log "installing the Node ws peer"
   npm install --prefix "$PEER_DIR" --no-audit --no-fund >&2
+fi
+SERVERS=(ws switchboard)
+if [ -n "$UWS" ]; then
+  if [ -x "$UWS" ]; then
+    SERVERS=(ws uws switchboard)
+  else
+    log "uWS binary '$UWS' not found or not executable: skipping uWS"
+    UWS=""
+  fi
 fi
 log "building switchboard (release)"
 cargo build --release -p switchboard --bin switchboard >&2
@@ -70,12 +88,20 @@ RESULTS="$WORK/results.jsonl"
 SRV_PID=""
 SRV_PORT=""
 
-# start_server KIND MODE [DEFLATE]: KIND = ws | switchboard; MODE = echo | rooms (ws only);
-# DEFLATE = false (default) | true: whether the server negotiates permessage-deflate.
+# A free TCP port on 127.0.0.1 for servers that cannot pick their own (uWS).
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# start_server KIND MODE [DEFLATE]: KIND = ws | uws | switchboard; MODE = echo | rooms (ws only;
+# uws serves both on its own paths); DEFLATE = false (default) | true: whether the server
+# negotiates permessage-deflate.
 start_server() {
   local kind=$1 mode=$2 deflate=${3:-false} out="$WORK/server.out" err="$WORK/server.err"
   : >"$out"
-  if [ "$kind" = ws ]; then
+  if [ "$kind" = uws ]; then
+    "${PIN_SRV[@]}" "$UWS" "$(free_port)" >"$out" 2>"$err" &
+  elif [ "$kind" = ws ]; then
     "${PIN_SRV[@]}" node "$PEER_DIR/server.mjs" --port 0 --mode "$mode" --deflate "$deflate" \
       >"$out" 2>"$err" &
   else
@@ -85,7 +111,7 @@ start_server() {
   SRV_PID=$!
   local i
   for i in $(seq 1 200); do
-    SRV_PORT=$(sed -n -E 's/^(listening on |Switchboard listening on http:\/\/127\.0\.0\.1:)([0-9]+).*/\2/p' "$out" | head -1)
+    SRV_PORT=$(sed -n -E 's/^(listening on |uws listening on 127\.0\.0\.1:|Switchboard listening on http:\/\/127\.0\.0\.1:)([0-9]+).*/\2/p' "$out" | head -1)
     [ -n "$SRV_PORT" ] && return 0
     kill -0 "$SRV_PID" 2>/dev/null || break
     sleep 0.05
@@ -137,7 +163,9 @@ START_TS=$(date +%s)
 for spec in "${SCENARIOS[@]}"; do
   IFS='|' read -r id mode path args deflate <<<"$spec"
   for round in $(seq 1 "$ROUNDS"); do
-    for kind in ws switchboard; do
+    for kind in "${SERVERS[@]}"; do
+      # The uWS peer has no compression and one room: it sits out the deflate scenario.
+      [ "$kind" = uws ] && [ "${deflate:-false}" = true ] && continue
       load=$(cut -d' ' -f1 /proc/loadavg)
       if ! start_server "$kind" "$mode" "${deflate:-false}"; then
         python3 -c 'import json,sys; print(json.dumps({"scenario":sys.argv[1],"server":sys.argv[2],"round":int(sys.argv[3]),"load1":float(sys.argv[4]),"error":"server did not start"}))' \
@@ -147,9 +175,18 @@ for spec in "${SCENARIOS[@]}"; do
       fi
       sleep 0.4
       url="ws://127.0.0.1:$SRV_PORT$path"
+      if [ "$kind" = uws ]; then
+        # uWS peer paths: /echo, and /broadcast for the one room (the query is ignored there,
+        # so fan-out publishers also receive their own messages: 10 more recipients, uncounted).
+        if [ "$mode" = echo ]; then url="ws://127.0.0.1:$SRV_PORT/echo"; else url="ws://127.0.0.1:$SRV_PORT/broadcast"; fi
+      fi
+      extra=""
+      # Echo has one fixed path there, not a room per connection.
+      [ "$kind" = uws ] && [ "$mode" = echo ] && extra="--one-path"
+
       log "$id round $round: $kind (load $load)"
       # shellcheck disable=SC2086 # $args is a list of flags
-      if out=$(timeout 120 "${PIN_GEN[@]}" "$BIN" bench $args --url "$url" --server-pid "$SRV_PID" --json 2>"$WORK/bench.err"); then
+      if out=$(timeout 120 "${PIN_GEN[@]}" "$BIN" bench $args $extra --url "$url" --server-pid "$SRV_PID" --json 2>"$WORK/bench.err"); then
         status=ok
       else
         status=failed
@@ -190,5 +227,7 @@ python3 "$ROOT/bench/report.py" \
   --rounds "$ROUNDS" \
   --elapsed "$ELAPSED" \
   --pinned "$([ ${#PIN_SRV[@]} -gt 0 ] && echo yes || echo no)" \
+  --servers "${SERVERS[*]}" \
+  --uws-commits "$( [ -n "$UWS" ] && [ -f "$(dirname "$UWS")/COMMITS" ] && tr '\n' ' ' <"$(dirname "$UWS")/COMMITS" || echo '')" \
   --commit "$COMMIT"
 log "wrote $OUT"

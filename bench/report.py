@@ -45,6 +45,7 @@ SCENARIOS = [
         ("sent_per_sec", "messages published/s (all publishers)", True),
         ("lost", "deliveries missing after the drain", False),
         ("server_peak_rss_mb", "server peak RSS (MiB)", False),
+        ("server_rss_growth_mb", "server RSS growth under load: all connected → end of the measured window (MiB)", False),
     ]),
     ("fanout_200", "Fan-out, 1 publisher → 1,000 subscribers, 64 B, 200 msg/s", [
         ("latency_p50_us", "latency p50 (µs)", False),
@@ -54,6 +55,7 @@ SCENARIOS = [
         ("delivered_per_sec", "deliveries/s", True),
         ("sent_per_sec", "messages published/s", True),
         ("lost", "deliveries missing after the drain", False),
+        ("server_rss_growth_mb", "server RSS growth under load: all connected → end of the measured window (MiB)", False),
     ]),
     ("conns", "Idle connections (opened as fast as possible, 64 handshakes in flight)", [
         ("established", "connections established", True),
@@ -93,14 +95,28 @@ def cell(values):
     return f"{fmt(med)} ({fmt(min(values))}..{fmt(max(values))})"
 
 
+def ratio(num, den):
+    """The ratio of two medians, `n/a` when one side has no value."""
+    if not num or not den:
+        return "n/a"
+    d = statistics.median(den)
+    if d == 0:
+        return "—"
+    return f"{statistics.median(num) / d:.2f}"
+
+
 def main():
     ap = argparse.ArgumentParser()
     for k in ("results", "out", "date", "kernel", "cpu", "node", "command", "rounds",
               "elapsed", "pinned", "commit"):
         ap.add_argument(f"--{k}", required=True)
+    ap.add_argument("--servers", default="ws switchboard")
+    ap.add_argument("--uws-commits", default="")
     a = ap.parse_args()
 
     recs = [json.loads(l) for l in open(a.results) if l.strip()]
+    servers = a.servers.split()
+    uws = "uws" in servers
     by = {}
     errors = []
     loads = []
@@ -123,9 +139,11 @@ def main():
     lines = [BEGIN, ""]
     lines.append(f"Measured {a.date} on Linux {a.kernel}, {a.cpu}, Node.js {a.node}, "
                  f"`ws` 8.23.0 with `perMessageDeflate: false`, Switchboard with `--deflate false` "
-                 f"(commit {a.commit}).")
+                 f"(commit {a.commit})"
+                 + (f"; uWebSockets peer (`/work/shared/peers/uws`, C++ -O3, one thread, compression off; "
+                    f"{a.uws_commits.strip()})" if uws else "") + ".")
     lines.append("")
-    lines.append(f"Command: `{a.command}` ({a.rounds} round(s), runs alternating ws / switchboard, "
+    lines.append(f"Command: `{a.command}` ({a.rounds} round(s), runs alternating {' / '.join(servers)}, "
                  f"{'server pinned to CPU 0, load generator to CPU 1' if a.pinned == 'yes' else 'unpinned'}; "
                  f"{a.elapsed} s in total).")
     if loads:
@@ -134,8 +152,12 @@ def main():
                      f"with the CPU time the server actually got, so the server CPU per operation is the "
                      f"steadier figure.")
     lines.append("")
-    lines.append("Each cell: median (min..max) over the rounds. Ratio = switchboard / ws of the medians; "
-                 "↑ = higher is better, ↓ = lower is better.")
+    lines.append("Each cell: median (min..max) over the rounds. Ratio = switchboard / ws of the medians"
+                 + (" (and switchboard / uws)" if uws else "")
+                 + "; ↑ = higher is better, ↓ = lower is better."
+                 + (" The uWS peer has one room (`/broadcast`, sender included, so fan-out publishers "
+                    "also receive their own messages) and no compression (it sits out the deflate "
+                    "scenario)." if uws else ""))
     lines.append("")
     for sid, title, metrics in SCENARIOS:
         if not any(k[0] == sid for k in by):
@@ -146,20 +168,24 @@ def main():
             t = f"{subs[sid]:,} " + t[0].lower() + t[1:]
         lines.append(f"**{t}**")
         lines.append("")
-        lines.append("| metric | ws | switchboard | ratio |")
-        lines.append("|---|---|---|---|")
+        if uws:
+            lines.append("| metric | ws | uws | switchboard | ratio to ws | ratio to uws |")
+            lines.append("|---|---|---|---|---|---|")
+        else:
+            lines.append("| metric | ws | switchboard | ratio |")
+            lines.append("|---|---|---|---|")
         for key, label, higher in metrics:
             w = by.get((sid, "ws", key), [])
+            u = by.get((sid, "uws", key), [])
             s = by.get((sid, "switchboard", key), [])
-            if not w and not s:
+            if not w and not s and not u:
                 continue
-            ratio = "n/a"
-            if w and s and statistics.median(w) != 0:
-                ratio = f"{statistics.median(s) / statistics.median(w):.2f}"
-            elif w and s:
-                ratio = "—"
             arrow = "↑" if higher else "↓"
-            lines.append(f"| {label} {arrow} | {cell(w)} | {cell(s)} | {ratio} |")
+            if uws:
+                lines.append(f"| {label} {arrow} | {cell(w)} | {cell(u)} | {cell(s)} | "
+                             f"{ratio(s, w)} | {ratio(s, u)} |")
+            else:
+                lines.append(f"| {label} {arrow} | {cell(w)} | {cell(s)} | {ratio(s, w)} |")
         lines.append("")
     if errors:
         lines.append("Failed runs:")

@@ -150,7 +150,11 @@ async fn worker(
         .filter(|i| i % threads == t)
         .map(|i| ConnSpec {
             index: i,
-            path: target.sub_path_and_query(&format!("echo-{i}"), ""),
+            path: if args.one_path {
+                target.path_and_query("")
+            } else {
+                target.sub_path_and_query(&format!("echo-{i}"), "")
+            },
             opts: ConnectOpts::default(),
             greeting: Default::default(),
         })

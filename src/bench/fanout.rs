@@ -30,7 +30,7 @@ use super::centrifugo;
 use super::centrifugo_protobuf;
 use super::conn::{encode_frame, mask_for, patch_payload, ConnectOpts, Incoming, RawConn};
 use super::echo::{add_server_figures, payload};
-use super::proc::CpuWindow;
+use super::proc::{status_bytes, CpuWindow};
 use super::pusher;
 use super::report::{new_histogram, record, round3, BenchError, Progress, Summary};
 use super::runner::{self, ConnSpec, Ctl, Errors, Greeting, Plan};
@@ -248,6 +248,7 @@ fn run(cfg: Cfg) -> Result<Summary, BenchError> {
         min_recv: AtomicU64::new(0),
         notify: Notify::new(),
     });
+    let rss_before = cfg.server_pid.and_then(|p| status_bytes(p, "VmRSS"));
     let ctl = Ctl::new();
     let handles = {
         let (ctl, target, cfg, shared) = (ctl.clone(), target.clone(), cfg.clone(), shared.clone());
@@ -260,6 +261,7 @@ fn run(cfg: Cfg) -> Result<Summary, BenchError> {
         return Err(e);
     }
     std::thread::sleep(SETTLE);
+    let rss_connected = cfg.server_pid.and_then(|p| status_bytes(p, "VmRSS"));
 
     let plan = Plan::starting_now(cfg.warmup, cfg.secs);
     ctl.go(plan);
@@ -289,13 +291,46 @@ fn run(cfg: Cfg) -> Result<Summary, BenchError> {
     let cpu = CpuWindow::start(cfg.server_pid);
     runner::sleep_with_progress(plan.start, plan.end, &mut tick);
     let (server_cpu, gen_cpu) = cpu.stop();
+    let rss_loaded = cfg.server_pid.and_then(|p| status_bytes(p, "VmRSS"));
     progress.show(plan.start.elapsed(), "draining");
     let results = runner::join_workers(handles);
     progress.finish();
     let results = results?;
-    Ok(summarize(
-        &cfg, &plan, &shared, results, server_cpu, gen_cpu,
-    )?)
+    let mut s = summarize(&cfg, &plan, &shared, results, server_cpu, gen_cpu)?;
+    add_rss_growth(
+        &mut s,
+        cfg.server_pid,
+        [rss_before, rss_connected, rss_loaded],
+    );
+    Ok(s)
+}
+
+/// The server's resident memory before the clients connected, once they all had, at the end of
+/// the measured window (all still connected) and after the drain, and how much it grew under
+/// load (connected → end of the window): what the load itself costs (queues and buffers grown
+/// in the burst and kept, allocator retention), apart from what the connections cost.
+fn add_rss_growth(
+    s: &mut Summary,
+    pid: Option<u32>,
+    [before, connected, loaded]: [Option<u64>; 3],
+) {
+    let Some(pid) = pid else { return };
+    let end = status_bytes(pid, "VmRSS");
+    let mb = |b: u64| round3(b as f64 / (1024.0 * 1024.0));
+    let delta = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) => Some(round3((b as f64 - a as f64) / (1024.0 * 1024.0))),
+        _ => None,
+    };
+    s.add("server_rss_before_mb", before.map(mb), "MiB");
+    s.add("server_rss_connected_mb", connected.map(mb), "MiB");
+    s.add("server_rss_loaded_mb", loaded.map(mb), "MiB");
+    s.add("server_rss_end_mb", end.map(mb), "MiB");
+    s.add("server_rss_growth_mb", delta(connected, loaded), "MiB");
+    s.add(
+        "server_rss_growth_from_start_mb",
+        delta(before, loaded),
+        "MiB",
+    );
 }
 
 fn summarize(

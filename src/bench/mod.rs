@@ -138,6 +138,11 @@ pub struct EchoArgs {
     /// Number of connections.
     #[arg(long, default_value_t = 100)]
     pub conns: usize,
+    /// Connect every connection to the URL's path as it is, for a server whose echo endpoint
+    /// is one fixed path. By default connection `i` uses `URL/echo-i`: its own raw room, where
+    /// the room's broadcast to the sender is the echo.
+    #[arg(long)]
+    pub one_path: bool,
     /// Payload size in bytes.
     #[arg(long, default_value_t = 64)]
     pub size: usize,

@@ -114,7 +114,7 @@ impl ConnHandle {
     /// overflowed it under [`SlowConsumerPolicy::Close`](crate::SlowConsumerPolicy::Close)
     /// (the connection is then removed from the hub).
     pub fn send_direct(&self, payload: Payload) -> Result<(), OutboxClosed> {
-        let outcome = self.entry.outbox.push(Delivery::Direct(payload));
+        let outcome = self.entry.outbox.push(Delivery::Direct(Box::new(payload)));
         self.hub.account_push(&self.entry, outcome);
         match outcome {
             PushOutcome::Queued { .. } => Ok(()),

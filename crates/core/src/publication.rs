@@ -215,8 +215,10 @@ impl fmt::Debug for Publication {
 pub enum Delivery {
     /// A channel publication, shared with every other subscriber.
     Publication(Arc<Publication>),
-    /// A message for this connection only (a reply, a server push).
-    Direct(Payload),
+    /// A message for this connection only (a reply, a server push). Boxed, so that every
+    /// item of every outbox queue is two words: the queues of a fan-out burst hold
+    /// publications, and each subscriber's queue is sized for its largest variant.
+    Direct(Box<Payload>),
     /// Someone subscribed to a channel this connection is a member of (only
     /// in namespaces with `join_leave`). Protocols without such events
     /// ignore it.
