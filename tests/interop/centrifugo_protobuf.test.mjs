@@ -18,8 +18,10 @@ import path from 'node:path';
 import { Centrifuge } from 'centrifuge/build/protobuf';
 import { Centrifuge as CentrifugeJson } from 'centrifuge';
 import { WebSocket, Inbox, startServer, join, opened, withTimeout, binaryPath } from './lib/harness.mjs';
+import { once, collect, mintToken } from './lib/centrifuge_helpers.mjs';
 
 const SECRET = 'centrifugo-protobuf-test-secret';
+const mint = (args) => mintToken(SECRET, args);
 const MAX_MESSAGE = 65536;
 
 const CONFIG = `
@@ -38,48 +40,6 @@ allow_publish_for_subscriber = true
 allow_presence_for_subscriber = true
 allow_history_for_subscriber = true
 `;
-
-/** Mint a token with `switchboard token`. */
-function mint(args) {
-  return execFileSync(binaryPath(), ['token', '--secret', SECRET, ...args], { encoding: 'utf8' }).trim();
-}
-
-/** Wait for the first `event` on `emitter` whose context satisfies `pred`. */
-function once(emitter, event, pred = () => true, what = event) {
-  return withTimeout(
-    new Promise((resolve) => {
-      const f = (ctx) => {
-        if (!pred(ctx)) return;
-        emitter.removeListener(event, f);
-        resolve(ctx);
-      };
-      emitter.on(event, f);
-    }),
-    what,
-  );
-}
-
-/** Collects a subscription's publications in arrival order. */
-function collect(sub) {
-  const got = [];
-  const waiters = [];
-  sub.on('publication', (ctx) => {
-    got.push(ctx);
-    for (const w of waiters.splice(0)) w();
-  });
-  return {
-    got,
-    until(n, what = `${n} publications`) {
-      return withTimeout(
-        new Promise((resolve) => {
-          const check = () => (got.length >= n ? resolve(got) : waiters.push(check));
-          check();
-        }),
-        what,
-      );
-    },
-  };
-}
 
 /** Every byte value, in a shuffled order, plus some invalid UTF-8. */
 function allBytes() {

@@ -19,8 +19,10 @@ import { Centrifuge } from 'centrifuge';
 import { EventSource } from 'eventsource';
 import { WebSocket, startServer, opened, withTimeout, binaryPath } from './lib/harness.mjs';
 import { lineStream, eventStream } from './lib/streams.mjs';
+import { once, mintToken } from './lib/centrifuge_helpers.mjs';
 
 const SECRET = 'streams-test-secret';
+const mint = (args) => mintToken(SECRET, args);
 const KEY = 'streams-test-key';
 
 const CONFIG = `
@@ -35,24 +37,6 @@ allow_subscribe_for_anonymous = true
 allow_publish_for_subscriber = true
 allow_history_for_subscriber = true
 `;
-
-function mint(args) {
-  return execFileSync(binaryPath(), ['token', '--secret', SECRET, ...args], { encoding: 'utf8' }).trim();
-}
-
-function once(emitter, event, pred = () => true, what = event) {
-  return withTimeout(
-    new Promise((resolve) => {
-      const f = (ctx) => {
-        if (!pred(ctx)) return;
-        emitter.removeListener(event, f);
-        resolve(ctx);
-      };
-      emitter.on(event, f);
-    }),
-    what,
-  );
-}
 
 describe('Centrifugo HTTP stream transports', () => {
   let server;

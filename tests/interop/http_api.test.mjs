@@ -12,6 +12,7 @@ import path from 'node:path';
 import { Centrifuge } from 'centrifuge';
 import { execFileSync } from 'node:child_process';
 import { WebSocket, startServer, join, withTimeout, binaryPath } from './lib/harness.mjs';
+import { once } from './lib/centrifuge_helpers.mjs';
 
 function mint(user) {
   return execFileSync(binaryPath(), ['token', '--secret', 'api-test-secret', '--user', user], {
@@ -32,20 +33,6 @@ force_recovery = true
 allow_subscribe_for_anonymous = true
 allow_publish_for_subscriber = true
 `;
-
-function once(emitter, event, pred = () => true, what = event) {
-  return withTimeout(
-    new Promise((resolve) => {
-      const f = (ctx) => {
-        if (!pred(ctx)) return;
-        emitter.removeListener(event, f);
-        resolve(ctx);
-      };
-      emitter.on(event, f);
-    }),
-    what,
-  );
-}
 
 describe('HTTP API', () => {
   let server;

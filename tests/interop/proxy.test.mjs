@@ -15,6 +15,7 @@ import path from 'node:path';
 import { Centrifuge } from 'centrifuge';
 import { io } from 'socket.io-client';
 import { WebSocket, startServer, withTimeout, binaryPath } from './lib/harness.mjs';
+import { once } from './lib/centrifuge_helpers.mjs';
 
 const SECRET = 'proxy-test-secret';
 
@@ -119,20 +120,6 @@ function startBackend() {
   return new Promise((resolve) => {
     server.listen(0, '127.0.0.1', () => resolve({ server, state, port: server.address().port }));
   });
-}
-
-function once(emitter, event, pred = () => true, what = event) {
-  return withTimeout(
-    new Promise((resolve) => {
-      const f = (ctx) => {
-        if (!pred(ctx)) return;
-        emitter.removeListener(event, f);
-        resolve(ctx);
-      };
-      emitter.on(event, f);
-    }),
-    what,
-  );
 }
 
 describe('the backend proxy with the centrifuge SDK', () => {
