@@ -769,6 +769,24 @@ async fn finish<T: Transport, D: Driver>(conn: Running<T, D>, end: Ending) {
 }
 
 #[cfg(test)]
+/// The size of the future a WebSocket connection driven by `driver` keeps, over a real
+/// loopback socket: the protocols' idle-memory tests.
+pub(crate) async fn ws_connection_future_size<D: Driver>(driver: D) -> usize {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (io, _) = listener.accept().await.unwrap();
+    let ws = switchboard_websocket::stream::WebSocket::new(
+        io,
+        switchboard_websocket::Role::Server,
+        Default::default(),
+        Default::default(),
+    );
+    let (r, w) = ws.split();
+    connection_future_size(WsTransport::new(r, w), driver)
+}
+
+#[cfg(test)]
 /// The size of the future a connection's task keeps, for memory tests.
 pub(crate) fn connection_future_size<T: Transport, D: Driver>(transport: T, driver: D) -> usize {
     let start = Box::new(Start {

@@ -805,18 +805,7 @@ mod tests {
     async fn the_connection_future_stays_small() {
         let node = node();
         let d = driver(&node, "r", true, None).await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (io, _) = listener.accept().await.unwrap();
-        let ws = switchboard_websocket::stream::WebSocket::new(
-            io,
-            switchboard_websocket::Role::Server,
-            Default::default(),
-            Default::default(),
-        );
-        let (r, w) = ws.split();
-        let size = runtime::connection_future_size(WsTransport::new(r, w), d);
+        let size = crate::conn::runtime::ws_connection_future_size(d).await;
         // Every idle connection keeps this future (in its task's allocation): a field or an
         // await point that widens it costs every connection (docs/benchmarks.md, idle memory).
         assert!(size <= 1600, "the raw connection future grew to {size} B");

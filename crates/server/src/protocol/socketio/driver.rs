@@ -636,21 +636,7 @@ mod tests {
         send(&mut d, "421[\"subscribe\",\"r\"]", &mut out)
             .await
             .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (io, _) = listener.accept().await.unwrap();
-        let ws = switchboard_websocket::stream::WebSocket::new(
-            io,
-            switchboard_websocket::Role::Server,
-            Default::default(),
-            Default::default(),
-        );
-        let (r, w) = ws.split();
-        let size = crate::conn::runtime::connection_future_size(
-            crate::conn::runtime::WsTransport::new(r, w),
-            d,
-        );
+        let size = crate::conn::runtime::ws_connection_future_size(d).await;
         // The raw driver's bound: a Socket.IO session costs its task no more than a room.
         assert!(
             size <= 1600,
