@@ -107,6 +107,10 @@ pub struct ServeArgs {
     #[arg(long, env = "SWITCHBOARD_LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,
 
+    /// Threads running connections; 0 means one per CPU core [default: 0].
+    #[arg(long, env = "SWITCHBOARD_WORKER_THREADS", value_name = "N")]
+    pub worker_threads: Option<usize>,
+
     /// Shared secret verifying HS256/HS384/HS512 connection and subscription tokens.
     #[arg(long, env = "SWITCHBOARD_TOKEN_HMAC_SECRET", value_name = "SECRET")]
     pub token_hmac_secret: Option<String>,
@@ -521,6 +525,9 @@ impl ServeArgs {
         if let Some(v) = &self.log_level {
             c.log_level = v.clone();
         }
+        if let Some(v) = self.worker_threads {
+            c.worker_threads = v;
+        }
         if let Some(v) = &self.token_hmac_secret {
             c.token_hmac_secret = Some(v.clone());
         }
@@ -780,6 +787,34 @@ mod tests {
         );
         assert_eq!(c.max_message_size, 1000);
         assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn worker_threads_flag_over_env_over_file() {
+        let file = write_file("worker_threads = 3\n");
+        let path = file.path().to_str().unwrap().to_string();
+        let from_file = with_env(&[("SWITCHBOARD_CONFIG", &path)], || resolve(&[])).unwrap();
+        assert_eq!(from_file.worker_threads, 3);
+        let from_env = with_env(
+            &[
+                ("SWITCHBOARD_CONFIG", &path),
+                ("SWITCHBOARD_WORKER_THREADS", "2"),
+            ],
+            || resolve(&[]),
+        )
+        .unwrap();
+        assert_eq!(from_env.worker_threads, 2);
+        let from_flag = with_env(
+            &[
+                ("SWITCHBOARD_CONFIG", &path),
+                ("SWITCHBOARD_WORKER_THREADS", "2"),
+            ],
+            || resolve(&["--worker-threads", "1"]),
+        )
+        .unwrap();
+        assert_eq!(from_flag.worker_threads, 1);
+        assert_eq!(resolve(&[]).unwrap().worker_threads, 0);
+        assert!(resolve(&["--worker-threads", "5000"]).is_err());
     }
 
     /// The README's configuration table, row by row: (flags, environment variables, TOML

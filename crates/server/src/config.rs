@@ -80,6 +80,8 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default time allowed for close handshakes on shutdown.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most worker threads `worker_threads` accepts (far past any core count it is meant for).
+pub const MAX_WORKER_THREADS: usize = 1024;
 /// Default node lease with a shared broker.
 pub const DEFAULT_BROKER_LEASE: Duration = Duration::from_secs(15);
 /// Default per-connection outgoing queue bound in bytes (4 MiB).
@@ -146,6 +148,9 @@ pub struct ServerConfig {
     /// Log filter, e.g. `info` or `switchboard=debug` (used by the binary).
     #[serde(alias = "log-level")]
     pub log_level: String,
+    /// Threads running connections (used by the binary); 0 means one per CPU core.
+    #[serde(alias = "worker-threads")]
+    pub worker_threads: usize,
     /// Shared secret for `HS256`/`HS384`/`HS512` connection and subscription tokens.
     #[serde(alias = "token-hmac-secret")]
     pub token_hmac_secret: Option<String>,
@@ -296,6 +301,7 @@ impl Default for ServerConfig {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             log_format: LogFormat::Text,
             log_level: "info".to_string(),
+            worker_threads: 0,
             token_hmac_secret: None,
             token_rsa_public_key: None,
             token_ecdsa_public_key: None,
@@ -403,6 +409,11 @@ impl ServerConfig {
         crate::webhooks::targets(self)?;
         if self.webhook_timeout.is_zero() || self.webhook_queue == 0 {
             return Err("webhook_timeout and webhook_queue must be positive".into());
+        }
+        if self.worker_threads > MAX_WORKER_THREADS {
+            return Err(format!(
+                "worker_threads must be at most {MAX_WORKER_THREADS} (0 = one per CPU core)"
+            ));
         }
         if self.broker_lease < Duration::from_millis(300) {
             return Err("the broker lease must be at least 0.3 seconds".into());
