@@ -455,3 +455,14 @@ async fn a_protobuf_connection_refuses_text_and_bad_frames_with_3501() {
         .await;
     assert!(matches!(r, Err(Ending::Close(3501, _))), "{r:?}");
 }
+
+#[tokio::test]
+async fn the_connection_future_stays_small() {
+    let shared = shared();
+    let size = crate::conn::runtime::ws_connection_future_size(driver(&shared)).await;
+    // Every idle connection keeps this future: the raw rooms' bound.
+    assert!(
+        size <= 1600,
+        "the Centrifugo connection future grew to {size} B"
+    );
+}
