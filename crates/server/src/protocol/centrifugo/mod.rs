@@ -233,8 +233,6 @@ pub(crate) struct CentrifugoDriver {
     /// changes: rebuilding "remaining + grace" on every step would push it back with every
     /// message, so a busy connection would never expire.
     expiry_timer: Option<(u64, Instant)>,
-    /// The JSON lines of the current step (replies and pushes), sent as one frame.
-    lines: Vec<Bytes>,
     /// Deliveries taken from the outbox, framed by `on_event`.
     batch: Vec<Delivery>,
     /// Calls to the application's backend; `None` when no proxy kind is configured.
@@ -326,7 +324,6 @@ impl CentrifugoDriver {
             subs: Subscriptions::default(),
             expires_at: None,
             expiry_timer: None,
-            lines: Vec::new(),
             batch: Vec::new(),
             proxy: None,
             session: None,
@@ -411,10 +408,9 @@ impl CentrifugoDriver {
         if let Some(calls) = self.proxy.as_mut() {
             calls.in_flight = calls.in_flight.saturating_sub(1);
         }
-        let mut lines = self.take_lines();
+        let mut lines = Vec::new();
         let r = self.apply_answer(*done, &mut lines).await;
         self.end_step(&mut lines, out);
-        self.lines = lines;
         r
     }
 
@@ -580,6 +576,11 @@ impl CentrifugoDriver {
 
     /// Ends a step: the lines it produced go out as one frame (newline-separated when there
     /// are several), and the expiry timer follows the expiries.
+    ///
+    /// Each step collects its lines in a fresh `Vec`, not one kept in the driver for its
+    /// capacity: every idle connection would hold it (≈ 128 B after the connect and
+    /// subscribe replies, and 24 B of the task for the field); one small allocation per
+    /// step is cheap.
     fn end_step(&mut self, lines: &mut Vec<Bytes>, out: &mut Out) {
         match lines.len() {
             0 => {}
@@ -587,10 +588,6 @@ impl CentrifugoDriver {
             _ => out.message(self.frame(self.encoding.batch(lines.iter()))),
         }
         lines.clear();
-        if lines.capacity() > BATCH {
-            // Do not keep a burst's capacity on a connection that goes quiet.
-            *lines = Vec::new();
-        }
         let at = match (self.expires_at, self.subs.earliest_expiry()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -608,11 +605,6 @@ impl CentrifugoDriver {
         } else {
             Message::Text(bytes)
         }
-    }
-
-    /// The step's line buffer (kept between steps for its capacity).
-    fn take_lines(&mut self) -> Vec<Bytes> {
-        std::mem::take(&mut self.lines)
     }
 
     /// One frame of commands from the client.
@@ -636,14 +628,13 @@ impl CentrifugoDriver {
                     SlowFrame::Commands(cmds)
                 } else {
                     // The fast path: pongs (every ping interval on every connection), pings.
-                    let mut lines = self.take_lines();
+                    let mut lines = Vec::new();
                     for cmd in cmds.into_iter().flatten() {
                         if let Some(reply) = instant_reply(self.encoding, cmd) {
                             lines.push(reply);
                         }
                     }
                     self.end_step(&mut lines, out);
-                    self.lines = lines;
                     return StepFuture::ready(Ok(()));
                 }
             }
@@ -653,7 +644,7 @@ impl CentrifugoDriver {
 
     /// The slow half of [`Self::message`].
     async fn message_slow(&mut self, frame: SlowFrame, out: &mut Out) -> Result<(), Ending> {
-        let mut lines = self.take_lines();
+        let mut lines = Vec::new();
         let r = match frame {
             SlowFrame::Connect(frame) => match self.handle_first(&frame, &mut lines).await {
                 Ok(Some(outbox)) => {
@@ -681,7 +672,6 @@ impl CentrifugoDriver {
             },
         };
         self.end_step(&mut lines, out);
-        self.lines = lines;
         r
     }
 
@@ -699,7 +689,7 @@ impl CentrifugoDriver {
             return StepFuture::boxed(self.deliveries_slow(out));
         }
         // The fast path: publications, joins and leaves, framed without waiting.
-        let mut lines = self.take_lines();
+        let mut lines = Vec::new();
         let mut batch = std::mem::take(&mut self.batch);
         for delivery in batch.drain(..) {
             if self.already_sent(&delivery) {
@@ -714,14 +704,13 @@ impl CentrifugoDriver {
         }
         self.restore_batch(batch);
         self.end_step(&mut lines, out);
-        self.lines = lines;
         StepFuture::ready(Ok(()))
     }
 
     /// The slow half of [`Self::deliveries`]: controls from the server, and streams that
     /// may have moved to a new epoch.
     async fn deliveries_slow(&mut self, out: &mut Out) -> Result<(), Ending> {
-        let mut lines = self.take_lines();
+        let mut lines = Vec::new();
         let mut batch = std::mem::take(&mut self.batch);
         // Channels whose stream went on in a new epoch in this batch.
         let mut moved: Vec<Arc<str>> = Vec::new();
@@ -752,7 +741,6 @@ impl CentrifugoDriver {
         }
         self.restore_batch(batch);
         self.end_step(&mut lines, out);
-        self.lines = lines;
         Ok(())
     }
 
@@ -785,13 +773,12 @@ impl CentrifugoDriver {
                         return Err(disconnect(Disconnect::EXPIRED));
                     }
                 }
-                let mut lines = self.take_lines();
+                let mut lines = Vec::new();
                 self.drop_expired_subs(&mut lines);
                 // Re-armed from now: a timer capped at FAR_FUTURE ends early, and one for a
                 // subscription that was refreshed meanwhile is moved.
                 self.expiry_timer = None;
                 self.end_step(&mut lines, out);
-                self.lines = lines;
                 Ok(())
             }
         }

@@ -1,12 +1,21 @@
 //! A Centrifugo connection's subscriptions and what it keeps per subscription, in one small
 //! list: most connections hold one or a few, and a list of them costs one allocation where a
-//! map per property cost one each (plus a copy of the channel name in each).
+//! map per property cost one each (plus a copy of the channel name in each). What only
+//! some subscriptions need (stream positions, expiry) is boxed apart and made on first use,
+//! so a subscription to a channel without history or expiry is a name and a null pointer.
 use switchboard_core::{Epoch, StreamPosition};
 
 /// One subscription.
 #[derive(Debug)]
 struct Sub {
     channel: Box<str>,
+    /// Made when one of its fields is first set; dropped when all are unset again.
+    kept: Option<Box<Kept>>,
+}
+
+/// What a subscription keeps beyond its channel, when it keeps anything.
+#[derive(Debug, Default)]
+struct Kept {
     /// The epoch the client's positions refer to, when it tracks positions (told about
     /// gaps); [`Epoch::EMPTY`] until the stream's first publication names it.
     positioned: Option<Epoch>,
@@ -16,6 +25,28 @@ struct Sub {
     live_from: Option<StreamPosition>,
     /// Unix time at which the subscription ends unless `sub_refresh` moves it.
     expiry: Option<u64>,
+}
+
+impl Kept {
+    fn is_empty(&self) -> bool {
+        self.positioned.is_none() && self.live_from.is_none() && self.expiry.is_none()
+    }
+}
+
+impl Sub {
+    fn kept(&self) -> Option<&Kept> {
+        self.kept.as_deref()
+    }
+
+    /// Changes what is kept with `change`, making it first if needed and dropping it when
+    /// nothing is left.
+    fn keep(&mut self, change: impl FnOnce(&mut Kept)) {
+        let kept = self.kept.get_or_insert_with(Box::default);
+        change(kept);
+        if kept.is_empty() {
+            self.kept = None;
+        }
+    }
 }
 
 /// The subscriptions of one connection, in the order they were made.
@@ -45,9 +76,7 @@ impl Subscriptions {
             self.list.reserve_exact(1);
             self.list.push(Sub {
                 channel: channel.into(),
-                positioned: None,
-                live_from: None,
-                expiry: None,
+                kept: None,
             });
         }
     }
@@ -64,50 +93,59 @@ impl Subscriptions {
 
     /// The epoch a positioned subscription's client refers to.
     pub(super) fn positioned_mut(&mut self, channel: &str) -> Option<&mut Epoch> {
-        self.find_mut(channel).and_then(|s| s.positioned.as_mut())
+        self.find_mut(channel)
+            .and_then(|s| s.kept.as_deref_mut())
+            .and_then(|k| k.positioned.as_mut())
     }
 
     /// Whether the subscription to `channel` tracks stream positions.
     pub(super) fn is_positioned(&self, channel: &str) -> bool {
-        self.find(channel).is_some_and(|s| s.positioned.is_some())
+        self.find(channel)
+            .and_then(Sub::kept)
+            .is_some_and(|k| k.positioned.is_some())
     }
 
     /// Marks the subscription to `channel` as positioned in `epoch`.
     pub(super) fn set_positioned(&mut self, channel: &str, epoch: Epoch) {
         if let Some(s) = self.find_mut(channel) {
-            s.positioned = Some(epoch);
+            s.keep(|k| k.positioned = Some(epoch));
         }
     }
 
     /// Where live delivery of `channel` starts (see [`Sub::live_from`]).
     pub(super) fn live_from(&self, channel: &str) -> Option<StreamPosition> {
-        self.find(channel).and_then(|s| s.live_from)
+        self.find(channel)
+            .and_then(Sub::kept)
+            .and_then(|k| k.live_from)
     }
 
     /// Sets or clears where live delivery of `channel` starts.
     pub(super) fn set_live_from(&mut self, channel: &str, from: Option<StreamPosition>) {
         if let Some(s) = self.find_mut(channel) {
-            s.live_from = from;
+            s.keep(|k| k.live_from = from);
         }
     }
 
     /// Sets or lifts the expiry of the subscription to `channel`.
     pub(super) fn set_expiry(&mut self, channel: &str, at: Option<u64>) {
         if let Some(s) = self.find_mut(channel) {
-            s.expiry = at;
+            s.keep(|k| k.expiry = at);
         }
     }
 
     /// The earliest subscription expiry.
     pub(super) fn earliest_expiry(&self) -> Option<u64> {
-        self.list.iter().filter_map(|s| s.expiry).min()
+        self.list
+            .iter()
+            .filter_map(|s| s.kept().and_then(|k| k.expiry))
+            .min()
     }
 
     /// The channels whose subscription expired before `now`.
     pub(super) fn expired(&self, now: u64) -> Vec<String> {
         self.list
             .iter()
-            .filter(|s| s.expiry.is_some_and(|at| at < now))
+            .filter(|s| s.kept().and_then(|k| k.expiry).is_some_and(|at| at < now))
             .map(|s| s.channel.to_string())
             .collect()
     }
@@ -141,5 +179,25 @@ mod tests {
         );
         assert_eq!(subs.live_from("a"), None);
         assert_eq!(subs.earliest_expiry(), Some(50));
+    }
+
+    #[test]
+    fn a_subscription_keeps_nothing_apart_until_it_needs_to() {
+        // Every idle connection keeps one of these per subscription (plus the name).
+        assert!(std::mem::size_of::<Sub>() <= 24);
+        let mut subs = Subscriptions::default();
+        subs.insert("a");
+        assert!(subs.find("a").unwrap().kept.is_none());
+        subs.set_expiry("a", Some(10));
+        subs.set_live_from("a", Some(StreamPosition::new(3, Epoch::EMPTY)));
+        assert_eq!(subs.earliest_expiry(), Some(10));
+        subs.set_expiry("a", None);
+        assert!(subs.find("a").unwrap().kept.is_some());
+        subs.set_live_from("a", None);
+        assert!(
+            subs.find("a").unwrap().kept.is_none(),
+            "dropped once nothing is kept"
+        );
+        assert_eq!(subs.earliest_expiry(), None);
     }
 }

@@ -455,3 +455,16 @@ async fn a_protobuf_connection_refuses_text_and_bad_frames_with_3501() {
         .await;
     assert!(matches!(r, Err(Ending::Close(3501, _))), "{r:?}");
 }
+
+#[tokio::test]
+async fn the_connection_future_stays_small() {
+    let shared = shared();
+    let size = crate::conn::runtime::ws_connection_future_size(driver(&shared)).await;
+    // Every idle connection keeps this future in its task, and tokio rounds a task's
+    // allocation up to 128 B: at most 1,512 B keeps it in the raw rooms' size class (1,664 B
+    // a task, measured with heaptrack; docs/benchmarks.md, idle memory per protocol).
+    assert!(
+        size <= 1512,
+        "the Centrifugo connection future grew to {size} B"
+    );
+}

@@ -45,6 +45,9 @@ use crate::transport::upgrade;
 use crate::transport::{Endpoint, RequestCtx, ResponseFuture, Route};
 
 pub(crate) mod api;
+mod subs;
+
+use subs::{Presence, Sub, Subscriptions};
 
 /// Most deliveries taken from the outbox per step.
 const BATCH: usize = 64;
@@ -139,10 +142,15 @@ impl Endpoint for PusherSocket {
     }
 }
 
-/// The connection's `socket_id`: its hub id, a dot, a random number (so ids are not
-/// guessable from each other).
-pub fn socket_id(id: ConnId) -> String {
-    format!("{id}.{}", rand::random::<u32>() % 1_000_000_000)
+/// The connection's `socket_id`: its hub id, a dot, a random number `nonce` (so ids are
+/// not guessable from each other; see [`socket_nonce`]).
+pub fn socket_id(id: ConnId, nonce: u32) -> String {
+    format!("{id}.{nonce}")
+}
+
+/// A new random number for a `socket_id`.
+pub fn socket_nonce() -> u32 {
+    rand::random::<u32>() % 1_000_000_000
 }
 
 /// The hub id inside a `socket_id`.
@@ -246,25 +254,19 @@ pub fn refusal(app_known: bool, protocol: Option<&str>) -> Option<(u16, &'static
     }
 }
 
-/// One subscription of a connection.
-struct Sub {
-    kind: ChannelKind,
-    /// Presence: this connection's member, and every user's connections (client ids).
-    member: Option<wire::Member>,
-    users: HashMap<String, HashSet<String>>,
-}
-
 /// One Pusher connection's state machine.
 pub(crate) struct PusherDriver {
     app: Arc<PusherApp>,
     node: Node,
     handle: ConnHandle,
     outbox: Outbox,
-    socket_id: String,
+    /// The random part of the connection's `socket_id` ([`PusherDriver::socket_id`]): kept
+    /// as a number, the text is made when needed (rarely: open, signatures, webhooks).
+    socket_nonce: u32,
     activity_timeout: u64,
     /// Set when the connection is refused (unknown key, old protocol): sent by `open`.
     refusal: Option<(u16, &'static str)>,
-    channels: HashMap<String, Sub>,
+    channels: Subscriptions,
     /// Client events: the current second's start and how many were sent in it.
     bucket: (Instant, u32),
     batch: Vec<Delivery>,
@@ -287,16 +289,21 @@ impl PusherDriver {
         PusherDriver {
             app,
             node,
-            socket_id: socket_id(handle.id()),
+            socket_nonce: socket_nonce(),
             handle,
             outbox,
             activity_timeout,
             refusal,
-            channels: HashMap::new(),
+            channels: Subscriptions::default(),
             bucket: (Instant::now(), 0),
             batch: Vec::new(),
             webhooks,
         }
+    }
+
+    /// The connection's `socket_id`.
+    pub(crate) fn socket_id(&self) -> String {
+        socket_id(self.handle.id(), self.socket_nonce)
     }
 
     async fn message(&mut self, frame: &[u8], out: &mut Out) -> Result<(), Ending> {
@@ -325,7 +332,7 @@ impl PusherDriver {
             },
             "pusher:unsubscribe" => {
                 if let Some(s) = wire::data_object::<wire::Subscribe>(&f.data) {
-                    if self.channels.remove(&s.channel).is_some() {
+                    if self.channels.remove(&s.channel) {
                         self.node.unsubscribe(&self.handle, &s.channel).await;
                     }
                 }
@@ -359,7 +366,7 @@ impl PusherDriver {
         let channel = s.channel;
         if let Some(user) = channel.strip_prefix(wire::USER_CHANNEL_PREFIX) {
             // Joined at sign-in; pusher-js then subscribes to it by name.
-            if self.handle.signed_in_user() == Some(user) && self.channels.contains_key(&channel) {
+            if self.handle.signed_in_user() == Some(user) && self.channels.contains(&channel) {
                 out.message(wire::subscription_succeeded(&channel));
             } else {
                 out.message(wire::subscription_error(
@@ -389,7 +396,7 @@ impl PusherDriver {
                     &self.app.key,
                     &self.app.secret,
                     a,
-                    &self.socket_id,
+                    &self.socket_id(),
                     &channel,
                     channel_data,
                 )
@@ -444,33 +451,29 @@ impl PusherDriver {
                 return;
             }
         };
-        let mut sub = Sub {
-            kind,
-            member,
-            users: HashMap::new(),
-        };
-        if kind == ChannelKind::Presence {
+        let mut sub = Sub::plain(&channel, kind);
+        if let Some(member) = member {
             let presence = self.node.presence(&channel).await.unwrap_or_default();
             let mut members: BTreeMap<String, Option<serde_json::Value>> = BTreeMap::new();
+            let mut users: HashMap<String, HashSet<String>> = HashMap::new();
             for info in presence.values() {
                 let Some(m) = info.chan_info.as_deref().and_then(wire::parse_member) else {
                     continue;
                 };
-                sub.users
+                users
                     .entry(m.user_id.clone())
                     .or_default()
                     .insert(info.client.clone());
                 members.entry(m.user_id).or_insert(m.user_info);
             }
-            if let Some(me) = &sub.member {
-                sub.users
-                    .entry(me.user_id.clone())
-                    .or_default()
-                    .insert(self.handle.id().to_string());
-                members
-                    .entry(me.user_id.clone())
-                    .or_insert(me.user_info.clone());
-            }
+            users
+                .entry(member.user_id.clone())
+                .or_default()
+                .insert(self.handle.id().to_string());
+            members
+                .entry(member.user_id.clone())
+                .or_insert(member.user_info.clone());
+            sub.presence = Some(Box::new(Presence { member, users }));
             out.message(wire::presence_succeeded(&channel, &members));
         } else {
             out.message(wire::subscription_succeeded(&channel));
@@ -478,7 +481,7 @@ impl PusherDriver {
         if wire::is_cache(&channel) {
             self.replay_cached(&channel, joined.position, out).await;
         }
-        self.channels.insert(channel, sub);
+        self.channels.insert(sub);
     }
 
     /// A cache channel's last event up to the join (`position`) goes to the new subscriber,
@@ -515,7 +518,7 @@ impl PusherDriver {
     /// miss is detected (the `cache_miss` webhook is reported from here).
     fn cache_missed(&self, channel: &str) {
         if let Some(hooks) = &self.webhooks {
-            hooks.cache_miss(&self.app.id, channel, &self.socket_id);
+            hooks.cache_miss(&self.app.id, channel, &self.socket_id());
         }
     }
 
@@ -526,7 +529,7 @@ impl PusherDriver {
                 &self.app.key,
                 &self.app.secret,
                 &s.auth,
-                &self.socket_id,
+                &self.socket_id(),
                 &s.user_data,
             );
         let Some(user) = user.filter(|_| ok) else {
@@ -547,22 +550,15 @@ impl PusherDriver {
             return;
         }
         let channel = wire::user_channel(&user);
-        if !self.channels.contains_key(&channel) {
+        if !self.channels.contains(&channel) {
             match self
                 .node
                 .subscribe(&self.handle, &channel, SubscribeOptions::default())
                 .await
             {
-                Ok(_) => {
-                    self.channels.insert(
-                        channel,
-                        Sub {
-                            kind: ChannelKind::Public,
-                            member: None,
-                            users: HashMap::new(),
-                        },
-                    );
-                }
+                Ok(_) => self
+                    .channels
+                    .insert(Sub::plain(&channel, ChannelKind::Public)),
                 Err(e) => tracing::warn!(%channel, "pusher user channel not joined: {e}"),
             }
         }
@@ -576,7 +572,7 @@ impl PusherDriver {
         data: &str,
         out: &mut Out,
     ) {
-        let Some((channel, sub)) = channel.and_then(|c| self.channels.get_key_value(c)) else {
+        let Some(sub) = channel.and_then(|c| self.channels.get(c)) else {
             out.message(wire::error(
                 Some(code::CLIENT_EVENT_REJECTED),
                 "Client event rejected: not subscribed to the channel",
@@ -609,8 +605,8 @@ impl PusherDriver {
             return;
         }
         self.bucket.1 += 1;
-        let user_id = sub.member.as_ref().map(|m| m.user_id.clone());
-        let channel = channel.clone();
+        let user_id = sub.member().map(|m| m.user_id.clone());
+        let channel = sub.channel.to_string();
         let payload = wire::envelope(event, data, user_id.as_deref());
         let opts = PublishOptions::except_sender(self.handle.id());
         if let Err(e) = self.node.publish(&channel, payload, opts, None).await {
@@ -623,14 +619,18 @@ impl PusherDriver {
                 &channel,
                 event,
                 data,
-                &self.socket_id,
+                &self.socket_id(),
                 user_id.as_deref(),
             );
         }
     }
 
     fn member_event(&mut self, ev: &MemberEvent, join: bool, out: &mut Out) {
-        let Some(sub) = self.channels.get_mut(&*ev.channel) else {
+        let Some(presence) = self
+            .channels
+            .get_mut(&ev.channel)
+            .and_then(|s| s.presence.as_deref_mut())
+        else {
             return;
         };
         if ev.info.client == self.handle.id().to_string() {
@@ -640,14 +640,14 @@ impl PusherDriver {
             return;
         };
         if join {
-            let conns = sub.users.entry(m.user_id.clone()).or_default();
+            let conns = presence.users.entry(m.user_id.clone()).or_default();
             let first = conns.is_empty();
             if conns.insert(ev.info.client.clone()) && first {
                 out.message(wire::member_added(&ev.channel, &m));
             }
-        } else if let Some(conns) = sub.users.get_mut(&m.user_id) {
+        } else if let Some(conns) = presence.users.get_mut(&m.user_id) {
             if conns.remove(&ev.info.client) && conns.is_empty() {
-                sub.users.remove(&m.user_id);
+                presence.users.remove(&m.user_id);
                 out.message(wire::member_removed(&ev.channel, &m.user_id));
             }
         }
@@ -659,7 +659,7 @@ impl PusherDriver {
         for delivery in &batch {
             match delivery {
                 Delivery::Publication(p) => {
-                    if self.channels.contains_key(&*p.channel) {
+                    if self.channels.contains(&p.channel) {
                         out.published(p);
                         out.prepared(wire::encode(p));
                     }
@@ -703,7 +703,7 @@ impl Driver for PusherDriver {
             return Ok(());
         }
         out.message(wire::connection_established(
-            &self.socket_id,
+            &self.socket_id(),
             self.activity_timeout,
         ));
         Ok(())

@@ -89,7 +89,7 @@ fn subscribe(channel: &str) -> Value {
 }
 
 fn signed_subscribe(d: &PusherDriver, channel: &str, channel_data: Option<&str>) -> Value {
-    let auth = auth::channel_auth(KEY, SECRET, &d.socket_id, channel, channel_data);
+    let auth = auth::channel_auth(KEY, SECRET, &d.socket_id(), channel, channel_data);
     let mut data = json!({"channel": channel, "auth": auth});
     if let Some(cd) = channel_data {
         data["channel_data"] = json!(cd);
@@ -392,7 +392,7 @@ async fn signin_names_the_connection_and_joins_the_users_channel() {
     assert_eq!(sent[0]["data"]["code"], 4009);
     assert!(node.hub().connections_of_user("carol").is_empty());
 
-    let sig = auth::sign(SECRET, &format!("{}::user::{user_data}", d.socket_id));
+    let sig = auth::sign(SECRET, &format!("{}::user::{user_data}", d.socket_id()));
     let signin = json!({"event": "pusher:signin",
         "data": {"user_data": user_data, "auth": format!("{KEY}:{sig}")}});
     let sent = send(&mut d, signin).await.unwrap();
@@ -478,9 +478,11 @@ async fn the_connection_future_stays_small() {
     let node = node();
     let d = driver(&node);
     let size = crate::conn::runtime::ws_connection_future_size(d).await;
-    // Every idle connection keeps this future: the raw rooms' bound.
+    // Every idle connection keeps this future in its task, and tokio rounds a task's
+    // allocation up to 128 B: at most 1,512 B keeps it in the raw rooms' size class (1,664 B
+    // a task, measured with heaptrack; docs/benchmarks.md, idle memory per protocol).
     assert!(
-        size <= 1600,
+        size <= 1512,
         "the Pusher connection future grew to {size} B"
     );
 }

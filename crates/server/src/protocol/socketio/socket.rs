@@ -27,7 +27,8 @@ use switchboard_websocket::Message;
 
 use super::channels::{self, ChanError};
 use super::engine::random_id;
-use super::recovery::{Ring, Store};
+use super::recovery::Ring;
+use super::SocketIo;
 use crate::conn::driver::Out;
 use crate::proxy::{Answer, Failure, Forwarded, Kind, ProxyRequest};
 use crate::state::Shared;
@@ -159,8 +160,9 @@ pub(crate) struct Sockets {
     list: Vec<NsSocket>,
     /// Whether a namespace was ever joined (for the connect timeout).
     connected_once: bool,
-    /// Where sockets are kept for recovery (the endpoint's).
-    store: Arc<Store>,
+    /// The endpoint: where sockets are kept for recovery, and polling sessions are
+    /// forgotten when they end.
+    io: Arc<SocketIo>,
     /// The socket whose outbox is polled first next time (round robin, so one busy
     /// namespace does not hold up the others).
     next: u32,
@@ -228,7 +230,7 @@ fn push_packet(out: &mut Out, p: &Packet) {
 }
 
 impl Sockets {
-    pub(crate) fn new(shared: Arc<Shared>, peer: SocketAddr, store: Arc<Store>) -> Sockets {
+    pub(crate) fn new(shared: Arc<Shared>, peer: SocketAddr, io: Arc<SocketIo>) -> Sockets {
         Sockets {
             shared,
             peer,
@@ -236,7 +238,7 @@ impl Sockets {
             reserved: 0,
             list: Vec::new(),
             connected_once: false,
-            store,
+            io,
             next: 0,
             proxy: None,
         }
@@ -480,6 +482,11 @@ impl Sockets {
     /// The client's address.
     pub(crate) fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// The endpoint the session belongs to.
+    pub(crate) fn endpoint(&self) -> &SocketIo {
+        &self.io
     }
 
     /// The decoder to feed the next message to: the pending packet's, or a fresh one.
@@ -772,7 +779,8 @@ impl Sockets {
         if self.recovery() {
             if let Some(pid) = auth.get("pid").and_then(Value::as_str) {
                 if let Some(socket) = self
-                    .store
+                    .io
+                    .store()
                     .take(pid, &nsp)
                     .filter(|s| s.expires_at.is_none_or(|at| at >= crate::auth::unix_now()))
                 {
@@ -983,7 +991,7 @@ impl Sockets {
         let ttl = self.shared.config.socketio.max_disconnection_duration;
         for s in self.list.drain(..) {
             if recoverable && s.recovery.is_some() && !s.handle.is_closed() {
-                self.store.keep(s, ttl);
+                self.io.store().keep(s, ttl);
             }
         }
     }
