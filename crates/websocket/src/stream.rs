@@ -15,8 +15,9 @@
 //!   error's code ([`Error::close_code`]) and stop.
 //!
 //! Writing is batched: `feed*` only queues frames, [`WsWriter::flush`] writes everything
-//! pending with vectored writes. Small frames are copied into one contiguous buffer (one
-//! `iovec` for many messages); payloads of at least [`WriteConfig::coalesce_threshold`] bytes —
+//! pending with vectored writes. Small frames that follow another in the queue are copied into
+//! one contiguous buffer (one `iovec` for many messages; a frame alone is written from where it
+//! is); payloads of at least [`WriteConfig::coalesce_threshold`] bytes —
 //! including pre-encoded broadcast frames from [`PreparedMessage`] — are queued as the
 //! caller's `Bytes`, by reference. The queue is bounded: past
 //! [`WriteConfig::max_buffered_bytes`] `feed` returns [`Error::WouldOverflow`] instead of
@@ -189,6 +190,17 @@ impl Wake for WriteWakers {
     }
 }
 
+/// The waker that wakes both halves' registered wakers, borrowed from `wakers` for one call:
+/// building it takes no reference count (a flush runs for every batch written). Cloning it
+/// (what the transport does when it stores it) takes a counted reference as usual.
+fn fan_waker(wakers: &Arc<WriteWakers>) -> std::mem::ManuallyDrop<Waker> {
+    // SAFETY: the `Arc` made from the pointer owns no count of its own: it is moved into a
+    // waker that is never dropped (`ManuallyDrop`), so the count `wakers` holds is neither
+    // taken nor given back, and `wakers` outlives the borrow this is made from.
+    let arc = unsafe { Arc::from_raw(Arc::as_ptr(wakers)) };
+    std::mem::ManuallyDrop::new(Waker::from(arc))
+}
+
 /// The outgoing queue: sealed chunks followed by the open coalescing buffer.
 struct WriteQueue {
     /// Encoder for the control frames the reader queues (pongs, close replies). Data frames
@@ -249,7 +261,10 @@ impl WriteQueue {
     /// Queue complete frame bytes: by reference when large, copied into the coalescing
     /// buffer when small.
     fn push_frame(&mut self, frame: Bytes) {
-        if frame.len() >= self.config.coalesce_threshold {
+        // Alone in the queue, a frame is queued by reference whatever its size: copying it
+        // would cost an allocation for nothing to coalesce with. Frames that follow it in the
+        // same batch are coalesced as usual.
+        if frame.len() >= self.config.coalesce_threshold || self.queued == 0 {
             self.append_chunk(frame);
         } else {
             self.buf.extend_from_slice(&frame);
@@ -327,9 +342,23 @@ impl<S> Shared<S> {
 impl<S: AsyncWrite + Unpin> Shared<S> {
     /// Write everything queued (and a pending pong), then flush the transport. `who` says
     /// which half's waker to register for write readiness.
+    ///
+    /// The waker is only registered when the socket does not take everything at once, and
+    /// then the write is tried once more: readiness that arrived between the first attempt
+    /// and the registration woke nobody, but the second attempt sees it. A flush that
+    /// completes at once (the common case) thus costs no wait-list lock.
     fn poll_flush(&self, who: usize, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if let Poll::Ready(r) = self.try_flush() {
+            return Poll::Ready(r);
+        }
         self.wakers.register(who, cx.waker());
-        let fan_waker = Waker::from(self.wakers.clone());
+        self.try_flush()
+    }
+
+    /// One attempt at writing everything queued, with the fan-out waker registered for write
+    /// readiness.
+    fn try_flush(&self) -> Poll<Result<(), Error>> {
+        let fan_waker = fan_waker(&self.wakers);
         let mut fcx = Context::from_waker(&fan_waker);
         let mut g = self.lock();
         let inner = &mut *g;
@@ -339,8 +368,28 @@ impl<S: AsyncWrite + Unpin> Shared<S> {
         if inner.close.sent_at.is_none() {
             inner.queue.schedule_pong();
         }
-        inner.queue.seal();
         let q = &mut inner.queue;
+        // Only small frames queued (the common case): written straight from the coalescing
+        // buffer, without sealing it into a chunk (which would allocate to share it).
+        while q.chunks.is_empty() && !q.buf.is_empty() {
+            match Pin::new(&mut inner.io).poll_write(&mut fcx, &q.buf) {
+                Poll::Ready(Ok(0)) => {
+                    inner.close.broken = true;
+                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+                }
+                Poll::Ready(Ok(w)) => {
+                    q.queued -= w;
+                    q.written += w as u64;
+                    q.buf.advance(w);
+                }
+                Poll::Ready(Err(e)) => {
+                    inner.close.broken = true;
+                    return Poll::Ready(Err(e.into()));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        q.seal();
         while !q.chunks.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut n = 0;
@@ -380,7 +429,7 @@ impl<S: AsyncWrite + Unpin> Shared<S> {
     /// Flush, then shut down the write side (once).
     fn poll_flush_shutdown(&self, who: usize, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         std::task::ready!(self.poll_flush(who, cx))?;
-        let fan_waker = Waker::from(self.wakers.clone());
+        let fan_waker = fan_waker(&self.wakers);
         let mut fcx = Context::from_waker(&fan_waker);
         let mut g = self.lock();
         if g.close.shut_down {
@@ -477,6 +526,18 @@ impl WriterState {
         // Taken whole rather than split off: a split would leave `staging` holding the
         // allocation (sized by the largest message sent so far) after the frame is written.
         Ok(Staged::Frame(std::mem::take(&mut self.staging).freeze()))
+    }
+
+    /// The shared frame of `msg` as this connection sends it, when it needs no encoding of
+    /// its own (see [`Self::stage_prepared`]).
+    fn shared_frame(&self, msg: &PreparedMessage) -> Option<Bytes> {
+        if self.role == Role::Client {
+            return None;
+        }
+        match &self.deflate {
+            Some(p) if !p.server_no_context_takeover => None,
+            d => Some(msg.frame_for(d.as_ref(), self.compression_threshold)),
+        }
     }
 
     fn stage_prepared(&mut self, msg: &PreparedMessage) -> Result<Staged, Error> {
@@ -941,7 +1002,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsWriter<S> {
     /// the shared frame (compressed once, if deflate was agreed) is queued without copying
     /// when large; a client connection masks its own copy.
     pub fn feed_prepared(&mut self, msg: &PreparedMessage) -> Result<(), Error> {
-        self.open()?.queue.check_room(msg.payload().len() + 14)?;
+        let estimate = msg.payload().len() + 14;
+        if let Some(frame) = self.state.shared_frame(msg) {
+            // Nothing is encoded for this connection, so nothing is lost when the room check
+            // fails: one lock for both.
+            let mut g = self.open()?;
+            g.queue.check_room(estimate)?;
+            g.queue.push_frame(frame);
+            return Ok(());
+        }
+        self.open()?.queue.check_room(estimate)?;
         let staged = self.state.stage_prepared(msg)?;
         self.open()?.queue.push_staged(staged);
         Ok(())

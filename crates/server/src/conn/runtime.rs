@@ -380,6 +380,10 @@ async fn drive<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Ending {
     let stall = conn.heartbeat.timeout();
     let stop = conn.token.triggered();
     tokio::pin!(stop);
+    // The shutdown future is polled once to register the task's waker, then only once the
+    // token says it fired: polling it again would take the lock of the wait list every
+    // connection shares, on every turn.
+    let mut stop_registered = false;
     // The driver's one timer, allocated only once it asks for one.
     let mut timer: Option<(Instant, Pin<Box<Sleep>>)> = None;
     // Whether the driver paused reading (see `Driver::poll_read_ready`).
@@ -406,8 +410,11 @@ async fn drive<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Ending {
             (Some(at), t @ None) => *t = Some((at, Box::pin(tokio::time::sleep_until(at)))),
         }
         let wake = std::future::poll_fn(|cx| {
-            if stop.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Wake::Shutdown);
+            if !stop_registered || conn.token.is_triggered() {
+                if stop.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Shutdown);
+                }
+                stop_registered = true;
             }
             let polled = if writes_first {
                 match poll_writes(conn, &mut timer, cx) {
