@@ -465,6 +465,11 @@ impl Encoder {
         self.role
     }
 
+    /// The options this encoder was built with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// Append the frame for `msg` to `out` (client role: masked with a fresh random key;
     /// data messages deflated when negotiated and `len >= compression_threshold`).
     ///

@@ -47,7 +47,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::close::{CloseCode, CloseFrame, MAX_REASON_LEN};
 use crate::codec::{Config, Decoder, Encoder, Role};
-use crate::deflate::DeflateParams;
 use crate::error::Error;
 use crate::message::Message;
 use crate::prepared::PreparedMessage;
@@ -156,45 +155,60 @@ impl PingTracker {
     }
 }
 
-/// Wakes whichever halves are waiting for the transport to become writable.
+/// The halves waiting for the transport to become writable, kept in the shared state.
+///
+/// When both halves run in one task (the usual server), they have the same waker and the
+/// transport gets it as it is: no allocation, nothing per connection beyond these two
+/// slots. Only while halves with different wakers both wait is a fan-out waker made, so
+/// that either may be the one flushing.
 #[derive(Default)]
-struct WriteWakers {
-    slots: Mutex<[Option<Waker>; 2]>,
-}
+struct WriteWakers([Option<Waker>; 2]);
 
 const READER: usize = 0;
 const WRITER: usize = 1;
 
 impl WriteWakers {
-    fn register(&self, who: usize, waker: &Waker) {
-        let mut s = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        match &mut s[who] {
+    /// Remember `waker` for `who`. Returns the waker to hand the transport when it is not
+    /// `waker` itself: a fan-out to both halves.
+    fn register(&mut self, who: usize, waker: &Waker) -> Option<Waker> {
+        match &mut self.0[who] {
             Some(w) if w.will_wake(waker) => {}
             slot => *slot = Some(waker.clone()),
         }
+        match &self.0[1 - who] {
+            Some(other) if !other.will_wake(waker) => {
+                Some(Waker::from(Arc::new(FanOut(self.0.clone()))))
+            }
+            _ => None,
+        }
+    }
+
+    /// `who` is no longer waiting.
+    fn done(&mut self, who: usize) {
+        self.0[who] = None;
     }
 }
 
-impl Wake for WriteWakers {
+/// Wakes both halves.
+struct FanOut([Option<Waker>; 2]);
+
+impl Wake for FanOut {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        let taken = {
-            let mut s = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-            [s[0].take(), s[1].take()]
-        };
-        taken.into_iter().flatten().for_each(Waker::wake);
+        self.0.iter().flatten().for_each(Waker::wake_by_ref);
     }
 }
 
 /// The outgoing queue: sealed chunks followed by the open coalescing buffer.
 struct WriteQueue {
-    /// Encoder for the control frames the reader queues (pongs, close replies). Data frames
-    /// are encoded by the writer outside the lock, so a large compression never stalls the
-    /// reader.
-    control: Encoder,
+    /// The role control frames (pongs, close replies) are encoded for: a control frame needs
+    /// no encoder state (never compressed), so an encoder is made on the stack for each one
+    /// rather than kept per connection. Data frames are encoded by the writer outside the
+    /// lock, so a large compression never stalls the reader.
+    role: Role,
     config: WriteConfig,
     /// Chunks ready to be written, in order.
     chunks: VecDeque<Bytes>,
@@ -216,7 +230,8 @@ impl WriteQueue {
         f: impl FnOnce(&mut Encoder, &mut BytesMut) -> Result<(), Error>,
     ) -> Result<(), Error> {
         let before = self.buf.len();
-        f(&mut self.control, &mut self.buf)?;
+        let mut control = Encoder::new(self.role, Config::default());
+        f(&mut control, &mut self.buf)?;
         let n = self.buf.len() - before;
         self.queued += n;
         self.appended += n as u64;
@@ -308,11 +323,12 @@ struct Inner<S> {
     close: CloseState,
     /// The reader's task, woken when the writer sends a close so it can start the timeout.
     reader_waker: Option<Waker>,
+    /// Who waits for the transport to become writable.
+    write_wakers: WriteWakers,
 }
 
 struct Shared<S> {
     inner: Mutex<Inner<S>>,
-    wakers: Arc<WriteWakers>,
     tracker: PingTracker,
 }
 
@@ -328,11 +344,45 @@ impl<S: AsyncWrite + Unpin> Shared<S> {
     /// Write everything queued (and a pending pong), then flush the transport. `who` says
     /// which half's waker to register for write readiness.
     fn poll_flush(&self, who: usize, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.wakers.register(who, cx.waker());
-        let fan_waker = Waker::from(self.wakers.clone());
-        let mut fcx = Context::from_waker(&fan_waker);
         let mut g = self.lock();
         let inner = &mut *g;
+        let polled = match inner.write_wakers.register(who, cx.waker()) {
+            Some(fan) => inner.poll_flush(&mut Context::from_waker(&fan)),
+            None => inner.poll_flush(cx),
+        };
+        if polled.is_ready() {
+            inner.write_wakers.done(who);
+        }
+        polled
+    }
+
+    /// Flush, then shut down the write side (once).
+    fn poll_flush_shutdown(&self, who: usize, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        std::task::ready!(self.poll_flush(who, cx))?;
+        let mut g = self.lock();
+        if g.close.shut_down {
+            return Poll::Ready(Ok(()));
+        }
+        let inner = &mut *g;
+        let polled = match inner.write_wakers.register(who, cx.waker()) {
+            Some(fan) => Pin::new(&mut inner.io).poll_shutdown(&mut Context::from_waker(&fan)),
+            None => Pin::new(&mut inner.io).poll_shutdown(cx),
+        };
+        match polled {
+            Poll::Ready(r) => {
+                inner.write_wakers.done(who);
+                inner.close.shut_down = true;
+                Poll::Ready(r.map_err(Error::from))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Inner<S> {
+    /// [`Shared::poll_flush`] under the lock, with the waker the transport is to get.
+    fn poll_flush(&mut self, fcx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let inner = self;
         if inner.close.broken {
             return Poll::Ready(Err(Error::ConnectionClosed));
         }
@@ -348,7 +398,7 @@ impl<S: AsyncWrite + Unpin> Shared<S> {
                 slices[n] = IoSlice::new(c);
                 n += 1;
             }
-            match Pin::new(&mut inner.io).poll_write_vectored(&mut fcx, &slices[..n]) {
+            match Pin::new(&mut inner.io).poll_write_vectored(fcx, &slices[..n]) {
                 Poll::Ready(Ok(0)) => {
                     inner.close.broken = true;
                     return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
@@ -367,7 +417,7 @@ impl<S: AsyncWrite + Unpin> Shared<S> {
         if q.buf.capacity() > 0 {
             q.buf = BytesMut::new();
         }
-        match Pin::new(&mut inner.io).poll_flush(&mut fcx) {
+        match Pin::new(&mut inner.io).poll_flush(fcx) {
             Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
             Poll::Ready(Err(e)) => {
                 inner.close.broken = true;
@@ -376,25 +426,9 @@ impl<S: AsyncWrite + Unpin> Shared<S> {
             Poll::Pending => Poll::Pending,
         }
     }
+}
 
-    /// Flush, then shut down the write side (once).
-    fn poll_flush_shutdown(&self, who: usize, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        std::task::ready!(self.poll_flush(who, cx))?;
-        let fan_waker = Waker::from(self.wakers.clone());
-        let mut fcx = Context::from_waker(&fan_waker);
-        let mut g = self.lock();
-        if g.close.shut_down {
-            return Poll::Ready(Ok(()));
-        }
-        match Pin::new(&mut g.io).poll_shutdown(&mut fcx) {
-            Poll::Ready(r) => {
-                g.close.shut_down = true;
-                Poll::Ready(r.map_err(Error::from))
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
+impl<S: AsyncWrite + Unpin> Shared<S> {
     /// Queue a close frame unless one was queued already.
     fn queue_close(&self, frame: Option<CloseFrame>) -> Result<bool, Error> {
         let mut g = self.lock();
@@ -428,7 +462,6 @@ pub struct WsReader<S> {
     /// A pong or close reply of ours is queued and must be pushed out by us.
     must_flush: bool,
     close_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    close_timeout: Duration,
     done: bool,
     /// The end of the close handshake in progress, and what to return once it is done.
     finishing: Option<Box<Finishing>>,
@@ -447,12 +480,10 @@ pub struct WsWriter<S> {
 }
 
 /// What only the writer touches: the data encoder (with its compressor) and a staging buffer.
+/// The role, the agreed deflate parameters and the compression threshold are the encoder's.
 struct WriterState {
     encoder: Encoder,
     staging: BytesMut,
-    role: Role,
-    deflate: Option<DeflateParams>,
-    compression_threshold: usize,
     coalesce_threshold: usize,
 }
 
@@ -480,16 +511,17 @@ impl WriterState {
     }
 
     fn stage_prepared(&mut self, msg: &PreparedMessage) -> Result<Staged, Error> {
-        if self.role == Role::Client {
+        if self.encoder.role() == Role::Client {
             // Client frames must be masked, so the shared server frame cannot be used.
             return self.stage(msg.message());
         }
-        match &self.deflate {
+        let config = self.encoder.config();
+        match &config.deflate {
             // Broadcast frames come from a fresh compressor; they may only be interleaved with
             // our own compressed frames when our compressor does not keep context either.
             Some(p) if !p.server_no_context_takeover => self.stage(msg.message()),
             d => Ok(Staged::Frame(
-                msg.frame_for(d.as_ref(), self.compression_threshold),
+                msg.frame_for(d.as_ref(), config.compression_threshold),
             )),
         }
     }
@@ -533,21 +565,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WebSocket<S> {
         write_config: WriteConfig,
         read_buf: BytesMut,
     ) -> Self {
-        let close_timeout = write_config.close_timeout;
-        let control_config = Config {
-            deflate: None,
-            ..config.clone()
-        };
         let writer_state = WriterState {
             encoder: Encoder::new(role, config.clone()),
             staging: BytesMut::new(),
-            role,
-            deflate: config.deflate,
-            compression_threshold: config.compression_threshold,
             coalesce_threshold: write_config.coalesce_threshold,
         };
         let queue = WriteQueue {
-            control: Encoder::new(role, control_config),
+            role,
             config: write_config,
             chunks: VecDeque::new(),
             buf: BytesMut::new(),
@@ -563,8 +587,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WebSocket<S> {
                 queue,
                 close: CloseState::default(),
                 reader_waker: None,
+                write_wakers: WriteWakers::default(),
             }),
-            wakers: Arc::new(WriteWakers::default()),
             tracker: PingTracker::new(),
         });
         let buf = read_buf;
@@ -575,7 +599,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WebSocket<S> {
                 buf,
                 must_flush: false,
                 close_deadline: None,
-                close_timeout,
                 done: false,
                 finishing: None,
             },
@@ -815,7 +838,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsReader<S> {
             let _ = self.shared.queue_close(frame);
         }
         let shared = self.shared.clone();
-        let limit = self.close_timeout;
+        let limit = self.shared.lock().queue.config.close_timeout;
         let flush = Box::pin(async move {
             let _ =
                 tokio::time::timeout(limit, poll_fn(|cx| shared.poll_flush_shutdown(READER, cx)))
@@ -849,7 +872,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsReader<S> {
         }
         if let Some(at) = g.close.sent_at {
             if !g.close.received {
-                let deadline = tokio::time::Instant::from_std(at + self.close_timeout);
+                let deadline = tokio::time::Instant::from_std(at + g.queue.config.close_timeout);
                 let sleep = self
                     .close_deadline
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
