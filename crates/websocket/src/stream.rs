@@ -25,8 +25,9 @@
 //! Both halves share one small mutex around the transport and the outgoing queue. It is only
 //! ever held for the duration of a non-blocking `poll_*` call or an encode, never across an
 //! `.await`, so a writer stuck on a slow peer cannot stop the reader from queueing pongs.
-//! Write readiness is signalled to both halves (a fan-out waker), because either may be the
-//! one flushing.
+//! Write readiness is signalled to both halves, because either may be the one flushing: when
+//! they run in one task (the same waker) the transport gets that waker as it is, and only
+//! halves in different tasks that both wait get a fan-out waker.
 //!
 //! An idle connection holds no read buffer at all: while nothing is buffered, a read lands in
 //! a buffer on the stack and only the bytes that arrived are copied into a heap buffer of

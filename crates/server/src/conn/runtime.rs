@@ -378,8 +378,6 @@ enum Wake<E> {
 /// keeps it to the driver's timer and a few references. Shutdown has no future of its own:
 /// the heartbeat's wheel wakes every connection when it is triggered.
 async fn drive<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Ending {
-    // A peer that accepts no bytes for as long as it may stay silent is gone.
-    let stall = conn.heartbeat.timeout();
     // The driver's one timer, allocated only once it asks for one.
     let mut timer: Option<(Instant, Pin<Box<Sleep>>)> = None;
     // Whether the driver paused reading (see `Driver::poll_read_ready`).
@@ -387,7 +385,7 @@ async fn drive<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Ending {
     let mut writes_first = false;
     let mut turns: u32 = 0;
     // Anything queued at open goes out before the loop looks at any source.
-    if let Err(end) = write_out(conn, stall).await {
+    if let Err(end) = write_out(conn).await {
         return end;
     }
     loop {
@@ -462,7 +460,7 @@ async fn drive<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Ending {
         };
         // What the step queued goes out even when it ends the connection (a last reply, an
         // error frame), before the close.
-        let written = write_out(conn, stall).await;
+        let written = write_out(conn).await;
         if let Err(end) = step.and(written) {
             return end;
         }
@@ -472,10 +470,7 @@ async fn drive<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Ending {
 /// Writes what the driver queued, bounded (see [`flush_bounded`]). The frames are fed by a
 /// plain function and only the flush is awaited, so this future (which every connection's
 /// state is sized for) holds little more than the flush.
-async fn write_out<T: Transport, D: Driver>(
-    conn: &mut Running<T, D>,
-    stall: Duration,
-) -> Result<(), Ending> {
+async fn write_out<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Result<(), Ending> {
     if conn.out.is_empty() {
         return Ok(());
     }
@@ -486,7 +481,7 @@ async fn write_out<T: Transport, D: Driver>(
             // Not even an empty write buffer takes the next frame.
             return Err(Ending::WriteFailed);
         }
-        flush_bounded(conn, stall).await?;
+        flush_bounded(conn).await?;
         if all {
             break;
         }
@@ -653,10 +648,7 @@ fn poll_writes<T: Transport, D: Driver>(
 
 /// Flush, but give up when the peer accepts nothing for `stall`, when the hub closes the
 /// outbox as a slow consumer, or on shutdown. The fast path (socket writable) costs no timer.
-async fn flush_bounded<T: Transport, D: Driver>(
-    conn: &mut Running<T, D>,
-    stall: Duration,
-) -> Result<(), Ending> {
+async fn flush_bounded<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Result<(), Ending> {
     let Running {
         transport,
         driver,
@@ -667,6 +659,8 @@ async fn flush_bounded<T: Transport, D: Driver>(
     if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(flush.as_mut().poll(cx))).await {
         return r.map_err(|_| Ending::WriteFailed);
     }
+    // A peer that accepts no bytes for as long as it may stay silent is gone.
+    let stall = heartbeat.timeout();
     Box::pin(flush_stalled(flush, driver, heartbeat.token(), stall)).await
 }
 

@@ -480,7 +480,7 @@ async fn the_connection_future_stays_small() {
     let size = crate::conn::runtime::ws_connection_future_size(d).await;
     // Every idle connection keeps this future: the raw rooms' bound.
     assert!(
-        size <= 1600,
+        size <= 1152,
         "the Pusher connection future grew to {size} B"
     );
 }

@@ -639,7 +639,7 @@ mod tests {
         let size = crate::conn::runtime::ws_connection_future_size(d).await;
         // The raw driver's bound: a Socket.IO session costs its task no more than a room.
         assert!(
-            size <= 1600,
+            size <= 1152,
             "the Socket.IO connection future grew to {size} B"
         );
     }
