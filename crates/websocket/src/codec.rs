@@ -152,8 +152,9 @@ pub struct Decoder {
     message: BytesMut,
     utf8: Utf8Validator,
     /// Built on the first compressed frame; given back to the pool after each message when the
-    /// peer does not keep context (see the module docs).
-    inflater: Option<Inflater>,
+    /// peer does not keep context (see the module docs). Boxed: the inflater's stream state is
+    /// large, and an idle connection without one should not pay its room.
+    inflater: Option<Box<Inflater>>,
     failed: bool,
 }
 
@@ -381,7 +382,7 @@ impl Decoder {
                 if no_context_takeover {
                     pooled_inflater(bits)
                 } else {
-                    Inflater::new(bits, false)
+                    Box::new(Inflater::new(bits, false))
                 }
             });
             let utf8 = &mut self.utf8;
@@ -432,7 +433,9 @@ pub struct Encoder {
     config: Config,
     /// Our own compressor, only when our side keeps context between messages (built on the
     /// first compressed message). Without context takeover a pooled one is borrowed instead.
-    deflater: Option<Deflater>,
+    /// Boxed: the compressor's stream state is large, and an encoder without one (every
+    /// connection that never compressed with context takeover) should not pay its room.
+    deflater: Option<Box<Deflater>>,
 }
 
 impl Encoder {
@@ -463,6 +466,11 @@ impl Encoder {
     /// The role this encoder was built for.
     pub fn role(&self) -> Role {
         self.role
+    }
+
+    /// The options this encoder was built with.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// Append the frame for `msg` to `out` (client role: masked with a fresh random key;
@@ -526,7 +534,7 @@ impl Encoder {
                             with_pooled_deflater(bits, |d| d.compress(p, &mut body))?;
                         } else {
                             self.deflater
-                                .get_or_insert_with(|| Deflater::new(bits, false))
+                                .get_or_insert_with(|| Box::new(Deflater::new(bits, false)))
                                 .compress(p, &mut body)?;
                         }
                         self.write_fragments(out, op, true, &body, max_fragment);

@@ -210,7 +210,10 @@ pub fn with_pooled_deflater<R>(window_bits: u8, f: impl FnOnce(&mut Deflater) ->
 
 thread_local! {
     /// Idle inflaters of this thread, reset, for [`pooled_inflater`].
-    static INFLATER_POOL: RefCell<Vec<Inflater>> = const { RefCell::new(Vec::new()) };
+    // Kept boxed: a decoder holds its inflater boxed, and taking one from the pool or giving
+    // it back moves the pointer instead of allocating.
+    #[allow(clippy::vec_box)]
+    static INFLATER_POOL: RefCell<Vec<Box<Inflater>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// An inflater for a peer that compresses with `window_bits` (8..=15) and does not keep
@@ -219,8 +222,9 @@ thread_local! {
 ///
 /// Reusing them matters for memory, not only for speed: thousands of connections each
 /// allocating ≈ 45 KiB for one message and freeing it again leave the heap fragmented, and the
-/// holes stay resident.
-pub fn pooled_inflater(window_bits: u8) -> Inflater {
+/// holes stay resident. Boxed, so that a decoder without one (every idle connection) keeps
+/// only a pointer's room for it.
+pub fn pooled_inflater(window_bits: u8) -> Box<Inflater> {
     let bits = zlib_window_bits(window_bits);
     INFLATER_POOL
         .with(|p| {
@@ -228,13 +232,13 @@ pub fn pooled_inflater(window_bits: u8) -> Inflater {
             let i = p.iter().position(|inf| inf.window_bits == bits)?;
             Some(p.swap_remove(i))
         })
-        .unwrap_or_else(|| Inflater::new(bits, true))
+        .unwrap_or_else(|| Box::new(Inflater::new(bits, true)))
 }
 
 /// Give an inflater back to this thread's pool (after the last frame of a message). It is
 /// reset first, so whatever it inflated before cannot be referred to by the next message it
 /// serves (a stream referring to an empty window fails to inflate).
-pub fn recycle_inflater(mut inflater: Inflater) {
+pub fn recycle_inflater(mut inflater: Box<Inflater>) {
     inflater.reset();
     inflater.no_context_takeover = true;
     INFLATER_POOL.with(|p| {

@@ -26,8 +26,9 @@
 //! Both halves share one small mutex around the transport and the outgoing queue. It is only
 //! ever held for the duration of a non-blocking `poll_*` call or an encode, never across an
 //! `.await`, so a writer stuck on a slow peer cannot stop the reader from queueing pongs.
-//! Write readiness is signalled to both halves (a fan-out waker), because either may be the
-//! one flushing.
+//! Write readiness is signalled to both halves, because either may be the one flushing: when
+//! they run in one task (the same waker) the transport gets that waker as it is, and only
+//! halves in different tasks that both wait get a fan-out waker.
 //!
 //! An idle connection holds no read buffer at all: while nothing is buffered, a read lands in
 //! a buffer on the stack and only the bytes that arrived are copied into a heap buffer of
@@ -48,7 +49,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::close::{CloseCode, CloseFrame, MAX_REASON_LEN};
 use crate::codec::{Config, Decoder, Encoder, Role};
-use crate::deflate::DeflateParams;
 use crate::error::Error;
 use crate::message::Message;
 use crate::prepared::PreparedMessage;
@@ -157,56 +157,60 @@ impl PingTracker {
     }
 }
 
-/// Wakes whichever halves are waiting for the transport to become writable.
+/// The halves waiting for the transport to become writable, kept in the shared state.
+///
+/// When both halves run in one task (the usual server), they have the same waker and the
+/// transport gets it as it is: no allocation, nothing per connection beyond these two
+/// slots. Only while halves with different wakers both wait is a fan-out waker made, so
+/// that either may be the one flushing.
 #[derive(Default)]
-struct WriteWakers {
-    slots: Mutex<[Option<Waker>; 2]>,
-}
+struct WriteWakers([Option<Waker>; 2]);
 
 const READER: usize = 0;
 const WRITER: usize = 1;
 
 impl WriteWakers {
-    fn register(&self, who: usize, waker: &Waker) {
-        let mut s = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        match &mut s[who] {
+    /// Remember `waker` for `who`. Returns the waker to hand the transport when it is not
+    /// `waker` itself: a fan-out to both halves.
+    fn register(&mut self, who: usize, waker: &Waker) -> Option<Waker> {
+        match &mut self.0[who] {
             Some(w) if w.will_wake(waker) => {}
             slot => *slot = Some(waker.clone()),
         }
+        match &self.0[1 - who] {
+            Some(other) if !other.will_wake(waker) => {
+                Some(Waker::from(Arc::new(FanOut(self.0.clone()))))
+            }
+            _ => None,
+        }
+    }
+
+    /// `who` is no longer waiting.
+    fn done(&mut self, who: usize) {
+        self.0[who] = None;
     }
 }
 
-impl Wake for WriteWakers {
+/// Wakes both halves.
+struct FanOut([Option<Waker>; 2]);
+
+impl Wake for FanOut {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        let taken = {
-            let mut s = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-            [s[0].take(), s[1].take()]
-        };
-        taken.into_iter().flatten().for_each(Waker::wake);
+        self.0.iter().flatten().for_each(Waker::wake_by_ref);
     }
-}
-
-/// The waker that wakes both halves' registered wakers, borrowed from `wakers` for one call:
-/// building it takes no reference count (a flush runs for every batch written). Cloning it
-/// (what the transport does when it stores it) takes a counted reference as usual.
-fn fan_waker(wakers: &Arc<WriteWakers>) -> std::mem::ManuallyDrop<Waker> {
-    // SAFETY: the `Arc` made from the pointer owns no count of its own: it is moved into a
-    // waker that is never dropped (`ManuallyDrop`), so the count `wakers` holds is neither
-    // taken nor given back, and `wakers` outlives the borrow this is made from.
-    let arc = unsafe { Arc::from_raw(Arc::as_ptr(wakers)) };
-    std::mem::ManuallyDrop::new(Waker::from(arc))
 }
 
 /// The outgoing queue: sealed chunks followed by the open coalescing buffer.
 struct WriteQueue {
-    /// Encoder for the control frames the reader queues (pongs, close replies). Data frames
-    /// are encoded by the writer outside the lock, so a large compression never stalls the
-    /// reader.
-    control: Encoder,
+    /// The role control frames (pongs, close replies) are encoded for: a control frame needs
+    /// no encoder state (never compressed), so an encoder is made on the stack for each one
+    /// rather than kept per connection. Data frames are encoded by the writer outside the
+    /// lock, so a large compression never stalls the reader.
+    role: Role,
     config: WriteConfig,
     /// Chunks ready to be written, in order.
     chunks: VecDeque<Bytes>,
@@ -228,7 +232,8 @@ impl WriteQueue {
         f: impl FnOnce(&mut Encoder, &mut BytesMut) -> Result<(), Error>,
     ) -> Result<(), Error> {
         let before = self.buf.len();
-        f(&mut self.control, &mut self.buf)?;
+        let mut control = Encoder::new(self.role, Config::default());
+        f(&mut control, &mut self.buf)?;
         let n = self.buf.len() - before;
         self.queued += n;
         self.appended += n as u64;
@@ -323,11 +328,12 @@ struct Inner<S> {
     close: CloseState,
     /// The reader's task, woken when the writer sends a close so it can start the timeout.
     reader_waker: Option<Waker>,
+    /// Who waits for the transport to become writable.
+    write_wakers: WriteWakers,
 }
 
 struct Shared<S> {
     inner: Mutex<Inner<S>>,
-    wakers: Arc<WriteWakers>,
     tracker: PingTracker,
 }
 
@@ -341,27 +347,48 @@ impl<S> Shared<S> {
 
 impl<S: AsyncWrite + Unpin> Shared<S> {
     /// Write everything queued (and a pending pong), then flush the transport. `who` says
-    /// which half's waker to register for write readiness.
-    ///
-    /// The waker is only registered when the socket does not take everything at once, and
-    /// then the write is tried once more: readiness that arrived between the first attempt
-    /// and the registration woke nobody, but the second attempt sees it. A flush that
-    /// completes at once (the common case) thus costs no wait-list lock.
+    /// which half's waker to register for write readiness (kept in the shared state under the
+    /// lock this takes anyway, so registering costs no lock of its own).
     fn poll_flush(&self, who: usize, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        if let Poll::Ready(r) = self.try_flush() {
-            return Poll::Ready(r);
-        }
-        self.wakers.register(who, cx.waker());
-        self.try_flush()
-    }
-
-    /// One attempt at writing everything queued, with the fan-out waker registered for write
-    /// readiness.
-    fn try_flush(&self) -> Poll<Result<(), Error>> {
-        let fan_waker = fan_waker(&self.wakers);
-        let mut fcx = Context::from_waker(&fan_waker);
         let mut g = self.lock();
         let inner = &mut *g;
+        let polled = match inner.write_wakers.register(who, cx.waker()) {
+            Some(fan) => inner.poll_flush(&mut Context::from_waker(&fan)),
+            None => inner.poll_flush(cx),
+        };
+        if polled.is_ready() {
+            inner.write_wakers.done(who);
+        }
+        polled
+    }
+
+    /// Flush, then shut down the write side (once).
+    fn poll_flush_shutdown(&self, who: usize, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        std::task::ready!(self.poll_flush(who, cx))?;
+        let mut g = self.lock();
+        if g.close.shut_down {
+            return Poll::Ready(Ok(()));
+        }
+        let inner = &mut *g;
+        let polled = match inner.write_wakers.register(who, cx.waker()) {
+            Some(fan) => Pin::new(&mut inner.io).poll_shutdown(&mut Context::from_waker(&fan)),
+            None => Pin::new(&mut inner.io).poll_shutdown(cx),
+        };
+        match polled {
+            Poll::Ready(r) => {
+                inner.write_wakers.done(who);
+                inner.close.shut_down = true;
+                Poll::Ready(r.map_err(Error::from))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Inner<S> {
+    /// [`Shared::poll_flush`] under the lock, with the waker the transport is to get.
+    fn poll_flush(&mut self, fcx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let inner = self;
         if inner.close.broken {
             return Poll::Ready(Err(Error::ConnectionClosed));
         }
@@ -372,7 +399,7 @@ impl<S: AsyncWrite + Unpin> Shared<S> {
         // Only small frames queued (the common case): written straight from the coalescing
         // buffer, without sealing it into a chunk (which would allocate to share it).
         while q.chunks.is_empty() && !q.buf.is_empty() {
-            match Pin::new(&mut inner.io).poll_write(&mut fcx, &q.buf) {
+            match Pin::new(&mut inner.io).poll_write(fcx, &q.buf) {
                 Poll::Ready(Ok(0)) => {
                     inner.close.broken = true;
                     return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
@@ -397,7 +424,7 @@ impl<S: AsyncWrite + Unpin> Shared<S> {
                 slices[n] = IoSlice::new(c);
                 n += 1;
             }
-            match Pin::new(&mut inner.io).poll_write_vectored(&mut fcx, &slices[..n]) {
+            match Pin::new(&mut inner.io).poll_write_vectored(fcx, &slices[..n]) {
                 Poll::Ready(Ok(0)) => {
                     inner.close.broken = true;
                     return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
@@ -416,7 +443,7 @@ impl<S: AsyncWrite + Unpin> Shared<S> {
         if q.buf.capacity() > 0 {
             q.buf = BytesMut::new();
         }
-        match Pin::new(&mut inner.io).poll_flush(&mut fcx) {
+        match Pin::new(&mut inner.io).poll_flush(fcx) {
             Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
             Poll::Ready(Err(e)) => {
                 inner.close.broken = true;
@@ -425,25 +452,9 @@ impl<S: AsyncWrite + Unpin> Shared<S> {
             Poll::Pending => Poll::Pending,
         }
     }
+}
 
-    /// Flush, then shut down the write side (once).
-    fn poll_flush_shutdown(&self, who: usize, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        std::task::ready!(self.poll_flush(who, cx))?;
-        let fan_waker = fan_waker(&self.wakers);
-        let mut fcx = Context::from_waker(&fan_waker);
-        let mut g = self.lock();
-        if g.close.shut_down {
-            return Poll::Ready(Ok(()));
-        }
-        match Pin::new(&mut g.io).poll_shutdown(&mut fcx) {
-            Poll::Ready(r) => {
-                g.close.shut_down = true;
-                Poll::Ready(r.map_err(Error::from))
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
+impl<S: AsyncWrite + Unpin> Shared<S> {
     /// Queue a close frame unless one was queued already.
     fn queue_close(&self, frame: Option<CloseFrame>) -> Result<bool, Error> {
         let mut g = self.lock();
@@ -477,7 +488,6 @@ pub struct WsReader<S> {
     /// A pong or close reply of ours is queued and must be pushed out by us.
     must_flush: bool,
     close_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    close_timeout: Duration,
     done: bool,
     /// The end of the close handshake in progress, and what to return once it is done.
     finishing: Option<Box<Finishing>>,
@@ -496,12 +506,10 @@ pub struct WsWriter<S> {
 }
 
 /// What only the writer touches: the data encoder (with its compressor) and a staging buffer.
+/// The role, the agreed deflate parameters and the compression threshold are the encoder's.
 struct WriterState {
     encoder: Encoder,
     staging: BytesMut,
-    role: Role,
-    deflate: Option<DeflateParams>,
-    compression_threshold: usize,
     coalesce_threshold: usize,
 }
 
@@ -531,26 +539,28 @@ impl WriterState {
     /// The shared frame of `msg` as this connection sends it, when it needs no encoding of
     /// its own (see [`Self::stage_prepared`]).
     fn shared_frame(&self, msg: &PreparedMessage) -> Option<Bytes> {
-        if self.role == Role::Client {
+        if self.encoder.role() == Role::Client {
             return None;
         }
-        match &self.deflate {
+        let config = self.encoder.config();
+        match &config.deflate {
             Some(p) if !p.server_no_context_takeover => None,
-            d => Some(msg.frame_for(d.as_ref(), self.compression_threshold)),
+            d => Some(msg.frame_for(d.as_ref(), config.compression_threshold)),
         }
     }
 
     fn stage_prepared(&mut self, msg: &PreparedMessage) -> Result<Staged, Error> {
-        if self.role == Role::Client {
+        if self.encoder.role() == Role::Client {
             // Client frames must be masked, so the shared server frame cannot be used.
             return self.stage(msg.message());
         }
-        match &self.deflate {
+        let config = self.encoder.config();
+        match &config.deflate {
             // Broadcast frames come from a fresh compressor; they may only be interleaved with
             // our own compressed frames when our compressor does not keep context either.
             Some(p) if !p.server_no_context_takeover => self.stage(msg.message()),
             d => Ok(Staged::Frame(
-                msg.frame_for(d.as_ref(), self.compression_threshold),
+                msg.frame_for(d.as_ref(), config.compression_threshold),
             )),
         }
     }
@@ -594,21 +604,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WebSocket<S> {
         write_config: WriteConfig,
         read_buf: BytesMut,
     ) -> Self {
-        let close_timeout = write_config.close_timeout;
-        let control_config = Config {
-            deflate: None,
-            ..config.clone()
-        };
         let writer_state = WriterState {
             encoder: Encoder::new(role, config.clone()),
             staging: BytesMut::new(),
-            role,
-            deflate: config.deflate,
-            compression_threshold: config.compression_threshold,
             coalesce_threshold: write_config.coalesce_threshold,
         };
         let queue = WriteQueue {
-            control: Encoder::new(role, control_config),
+            role,
             config: write_config,
             chunks: VecDeque::new(),
             buf: BytesMut::new(),
@@ -624,8 +626,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WebSocket<S> {
                 queue,
                 close: CloseState::default(),
                 reader_waker: None,
+                write_wakers: WriteWakers::default(),
             }),
-            wakers: Arc::new(WriteWakers::default()),
             tracker: PingTracker::new(),
         });
         let buf = read_buf;
@@ -636,7 +638,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WebSocket<S> {
                 buf,
                 must_flush: false,
                 close_deadline: None,
-                close_timeout,
                 done: false,
                 finishing: None,
             },
@@ -876,7 +877,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsReader<S> {
             let _ = self.shared.queue_close(frame);
         }
         let shared = self.shared.clone();
-        let limit = self.close_timeout;
+        let limit = self.shared.lock().queue.config.close_timeout;
         let flush = Box::pin(async move {
             let _ =
                 tokio::time::timeout(limit, poll_fn(|cx| shared.poll_flush_shutdown(READER, cx)))
@@ -910,7 +911,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsReader<S> {
         }
         if let Some(at) = g.close.sent_at {
             if !g.close.received {
-                let deadline = tokio::time::Instant::from_std(at + self.close_timeout);
+                let deadline = tokio::time::Instant::from_std(at + g.queue.config.close_timeout);
                 let sleep = self
                     .close_deadline
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));

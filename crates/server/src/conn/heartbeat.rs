@@ -5,19 +5,21 @@
 //! `ping_interval` the connection's task sends a ping, and if nothing at all (a pong or any other
 //! frame) arrives from the peer within `ping_timeout`, the connection is closed.
 //!
-//! Cost: no extra task and no per-ping allocation. The WebSocket layer already stamps the
-//! time of every received frame in its [`PingTracker`]; the connection's task loop owns one
-//! timer ([`Heartbeat`]), armed for the next ping or, while a ping is unanswered, for whichever
-//! comes first of the next ping and the answer's deadline, and compares that stamp with the
-//! time of its last ping. One timer rather than two keeps an idle connection small.
-use std::future::Future as _;
-use std::pin::Pin;
+//! Cost: no extra task, no per-ping allocation and no timer of its own. The WebSocket layer
+//! already stamps the time of every received frame in its [`PingTracker`]; the connection's
+//! task loop holds a [`Heartbeat`] whose one deadline (the next ping or, while a ping is
+//! unanswered, whichever comes first of the next ping and the answer's deadline) lives in the
+//! server's shared coarse timer wheel ([`super::wheel`]), and compares that stamp with the time
+//! of its last ping. A deadline fires at most one wheel tick late (1 s with the defaults).
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use switchboard_websocket::stream::PingTracker;
-use tokio::time::{Instant, Sleep};
+
+use super::shutdown::ShutdownToken;
+use super::wheel::Slot;
 
 /// Something that knows when the peer was last heard from.
 pub trait PeerActivity: Send + Sync + 'static {
@@ -122,82 +124,122 @@ pub enum Beat {
     Dead,
 }
 
-/// The connection's heartbeat timer.
+/// The connection's heartbeat timer, on the server's shared wheel (see [`super::wheel`]).
+///
+/// It also carries the connection's [`ShutdownToken`]: the wheel that wakes a connection for
+/// its heartbeat is what wakes it at shutdown. Times are milliseconds on the wheel's clock;
+/// every byte here is paid by every idle connection.
 pub struct Heartbeat {
-    interval: Duration,
-    timeout: Duration,
+    token: ShutdownToken,
     activity: Activity,
     /// When the unanswered ping was sent, if any.
     pending: Option<std::time::Instant>,
+    interval_ms: u64,
+    timeout_ms: u64,
     /// When the next ping is due.
-    next_ping: Instant,
+    next_ping: u64,
     /// When the pending ping must have been answered.
-    dead_at: Instant,
-    /// The one timer, armed for `armed`.
-    timer: Pin<Box<Sleep>>,
-    armed: Instant,
+    dead_at: u64,
+    /// The deadline the wheel holds for us (0: none).
+    armed: u64,
+    slot: Slot,
 }
 
 impl Heartbeat {
     /// Timers for one connection: the first ping goes out one `interval` from now.
-    pub fn new(interval: Duration, timeout: Duration, activity: impl Into<Activity>) -> Heartbeat {
-        let activity = activity.into();
-        let first = Instant::now() + interval;
+    pub fn new(
+        interval: Duration,
+        timeout: Duration,
+        activity: impl Into<Activity>,
+        token: ShutdownToken,
+    ) -> Heartbeat {
+        let interval_ms = (interval.as_millis() as u64).max(1);
+        let first = token.wheel().now_ms() + interval_ms;
         Heartbeat {
-            interval,
-            timeout,
-            activity,
+            token,
+            activity: activity.into(),
             pending: None,
+            interval_ms,
+            timeout_ms: (timeout.as_millis() as u64).max(1),
             next_ping: first,
             dead_at: first,
-            timer: Box::pin(tokio::time::sleep_until(first)),
-            armed: first,
+            armed: 0,
+            slot: Slot::NONE,
         }
     }
 
     /// How long the peer may stay silent after a ping.
     pub fn timeout(&self) -> Duration {
-        self.timeout
+        Duration::from_millis(self.timeout_ms)
     }
 
-    /// Wait for the next heartbeat action. Cancel-safe: meant for a `select!` branch (state
-    /// only changes after the timer fired, right before returning).
+    /// The connection's shutdown token.
+    pub fn token(&self) -> &ShutdownToken {
+        &self.token
+    }
+
+    /// Whether shutdown was requested. Registers the connection in the wheel first (it is
+    /// woken there when shutdown is triggered), so a trigger in between is not missed.
+    pub fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.slot == Slot::NONE {
+            self.arm(self.next_ping, cx);
+        }
+        if self.token.is_triggered() {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
+    /// Wait for the next heartbeat action.
     pub async fn next(&mut self) -> Beat {
         std::future::poll_fn(|cx| self.poll_next(cx)).await
     }
 
-    /// Poll form of [`next`](Self::next), for a loop that polls its sources by hand.
-    pub fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Beat> {
+    /// Poll form of [`next`](Self::next), for a loop that polls its sources by hand. The
+    /// waker must be that of the task owning the connection (the wheel keeps the one given
+    /// when a deadline is armed).
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Beat> {
         loop {
             let target = match self.pending {
                 Some(_) => self.next_ping.min(self.dead_at),
                 None => self.next_ping,
             };
-            // Re-arming touches the timer wheel; only do it when the target moved (this is
-            // polled on every pass of the connection's loop).
-            if target != self.armed {
-                self.timer.as_mut().reset(target);
-                self.armed = target;
+            let now = self.token.wheel().now_ms();
+            if now < target {
+                // Arming takes the wheel's lock; only do it when the target moved (this is
+                // polled on every pass of the connection's loop).
+                if target != self.armed || self.slot == Slot::NONE {
+                    self.arm(target, cx);
+                }
+                return Poll::Pending;
             }
-            std::task::ready!(self.timer.as_mut().poll(cx));
-            let now = Instant::now();
+            // The wheel fired (or is about to): whatever comes next must be armed anew.
+            self.armed = 0;
             if self.pending.is_some() && now >= self.dead_at {
                 self.settle();
                 if self.pending.is_some() {
-                    return std::task::Poll::Ready(Beat::Dead);
+                    return Poll::Ready(Beat::Dead);
                 }
             }
             if now >= self.next_ping {
                 // A late tick delays the following ones rather than bunching them up.
-                self.next_ping = now + self.interval;
+                self.next_ping = now + self.interval_ms;
                 self.settle();
                 if self.pending.is_none() {
                     self.pending = Some(std::time::Instant::now());
-                    self.dead_at = now + self.timeout;
-                    return std::task::Poll::Ready(Beat::Ping);
+                    self.dead_at = now + self.timeout_ms;
+                    return Poll::Ready(Beat::Ping);
                 }
             }
         }
+    }
+
+    fn arm(&mut self, target: u64, cx: &mut Context<'_>) {
+        let period = Duration::from_millis(self.interval_ms.min(self.timeout_ms));
+        self.token
+            .wheel()
+            .arm(&mut self.slot, target, cx.waker(), period);
+        self.armed = target;
     }
 
     /// Clear the pending ping if the peer has been heard from since it was sent.
@@ -210,9 +252,16 @@ impl Heartbeat {
     }
 }
 
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.token.wheel().release(self.slot);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn::shutdown::Shutdown;
 
     #[tokio::test(start_paused = true)]
     async fn silent_peer_is_dead_after_timeout() {
@@ -221,6 +270,7 @@ mod tests {
             Duration::from_secs(1),
             Duration::from_secs(1),
             Arc::new(live),
+            Shutdown::new().token(),
         );
         assert_eq!(hb.next().await, Beat::Ping);
         assert_eq!(hb.next().await, Beat::Dead);
@@ -233,6 +283,7 @@ mod tests {
             Duration::from_secs(2),
             Duration::from_secs(1),
             Arc::new(live.clone()),
+            Shutdown::new().token(),
         );
         for _ in 0..5 {
             assert_eq!(hb.next().await, Beat::Ping);
@@ -249,6 +300,7 @@ mod tests {
             Duration::from_secs(1),
             Duration::from_secs(1),
             Arc::new(live),
+            Shutdown::new().token(),
         );
         assert_eq!(hb.next().await, Beat::Ping);
         assert_eq!(hb.next().await, Beat::Dead);

@@ -8,3 +8,4 @@ pub(crate) mod limits;
 pub(crate) mod runtime;
 pub mod shutdown;
 pub mod stats;
+pub(crate) mod wheel;

@@ -279,6 +279,8 @@ struct Running<T, D> {
     transport: T,
     driver: D,
     out: Out,
+    /// The heartbeat, on the server's shared timer wheel; it holds the shutdown token too
+    /// (the wheel wakes the connection at shutdown).
     heartbeat: Heartbeat,
     /// How long the peer's close reply is awaited at shutdown (the other limits live in the
     /// heartbeat: every byte here is paid by every idle connection).
@@ -291,7 +293,6 @@ struct Running<T, D> {
     traffic: OpenConnection,
     /// The flood guard, when a client message or byte rate is configured.
     flood: Option<Box<Flood>>,
-    token: ShutdownToken,
 }
 
 /// The connection's life. Only the loop's state stays in the task while the connection is
@@ -337,6 +338,7 @@ fn open<T: Transport, D: Driver>(start: Start<T, D>) -> (Running<T, D>, Result<(
         limits.ping_interval,
         limits.ping_timeout,
         transport.activity(),
+        token,
     );
     tracing::debug!(peer = %who.peer, id = who.id, protocol = who.protocol, "connected");
     let traffic = counters.protocol(who.protocol).open();
@@ -355,7 +357,6 @@ fn open<T: Transport, D: Driver>(start: Start<T, D>) -> (Running<T, D>, Result<(
         counters,
         traffic,
         flood,
-        token,
     };
     (conn, opened)
 }
@@ -374,16 +375,9 @@ enum Wake<E> {
 
 /// The loop of an open connection. Its sources are polled by hand in one `poll_fn` rather
 /// than with `select!`: this future is what every idle connection keeps, and polling by hand
-/// keeps it to the shutdown future, the timer and a few references.
+/// keeps it to the driver's timer and a few references. Shutdown has no future of its own:
+/// the heartbeat's wheel wakes every connection when it is triggered.
 async fn drive<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Ending {
-    // A peer that accepts no bytes for as long as it may stay silent is gone.
-    let stall = conn.heartbeat.timeout();
-    let stop = conn.token.triggered();
-    tokio::pin!(stop);
-    // The shutdown future is polled once to register the task's waker, then only once the
-    // token says it fired: polling it again would take the lock of the wait list every
-    // connection shares, on every turn.
-    let mut stop_registered = false;
     // The driver's one timer, allocated only once it asks for one.
     let mut timer: Option<(Instant, Pin<Box<Sleep>>)> = None;
     // Whether the driver paused reading (see `Driver::poll_read_ready`).
@@ -391,7 +385,7 @@ async fn drive<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Ending {
     let mut writes_first = false;
     let mut turns: u32 = 0;
     // Anything queued at open goes out before the loop looks at any source.
-    if let Err(end) = write_out(conn, &mut stop, stall).await {
+    if let Err(end) = write_out(conn).await {
         return end;
     }
     loop {
@@ -410,11 +404,8 @@ async fn drive<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Ending {
             (Some(at), t @ None) => *t = Some((at, Box::pin(tokio::time::sleep_until(at)))),
         }
         let wake = std::future::poll_fn(|cx| {
-            if !stop_registered || conn.token.is_triggered() {
-                if stop.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Wake::Shutdown);
-                }
-                stop_registered = true;
+            if conn.heartbeat.poll_shutdown(cx).is_ready() {
+                return Poll::Ready(Wake::Shutdown);
             }
             let polled = if writes_first {
                 match poll_writes(conn, &mut timer, cx) {
@@ -469,7 +460,7 @@ async fn drive<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Ending {
         };
         // What the step queued goes out even when it ends the connection (a last reply, an
         // error frame), before the close.
-        let written = write_out(conn, &mut stop, stall).await;
+        let written = write_out(conn).await;
         if let Err(end) = step.and(written) {
             return end;
         }
@@ -479,11 +470,7 @@ async fn drive<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Ending {
 /// Writes what the driver queued, bounded (see [`flush_bounded`]). The frames are fed by a
 /// plain function and only the flush is awaited, so this future (which every connection's
 /// state is sized for) holds little more than the flush.
-async fn write_out<T: Transport, D: Driver, F: Future<Output = ()>>(
-    conn: &mut Running<T, D>,
-    stop: &mut Pin<&mut F>,
-    stall: Duration,
-) -> Result<(), Ending> {
+async fn write_out<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Result<(), Ending> {
     if conn.out.is_empty() {
         return Ok(());
     }
@@ -494,7 +481,7 @@ async fn write_out<T: Transport, D: Driver, F: Future<Output = ()>>(
             // Not even an empty write buffer takes the next frame.
             return Err(Ending::WriteFailed);
         }
-        flush_bounded(conn, stop, stall).await?;
+        flush_bounded(conn).await?;
         if all {
             break;
         }
@@ -661,40 +648,42 @@ fn poll_writes<T: Transport, D: Driver>(
 
 /// Flush, but give up when the peer accepts nothing for `stall`, when the hub closes the
 /// outbox as a slow consumer, or on shutdown. The fast path (socket writable) costs no timer.
-async fn flush_bounded<T: Transport, D: Driver, F: Future<Output = ()>>(
-    conn: &mut Running<T, D>,
-    stop: &mut Pin<&mut F>,
-    stall: Duration,
-) -> Result<(), Ending> {
+async fn flush_bounded<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Result<(), Ending> {
     let Running {
-        transport, driver, ..
+        transport,
+        driver,
+        heartbeat,
+        ..
     } = conn;
     let mut flush = std::pin::pin!(transport.flush());
     if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(flush.as_mut().poll(cx))).await {
         return r.map_err(|_| Ending::WriteFailed);
     }
-    Box::pin(flush_stalled(flush, driver, stop, stall)).await
+    // A peer that accepts no bytes for as long as it may stay silent is gone.
+    let stall = heartbeat.timeout();
+    Box::pin(flush_stalled(flush, driver, heartbeat.token(), stall)).await
 }
 
 /// The slow half of [`flush_bounded`]: the socket did not take everything at once.
-async fn flush_stalled<D: Driver, F, W>(
+async fn flush_stalled<D: Driver, W>(
     mut flush: Pin<&mut W>,
     driver: &mut D,
-    stop: &mut Pin<&mut F>,
+    token: &ShutdownToken,
     stall: Duration,
 ) -> Result<(), Ending>
 where
-    F: Future<Output = ()>,
     W: Future<Output = Result<(), WsError>>,
 {
     let deadline = tokio::time::sleep(stall);
     tokio::pin!(deadline);
+    let stop = token.triggered();
+    tokio::pin!(stop);
     let mut check = tokio::time::interval(STALL_CHECK);
     loop {
         tokio::select! {
             r = &mut flush => return r.map_err(|_| Ending::WriteFailed),
             _ = &mut deadline => return Err(Ending::Stalled),
-            _ = stop.as_mut() => return Err(Ending::Shutdown),
+            _ = &mut stop => return Err(Ending::Shutdown),
             _ = check.tick() => {
                 if let Some(reason @ (CloseReason::SlowConsumer | CloseReason::Shutdown)) = driver.hub_verdict() {
                     return Err(Ending::Hub(reason));

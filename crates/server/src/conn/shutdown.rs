@@ -2,9 +2,10 @@
 //! connection has finished its close handshake.
 //!
 //! The signal is a flag with a [`Notify`] (cheap to clone; a token that looks after the
-//! trigger sees the flag, one that waits is woken). Every connection's task waits on it for
-//! its whole life, so the wait is a small future: the flag is checked, then one `Notified`
-//! is awaited. Connection liveness is tracked with an `mpsc` sender clone held by each
+//! trigger sees the flag, one that waits is woken). Connections do not wait on the `Notify`:
+//! each is registered in the server's timer wheel for its heartbeat anyway ([`Wheel`]), so
+//! the trigger wakes them all through it and they look at the flag — no future per idle
+//! connection. Connection liveness is tracked with an `mpsc` sender clone held by each
 //! connection: when the last clone is dropped the receiver wakes up, so waiting for "all
 //! connections gone" needs no counting loop.
 use std::future::Future;
@@ -14,11 +15,15 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, Notify};
 
-/// The shared flag and its wake-up.
-#[derive(Debug, Default)]
+use super::wheel::Wheel;
+
+/// The shared flag and its wake-ups.
+#[derive(Debug)]
 struct Signal {
     triggered: AtomicBool,
     notify: Notify,
+    /// The connections' heartbeat timers, woken all at once by the trigger.
+    wheel: Arc<Wheel>,
 }
 
 /// The shutdown switch, owned by the server.
@@ -48,7 +53,11 @@ impl Shutdown {
     pub fn new() -> Shutdown {
         let (tracker_tx, tracker_rx) = mpsc::channel(1);
         Shutdown {
-            signal: Arc::default(),
+            signal: Arc::new(Signal {
+                triggered: AtomicBool::new(false),
+                notify: Notify::new(),
+                wheel: Wheel::new(),
+            }),
             tracker_tx,
             tracker_rx,
         }
@@ -66,6 +75,7 @@ impl Shutdown {
     pub fn trigger(&self) {
         self.signal.triggered.store(true, Ordering::SeqCst);
         self.signal.notify.notify_waiters();
+        self.signal.wheel.wake_all();
     }
 
     /// Wait until every token has been dropped (after [`Shutdown::trigger`]).
@@ -86,6 +96,11 @@ impl ShutdownToken {
     /// Whether shutdown has been requested.
     pub fn is_triggered(&self) -> bool {
         self.signal.triggered.load(Ordering::SeqCst)
+    }
+
+    /// The server's timer wheel (heartbeats; woken all at once at shutdown).
+    pub(crate) fn wheel(&self) -> &Wheel {
+        &self.signal.wheel
     }
 
     /// Resolves once shutdown is requested (at once if it already was).

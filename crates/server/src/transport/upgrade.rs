@@ -5,16 +5,23 @@
 //! to hand over the socket, builds the WebSocket with the server's limits and hands it to
 //! the endpoint, which starts the connection runtime on it.
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use bytes::BytesMut;
 
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use switchboard_websocket::codec::Config as CodecConfig;
 use switchboard_websocket::handshake::{first_supported, validate_server_request, ServerHandshake};
 use switchboard_websocket::stream::{WebSocket, WriteConfig};
 use switchboard_websocket::{DeflateParams, Role};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 use crate::conn::limits::{FloodLimits, Rate, Refusal};
 use crate::conn::runtime::Limits;
@@ -22,8 +29,91 @@ use crate::conn::stats::{ConnectionSlot, Counter};
 use crate::state::Shared;
 use crate::transport::http::{text, Body};
 
-/// The connection type an upgraded request becomes.
-pub(crate) type Io = TokioIo<hyper::upgrade::Upgraded>;
+/// The connection type an upgraded request becomes: the plain TCP socket itself when hyper
+/// served one (taken back out of hyper's upgrade wrapper, which boxes the socket behind a
+/// trait object and keeps a buffer slot: 32 B more on the heap and a larger shared state for
+/// every connection), hyper's wrapper otherwise (TLS).
+pub(crate) enum Io {
+    /// A plain TCP connection.
+    Tcp(TcpStream),
+    /// Anything else hyper upgraded, boxed: rare, and it keeps [`Io`] as small as a socket.
+    Upgraded(Box<TokioIo<Upgraded>>),
+}
+
+impl Io {
+    /// The socket of `upgraded`, and the bytes hyper read past the handshake (the start of the
+    /// WebSocket stream).
+    fn from_upgraded(upgraded: Upgraded) -> (Io, BytesMut) {
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => (
+                Io::Tcp(parts.io.into_inner()),
+                BytesMut::from(&parts.read_buf[..]),
+            ),
+            Err(upgraded) => (
+                Io::Upgraded(Box::new(TokioIo::new(upgraded))),
+                BytesMut::new(),
+            ),
+        }
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Upgraded(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Upgraded(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Upgraded(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Tcp(s) => s.is_write_vectored(),
+            Io::Upgraded(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Io::Upgraded(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Upgraded(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 
 /// A request that passed [`admit`]: the agreed handshake and the connection slot it holds.
 pub(crate) struct Admitted {
@@ -73,7 +163,8 @@ impl Admitted {
                 }
             };
             shared.counters.bump(Counter::Upgraded);
-            let ws = websocket(&shared, TokioIo::new(upgraded), deflate, max_message);
+            let (io, read) = Io::from_upgraded(upgraded);
+            let ws = websocket(&shared, io, read, deflate, max_message);
             then(ws, slot);
         });
         let mut response = Response::new(Body::default());
@@ -87,6 +178,7 @@ impl Admitted {
 pub(crate) fn websocket<S>(
     shared: &Shared,
     io: S,
+    read: BytesMut,
     deflate: Option<DeflateParams>,
     max_message: usize,
 ) -> WebSocket<S>
@@ -104,7 +196,7 @@ where
         close_timeout: shared.config.shutdown_timeout,
         ..WriteConfig::default()
     };
-    WebSocket::new(io, Role::Server, codec, write_config)
+    WebSocket::from_partially_read(io, Role::Server, codec, write_config, read)
 }
 
 /// The runtime's limits from the server configuration: the same for every protocol.

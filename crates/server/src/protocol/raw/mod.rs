@@ -808,7 +808,7 @@ mod tests {
         let size = crate::conn::runtime::ws_connection_future_size(d).await;
         // Every idle connection keeps this future (in its task's allocation): a field or an
         // await point that widens it costs every connection (docs/benchmarks.md, idle memory).
-        assert!(size <= 1600, "the raw connection future grew to {size} B");
+        assert!(size <= 1152, "the raw connection future grew to {size} B");
     }
 
     #[test]

@@ -52,7 +52,6 @@ use base64::Engine as _;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use switchboard_protocols::socketio::engine::{Handshake, HttpError, Packet as EnginePacket};
 use switchboard_websocket::stream::{PingTracker, WebSocket, WsReader, WsWriter};
 use switchboard_websocket::{CloseCode, Error as WsError, Message};
@@ -69,7 +68,7 @@ use crate::state::Shared;
 use crate::transport::http::{Body, BodyError};
 
 /// The upgraded connection type.
-pub(crate) type Io = TokioIo<hyper::upgrade::Upgraded>;
+pub(crate) use crate::transport::upgrade::Io;
 
 /// Inbound items queued ahead of a polling session (back-pressure on a flooding client).
 const INBOUND: usize = 64;
