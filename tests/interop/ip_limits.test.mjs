@@ -128,19 +128,31 @@ const KINDS = {
       // pusher-js keeps retrying a refused connection: it is refused when the server
       // counted the refusal and the client is not connected.
       const before = await ipRefusals();
-      const outcome = await withTimeout(
-        new Promise((resolve) => {
-          p.connection.bind('connected', () => resolve('connected'));
-          const poll = setInterval(async () => {
-            if ((await ipRefusals()) > before) {
-              clearInterval(poll);
-              resolve('refused');
-            }
-          }, 50);
-          p.connection.bind('connected', () => clearInterval(poll));
-        }),
-        `pusher-js from ${source}`,
-      );
+      // The poll is stopped however the wait ends (a timer left running would keep this
+      // process alive after a failure), and a client that timed out stops retrying.
+      let poll;
+      let outcome;
+      try {
+        outcome = await withTimeout(
+          new Promise((resolve) => {
+            p.connection.bind('connected', () => resolve('connected'));
+            poll = setInterval(async () => {
+              try {
+                if ((await ipRefusals()) > before) resolve('refused');
+              } catch {
+                // The next tick asks again; the timeout bounds the wait.
+              }
+            }, 50);
+          }),
+          `pusher-js from ${source}`,
+        );
+      } catch (e) {
+        p.disconnect();
+        relay.close();
+        throw e;
+      } finally {
+        clearInterval(poll);
+      }
       if (outcome === 'refused') {
         assert.notEqual(p.connection.state, 'connected');
         p.disconnect();
