@@ -336,10 +336,19 @@ struct Inner<S> {
     io: S,
     queue: WriteQueue,
     close: CloseState,
+    /// Only split halves need wakers of their own (they may run in different tasks); an
+    /// unsplit WebSocket is driven by one task, which gets the transport's wake-ups itself.
+    /// Boxed, so an unsplit WebSocket keeps one pointer for them.
+    split: Option<Box<SplitWakers>>,
+}
+
+/// The wakers split halves keep in their shared state.
+#[derive(Default)]
+struct SplitWakers {
     /// The reader's task, woken when the writer sends a close so it can start the timeout.
-    reader_waker: Option<Waker>,
+    reader: Option<Waker>,
     /// Who waits for the transport to become writable.
-    write_wakers: WriteWakers,
+    write: WriteWakers,
 }
 
 struct Shared<S> {
@@ -362,12 +371,18 @@ impl<S: AsyncWrite + Unpin> Shared<S> {
     fn poll_flush(&self, who: usize, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         let mut g = self.lock();
         let inner = &mut *g;
-        let polled = match inner.write_wakers.register(who, cx.waker()) {
+        let fan = inner
+            .split
+            .as_mut()
+            .and_then(|w| w.write.register(who, cx.waker()));
+        let polled = match fan {
             Some(fan) => inner.poll_flush(&mut Context::from_waker(&fan)),
             None => inner.poll_flush(cx),
         };
         if polled.is_ready() {
-            inner.write_wakers.done(who);
+            if let Some(w) = &mut inner.split {
+                w.write.done(who);
+            }
         }
         polled
     }
@@ -380,13 +395,19 @@ impl<S: AsyncWrite + Unpin> Shared<S> {
             return Poll::Ready(Ok(()));
         }
         let inner = &mut *g;
-        let polled = match inner.write_wakers.register(who, cx.waker()) {
+        let fan = inner
+            .split
+            .as_mut()
+            .and_then(|w| w.write.register(who, cx.waker()));
+        let polled = match fan {
             Some(fan) => Pin::new(&mut inner.io).poll_shutdown(&mut Context::from_waker(&fan)),
             None => Pin::new(&mut inner.io).poll_shutdown(cx),
         };
         match polled {
             Poll::Ready(r) => {
-                inner.write_wakers.done(who);
+                if let Some(w) = &mut inner.split {
+                    w.write.done(who);
+                }
                 inner.close.shut_down = true;
                 Poll::Ready(r.map_err(Error::from))
             }
@@ -476,7 +497,7 @@ impl<S: AsyncWrite + Unpin> Shared<S> {
         g.close.sent_at = Some(Instant::now());
         // A pong after our close frame would break §5.5.1; drop it.
         g.queue.pending_pong = None;
-        if let Some(w) = g.reader_waker.take() {
+        if let Some(w) = g.split.as_mut().and_then(|w| w.reader.take()) {
             w.wake();
         }
         Ok(true)
@@ -644,8 +665,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WebSocket<S> {
                 io,
                 queue,
                 close: CloseState::default(),
-                reader_waker: None,
-                write_wakers: WriteWakers::default(),
+                split: None,
             }),
             tracker: PingTracker::new(),
         };
@@ -665,7 +685,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WebSocket<S> {
 
     /// Separate the read and write halves (their shared state moves to one allocation both
     /// point to).
-    pub fn split(self) -> (WsReader<S>, WsWriter<S>) {
+    pub fn split(mut self) -> (WsReader<S>, WsWriter<S>) {
+        let inner = self.shared.inner.get_mut();
+        inner.unwrap_or_else(|e| e.into_inner()).split = Some(Box::default());
         let shared = Arc::new(self.shared);
         (
             WsReader {
@@ -992,9 +1014,11 @@ impl ReadState {
             }
         }
         let mut g = shared.lock();
-        match &mut g.reader_waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
+        if let Some(w) = &mut g.split {
+            match &mut w.reader {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            }
         }
         if let Some(at) = g.close.sent_at {
             if !g.close.received {
