@@ -168,10 +168,10 @@ impl PingTracker {
 
 /// The halves waiting for the transport to become writable, kept in the shared state.
 ///
-/// When both halves run in one task (the usual server), they have the same waker and the
-/// transport gets it as it is: no allocation, nothing per connection beyond these two
-/// slots. Only while halves with different wakers both wait is a fan-out waker made, so
-/// that either may be the one flushing.
+/// Only split halves keep these (an unsplit WebSocket hands the transport its task's waker
+/// directly). When both halves run in one task they have the same waker and the transport
+/// gets it as it is; only while halves with different wakers both wait is a fan-out waker
+/// made, so that either may be the one flushing.
 #[derive(Default)]
 struct WriteWakers([Option<Waker>; 2]);
 
