@@ -1,5 +1,6 @@
-//! The tokio connection: [`WebSocket`] over any `AsyncRead + AsyncWrite`, splittable into a
-//! [`WsReader`] and a [`WsWriter`] that can live in different tasks.
+//! The tokio connection: [`WebSocket`] over any `AsyncRead + AsyncWrite`, driven by one task
+//! with its state inline, or split into a [`WsReader`] and a [`WsWriter`] that can live in
+//! different tasks (the state then moves to one allocation both halves point to).
 //!
 //! Protocol duties handled here (the framing rules themselves live in [`crate::codec`]):
 //!
@@ -23,9 +24,10 @@
 //! [`WriteConfig::max_buffered_bytes`] `feed` returns [`Error::WouldOverflow`] instead of
 //! growing.
 //!
-//! Both halves share one small mutex around the transport and the outgoing queue. It is only
-//! ever held for the duration of a non-blocking `poll_*` call or an encode, never across an
-//! `.await`, so a writer stuck on a slow peer cannot stop the reader from queueing pongs.
+//! The reading and writing sides share one small mutex around the transport and the outgoing
+//! queue (uncontended when one task drives both). It is only ever held for the duration of a
+//! non-blocking `poll_*` call or an encode, never across an `.await`, so a writer stuck on a
+//! slow peer cannot stop the reader from queueing pongs.
 //! Write readiness is signalled to both halves, because either may be the one flushing: when
 //! they run in one task (the same waker) the transport gets that waker as it is, and only
 //! halves in different tasks that both wait get a fan-out waker.
@@ -95,18 +97,25 @@ pub struct PingTracker(Arc<TrackerInner>);
 
 #[derive(Debug)]
 struct TrackerInner {
-    base: Instant,
-    /// Nanoseconds since `base` + 1 (0 = never).
+    /// Nanoseconds since [`tracker_base`] + 1 (0 = never).
     last_pong: AtomicU64,
     last_ping_sent: AtomicU64,
     last_received: AtomicU64,
     awaiting_pong: AtomicBool,
 }
 
+/// The instant every tracker counts from: one per process rather than one per connection
+/// (every idle connection's tracker would keep 16 bytes for it).
+fn tracker_base() -> Instant {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
 impl PingTracker {
     fn new() -> Self {
+        // Fixed before any stamp can be taken.
+        tracker_base();
         PingTracker(Arc::new(TrackerInner {
-            base: Instant::now(),
             last_pong: AtomicU64::new(0),
             last_ping_sent: AtomicU64::new(0),
             last_received: AtomicU64::new(0),
@@ -115,14 +124,14 @@ impl PingTracker {
     }
 
     fn stamp(&self, slot: &AtomicU64) {
-        let ns = self.0.base.elapsed().as_nanos() as u64 + 1;
+        let ns = tracker_base().elapsed().as_nanos() as u64 + 1;
         slot.store(ns, Ordering::Relaxed);
     }
 
     fn load(&self, slot: &AtomicU64) -> Option<Instant> {
         match slot.load(Ordering::Relaxed) {
             0 => None,
-            ns => Some(self.0.base + Duration::from_nanos(ns - 1)),
+            ns => Some(tracker_base() + Duration::from_nanos(ns - 1)),
         }
     }
 
@@ -159,10 +168,10 @@ impl PingTracker {
 
 /// The halves waiting for the transport to become writable, kept in the shared state.
 ///
-/// When both halves run in one task (the usual server), they have the same waker and the
-/// transport gets it as it is: no allocation, nothing per connection beyond these two
-/// slots. Only while halves with different wakers both wait is a fan-out waker made, so
-/// that either may be the one flushing.
+/// Only split halves keep these (an unsplit WebSocket hands the transport its task's waker
+/// directly). When both halves run in one task they have the same waker and the transport
+/// gets it as it is; only while halves with different wakers both wait is a fan-out waker
+/// made, so that either may be the one flushing.
 #[derive(Default)]
 struct WriteWakers([Option<Waker>; 2]);
 
@@ -222,8 +231,9 @@ struct WriteQueue {
     appended: u64,
     written: u64,
     pong_end: u64,
-    /// Payload of the latest ping not answered yet.
-    pending_pong: Option<Bytes>,
+    /// Payload of the latest ping not answered yet. Boxed: peers rarely ping, and every
+    /// connection would otherwise keep room for a `Bytes` here.
+    pending_pong: Option<Box<Bytes>>,
 }
 
 impl WriteQueue {
@@ -285,7 +295,7 @@ impl WriteQueue {
         }
         if let Some(p) = self.pending_pong.take() {
             if self
-                .append_buf(|enc, out| enc.encode(&Message::Pong(p), out))
+                .append_buf(|enc, out| enc.encode(&Message::Pong(*p), out))
                 .is_ok()
             {
                 self.pong_end = self.appended;
@@ -326,10 +336,19 @@ struct Inner<S> {
     io: S,
     queue: WriteQueue,
     close: CloseState,
+    /// Only split halves need wakers of their own (they may run in different tasks); an
+    /// unsplit WebSocket is driven by one task, which gets the transport's wake-ups itself.
+    /// Boxed, so an unsplit WebSocket keeps one pointer for them.
+    split: Option<Box<SplitWakers>>,
+}
+
+/// The wakers split halves keep in their shared state.
+#[derive(Default)]
+struct SplitWakers {
     /// The reader's task, woken when the writer sends a close so it can start the timeout.
-    reader_waker: Option<Waker>,
+    reader: Option<Waker>,
     /// Who waits for the transport to become writable.
-    write_wakers: WriteWakers,
+    write: WriteWakers,
 }
 
 struct Shared<S> {
@@ -352,12 +371,18 @@ impl<S: AsyncWrite + Unpin> Shared<S> {
     fn poll_flush(&self, who: usize, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         let mut g = self.lock();
         let inner = &mut *g;
-        let polled = match inner.write_wakers.register(who, cx.waker()) {
+        let fan = inner
+            .split
+            .as_mut()
+            .and_then(|w| w.write.register(who, cx.waker()));
+        let polled = match fan {
             Some(fan) => inner.poll_flush(&mut Context::from_waker(&fan)),
             None => inner.poll_flush(cx),
         };
         if polled.is_ready() {
-            inner.write_wakers.done(who);
+            if let Some(w) = &mut inner.split {
+                w.write.done(who);
+            }
         }
         polled
     }
@@ -370,13 +395,19 @@ impl<S: AsyncWrite + Unpin> Shared<S> {
             return Poll::Ready(Ok(()));
         }
         let inner = &mut *g;
-        let polled = match inner.write_wakers.register(who, cx.waker()) {
+        let fan = inner
+            .split
+            .as_mut()
+            .and_then(|w| w.write.register(who, cx.waker()));
+        let polled = match fan {
             Some(fan) => Pin::new(&mut inner.io).poll_shutdown(&mut Context::from_waker(&fan)),
             None => Pin::new(&mut inner.io).poll_shutdown(cx),
         };
         match polled {
             Poll::Ready(r) => {
-                inner.write_wakers.done(who);
+                if let Some(w) = &mut inner.split {
+                    w.write.done(who);
+                }
                 inner.close.shut_down = true;
                 Poll::Ready(r.map_err(Error::from))
             }
@@ -466,23 +497,30 @@ impl<S: AsyncWrite + Unpin> Shared<S> {
         g.close.sent_at = Some(Instant::now());
         // A pong after our close frame would break §5.5.1; drop it.
         g.queue.pending_pong = None;
-        if let Some(w) = g.reader_waker.take() {
+        if let Some(w) = g.split.as_mut().and_then(|w| w.reader.take()) {
             w.wake();
         }
         Ok(true)
     }
 }
 
-/// A WebSocket connection over `S`. Use [`WebSocket::split`] to read and write from
+/// A WebSocket connection over `S`, owned by one task: its state is kept inline (no shared
+/// allocation, no reference count). Use [`WebSocket::split`] to read and write from
 /// different tasks.
 pub struct WebSocket<S> {
-    reader: WsReader<S>,
-    writer: WsWriter<S>,
+    shared: Shared<S>,
+    reader: ReadState,
+    writer: WriterState,
 }
 
 /// The read half: yields messages, answers pings, completes the close handshake.
 pub struct WsReader<S> {
     shared: Arc<Shared<S>>,
+    state: ReadState,
+}
+
+/// What only the reading side touches.
+struct ReadState {
     decoder: Decoder,
     buf: BytesMut,
     /// A pong or close reply of ours is queued and must be pushed out by us.
@@ -493,9 +531,10 @@ pub struct WsReader<S> {
     finishing: Option<Box<Finishing>>,
 }
 
-/// A close handshake being completed by [`WsReader::poll_next`] before it returns `item`.
+/// A close handshake being completed by [`WsReader::poll_next`] before it returns `item`:
+/// the flush and shutdown of the write side, given up at `deadline`.
 struct Finishing {
-    flush: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
     item: Option<Result<Message, Error>>,
 }
 
@@ -505,11 +544,12 @@ pub struct WsWriter<S> {
     state: WriterState,
 }
 
-/// What only the writer touches: the data encoder (with its compressor) and a staging buffer.
-/// The role, the agreed deflate parameters and the compression threshold are the encoder's.
+/// What only the writer touches: the data encoder (with its compressor). The role, the agreed
+/// deflate parameters and the compression threshold are the encoder's. No staging buffer is
+/// kept: every frame is encoded into a buffer of its own that is handed whole to the queue,
+/// so a kept one would always be empty between messages and only cost every connection room.
 struct WriterState {
     encoder: Encoder,
-    staging: BytesMut,
     coalesce_threshold: usize,
 }
 
@@ -530,10 +570,11 @@ impl WriterState {
                 }
             }
         }
-        self.encoder.encode(msg, &mut self.staging)?;
-        // Taken whole rather than split off: a split would leave `staging` holding the
-        // allocation (sized by the largest message sent so far) after the frame is written.
-        Ok(Staged::Frame(std::mem::take(&mut self.staging).freeze()))
+        // A buffer of the frame's own, frozen whole: nothing is left behind to hold an
+        // allocation after the frame is written, nor a partial frame after a failed encode.
+        let mut frame = BytesMut::new();
+        self.encoder.encode(msg, &mut frame)?;
+        Ok(Staged::Frame(frame.freeze()))
     }
 
     /// The shared frame of `msg` as this connection sends it, when it needs no encoding of
@@ -606,7 +647,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WebSocket<S> {
     ) -> Self {
         let writer_state = WriterState {
             encoder: Encoder::new(role, config.clone()),
-            staging: BytesMut::new(),
             coalesce_threshold: write_config.coalesce_threshold,
         };
         let queue = WriteQueue {
@@ -620,87 +660,121 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WebSocket<S> {
             pong_end: 0,
             pending_pong: None,
         };
-        let shared = Arc::new(Shared {
+        let shared = Shared {
             inner: Mutex::new(Inner {
                 io,
                 queue,
                 close: CloseState::default(),
-                reader_waker: None,
-                write_wakers: WriteWakers::default(),
+                split: None,
             }),
             tracker: PingTracker::new(),
-        });
-        let buf = read_buf;
+        };
         WebSocket {
-            reader: WsReader {
-                shared: shared.clone(),
+            shared,
+            reader: ReadState {
                 decoder: Decoder::new(role, config),
-                buf,
+                buf: read_buf,
                 must_flush: false,
                 close_deadline: None,
                 done: false,
                 finishing: None,
             },
-            writer: WsWriter {
-                shared,
-                state: writer_state,
-            },
+            writer: writer_state,
         }
     }
 
-    /// Separate the read and write halves.
-    pub fn split(self) -> (WsReader<S>, WsWriter<S>) {
-        (self.reader, self.writer)
+    /// Separate the read and write halves (their shared state moves to one allocation both
+    /// point to).
+    pub fn split(mut self) -> (WsReader<S>, WsWriter<S>) {
+        let inner = self.shared.inner.get_mut();
+        inner.unwrap_or_else(|e| e.into_inner()).split = Some(Box::default());
+        let shared = Arc::new(self.shared);
+        (
+            WsReader {
+                shared: Arc::clone(&shared),
+                state: self.reader,
+            },
+            WsWriter {
+                shared,
+                state: self.writer,
+            },
+        )
     }
 
     /// See [`WsReader::next`].
     pub async fn next(&mut self) -> Option<Result<Message, Error>> {
-        self.reader.next().await
+        poll_fn(|cx| self.reader.poll_next(&self.shared, cx)).await
+    }
+
+    /// See [`WsReader::poll_next`].
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
+        self.reader.poll_next(&self.shared, cx)
+    }
+
+    /// See [`WsReader::drain`].
+    pub async fn drain(&mut self, limit: Duration) {
+        self.reader.drain(&self.shared, limit).await
     }
 
     /// See [`WsWriter::send`].
     pub async fn send(&mut self, msg: Message) -> Result<(), Error> {
-        self.writer.send(msg).await
+        self.feed(msg)?;
+        self.flush().await
     }
 
     /// See [`WsWriter::feed`].
     pub fn feed(&mut self, msg: Message) -> Result<(), Error> {
-        self.writer.feed(msg)
+        self.writer.feed(&self.shared, msg)
     }
 
     /// See [`WsWriter::feed_prepared`].
     pub fn feed_prepared(&mut self, msg: &PreparedMessage) -> Result<(), Error> {
-        self.writer.feed_prepared(msg)
+        self.writer.feed_prepared(&self.shared, msg)
     }
 
     /// See [`WsWriter::feed_frame`].
     pub fn feed_frame(&mut self, frame: Bytes) -> Result<(), Error> {
-        self.writer.feed_frame(frame)
+        feed_frame(&self.shared, frame)
     }
 
     /// See [`WsWriter::flush`].
     pub async fn flush(&mut self) -> Result<(), Error> {
-        self.writer.flush().await
+        poll_fn(|cx| self.shared.poll_flush(WRITER, cx)).await
     }
 
     /// See [`WsWriter::buffered_bytes`].
     pub fn buffered_bytes(&self) -> usize {
-        self.writer.buffered_bytes()
+        self.shared.lock().queue.queued
     }
 
     /// See [`WsReader::read_buffer_capacity`].
     pub fn read_buffer_capacity(&self) -> usize {
-        self.reader.read_buffer_capacity()
+        self.reader.buf.capacity()
+    }
+
+    /// See [`WsWriter::write_buffer_capacity`].
+    pub fn write_buffer_capacity(&self) -> usize {
+        self.shared.lock().queue.buf.capacity()
     }
 
     /// See [`WsWriter::ping`].
     pub async fn ping(&mut self, payload: impl Into<Bytes>) -> Result<(), Error> {
-        self.writer.ping(payload).await
+        self.send(Message::Ping(payload.into())).await
     }
 
-    /// The shared liveness tracker.
+    /// The liveness tracker.
     pub fn tracker(&self) -> PingTracker {
-        self.writer.tracker()
+        self.shared.tracker.clone()
+    }
+
+    /// Send a close frame with `code` and `reason` and flush it, without waiting for the
+    /// peer's reply (see [`WsWriter::close`]); [`WebSocket::next`] then sees the reply.
+    pub async fn send_close(&mut self, code: CloseCode, reason: &str) -> Result<(), Error> {
+        queue_close(
+            &self.shared,
+            Some(CloseFrame::new(code, short_reason(reason))),
+        )?;
+        self.flush().await
     }
 
     /// Close the connection: send a close frame, then read (discarding data messages) until
@@ -711,8 +785,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WebSocket<S> {
         code: CloseCode,
         reason: &str,
     ) -> Result<Option<CloseFrame>, Error> {
-        self.writer.close(code, reason).await?;
-        while let Some(m) = self.reader.next().await {
+        self.send_close(code, reason).await?;
+        while let Some(m) = self.next().await {
             if let Message::Close(f) = m? {
                 return Ok(f);
             }
@@ -729,7 +803,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsReader<S> {
     /// On a protocol violation the matching close code is sent and the error returned; after
     /// that, and after the transport ends, `None` is returned.
     pub async fn next(&mut self) -> Option<Result<Message, Error>> {
-        poll_fn(|cx| self.poll_next(cx)).await
+        poll_fn(|cx| self.state.poll_next(&self.shared, cx)).await
     }
 
     /// Poll form of [`WsReader::next`], for a task that drives the reader together with
@@ -738,8 +812,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsReader<S> {
     /// protocol error, our close timed out) is driven by the following calls before the
     /// result is returned.
     pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
+        self.state.poll_next(&self.shared, cx)
+    }
+
+    /// Read and throw away whatever the peer still sends, until it ends the connection or
+    /// `limit` passes. Call this after [`WsReader::next`] returned an error: the close frame
+    /// is on its way, but closing a socket that still has unread input makes the kernel send
+    /// a TCP reset, which can destroy that close frame before the peer reads it (a client
+    /// still streaming an oversized message would see 1006 instead of 1009).
+    pub async fn drain(&mut self, limit: Duration) {
+        self.state.drain(&self.shared, limit).await
+    }
+
+    /// The shared liveness tracker.
+    pub fn tracker(&self) -> PingTracker {
+        self.shared.tracker.clone()
+    }
+
+    /// Current capacity of the read buffer, for memory diagnostics.
+    pub fn read_buffer_capacity(&self) -> usize {
+        self.state.buf.capacity()
+    }
+}
+
+impl ReadState {
+    /// [`WsReader::poll_next`] over `shared`.
+    fn poll_next<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &mut self,
+        shared: &Shared<S>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Message, Error>>> {
         if let Some(f) = &mut self.finishing {
-            std::task::ready!(f.flush.as_mut().poll(cx));
+            // Flushed and shut down, or given up at the close timeout (the flush is polled
+            // first, as a timeout polls what it bounds).
+            if shared.poll_flush_shutdown(READER, cx).is_pending()
+                && f.deadline.as_mut().poll(cx).is_pending()
+            {
+                return Poll::Pending;
+            }
             let done = self.finishing.take().expect("checked above");
             return Poll::Ready(done.item);
         }
@@ -750,10 +860,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsReader<S> {
             match self.decoder.decode(&mut self.buf) {
                 Ok(Some(msg)) => {
                     self.maybe_shrink();
-                    return match self.on_message(cx, msg) {
+                    return match self.on_message(shared, cx, msg) {
                         Some(item) => Poll::Ready(Some(item)),
                         // A close frame: our reply is on its way.
-                        None => self.poll_next(cx),
+                        None => self.poll_next(shared, cx),
                     };
                 }
                 Ok(None) => {}
@@ -761,17 +871,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsReader<S> {
                     let reason = short_reason(&e.to_string());
                     let frame = e.close_code().map(|c| CloseFrame::new(c, reason));
                     let frame = frame.or(Some(CloseFrame::new(CloseCode::PROTOCOL_ERROR, "")));
-                    self.start_finish(Some(frame), Some(Err(e)));
-                    return self.poll_next(cx);
+                    self.start_finish(shared, Some(frame), Some(Err(e)));
+                    return self.poll_next(shared, cx);
                 }
             }
             self.maybe_shrink();
-            match std::task::ready!(self.poll_fill(cx)) {
+            match std::task::ready!(self.poll_fill(shared, cx)) {
                 Fill::Data => {}
                 Fill::Eof => {
                     self.done = true;
                     let clean = {
-                        let g = self.shared.lock();
+                        let g = shared.lock();
                         g.close.sent_at.is_some() || g.close.received
                     };
                     if clean {
@@ -784,8 +894,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsReader<S> {
                 }
                 Fill::TimedOut => {
                     // The peer never answered our close: give up on a clean close.
-                    self.start_finish(None, None);
-                    return self.poll_next(cx);
+                    self.start_finish(shared, None, None);
+                    return self.poll_next(shared, cx);
                 }
                 Fill::Err(e) => {
                     self.done = true;
@@ -795,17 +905,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsReader<S> {
         }
     }
 
-    /// Read and throw away whatever the peer still sends, until it ends the connection or
-    /// `limit` passes. Call this after [`WsReader::next`] returned an error: the close frame
-    /// is on its way, but closing a socket that still has unread input makes the kernel send
-    /// a TCP reset, which can destroy that close frame before the peer reads it (a client
-    /// still streaming an oversized message would see 1006 instead of 1009).
-    pub async fn drain(&mut self, limit: Duration) {
+    /// [`WsReader::drain`] over `shared`.
+    async fn drain<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &mut self,
+        shared: &Shared<S>,
+        limit: Duration,
+    ) {
         self.buf = BytesMut::new();
         let _ = tokio::time::timeout(limit, async {
             loop {
                 self.buf.clear();
-                match poll_fn(|cx| self.poll_fill(cx)).await {
+                match poll_fn(|cx| self.poll_fill(shared, cx)).await {
                     Fill::Data => {}
                     Fill::Eof | Fill::TimedOut | Fill::Err(_) => break,
                 }
@@ -814,34 +924,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsReader<S> {
         .await;
     }
 
-    /// The shared liveness tracker.
-    pub fn tracker(&self) -> PingTracker {
-        self.shared.tracker.clone()
-    }
-
-    /// Current capacity of the read buffer, for memory diagnostics.
-    pub fn read_buffer_capacity(&self) -> usize {
-        self.buf.capacity()
-    }
-
     /// Bookkeeping for a received message. A close frame starts our reply (see
     /// [`Self::start_finish`]) and gives `None`: [`Self::poll_next`] returns it once the
     /// reply is out.
-    fn on_message(&mut self, cx: &mut Context<'_>, msg: Message) -> Option<Result<Message, Error>> {
-        let tracker = &self.shared.tracker;
+    fn on_message<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &mut self,
+        shared: &Shared<S>,
+        cx: &mut Context<'_>,
+        msg: Message,
+    ) -> Option<Result<Message, Error>> {
+        let tracker = &shared.tracker;
         tracker.stamp(&tracker.0.last_received);
         match &msg {
             Message::Ping(p) => {
                 {
-                    let mut g = self.shared.lock();
+                    let mut g = shared.lock();
                     if g.close.sent_at.is_none() {
-                        g.queue.pending_pong = Some(p.clone());
+                        // The box is reused while a pong is pending (a peer pinging in a burst).
+                        match &mut g.queue.pending_pong {
+                            Some(b) => **b = p.clone(),
+                            slot => *slot = Some(Box::new(p.clone())),
+                        }
                         self.must_flush = true;
                     }
                 }
                 // Push the pong out now if the socket takes it; otherwise the next read poll
                 // (or the writer's next flush) will.
-                if let Poll::Ready(r) = self.shared.poll_flush(READER, cx) {
+                if let Poll::Ready(r) = shared.poll_flush(READER, cx) {
                     self.must_flush = false;
                     if let Err(e) = r {
                         return Some(Err(e));
@@ -850,12 +959,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsReader<S> {
             }
             Message::Pong(_) => tracker.pong_received(),
             Message::Close(frame) => {
-                self.shared.lock().close.received = true;
+                shared.lock().close.received = true;
                 // Echo the status code (§5.5.1); an empty close is answered with an empty one.
                 let reply = frame
                     .as_ref()
                     .map(|f| CloseFrame::new(f.code, String::new()));
-                self.start_finish(Some(reply), Some(Ok(msg)));
+                self.start_finish(shared, Some(reply), Some(Ok(msg)));
                 return None;
             }
             _ => {}
@@ -867,23 +976,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsReader<S> {
     /// close was sent already; `None` queues nothing), then flush and shut the write side
     /// down, bounded by the close timeout. [`Self::poll_next`] drives this and then returns
     /// `item`.
-    fn start_finish(
+    fn start_finish<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         &mut self,
+        shared: &Shared<S>,
         close: Option<Option<CloseFrame>>,
         item: Option<Result<Message, Error>>,
     ) {
         self.done = true;
         if let Some(frame) = close {
-            let _ = self.shared.queue_close(frame);
+            let _ = shared.queue_close(frame);
         }
-        let shared = self.shared.clone();
-        let limit = self.shared.lock().queue.config.close_timeout;
-        let flush = Box::pin(async move {
-            let _ =
-                tokio::time::timeout(limit, poll_fn(|cx| shared.poll_flush_shutdown(READER, cx)))
-                    .await;
-        });
-        self.finishing = Some(Box::new(Finishing { flush, item }));
+        let limit = shared.lock().queue.config.close_timeout;
+        let deadline = Box::pin(tokio::time::sleep(limit));
+        self.finishing = Some(Box::new(Finishing { deadline, item }));
     }
 
     /// Give back a buffer that grew for a large message once little is left in it.
@@ -895,19 +1000,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsReader<S> {
         }
     }
 
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Fill> {
+    fn poll_fill<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &mut self,
+        shared: &Shared<S>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Fill> {
         if self.must_flush {
-            if let Poll::Ready(r) = self.shared.poll_flush(READER, cx) {
+            if let Poll::Ready(r) = shared.poll_flush(READER, cx) {
                 self.must_flush = false;
                 if let Err(e) = r {
                     return Poll::Ready(Fill::Err(e));
                 }
             }
         }
-        let mut g = self.shared.lock();
-        match &mut g.reader_waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
+        let mut g = shared.lock();
+        if let Some(w) = &mut g.split {
+            match &mut w.reader {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            }
         }
         if let Some(at) = g.close.sent_at {
             if !g.close.received {
@@ -980,51 +1091,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsWriter<S> {
     /// [`WsWriter::close`]). Fails with [`Error::WouldOverflow`] when the queue is full and
     /// [`Error::ConnectionClosed`] once a close frame has been sent.
     pub fn feed(&mut self, msg: Message) -> Result<(), Error> {
-        if let Message::Close(frame) = msg {
-            return self.queue_close(frame);
-        }
-        let estimate = match &msg {
-            Message::Text(p) | Message::Binary(p) | Message::Ping(p) | Message::Pong(p) => {
-                p.len() + 14
-            }
-            Message::Close(_) => 0,
-        };
-        self.open()?.queue.check_room(estimate)?;
-        // Encode (and compress) without holding the lock the reader needs.
-        let staged = self.state.stage(&msg)?;
-        self.open()?.queue.push_staged(staged);
-        if let Message::Ping(_) = msg {
-            self.shared.tracker.ping_sent();
-        }
-        Ok(())
+        self.state.feed(&self.shared, msg)
     }
 
     /// Queue a broadcast message framed once for many connections. On a server connection
     /// the shared frame (compressed once, if deflate was agreed) is queued without copying
     /// when large; a client connection masks its own copy.
     pub fn feed_prepared(&mut self, msg: &PreparedMessage) -> Result<(), Error> {
-        let estimate = msg.payload().len() + 14;
-        if let Some(frame) = self.state.shared_frame(msg) {
-            // Nothing is encoded for this connection, so nothing is lost when the room check
-            // fails: one lock for both.
-            let mut g = self.open()?;
-            g.queue.check_room(estimate)?;
-            g.queue.push_frame(frame);
-            return Ok(());
-        }
-        self.open()?.queue.check_room(estimate)?;
-        let staged = self.state.stage_prepared(msg)?;
-        self.open()?.queue.push_staged(staged);
-        Ok(())
+        self.state.feed_prepared(&self.shared, msg)
     }
 
     /// Queue a complete, already-encoded frame as-is. The caller guarantees it is a valid
     /// frame for this connection (role, negotiated extensions).
     pub fn feed_frame(&mut self, frame: Bytes) -> Result<(), Error> {
-        let mut g = self.open()?;
-        g.queue.check_room(frame.len())?;
-        g.queue.push_frame(frame);
-        Ok(())
+        feed_frame(&self.shared, frame)
     }
 
     /// Write everything queued, with as few vectored writes as the transport allows.
@@ -1041,7 +1121,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsWriter<S> {
     /// 123 bytes) and flush. The reader half then sees the peer's close (or ends after the
     /// close timeout) and shuts the transport down.
     pub async fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), Error> {
-        self.queue_close(Some(CloseFrame::new(code, short_reason(reason))))?;
+        queue_close(
+            &self.shared,
+            Some(CloseFrame::new(code, short_reason(reason))),
+        )?;
         self.flush().await
     }
 
@@ -1050,11 +1133,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsWriter<S> {
         self.shared.lock().queue.queued
     }
 
-    /// Capacity of the buffers the writer keeps between messages (the staging buffer and the
-    /// queue's coalescing buffer), for memory diagnostics. Zero once everything queued has
-    /// been written.
+    /// Capacity of the buffer the writer keeps between messages (the queue's coalescing
+    /// buffer), for memory diagnostics. Zero once everything queued has been written.
     pub fn write_buffer_capacity(&self) -> usize {
-        self.state.staging.capacity() + self.shared.lock().queue.buf.capacity()
+        self.shared.lock().queue.buf.capacity()
     }
 
     /// Whether a close frame was sent or received (no more data messages can be sent).
@@ -1067,23 +1149,80 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsWriter<S> {
     pub fn tracker(&self) -> PingTracker {
         self.shared.tracker.clone()
     }
+}
 
-    fn open(&self) -> Result<MutexGuard<'_, Inner<S>>, Error> {
-        let g = self.shared.lock();
-        if g.close.sent_at.is_some() || g.close.received || g.close.broken {
-            return Err(Error::ConnectionClosed);
+impl WriterState {
+    /// [`WsWriter::feed`] over `shared`.
+    fn feed<S: AsyncWrite + Unpin>(
+        &mut self,
+        shared: &Shared<S>,
+        msg: Message,
+    ) -> Result<(), Error> {
+        if let Message::Close(frame) = msg {
+            return queue_close(shared, frame);
         }
-        Ok(g)
+        let estimate = match &msg {
+            Message::Text(p) | Message::Binary(p) | Message::Ping(p) | Message::Pong(p) => {
+                p.len() + 14
+            }
+            Message::Close(_) => 0,
+        };
+        open(shared)?.queue.check_room(estimate)?;
+        // Encode (and compress) without holding the lock the reader needs.
+        let staged = self.stage(&msg)?;
+        open(shared)?.queue.push_staged(staged);
+        if let Message::Ping(_) = msg {
+            shared.tracker.ping_sent();
+        }
+        Ok(())
     }
 
-    fn queue_close(&mut self, frame: Option<CloseFrame>) -> Result<(), Error> {
-        if self.shared.lock().close.broken {
-            return Err(Error::ConnectionClosed);
+    /// [`WsWriter::feed_prepared`] over `shared`.
+    fn feed_prepared<S>(&mut self, shared: &Shared<S>, msg: &PreparedMessage) -> Result<(), Error> {
+        let estimate = msg.payload().len() + 14;
+        if let Some(frame) = self.shared_frame(msg) {
+            // Nothing is encoded for this connection, so nothing is lost when the room check
+            // fails: one lock for both.
+            let mut g = open(shared)?;
+            g.queue.check_room(estimate)?;
+            g.queue.push_frame(frame);
+            return Ok(());
         }
-        match self.shared.queue_close(frame)? {
-            true => Ok(()),
-            false => Err(Error::ConnectionClosed),
-        }
+        open(shared)?.queue.check_room(estimate)?;
+        let staged = self.stage_prepared(msg)?;
+        open(shared)?.queue.push_staged(staged);
+        Ok(())
+    }
+}
+
+/// [`WsWriter::feed_frame`] over `shared`.
+fn feed_frame<S>(shared: &Shared<S>, frame: Bytes) -> Result<(), Error> {
+    let mut g = open(shared)?;
+    g.queue.check_room(frame.len())?;
+    g.queue.push_frame(frame);
+    Ok(())
+}
+
+/// The state under the lock, unless the connection is closing (no data may be queued).
+fn open<S>(shared: &Shared<S>) -> Result<MutexGuard<'_, Inner<S>>, Error> {
+    let g = shared.lock();
+    if g.close.sent_at.is_some() || g.close.received || g.close.broken {
+        return Err(Error::ConnectionClosed);
+    }
+    Ok(g)
+}
+
+/// Queue our close frame; fails when one was queued already or the transport is broken.
+fn queue_close<S: AsyncWrite + Unpin>(
+    shared: &Shared<S>,
+    frame: Option<CloseFrame>,
+) -> Result<(), Error> {
+    if shared.lock().close.broken {
+        return Err(Error::ConnectionClosed);
+    }
+    match shared.queue_close(frame)? {
+        true => Ok(()),
+        false => Err(Error::ConnectionClosed),
     }
 }
 
@@ -1096,8 +1235,8 @@ impl<S> std::fmt::Debug for WebSocket<S> {
 impl<S> std::fmt::Debug for WsReader<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WsReader")
-            .field("buffered", &self.buf.len())
-            .field("done", &self.done)
+            .field("buffered", &self.state.buf.len())
+            .field("done", &self.state.done)
             .finish_non_exhaustive()
     }
 }

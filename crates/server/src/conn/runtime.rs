@@ -35,7 +35,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use switchboard_core::{CloseReason, ConnId};
-use switchboard_websocket::stream::{WsReader, WsWriter};
+use switchboard_websocket::stream::WebSocket;
 use switchboard_websocket::{CloseCode, Error as WsError, Message};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
@@ -84,16 +84,16 @@ pub(crate) trait Transport: Send + 'static {
     fn activity(&self) -> Activity;
 }
 
-/// A WebSocket as a [`Transport`].
+/// A WebSocket as a [`Transport`]. Unsplit: one task drives both directions, so the
+/// WebSocket's state lives in the task itself (no shared allocation, no reference count).
 pub(crate) struct WsTransport<S> {
-    reader: WsReader<S>,
-    writer: WsWriter<S>,
+    ws: WebSocket<S>,
 }
 
 impl<S> WsTransport<S> {
-    /// The two halves of one WebSocket.
-    pub(crate) fn new(reader: WsReader<S>, writer: WsWriter<S>) -> Self {
-        WsTransport { reader, writer }
+    /// The transport over `ws`.
+    pub(crate) fn new(ws: WebSocket<S>) -> Self {
+        WsTransport { ws }
     }
 }
 
@@ -102,20 +102,20 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, WsError>>> {
-        self.reader.poll_next(cx)
+        self.ws.poll_next(cx)
     }
 
     fn feed(&mut self, frame: &OutFrame) -> Result<(), WsError> {
         match frame {
-            OutFrame::Message(m) => self.writer.feed(m.clone()),
-            OutFrame::Prepared(p) => self.writer.feed_prepared(p),
+            OutFrame::Message(m) => self.ws.feed(m.clone()),
+            OutFrame::Prepared(p) => self.ws.feed_prepared(p),
             // The runtime takes the marks before they reach a transport.
             OutFrame::Published(_) => Ok(()),
         }
     }
 
     fn flush(&mut self) -> impl Future<Output = Result<(), WsError>> + Send + '_ {
-        self.writer.flush()
+        self.ws.flush()
     }
 
     fn close(
@@ -123,14 +123,14 @@ where
         code: CloseCode,
         reason: &str,
     ) -> impl Future<Output = Result<(), WsError>> + Send {
-        self.writer.close(code, reason)
+        self.ws.send_close(code, reason)
     }
 
     fn linger(&mut self, limit: Duration) -> impl Future<Output = ()> + Send + '_ {
-        let reader = &mut self.reader;
+        let ws = &mut self.ws;
         async move {
             let _ = tokio::time::timeout(limit, async {
-                while let Some(Ok(msg)) = reader.next().await {
+                while let Some(Ok(msg)) = ws.next().await {
                     if matches!(msg, Message::Close(_)) {
                         break;
                     }
@@ -141,11 +141,11 @@ where
     }
 
     fn drain(&mut self, limit: Duration) -> impl Future<Output = ()> + Send + '_ {
-        self.reader.drain(limit)
+        self.ws.drain(limit)
     }
 
     fn activity(&self) -> Activity {
-        Activity::Tracker(self.reader.tracker())
+        Activity::Tracker(self.ws.tracker())
     }
 }
 
@@ -778,8 +778,7 @@ pub(crate) async fn ws_connection_future_size<D: Driver>(driver: D) -> usize {
         Default::default(),
         Default::default(),
     );
-    let (r, w) = ws.split();
-    connection_future_size(WsTransport::new(r, w), driver)
+    connection_future_size(WsTransport::new(ws), driver)
 }
 
 #[cfg(test)]

@@ -128,7 +128,6 @@ impl Endpoint for Centrifugo {
             .any_enabled()
             .then(|| shared.proxy.forwarded(req.headers()));
         let response = admitted.accept(&mut req, &shared, peer, timeout, max, move |ws, slot| {
-            let (reader, writer) = ws.split();
             let who = Identity {
                 peer,
                 // The hub's id comes with `connect`; logs of the driver carry it from then.
@@ -136,7 +135,7 @@ impl Endpoint for Centrifugo {
                 protocol: encoding.protocol(),
             };
             runtime::spawn(
-                WsTransport::new(reader, writer),
+                WsTransport::new(ws),
                 CentrifugoDriver::new(conn_shared, peer, encoding).with_proxy(forwarded),
                 limits,
                 who,

@@ -649,7 +649,6 @@ impl Endpoint for CentrifugoUniWebsocket {
             .any_enabled()
             .then(|| shared.proxy.forwarded(req.headers()));
         let response = admitted.accept(&mut req, &shared, peer, timeout, max, move |ws, slot| {
-            let (reader, writer) = ws.split();
             let who = Identity {
                 peer,
                 id: 0,
@@ -657,7 +656,7 @@ impl Endpoint for CentrifugoUniWebsocket {
             };
             runtime::spawn(
                 UniWsTransport {
-                    inner: WsTransport::new(reader, writer),
+                    inner: WsTransport::new(ws),
                     framing: CfFraming::new(Kind::UniWebsocket, None),
                     first,
                     connected: false,

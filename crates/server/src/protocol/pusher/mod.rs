@@ -220,14 +220,13 @@ fn upgrade_socket(
     let timeout = shared.config.handshake_timeout;
     let max = shared.config.max_message_size;
     admitted.accept(&mut req, &shared, peer, timeout, max, move |ws, slot| {
-        let (reader, writer) = ws.split();
         let who = Identity {
             peer,
             id,
             protocol: wire::PROTOCOL,
         };
         runtime::spawn(
-            WsTransport::new(reader, writer),
+            WsTransport::new(ws),
             driver,
             limits,
             who,

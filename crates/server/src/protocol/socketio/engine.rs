@@ -53,7 +53,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use switchboard_protocols::socketio::engine::{Handshake, HttpError, Packet as EnginePacket};
-use switchboard_websocket::stream::{PingTracker, WebSocket, WsReader, WsWriter};
+use switchboard_websocket::stream::{PingTracker, WebSocket};
 use switchboard_websocket::{CloseCode, Error as WsError, Message};
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -116,7 +116,7 @@ pub(crate) enum Inbound {
     /// reason when one broke the protocol (the session then ends).
     Post(Vec<EnginePacket>, oneshot::Sender<Result<(), &'static str>>),
     /// The upgrade completed: the session moves to this WebSocket.
-    Upgrade(Box<(WsReader<Io>, WsWriter<Io>)>),
+    Upgrade(Box<WebSocket<Io>>),
     /// The client broke the protocol; the session ends.
     Error(&'static str),
 }
@@ -486,12 +486,11 @@ fn websocket_handshake(
     let forwarded = forwarded(&shared, &req);
     admitted.accept(&mut req, &shared, peer, timeout, max, move |ws, slot| {
         let shared = conn_shared;
-        let (reader, writer) = ws.split();
         let sid = new_sid(&shared);
         let driver = SocketIoDriver::new(io, Arc::clone(&shared), peer, &sid, true, None)
             .with_proxy(forwarded);
         runtime::spawn(
-            WsTransport::new(reader, writer),
+            WsTransport::new(ws),
             driver,
             crate::transport::upgrade::limits(&shared),
             identity(peer),
@@ -540,19 +539,19 @@ async fn probe(
     peer: SocketAddr,
     timeout: Duration,
 ) {
-    let (mut reader, mut writer) = ws.split();
+    let mut ws = ws;
     let probed = tokio::time::timeout(timeout, async {
         // `2probe` → `3probe`, then the client pauses polling and sends `5`.
-        match reader.next().await {
+        match ws.next().await {
             Some(Ok(Message::Text(t))) if &t[..] == b"2probe" => {}
             _ => return false,
         }
-        if writer.send(Message::text("3probe")).await.is_err() {
+        if ws.send(Message::text("3probe")).await.is_err() {
             return false;
         }
         session.set_mode(Mode::Probing);
         loop {
-            match reader.next().await {
+            match ws.next().await {
                 Some(Ok(Message::Text(t))) if &t[..] == b"5" => return true,
                 // Heartbeat answers may arrive on the probe before the upgrade.
                 Some(Ok(Message::Text(t))) if &t[..] == b"3" || &t[..] == b"6" => {}
@@ -571,13 +570,10 @@ async fn probe(
             }
         }
         tracing::debug!(%peer, sid = %session.sid, "socket.io upgrade abandoned");
-        let _ = writer.close(CloseCode(1000), "").await;
+        let _ = ws.send_close(CloseCode(1000), "").await;
         return;
     }
-    let _ = session
-        .inbound
-        .send(Inbound::Upgrade(Box::new((reader, writer))))
-        .await;
+    let _ = session.inbound.send(Inbound::Upgrade(Box::new(ws))).await;
 }
 
 /// When a session's client was last heard from: any `POST` while polling, then the
@@ -683,13 +679,13 @@ impl Transport for PollingTransport {
                     // as a protocol error (the request was answered already).
                     return Poll::Ready(Some(Ok(Message::Text(Bytes::new()))));
                 }
-                Some(Inbound::Upgrade(pair)) => {
-                    let (reader, writer) = *pair;
+                Some(Inbound::Upgrade(ws)) => {
+                    let ws = *ws;
                     if !self.session.hand_over() {
                         continue;
                     }
-                    let _ = self.activity.websocket.set(reader.tracker());
-                    self.ws = Some(WsTransport::new(reader, writer));
+                    let _ = self.activity.websocket.set(ws.tracker());
+                    self.ws = Some(WsTransport::new(ws));
                     // The driver takes this `5` as the switch and writes what was queued
                     // for polling first.
                     return Poll::Ready(Some(Ok(Message::Text(Bytes::from_static(b"5")))));
