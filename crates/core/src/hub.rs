@@ -1165,7 +1165,7 @@ impl Hub {
             subs.removed = true;
             std::mem::take(&mut subs.channels)
         };
-        for name in &channels {
+        for name in channels.iter() {
             let (fan, notice) = self.leave_channel(entry.id, name);
             self.finish_fan_out(&fan, name);
             self.observe_left(entry, name, notice.as_ref());
