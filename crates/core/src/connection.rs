@@ -16,11 +16,14 @@ use crate::publication::{ConnId, Delivery, Payload};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConnInfo {
     /// Peer address as text (e.g. `"127.0.0.1:53211"`), for logs and admin APIs.
-    pub remote_addr: String,
+    /// Boxed: fixed once registered, so no spare capacity or length field is kept.
+    pub remote_addr: Box<str>,
     /// Authenticated user id, if any.
     pub user: Option<String>,
     /// Name of the wire protocol the connection speaks (e.g. `"raw"`, `"centrifugo-json"`).
-    pub protocol: String,
+    /// A constant of the protocol's code, so every connection points at it rather than
+    /// keeping a copy.
+    pub protocol: &'static str,
     /// Application data about the connection (e.g. the `info` claim of its
     /// token, usually JSON), shown in presence and join/leave events.
     pub conn_info: Option<Bytes>,
@@ -28,11 +31,11 @@ pub struct ConnInfo {
 
 impl ConnInfo {
     /// Info for an anonymous connection.
-    pub fn new(remote_addr: impl Into<String>, protocol: impl Into<String>) -> ConnInfo {
+    pub fn new(remote_addr: impl Into<Box<str>>, protocol: &'static str) -> ConnInfo {
         ConnInfo {
             remote_addr: remote_addr.into(),
             user: None,
-            protocol: protocol.into(),
+            protocol,
             conn_info: None,
         }
     }
@@ -296,5 +299,11 @@ mod tests {
     fn a_connection_record_stays_small() {
         // One `Vec` inline instead of a hash set's 48 bytes.
         assert_eq!(std::mem::size_of::<ChannelSet>(), 24);
+        // What every registered connection keeps in the hub (plus the `Arc`'s two counts).
+        assert!(
+            std::mem::size_of::<ConnEntry>() <= 256,
+            "{}",
+            std::mem::size_of::<ConnEntry>()
+        );
     }
 }
