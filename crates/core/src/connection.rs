@@ -201,7 +201,10 @@ impl ConnHandle {
     /// overflowed it under [`SlowConsumerPolicy::Close`](crate::SlowConsumerPolicy::Close)
     /// (the connection is then removed from the hub).
     pub fn send_direct(&self, payload: Payload) -> Result<(), OutboxClosed> {
-        let outcome = self.entry.outbox.push(Delivery::Direct(Box::new(payload)));
+        let outcome = self
+            .entry
+            .outbox
+            .push(Delivery::Direct(Box::new(payload)), self.hub.limits());
         self.hub.account_push(&self.entry, outcome);
         match outcome {
             PushOutcome::Queued { .. } => Ok(()),
@@ -301,7 +304,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<ChannelSet>(), 24);
         // What every registered connection keeps in the hub (plus the `Arc`'s two counts).
         assert!(
-            std::mem::size_of::<ConnEntry>() <= 256,
+            std::mem::size_of::<ConnEntry>() <= 232,
             "{}",
             std::mem::size_of::<ConnEntry>()
         );
