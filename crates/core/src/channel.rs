@@ -26,6 +26,7 @@ use crate::connection::ConnEntry;
 use crate::error::ChannelError;
 use crate::history::{Epoch, HistoryBuf, HistoryQuery, HistoryResult, Recovery, StreamPosition};
 use crate::hub::{HubInner, PublishOptions};
+use crate::limits::HubLimits;
 use crate::namespace::ChannelOptions;
 use crate::outbox::PushOutcome;
 use crate::presence::{self, ClientInfo, MemberEvent, PresenceStats};
@@ -77,8 +78,8 @@ pub(crate) struct FanOut {
 }
 
 impl FanOut {
-    fn push(&mut self, member: &Arc<ConnEntry>, item: Delivery) {
-        match member.outbox.push(item) {
+    fn push(&mut self, member: &Arc<ConnEntry>, item: Delivery, limits: &HubLimits) {
+        match member.outbox.push(item, limits) {
             PushOutcome::Queued { evicted } => {
                 self.delivered += 1;
                 self.evicted += evicted;
@@ -283,7 +284,7 @@ impl Channel {
                 info: ClientInfo::of(conn, chan_info),
             });
             for member in m.list.iter().filter(|x| x.id != conn.id) {
-                fan.push(member, Delivery::Join(Arc::clone(&event)));
+                fan.push(member, Delivery::Join(Arc::clone(&event)), &hub.limits);
             }
         }
         Ok(Joined {
@@ -347,7 +348,7 @@ impl Channel {
                 info: ClientInfo::of(&entry, chan_info),
             });
             for member in &m.list {
-                fan.push(member, Delivery::Leave(Arc::clone(&event)));
+                fan.push(member, Delivery::Leave(Arc::clone(&event)), &hub.limits);
             }
         }
         Left {
@@ -410,7 +411,11 @@ impl Channel {
             if Some(member.id) == exclude {
                 continue;
             }
-            fan.push(member, Delivery::Publication(Arc::clone(&publication)));
+            fan.push(
+                member,
+                Delivery::Publication(Arc::clone(&publication)),
+                &hub.limits,
+            );
         }
         drop(members);
         drop(st);
@@ -429,6 +434,7 @@ impl Channel {
         &self,
         publication: &Arc<Publication>,
         exclude: Option<ConnId>,
+        limits: &HubLimits,
     ) -> FanOut {
         let members = self.members.read();
         let mut fan = FanOut::default();
@@ -436,14 +442,18 @@ impl Channel {
             if Some(member.id) == exclude {
                 continue;
             }
-            fan.push(member, Delivery::Publication(Arc::clone(publication)));
+            fan.push(
+                member,
+                Delivery::Publication(Arc::clone(publication)),
+                limits,
+            );
         }
         fan
     }
 
     /// Queues a join or leave event that happened on another node into every
     /// member's outbox (only in namespaces with `join_leave`).
-    pub(crate) fn member_event(&self, join: bool, info: ClientInfo) -> FanOut {
+    pub(crate) fn member_event(&self, join: bool, info: ClientInfo, limits: &HubLimits) -> FanOut {
         let mut fan = FanOut::default();
         if !self.options.join_leave {
             return fan;
@@ -459,7 +469,7 @@ impl Channel {
             } else {
                 Delivery::Leave(Arc::clone(&event))
             };
-            fan.push(member, item);
+            fan.push(member, item, limits);
         }
         fan
     }

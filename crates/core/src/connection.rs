@@ -16,11 +16,14 @@ use crate::publication::{ConnId, Delivery, Payload};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConnInfo {
     /// Peer address as text (e.g. `"127.0.0.1:53211"`), for logs and admin APIs.
-    pub remote_addr: String,
+    /// Boxed: fixed once registered, so no spare capacity or length field is kept.
+    pub remote_addr: Box<str>,
     /// Authenticated user id, if any.
     pub user: Option<String>,
     /// Name of the wire protocol the connection speaks (e.g. `"raw"`, `"centrifugo-json"`).
-    pub protocol: String,
+    /// A constant of the protocol's code, so every connection points at it rather than
+    /// keeping a copy.
+    pub protocol: &'static str,
     /// Application data about the connection (e.g. the `info` claim of its
     /// token, usually JSON), shown in presence and join/leave events.
     pub conn_info: Option<Bytes>,
@@ -28,11 +31,11 @@ pub struct ConnInfo {
 
 impl ConnInfo {
     /// Info for an anonymous connection.
-    pub fn new(remote_addr: impl Into<String>, protocol: impl Into<String>) -> ConnInfo {
+    pub fn new(remote_addr: impl Into<Box<str>>, protocol: &'static str) -> ConnInfo {
         ConnInfo {
             remote_addr: remote_addr.into(),
             user: None,
-            protocol: protocol.into(),
+            protocol,
             conn_info: None,
         }
     }
@@ -56,7 +59,91 @@ impl ConnInfo {
 #[derive(Default)]
 pub(crate) struct Subscriptions {
     pub(crate) removed: bool,
-    pub(crate) channels: HashSet<Arc<str>>,
+    pub(crate) channels: ChannelSet,
+}
+
+/// Above this many channels a connection's set becomes a hash set: a scan of
+/// this many names costs about what hashing one does.
+const FEW_CHANNELS: usize = 16;
+
+/// The names of the channels one connection joined.
+///
+/// Most connections join one channel or a few, and every registered connection
+/// keeps its set for its whole life: a list sized to its contents holds one
+/// name in 16 bytes of heap, where a hash set took 84 (and 48 bytes inline
+/// instead of 24). Past [`FEW_CHANNELS`] names it becomes a (boxed) hash set,
+/// so a connection with many subscriptions still joins and leaves in O(1).
+pub(crate) enum ChannelSet {
+    Few(Vec<Arc<str>>),
+    // Boxed so that the usual short list keeps the enum at a `Vec`'s 24 bytes.
+    #[allow(clippy::box_collection)]
+    Many(Box<HashSet<Arc<str>>>),
+}
+
+impl Default for ChannelSet {
+    fn default() -> ChannelSet {
+        ChannelSet::Few(Vec::new())
+    }
+}
+
+impl ChannelSet {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            ChannelSet::Few(list) => list.len(),
+            ChannelSet::Many(set) => set.len(),
+        }
+    }
+
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        match self {
+            ChannelSet::Few(list) => list.iter().any(|n| **n == *name),
+            ChannelSet::Many(set) => set.contains(name),
+        }
+    }
+
+    /// Adds `name`; false if it was already there.
+    pub(crate) fn insert(&mut self, name: Arc<str>) -> bool {
+        match self {
+            ChannelSet::Few(list) => {
+                if list.contains(&name) {
+                    return false;
+                }
+                if list.len() < FEW_CHANNELS {
+                    if list.len() == list.capacity() {
+                        // Grow 1, 2, 4, …: the usual single channel takes one slot, not
+                        // the four a `Vec` starts with.
+                        list.reserve_exact(list.len().max(1));
+                    }
+                    list.push(name);
+                } else {
+                    let mut set: HashSet<Arc<str>> = list.drain(..).collect();
+                    set.insert(name);
+                    *self = ChannelSet::Many(Box::new(set));
+                }
+                true
+            }
+            ChannelSet::Many(set) => set.insert(name),
+        }
+    }
+
+    /// Removes `name` and returns the stored name, if it was there.
+    pub(crate) fn take(&mut self, name: &str) -> Option<Arc<str>> {
+        match self {
+            ChannelSet::Few(list) => {
+                let at = list.iter().position(|n| **n == *name)?;
+                Some(list.swap_remove(at))
+            }
+            ChannelSet::Many(set) => set.take(name),
+        }
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<str>> {
+        let (few, many) = match self {
+            ChannelSet::Few(list) => (Some(list.iter()), None),
+            ChannelSet::Many(set) => (None, Some(set.iter())),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
+    }
 }
 
 /// The hub's record of one connection; shared by the registry, every channel
@@ -114,7 +201,10 @@ impl ConnHandle {
     /// overflowed it under [`SlowConsumerPolicy::Close`](crate::SlowConsumerPolicy::Close)
     /// (the connection is then removed from the hub).
     pub fn send_direct(&self, payload: Payload) -> Result<(), OutboxClosed> {
-        let outcome = self.entry.outbox.push(Delivery::Direct(Box::new(payload)));
+        let outcome = self
+            .entry
+            .outbox
+            .push(Delivery::Direct(Box::new(payload)), self.hub.limits());
         self.hub.account_push(&self.entry, outcome);
         match outcome {
             PushOutcome::Queued { .. } => Ok(()),
@@ -172,5 +262,51 @@ impl std::fmt::Debug for ConnHandle {
             .field("id", &self.entry.id)
             .field("info", &self.entry.info)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_set_stays_a_list_until_it_is_long_then_hashes() {
+        let mut set = ChannelSet::default();
+        assert!(set.insert("a".into()));
+        assert!(!set.insert("a".into()));
+        assert!(matches!(&set, ChannelSet::Few(list) if list.capacity() == 1));
+        for i in 1..FEW_CHANNELS {
+            assert!(set.insert(format!("c{i}").into()));
+        }
+        assert!(matches!(set, ChannelSet::Few(_)));
+        assert!(set.insert("last".into()));
+        assert!(matches!(set, ChannelSet::Many(_)));
+        assert_eq!(set.len(), FEW_CHANNELS + 1);
+        assert!(set.contains("a") && set.contains("last") && !set.contains("b"));
+        assert_eq!(set.take("a").as_deref(), Some("a"));
+        assert_eq!(set.take("a"), None);
+        let mut names: Vec<_> = set.iter().map(|n| n.to_string()).collect();
+        names.sort();
+        assert_eq!(names.len(), FEW_CHANNELS);
+        assert_eq!(names[0], "c1");
+
+        let mut few = ChannelSet::default();
+        few.insert("x".into());
+        few.insert("y".into());
+        assert_eq!(few.take("x").as_deref(), Some("x"));
+        assert!(!few.contains("x") && few.contains("y"));
+        assert_eq!(few.iter().count(), 1);
+    }
+
+    #[test]
+    fn a_connection_record_stays_small() {
+        // One `Vec` inline instead of a hash set's 48 bytes.
+        assert_eq!(std::mem::size_of::<ChannelSet>(), 24);
+        // What every registered connection keeps in the hub (plus the `Arc`'s two counts).
+        assert!(
+            std::mem::size_of::<ConnEntry>() <= 232,
+            "{}",
+            std::mem::size_of::<ConnEntry>()
+        );
     }
 }

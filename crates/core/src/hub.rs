@@ -212,7 +212,7 @@ pub(crate) struct HubInner {
     listener: OnceLock<Arc<dyn HubListener>>,
     /// Told about connections and memberships (set once, by the server).
     observer: OnceLock<Arc<dyn HubObserver>>,
-    limits: HubLimits,
+    pub(crate) limits: HubLimits,
     namespaces: Namespaces,
     clock: Arc<dyn Clock>,
     /// When the hub was made; a placeholder instant for channels that never
@@ -345,7 +345,7 @@ impl Hub {
             id,
             info,
             signed_in: Default::default(),
-            outbox: OutboxShared::new(&inner.limits),
+            outbox: OutboxShared::new(),
             subs: Mutex::new(Subscriptions::default()),
         });
         self.conn_shard(id).lock().insert(id, Arc::clone(&entry));
@@ -563,7 +563,7 @@ impl Hub {
         let Some(ch) = self.channel(&publication.channel) else {
             return PublishReport::default();
         };
-        let fan = ch.fan_out(&publication, exclude);
+        let fan = ch.fan_out(&publication, exclude, &self.inner.limits);
         let report = PublishReport {
             publication: Some(publication),
             delivered: fan.delivered,
@@ -581,7 +581,7 @@ impl Hub {
         let Some(ch) = self.channel(channel) else {
             return 0;
         };
-        let fan = ch.member_event(join, info);
+        let fan = ch.member_event(join, info, &self.inner.limits);
         self.finish_fan_out(&fan, channel);
         fan.delivered
     }
@@ -1165,7 +1165,7 @@ impl Hub {
             subs.removed = true;
             std::mem::take(&mut subs.channels)
         };
-        for name in &channels {
+        for name in channels.iter() {
             let (fan, notice) = self.leave_channel(entry.id, name);
             self.finish_fan_out(&fan, name);
             self.observe_left(entry, name, notice.as_ref());

@@ -55,15 +55,15 @@ struct OutboxState {
 }
 
 /// State shared between the producers (hub) and the consumer ([`Outbox`]).
+///
+/// The bounds and the slow-consumer policy are the hub's, the same for every connection, so
+/// a push is given them rather than every connection keeping a copy (24 bytes each).
 pub(crate) struct OutboxShared {
     state: Mutex<OutboxState>,
-    max_messages: usize,
-    max_bytes: usize,
-    policy: SlowConsumerPolicy,
 }
 
 impl OutboxShared {
-    pub(crate) fn new(limits: &HubLimits) -> OutboxShared {
+    pub(crate) fn new() -> OutboxShared {
         OutboxShared {
             state: Mutex::new(OutboxState {
                 queue: VecDeque::new(),
@@ -71,14 +71,14 @@ impl OutboxShared {
                 closed: None,
                 waiter: None,
             }),
-            max_messages: limits.outbox_max_messages.max(1),
-            max_bytes: limits.outbox_max_bytes,
-            policy: limits.slow_consumer,
         }
     }
 
-    /// Queues `item` without blocking, applying the slow-consumer policy when full.
-    pub(crate) fn push(&self, item: Delivery) -> PushOutcome {
+    /// Queues `item` without blocking, applying the slow-consumer policy of `limits` (the
+    /// hub's) when full.
+    pub(crate) fn push(&self, item: Delivery, limits: &HubLimits) -> PushOutcome {
+        let max_messages = limits.outbox_max_messages.max(1);
+        let max_bytes = limits.outbox_max_bytes;
         let size = item.payload_len();
         let mut st = self.state.lock();
         if let Some(reason) = st.closed {
@@ -87,12 +87,11 @@ impl OutboxShared {
         let full = |st: &OutboxState| {
             // An empty queue always accepts one item, so an oversized message
             // cannot wedge a healthy connection.
-            !st.queue.is_empty()
-                && (st.queue.len() >= self.max_messages || st.bytes + size > self.max_bytes)
+            !st.queue.is_empty() && (st.queue.len() >= max_messages || st.bytes + size > max_bytes)
         };
         let mut evicted = 0;
         if full(&st) {
-            match self.policy {
+            match limits.slow_consumer {
                 SlowConsumerPolicy::Close => {
                     st.closed = Some(CloseReason::SlowConsumer);
                     st.bytes = 0;
@@ -337,20 +336,25 @@ mod tests {
     use crate::connection::Subscriptions;
     use crate::publication::Payload;
 
-    fn outbox(max_messages: usize, max_bytes: usize, policy: SlowConsumerPolicy) -> Outbox {
+    fn outbox(
+        max_messages: usize,
+        max_bytes: usize,
+        policy: SlowConsumerPolicy,
+    ) -> (Outbox, HubLimits) {
         let limits = HubLimits {
             outbox_max_messages: max_messages,
             outbox_max_bytes: max_bytes,
             slow_consumer: policy,
             ..HubLimits::default()
         };
-        Outbox::new(Arc::new(ConnEntry {
+        let ob = Outbox::new(Arc::new(ConnEntry {
             id: 7,
             info: Default::default(),
             signed_in: Default::default(),
-            outbox: OutboxShared::new(&limits),
+            outbox: OutboxShared::new(),
             subs: Mutex::new(Subscriptions::default()),
-        }))
+        }));
+        (ob, limits)
     }
 
     fn direct(n: usize, len: usize) -> Delivery {
@@ -367,10 +371,10 @@ mod tests {
 
     #[test]
     fn try_recv_drains_everything_pending_in_one_call() {
-        let mut ob = outbox(1000, 1 << 20, SlowConsumerPolicy::Close);
+        let (mut ob, lim) = outbox(1000, 1 << 20, SlowConsumerPolicy::Close);
         for i in 0..300 {
             assert_eq!(
-                ob.shared().push(direct(i, 16)),
+                ob.shared().push(direct(i, 16), &lim),
                 PushOutcome::Queued { evicted: 0 }
             );
         }
@@ -384,9 +388,9 @@ mod tests {
 
     #[test]
     fn try_recv_respects_max_and_keeps_order() {
-        let mut ob = outbox(1000, 1 << 20, SlowConsumerPolicy::Close);
+        let (mut ob, lim) = outbox(1000, 1 << 20, SlowConsumerPolicy::Close);
         for i in 0..10 {
-            ob.shared().push(direct(i, 8));
+            ob.shared().push(direct(i, 8), &lim);
         }
         let mut out = Vec::new();
         assert_eq!(ob.try_recv_batch(&mut out, 4), Ok(4));
@@ -404,16 +408,19 @@ mod tests {
 
     #[test]
     fn close_policy_overflow_by_count_discards_queue() {
-        let mut ob = outbox(3, 1 << 20, SlowConsumerPolicy::Close);
+        let (mut ob, lim) = outbox(3, 1 << 20, SlowConsumerPolicy::Close);
         for i in 0..3 {
             assert_eq!(
-                ob.shared().push(direct(i, 8)),
+                ob.shared().push(direct(i, 8), &lim),
                 PushOutcome::Queued { evicted: 0 }
             );
         }
-        assert_eq!(ob.shared().push(direct(3, 8)), PushOutcome::ClosedSlow);
         assert_eq!(
-            ob.shared().push(direct(4, 8)),
+            ob.shared().push(direct(3, 8), &lim),
+            PushOutcome::ClosedSlow
+        );
+        assert_eq!(
+            ob.shared().push(direct(4, 8), &lim),
             PushOutcome::Closed(CloseReason::SlowConsumer)
         );
         let mut out = Vec::new();
@@ -432,10 +439,10 @@ mod tests {
 
     #[test]
     fn byte_bound_is_respected_under_drop_oldest() {
-        let mut ob = outbox(1000, 100, SlowConsumerPolicy::DropOldest);
+        let (mut ob, lim) = outbox(1000, 100, SlowConsumerPolicy::DropOldest);
         let mut evicted_total = 0;
         for i in 0..50 {
-            match ob.shared().push(direct(i, 30)) {
+            match ob.shared().push(direct(i, 30), &lim) {
                 PushOutcome::Queued { evicted } => evicted_total += evicted,
                 other => panic!("unexpected {other:?}"),
             }
@@ -455,25 +462,28 @@ mod tests {
 
     #[test]
     fn byte_bound_closes_under_close_policy() {
-        let ob = outbox(1000, 100, SlowConsumerPolicy::Close);
+        let (ob, lim) = outbox(1000, 100, SlowConsumerPolicy::Close);
         for i in 0..3 {
             assert_eq!(
-                ob.shared().push(direct(i, 30)),
+                ob.shared().push(direct(i, 30), &lim),
                 PushOutcome::Queued { evicted: 0 }
             );
         }
         assert_eq!(ob.queued_bytes(), 90);
-        assert_eq!(ob.shared().push(direct(3, 30)), PushOutcome::ClosedSlow);
+        assert_eq!(
+            ob.shared().push(direct(3, 30), &lim),
+            PushOutcome::ClosedSlow
+        );
         assert_eq!(ob.close_reason(), Some(CloseReason::SlowConsumer));
     }
 
     #[test]
     fn oversized_item_is_accepted_only_into_an_empty_queue() {
-        let mut ob = outbox(1000, 100, SlowConsumerPolicy::DropOldest);
-        ob.shared().push(direct(0, 10));
+        let (mut ob, lim) = outbox(1000, 100, SlowConsumerPolicy::DropOldest);
+        ob.shared().push(direct(0, 10), &lim);
         // Evicts the small one, then fits alone.
         assert_eq!(
-            ob.shared().push(direct(1, 500)),
+            ob.shared().push(direct(1, 500), &lim),
             PushOutcome::Queued { evicted: 1 }
         );
         assert_eq!(ob.len(), 1);
@@ -482,23 +492,26 @@ mod tests {
         assert_eq!(ob.try_recv_batch(&mut out, 10), Ok(1));
         assert_eq!(tag(&out[0]), 1);
 
-        let close = outbox(1000, 100, SlowConsumerPolicy::Close);
+        let (close, close_lim) = outbox(1000, 100, SlowConsumerPolicy::Close);
         assert_eq!(
-            close.shared().push(direct(0, 500)),
+            close.shared().push(direct(0, 500), &close_lim),
             PushOutcome::Queued { evicted: 0 }
         );
-        assert_eq!(close.shared().push(direct(1, 1)), PushOutcome::ClosedSlow);
+        assert_eq!(
+            close.shared().push(direct(1, 1), &close_lim),
+            PushOutcome::ClosedSlow
+        );
     }
 
     #[test]
     fn graceful_close_delivers_pending_then_errors() {
-        let mut ob = outbox(10, 1 << 20, SlowConsumerPolicy::Close);
-        ob.shared().push(direct(0, 8));
-        ob.shared().push(direct(1, 8));
+        let (mut ob, lim) = outbox(10, 1 << 20, SlowConsumerPolicy::Close);
+        ob.shared().push(direct(0, 8), &lim);
+        ob.shared().push(direct(1, 8), &lim);
         assert!(ob.shared().close(CloseReason::Shutdown));
         assert!(!ob.shared().close(CloseReason::Kicked), "first reason wins");
         assert_eq!(
-            ob.shared().push(direct(2, 8)),
+            ob.shared().push(direct(2, 8), &lim),
             PushOutcome::Closed(CloseReason::Shutdown)
         );
         let mut out = Vec::new();
@@ -513,12 +526,12 @@ mod tests {
 
     #[test]
     fn dropping_the_outbox_closes_it() {
-        let ob = outbox(10, 1 << 20, SlowConsumerPolicy::Close);
+        let (ob, lim) = outbox(10, 1 << 20, SlowConsumerPolicy::Close);
         let entry = Arc::clone(&ob.entry);
-        entry.outbox.push(direct(0, 8));
+        entry.outbox.push(direct(0, 8), &lim);
         drop(ob);
         assert_eq!(
-            entry.outbox.push(direct(1, 8)),
+            entry.outbox.push(direct(1, 8), &lim),
             PushOutcome::Closed(CloseReason::Normal)
         );
         assert!(entry.outbox.state.lock().queue.is_empty());
@@ -526,9 +539,9 @@ mod tests {
 
     #[test]
     fn drained_queue_gives_back_burst_capacity() {
-        let mut ob = outbox(100_000, usize::MAX, SlowConsumerPolicy::Close);
+        let (mut ob, lim) = outbox(100_000, usize::MAX, SlowConsumerPolicy::Close);
         for i in 0..10_000 {
-            ob.shared().push(direct(i, 8));
+            ob.shared().push(direct(i, 8), &lim);
         }
         let mut out = Vec::new();
         assert_eq!(ob.try_recv_batch(&mut out, usize::MAX), Ok(10_000));
@@ -537,9 +550,9 @@ mod tests {
 
     #[test]
     fn a_small_queue_keeps_its_buffer() {
-        let mut ob = outbox(100, usize::MAX, SlowConsumerPolicy::Close);
+        let (mut ob, lim) = outbox(100, usize::MAX, SlowConsumerPolicy::Close);
         for i in 0..3 {
-            ob.shared().push(direct(i, 8));
+            ob.shared().push(direct(i, 8), &lim);
         }
         let mut out = Vec::new();
         assert_eq!(ob.try_recv_batch(&mut out, usize::MAX), Ok(3));
@@ -558,7 +571,7 @@ mod tests {
 
     #[tokio::test]
     async fn recv_batch_waits_for_a_push_and_wakes() {
-        let mut ob = outbox(100, 1 << 20, SlowConsumerPolicy::Close);
+        let (mut ob, lim) = outbox(100, 1 << 20, SlowConsumerPolicy::Close);
         let entry = Arc::clone(&ob.entry);
         let reader = tokio::spawn(async move {
             let mut out = Vec::new();
@@ -566,7 +579,7 @@ mod tests {
             (n, out.iter().map(tag).collect::<Vec<_>>(), ob)
         });
         tokio::task::yield_now().await;
-        entry.outbox.push(direct(42, 8));
+        entry.outbox.push(direct(42, 8), &lim);
         let (n, tags, mut ob) = tokio::time::timeout(std::time::Duration::from_secs(10), reader)
             .await
             .expect("reader woke")

@@ -170,7 +170,7 @@ impl WebhookObserver {
             fields: Default::default(),
         }
         .with("client_id", conn.to_string())
-        .with("protocol", info.protocol.as_str());
+        .with("protocol", info.protocol);
         if let Some(user) = &info.user {
             e = e.with("user_id", user.as_str());
         }
