@@ -371,10 +371,7 @@ impl<S: AsyncWrite + Unpin> Shared<S> {
     fn poll_flush(&self, who: usize, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         let mut g = self.lock();
         let inner = &mut *g;
-        let fan = inner
-            .split
-            .as_mut()
-            .and_then(|w| w.write.register(who, cx.waker()));
+        let fan = inner.register_write(who, cx.waker());
         let polled = match fan {
             Some(fan) => inner.poll_flush(&mut Context::from_waker(&fan)),
             None => inner.poll_flush(cx),
@@ -395,10 +392,7 @@ impl<S: AsyncWrite + Unpin> Shared<S> {
             return Poll::Ready(Ok(()));
         }
         let inner = &mut *g;
-        let fan = inner
-            .split
-            .as_mut()
-            .and_then(|w| w.write.register(who, cx.waker()));
+        let fan = inner.register_write(who, cx.waker());
         let polled = match fan {
             Some(fan) => Pin::new(&mut inner.io).poll_shutdown(&mut Context::from_waker(&fan)),
             None => Pin::new(&mut inner.io).poll_shutdown(cx),
@@ -417,6 +411,14 @@ impl<S: AsyncWrite + Unpin> Shared<S> {
 }
 
 impl<S: AsyncWrite + Unpin> Inner<S> {
+    /// Remembers `waker` as `who`'s write waker when the halves are split; the waker the
+    /// transport is to get instead of `waker`, when one is needed (see `WriteWakers::register`).
+    fn register_write(&mut self, who: usize, waker: &Waker) -> Option<Waker> {
+        self.split
+            .as_mut()
+            .and_then(|w| w.write.register(who, waker))
+    }
+
     /// [`Shared::poll_flush`] under the lock, with the waker the transport is to get.
     fn poll_flush(&mut self, fcx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         let inner = self;

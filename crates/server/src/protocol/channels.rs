@@ -14,6 +14,22 @@ use switchboard_core::{
 
 use crate::state::Shared;
 
+/// Drops the entries of a connection's subscription list that are for `channel`, and the
+/// list's buffer once it is empty (an idle connection keeps no spare room); whether there was
+/// one. Protocols keep a connection's subscriptions in such lists, sized to them.
+pub(crate) fn forget_channel<T>(
+    list: &mut Vec<T>,
+    channel: &str,
+    name: impl Fn(&T) -> &str,
+) -> bool {
+    let before = list.len();
+    list.retain(|s| name(s) != channel);
+    if list.is_empty() {
+        *list = Vec::new();
+    }
+    list.len() != before
+}
+
 /// Why a client operation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum OpError {

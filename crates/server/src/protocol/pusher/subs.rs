@@ -80,12 +80,7 @@ impl Subscriptions {
 
     /// Forgets the subscription to `channel`; whether there was one.
     pub(super) fn remove(&mut self, channel: &str) -> bool {
-        let before = self.list.len();
-        self.list.retain(|s| &*s.channel != channel);
-        if self.list.is_empty() {
-            self.list = Vec::new();
-        }
-        self.list.len() != before
+        crate::protocol::channels::forget_channel(&mut self.list, channel, |s| &s.channel)
     }
 }
 
