@@ -78,7 +78,7 @@ use tokio::time::Instant;
 use self::subs::Subscriptions;
 use crate::auth::{unix_now, TokenError};
 use crate::conn::driver::{Driver, Ending, Out};
-use crate::conn::runtime::{self, Identity, WsTransport};
+use crate::conn::runtime::{self, Identity, Transport, WsTransport};
 use crate::protocol::channels::{self, ClientOps, OpError};
 use crate::proxy::{
     self, Answer, BackendDisconnect, BackendError, Failure, Forwarded, Kind, ProxyRequest,
@@ -117,35 +117,63 @@ impl Endpoint for Centrifugo {
             Err(refusal) => return Box::pin(std::future::ready(*refusal)),
         };
         let encoding = Encoding::negotiate(req.uri().query(), admitted.protocol());
-        let timeout = shared.config.handshake_timeout;
-        let max = shared.config.max_message_size;
-        let limits = upgrade::limits(&shared);
-        let counters = Arc::clone(&shared.counters);
-        let conn_shared = Arc::clone(&shared);
-        // The headers the backend's proxy gets with this connection's calls (cookies, …).
-        let forwarded = shared
-            .proxy
-            .any_enabled()
-            .then(|| shared.proxy.forwarded(req.headers()));
-        let response = admitted.accept(&mut req, &shared, peer, timeout, max, move |ws, slot| {
-            let who = Identity {
-                peer,
-                // The hub's id comes with `connect`; logs of the driver carry it from then.
-                id: 0,
-                protocol: encoding.protocol(),
-            };
-            runtime::spawn(
-                WsTransport::new(ws),
-                CentrifugoDriver::new(conn_shared, peer, encoding).with_proxy(forwarded),
-                limits,
-                who,
-                counters,
-                token,
-                Some(slot),
-            );
-        });
-        Box::pin(std::future::ready(response))
+        let ctx = RequestCtx {
+            shared,
+            peer,
+            token,
+        };
+        Box::pin(std::future::ready(run_over_websocket(
+            &mut req,
+            ctx,
+            admitted,
+            encoding,
+            |transport| transport,
+        )))
     }
+}
+
+/// Accepts an admitted upgrade and runs the Centrifugo driver over the WebSocket, inside the
+/// transport `wrap` makes of it: the one setup of both WebSocket endpoints (the bidirectional
+/// protocol above, the unidirectional one in [`streams`]).
+fn run_over_websocket<T: Transport>(
+    req: &mut Request<Incoming>,
+    ctx: RequestCtx,
+    admitted: upgrade::Admitted,
+    encoding: Encoding,
+    wrap: impl FnOnce(WsTransport<upgrade::Io>) -> T + Send + 'static,
+) -> http::Response<crate::transport::body::Body> {
+    let RequestCtx {
+        shared,
+        peer,
+        token,
+    } = ctx;
+    let timeout = shared.config.handshake_timeout;
+    let max = shared.config.max_message_size;
+    let limits = upgrade::limits(&shared);
+    let counters = Arc::clone(&shared.counters);
+    let conn_shared = Arc::clone(&shared);
+    // The headers the backend's proxy gets with this connection's calls (cookies, …).
+    let forwarded = shared
+        .proxy
+        .any_enabled()
+        .then(|| shared.proxy.forwarded(req.headers()));
+    admitted.accept(req, &shared, peer, timeout, max, move |ws, slot| {
+        let who = Identity {
+            peer,
+            // The hub's id comes with `connect`; logs of the driver carry it from then.
+            id: 0,
+            protocol: encoding.protocol(),
+        };
+        runtime::spawn(
+            wrap(WsTransport::new(ws)),
+            CentrifugoDriver::new(conn_shared, peer, encoding).with_proxy(forwarded),
+            limits,
+            who,
+            counters,
+            token,
+            Some(slot),
+        );
+    })
 }
 
 /// Where a connection is in its life.

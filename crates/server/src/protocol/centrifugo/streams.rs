@@ -639,36 +639,20 @@ impl Endpoint for CentrifugoUniWebsocket {
             Ok(admitted) => admitted,
             Err(refusal) => return Box::pin(std::future::ready(*refusal)),
         };
-        let timeout = shared.config.handshake_timeout;
-        let max = shared.config.max_message_size;
-        let limits = upgrade::limits(&shared);
-        let counters = Arc::clone(&shared.counters);
-        let conn_shared = Arc::clone(&shared);
-        let forwarded = shared
-            .proxy
-            .any_enabled()
-            .then(|| shared.proxy.forwarded(req.headers()));
-        let response = admitted.accept(&mut req, &shared, peer, timeout, max, move |ws, slot| {
-            let who = Identity {
-                peer,
-                id: 0,
-                protocol: cf::PROTOCOL,
-            };
-            runtime::spawn(
+        let ctx = RequestCtx {
+            shared,
+            peer,
+            token,
+        };
+        let response =
+            super::run_over_websocket(&mut req, ctx, admitted, Encoding::Json, move |inner| {
                 UniWsTransport {
-                    inner: WsTransport::new(ws),
+                    inner,
                     framing: CfFraming::new(Kind::UniWebsocket, None),
                     first,
                     connected: false,
-                },
-                CentrifugoDriver::new(conn_shared, peer, Encoding::Json).with_proxy(forwarded),
-                limits,
-                who,
-                counters,
-                token,
-                Some(slot),
-            );
-        });
+                }
+            });
         Box::pin(std::future::ready(response))
     }
 }
