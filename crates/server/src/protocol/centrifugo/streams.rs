@@ -881,7 +881,13 @@ mod tests {
     fn framed(framing: &mut CfFraming, payload: &[u8]) -> String {
         let mut out = Vec::new();
         framing.frame(&Bytes::copy_from_slice(payload), &mut out);
-        out.iter()
+        joined(&out)
+    }
+
+    /// The pieces of a stream's output as one text.
+    fn joined(pieces: &[Bytes]) -> String {
+        pieces
+            .iter()
             .map(|b| String::from_utf8_lossy(b).into_owned())
             .collect()
     }
@@ -961,12 +967,8 @@ mod tests {
         let mut f = CfFraming::new(Kind::Sse, None);
         let mut out = Vec::new();
         f.close(3001, "shutdown", &mut out);
-        let s: String = out
-            .iter()
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .collect();
         assert_eq!(
-            s,
+            joined(&out),
             "data: {\"push\":{\"disconnect\":{\"code\":3001,\"reason\":\"shutdown\",\"reconnect\":true}}}\n\n"
         );
     }
