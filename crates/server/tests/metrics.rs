@@ -83,6 +83,17 @@ async fn metrics_count_a_scripted_load() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(joined);
+    // Idle, every connection parks (no task of its own); what follows needs them to resume,
+    // on a read (the sender) and on deliveries (everyone).
+    let mut parked = 0.0;
+    for _ in 0..100 {
+        parked = at(&scrape(addr).await, "switchboard_connections_parked");
+        if parked == N as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(parked, N as f64, "idle connections parked");
     for i in 0..M {
         clients[0]
             .send(Message::text(format!("message-{i:03}")))
@@ -143,12 +154,19 @@ async fn metrics_count_a_scripted_load() {
     for _ in 0..100 {
         let s = scrape(addr).await;
         closed = at(&s, key);
-        if closed == N as f64 && at(&s, "switchboard_connections{protocol=\"raw\"}") == 0.0 {
+        if closed == N as f64
+            && at(&s, "switchboard_connections{protocol=\"raw\"}") == 0.0
+            && at(&s, "switchboard_connections_parked") == 0.0
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(closed, N as f64);
+    assert_eq!(
+        at(&scrape(addr).await, "switchboard_connections_parked"),
+        0.0
+    );
     let (head, _) = get(addr, "/metrics").await;
     assert!(head.contains("no-store"), "{head}");
     let _ = tx.send(());

@@ -159,6 +159,12 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// Whether no frame or message is in progress (nothing parsed waits for more input) and
+    /// no error was seen.
+    pub fn is_between_messages(&self) -> bool {
+        self.header.is_none() && self.partial.is_none() && !self.failed
+    }
+
     /// A decoder for an endpoint playing `role`.
     pub fn new(role: Role, config: Config) -> Decoder {
         Decoder {

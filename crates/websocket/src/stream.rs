@@ -754,6 +754,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WebSocket<S> {
         self.reader.buf.capacity()
     }
 
+    /// Whether nothing is in progress in either direction: no input buffered or half
+    /// decoded, nothing queued to write, no pong owed, no close begun. While a WebSocket is
+    /// at rest its transport may be swapped out and back (see [`WebSocket::io_mut`]): the
+    /// next byte it reads starts a new frame.
+    pub fn is_at_rest(&mut self) -> bool {
+        let r = &self.reader;
+        if !r.buf.is_empty()
+            || r.must_flush
+            || r.done
+            || r.close_deadline.is_some()
+            || r.finishing.is_some()
+            || !r.decoder.is_between_messages()
+        {
+            return false;
+        }
+        let inner = self
+            .shared
+            .inner
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner());
+        let close = &inner.close;
+        inner.queue.queued == 0
+            && inner.queue.pending_pong.is_none()
+            && close.sent_at.is_none()
+            && !close.received
+            && !close.shut_down
+            && !close.broken
+    }
+
+    /// The transport itself. Only for an unsplit WebSocket, and meant for swapping it while
+    /// the WebSocket [is at rest](WebSocket::is_at_rest).
+    pub fn io_mut(&mut self) -> &mut S {
+        &mut self
+            .shared
+            .inner
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .io
+    }
+
     /// See [`WsWriter::write_buffer_capacity`].
     pub fn write_buffer_capacity(&self) -> usize {
         self.shared.lock().queue.buf.capacity()

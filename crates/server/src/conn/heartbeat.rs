@@ -234,6 +234,18 @@ impl Heartbeat {
         }
     }
 
+    /// Forget which waker the wheel holds: the next [`Heartbeat::poll_next`] hands it the
+    /// waker it is polled with even if the deadline did not move (a connection that parks or
+    /// resumes changes wakers).
+    pub fn rearm(&mut self) {
+        self.armed = 0;
+    }
+
+    /// The server's coarse clock, in the wheel's milliseconds (see `Wheel::coarse_ms`).
+    pub(crate) fn coarse_ms(&self) -> u64 {
+        self.token.wheel().coarse_ms()
+    }
+
     fn arm(&mut self, target: u64, cx: &mut Context<'_>) {
         let period = Duration::from_millis(self.interval_ms.min(self.timeout_ms));
         self.token

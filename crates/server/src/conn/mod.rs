@@ -5,6 +5,7 @@ pub mod crash;
 pub(crate) mod driver;
 pub mod heartbeat;
 pub(crate) mod limits;
+pub(crate) mod park;
 pub(crate) mod runtime;
 pub mod shutdown;
 pub mod stats;

@@ -31,7 +31,8 @@ use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use switchboard_core::{CloseReason, ConnId};
@@ -44,6 +45,7 @@ use super::crash;
 use super::driver::{Driver, Ending, Out, OutFrame};
 use super::heartbeat::{Activity, Beat, Heartbeat};
 use super::limits::{Flood, FloodLimits, Verdict};
+use super::park::{ParkIo, Parker};
 use super::shutdown::ShutdownToken;
 use super::stats::{CloseKind, ConnectionSlot, Counter, OpenConnection, ServerCounters};
 
@@ -82,6 +84,23 @@ pub(crate) trait Transport: Send + 'static {
     fn drain(&mut self, limit: Duration) -> impl Future<Output = ()> + Send + '_;
     /// When the peer was last heard from, for the heartbeat.
     fn activity(&self) -> Activity;
+    /// Whether the transport could be parked now: nothing in progress in either direction,
+    /// over a socket that parks (see [`super::park`]).
+    fn can_park(&mut self) -> bool {
+        false
+    }
+    /// Move the socket into `parker`, which wakes `waker` when it turns readable; false
+    /// when it did not move.
+    fn park(&mut self, parker: &Parker, waker: Waker) -> bool {
+        let _ = (parker, waker);
+        false
+    }
+    /// Take the socket back from `parker` into tokio's reactor; true when it has something
+    /// to read (see [`ParkIo::unpark`]).
+    fn unpark(&mut self, parker: &Parker) -> std::io::Result<bool> {
+        let _ = parker;
+        Ok(false)
+    }
 }
 
 /// A WebSocket as a [`Transport`]. Unsplit: one task drives both directions, so the
@@ -99,7 +118,7 @@ impl<S> WsTransport<S> {
 
 impl<S> Transport for WsTransport<S>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + ParkIo + Unpin + Send + 'static,
 {
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, WsError>>> {
         self.ws.poll_next(cx)
@@ -147,6 +166,18 @@ where
     fn activity(&self) -> Activity {
         Activity::Tracker(self.ws.tracker())
     }
+
+    fn can_park(&mut self) -> bool {
+        self.ws.io_mut().can_park() && self.ws.is_at_rest()
+    }
+
+    fn park(&mut self, parker: &Parker, waker: Waker) -> bool {
+        self.ws.io_mut().park(parker, waker)
+    }
+
+    fn unpark(&mut self, parker: &Parker) -> std::io::Result<bool> {
+        self.ws.io_mut().unpark(parker)
+    }
 }
 
 /// The runtime's settings, the same for every protocol (from the server configuration).
@@ -185,33 +216,31 @@ pub(crate) fn spawn<T: Transport, D: Driver>(
 ) {
     let task = ConnTask {
         counters: Arc::clone(&counters),
-        slot,
-        conn: run(Box::new(Start {
+        conn: run(Entry::Open(Box::new(Start {
             transport,
             driver,
             limits,
             who,
             counters,
             token,
-        })),
+            slot,
+        }))),
     };
     tokio::spawn(task);
 }
 
 pin_project_lite::pin_project! {
-    /// A connection's task: its future, polled with panics caught, then the bookkeeping.
+    /// A connection's task: its future, polled with panics caught.
     ///
     /// A plain struct rather than an `async` block around the future on purpose: an `async`
     /// block that awaits (or pins) a future it captured keeps the captured copy as well as
     /// the one it polls, which doubled every idle connection's largest allocation. It keeps
-    /// nothing else the connection's future has (the peer, the id): every idle connection
-    /// pays for each byte here, and the future logs its own endings, panics included.
+    /// nothing else the connection's future has (the peer, the id): every connection in a
+    /// task pays for each byte here, and the future logs its own endings, panics included.
     struct ConnTask<F> {
         #[pin]
         conn: F,
         counters: Arc<ServerCounters>,
-        // Released when the connection ends, whichever way.
-        slot: Option<ConnectionSlot>,
     }
 }
 
@@ -221,8 +250,9 @@ impl<F: Future<Output = ()>> Future for ConnTask<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.project();
         let conn = this.conn;
-        // Never polled again after a panic (we return Ready), so no broken invariant it left
-        // behind can be observed.
+        // Never polled again after a panic (we return Ready, and the future, with the
+        // connection's slot, is dropped), so no broken invariant it left behind can be
+        // observed.
         match std::panic::catch_unwind(AssertUnwindSafe(|| conn.poll(cx))) {
             Ok(Poll::Pending) => return Poll::Pending,
             Ok(Poll::Ready(())) => {}
@@ -232,7 +262,6 @@ impl<F: Future<Output = ()>> Future for ConnTask<F> {
                 tracing::error!("panic in a connection's runtime: {p}");
             }
         }
-        this.slot.take();
         Poll::Ready(())
     }
 }
@@ -272,9 +301,17 @@ struct Start<T, D> {
     who: Identity,
     counters: Arc<ServerCounters>,
     token: ShutdownToken,
+    slot: Option<ConnectionSlot>,
 }
 
-/// A connection past its opening: what the loop and the ending need.
+/// How a connection's task begins: opening, or going on after it was parked.
+enum Entry<T, D> {
+    Open(Box<Start<T, D>>),
+    Resume(Box<Running<T, D>>),
+}
+
+/// A connection past its opening: what the loop and the ending need, and all a parked
+/// connection keeps.
 struct Running<T, D> {
     transport: T,
     driver: D,
@@ -282,6 +319,8 @@ struct Running<T, D> {
     /// The heartbeat, on the server's shared timer wheel; it holds the shutdown token too
     /// (the wheel wakes the connection at shutdown).
     heartbeat: Heartbeat,
+    /// The driver's one timer, allocated only once it asks for one.
+    timer: Option<(Instant, Pin<Box<Sleep>>)>,
     /// How long the peer's close reply is awaited at shutdown (the other limits live in the
     /// heartbeat: every byte here is paid by every idle connection).
     shutdown_timeout: Duration,
@@ -293,21 +332,229 @@ struct Running<T, D> {
     traffic: OpenConnection,
     /// The flood guard, when a client message or byte rate is configured.
     flood: Option<Box<Flood>>,
+    /// The connection's place under `max_connections`, released when this is dropped.
+    _slot: Option<ConnectionSlot>,
+    /// Parking: when the current window of [`PARK_WINDOW_MS`] began (the wheel's coarse
+    /// clock, wrapping) and how many times the loop woke in it.
+    window_ms: u32,
+    wakes: u32,
+    /// Resumed with bytes to read that tokio's reactor has not reported yet: no parking
+    /// before they are read (or it would park again at once, with them unread).
+    unread: bool,
 }
 
-/// The connection's life. Only the loop's state stays in the task while the connection is
-/// open; the opening and the ending run boxed, so an idle connection does not carry their
-/// (larger) state.
-async fn run<T: Transport, D: Driver>(start: Box<Start<T, D>>) {
-    // Moved out by a function, so the box itself is freed now: a box only moved out of
-    // (`*start`) in this `async fn` would be freed at its end, i.e. kept for the
-    // connection's whole life.
-    let (mut conn, opened) = open(unbox(start));
+/// The window over which a connection's wake-ups are counted to tell whether it is quiet.
+const PARK_WINDOW_MS: u32 = 1000;
+/// A connection that woke at most this many times in the current window parks when it next
+/// has nothing to do; a busier one keeps its task (parking and resuming cost a few system
+/// calls, which a connection that handles traffic all the time would pay over and over).
+const QUIET_WAKES: u32 = 4;
+
+impl<T, D> Running<T, D> {
+    /// Counts a wake-up in the parking window.
+    fn count_wake(&mut self) {
+        let now = self.heartbeat.coarse_ms() as u32;
+        if now.wrapping_sub(self.window_ms) >= PARK_WINDOW_MS {
+            self.window_ms = now;
+            self.wakes = 0;
+        }
+        self.wakes = self.wakes.saturating_add(1);
+    }
+}
+
+/// The connection's life, in one task or, when it parks, in several: each task runs the
+/// loop until the connection ends or parks. Only the loop's state stays in the task; the
+/// opening and the ending run boxed, so a connection waiting in its task does not carry
+/// their (larger) state.
+async fn run<T: Transport, D: Driver>(entry: Entry<T, D>) {
+    // One place for the connection, only ever borrowed across an await (moved out to park
+    // or to finish): an `async fn` keeps room for each binding of it that lives across one.
+    let (conn, opened) = enter(entry);
+    let mut conn = Some(conn);
+    let mut pending = None;
     let end = match opened {
-        Ok(()) => drive(&mut conn).await,
         Err(end) => end,
+        Ok(()) => loop {
+            let Some(running) = conn.as_mut() else {
+                return;
+            };
+            match drive(running, pending.take()).await {
+                Stop::End(end) => break end,
+                Stop::Park => {
+                    let Some(running) = conn.take() else {
+                        return;
+                    };
+                    match park(running) {
+                        Parking::Parked => return,
+                        Parking::Stays(mut back, wake) => {
+                            // Not again in this window (whatever stopped it may still hold).
+                            back.wakes = QUIET_WAKES + 1;
+                            conn = Some(back);
+                            // Boxed: rare, and the loop's future keeps room for it.
+                            pending = wake.map(Box::new);
+                        }
+                    }
+                }
+            }
+        },
     };
-    Box::pin(finish(conn, end)).await;
+    // Boxed by a closure: a binding of the connection in this function would stay in its
+    // state across the await.
+    if let Some(ending) = conn.take().map(|running| Box::pin(finish(running, end))) {
+        ending.await;
+    }
+}
+
+/// The connection at the start of a task: opened (the driver's first frames queued; the
+/// loop writes them first), or resumed (its socket back in tokio's reactor).
+fn enter<T: Transport, D: Driver>(entry: Entry<T, D>) -> (Running<T, D>, Result<(), Ending>) {
+    match entry {
+        // Moved out by a function, so the box itself is freed now: a box only moved out of
+        // (`*start`) in an `async fn` would be freed at its end, i.e. kept for the
+        // connection's whole life.
+        Entry::Open(start) => open(unbox(start)),
+        Entry::Resume(parked) => {
+            let mut conn = unbox(parked);
+            conn.counters.count_parked(false);
+            // The wheel holds the parked connection's waker: hand it this task's.
+            conn.heartbeat.rearm();
+            let parker = conn.heartbeat.token().parker().cloned();
+            let back = parker.map_or(Ok(false), |p| conn.transport.unpark(&p));
+            match back {
+                Ok(unread) => {
+                    conn.unread = unread;
+                    tracing::trace!(peer = %conn.peer, id = conn.id, "resumed");
+                    (conn, Ok(()))
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %conn.peer, id = conn.id, "cannot resume a parked socket: {e}");
+                    (conn, Err(Ending::Lost))
+                }
+            }
+        }
+    }
+}
+
+/// A parked connection: its waker (which every source it waits on holds) and its state.
+struct ParkCell<T, D> {
+    state: Mutex<ParkState<T, D>>,
+}
+
+enum ParkState<T, D> {
+    /// Being parked: a wake now means the connection has something to do after all.
+    Parking { woken: bool },
+    /// Parked: the first wake takes the connection and resumes it on a new task.
+    Waiting(Box<Running<T, D>>),
+    /// Taken.
+    Taken,
+}
+
+impl<T: Transport, D: Driver> ParkCell<T, D> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ParkState<T, D>> {
+        // Nothing that can panic runs under the lock.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<T: Transport, D: Driver> std::task::Wake for ParkCell<T, D> {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let conn = {
+            let mut state = self.lock();
+            match &mut *state {
+                ParkState::Parking { woken } => {
+                    *woken = true;
+                    return;
+                }
+                ParkState::Taken => return,
+                ParkState::Waiting(_) => match std::mem::replace(&mut *state, ParkState::Taken) {
+                    ParkState::Waiting(conn) => conn,
+                    _ => unreachable!("matched above"),
+                },
+            }
+        };
+        // Wakers may be called from outside the runtime (an embedding program publishing
+        // from a thread of its own): then the runtime the parker was made in.
+        let handle = tokio::runtime::Handle::try_current().ok().or_else(|| {
+            let parker = conn.heartbeat.token().parker();
+            parker.map(|p| p.runtime().clone())
+        });
+        let task = ConnTask {
+            counters: Arc::clone(&conn.counters),
+            conn: run(Entry::Resume(conn)),
+        };
+        match handle {
+            Some(h) => drop(h.spawn(task)),
+            None => tracing::error!("a parked connection woke with no runtime to run on"),
+        }
+    }
+}
+
+/// Parks `conn`: its socket into the server's parker, its other sources told to wake the
+/// parked cell, its state into the cell. Gives the connection back (with what woke it, if
+/// anything did while it was being parked) when it cannot park or must not.
+fn park<T: Transport, D: Driver>(mut conn: Running<T, D>) -> Parking<T, D, D::Event> {
+    let Some(parker) = conn.heartbeat.token().parker().cloned() else {
+        return Parking::Stays(conn, None);
+    };
+    let cell = Arc::new(ParkCell {
+        state: Mutex::new(ParkState::Parking { woken: false }),
+    });
+    let waker = Waker::from(Arc::clone(&cell));
+    if !conn.transport.park(&parker, waker.clone()) {
+        return Parking::Stays(conn, None);
+    }
+    // Every other source now wakes the cell rather than this task, which is ending.
+    let mut cx = Context::from_waker(&waker);
+    conn.heartbeat.rearm();
+    let woke = if conn.heartbeat.poll_shutdown(&mut cx).is_ready() {
+        Some(Wake::Shutdown)
+    } else {
+        match poll_writes(&mut conn, &mut cx) {
+            Poll::Ready(w) => Some(w),
+            Poll::Pending => None,
+        }
+    };
+    let stay = woke.is_some() || {
+        let mut state = cell.lock();
+        match &*state {
+            ParkState::Parking { woken: true } => true,
+            _ => {
+                tracing::trace!(peer = %conn.peer, id = conn.id, "parked");
+                conn.counters.count_parked(true);
+                *state = ParkState::Waiting(Box::new(conn));
+                return Parking::Parked;
+            }
+        }
+    };
+    debug_assert!(stay);
+    tracing::trace!(peer = %conn.peer, id = conn.id, woke = woke.is_some(), "parking given up");
+    // Back into this task: it registers its own waker everywhere on its next pass.
+    conn.heartbeat.rearm();
+    if let Err(e) = conn
+        .transport
+        .unpark(&parker)
+        .map(|unread| conn.unread = unread)
+    {
+        tracing::debug!(peer = %conn.peer, id = conn.id, "cannot take a socket back from parking: {e}");
+        return Parking::Stays(conn, Some(Wake::Read(None)));
+    }
+    Parking::Stays(conn, woke)
+}
+
+/// What [`park`] did.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned once, never stored: boxing would only add an allocation"
+)]
+enum Parking<T, D, E> {
+    /// The connection is parked.
+    Parked,
+    /// It stays in its task, with the wake-up that stopped the parking, if one did.
+    Stays(Running<T, D>, Option<Wake<E>>),
 }
 
 /// The value in `b`, the box freed.
@@ -328,6 +575,7 @@ fn open<T: Transport, D: Driver>(start: Start<T, D>) -> (Running<T, D>, Result<(
         who,
         counters,
         token,
+        slot,
     } = start;
     let mut out = Out::default();
     let opened = match crash::call(|| driver.open(&mut out)) {
@@ -346,17 +594,23 @@ fn open<T: Transport, D: Driver>(start: Start<T, D>) -> (Running<T, D>, Result<(
         .flood
         .is_on()
         .then(|| Box::new(Flood::new(limits.flood)));
+    let window_ms = heartbeat.coarse_ms() as u32;
     let conn = Running {
         transport,
         driver,
         out,
         heartbeat,
+        timer: None,
         shutdown_timeout: limits.shutdown_timeout,
         peer: who.peer,
         id: who.id,
         counters,
         traffic,
         flood,
+        _slot: slot,
+        window_ms,
+        wakes: 0,
+        unread: false,
     };
     (conn, opened)
 }
@@ -371,29 +625,45 @@ enum Wake<E> {
     Beat(Beat),
     Event(E),
     Timer,
+    /// Nothing to do, and the connection has been quiet: it parks.
+    Park,
 }
 
-/// The loop of an open connection. Its sources are polled by hand in one `poll_fn` rather
-/// than with `select!`: this future is what every idle connection keeps, and polling by hand
-/// keeps it to the driver's timer and a few references. Shutdown has no future of its own:
-/// the heartbeat's wheel wakes every connection when it is triggered.
-async fn drive<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Ending {
-    // The driver's one timer, allocated only once it asks for one.
-    let mut timer: Option<(Instant, Pin<Box<Sleep>>)> = None;
+/// Why the loop stopped.
+enum Stop {
+    End(Ending),
+    Park,
+}
+
+impl From<Ending> for Stop {
+    fn from(end: Ending) -> Stop {
+        Stop::End(end)
+    }
+}
+
+/// The loop of an open connection, from `pending` (a wake-up already taken) if given. Its
+/// sources are polled by hand in one `poll_fn` rather than with `select!`: this future is
+/// what every connection in a task keeps, and polling by hand keeps it to a few references.
+/// Shutdown has no future of its own: the heartbeat's wheel wakes every connection when it
+/// is triggered.
+async fn drive<T: Transport, D: Driver>(
+    conn: &mut Running<T, D>,
+    mut pending: Option<Box<Wake<D::Event>>>,
+) -> Stop {
     // Whether the driver paused reading (see `Driver::poll_read_ready`).
     let mut read_paused = false;
     let mut writes_first = false;
     let mut turns: u32 = 0;
     // Anything queued at open goes out before the loop looks at any source.
     if let Err(end) = write_out(conn).await {
-        return end;
+        return end.into();
     }
     loop {
         if turns >= TURNS_PER_YIELD {
             turns = 0;
             tokio::task::yield_now().await;
         }
-        match (conn.driver.deadline(), &mut timer) {
+        match (conn.driver.deadline(), &mut conn.timer) {
             (None, t) => *t = None,
             (Some(at), Some((armed, sleep))) => {
                 if *armed != at {
@@ -403,35 +673,55 @@ async fn drive<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Ending {
             }
             (Some(at), t @ None) => *t = Some((at, Box::pin(tokio::time::sleep_until(at)))),
         }
-        let wake = std::future::poll_fn(|cx| {
-            if conn.heartbeat.poll_shutdown(cx).is_ready() {
-                return Poll::Ready(Wake::Shutdown);
+        let wake = match pending.take() {
+            Some(wake) => *wake,
+            None => {
+                std::future::poll_fn(|cx| {
+                    if conn.heartbeat.poll_shutdown(cx).is_ready() {
+                        return Poll::Ready(Wake::Shutdown);
+                    }
+                    let polled = if writes_first {
+                        match poll_writes(conn, cx) {
+                            Poll::Ready(w) => Poll::Ready(w),
+                            Poll::Pending => poll_reads(conn, &mut read_paused, cx),
+                        }
+                    } else {
+                        match poll_reads(conn, &mut read_paused, cx) {
+                            Poll::Ready(w) => Poll::Ready(w),
+                            Poll::Pending => poll_writes(conn, cx),
+                        }
+                    };
+                    if polled.is_pending() {
+                        // The task is about to give its thread back anyway.
+                        turns = 0;
+                        if !read_paused
+                            && !conn.unread
+                            && conn.wakes <= QUIET_WAKES
+                            && conn.transport.can_park()
+                        {
+                            return Poll::Ready(Wake::Park);
+                        }
+                    }
+                    polled
+                })
+                .await
             }
-            let polled = if writes_first {
-                match poll_writes(conn, &mut timer, cx) {
-                    Poll::Ready(w) => Poll::Ready(w),
-                    Poll::Pending => poll_reads(conn, &mut read_paused, cx),
-                }
-            } else {
-                match poll_reads(conn, &mut read_paused, cx) {
-                    Poll::Ready(w) => Poll::Ready(w),
-                    Poll::Pending => poll_writes(conn, &mut timer, cx),
-                }
-            };
-            if polled.is_pending() {
-                // The task is about to give its thread back anyway.
-                turns = 0;
-            }
-            polled
-        })
-        .await;
+        };
+        if let Wake::Park = wake {
+            return Stop::Park;
+        }
+        conn.count_wake();
         turns += 1;
         writes_first = matches!(wake, Wake::Read(_));
+        if writes_first {
+            conn.unread = false;
+        }
         let step = match wake {
-            Wake::Shutdown => return Ending::Shutdown,
+            Wake::Park => return Stop::Park,
+            Wake::Shutdown => return Ending::Shutdown.into(),
             Wake::ReadReady => Ok(()),
-            Wake::ReadPanicked(msg) => return Ending::Panic(msg),
-            Wake::Read(None) => return Ending::Lost,
+            Wake::ReadPanicked(msg) => return Ending::Panic(msg).into(),
+            Wake::Read(None) => return Ending::Lost.into(),
             Wake::Read(Some(Err(e))) => {
                 // Counted as soon as the codec has sent its close code, so the count is
                 // visible to anyone who saw that close frame.
@@ -441,16 +731,16 @@ async fn drive<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Ending {
                     None => {}
                 }
                 tracing::debug!(peer = %conn.peer, id = conn.id, "read error: {e}");
-                return Ending::ReadError;
+                return Ending::ReadError.into();
             }
             Wake::Read(Some(Ok(msg))) => match take_message(conn, msg) {
                 // Awaited out here, with nothing else held across the await: this future is
                 // what every connection keeps.
                 Taken::Handle(msg) => contained(conn.driver.on_message(msg, &mut conn.out)).await,
                 Taken::Done => Ok(()),
-                Taken::End(end) => return end,
+                Taken::End(end) => return end.into(),
             },
-            Wake::Beat(Beat::Dead) => return Ending::Dead,
+            Wake::Beat(Beat::Dead) => return Ending::Dead.into(),
             Wake::Beat(Beat::Ping) => match crash::call(|| conn.driver.ping(&mut conn.out)) {
                 Ok(()) => Ok(()),
                 Err(p) => Err(Ending::Panic(p.0)),
@@ -462,7 +752,7 @@ async fn drive<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Ending {
         // error frame), before the close.
         let written = write_out(conn).await;
         if let Err(end) = step.and(written) {
-            return end;
+            return end.into();
         }
     }
 }
@@ -627,15 +917,14 @@ fn poll_reads<T: Transport, D: Driver, E>(
 /// The writing side: the heartbeat, the driver's timer, then its events.
 fn poll_writes<T: Transport, D: Driver>(
     conn: &mut Running<T, D>,
-    timer: &mut Option<(Instant, Pin<Box<Sleep>>)>,
     cx: &mut Context<'_>,
 ) -> Poll<Wake<D::Event>> {
     if let Poll::Ready(beat) = conn.heartbeat.poll_next(cx) {
         return Poll::Ready(Wake::Beat(beat));
     }
-    if let Some((_, sleep)) = timer {
+    if let Some((_, sleep)) = &mut conn.timer {
         if sleep.as_mut().poll(cx).is_ready() {
-            *timer = None;
+            conn.timer = None;
             return Poll::Ready(Wake::Timer);
         }
     }
@@ -764,10 +1053,21 @@ async fn finish<T: Transport, D: Driver>(conn: Running<T, D>, end: Ending) {
     tracing::debug!(%peer, id, protocol, ending = ?end, "disconnected");
 }
 
+/// What a connection costs in memory (tests): its task's future while it runs in a task, and
+/// what it keeps while parked (its state, boxed).
 #[cfg(test)]
-/// The size of the future a WebSocket connection driven by `driver` keeps, over a real
-/// loopback socket: the protocols' idle-memory tests.
-pub(crate) async fn ws_connection_future_size<D: Driver>(driver: D) -> usize {
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnectionSizes {
+    /// The connection's future, in its task's allocation.
+    pub(crate) task: usize,
+    /// The parked state's allocation.
+    pub(crate) parked: usize,
+}
+
+#[cfg(test)]
+/// The sizes of a WebSocket connection driven by `driver`, over a real loopback socket: the
+/// protocols' idle-memory tests.
+pub(crate) async fn ws_connection_sizes<D: Driver>(driver: D) -> ConnectionSizes {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -778,12 +1078,15 @@ pub(crate) async fn ws_connection_future_size<D: Driver>(driver: D) -> usize {
         Default::default(),
         Default::default(),
     );
-    connection_future_size(WsTransport::new(ws), driver)
+    connection_sizes(WsTransport::new(ws), driver)
 }
 
 #[cfg(test)]
-/// The size of the future a connection's task keeps, for memory tests.
-pub(crate) fn connection_future_size<T: Transport, D: Driver>(transport: T, driver: D) -> usize {
+/// The sizes of a connection's future and parked state, for memory tests.
+pub(crate) fn connection_sizes<T: Transport, D: Driver>(
+    transport: T,
+    driver: D,
+) -> ConnectionSizes {
     let start = Box::new(Start {
         transport,
         driver,
@@ -800,14 +1103,17 @@ pub(crate) fn connection_future_size<T: Transport, D: Driver>(transport: T, driv
         },
         counters: Arc::default(),
         token: super::shutdown::Shutdown::new().token(),
+        slot: None,
     });
-    let fut = run(start);
+    let fut = run(Entry::Open(start));
+    let sizes = ConnectionSizes {
+        task: std::mem::size_of_val(&fut),
+        parked: std::mem::size_of::<Running<T, D>>(),
+    };
     eprintln!(
-        "sizes: run future {} B, Running {} B, transport {} B, driver {} B",
-        std::mem::size_of_val(&fut),
-        std::mem::size_of::<Running<T, D>>(),
+        "sizes: {sizes:?}, transport {} B, driver {} B",
         std::mem::size_of::<T>(),
         std::mem::size_of::<D>(),
     );
-    std::mem::size_of_val(&fut)
+    sizes
 }

@@ -11,10 +11,11 @@
 use std::future::Future;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{mpsc, Notify};
 
+use super::park::Parker;
 use super::wheel::Wheel;
 
 /// The shared flag and its wake-ups.
@@ -24,6 +25,9 @@ struct Signal {
     notify: Notify,
     /// The connections' heartbeat timers, woken all at once by the trigger.
     wheel: Arc<Wheel>,
+    /// Where idle connections wait, made by the first one (`None` inside when the system
+    /// refused it: nothing parks then).
+    parker: OnceLock<Option<Arc<Parker>>>,
 }
 
 /// The shutdown switch, owned by the server.
@@ -57,6 +61,7 @@ impl Shutdown {
                 triggered: AtomicBool::new(false),
                 notify: Notify::new(),
                 wheel: Wheel::new(),
+                parker: OnceLock::new(),
             }),
             tracker_tx,
             tracker_rx,
@@ -101,6 +106,11 @@ impl ShutdownToken {
     /// The server's timer wheel (heartbeats; woken all at once at shutdown).
     pub(crate) fn wheel(&self) -> &Wheel {
         &self.signal.wheel
+    }
+
+    /// The server's parker (see [`super::park`]), if the system gave it an epoll set.
+    pub(crate) fn parker(&self) -> Option<&Arc<Parker>> {
+        self.signal.parker.get_or_init(Parker::new).as_ref()
     }
 
     /// Resolves once shutdown is requested (at once if it already was).

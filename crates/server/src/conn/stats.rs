@@ -35,6 +35,8 @@ pub struct ServerCounters {
     flood_dropped: AtomicU64,
     closed_flood: AtomicU64,
     attachment_bytes: AtomicUsize,
+    /// Connections parked now (see `conn::park`).
+    parked: AtomicUsize,
     /// Per-protocol traffic, one entry per protocol that has had a connection (looked up
     /// once per connection, never per message).
     protocols: Mutex<Vec<Arc<ProtocolCounters>>>,
@@ -172,6 +174,20 @@ impl ServerCounters {
     /// WebSocket connections open now.
     pub fn active(&self) -> usize {
         self.active.load(Relaxed)
+    }
+
+    /// Connections parked now: open, idle, waiting with no task of their own.
+    pub fn parked(&self) -> usize {
+        self.parked.load(Relaxed)
+    }
+
+    /// Count a connection parking (`true`) or resuming (`false`).
+    pub(crate) fn count_parked(&self, parked: bool) {
+        if parked {
+            self.parked.fetch_add(1, Relaxed);
+        } else {
+            self.parked.fetch_sub(1, Relaxed);
+        }
     }
 
     /// Take a connection slot unless `max` are already taken. The slot is released when the

@@ -14,6 +14,7 @@
 //! heartbeat period, between 5 ms and 1 s (1 s with the defaults).
 //!
 //! Time is tokio's clock (`tokio::time::Instant`), so tests with paused time drive it.
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::Waker;
 use std::time::Duration;
@@ -43,6 +44,8 @@ pub(crate) struct Wheel {
     state: Mutex<State>,
     /// Handed to the ticking task, which must not keep the wheel alive.
     this: Weak<Wheel>,
+    /// [`Wheel::coarse_ms`]: the clock as of the last tick.
+    coarse_ms: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -67,6 +70,8 @@ struct Entry {
     due_tick: u64,
     /// Bumped at each arming and release: older tickets are stale.
     generation: u32,
+    /// A ticket of the current generation waits in a bucket.
+    ticketed: bool,
 }
 
 impl Wheel {
@@ -76,6 +81,7 @@ impl Wheel {
             base: Instant::now(),
             state: Mutex::default(),
             this: this.clone(),
+            coarse_ms: AtomicU64::new(0),
         })
     }
 
@@ -83,6 +89,12 @@ impl Wheel {
         // Every mutation completes before anything that could panic; a poisoned lock still
         // holds a consistent table.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`Wheel::now_ms`] as of the last tick (it lags by at most a tick while the wheel
+    /// ticks, i.e. while any connection is registered): a clock that costs no clock read.
+    pub(crate) fn coarse_ms(&self) -> u64 {
+        self.coarse_ms.load(Ordering::Relaxed)
     }
 
     /// Milliseconds since the wheel was made, on tokio's clock.
@@ -114,12 +126,18 @@ impl Wheel {
         // Rounded up: a deadline is never woken before it.
         let due_tick = due_ms.div_ceil(s.tick_ms).max(s.next_tick);
         let entry = &mut s.entries[slot.0 as usize];
-        entry.generation = entry.generation.wrapping_add(1);
-        entry.due_tick = due_tick;
         match &entry.waker {
             Some(w) if w.will_wake(waker) => {}
             _ => entry.waker = Some(waker.clone()),
         }
+        if entry.ticketed && entry.due_tick == due_tick {
+            // Only the waker changed (a connection parking or resuming): the ticket in the
+            // bucket stays good.
+            return;
+        }
+        entry.generation = entry.generation.wrapping_add(1);
+        entry.due_tick = due_tick;
+        entry.ticketed = true;
         let ticket = (slot.0, entry.generation);
         s.buckets[(due_tick % BUCKETS as u64) as usize].push(ticket);
         if !s.ticking {
@@ -137,6 +155,7 @@ impl Wheel {
         let entry = &mut s.entries[slot.0 as usize];
         entry.waker = None;
         entry.generation = entry.generation.wrapping_add(1);
+        entry.ticketed = false;
         s.free.push(slot.0);
         s.live -= 1;
         if s.live == 0 {
@@ -175,7 +194,7 @@ impl Wheel {
         for t in first..first + rounds {
             let bucket = &mut buckets[(t % BUCKETS as u64) as usize];
             bucket.retain(|&(key, generation)| {
-                let Some(entry) = entries.get(key as usize) else {
+                let Some(entry) = entries.get_mut(key as usize) else {
                     return false;
                 };
                 if entry.generation != generation {
@@ -186,6 +205,7 @@ impl Wheel {
                     return true;
                 }
                 due.extend(entry.waker.clone());
+                entry.ticketed = false;
                 false
             });
             if bucket.is_empty() && bucket.capacity() > 64 {
@@ -193,6 +213,8 @@ impl Wheel {
             }
         }
         s.next_tick = s.next_tick.max(now_tick + 1);
+        self.coarse_ms
+            .store(now_tick * s.tick_ms, Ordering::Relaxed);
         Some(due)
     }
 }

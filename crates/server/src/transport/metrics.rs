@@ -228,6 +228,11 @@ impl Collector for Scrape {
             })
             .collect();
         f.gauge("connections", "Connections open now, by protocol.", &active)?;
+        f.gauge(
+            "connections_parked",
+            "Open connections parked now: idle, with no task of their own (their sockets wait in the server's own epoll set).",
+            &[(Vec::new(), gauge_value(shared.counters.parked()))],
+        )?;
         f.counter(
             "connections_opened",
             "Connections opened since start (upgrades completed, polling sessions), by protocol.",

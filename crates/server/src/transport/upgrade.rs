@@ -5,9 +5,10 @@
 //! to hand over the socket, builds the WebSocket with the server's limits and hands it to
 //! the endpoint, which starts the connection runtime on it.
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -24,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::conn::limits::{FloodLimits, Rate, Refusal};
+use crate::conn::park::{ParkIo, ParkKey, Parker};
 use crate::conn::runtime::Limits;
 use crate::conn::stats::{ConnectionSlot, Counter};
 use crate::state::Shared;
@@ -38,6 +40,66 @@ pub(crate) enum Io {
     Tcp(TcpStream),
     /// Anything else hyper upgraded, boxed: rare, and it keeps [`Io`] as small as a socket.
     Upgraded(Box<TokioIo<Upgraded>>),
+    /// A plain TCP socket parked: out of tokio's reactor, waiting in the server's
+    /// [`Parker`] (see `conn::park`). Never read or written in this state.
+    Parked(std::net::TcpStream, ParkKey),
+    /// Only while moving between the states above, or after a move failed (the socket is
+    /// gone: reads and writes fail).
+    Gone,
+}
+
+impl ParkIo for Io {
+    fn can_park(&self) -> bool {
+        matches!(self, Io::Tcp(_))
+    }
+
+    fn park(&mut self, parker: &Parker, waker: Waker) -> bool {
+        if !self.can_park() {
+            return false;
+        }
+        let Io::Tcp(socket) = std::mem::replace(self, Io::Gone) else {
+            unreachable!("checked above");
+        };
+        let socket = match socket.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot take a socket out of the reactor: {e}");
+                return false;
+            }
+        };
+        match parker.park(socket.as_raw_fd(), waker) {
+            Ok(key) => {
+                *self = Io::Parked(socket, key);
+                true
+            }
+            Err(e) => {
+                tracing::warn!("cannot park a socket: {e}");
+                if let Ok(s) = TcpStream::from_std(socket) {
+                    *self = Io::Tcp(s);
+                }
+                false
+            }
+        }
+    }
+
+    fn unpark(&mut self, parker: &Parker) -> std::io::Result<bool> {
+        if !matches!(self, Io::Parked(..)) {
+            return Ok(false);
+        }
+        let Io::Parked(socket, key) = std::mem::replace(self, Io::Gone) else {
+            unreachable!("checked above");
+        };
+        parker.unpark(socket.as_raw_fd(), key);
+        // Anything there (bytes, an end of stream or an error) is for the next read.
+        let readable = !matches!(socket.peek(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        *self = Io::Tcp(TcpStream::from_std(socket)?);
+        Ok(readable)
+    }
+}
+
+/// What a read or write of a socket that is not there gets.
+fn gone() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::NotConnected, "socket parked or gone")
 }
 
 impl Io {
@@ -66,6 +128,7 @@ impl AsyncRead for Io {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Io::Upgraded(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::Parked(..) | Io::Gone => Poll::Ready(Err(gone())),
         }
     }
 }
@@ -79,6 +142,7 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Io::Upgraded(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Io::Parked(..) | Io::Gone => Poll::Ready(Err(gone())),
         }
     }
 
@@ -90,6 +154,7 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Io::Upgraded(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Io::Parked(..) | Io::Gone => Poll::Ready(Err(gone())),
         }
     }
 
@@ -97,6 +162,7 @@ impl AsyncWrite for Io {
         match self {
             Io::Tcp(s) => s.is_write_vectored(),
             Io::Upgraded(s) => s.is_write_vectored(),
+            Io::Parked(..) | Io::Gone => false,
         }
     }
 
@@ -104,6 +170,7 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_flush(cx),
             Io::Upgraded(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Io::Parked(..) | Io::Gone => Poll::Ready(Err(gone())),
         }
     }
 
@@ -111,6 +178,7 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Io::Upgraded(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Io::Parked(..) | Io::Gone => Poll::Ready(Err(gone())),
         }
     }
 }

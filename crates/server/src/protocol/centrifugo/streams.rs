@@ -672,7 +672,12 @@ struct UniWsTransport<S> {
 
 impl<S> Transport for UniWsTransport<S>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + crate::conn::park::ParkIo
+        + Unpin
+        + Send
+        + 'static,
 {
     fn poll_next(
         &mut self,
