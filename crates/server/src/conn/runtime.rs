@@ -335,9 +335,11 @@ struct Running<T, D> {
     /// The connection's place under `max_connections`, released when this is dropped.
     _slot: Option<ConnectionSlot>,
     /// Parking: when the current window of [`PARK_WINDOW_MS`] began (the wheel's coarse
-    /// clock, wrapping) and how many times the loop woke in it.
+    /// clock, wrapping), how many times the loop woke in it, and whether the window before
+    /// was busy (more than [`QUIET_WAKES`]).
     window_ms: u32,
-    wakes: u32,
+    wakes: u16,
+    busy_before: bool,
     /// Resumed with bytes to read that tokio's reactor has not reported yet: no parking
     /// before they are read (or it would park again at once, with them unread).
     unread: bool,
@@ -345,20 +347,29 @@ struct Running<T, D> {
 
 /// The window over which a connection's wake-ups are counted to tell whether it is quiet.
 const PARK_WINDOW_MS: u32 = 1000;
-/// A connection that woke at most this many times in the current window parks when it next
-/// has nothing to do; a busier one keeps its task (parking and resuming cost a few system
-/// calls, which a connection that handles traffic all the time would pay over and over).
-const QUIET_WAKES: u32 = 4;
+/// A connection that woke at most this many times in the current window and in the one
+/// before parks when it next has nothing to do; a busier one keeps its task (parking and
+/// resuming cost a few system calls, which a connection that handles traffic all the time
+/// would pay over and over).
+const QUIET_WAKES: u16 = 4;
 
 impl<T, D> Running<T, D> {
     /// Counts a wake-up in the parking window.
     fn count_wake(&mut self) {
         let now = self.heartbeat.coarse_ms() as u32;
-        if now.wrapping_sub(self.window_ms) >= PARK_WINDOW_MS {
+        let elapsed = now.wrapping_sub(self.window_ms);
+        if elapsed >= PARK_WINDOW_MS {
+            // A window with no wake at all in between counts as quiet.
+            self.busy_before = self.wakes > QUIET_WAKES && elapsed < 2 * PARK_WINDOW_MS;
             self.window_ms = now;
             self.wakes = 0;
         }
         self.wakes = self.wakes.saturating_add(1);
+    }
+
+    /// Whether the connection has been quiet enough to park.
+    fn is_quiet(&self) -> bool {
+        self.wakes <= QUIET_WAKES && !self.busy_before
     }
 }
 
@@ -610,6 +621,7 @@ fn open<T: Transport, D: Driver>(start: Start<T, D>) -> (Running<T, D>, Result<(
         _slot: slot,
         window_ms,
         wakes: 0,
+        busy_before: false,
         unread: false,
     };
     (conn, opened)
@@ -696,7 +708,7 @@ async fn drive<T: Transport, D: Driver>(
                         turns = 0;
                         if !read_paused
                             && !conn.unread
-                            && conn.wakes <= QUIET_WAKES
+                            && conn.is_quiet()
                             && conn.transport.can_park()
                         {
                             return Poll::Ready(Wake::Park);
