@@ -234,6 +234,7 @@ mod tests {
     use std::sync::Arc;
     use std::task::Wake;
     use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
 
     struct Count(AtomicUsize);
     impl Wake for Count {
@@ -252,16 +253,21 @@ mod tests {
         panic!("not woken");
     }
 
+    /// A connected loopback pair: the client end, and the server end out of tokio's reactor.
+    async fn socket_pair(listener: &tokio::net::TcpListener) -> (TcpStream, std::net::TcpStream) {
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server.into_std().unwrap())
+    }
+
     #[tokio::test]
     async fn a_parked_socket_wakes_its_waker_when_data_arrives() {
         use std::os::fd::AsRawFd;
         let parker = Parker::new().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        let server = server.into_std().unwrap();
+        let (mut client, server) = socket_pair(&listener).await;
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let key = parker
             .park(server.as_raw_fd(), Waker::from(Arc::clone(&count)))
@@ -278,7 +284,7 @@ mod tests {
         parker.unpark(server.as_raw_fd(), key);
         assert_eq!(parker.parked(), 0);
         // Back in tokio's reactor, the byte is still there.
-        let server = tokio::net::TcpStream::from_std(server).unwrap();
+        let server = TcpStream::from_std(server).unwrap();
         let mut buf = [0u8; 4];
         server.readable().await.unwrap();
         assert_eq!(server.try_read(&mut buf).unwrap(), 1);
@@ -289,17 +295,10 @@ mod tests {
         use std::os::fd::AsRawFd;
         let parker = Parker::new().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut a = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (sa, _) = listener.accept().await.unwrap();
-        let b = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (sb, _) = listener.accept().await.unwrap();
+        let (mut a, sa) = socket_pair(&listener).await;
+        let (b, sb) = socket_pair(&listener).await;
         a.write_all(b"early").await.unwrap();
         tokio::time::sleep(Duration::from_millis(10)).await;
-        let (sa, sb) = (sa.into_std().unwrap(), sb.into_std().unwrap());
         let (ca, cb) = (
             Arc::new(Count(AtomicUsize::new(0))),
             Arc::new(Count(AtomicUsize::new(0))),
