@@ -688,7 +688,14 @@ async fn drive<T: Transport, D: Driver>(
         let wake = match pending.take() {
             Some(wake) => *wake,
             None => {
+                // Polled again means woken: by then tokio has reported whatever a resumed
+                // socket had to read (bytes, or a control frame the WebSocket answered
+                // without waking this loop), so parking is no longer held back for it.
+                let mut polled_before = false;
                 std::future::poll_fn(|cx| {
+                    if std::mem::replace(&mut polled_before, true) {
+                        conn.unread = false;
+                    }
                     if conn.heartbeat.poll_shutdown(cx).is_ready() {
                         return Poll::Ready(Wake::Shutdown);
                     }
