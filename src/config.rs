@@ -111,6 +111,10 @@ pub struct ServeArgs {
     #[arg(long, env = "SWITCHBOARD_WORKER_THREADS", value_name = "N")]
     pub worker_threads: Option<usize>,
 
+    /// Park idle connections without a task of their own (true|false) [default: true].
+    #[arg(long, env = "SWITCHBOARD_PARK_IDLE", value_name = "BOOL", value_parser = BoolishValueParser::new())]
+    pub park_idle: Option<bool>,
+
     /// Shared secret verifying HS256/HS384/HS512 connection and subscription tokens.
     #[arg(long, env = "SWITCHBOARD_TOKEN_HMAC_SECRET", value_name = "SECRET")]
     pub token_hmac_secret: Option<String>,
@@ -528,6 +532,9 @@ impl ServeArgs {
         if let Some(v) = self.worker_threads {
             c.worker_threads = v;
         }
+        if let Some(v) = self.park_idle {
+            c.park_idle = v;
+        }
         if let Some(v) = &self.token_hmac_secret {
             c.token_hmac_secret = Some(v.clone());
         }
@@ -815,6 +822,33 @@ mod tests {
         assert_eq!(from_flag.worker_threads, 1);
         assert_eq!(resolve(&[]).unwrap().worker_threads, 0);
         assert!(resolve(&["--worker-threads", "5000"]).is_err());
+    }
+
+    #[test]
+    fn park_idle_flag_over_env_over_file() {
+        assert!(resolve(&[]).unwrap().park_idle);
+        let file = write_file("park_idle = false\n");
+        let path = file.path().to_str().unwrap().to_string();
+        let from_file = with_env(&[("SWITCHBOARD_CONFIG", &path)], || resolve(&[])).unwrap();
+        assert!(!from_file.park_idle);
+        let from_env = with_env(
+            &[
+                ("SWITCHBOARD_CONFIG", &path),
+                ("SWITCHBOARD_PARK_IDLE", "true"),
+            ],
+            || resolve(&[]),
+        )
+        .unwrap();
+        assert!(from_env.park_idle);
+        let from_flag = with_env(
+            &[
+                ("SWITCHBOARD_CONFIG", &path),
+                ("SWITCHBOARD_PARK_IDLE", "true"),
+            ],
+            || resolve(&["--park-idle", "false"]),
+        )
+        .unwrap();
+        assert!(!from_flag.park_idle);
     }
 
     /// The README's configuration table, row by row: (flags, environment variables, TOML

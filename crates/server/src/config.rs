@@ -151,6 +151,11 @@ pub struct ServerConfig {
     /// Threads running connections (used by the binary); 0 means one per CPU core.
     #[serde(alias = "worker-threads")]
     pub worker_threads: usize,
+    /// Park idle connections: a quiet connection gives back its task and its reactor
+    /// registration until something wakes it (less memory per idle connection; see
+    /// docs/benchmarks.md, "Idle connections: parking").
+    #[serde(alias = "park-idle")]
+    pub park_idle: bool,
     /// Shared secret for `HS256`/`HS384`/`HS512` connection and subscription tokens.
     #[serde(alias = "token-hmac-secret")]
     pub token_hmac_secret: Option<String>,
@@ -302,6 +307,7 @@ impl Default for ServerConfig {
             log_format: LogFormat::Text,
             log_level: "info".to_string(),
             worker_threads: 0,
+            park_idle: true,
             token_hmac_secret: None,
             token_rsa_public_key: None,
             token_ecdsa_public_key: None,

@@ -173,6 +173,31 @@ async fn metrics_count_a_scripted_load() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_parking_off_idle_connections_keep_their_tasks() {
+    let (addr, tx) = start(ServerConfig {
+        park_idle: false,
+        ..ServerConfig::default()
+    })
+    .await;
+    let (mut ws, _) = connect(&format!("ws://{addr}/quiet"), ClientOptions::default())
+        .await
+        .unwrap();
+    // Long enough for a connection that may park to do so (it parks at its first idle moment).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = scrape(addr).await;
+    assert_eq!(at(&s, "switchboard_connections{protocol=\"raw\"}"), 1.0);
+    assert_eq!(at(&s, "switchboard_connections_parked"), 0.0);
+    ws.send(Message::text("still here")).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed.as_text(), Some("still here"));
+    let _ = tx.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_listen_serves_metrics_alone_on_a_second_port() {
     let config = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),

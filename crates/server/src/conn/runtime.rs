@@ -191,6 +191,8 @@ pub(crate) struct Limits {
     pub(crate) shutdown_timeout: Duration,
     /// The message and byte rates a client may send at.
     pub(crate) flood: FloodLimits,
+    /// Whether idle connections park (see [`super::park`]).
+    pub(crate) park_idle: bool,
 }
 
 /// Who the connection is, for logs and counters.
@@ -343,6 +345,8 @@ struct Running<T, D> {
     /// Resumed with bytes to read that tokio's reactor has not reported yet: no parking
     /// before they are read (or it would park again at once, with them unread).
     unread: bool,
+    /// Parking is on (the server's `park_idle`).
+    may_park: bool,
 }
 
 /// The window over which a connection's wake-ups are counted to tell whether it is quiet.
@@ -369,17 +373,17 @@ impl<T, D> Running<T, D> {
 
     /// Whether the connection has been quiet enough to park.
     fn is_quiet(&self) -> bool {
-        self.wakes <= QUIET_WAKES && !self.busy_before
+        self.may_park && self.wakes <= QUIET_WAKES && !self.busy_before
     }
 }
 
 /// The connection's life, in one task or, when it parks, in several: each task runs the
-/// loop until the connection ends or parks. Only the loop's state stays in the task; the
-/// opening and the ending run boxed, so a connection waiting in its task does not carry
-/// their (larger) state.
+/// loop until the connection ends or parks. The connection's state lives in one box for its
+/// whole life, so parking and resuming move a pointer and allocate nothing but the (small)
+/// task; the opening and the ending run boxed too, so a task keeps only the loop's state.
 async fn run<T: Transport, D: Driver>(entry: Entry<T, D>) {
     // One place for the connection, only ever borrowed across an await (moved out to park
-    // or to finish): an `async fn` keeps room for each binding of it that lives across one.
+    // or to finish).
     let (conn, opened) = enter(entry);
     let mut conn = Some(conn);
     let mut pending = None;
@@ -411,21 +415,30 @@ async fn run<T: Transport, D: Driver>(entry: Entry<T, D>) {
     };
     // Boxed by a closure: a binding of the connection in this function would stay in its
     // state across the await.
-    if let Some(ending) = conn.take().map(|running| Box::pin(finish(running, end))) {
+    if let Some(ending) = conn
+        .take()
+        .map(|running| Box::pin(finish(unbox(running), end)))
+    {
         ending.await;
     }
 }
 
 /// The connection at the start of a task: opened (the driver's first frames queued; the
 /// loop writes them first), or resumed (its socket back in tokio's reactor).
-fn enter<T: Transport, D: Driver>(entry: Entry<T, D>) -> (Running<T, D>, Result<(), Ending>) {
+#[allow(
+    clippy::type_complexity,
+    reason = "the connection, and the ending it met on the way in"
+)]
+fn enter<T: Transport, D: Driver>(entry: Entry<T, D>) -> (Box<Running<T, D>>, Result<(), Ending>) {
     match entry {
-        // Moved out by a function, so the box itself is freed now: a box only moved out of
+        // Moved out by a function, so the start's box is freed now: a box only moved out of
         // (`*start`) in an `async fn` would be freed at its end, i.e. kept for the
         // connection's whole life.
-        Entry::Open(start) => open(unbox(start)),
-        Entry::Resume(parked) => {
-            let mut conn = unbox(parked);
+        Entry::Open(start) => {
+            let (conn, opened) = open(unbox(start));
+            (Box::new(conn), opened)
+        }
+        Entry::Resume(mut conn) => {
             conn.counters.count_parked(false);
             // The wheel holds the parked connection's waker: hand it this task's.
             conn.heartbeat.rearm();
@@ -507,7 +520,7 @@ impl<T: Transport, D: Driver> std::task::Wake for ParkCell<T, D> {
 /// Parks `conn`: its socket into the server's parker, its other sources told to wake the
 /// parked cell, its state into the cell. Gives the connection back (with what woke it, if
 /// anything did while it was being parked) when it cannot park or must not.
-fn park<T: Transport, D: Driver>(mut conn: Running<T, D>) -> Parking<T, D, D::Event> {
+fn park<T: Transport, D: Driver>(mut conn: Box<Running<T, D>>) -> Parking<T, D, D::Event> {
     let Some(parker) = conn.heartbeat.token().parker().cloned() else {
         return Parking::Stays(conn, None);
     };
@@ -536,7 +549,7 @@ fn park<T: Transport, D: Driver>(mut conn: Running<T, D>) -> Parking<T, D, D::Ev
             _ => {
                 tracing::trace!(peer = %conn.peer, id = conn.id, "parked");
                 conn.counters.count_parked(true);
-                *state = ParkState::Waiting(Box::new(conn));
+                *state = ParkState::Waiting(conn);
                 return Parking::Parked;
             }
         }
@@ -557,15 +570,11 @@ fn park<T: Transport, D: Driver>(mut conn: Running<T, D>) -> Parking<T, D, D::Ev
 }
 
 /// What [`park`] did.
-#[allow(
-    clippy::large_enum_variant,
-    reason = "returned once, never stored: boxing would only add an allocation"
-)]
 enum Parking<T, D, E> {
     /// The connection is parked.
     Parked,
     /// It stays in its task, with the wake-up that stopped the parking, if one did.
-    Stays(Running<T, D>, Option<Wake<E>>),
+    Stays(Box<Running<T, D>>, Option<Wake<E>>),
 }
 
 /// The value in `b`, the box freed.
@@ -623,6 +632,7 @@ fn open<T: Transport, D: Driver>(start: Start<T, D>) -> (Running<T, D>, Result<(
         wakes: 0,
         busy_before: false,
         unread: false,
+        may_park: limits.park_idle,
     };
     (conn, opened)
 }
@@ -1114,6 +1124,7 @@ pub(crate) fn connection_sizes<T: Transport, D: Driver>(
             ping_timeout: Duration::from_secs(20),
             shutdown_timeout: Duration::from_secs(1),
             flood: FloodLimits::default(),
+            park_idle: true,
         },
         who: Identity {
             peer: ([127, 0, 0, 1], 0).into(),

@@ -273,6 +273,7 @@ pub(crate) fn limits(shared: &Shared) -> Limits {
         ping_interval: shared.config.ping_interval,
         ping_timeout: shared.config.ping_timeout,
         shutdown_timeout: shared.config.shutdown_timeout,
+        park_idle: shared.config.park_idle,
         flood: FloodLimits {
             messages: Rate::new(
                 shared.config.client_message_rate,
