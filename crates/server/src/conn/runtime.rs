@@ -340,7 +340,7 @@ struct Running<T, D> {
     /// clock, wrapping), how many times the loop woke in it, and whether the window before
     /// was busy (more than [`QUIET_WAKES`]).
     window_ms: u32,
-    wakes: u16,
+    wakes: u8,
     busy_before: bool,
     /// Resumed with bytes to read that tokio's reactor has not reported yet: no parking
     /// before they are read (or it would park again at once, with them unread).
@@ -355,7 +355,7 @@ const PARK_WINDOW_MS: u32 = 1000;
 /// before parks when it next has nothing to do; a busier one keeps its task (parking and
 /// resuming cost a few system calls, which a connection that handles traffic all the time
 /// would pay over and over).
-const QUIET_WAKES: u16 = 4;
+const QUIET_WAKES: u8 = 4;
 
 impl<T, D> Running<T, D> {
     /// Counts a wake-up in the parking window.
