@@ -382,45 +382,27 @@ impl<T, D> Running<T, D> {
 /// whole life, so parking and resuming move a pointer and allocate nothing but the (small)
 /// task; the opening and the ending run boxed too, so a task keeps only the loop's state.
 async fn run<T: Transport, D: Driver>(entry: Entry<T, D>) {
-    // One place for the connection, only ever borrowed across an await (moved out to park
-    // or to finish).
-    let (conn, opened) = enter(entry);
-    let mut conn = Some(conn);
+    let (mut conn, opened) = enter(entry);
     let mut pending = None;
     let end = match opened {
         Err(end) => end,
         Ok(()) => loop {
-            let Some(running) = conn.as_mut() else {
-                return;
-            };
-            match drive(running, pending.take()).await {
+            match drive(&mut conn, pending.take()).await {
                 Stop::End(end) => break end,
-                Stop::Park => {
-                    let Some(running) = conn.take() else {
-                        return;
-                    };
-                    match park(running) {
-                        Parking::Parked => return,
-                        Parking::Stays(mut back, wake) => {
-                            // Not again in this window (whatever stopped it may still hold).
-                            back.wakes = QUIET_WAKES + 1;
-                            conn = Some(back);
-                            // Boxed: rare, and the loop's future keeps room for it.
-                            pending = wake.map(Box::new);
-                        }
+                Stop::Park => match park(conn) {
+                    Parking::Parked => return,
+                    Parking::Stays(back, wake) => {
+                        conn = back;
+                        // Not again in this window (whatever stopped it may still hold).
+                        conn.wakes = QUIET_WAKES + 1;
+                        // Boxed: rare, and the loop's future keeps room for it.
+                        pending = wake.map(Box::new);
                     }
-                }
+                },
             }
         },
     };
-    // Boxed by a closure: a binding of the connection in this function would stay in its
-    // state across the await.
-    if let Some(ending) = conn
-        .take()
-        .map(|running| Box::pin(finish(unbox(running), end)))
-    {
-        ending.await;
-    }
+    Box::pin(finish(unbox(conn), end)).await;
 }
 
 /// The connection at the start of a task: opened (the driver's first frames queued; the
@@ -542,31 +524,28 @@ fn park<T: Transport, D: Driver>(mut conn: Box<Running<T, D>>) -> Parking<T, D, 
             Poll::Pending => None,
         }
     };
-    let stay = woke.is_some() || {
+    if woke.is_none() {
         let mut state = cell.lock();
-        match &*state {
-            ParkState::Parking { woken: true } => true,
-            _ => {
-                tracing::trace!(peer = %conn.peer, id = conn.id, "parked");
-                conn.counters.count_parked(true);
-                *state = ParkState::Waiting(conn);
-                return Parking::Parked;
-            }
+        if !matches!(*state, ParkState::Parking { woken: true }) {
+            tracing::trace!(peer = %conn.peer, id = conn.id, "parked");
+            conn.counters.count_parked(true);
+            *state = ParkState::Waiting(conn);
+            return Parking::Parked;
         }
-    };
-    debug_assert!(stay);
+    }
     tracing::trace!(peer = %conn.peer, id = conn.id, woke = woke.is_some(), "parking given up");
     // Back into this task: it registers its own waker everywhere on its next pass.
     conn.heartbeat.rearm();
-    if let Err(e) = conn
-        .transport
-        .unpark(&parker)
-        .map(|unread| conn.unread = unread)
-    {
-        tracing::debug!(peer = %conn.peer, id = conn.id, "cannot take a socket back from parking: {e}");
-        return Parking::Stays(conn, Some(Wake::Read(None)));
+    match conn.transport.unpark(&parker) {
+        Ok(unread) => {
+            conn.unread = unread;
+            Parking::Stays(conn, woke)
+        }
+        Err(e) => {
+            tracing::debug!(peer = %conn.peer, id = conn.id, "cannot take a socket back from parking: {e}");
+            Parking::Stays(conn, Some(Wake::Read(None)))
+        }
     }
-    Parking::Stays(conn, woke)
 }
 
 /// What [`park`] did.
