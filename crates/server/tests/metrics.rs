@@ -172,6 +172,123 @@ async fn metrics_count_a_scripted_load() {
     let _ = tx.send(());
 }
 
+/// Waits until `n` connections are parked.
+async fn wait_parked(addr: std::net::SocketAddr, n: usize) {
+    let mut parked = 0.0;
+    for _ in 0..250 {
+        parked = at(&scrape(addr).await, "switchboard_connections_parked");
+        if parked == n as f64 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{parked} connections parked, not {n}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_reach_parked_connections_without_resuming_them() {
+    const SUBS: usize = 16;
+    let (addr, tx) = start(ServerConfig::default()).await;
+    let mut subs = Vec::new();
+    for _ in 0..SUBS {
+        let (ws, _) = connect(
+            &format!("ws://{addr}/parked_room"),
+            ClientOptions::default(),
+        )
+        .await
+        .unwrap();
+        subs.push(ws);
+    }
+    let (mut publisher, _) = connect(
+        &format!("ws://{addr}/parked_room?echo=false"),
+        ClientOptions::default(),
+    )
+    .await
+    .unwrap();
+    wait_parked(addr, SUBS + 1).await;
+    let before = scrape(addr).await;
+    for i in 0..M {
+        publisher
+            .send(Message::text(format!("parked-{i:03}")))
+            .await
+            .unwrap();
+    }
+    for ws in &mut subs {
+        for i in 0..M {
+            let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(msg.as_text(), Some(format!("parked-{i:03}").as_str()));
+        }
+    }
+    let after = scrape(addr).await;
+    let delta = |k: &str| at(&after, k) - at(&before, k);
+    assert_eq!(
+        delta("switchboard_messages_sent_total{protocol=\"raw\"}"),
+        (SUBS * M) as f64
+    );
+    // The publisher resumed to read; the subscribers were written to where they wait (a
+    // subscriber woken again and again during its turn may resume, hence not zero).
+    let resumed = delta("switchboard_connections_resumed_total");
+    assert!(
+        (1.0..(SUBS / 2) as f64).contains(&resumed),
+        "{resumed} resumes for {SUBS} subscribers"
+    );
+    let _ = tx.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_whose_socket_fills_still_gets_every_message() {
+    // Each message is handed to the parked socket whole, which takes only part of it.
+    // Larger than a loopback socket's send buffer, smaller than the WebSocket's write
+    // buffer: the parked connection hands it over whole and the socket takes part of it.
+    const BIG: usize = 3 << 20;
+    const COUNT: usize = 3;
+    let (addr, tx) = start(ServerConfig {
+        outbox_max_bytes: 64 << 20,
+        max_message_size: 4 << 20,
+        ..ServerConfig::default()
+    })
+    .await;
+    // A small receive buffer: the server's socket fills long before the burst is written.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    let (mut slow, _) = switchboard_websocket::client::handshake(
+        tcp,
+        &addr.to_string(),
+        "/full_room",
+        ClientOptions::default(),
+    )
+    .await
+    .unwrap();
+    let (mut publisher, _) = connect(
+        &format!("ws://{addr}/full_room?echo=false"),
+        ClientOptions::default(),
+    )
+    .await
+    .unwrap();
+    for i in 0..COUNT {
+        wait_parked(addr, 2).await;
+        let body = format!("{i:03}{}", "x".repeat(BIG - 3));
+        publisher.send(Message::text(body)).await.unwrap();
+        // Nothing else is published until it parked again: what its socket did not take
+        // when it wrote while parked must still go out.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let msg = tokio::time::timeout(Duration::from_secs(5), slow.next())
+            .await
+            .unwrap_or_else(|_| panic!("message {i} never came"))
+            .unwrap()
+            .unwrap();
+        let text = msg.as_text().unwrap();
+        assert_eq!(text.len(), BIG);
+        assert_eq!(&text[..3], format!("{i:03}"));
+    }
+    let _ = tx.send(());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_parking_off_idle_connections_keep_their_tasks() {
     let (addr, tx) = start(ServerConfig {

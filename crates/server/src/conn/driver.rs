@@ -187,6 +187,19 @@ pub(crate) trait Driver: Send + 'static {
         out: &mut Out,
     ) -> impl Future<Output = Result<(), Ending>> + Send;
 
+    /// Handles `event` at once, if it can be without waiting for anything: what a parked
+    /// connection's turn uses, so its deliveries are written without resuming it. Gives the
+    /// event back (the default) when it needs [`on_event`](Self::on_event); the connection
+    /// then resumes and handles it there.
+    fn on_event_now(
+        &mut self,
+        event: Self::Event,
+        out: &mut Out,
+    ) -> Result<Result<(), Ending>, Self::Event> {
+        let _ = out;
+        Err(event)
+    }
+
     /// The ping interval elapsed: queue this protocol's ping. The default is a WebSocket
     /// ping; protocols with their own (Centrifugo's `{}`, Engine.IO's `2`) queue that.
     /// Whatever the peer sends back counts as an answer.

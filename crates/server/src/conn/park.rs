@@ -5,13 +5,21 @@
 //! costs. A connection that has been quiet gives both back: its state moves to one boxed
 //! value, its socket leaves tokio's reactor for the epoll set here (the kernel keeps that
 //! entry; we keep a waker, 16 B), and its task ends. Whatever wakes it — the socket turning
-//! readable, a delivery in its outbox, its heartbeat or timer, shutdown — spawns a task that
-//! takes the state back and goes on where it stopped (see `runtime`).
+//! readable, a delivery in its outbox, its heartbeat or timer, shutdown — gives it a turn
+//! (below), and what it cannot do parked resumes it: a task takes the state back and goes on
+//! where it stopped (see `runtime`).
 //!
 //! The epoll set is drained by one tokio task per server, which runs only while sockets are
 //! parked: the set's own descriptor is registered with tokio, so a parked socket turning
 //! readable wakes that task like any other socket would, and it wakes the parked
 //! connection's waker.
+//!
+//! A parked connection that is woken is not resumed at once: it is queued here
+//! ([`Parker::schedule`]) and one task takes the queue in batches, handing each connection
+//! its turn ([`ParkedConn::deliver`]). A connection woken only by deliveries writes them
+//! from there, straight to its parked socket, and stays parked: a publication to many idle
+//! subscribers costs one task for all of them, not one per subscriber. Anything else (bytes
+//! to read, a heartbeat, a write the socket would not take whole) resumes it on a task.
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -24,12 +32,23 @@ use tokio::io::unix::AsyncFd;
 
 /// Most readiness events taken from the set in one call.
 const EVENTS_PER_CALL: usize = 256;
+/// Parked connections handed their turn in a row before the delivering task yields its
+/// worker thread.
+const DELIVERIES_PER_YIELD: usize = 128;
+
+/// A parked connection as the [`Parker`] sees it: something to give a turn to.
+pub(crate) trait ParkedConn: Send + Sync {
+    /// Take the turn [`Parker::schedule`] queued (on the delivering task).
+    fn deliver(self: Arc<Self>);
+}
 
 /// The epoll set parked sockets wait in, and their wakers.
 pub(crate) struct Parker {
     /// Registers and deregisters sockets (usable from any thread).
     registry: Registry,
     state: Mutex<State>,
+    /// Woken parked connections waiting for their turn (see [`Parker::schedule`]).
+    queue: Mutex<Queue>,
     this: Weak<Parker>,
     /// The runtime the parker was made in, for wakes from outside it.
     runtime: tokio::runtime::Handle,
@@ -43,6 +62,16 @@ struct State {
     live: usize,
     /// The set itself, while no task is draining it.
     poll: Option<Poll>,
+    /// One bit per key: the socket was reported readable since it was parked.
+    readable: Vec<u64>,
+}
+
+/// The queue of woken parked connections.
+#[derive(Default)]
+struct Queue {
+    woken: Vec<Arc<dyn ParkedConn>>,
+    /// A task is taking the queue.
+    delivering: bool,
 }
 
 impl std::fmt::Debug for Parker {
@@ -65,6 +94,8 @@ pub(crate) trait ParkIo {
     /// it has bytes (or an end of stream) waiting to be read. Tokio learns that only on its
     /// reactor's next turn: until a read succeeded, the connection must not park again.
     fn unpark(&mut self, parker: &Parker) -> io::Result<bool>;
+    /// Whether the parked socket was reported readable (or hung up) since it was parked.
+    fn parked_readable(&self, parker: &Parker) -> bool;
 }
 
 /// A bare tokio socket (tests, tools) is never parked.
@@ -79,6 +110,10 @@ impl ParkIo for tokio::net::TcpStream {
 
     fn unpark(&mut self, _parker: &Parker) -> io::Result<bool> {
         Ok(false)
+    }
+
+    fn parked_readable(&self, _parker: &Parker) -> bool {
+        false
     }
 }
 
@@ -105,6 +140,7 @@ impl Parker {
                 poll: Some(poll),
                 ..State::default()
             }),
+            queue: Mutex::default(),
             this: this.clone(),
             runtime,
         }))
@@ -163,12 +199,35 @@ impl Parker {
     fn forget(&self, key: u32) {
         let mut s = self.lock();
         if s.wakers[key as usize].take().is_some() {
+            if let Some(bits) = s.readable.get_mut(key as usize / 64) {
+                *bits &= !(1 << (key % 64));
+            }
             s.free.push(key);
             s.live -= 1;
             if s.live == 0 {
                 s.wakers = Vec::new();
                 s.free = Vec::new();
+                s.readable = Vec::new();
             }
+        }
+    }
+
+    /// Whether the socket parked under `key` was reported readable since it was parked.
+    pub(crate) fn is_readable(&self, key: ParkKey) -> bool {
+        let s = self.lock();
+        s.readable
+            .get(key.0 as usize / 64)
+            .is_some_and(|bits| bits & (1 << (key.0 % 64)) != 0)
+    }
+
+    /// Queue `conn` for its turn on the delivering task (started if none runs).
+    pub(crate) fn schedule(&self, conn: Arc<dyn ParkedConn>) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.woken.push(conn);
+        if !std::mem::replace(&mut q.delivering, true) {
+            drop(q);
+            let this = self.this.upgrade().expect("a parker in use is alive");
+            self.runtime.spawn(deliver(this));
         }
     }
 
@@ -211,10 +270,16 @@ async fn drain(parker: Arc<Parker>, poll: Poll) {
             ready.clear_ready();
         }
         {
-            let s = parker.lock();
+            let mut s = parker.lock();
             for event in events.iter() {
-                if let Some(Some(w)) = s.wakers.get(event.token().0) {
+                let key = event.token().0;
+                if let Some(Some(w)) = s.wakers.get(key) {
                     woken.push(w.clone());
+                    let words = key / 64 + 1;
+                    if s.readable.len() < words {
+                        s.readable.resize(words, 0);
+                    }
+                    s.readable[key / 64] |= 1 << (key % 64);
                 }
             }
         }
@@ -223,6 +288,35 @@ async fn drain(parker: Arc<Parker>, poll: Poll) {
         if s.live == 0 {
             s.poll = Some(set.into_inner());
             return;
+        }
+    }
+}
+
+/// Gives the queued parked connections their turns, in batches, until the queue is empty.
+async fn deliver(parker: Arc<Parker>) {
+    let mut batch: Vec<Arc<dyn ParkedConn>> = Vec::new();
+    loop {
+        {
+            let mut q = parker.queue.lock().unwrap_or_else(|e| e.into_inner());
+            if q.woken.is_empty() {
+                q.delivering = false;
+                if q.woken.capacity() > DELIVERIES_PER_YIELD {
+                    q.woken = Vec::new();
+                }
+                return;
+            }
+            std::mem::swap(&mut q.woken, &mut batch);
+        }
+        for (i, conn) in batch.drain(..).enumerate() {
+            if i > 0 && i % DELIVERIES_PER_YIELD == 0 {
+                tokio::task::yield_now().await;
+            }
+            // A turn catches the panics of the protocol's code itself; one in the runtime
+            // must not stop every other parked connection's deliveries (the connection it
+            // hit is dropped, as a task that panicked would be).
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conn.deliver())).is_err() {
+                tracing::error!("panic in a parked connection's turn");
+            }
         }
     }
 }

@@ -45,7 +45,7 @@ use super::crash;
 use super::driver::{Driver, Ending, Out, OutFrame};
 use super::heartbeat::{Activity, Beat, Heartbeat};
 use super::limits::{Flood, FloodLimits, Verdict};
-use super::park::{ParkIo, Parker};
+use super::park::{ParkIo, ParkedConn, Parker};
 use super::shutdown::ShutdownToken;
 use super::stats::{CloseKind, ConnectionSlot, Counter, OpenConnection, ServerCounters};
 
@@ -100,6 +100,16 @@ pub(crate) trait Transport: Send + 'static {
     fn unpark(&mut self, parker: &Parker) -> std::io::Result<bool> {
         let _ = parker;
         Ok(false)
+    }
+    /// Whether nothing is in progress in either direction (the first half of
+    /// [`Transport::can_park`]; a parked transport checks it after writing in place).
+    fn is_at_rest(&mut self) -> bool {
+        false
+    }
+    /// Whether the parked socket was reported readable since it was parked.
+    fn parked_readable(&mut self, parker: &Parker) -> bool {
+        let _ = parker;
+        false
     }
 }
 
@@ -177,6 +187,14 @@ where
 
     fn unpark(&mut self, parker: &Parker) -> std::io::Result<bool> {
         self.ws.io_mut().unpark(parker)
+    }
+
+    fn is_at_rest(&mut self) -> bool {
+        self.ws.is_at_rest()
+    }
+
+    fn parked_readable(&mut self, parker: &Parker) -> bool {
+        self.ws.io_mut().parked_readable(parker)
     }
 }
 
@@ -306,10 +324,11 @@ struct Start<T, D> {
     slot: Option<ConnectionSlot>,
 }
 
-/// How a connection's task begins: opening, or going on after it was parked.
-enum Entry<T, D> {
+/// How a connection's task begins: opening, or going on after it was parked (with what
+/// its turn in the parker found to do, if it already took it).
+enum Entry<T, D, E> {
     Open(Box<Start<T, D>>),
-    Resume(Box<Running<T, D>>),
+    Resume(Box<Running<T, D>>, Option<Box<Wake<E>>>),
 }
 
 /// A connection past its opening: what the loop and the ending need, and all a parked
@@ -381,9 +400,8 @@ impl<T, D> Running<T, D> {
 /// loop until the connection ends or parks. The connection's state lives in one box for its
 /// whole life, so parking and resuming move a pointer and allocate nothing but the (small)
 /// task; the opening and the ending run boxed too, so a task keeps only the loop's state.
-async fn run<T: Transport, D: Driver>(entry: Entry<T, D>) {
-    let (mut conn, opened) = enter(entry);
-    let mut pending = None;
+async fn run<T: Transport, D: Driver>(entry: Entry<T, D, D::Event>) {
+    let (mut conn, opened, mut pending) = enter(entry);
     let end = match opened {
         Err(end) => end,
         Ok(()) => loop {
@@ -409,18 +427,24 @@ async fn run<T: Transport, D: Driver>(entry: Entry<T, D>) {
 /// loop writes them first), or resumed (its socket back in tokio's reactor).
 #[allow(
     clippy::type_complexity,
-    reason = "the connection, and the ending it met on the way in"
+    reason = "the connection, the ending it met on the way in, and what is pending"
 )]
-fn enter<T: Transport, D: Driver>(entry: Entry<T, D>) -> (Box<Running<T, D>>, Result<(), Ending>) {
+fn enter<T: Transport, D: Driver>(
+    entry: Entry<T, D, D::Event>,
+) -> (
+    Box<Running<T, D>>,
+    Result<(), Ending>,
+    Option<Box<Wake<D::Event>>>,
+) {
     match entry {
         // Moved out by a function, so the start's box is freed now: a box only moved out of
         // (`*start`) in an `async fn` would be freed at its end, i.e. kept for the
         // connection's whole life.
         Entry::Open(start) => {
             let (conn, opened) = open(unbox(start));
-            (Box::new(conn), opened)
+            (Box::new(conn), opened, None)
         }
-        Entry::Resume(mut conn) => {
+        Entry::Resume(mut conn, pending) => {
             conn.counters.count_parked(false);
             // The wheel holds the parked connection's waker: hand it this task's.
             conn.heartbeat.rearm();
@@ -430,11 +454,11 @@ fn enter<T: Transport, D: Driver>(entry: Entry<T, D>) -> (Box<Running<T, D>>, Re
                 Ok(unread) => {
                     conn.unread = unread;
                     tracing::trace!(peer = %conn.peer, id = conn.id, "resumed");
-                    (conn, Ok(()))
+                    (conn, Ok(()), pending)
                 }
                 Err(e) => {
                     tracing::debug!(peer = %conn.peer, id = conn.id, "cannot resume a parked socket: {e}");
-                    (conn, Err(Ending::Lost))
+                    (conn, Err(Ending::Lost), None)
                 }
             }
         }
@@ -447,18 +471,45 @@ struct ParkCell<T, D> {
 }
 
 enum ParkState<T, D> {
-    /// Being parked: a wake now means the connection has something to do after all.
+    /// Being parked, or taking its turn: a wake now means the connection has something (more)
+    /// to do.
     Parking { woken: bool },
-    /// Parked: the first wake takes the connection and resumes it on a new task.
+    /// Parked.
     Waiting(Box<Running<T, D>>),
-    /// Taken.
+    /// Parked and woken: queued in the parker for its turn.
+    Queued(Box<Running<T, D>>),
+    /// Resumed on a task.
     Taken,
 }
+
+/// Turns in a row a parked connection may take when it is woken again during one; then it
+/// resumes (something keeps it busy).
+const TURNS_PARKED: u32 = 4;
+/// Most driver events handled in one turn of a parked connection.
+const EVENTS_PER_TURN: u32 = 64;
 
 impl<T: Transport, D: Driver> ParkCell<T, D> {
     fn lock(&self) -> std::sync::MutexGuard<'_, ParkState<T, D>> {
         // Nothing that can panic runs under the lock.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Resumes `conn` on a new task, with what its turn found to do.
+    fn resume(conn: Box<Running<T, D>>, pending: Option<Box<Wake<D::Event>>>) {
+        // Wakers may be called from outside the runtime (an embedding program publishing
+        // from a thread of its own): then the runtime the parker was made in.
+        let handle = tokio::runtime::Handle::try_current().ok().or_else(|| {
+            let parker = conn.heartbeat.token().parker();
+            parker.map(|p| p.runtime().clone())
+        });
+        let task = ConnTask {
+            counters: Arc::clone(&conn.counters),
+            conn: run(Entry::Resume(conn, pending)),
+        };
+        match handle {
+            Some(h) => drop(h.spawn(task)),
+            None => tracing::error!("a parked connection woke with no runtime to run on"),
+        }
     }
 }
 
@@ -468,35 +519,152 @@ impl<T: Transport, D: Driver> std::task::Wake for ParkCell<T, D> {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        let conn = {
-            let mut state = self.lock();
-            match &mut *state {
-                ParkState::Parking { woken } => {
-                    *woken = true;
-                    return;
+        let mut state = self.lock();
+        match &mut *state {
+            ParkState::Parking { woken } => *woken = true,
+            ParkState::Queued(_) | ParkState::Taken => {}
+            ParkState::Waiting(conn) => {
+                let parker = conn.heartbeat.token().parker().cloned();
+                let ParkState::Waiting(conn) = std::mem::replace(&mut *state, ParkState::Taken)
+                else {
+                    unreachable!("matched above")
+                };
+                match parker {
+                    Some(parker) => {
+                        *state = ParkState::Queued(conn);
+                        drop(state);
+                        parker.schedule(Arc::clone(self) as Arc<dyn ParkedConn>);
+                    }
+                    None => {
+                        drop(state);
+                        Self::resume(conn, None);
+                    }
                 }
-                ParkState::Taken => return,
-                ParkState::Waiting(_) => match std::mem::replace(&mut *state, ParkState::Taken) {
-                    ParkState::Waiting(conn) => conn,
-                    _ => unreachable!("matched above"),
-                },
             }
-        };
-        // Wakers may be called from outside the runtime (an embedding program publishing
-        // from a thread of its own): then the runtime the parker was made in.
-        let handle = tokio::runtime::Handle::try_current().ok().or_else(|| {
-            let parker = conn.heartbeat.token().parker();
-            parker.map(|p| p.runtime().clone())
-        });
-        let task = ConnTask {
-            counters: Arc::clone(&conn.counters),
-            conn: run(Entry::Resume(conn)),
-        };
-        match handle {
-            Some(h) => drop(h.spawn(task)),
-            None => tracing::error!("a parked connection woke with no runtime to run on"),
         }
     }
+}
+
+impl<T: Transport, D: Driver> ParkedConn for ParkCell<T, D> {
+    /// The connection's turn: what it can do parked it does here (deliveries written
+    /// straight to its socket); anything else resumes it.
+    fn deliver(self: Arc<Self>) {
+        let mut conn = {
+            let mut state = self.lock();
+            if !matches!(*state, ParkState::Queued(_)) {
+                return;
+            }
+            match std::mem::replace(&mut *state, ParkState::Parking { woken: false }) {
+                ParkState::Queued(conn) => conn,
+                _ => unreachable!("matched above"),
+            }
+        };
+        let Some(parker) = conn.heartbeat.token().parker().cloned() else {
+            *self.lock() = ParkState::Taken;
+            return Self::resume(conn, None);
+        };
+        let waker = Waker::from(Arc::clone(&self));
+        let mut cx = Context::from_waker(&waker);
+        for _ in 0..TURNS_PARKED {
+            if let Turn::Resume(pending) = turn(&mut conn, &parker, &mut cx) {
+                *self.lock() = ParkState::Taken;
+                tracing::trace!(peer = %conn.peer, id = conn.id, "parked connection resumes");
+                return Self::resume(conn, pending);
+            }
+            let mut state = self.lock();
+            if let ParkState::Parking { woken: true } = *state {
+                // Woken while taking the turn: take another.
+                *state = ParkState::Parking { woken: false };
+                continue;
+            }
+            *state = ParkState::Waiting(conn);
+            return;
+        }
+        *self.lock() = ParkState::Taken;
+        Self::resume(conn, None);
+    }
+}
+
+/// What a parked connection's turn came to.
+enum Turn<E> {
+    /// Done: it stays parked.
+    Stay,
+    /// It must resume on a task, with this to handle first.
+    Resume(Option<Box<Wake<E>>>),
+}
+
+/// A parked connection's turn, polled with its parked cell's waker: the driver's events
+/// handled and written to the socket without blocking. Anything that needs the loop (bytes
+/// to read, the heartbeat or the driver's timer, shutdown, an event the driver handles only
+/// asynchronously, a write the socket would not take whole) resumes it.
+fn turn<T: Transport, D: Driver>(
+    conn: &mut Running<T, D>,
+    parker: &Parker,
+    cx: &mut Context<'_>,
+) -> Turn<D::Event> {
+    let resume = |wake| Turn::Resume(Some(Box::new(wake)));
+    if conn.transport.parked_readable(parker) {
+        return Turn::Resume(None);
+    }
+    if conn.heartbeat.poll_shutdown(cx).is_ready() {
+        return resume(Wake::Shutdown);
+    }
+    if let Poll::Ready(beat) = conn.heartbeat.poll_next(cx) {
+        return resume(Wake::Beat(beat));
+    }
+    if let Some((_, sleep)) = &mut conn.timer {
+        if sleep.as_mut().poll(cx).is_ready() {
+            conn.timer = None;
+            return resume(Wake::Timer);
+        }
+    }
+    let mut events = 0;
+    loop {
+        if events == EVENTS_PER_TURN {
+            return Turn::Resume(None);
+        }
+        events += 1;
+        let driver = &mut conn.driver;
+        let event = match std::panic::catch_unwind(AssertUnwindSafe(|| driver.poll_event(cx))) {
+            Ok(Poll::Ready(event)) => event,
+            Ok(Poll::Pending) => break,
+            Err(p) => return resume(Wake::ReadPanicked(crash::panic_message(p.as_ref()))),
+        };
+        let out = &mut conn.out;
+        match crash::call(|| driver.on_event_now(event, out)) {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(end))) => return resume(Wake::Ended(end)),
+            Ok(Err(event)) => return resume(Wake::Event(event)),
+            Err(p) => return resume(Wake::Ended(Ending::Panic(p.0))),
+        }
+        // Written after each event, as the loop does: the write buffer holds one batch at a
+        // time, and a socket that takes only part of it resumes the connection at once.
+        if !conn.out.is_empty() {
+            match feed_out(conn) {
+                Ok((_, true)) => {}
+                // The write buffer is full: the loop writes the rest.
+                Ok((_, false)) => return Turn::Resume(None),
+                Err(end) => return resume(Wake::Ended(end)),
+            }
+            let flushed = std::pin::pin!(conn.transport.flush()).poll(cx);
+            match flushed {
+                Poll::Ready(Ok(())) => conn.out.shrink(),
+                Poll::Ready(Err(_)) => return resume(Wake::Ended(Ending::WriteFailed)),
+                // The socket took only part: the loop writes the rest, bounded as always.
+                Poll::Pending => return resume(Wake::Flush),
+            }
+        }
+    }
+    // The driver's timer is armed by the loop: one it asked for in this turn resumes it.
+    let timer_armed = match (conn.driver.deadline(), &conn.timer) {
+        (None, _) => true,
+        (Some(at), Some((armed, _))) => at == *armed,
+        (Some(_), None) => false,
+    };
+    if !timer_armed || !conn.transport.is_at_rest() {
+        return Turn::Resume(None);
+    }
+    Turn::Stay
 }
 
 /// Parks `conn`: its socket into the server's parker, its other sources told to wake the
@@ -628,6 +796,11 @@ enum Wake<E> {
     Timer,
     /// Nothing to do, and the connection has been quiet: it parks.
     Park,
+    /// A parked connection's turn met the connection's end (what it queued is written
+    /// first).
+    Ended(Ending),
+    /// A parked connection's turn left bytes its socket did not take: they go first.
+    Flush,
 }
 
 /// Why the loop stopped.
@@ -726,6 +899,8 @@ async fn drive<T: Transport, D: Driver>(
         }
         let step = match wake {
             Wake::Park => return Stop::Park,
+            Wake::Ended(end) => return end.into(),
+            Wake::Flush => flush_bounded(conn).await,
             Wake::Shutdown => return Ending::Shutdown.into(),
             Wake::ReadReady => Ok(()),
             Wake::ReadPanicked(msg) => return Ending::Panic(msg).into(),

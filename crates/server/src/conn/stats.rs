@@ -37,6 +37,8 @@ pub struct ServerCounters {
     attachment_bytes: AtomicUsize,
     /// Connections parked now (see `conn::park`).
     parked: AtomicUsize,
+    /// Parked connections resumed on a task since start.
+    resumed: AtomicU64,
     /// Per-protocol traffic, one entry per protocol that has had a connection (looked up
     /// once per connection, never per message).
     protocols: Mutex<Vec<Arc<ProtocolCounters>>>,
@@ -181,12 +183,18 @@ impl ServerCounters {
         self.parked.load(Relaxed)
     }
 
+    /// Parked connections resumed on a task since start.
+    pub fn resumed(&self) -> u64 {
+        self.resumed.load(Relaxed)
+    }
+
     /// Count a connection parking (`true`) or resuming (`false`).
     pub(crate) fn count_parked(&self, parked: bool) {
         if parked {
             self.parked.fetch_add(1, Relaxed);
         } else {
             self.parked.fetch_sub(1, Relaxed);
+            self.resumed.fetch_add(1, Relaxed);
         }
     }
 

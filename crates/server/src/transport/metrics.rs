@@ -234,6 +234,11 @@ impl Collector for Scrape {
             &[(Vec::new(), gauge_value(shared.counters.parked()))],
         )?;
         f.counter(
+            "connections_resumed",
+            "Parked connections that took a task back since start: woken by something they could not do parked (bytes to read, a heartbeat, a write the socket would not take whole). Deliveries alone are written while parked.",
+            &[(Vec::new(), shared.counters.resumed())],
+        )?;
+        f.counter(
             "connections_opened",
             "Connections opened since start (upgrades completed, polling sessions), by protocol.",
             &per(&|p| p.opened.load(Relaxed)),

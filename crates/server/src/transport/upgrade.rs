@@ -41,7 +41,9 @@ pub(crate) enum Io {
     /// Anything else hyper upgraded, boxed: rare, and it keeps [`Io`] as small as a socket.
     Upgraded(Box<TokioIo<Upgraded>>),
     /// A plain TCP socket parked: out of tokio's reactor, waiting in the server's
-    /// [`Parker`] (see `conn::park`). Never read or written in this state.
+    /// [`Parker`] (see `conn::park`). Never read in this state; a write is tried once
+    /// without blocking and is pending (with no waker registered: the connection resumes
+    /// to wait on tokio's reactor) when the socket would block.
     Parked(std::net::TcpStream, ParkKey),
     /// Only while moving between the states above, or after a move failed (the socket is
     /// gone: reads and writes fail).
@@ -95,6 +97,26 @@ impl ParkIo for Io {
         *self = Io::Tcp(TcpStream::from_std(socket)?);
         Ok(readable)
     }
+
+    fn parked_readable(&self, parker: &Parker) -> bool {
+        match self {
+            Io::Parked(_, key) => parker.is_readable(*key),
+            _ => false,
+        }
+    }
+}
+
+/// A write to a parked socket: once, without blocking (it is in non-blocking mode). Sent
+/// with `sendmsg` rather than `writev`: a socket call skips the file layer's work (its
+/// position lock), which a fan-out pays once per subscriber.
+fn write_parked(
+    socket: &std::net::TcpStream,
+    bufs: &[std::io::IoSlice<'_>],
+) -> Poll<std::io::Result<usize>> {
+    match socket2::SockRef::from(socket).send_vectored(bufs) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Poll::Pending,
+        r => Poll::Ready(r),
+    }
 }
 
 /// What a read or write of a socket that is not there gets.
@@ -142,7 +164,8 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Io::Upgraded(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Io::Parked(..) | Io::Gone => Poll::Ready(Err(gone())),
+            Io::Parked(s, _) => write_parked(s, &[std::io::IoSlice::new(buf)]),
+            Io::Gone => Poll::Ready(Err(gone())),
         }
     }
 
@@ -154,7 +177,8 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Io::Upgraded(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-            Io::Parked(..) | Io::Gone => Poll::Ready(Err(gone())),
+            Io::Parked(s, _) => write_parked(s, bufs),
+            Io::Gone => Poll::Ready(Err(gone())),
         }
     }
 
@@ -162,7 +186,8 @@ impl AsyncWrite for Io {
         match self {
             Io::Tcp(s) => s.is_write_vectored(),
             Io::Upgraded(s) => s.is_write_vectored(),
-            Io::Parked(..) | Io::Gone => false,
+            Io::Parked(..) => true,
+            Io::Gone => false,
         }
     }
 
@@ -170,7 +195,9 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_flush(cx),
             Io::Upgraded(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Io::Parked(..) | Io::Gone => Poll::Ready(Err(gone())),
+            // TCP has nothing to flush past the kernel.
+            Io::Parked(..) => Poll::Ready(Ok(())),
+            Io::Gone => Poll::Ready(Err(gone())),
         }
     }
 

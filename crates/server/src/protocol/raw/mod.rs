@@ -389,6 +389,15 @@ impl RawDriver {
         }
     }
 
+    /// What an event from [`Driver::poll_event`] comes to; never waits.
+    fn handle_event(&mut self, event: Result<(), Stop>, out: &mut Out) -> Result<(), Ending> {
+        match event {
+            Ok(()) => self.frame_deliveries(out),
+            Err(Stop::Hub(reason)) => Err(Ending::Hub(reason)),
+            Err(Stop::Refused((code, reason))) => Err(Ending::Close(code, reason)),
+        }
+    }
+
     fn frame_deliveries(&mut self, out: &mut Out) -> Result<(), Ending> {
         let mut ending = Ok(());
         for delivery in self.batch.drain(..) {
@@ -496,11 +505,15 @@ impl Driver for RawDriver {
         event: Self::Event,
         out: &mut Out,
     ) -> impl Future<Output = Result<(), Ending>> + Send {
-        std::future::ready(match event {
-            Ok(()) => self.frame_deliveries(out),
-            Err(Stop::Hub(reason)) => Err(Ending::Hub(reason)),
-            Err(Stop::Refused((code, reason))) => Err(Ending::Close(code, reason)),
-        })
+        std::future::ready(self.handle_event(event, out))
+    }
+
+    fn on_event_now(
+        &mut self,
+        event: Self::Event,
+        out: &mut Out,
+    ) -> Result<Result<(), Ending>, Self::Event> {
+        Ok(self.handle_event(event, out))
     }
 
     fn hub_verdict(&self) -> Option<CloseReason> {
