@@ -707,15 +707,23 @@ impl CentrifugoDriver {
         &'a mut self,
         out: &'b mut Out,
     ) -> StepFuture<impl Future<Output = Result<(), Ending>> + Send + use<'a, 'b>> {
+        if self.deliveries_now(out) {
+            return StepFuture::ready(Ok(()));
+        }
+        StepFuture::boxed(self.deliveries_slow(out))
+    }
+
+    /// The fast path of [`Self::deliveries`]: publications, joins and leaves, framed without
+    /// waiting. False, with nothing done, when the batch needs the slow path.
+    fn deliveries_now(&mut self, out: &mut Out) -> bool {
         let slow = self.batch.iter().any(|d| match d {
             Delivery::Control(_) => true,
             Delivery::Publication(p) => self.may_move(p),
             _ => false,
         });
         if slow {
-            return StepFuture::boxed(self.deliveries_slow(out));
+            return false;
         }
-        // The fast path: publications, joins and leaves, framed without waiting.
         let mut lines = Vec::new();
         let mut batch = std::mem::take(&mut self.batch);
         for delivery in batch.drain(..) {
@@ -731,7 +739,7 @@ impl CentrifugoDriver {
         }
         self.restore_batch(batch);
         self.end_step(&mut lines, out);
-        StepFuture::ready(Ok(()))
+        true
     }
 
     /// The slow half of [`Self::deliveries`]: controls from the server, and streams that
@@ -884,6 +892,19 @@ impl Driver for CentrifugoDriver {
                 Either::Left(StepFuture::ready(Err(Ending::Hub(reason))))
             }
             CfEvent::Proxy(done) => Either::Right(Box::pin(self.proxy_done(done, out))),
+        }
+    }
+
+    fn on_event_now(
+        &mut self,
+        event: Self::Event,
+        out: &mut Out,
+    ) -> Result<Result<(), Ending>, Self::Event> {
+        match event {
+            CfEvent::Outbox(Ok(())) if self.deliveries_now(out) => Ok(Ok(())),
+            CfEvent::Outbox(Err(reason)) => Ok(Err(Ending::Hub(reason))),
+            // Controls, moved streams and proxy answers wait for the loop.
+            event => Err(event),
         }
     }
 

@@ -652,6 +652,18 @@ impl PusherDriver {
         }
     }
 
+    /// What an event from [`Driver::poll_event`] comes to; never waits.
+    fn handle_event(
+        &mut self,
+        event: Result<(), CloseReason>,
+        out: &mut Out,
+    ) -> Result<(), Ending> {
+        match event {
+            Ok(()) => self.deliveries(out),
+            Err(reason) => Err(Ending::Hub(reason)),
+        }
+    }
+
     fn deliveries(&mut self, out: &mut Out) -> Result<(), Ending> {
         let batch = std::mem::take(&mut self.batch);
         let mut ending = Ok(());
@@ -731,10 +743,15 @@ impl Driver for PusherDriver {
         event: Self::Event,
         out: &mut Out,
     ) -> impl Future<Output = Result<(), Ending>> + Send {
-        std::future::ready(match event {
-            Ok(()) => self.deliveries(out),
-            Err(reason) => Err(Ending::Hub(reason)),
-        })
+        std::future::ready(self.handle_event(event, out))
+    }
+
+    fn on_event_now(
+        &mut self,
+        event: Self::Event,
+        out: &mut Out,
+    ) -> Result<Result<(), Ending>, Self::Event> {
+        Ok(self.handle_event(event, out))
     }
 
     fn ping(&mut self, out: &mut Out) {
