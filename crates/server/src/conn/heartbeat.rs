@@ -204,10 +204,18 @@ impl Heartbeat {
                 Some(_) => self.next_ping.min(self.dead_at),
                 None => self.next_ping,
             };
-            let now = self.token.wheel().now_ms();
+            // The wheel's coarse clock first: it never runs ahead of the real one, and it
+            // has reached the target by the time the wheel wakes the connection for it, so a
+            // pass of the loop that is not due costs no clock read (this is polled on every
+            // pass, and on every delivery to a parked connection).
+            let wheel = self.token.wheel();
+            let now = if wheel.coarse_ms() < target {
+                u64::MIN
+            } else {
+                wheel.now_ms()
+            };
             if now < target {
-                // Arming takes the wheel's lock; only do it when the target moved (this is
-                // polled on every pass of the connection's loop).
+                // Arming takes the wheel's lock; only do it when the target moved.
                 if target != self.armed || self.slot == Slot::NONE {
                     self.arm(target, cx);
                 }

@@ -119,6 +119,26 @@ fn write_parked(
     }
 }
 
+/// A write to a socket in tokio's reactor, with `sendmsg` (see [`write_parked`]) once tokio
+/// says it is writable.
+fn write_tcp(
+    socket: &TcpStream,
+    cx: &mut Context<'_>,
+    bufs: &[std::io::IoSlice<'_>],
+) -> Poll<std::io::Result<usize>> {
+    loop {
+        std::task::ready!(socket.poll_write_ready(cx))?;
+        let sent = socket.try_io(tokio::io::Interest::WRITABLE, || {
+            socket2::SockRef::from(socket).send_vectored(bufs)
+        });
+        match sent {
+            // Tokio cleared its readiness: wait for the next.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            r => return Poll::Ready(r),
+        }
+    }
+}
+
 /// What a read or write of a socket that is not there gets.
 fn gone() -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::NotConnected, "socket parked or gone")
@@ -162,7 +182,7 @@ impl AsyncWrite for Io {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tcp(s) => write_tcp(s, cx, &[std::io::IoSlice::new(buf)]),
             Io::Upgraded(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Io::Parked(s, _) => write_parked(s, &[std::io::IoSlice::new(buf)]),
             Io::Gone => Poll::Ready(Err(gone())),
@@ -175,7 +195,7 @@ impl AsyncWrite for Io {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            Io::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tcp(s) => write_tcp(s, cx, bufs),
             Io::Upgraded(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Io::Parked(s, _) => write_parked(s, bufs),
             Io::Gone => Poll::Ready(Err(gone())),
