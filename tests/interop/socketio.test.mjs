@@ -144,6 +144,46 @@ describe('socket.io-client against /socket.io/', () => {
     assert.deepEqual(await s.emitWithAck('unsubscribe', 'ws-news'), { ok: true });
   });
 
+  it('publications reach idle websocket sockets while they are parked, without resuming them', async () => {
+    const srv = await startServer(['--config', path.join(dir, 'switchboard.toml')]);
+    /** One sample of the server's /metrics. */
+    const metric = async (name) => {
+      const text = await (await fetch(`${srv.httpUrl}/metrics`)).text();
+      const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+      assert.ok(line, `no ${name} in /metrics`);
+      return Number(line.split(' ')[1]);
+    };
+    const SUBS = 8;
+    const subs = [];
+    try {
+      for (let i = 0; i < SUBS; i++) {
+        const s = await connect('/', { transports: ['websocket'] }, srv);
+        assert.deepEqual(await s.emitWithAck('subscribe', 'parked-news'), { ok: true });
+        subs.push({ s, messages: collect(s, 'message') });
+      }
+      await withTimeout(
+        (async () => {
+          while ((await metric('switchboard_connections_parked')) !== SUBS) {
+            await new Promise((r) => setTimeout(r, 20));
+          }
+        })(),
+        'every idle socket parked',
+      );
+      const before = await metric('switchboard_connections_resumed_total');
+      for (let i = 0; i < 5; i++) await apiPublish('parked-news', i, srv);
+      for (const { messages } of subs) {
+        const got = await messages.until(5);
+        assert.deepEqual(got.map((m) => m[1]), [0, 1, 2, 3, 4]);
+      }
+      // Published over HTTP, so nothing had bytes to read: the deliveries alone woke them.
+      const resumed = (await metric('switchboard_connections_resumed_total')) - before;
+      assert.ok(resumed < SUBS / 2, `${resumed} resumes for ${SUBS} parked sockets`);
+    } finally {
+      for (const { s } of subs) s.disconnect();
+      await srv.stop();
+    }
+  });
+
   it('starts with long-polling and upgrades to a websocket', async () => {
     const s = io(server.httpUrl, { forceNew: true, autoConnect: false });
     sockets.push(s);

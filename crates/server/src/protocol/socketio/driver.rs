@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use switchboard_core::{CloseReason, Delivery, OutboxClosed};
+use switchboard_core::{CloseReason, Control, Delivery, OutboxClosed};
 use switchboard_protocols::socketio::engine::Packet as EnginePacket;
 use switchboard_websocket::{CloseCode, Message};
 use tokio::time::Instant;
@@ -315,6 +315,32 @@ impl Driver for SocketIoDriver {
         out: &mut Out,
     ) -> impl Future<Output = Result<(), Ending>> + Send {
         self.handle_event(event, out)
+    }
+
+    fn on_event_now(
+        &mut self,
+        event: Self::Event,
+        out: &mut Out,
+    ) -> Result<Result<(), Ending>, Self::Event> {
+        // The backend's answers and server-side subscribes wait for the loop.
+        let needs_loop = event.0 == super::socket::PROXY_ANSWERS
+            || self.batch.iter().any(|d| {
+                matches!(d, Delivery::Control(c)
+                    if matches!(**c, Control::Subscribe(_) | Control::Unsubscribe(_)))
+            });
+        if needs_loop {
+            return Err(event);
+        }
+        let (i, r) = event;
+        let mut controls = Vec::new();
+        let step = self
+            .sockets
+            .on_delivery(i, &mut self.batch, r, out, &mut controls);
+        debug_assert!(
+            controls.is_empty(),
+            "the batch held no subscribe or unsubscribe"
+        );
+        Ok(self.step(step))
     }
 
     fn ping(&mut self, out: &mut Out) {
