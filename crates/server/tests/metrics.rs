@@ -85,31 +85,9 @@ async fn metrics_count_a_scripted_load() {
     assert!(joined);
     // Idle, every connection parks (no task of its own); what follows needs them to resume,
     // on a read (the sender) and on deliveries (everyone).
-    let mut parked = 0.0;
-    for _ in 0..100 {
-        parked = at(&scrape(addr).await, "switchboard_connections_parked");
-        if parked == N as f64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(parked, N as f64, "idle connections parked");
-    for i in 0..M {
-        clients[0]
-            .send(Message::text(format!("message-{i:03}")))
-            .await
-            .unwrap();
-    }
-    for ws in &mut clients {
-        for i in 0..M {
-            let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-            assert_eq!(msg.as_text(), Some(format!("message-{i:03}").as_str()));
-        }
-    }
+    wait_parked(addr, N).await;
+    send_all(&mut clients[0], "message").await;
+    receive_all(&mut clients, "message").await;
     let after = scrape(addr).await;
     let delta = |k: &str| at(&after, k) - before.get(k).copied().unwrap_or(0.0);
     let len = "message-000".len();
@@ -172,6 +150,33 @@ async fn metrics_count_a_scripted_load() {
     let _ = tx.send(());
 }
 
+type Client =
+    switchboard_websocket::stream::WebSocket<switchboard_websocket::client::MaybeTlsStream>;
+
+/// `sender` sends `M` messages tagged `tag`.
+async fn send_all(sender: &mut Client, tag: &str) {
+    for i in 0..M {
+        sender
+            .send(Message::text(format!("{tag}-{i:03}")))
+            .await
+            .unwrap();
+    }
+}
+
+/// Every receiver gets the `M` messages tagged `tag`, in order.
+async fn receive_all(receivers: &mut [Client], tag: &str) {
+    for ws in receivers {
+        for i in 0..M {
+            let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(msg.as_text(), Some(format!("{tag}-{i:03}").as_str()));
+        }
+    }
+}
+
 /// Waits until `n` connections are parked.
 async fn wait_parked(addr: std::net::SocketAddr, n: usize) {
     let mut parked = 0.0;
@@ -207,22 +212,8 @@ async fn deliveries_reach_parked_connections_without_resuming_them() {
     .unwrap();
     wait_parked(addr, SUBS + 1).await;
     let before = scrape(addr).await;
-    for i in 0..M {
-        publisher
-            .send(Message::text(format!("parked-{i:03}")))
-            .await
-            .unwrap();
-    }
-    for ws in &mut subs {
-        for i in 0..M {
-            let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-            assert_eq!(msg.as_text(), Some(format!("parked-{i:03}").as_str()));
-        }
-    }
+    send_all(&mut publisher, "parked").await;
+    receive_all(&mut subs, "parked").await;
     let after = scrape(addr).await;
     let delta = |k: &str| at(&after, k) - at(&before, k);
     assert_eq!(
