@@ -52,6 +52,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::close::{CloseCode, CloseFrame, MAX_REASON_LEN};
 use crate::codec::{Config, Decoder, Encoder, Role};
 use crate::error::Error;
+use crate::frame::MAX_HEADER_LEN;
 use crate::message::Message;
 use crate::prepared::PreparedMessage;
 
@@ -732,6 +733,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WebSocket<S> {
     /// See [`WsWriter::feed_prepared`].
     pub fn feed_prepared(&mut self, msg: &PreparedMessage) -> Result<(), Error> {
         self.writer.feed_prepared(&self.shared, msg)
+    }
+
+    /// Make room at once for a batch of frames with these payload lengths, about to be fed:
+    /// the small ones are copied into one buffer, which would otherwise grow a step at a time
+    /// (one reallocation and copy per doubling) for every batch.
+    pub fn reserve_for(&mut self, payload_lens: impl IntoIterator<Item = usize>) {
+        let inner = self
+            .shared
+            .inner
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner());
+        let q = &mut inner.queue;
+        // Alone in an empty queue, the first frame is queued by reference (see `push_frame`).
+        let skip = usize::from(q.queued == 0);
+        let copied: usize = payload_lens
+            .into_iter()
+            .skip(skip)
+            .map(|len| len + MAX_HEADER_LEN)
+            .filter(|&len| len < q.config.coalesce_threshold)
+            .sum();
+        if copied > 0 {
+            q.buf.reserve(copied);
+        }
     }
 
     /// See [`WsWriter::feed_frame`].

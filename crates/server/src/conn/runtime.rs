@@ -111,6 +111,10 @@ pub(crate) trait Transport: Send + 'static {
         let _ = parker;
         false
     }
+    /// Make room for a batch of frames with these payload lengths, about to be fed.
+    fn reserve_for(&mut self, payload_lens: impl Iterator<Item = usize>) {
+        let _ = payload_lens;
+    }
 }
 
 /// A WebSocket as a [`Transport`]. Unsplit: one task drives both directions, so the
@@ -195,6 +199,10 @@ where
 
     fn parked_readable(&mut self, parker: &Parker) -> bool {
         self.ws.io_mut().parked_readable(parker)
+    }
+
+    fn reserve_for(&mut self, payload_lens: impl Iterator<Item = usize>) {
+        self.ws.reserve_for(payload_lens);
     }
 }
 
@@ -974,6 +982,15 @@ fn feed_out<T: Transport, D: Driver>(conn: &mut Running<T, D>) -> Result<(usize,
     let mut all = true;
     // Read at most once per batch, and only when the batch holds publications.
     let mut now = None;
+    let frames = conn.out.pending();
+    if frames.len() > 2 {
+        conn.transport.reserve_for(
+            frames
+                .iter()
+                .filter(|f| !matches!(f, OutFrame::Published(_)))
+                .map(frame_len),
+        );
+    }
     for frame in conn.out.pending() {
         if let OutFrame::Published(at) = frame {
             let now = *now.get_or_insert_with(std::time::Instant::now);
